@@ -1,0 +1,629 @@
+//! Configuration: a TOML file, overridden by the environment, read once at
+//! start-up and handed to each component by value.
+//!
+//! Loading is a pure function of the file text, an environment lookup and a
+//! file reader, so tests pass maps. Every problem is reported at once, each
+//! naming its key. Secrets are wrapped in `Secret` so that `Debug`, logs and
+//! `check-config` never print them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::sinks::SinkConfig;
+use crate::telemetry::LogFormat;
+
+/// Prefix of the generic overrides: `FISHJAM_BRIDGE__WEBHOOK__LISTEN=...`
+/// sets `webhook.listen`; `FISHJAM_BRIDGE__SINKS__0__PATH` the first sink's path.
+pub const ENV_PREFIX: &str = "FISHJAM_BRIDGE__";
+
+/// Environment variables that set a key directly, as Fishjam's docs name them.
+const ENV_KEYS: &[(&str, &str)] = &[
+    ("FISHJAM_ID", "fishjam.id"),
+    ("FISHJAM_MANAGEMENT_TOKEN", "fishjam.management_token"),
+    (
+        "FISHJAM_MANAGEMENT_TOKEN_FILE",
+        "fishjam.management_token_file",
+    ),
+    ("FISHJAM_WEBHOOK_SECRET", "webhook.secret"),
+    ("FISHJAM_WEBHOOK_SECRET_FILE", "webhook.secret_file"),
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub fishjam: FishjamConfig,
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Where events go. Every event goes to every sink.
+    #[serde(default = "default_sinks")]
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FishjamConfig {
+    /// The Fishjam id from the dashboard, or the full URL of a self-hosted
+    /// Fishjam. Written into every event as `fishjam_id`. Env: `FISHJAM_ID`.
+    #[serde(default)]
+    pub id: String,
+    /// The management token. Env: `FISHJAM_MANAGEMENT_TOKEN`.
+    pub management_token: Option<Secret>,
+    /// A file holding the management token. Env: `FISHJAM_MANAGEMENT_TOKEN_FILE`.
+    pub management_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Whether to accept webhooks.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address of the webhook listener.
+    #[serde(default = "default_webhook_listen")]
+    pub listen: SocketAddr,
+    /// Path Fishjam posts to.
+    #[serde(default = "default_webhook_path")]
+    pub path: String,
+    /// The webhook signing secret. When set, every request must carry a valid
+    /// `x-fishjam-signature-256`. Env: `FISHJAM_WEBHOOK_SECRET`.
+    pub secret: Option<Secret>,
+    /// A file holding the signing secret. Env: `FISHJAM_WEBHOOK_SECRET_FILE`.
+    pub secret_file: Option<PathBuf>,
+    /// Largest body accepted; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most notifications one body may carry; more get 413.
+    #[serde(default = "default_max_events_per_body")]
+    pub max_events_per_body: usize,
+    /// How long a request waits for every sink to acknowledge its events
+    /// before it is answered 503. Stays below Fishjam's own client timeout
+    /// (about 5 s) so Fishjam sees our answer, not its timeout.
+    #[serde(default = "default_ack_timeout", deserialize_with = "duration")]
+    pub ack_timeout: Duration,
+    /// How long a client may take to send its body; slower ones get 408.
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Bound on events accepted and not yet acknowledged by every sink. When
+    /// it is reached, webhooks get 503 with Retry-After.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight_events: usize,
+    /// Independent lanes per sink; a room always uses the same lane, so its
+    /// events stay in order while rooms on other lanes publish in parallel.
+    #[serde(default = "default_lanes")]
+    pub lanes: usize,
+    /// Most events a sink publishes in one batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// First delay before a failed publish is retried.
+    #[serde(default = "default_retry_initial", deserialize_with = "duration")]
+    pub retry_initial_backoff: Duration,
+    /// Longest delay between retries.
+    #[serde(default = "default_retry_max", deserialize_with = "duration")]
+    pub retry_max_backoff: Duration,
+    /// On SIGTERM, how long in-flight events may take to reach the sinks.
+    #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether to serve /metrics, /healthz and /readyz.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address of the admin listener.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `fishjam_bridge=debug`; `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+/// A secret string: never printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Everything wrong with a configuration, one line per problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+impl Config {
+    /// Parses `text`, applies the environment, reads secret files and checks
+    /// every value.
+    pub fn load(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        env_names: &[String],
+        read_file: &dyn Fn(&std::path::Path) -> std::io::Result<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::one(format!("invalid TOML: {e}")))?;
+        apply_env(&mut table, env, env_names)?;
+        let mut config: Config = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::one(format!("invalid configuration: {e}")))?;
+        config.resolve_secret_files(read_file)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration of the process: `path` (or defaults) and the real environment.
+    pub fn from_process(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::one(format!("cannot read config file {}: {e}", path.display()))
+            })?,
+            None => String::new(),
+        };
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect();
+        Config::load(&text, &|name| std::env::var(name).ok(), &names, &|path| {
+            std::fs::read_to_string(path)
+        })
+    }
+
+    fn resolve_secret_files(
+        &mut self,
+        read_file: &dyn Fn(&std::path::Path) -> std::io::Result<String>,
+    ) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut resolve = |value: &mut Option<Secret>, file: &Option<PathBuf>, key: &str| {
+            if let Some(path) = file {
+                if value.is_some() {
+                    problems.push(format!("{key} and {key}_file are both set: keep one"));
+                    return;
+                }
+                match read_file(path) {
+                    // A trailing newline in a mounted secret is never part of it.
+                    Ok(text) => *value = Some(Secret(text.trim_end_matches(['\r', '\n']).into())),
+                    Err(e) => {
+                        problems.push(format!("{key}_file: cannot read {}: {e}", path.display()))
+                    }
+                }
+            }
+        };
+        resolve(
+            &mut self.fishjam.management_token,
+            &self.fishjam.management_token_file,
+            "fishjam.management_token",
+        );
+        resolve(
+            &mut self.webhook.secret,
+            &self.webhook.secret_file,
+            "webhook.secret",
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.fishjam.id.trim().is_empty() {
+            problems.push(
+                "fishjam.id is required: the Fishjam id from the dashboard or a self-hosted Fishjam's URL (or set FISHJAM_ID)".to_owned(),
+            );
+        }
+        if self.webhook.enabled {
+            if !self.webhook.path.starts_with('/') {
+                problems.push(format!(
+                    "webhook.path must start with '/': got {:?}",
+                    self.webhook.path
+                ));
+            }
+            if matches!(&self.webhook.secret, Some(s) if s.expose().is_empty()) {
+                problems.push("webhook.secret is set but empty".to_owned());
+            }
+            if self.webhook.max_events_per_body == 0 {
+                problems.push("webhook.max_events_per_body must be at least 1".to_owned());
+            }
+            if self.webhook.max_events_per_body > self.pipeline.max_in_flight_events {
+                problems.push(format!(
+                    "webhook.max_events_per_body ({}) must not exceed pipeline.max_in_flight_events ({}): such a body could never be accepted",
+                    self.webhook.max_events_per_body, self.pipeline.max_in_flight_events
+                ));
+            }
+            if self.webhook.ack_timeout.is_zero() {
+                problems.push("webhook.ack_timeout must be longer than zero".to_owned());
+            }
+        }
+        if self.pipeline.max_in_flight_events == 0 {
+            problems.push("pipeline.max_in_flight_events must be at least 1".to_owned());
+        }
+        if self.pipeline.lanes == 0 {
+            problems.push("pipeline.lanes must be at least 1".to_owned());
+        }
+        if self.pipeline.max_batch == 0 {
+            problems.push("pipeline.max_batch must be at least 1".to_owned());
+        }
+        if self.pipeline.retry_initial_backoff > self.pipeline.retry_max_backoff {
+            problems.push(
+                "pipeline.retry_initial_backoff must not exceed pipeline.retry_max_backoff"
+                    .to_owned(),
+            );
+        }
+        if self.sinks.is_empty() {
+            problems.push("sinks: at least one sink is required".to_owned());
+        }
+        let mut names = BTreeMap::new();
+        for (index, sink) in self.sinks.iter().enumerate() {
+            if let Some(previous) = names.insert(sink.name(), index) {
+                problems.push(format!(
+                    "sinks[{index}]: name {:?} is already used by sinks[{previous}]; give each sink its own name",
+                    sink.name()
+                ));
+            }
+            for problem in sink.validate() {
+                problems.push(format!("sinks[{index}].{problem}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// A description of the effective configuration with secrets masked.
+    pub fn describe(&self) -> String {
+        let secret = |s: &Option<Secret>| match s {
+            Some(s) => format!("set ({} bytes)", s.expose().len()),
+            None => "not set".to_owned(),
+        };
+        let mut out = String::new();
+        let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+        line("fishjam.id", format!("{:?}", self.fishjam.id));
+        line(
+            "fishjam.management_token",
+            secret(&self.fishjam.management_token),
+        );
+        line("webhook.enabled", self.webhook.enabled.to_string());
+        line("webhook.listen", self.webhook.listen.to_string());
+        line("webhook.path", format!("{:?}", self.webhook.path));
+        line("webhook.secret", secret(&self.webhook.secret));
+        line(
+            "webhook.max_body_bytes",
+            self.webhook.max_body_bytes.to_string(),
+        );
+        line(
+            "webhook.max_events_per_body",
+            self.webhook.max_events_per_body.to_string(),
+        );
+        line(
+            "webhook.ack_timeout",
+            humantime::format_duration(self.webhook.ack_timeout).to_string(),
+        );
+        line(
+            "pipeline.max_in_flight_events",
+            self.pipeline.max_in_flight_events.to_string(),
+        );
+        line("pipeline.lanes", self.pipeline.lanes.to_string());
+        line("admin.enabled", self.admin.enabled.to_string());
+        line("admin.listen", self.admin.listen.to_string());
+        for (index, sink) in self.sinks.iter().enumerate() {
+            line(&format!("sinks[{index}]"), sink.describe());
+        }
+        out
+    }
+}
+
+/// Sets the keys named by the environment on the parsed table.
+fn apply_env(
+    table: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+    env_names: &[String],
+) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    for (name, key) in ENV_KEYS {
+        if let Some(value) = env(name) {
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            // These are strings (ids, tokens, paths): never reinterpret them.
+            if let Err(problem) = set_path(table, &path, toml::Value::String(value)) {
+                problems.push(format!("{name}: {problem}"));
+            }
+        }
+    }
+    let mut generic: Vec<&String> = env_names
+        .iter()
+        .filter(|name| name.starts_with(ENV_PREFIX))
+        .collect();
+    generic.sort();
+    for name in generic {
+        let Some(value) = env(name) else { continue };
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|part| part.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(String::is_empty) {
+            problems.push(format!("{name}: empty key segment"));
+            continue;
+        }
+        if let Err(problem) = set_path(table, &path, env_value(&value)) {
+            problems.push(format!("{name}: {problem}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// An environment value as TOML: numbers, booleans and arrays keep their type,
+/// anything else is a string.
+fn env_value(value: &str) -> toml::Value {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        v: toml::Value,
+    }
+    toml::from_str::<Wrapper>(&format!("v = {value}"))
+        .map(|w| w.v)
+        .unwrap_or_else(|_| toml::Value::String(value.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("paths are never empty");
+    let mut current = table;
+    for (depth, part) in parents.iter().enumerate() {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                // `sinks__0__path`: the next segment indexes the array.
+                let index: usize = path[depth + 1]
+                    .parse()
+                    .map_err(|_| format!("{part} is a list: the next segment must be an index"))?;
+                let item = items
+                    .get_mut(index)
+                    .ok_or_else(|| format!("{part} has no item {index}"))?;
+                let toml::Value::Table(t) = item else {
+                    return Err(format!("{part}[{index}] is not a table"));
+                };
+                return set_path(t, &path[depth + 2..], value);
+            }
+            _ => return Err(format!("{part} is not a table")),
+        };
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write it like \"4s\" or \"250ms\""
+        ))
+    })
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_sinks() -> Vec<SinkConfig> {
+    vec![SinkConfig::default()]
+}
+fn default_webhook_listen() -> SocketAddr {
+    ([0, 0, 0, 0], 8080).into()
+}
+fn default_webhook_path() -> String {
+    "/webhook".to_owned()
+}
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_events_per_body() -> usize {
+    5_000
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(4)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_in_flight() -> usize {
+    10_000
+}
+fn default_lanes() -> usize {
+    8
+}
+fn default_max_batch() -> usize {
+    512
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_admin_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 9090).into()
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("defaults deserialize")
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("defaults deserialize")
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("defaults deserialize")
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("defaults deserialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let names: Vec<String> = env.keys().cloned().collect();
+        Config::load(
+            text,
+            &|name| env.get(name).cloned(),
+            &names,
+            &|path| match path.to_str() {
+                Some("/run/secrets/token") => Ok("from-file\n".to_owned()),
+                _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+            },
+        )
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config.example.toml");
+        let config = load(text, &[]).unwrap();
+        assert!(!config.sinks.is_empty());
+    }
+
+    #[test]
+    fn env_overrides_and_secret_files() {
+        let config = load(
+            "[fishjam]\nid = \"file-id\"\n",
+            &[
+                ("FISHJAM_ID", "env-id"),
+                ("FISHJAM_MANAGEMENT_TOKEN_FILE", "/run/secrets/token"),
+                ("FISHJAM_WEBHOOK_SECRET", "s3cret"),
+                ("FISHJAM_BRIDGE__WEBHOOK__MAX_BODY_BYTES", "1024"),
+                ("FISHJAM_BRIDGE__PIPELINE__LANES", "3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.fishjam.id, "env-id");
+        assert_eq!(
+            config.fishjam.management_token.unwrap().expose(),
+            "from-file"
+        );
+        assert_eq!(config.webhook.secret.unwrap().expose(), "s3cret");
+        assert_eq!(config.webhook.max_body_bytes, 1024);
+        assert_eq!(config.pipeline.lanes, 3);
+    }
+
+    #[test]
+    fn env_reaches_into_sink_list() {
+        let config = load(
+            "[fishjam]\nid = \"x\"\n[[sinks]]\ntype = \"file\"\npath = \"/a\"\n",
+            &[("FISHJAM_BRIDGE__SINKS__0__PATH", "/b")],
+        )
+        .unwrap();
+        assert!(config.sinks[0].describe().contains("/b"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let error = load(
+            "[webhook]\npath = \"hook\"\nmax_events_per_body = 20000\n",
+            &[],
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("fishjam.id is required"), "{text}");
+        assert!(text.contains("webhook.path"), "{text}");
+        assert!(text.contains("webhook.max_events_per_body"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let error = load("[fishjam]\nid = \"x\"\nsecret = \"y\"\n", &[]).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `secret`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = load(
+            "[fishjam]\nid = \"x\"\nmanagement_token = \"tok-123456\"\n",
+            &[("FISHJAM_WEBHOOK_SECRET", "whsec-abcdef")],
+        )
+        .unwrap();
+        let shown = format!("{config:?}\n{}", config.describe());
+        assert!(!shown.contains("tok-123456"));
+        assert!(!shown.contains("whsec-abcdef"));
+    }
+}

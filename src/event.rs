@@ -1,0 +1,436 @@
+//! The JSON event the bridge publishes: its public, versioned contract.
+//!
+//! An `Event` is an envelope (id, type, the ids that key it, where it came
+//! from, when it arrived) around `data`, which is exactly what the official
+//! JS SDK's `decodeServerNotifications` returns for the notification: the same
+//! camelCase keys in proto order, the same enum strings, absent oneof members
+//! and unmapped enum values left out. `docs/events.md` and
+//! `schema/event.schema.json` describe the format; changing it means a new
+//! `schema_version`. This module does no IO.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Serialize, Serializer};
+use uuid::Uuid;
+
+/// Version of the event format, written into every event.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One normalized notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unique per event (UUIDv7: time-ordered). A retry of the same event keeps it.
+    pub id: Uuid,
+    pub event_type: EventType,
+    pub source: Source,
+    /// When the bridge read the body or frame that carried the notification.
+    pub received_at: SystemTime,
+    pub fishjam_id: Arc<str>,
+    pub data: Data,
+    /// Enum values the SDK cannot name (a newer Fishjam): `data` omits the key,
+    /// and the raw number is kept here under its path in `data`.
+    pub unmapped_enums: Vec<(&'static str, i32)>,
+}
+
+/// Which path delivered an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Webhook,
+    Notifier,
+    /// Derived by the bridge from Fishjam's REST API after a notifier gap.
+    Reconciled,
+    /// The `decode` command.
+    Decode,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Webhook => "webhook",
+            Source::Notifier => "notifier",
+            Source::Reconciled => "reconciled",
+            Source::Decode => "decode",
+        }
+    }
+}
+
+macro_rules! event_types {
+    ($($variant:ident => $name:literal,)*) => {
+        /// The event types, named as the JS SDK names them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EventType { $($variant,)* }
+
+        impl EventType {
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(EventType::$variant => $name,)* }
+            }
+
+            pub fn from_name(name: &str) -> Option<EventType> {
+                match name { $($name => Some(EventType::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+event_types! {
+    RoomCreated => "roomCreated",
+    RoomDeleted => "roomDeleted",
+    RoomCrashed => "roomCrashed",
+    PeerAdded => "peerAdded",
+    PeerDeleted => "peerDeleted",
+    PeerConnected => "peerConnected",
+    PeerDisconnected => "peerDisconnected",
+    PeerMetadataUpdated => "peerMetadataUpdated",
+    PeerCrashed => "peerCrashed",
+    StreamerConnected => "streamerConnected",
+    StreamerDisconnected => "streamerDisconnected",
+    ViewerConnected => "viewerConnected",
+    ViewerDisconnected => "viewerDisconnected",
+    TrackAdded => "trackAdded",
+    TrackRemoved => "trackRemoved",
+    TrackMetadataUpdated => "trackMetadataUpdated",
+    TrackForwarding => "trackForwarding",
+    TrackForwardingRemoved => "trackForwardingRemoved",
+    VadNotification => "vadNotification",
+    ChannelAdded => "channelAdded",
+    ChannelRemoved => "channelRemoved",
+    RecordingStatusChanged => "recordingStatusChanged",
+}
+
+impl EventType {
+    /// Room and peer lifecycle events: never shed, never delayed by bursty ones.
+    pub fn is_lifecycle(self) -> bool {
+        !matches!(
+            self,
+            EventType::VadNotification
+                | EventType::PeerMetadataUpdated
+                | EventType::TrackMetadataUpdated
+        )
+    }
+}
+
+/// The `data` payload, one shape per group of notifications.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Data {
+    Room(RoomData),
+    Peer(PeerData),
+    PeerCrashed(PeerCrashedData),
+    PeerMetadata(PeerMetadataData),
+    Streamer(StreamerData),
+    Viewer(ViewerData),
+    Track(TrackData),
+    TrackForwarding(TrackForwardingData),
+    TrackForwardingRemoved(TrackForwardingRemovedData),
+    Vad(VadData),
+    Channel(ChannelData),
+    Recording(RecordingData),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomData {
+    pub room_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerData {
+    pub room_id: String,
+    pub peer_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerCrashedData {
+    pub room_id: String,
+    pub peer_id: String,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerMetadataData {
+    pub room_id: String,
+    pub peer_id: String,
+    pub metadata: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamerData {
+    pub stream_id: String,
+    pub streamer_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewerData {
+    pub stream_id: String,
+    pub viewer_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Track {
+    pub id: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub track_type: Option<&'static str>,
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackData {
+    pub room_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub component_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track: Option<Track>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackForwardingData {
+    pub room_id: String,
+    pub peer_id: String,
+    pub composition_url: String,
+    pub input_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_track: Option<Track>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video_track: Option<Track>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackForwardingRemovedData {
+    pub room_id: String,
+    pub peer_id: String,
+    pub composition_url: String,
+    pub input_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VadData {
+    pub room_id: String,
+    pub peer_id: String,
+    pub track_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelData {
+    pub room_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub component_id: Option<String>,
+    pub channel_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingData {
+    pub recording_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    pub metadata: String,
+}
+
+impl Data {
+    pub fn room_id(&self) -> Option<&str> {
+        Some(match self {
+            Data::Room(d) => &d.room_id,
+            Data::Peer(d) => &d.room_id,
+            Data::PeerCrashed(d) => &d.room_id,
+            Data::PeerMetadata(d) => &d.room_id,
+            Data::Track(d) => &d.room_id,
+            Data::TrackForwarding(d) => &d.room_id,
+            Data::TrackForwardingRemoved(d) => &d.room_id,
+            Data::Vad(d) => &d.room_id,
+            Data::Channel(d) => &d.room_id,
+            Data::Streamer(_) | Data::Viewer(_) | Data::Recording(_) => return None,
+        })
+    }
+
+    pub fn stream_id(&self) -> Option<&str> {
+        match self {
+            Data::Streamer(d) => Some(&d.stream_id),
+            Data::Viewer(d) => Some(&d.stream_id),
+            _ => None,
+        }
+    }
+
+    pub fn peer_id(&self) -> Option<&str> {
+        match self {
+            Data::Peer(d) => Some(&d.peer_id),
+            Data::PeerCrashed(d) => Some(&d.peer_id),
+            Data::PeerMetadata(d) => Some(&d.peer_id),
+            Data::TrackForwarding(d) => Some(&d.peer_id),
+            Data::TrackForwardingRemoved(d) => Some(&d.peer_id),
+            Data::Vad(d) => Some(&d.peer_id),
+            Data::Track(d) => d.peer_id.as_deref(),
+            Data::Channel(d) => d.peer_id.as_deref(),
+            Data::Room(_) | Data::Streamer(_) | Data::Viewer(_) | Data::Recording(_) => None,
+        }
+    }
+
+    /// The metadata strings of the payload, by their path in `data`.
+    fn metadata(&self) -> Vec<(&'static str, &str)> {
+        fn track<'a>(
+            out: &mut Vec<(&'static str, &'a str)>,
+            path: &'static str,
+            track: &'a Option<Track>,
+        ) {
+            if let Some(track) = track {
+                out.push((path, &track.metadata));
+            }
+        }
+        let mut out = Vec::new();
+        match self {
+            Data::PeerMetadata(d) => out.push(("metadata", d.metadata.as_str())),
+            Data::Recording(d) => out.push(("metadata", d.metadata.as_str())),
+            Data::Track(d) => track(&mut out, "track.metadata", &d.track),
+            Data::TrackForwarding(d) => {
+                track(&mut out, "audioTrack.metadata", &d.audio_track);
+                track(&mut out, "videoTrack.metadata", &d.video_track);
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+impl Event {
+    pub fn room_id(&self) -> Option<&str> {
+        self.data.room_id()
+    }
+
+    pub fn stream_id(&self) -> Option<&str> {
+        self.data.stream_id()
+    }
+
+    pub fn peer_id(&self) -> Option<&str> {
+        self.data.peer_id()
+    }
+
+    /// What orders and partitions the event: the room id, else the stream id,
+    /// else the recording id (recordings belong to neither in the protocol).
+    pub fn key(&self) -> &str {
+        match &self.data {
+            Data::Recording(d) => &d.recording_id,
+            data => data.room_id().or_else(|| data.stream_id()).unwrap_or(""),
+        }
+    }
+
+    /// The event as one line of JSON (no trailing newline).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(384);
+        serde_json::to_writer(&mut out, self).expect("an event always serializes");
+        out
+    }
+}
+
+/// New time-ordered event id.
+pub fn new_event_id(at: SystemTime) -> Uuid {
+    let millis = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let metadata_json = parsed_metadata(&self.data);
+        let mut fields = 8;
+        for present in [
+            self.room_id().is_some(),
+            self.stream_id().is_some(),
+            self.peer_id().is_some(),
+            !metadata_json.is_empty(),
+            !self.unmapped_enums.is_empty(),
+        ] {
+            fields += usize::from(present);
+        }
+        let mut s = serializer.serialize_struct("Event", fields)?;
+        s.serialize_field("schema_version", &SCHEMA_VERSION)?;
+        s.serialize_field("id", &Hyphenated(self.id))?;
+        s.serialize_field("type", self.event_type.as_str())?;
+        s.serialize_field("key", self.key())?;
+        if let Some(room_id) = self.room_id() {
+            s.serialize_field("room_id", room_id)?;
+        }
+        if let Some(stream_id) = self.stream_id() {
+            s.serialize_field("stream_id", stream_id)?;
+        }
+        if let Some(peer_id) = self.peer_id() {
+            s.serialize_field("peer_id", peer_id)?;
+        }
+        s.serialize_field("source", self.source.as_str())?;
+        s.serialize_field(
+            "received_at",
+            &humantime::format_rfc3339_micros(self.received_at).to_string(),
+        )?;
+        s.serialize_field("fishjam_id", &*self.fishjam_id)?;
+        s.serialize_field("data", &self.data)?;
+        if !metadata_json.is_empty() {
+            s.serialize_field("metadata_json", &PathMap(&metadata_json))?;
+        }
+        if !self.unmapped_enums.is_empty() {
+            s.serialize_field("unmapped_enums", &PathMap(&self.unmapped_enums))?;
+        }
+        s.end()
+    }
+}
+
+/// Metadata strings that hold a JSON object or array, by path in `data`.
+/// A bare string or number is left alone: it is not worth a second copy.
+fn parsed_metadata(data: &Data) -> Vec<(&'static str, &serde_json::value::RawValue)> {
+    data.metadata()
+        .into_iter()
+        .filter(|(_, text)| {
+            let trimmed = text.trim_start();
+            trimmed.starts_with('{') || trimmed.starts_with('[')
+        })
+        .filter_map(|(path, text)| Some((path, serde_json::from_str(text).ok()?)))
+        .collect()
+}
+
+struct PathMap<'a, V>(&'a [(&'static str, V)]);
+
+impl<V: Serialize> Serialize for PathMap<'_, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (path, value) in self.0 {
+            map.serialize_entry(path, value)?;
+        }
+        map.end()
+    }
+}
+
+struct Hyphenated(Uuid);
+
+impl Serialize for Hyphenated {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        serializer.serialize_str(self.0.hyphenated().encode_lower(&mut buffer))
+    }
+}

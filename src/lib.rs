@@ -1,0 +1,239 @@
+//! fishjam-bridge: Fishjam server notifications in, JSON events out to the
+//! message queues, acknowledged end to end.
+//!
+//! `start` builds the parts from a validated `Config`, binds the listeners,
+//! spawns the tasks and returns a `Bridge`; `Bridge::wait` returns once the
+//! shutdown token was cancelled and the pipeline drained (or the drain timed
+//! out). See ARCHITECTURE.md for the codemap.
+
+pub mod admin;
+pub mod backoff;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod normalize;
+pub mod pipeline;
+pub mod proto;
+pub mod signature;
+pub mod simulator;
+pub mod sinks;
+pub mod sources;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Readiness;
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::pipeline::{InFlight, Pipeline};
+use crate::sinks::{LaneOptions, Sink};
+
+/// A running bridge.
+pub struct Bridge {
+    /// Where webhooks are accepted, when enabled.
+    pub webhook_addr: Option<SocketAddr>,
+    /// Where /metrics, /healthz and /readyz are served, when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    pub readiness: Readiness,
+    task: JoinHandle<anyhow::Result<DrainReport>>,
+}
+
+/// What shutdown achieved.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainReport {
+    /// Events still unacknowledged when the drain timeout passed.
+    pub undelivered: usize,
+}
+
+impl Bridge {
+    /// Waits for shutdown and the drain.
+    pub async fn wait(self) -> anyhow::Result<DrainReport> {
+        self.task.await.context("the bridge task panicked")?
+    }
+}
+
+/// Starts the bridge. The listeners are bound before this returns; sinks
+/// connect in the background (readiness says when), so a broker that is down
+/// at start-up delays events rather than stopping the bridge.
+pub async fn start(
+    config: Config,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Bridge> {
+    let readiness = Readiness::default();
+    readiness.register("running");
+    let tasks = TaskTracker::new();
+
+    let admin_addr = if config.admin.enabled {
+        let listener = tokio::net::TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("cannot bind admin.listen {}", config.admin.listen))?;
+        let addr = listener.local_addr()?;
+        let router = admin::router(metrics, readiness.clone());
+        // The admin listener outlives the drain, so metrics stay scrapable;
+        // it ends with the process.
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(error = %error, "admin listener failed");
+            }
+        });
+        tracing::info!(%addr, "admin listening");
+        Some(addr)
+    } else {
+        None
+    };
+
+    let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_owned()).collect();
+    let (pipeline, lanes, in_flight) = Pipeline::new(
+        &names,
+        config.pipeline.lanes,
+        config.pipeline.max_in_flight_events,
+    );
+    let lane_options = LaneOptions {
+        max_batch: config.pipeline.max_batch,
+        retry_initial_backoff: config.pipeline.retry_initial_backoff,
+        retry_max_backoff: config.pipeline.retry_max_backoff,
+    };
+    let sink_tasks = TaskTracker::new();
+    for (sink_config, sink_lanes) in config.sinks.iter().cloned().zip(lanes) {
+        let check = format!("sink:{}", sink_config.name());
+        readiness.register(&check);
+        let readiness = readiness.clone();
+        let options = lane_options.clone();
+        let in_flight = in_flight.clone();
+        let retry = Backoff::new(
+            config.pipeline.retry_initial_backoff,
+            config.pipeline.retry_max_backoff,
+        );
+        sink_tasks.spawn(async move {
+            let sink = Arc::new(connect_sink(&sink_config, retry).await);
+            readiness.set(&check, true);
+            telemetry::sink_up(sink.name(), true);
+            let lane_tasks = TaskTracker::new();
+            for lane in sink_lanes {
+                lane_tasks.spawn(sinks::run_lane(
+                    sink.clone(),
+                    lane,
+                    options.clone(),
+                    in_flight.clone(),
+                ));
+            }
+            lane_tasks.close();
+            lane_tasks.wait().await;
+            if let Err(error) = sink.close().await {
+                tracing::error!(sink = sink.name(), error = %error, "closing the sink failed");
+            }
+            readiness.set(&check, false);
+            tracing::info!(sink = sink.name(), "sink closed");
+        });
+    }
+    sink_tasks.close();
+
+    let fishjam_id: Arc<str> = Arc::from(config.fishjam.id.as_str());
+    let webhook_addr = if config.webhook.enabled {
+        if config.webhook.secret.is_none() {
+            tracing::warn!(
+                "webhook.secret is not set: webhooks are accepted unsigned; set it to the secret from the Fishjam dashboard"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(config.webhook.listen)
+            .await
+            .with_context(|| format!("cannot bind webhook.listen {}", config.webhook.listen))?;
+        let addr = listener.local_addr()?;
+        let router =
+            sources::webhook::router(&config.webhook, fishjam_id.clone(), pipeline.clone());
+        let stop = shutdown.clone();
+        let failed = shutdown.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(error = %error, "webhook listener failed");
+                failed.cancel();
+            }
+            tracing::info!("webhook listener stopped");
+        });
+        tracing::info!(%addr, path = %config.webhook.path, "webhook listening");
+        Some(addr)
+    } else {
+        None
+    };
+    tasks.close();
+    // From here on only the sources hold the pipeline: when they stop, the
+    // lanes close and the sinks drain.
+    drop(pipeline);
+    readiness.set("running", true);
+
+    let drain_timeout = config.pipeline.drain_timeout;
+    let state = readiness.clone();
+    let task = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        state.set("running", false);
+        tracing::info!(
+            in_flight = in_flight.current(),
+            "shutting down: sources stop, in-flight events drain"
+        );
+        drain(tasks, sink_tasks, in_flight, drain_timeout).await
+    });
+
+    Ok(Bridge {
+        webhook_addr,
+        admin_addr,
+        readiness,
+        task,
+    })
+}
+
+async fn connect_sink(config: &sinks::SinkConfig, mut retry: Backoff) -> Sink {
+    loop {
+        match Sink::connect(config).await {
+            Ok(sink) => {
+                tracing::info!(sink = config.name(), "sink connected");
+                return sink;
+            }
+            Err(error) => {
+                let delay = retry.next_delay();
+                tracing::warn!(
+                    sink = config.name(),
+                    error = %error,
+                    attempt = retry.attempts(),
+                    delay_ms = delay.as_millis() as u64,
+                    "sink cannot connect; retrying"
+                );
+                telemetry::sink_up(config.name(), false);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn drain(
+    sources: TaskTracker,
+    sinks: TaskTracker,
+    in_flight: InFlight,
+    timeout: std::time::Duration,
+) -> anyhow::Result<DrainReport> {
+    let drained = tokio::time::timeout(timeout, async {
+        sources.wait().await;
+        sinks.wait().await;
+    })
+    .await;
+    let undelivered = in_flight.current();
+    match drained {
+        Ok(()) => tracing::info!("drained: every accepted event was acknowledged"),
+        Err(_) => tracing::error!(
+            undelivered,
+            timeout_ms = timeout.as_millis() as u64,
+            "drain timed out; events still in flight are not delivered"
+        ),
+    }
+    Ok(DrainReport { undelivered })
+}

@@ -1,0 +1,391 @@
+//! The `fishjam-bridge` command: parse arguments, load the configuration,
+//! install logs and metrics, run, and map the outcome to an exit code.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use fishjam_bridge::config::{Config, ConfigError, Secret};
+use fishjam_bridge::event::Source;
+use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::simulator::webhook::WebhookTarget;
+use fishjam_bridge::simulator::{self, SimulateOptions};
+use fishjam_bridge::telemetry::{self, LogFormat};
+
+/// Exit code for a configuration the bridge cannot run with (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code for a body `decode` cannot read (EX_DATAERR).
+const EXIT_DATA: u8 = 65;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Carries Fishjam server notifications to message queues as JSON events"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge with a configuration file (and the environment).
+    Run {
+        #[arg(long, short, env = "FISHJAM_BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration and print it with secrets masked.
+    CheckConfig {
+        #[arg(long, short, env = "FISHJAM_BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Decode one webhook body or notifier frame and print its events, one JSON per line.
+    Decode {
+        /// How the input is written.
+        #[arg(long, value_enum, default_value = "raw")]
+        input_format: InputFormat,
+        /// Written into the events' fishjam_id.
+        #[arg(long, default_value = "decode")]
+        fishjam_id: String,
+        /// A file, or - for standard input.
+        #[arg(default_value = "-")]
+        input: PathBuf,
+    },
+    /// Act as Fishjam: serve the notifier and post webhooks with simulated rooms.
+    Simulate(SimulateArgs),
+    /// Run the simulator into a bridge that prints events on stdout, until Ctrl-C.
+    Demo {
+        /// Stop after this long (e.g. 10s); default: until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Notifications per second.
+        #[arg(long, default_value_t = 10)]
+        rate: u64,
+        /// Rooms alive at once.
+        #[arg(long, default_value_t = 3)]
+        rooms: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InputFormat {
+    Raw,
+    Hex,
+    Base64,
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Serve the notifier WebSocket here (e.g. 127.0.0.1:5002).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The management token clients must present.
+    #[arg(
+        long,
+        env = "FISHJAM_MANAGEMENT_TOKEN",
+        default_value = "development-token",
+        hide_env_values = true
+    )]
+    management_token: String,
+    /// Post webhooks to this URL.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Sign webhooks with this secret.
+    #[arg(long, env = "FISHJAM_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Notifications per webhook body; above 1 they are sent as a NotificationBatch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Webhook connections in parallel (a room always uses the same one).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Times a refused webhook is sent again.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Notifications per second; 0 for as fast as possible.
+    #[arg(long, default_value_t = 20)]
+    rate: u64,
+    /// Rooms alive at once.
+    #[arg(long, default_value_t = 5)]
+    rooms: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this many notifications.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Hold notifications until this many notifier clients subscribed.
+    #[arg(long, default_value_t = 0)]
+    wait_for_subscribers: usize,
+    /// Interval of the notifier's WebSocket pings.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    ping_interval: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(config),
+        Command::Decode {
+            input_format,
+            fishjam_id,
+            input,
+        } => decode(input_format, fishjam_id, input),
+        Command::Run { config } => {
+            let config = match Config::from_process(config.as_deref()) {
+                Ok(config) => config,
+                Err(error) => return config_failed(&error),
+            };
+            telemetry::init_logging(config.log.format, &config.log.level);
+            report(runtime().block_on(run(config)))
+        }
+        Command::Simulate(args) => {
+            telemetry::init_logging(LogFormat::Text, "info");
+            report(runtime().block_on(simulate(args)))
+        }
+        Command::Demo {
+            duration,
+            rate,
+            rooms,
+            seed,
+        } => {
+            telemetry::init_logging(LogFormat::Text, "info");
+            report(runtime().block_on(demo(duration, rate, rooms, seed)))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("fishjam-bridge: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_failed(error: &ConfigError) -> ExitCode {
+    eprintln!("fishjam-bridge: the configuration is not valid:");
+    for problem in &error.problems {
+        eprintln!("  - {problem}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    match Config::from_process(path.as_deref()) {
+        Ok(config) => {
+            print!("{}", config.describe());
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(error) => config_failed(&error),
+    }
+}
+
+fn decode(format: InputFormat, fishjam_id: String, input: PathBuf) -> ExitCode {
+    let read = || -> anyhow::Result<Vec<u8>> {
+        let mut raw = Vec::new();
+        if input.as_os_str() == "-" {
+            std::io::stdin().read_to_end(&mut raw)?;
+        } else {
+            raw = std::fs::read(&input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+        }
+        Ok(match format {
+            InputFormat::Raw => raw,
+            InputFormat::Hex => {
+                let text: String = String::from_utf8_lossy(&raw).split_whitespace().collect();
+                hex::decode(text).context("input is not valid hex")?
+            }
+            InputFormat::Base64 => {
+                use base64::Engine;
+                let text: String = String::from_utf8_lossy(&raw).split_whitespace().collect();
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .context("input is not valid base64")?
+            }
+        })
+    };
+    let body = match read() {
+        Ok(body) => body,
+        Err(error) => {
+            eprintln!("fishjam-bridge decode: {error:#}");
+            return ExitCode::from(EXIT_DATA);
+        }
+    };
+    let origin = Origin {
+        source: Source::Decode,
+        received_at: SystemTime::now(),
+        fishjam_id: Arc::from(fishjam_id),
+    };
+    match normalize_body(&body, &origin) {
+        Ok(normalized) => {
+            let mut out = std::io::stdout().lock();
+            for event in &normalized.events {
+                let _ = out.write_all(&event.to_json());
+                let _ = out.write_all(b"\n");
+            }
+            for skipped in &normalized.skipped {
+                eprintln!("skipped: {}", skipped.as_str());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("fishjam-bridge decode: {error} ({})", error.reason());
+            ExitCode::from(EXIT_DATA)
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = terminate => tracing::info!("SIGTERM received"),
+        }
+        token.cancel();
+    });
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = telemetry::install_metrics()?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let bridge = fishjam_bridge::start(config, metrics, shutdown).await?;
+    let drained = bridge.wait().await?;
+    if drained.undelivered > 0 {
+        anyhow::bail!(
+            "{} events were not delivered before the drain timeout",
+            drained.undelivered
+        );
+    }
+    Ok(())
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let options = SimulateOptions {
+        seed: args.seed,
+        rooms: args.rooms,
+        rate: args.rate,
+        count: args.count,
+        duration: args.duration,
+        webhook: args.webhook_url.map(|url| WebhookTarget {
+            url,
+            secret: args.webhook_secret,
+            batch: args.batch.max(1),
+            concurrency: args.concurrency,
+            retries: args.retries,
+        }),
+        listen: args.listen,
+        management_token: args.management_token,
+        ping_interval: args.ping_interval,
+        wait_for_subscribers: args.wait_for_subscribers,
+    };
+    let server = match options.listen {
+        Some(listen) => {
+            let server = simulator::serve(listen, &options, shutdown.clone()).await?;
+            tracing::info!(addr = %server.addr, "simulated Fishjam listening");
+            Some(server)
+        }
+        None => None,
+    };
+    let report = simulator::play(&options, server.as_ref(), shutdown.clone()).await?;
+    tracing::info!(
+        notifications = report.notifications,
+        webhook_bodies_ok = report.webhook_bodies_ok,
+        webhook_bodies_failed = report.webhook_bodies_failed,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "simulation finished"
+    );
+    println!(
+        "{{\"notifications\":{},\"webhook_bodies_ok\":{},\"webhook_bodies_failed\":{},\"webhook_notifications_failed\":{},\"elapsed_ms\":{}}}",
+        report.notifications,
+        report.webhook_bodies_ok,
+        report.webhook_bodies_failed,
+        report.webhook_notifications_failed,
+        report.elapsed.as_millis()
+    );
+    if server.is_some() && options.count.is_none() && options.duration.is_none() {
+        shutdown.cancelled().await;
+    }
+    shutdown.cancel();
+    Ok(())
+}
+
+async fn demo(
+    duration: Option<Duration>,
+    rate: u64,
+    rooms: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let secret = "demo-webhook-secret";
+    let mut config = Config::load(
+        "[fishjam]\nid = \"simulator\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &|_| None,
+        &[],
+        &|path| std::fs::read_to_string(path),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.webhook.secret = Some(Secret::new(secret));
+    let metrics = telemetry::install_metrics()?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let path = config.webhook.path.clone();
+    let bridge = fishjam_bridge::start(config, metrics, shutdown.clone()).await?;
+    let webhook = bridge.webhook_addr.context("the demo enables webhooks")?;
+    tracing::info!(
+        admin = ?bridge.admin_addr,
+        "demo: the simulator posts signed webhooks into the bridge; events follow on stdout"
+    );
+    let options = SimulateOptions {
+        seed,
+        rooms,
+        rate,
+        duration,
+        webhook: Some(WebhookTarget {
+            url: format!("http://{webhook}{path}"),
+            secret: Some(secret.to_owned()),
+            batch: 1,
+            concurrency: 2,
+            retries: 3,
+        }),
+        ..SimulateOptions::default()
+    };
+    let report = simulator::play(&options, None, shutdown.clone()).await?;
+    tracing::info!(notifications = report.notifications, "demo finished");
+    shutdown.cancel();
+    bridge.wait().await?;
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Notifications to events: the one place where a body becomes `Event`s.
+//!
+//! Both sources and the `decode` command hand raw bytes to `normalize_body`,
+//! which decodes them (`decode`) and maps each notification to the JSON shape
+//! the official JS SDK returns (`event`). Enum numbers become the SDK's
+//! strings; a number the SDK cannot name is left out of `data` and kept in
+//! `unmapped_enums`, so an element the SDK would throw on (an unknown
+//! recording status) never costs its siblings. Pure and synchronous.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::decode::{self, DecodeError, Notification, Skipped};
+use crate::event::*;
+use crate::proto::{self, server_message as sm};
+
+/// Where and when a body arrived; shared by all the events it carries.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub source: Source,
+    pub received_at: SystemTime,
+    pub fishjam_id: Arc<str>,
+}
+
+/// The events one body carried, in wire order, and what was skipped.
+#[derive(Debug, Default)]
+pub struct Normalized {
+    pub events: Vec<Event>,
+    pub skipped: Vec<Skipped>,
+    pub batch: bool,
+}
+
+/// Decodes one body and normalizes every notification in it.
+pub fn normalize_body(body: &[u8], origin: &Origin) -> Result<Normalized, DecodeError> {
+    let decoded = decode::decode(body)?;
+    let events = decoded
+        .notifications
+        .into_iter()
+        .map(|notification| normalize(notification, origin))
+        .collect();
+    Ok(Normalized {
+        events,
+        skipped: decoded.skipped,
+        batch: decoded.batch,
+    })
+}
+
+/// Maps one notification to its event.
+pub fn normalize(notification: Notification, origin: &Origin) -> Event {
+    let mut unmapped = Vec::new();
+    let (event_type, data) = payload(notification, &mut unmapped);
+    Event {
+        id: new_event_id(origin.received_at),
+        event_type,
+        source: origin.source,
+        received_at: origin.received_at,
+        fishjam_id: origin.fishjam_id.clone(),
+        data,
+        unmapped_enums: unmapped,
+    }
+}
+
+type Unmapped = Vec<(&'static str, i32)>;
+
+fn payload(notification: Notification, unmapped: &mut Unmapped) -> (EventType, Data) {
+    use proto::Content as C;
+    use EventType as T;
+    let room = |room_id| Data::Room(RoomData { room_id });
+    match notification {
+        C::RoomCreated(m) => (T::RoomCreated, room(m.room_id)),
+        C::RoomDeleted(m) => (T::RoomDeleted, room(m.room_id)),
+        C::RoomCrashed(m) => (T::RoomCrashed, room(m.room_id)),
+        C::PeerAdded(m) => (
+            T::PeerAdded,
+            peer(m.room_id, m.peer_id, m.peer_type, unmapped),
+        ),
+        C::PeerDeleted(m) => (
+            T::PeerDeleted,
+            peer(m.room_id, m.peer_id, m.peer_type, unmapped),
+        ),
+        C::PeerConnected(m) => (
+            T::PeerConnected,
+            peer(m.room_id, m.peer_id, m.peer_type, unmapped),
+        ),
+        C::PeerDisconnected(m) => (
+            T::PeerDisconnected,
+            peer(m.room_id, m.peer_id, m.peer_type, unmapped),
+        ),
+        C::PeerCrashed(m) => (
+            T::PeerCrashed,
+            Data::PeerCrashed(PeerCrashedData {
+                room_id: m.room_id,
+                peer_id: m.peer_id,
+                reason: m.reason,
+                peer_type: peer_type(m.peer_type, unmapped),
+            }),
+        ),
+        C::PeerMetadataUpdated(m) => (
+            T::PeerMetadataUpdated,
+            Data::PeerMetadata(PeerMetadataData {
+                room_id: m.room_id,
+                peer_id: m.peer_id,
+                metadata: m.metadata,
+                peer_type: peer_type(m.peer_type, unmapped),
+            }),
+        ),
+        C::StreamerConnected(m) => (
+            T::StreamerConnected,
+            Data::Streamer(StreamerData {
+                stream_id: m.stream_id,
+                streamer_id: m.streamer_id,
+            }),
+        ),
+        C::StreamerDisconnected(m) => (
+            T::StreamerDisconnected,
+            Data::Streamer(StreamerData {
+                stream_id: m.stream_id,
+                streamer_id: m.streamer_id,
+            }),
+        ),
+        C::ViewerConnected(m) => (
+            T::ViewerConnected,
+            Data::Viewer(ViewerData {
+                stream_id: m.stream_id,
+                viewer_id: m.viewer_id,
+            }),
+        ),
+        C::ViewerDisconnected(m) => (
+            T::ViewerDisconnected,
+            Data::Viewer(ViewerData {
+                stream_id: m.stream_id,
+                viewer_id: m.viewer_id,
+            }),
+        ),
+        C::TrackAdded(m) => (
+            T::TrackAdded,
+            track_event(
+                m.room_id,
+                endpoint_track_added(m.endpoint_info),
+                m.track,
+                unmapped,
+            ),
+        ),
+        C::TrackRemoved(m) => (
+            T::TrackRemoved,
+            track_event(
+                m.room_id,
+                endpoint_track_removed(m.endpoint_info),
+                m.track,
+                unmapped,
+            ),
+        ),
+        C::TrackMetadataUpdated(m) => (
+            T::TrackMetadataUpdated,
+            track_event(
+                m.room_id,
+                endpoint_track_metadata(m.endpoint_info),
+                m.track,
+                unmapped,
+            ),
+        ),
+        C::TrackForwarding(m) => (
+            T::TrackForwarding,
+            Data::TrackForwarding(TrackForwardingData {
+                room_id: m.room_id,
+                peer_id: m.peer_id,
+                composition_url: m.composition_url,
+                input_id: m.input_id,
+                audio_track: m.audio_track.map(|t| track(t, "audioTrack.type", unmapped)),
+                video_track: m.video_track.map(|t| track(t, "videoTrack.type", unmapped)),
+            }),
+        ),
+        C::TrackForwardingRemoved(m) => (
+            T::TrackForwardingRemoved,
+            Data::TrackForwardingRemoved(TrackForwardingRemovedData {
+                room_id: m.room_id,
+                peer_id: m.peer_id,
+                composition_url: m.composition_url,
+                input_id: m.input_id,
+            }),
+        ),
+        C::VadNotification(m) => (
+            T::VadNotification,
+            Data::Vad(VadData {
+                room_id: m.room_id,
+                peer_id: m.peer_id,
+                track_id: m.track_id,
+                status: mapped(vad_status(m.status), "status", m.status, unmapped),
+            }),
+        ),
+        C::ChannelAdded(m) => {
+            let (peer_id, component_id) = endpoint_channel_added(m.endpoint_info);
+            (
+                T::ChannelAdded,
+                Data::Channel(ChannelData {
+                    room_id: m.room_id,
+                    peer_id,
+                    component_id,
+                    channel_id: m.channel_id,
+                }),
+            )
+        }
+        C::ChannelRemoved(m) => {
+            let (peer_id, component_id) = endpoint_channel_removed(m.endpoint_info);
+            (
+                T::ChannelRemoved,
+                Data::Channel(ChannelData {
+                    room_id: m.room_id,
+                    peer_id,
+                    component_id,
+                    channel_id: m.channel_id,
+                }),
+            )
+        }
+        C::RecordingStatusChanged(m) => (
+            T::RecordingStatusChanged,
+            Data::Recording(RecordingData {
+                recording_id: m.recording_id,
+                status: mapped(recording_status(m.status), "status", m.status, unmapped),
+                metadata: m.metadata,
+            }),
+        ),
+        // `decode` hands over notifications only.
+        C::Authenticated(_)
+        | C::AuthRequest(_)
+        | C::SubscribeRequest(_)
+        | C::SubscribeResponse(_)
+        | C::ComponentCrashed(_)
+        | C::HlsPlayable(_)
+        | C::HlsUploaded(_)
+        | C::HlsUploadCrashed(_)
+        | C::StreamConnected(_)
+        | C::StreamDisconnected(_)
+        | C::NotificationBatch(_) => {
+            unreachable!("decode skips handshake, deprecated and batch contents")
+        }
+    }
+}
+
+fn peer(room_id: String, peer_id: String, peer_type_value: i32, unmapped: &mut Unmapped) -> Data {
+    Data::Peer(PeerData {
+        room_id,
+        peer_id,
+        peer_type: peer_type(peer_type_value, unmapped),
+    })
+}
+
+fn peer_type(value: i32, unmapped: &mut Unmapped) -> Option<&'static str> {
+    let name = match value {
+        // The JS codec reads a 10-byte -1 as -1 and names it like 0.
+        0 | -1 => Some("unspecified"),
+        1 => Some("webrtc"),
+        2 => Some("agent"),
+        3 => Some("vapi"),
+        _ => None,
+    };
+    mapped(name, "peerType", value, unmapped)
+}
+
+fn track_type(value: i32) -> Option<&'static str> {
+    match value {
+        0 | -1 => Some("unspecified"),
+        1 => Some("video"),
+        2 => Some("audio"),
+        _ => None,
+    }
+}
+
+fn vad_status(value: i32) -> Option<&'static str> {
+    match value {
+        // The JS SDK names an unspecified status "silence".
+        0 | -1 | 1 => Some("silence"),
+        2 => Some("speech"),
+        _ => None,
+    }
+}
+
+fn recording_status(value: i32) -> Option<&'static str> {
+    // The SDKs throw on 0 and on unknown numbers; the bridge keeps the event.
+    match value {
+        1 => Some("active"),
+        2 => Some("finished"),
+        3 => Some("available"),
+        4 => Some("failed"),
+        _ => None,
+    }
+}
+
+fn mapped(
+    name: Option<&'static str>,
+    path: &'static str,
+    value: i32,
+    unmapped: &mut Unmapped,
+) -> Option<&'static str> {
+    if name.is_none() {
+        unmapped.push((path, value));
+    }
+    name
+}
+
+fn track(t: proto::notifications::Track, path: &'static str, unmapped: &mut Unmapped) -> Track {
+    Track {
+        track_type: mapped(track_type(t.r#type), path, t.r#type, unmapped),
+        id: t.id,
+        metadata: t.metadata,
+    }
+}
+
+fn track_event(
+    room_id: String,
+    (peer_id, component_id): (Option<String>, Option<String>),
+    track_message: Option<proto::notifications::Track>,
+    unmapped: &mut Unmapped,
+) -> Data {
+    Data::Track(TrackData {
+        room_id,
+        peer_id,
+        component_id,
+        track: track_message.map(|t| track(t, "track.type", unmapped)),
+    })
+}
+
+// Each message has its own generated `EndpointInfo` type with the same two
+// members; one small function per type keeps the call sites plain.
+macro_rules! endpoint_fn {
+    ($name:ident, $module:ident) => {
+        fn $name(info: Option<sm::$module::EndpointInfo>) -> (Option<String>, Option<String>) {
+            match info {
+                Some(sm::$module::EndpointInfo::PeerId(id)) => (Some(id), None),
+                Some(sm::$module::EndpointInfo::ComponentId(id)) => (None, Some(id)),
+                None => (None, None),
+            }
+        }
+    };
+}
+
+endpoint_fn!(endpoint_track_added, track_added);
+endpoint_fn!(endpoint_track_removed, track_removed);
+endpoint_fn!(endpoint_track_metadata, track_metadata_updated);
+endpoint_fn!(endpoint_channel_added, channel_added);
+endpoint_fn!(endpoint_channel_removed, channel_removed);

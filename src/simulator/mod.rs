@@ -1,0 +1,166 @@
+//! A stand-in for Fishjam: it plays realistic room lifecycles (`scenario`)
+//! and delivers them the way Fishjam does, over the notifier WebSocket
+//! (`notifier`) and as signed webhooks, single or batched (`webhook`).
+//!
+//! Used by `fishjam-bridge simulate`, by the demo, by the tests and by the
+//! benchmarks. Every notification goes to both paths when both are on, which
+//! is what a Fishjam app with a notifier and a webhook URL sees.
+
+pub mod notifier;
+pub mod scenario;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+
+use self::notifier::NotifierHub;
+use self::scenario::Scenario;
+use self::webhook::{WebhookClient, WebhookTarget};
+
+/// What to play and where to deliver it.
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    pub seed: u64,
+    /// Rooms (and livestreams) alive at once.
+    pub rooms: usize,
+    /// Notifications per second; 0 is as fast as the receivers take them.
+    pub rate: u64,
+    /// Stop after this many notifications.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    pub webhook: Option<WebhookTarget>,
+    /// Serve the notifier (and, later, the REST API) here.
+    pub listen: Option<SocketAddr>,
+    pub management_token: String,
+    pub ping_interval: Duration,
+    /// Hold notifications until this many notifier clients subscribed.
+    pub wait_for_subscribers: usize,
+}
+
+impl Default for SimulateOptions {
+    fn default() -> Self {
+        SimulateOptions {
+            seed: 1,
+            rooms: 5,
+            rate: 20,
+            count: None,
+            duration: None,
+            webhook: None,
+            listen: None,
+            management_token: "development-token".to_owned(),
+            ping_interval: Duration::from_secs(30),
+            wait_for_subscribers: 0,
+        }
+    }
+}
+
+/// What a simulation delivered.
+#[derive(Debug, Default, Clone)]
+pub struct SimulationReport {
+    pub notifications: u64,
+    pub webhook_bodies_ok: u64,
+    pub webhook_bodies_failed: u64,
+    pub webhook_notifications_failed: u64,
+    pub elapsed: Duration,
+}
+
+/// A bound notifier listener, started before the play so callers learn its address.
+pub struct Server {
+    pub addr: SocketAddr,
+    hub: NotifierHub,
+}
+
+/// Binds the simulator's listener and serves it until `shutdown`.
+pub async fn serve(
+    listen: SocketAddr,
+    options: &SimulateOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Server> {
+    let hub = NotifierHub::new(options.management_token.clone(), options.ping_interval);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let router = hub.router();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(error = %error, "simulator listener failed");
+        }
+    });
+    Ok(Server { addr, hub })
+}
+
+/// Plays the scenario until the count, the duration or `shutdown`.
+pub async fn play(
+    options: &SimulateOptions,
+    server: Option<&Server>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SimulationReport> {
+    if let (Some(server), true) = (server, options.wait_for_subscribers > 0) {
+        tokio::select! {
+            _ = server.hub.wait_for_subscribers(options.wait_for_subscribers) => {}
+            _ = shutdown.cancelled() => return Ok(SimulationReport::default()),
+        }
+    }
+    let client = options
+        .webhook
+        .clone()
+        .map(WebhookClient::start)
+        .transpose()?;
+    let started = Instant::now();
+    let deadline = options.duration.map(|d| started + d);
+    let mut scenario = Scenario::new(options.seed, options.rooms);
+    let mut sent = 0u64;
+    // Paced in 10 ms slices: a timer per notification would cost more than
+    // the notification at high rates.
+    let slice = Duration::from_millis(10);
+    let mut ticker = tokio::time::interval(slice);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'play: loop {
+        let allowance = if options.rate == 0 {
+            1024
+        } else {
+            ticker.tick().await;
+            let due = (started.elapsed().as_secs_f64() * options.rate as f64) as u64;
+            due.saturating_sub(sent)
+        };
+        for _ in 0..allowance {
+            if options.count.is_some_and(|count| sent >= count)
+                || deadline.is_some_and(|deadline| Instant::now() >= deadline)
+                || shutdown.is_cancelled()
+            {
+                break 'play;
+            }
+            let message = scenario.next().expect("the scenario never ends");
+            if let Some(server) = server {
+                server.hub.publish(Bytes::from(message.encode_to_vec()));
+            }
+            if let Some(client) = &client {
+                tokio::select! {
+                    _ = client.send(message) => {}
+                    _ = shutdown.cancelled() => break 'play,
+                }
+            }
+            sent += 1;
+        }
+    }
+    let mut report = SimulationReport {
+        notifications: sent,
+        ..SimulationReport::default()
+    };
+    if let Some(client) = client {
+        let stats = client.finish().await;
+        report.webhook_bodies_ok = stats.bodies_ok.load(Ordering::Relaxed);
+        report.webhook_bodies_failed = stats.bodies_failed.load(Ordering::Relaxed);
+        report.webhook_notifications_failed = stats.notifications_failed.load(Ordering::Relaxed);
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}

@@ -1,0 +1,198 @@
+//! The simulator's notifier: Fishjam's `/socket/server/websocket`, byte for byte.
+//!
+//! A client must first send `auth_request` with the management token; the
+//! server answers `authenticated`, or closes with code 1000 and reason
+//! `invalid token` (`invalid auth request` when the first frame is something
+//! else), as Fishjam does. Then `subscribe_request` for server notifications
+//! is answered with `subscribe_response`, after which every notification is
+//! pushed as one binary frame. Any other client frame after authentication
+//! closes the socket with 1003 `operation not allowed`. The server pings on
+//! an interval, as Fishjam does every 30 s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use tokio::sync::{broadcast, watch};
+
+use crate::proto::server_message::{self as sm, EventType};
+use crate::proto::{Content, ServerMessage};
+
+/// The notifier's path, as Fishjam serves it.
+pub const PATH: &str = "/socket/server/websocket";
+
+/// How long a new connection may take to authenticate.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared by every notifier connection.
+#[derive(Clone)]
+pub struct NotifierHub {
+    inner: Arc<Hub>,
+}
+
+struct Hub {
+    token: String,
+    ping_interval: Duration,
+    frames: broadcast::Sender<Bytes>,
+    subscribers: watch::Sender<usize>,
+}
+
+impl NotifierHub {
+    pub fn new(token: String, ping_interval: Duration) -> NotifierHub {
+        let (frames, _) = broadcast::channel(65_536);
+        NotifierHub {
+            inner: Arc::new(Hub {
+                token,
+                ping_interval,
+                frames,
+                subscribers: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// Sends one notification to every subscribed connection.
+    pub fn publish(&self, frame: Bytes) {
+        // No subscriber is not an error: Fishjam, too, drops what nobody hears.
+        let _ = self.inner.frames.send(frame);
+    }
+
+    /// Waits until at least `count` connections are subscribed.
+    pub async fn wait_for_subscribers(&self, count: usize) {
+        let mut watch = self.inner.subscribers.subscribe();
+        let _ = watch.wait_for(|n| *n >= count).await;
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(PATH, get(upgrade))
+            .with_state(self.clone())
+    }
+}
+
+async fn upgrade(State(hub): State<NotifierHub>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| serve(hub, socket))
+}
+
+fn encode(content: Content) -> Bytes {
+    Bytes::from(
+        ServerMessage {
+            content: Some(content),
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+async fn serve(hub: NotifierHub, socket: WebSocket) {
+    let (mut tx, mut rx) = socket.split();
+    let first = tokio::time::timeout(AUTH_TIMEOUT, rx.next()).await;
+    let token = match first {
+        Ok(Some(Ok(Message::Binary(frame)))) => match ServerMessage::decode(frame) {
+            Ok(ServerMessage {
+                content: Some(Content::AuthRequest(sm::AuthRequest { token })),
+            }) => Some(token),
+            _ => None,
+        },
+        Ok(Some(Ok(_))) => None,
+        // Closed, broken or silent before authenticating.
+        _ => return,
+    };
+    match token {
+        Some(token) if token == hub.inner.token => {}
+        Some(_) => {
+            let _ = tx.send(close(1000, "invalid token")).await;
+            return;
+        }
+        None => {
+            let _ = tx.send(close(1000, "invalid auth request")).await;
+            return;
+        }
+    }
+    if tx
+        .send(Message::Binary(encode(Content::Authenticated(
+            sm::Authenticated {},
+        ))))
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let mut frames: Option<broadcast::Receiver<Bytes>> = None;
+    let mut ping = tokio::time::interval(hub.inner.ping_interval);
+    ping.tick().await;
+    let result = loop {
+        tokio::select! {
+            incoming = rx.next() => {
+                let Some(Ok(incoming)) = incoming else { break Ok(()) };
+                match incoming {
+                    Message::Binary(frame) => match ServerMessage::decode(frame) {
+                        Ok(ServerMessage {
+                            content: Some(Content::SubscribeRequest(request)),
+                        }) if request.event_type == EventType::ServerNotification as i32 => {
+                            if frames.is_none() {
+                                frames = Some(hub.inner.frames.subscribe());
+                                hub.inner.subscribers.send_modify(|n| *n += 1);
+                            }
+                            let response = encode(Content::SubscribeResponse(sm::SubscribeResponse {
+                                event_type: request.event_type,
+                            }));
+                            if tx.send(Message::Binary(response)).await.is_err() {
+                                break Ok(());
+                            }
+                        }
+                        _ => break tx.send(close(1003, "operation not allowed")).await,
+                    },
+                    Message::Pong(_) | Message::Ping(_) => {}
+                    Message::Close(_) => break Ok(()),
+                    Message::Text(_) => break tx.send(close(1003, "operation not allowed")).await,
+                }
+            }
+            frame = next_frame(&mut frames) => match frame {
+                Ok(frame) => {
+                    if tx.send(Message::Binary(frame)).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "notifier client too slow; closing it");
+                    break tx.send(close(1011, "client too slow")).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    break tx.send(close(1001, "server shutting down")).await;
+                }
+            },
+            _ = ping.tick() => {
+                if tx.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    if frames.is_some() {
+        hub.inner.subscribers.send_modify(|n| *n -= 1);
+    }
+    drop(result);
+}
+
+async fn next_frame(
+    frames: &mut Option<broadcast::Receiver<Bytes>>,
+) -> Result<Bytes, broadcast::error::RecvError> {
+    match frames {
+        Some(frames) => frames.recv().await,
+        None => std::future::pending().await,
+    }
+}

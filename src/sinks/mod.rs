@@ -1,0 +1,201 @@
+//! The sink seam: every destination is a variant of `Sink`, with the same
+//! verbs (`connect`, `publish` with acknowledgement, `close` with flush), and
+//! the delivery loop that drives one lane of one sink.
+//!
+//! Adding a broker means a file here with its `...Config` and `...Sink`, and a
+//! variant in `SinkConfig` and `Sink`; the compiler lists every other match to
+//! extend. A sink never decides what is retried: it reports how many events of
+//! a batch are safe and why the rest are not, and `run_lane` retries them in
+//! order with backoff, forever, so an accepted event is never dropped here.
+
+pub mod stdout;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::backoff::Backoff;
+use crate::pipeline::{InFlight, Job, LaneReceiver};
+use crate::telemetry;
+
+/// One entry of `[[sinks]]`, chosen by its `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// JSON lines on standard output.
+    Stdout(stdout::StdoutConfig),
+    /// JSON lines appended to a file.
+    File(stdout::FileConfig),
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig::Stdout(stdout::StdoutConfig::default())
+    }
+}
+
+impl SinkConfig {
+    /// The sink's name in logs and metric labels.
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Stdout(c) => c.name.as_deref().unwrap_or("stdout"),
+            SinkConfig::File(c) => c.name.as_deref().unwrap_or("file"),
+        }
+    }
+
+    /// Problems with the values, each starting with its key.
+    pub fn validate(&self) -> Vec<String> {
+        match self {
+            SinkConfig::Stdout(_) => Vec::new(),
+            SinkConfig::File(c) => c.validate(),
+        }
+    }
+
+    /// One line for `check-config`, without secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            SinkConfig::Stdout(_) => format!("stdout (name {:?})", self.name()),
+            SinkConfig::File(c) => format!(
+                "file (name {:?}, path {}, fsync {})",
+                self.name(),
+                c.path.display(),
+                c.fsync
+            ),
+        }
+    }
+}
+
+/// A connected sink.
+#[derive(Debug)]
+pub enum Sink {
+    Stdout(stdout::StdoutSink),
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("write failed")]
+    Io(#[from] std::io::Error),
+}
+
+impl SinkError {
+    /// A short, fixed label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SinkError::Io(_) => "io",
+        }
+    }
+}
+
+/// A batch that was not wholly acknowledged: the first `acknowledged` events
+/// are safe, the rest are not.
+#[derive(Debug)]
+pub struct PublishError {
+    pub acknowledged: usize,
+    pub error: SinkError,
+}
+
+impl Sink {
+    pub async fn connect(config: &SinkConfig) -> Result<Sink, SinkError> {
+        Ok(match config {
+            SinkConfig::Stdout(c) => Sink::Stdout(stdout::StdoutSink::connect_stdout(c)),
+            SinkConfig::File(c) => Sink::Stdout(stdout::StdoutSink::connect_file(c).await?),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Sink::Stdout(s) => s.name(),
+        }
+    }
+
+    /// Publishes `jobs` in order and returns once the destination holds them.
+    pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+        match self {
+            Sink::Stdout(s) => s.publish(jobs).await,
+        }
+    }
+
+    /// Flushes what the sink buffers and disconnects.
+    pub async fn close(&self) -> Result<(), SinkError> {
+        match self {
+            Sink::Stdout(s) => s.close().await,
+        }
+    }
+}
+
+/// How a lane retries.
+#[derive(Debug, Clone)]
+pub struct LaneOptions {
+    pub max_batch: usize,
+    pub retry_initial_backoff: Duration,
+    pub retry_max_backoff: Duration,
+}
+
+/// Drives one lane of one sink until the pipeline closes it and it is empty.
+pub async fn run_lane(
+    sink: Arc<Sink>,
+    mut lane: LaneReceiver,
+    options: LaneOptions,
+    in_flight: InFlight,
+) {
+    let mut batch = Vec::with_capacity(options.max_batch);
+    while lane.recv_many(&mut batch, options.max_batch).await > 0 {
+        telemetry::sink_queue(sink.name(), -(batch.len() as f64));
+        deliver(&sink, &batch, &options).await;
+        // Dropping the jobs frees their slots once every sink is done with them.
+        batch.clear();
+        in_flight.report();
+    }
+}
+
+/// Publishes `batch` until every event in it is acknowledged. A failure
+/// retries from the first unacknowledged event, so events of one room never
+/// overtake each other; events after it may be published again (same id).
+async fn deliver(sink: &Sink, batch: &[Arc<Job>], options: &LaneOptions) {
+    let mut done = 0;
+    let mut backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
+    while done < batch.len() {
+        let pending = &batch[done..];
+        let started = Instant::now();
+        match sink.publish(pending).await {
+            Ok(()) => {
+                acknowledge(sink, pending, started);
+                telemetry::sink_up(sink.name(), true);
+                return;
+            }
+            Err(PublishError {
+                acknowledged,
+                error,
+            }) => {
+                let acknowledged = acknowledged.min(pending.len());
+                acknowledge(sink, &pending[..acknowledged], started);
+                done += acknowledged;
+                telemetry::sink_failed(sink.name(), error.reason(), batch.len() - done);
+                telemetry::sink_retry(sink.name());
+                telemetry::sink_up(sink.name(), false);
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    sink = sink.name(),
+                    error = %error,
+                    attempt = backoff.attempts(),
+                    delay_ms = delay.as_millis() as u64,
+                    pending = batch.len() - done,
+                    "publish failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+fn acknowledge(sink: &Sink, jobs: &[Arc<Job>], started: Instant) {
+    if jobs.is_empty() {
+        return;
+    }
+    for job in jobs {
+        job.acknowledge();
+    }
+    telemetry::sink_published(sink.name(), jobs.len(), started.elapsed());
+}

@@ -1,0 +1,227 @@
+//! Webhook ingress: Fishjam POSTs one protobuf body (a notification or a
+//! `NotificationBatch`) per request.
+//!
+//! The order of work: read the raw body under a size and time limit, verify
+//! the signature over exactly those bytes, decode and normalize, admit every
+//! event to the pipeline, and answer 2xx only once every sink acknowledged
+//! every event of the body. Each failure has its own status (see
+//! `docs/webhooks.md`) and is counted; none stops the listener.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+use crate::config::{Secret, WebhookConfig};
+use crate::event::Source;
+use crate::normalize::{normalize_body, Origin};
+use crate::pipeline::{Pipeline, SubmitError};
+use crate::signature;
+use crate::telemetry;
+
+/// Seconds a sender should wait after a 503 for a full pipeline.
+const RETRY_AFTER_FULL: &str = "1";
+/// Seconds a sender should wait after the sinks did not acknowledge in time.
+const RETRY_AFTER_TIMEOUT: &str = "5";
+
+#[derive(Clone)]
+struct WebhookState {
+    pipeline: Pipeline,
+    fishjam_id: Arc<str>,
+    secret: Option<Secret>,
+    max_body_bytes: usize,
+    max_events_per_body: usize,
+    ack_timeout: Duration,
+    request_timeout: Duration,
+}
+
+/// The webhook routes, posting into `pipeline`.
+pub fn router(config: &WebhookConfig, fishjam_id: Arc<str>, pipeline: Pipeline) -> Router {
+    let state = WebhookState {
+        pipeline,
+        fishjam_id,
+        secret: config.secret.clone(),
+        max_body_bytes: config.max_body_bytes,
+        max_events_per_body: config.max_events_per_body,
+        ack_timeout: config.ack_timeout,
+        request_timeout: config.request_timeout,
+    };
+    Router::new()
+        .route(&config.path, post(receive))
+        .with_state(state)
+}
+
+async fn receive(State(state): State<WebhookState>, request: Request) -> Response {
+    let response = handle(&state, request).await;
+    telemetry::webhook_answered(response.status().as_u16());
+    response
+}
+
+async fn handle(state: &WebhookState, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Some(problem) = unsupported_content_type(&parts.headers) {
+        return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem);
+    }
+    if declared_length(&parts.headers).is_some_and(|len| len > state.max_body_bytes) {
+        return too_large(state.max_body_bytes);
+    }
+    let body = match read_body(body, state.max_body_bytes, state.request_timeout).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let received_at = SystemTime::now();
+    let received = Instant::now();
+
+    if let Some(secret) = &state.secret {
+        match parts.headers.get(signature::HEADER) {
+            None => {
+                return reply(
+                    StatusCode::UNAUTHORIZED,
+                    "missing x-fishjam-signature-256 header",
+                )
+            }
+            Some(header) => {
+                if !signature::verify(secret.expose().as_bytes(), &body, header.as_bytes()) {
+                    return reply(StatusCode::UNAUTHORIZED, "invalid signature");
+                }
+            }
+        }
+    }
+
+    let origin = Origin {
+        source: Source::Webhook,
+        received_at,
+        fishjam_id: state.fishjam_id.clone(),
+    };
+    let normalized = match normalize_body(&body, &origin) {
+        Ok(normalized) => normalized,
+        Err(error) => {
+            telemetry::decode_failed(Source::Webhook, &error);
+            return reply(StatusCode::BAD_REQUEST, &format!("{error}"));
+        }
+    };
+    if normalized.events.len() > state.max_events_per_body {
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "body carries {} notifications; the limit is {}",
+                normalized.events.len(),
+                state.max_events_per_body
+            ),
+        );
+    }
+    telemetry::body_normalized(
+        Source::Webhook,
+        normalized
+            .events
+            .iter()
+            .map(|e| (e.event_type, e.unmapped_enums.len())),
+        &normalized.skipped,
+    );
+    let count = normalized.events.len();
+    let receipt = match state
+        .pipeline
+        .try_submit(normalized.events, Source::Webhook, received)
+    {
+        Ok(receipt) => receipt,
+        Err(error) => {
+            telemetry::pipeline_rejected(Source::Webhook, count);
+            let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
+            if error == SubmitError::Full {
+                retry_after(&mut response, RETRY_AFTER_FULL);
+            }
+            return response;
+        }
+    };
+    match tokio::time::timeout(state.ack_timeout, receipt.acknowledged()).await {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{{\"events\":{count}}}"),
+        )
+            .into_response(),
+        Err(_) => {
+            // The events stay in the pipeline and are still delivered: the
+            // 503 only says they were not all safe within the time Fishjam waits.
+            telemetry::ack_timed_out(Source::Webhook);
+            let mut response = reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the sinks did not acknowledge in time",
+            );
+            retry_after(&mut response, RETRY_AFTER_TIMEOUT);
+            response
+        }
+    }
+}
+
+/// Fishjam sends `application/x-protobuf`; a body without a content type is
+/// read as protobuf too, since the signature already proves its sender.
+fn unsupported_content_type(headers: &HeaderMap) -> Option<&'static str> {
+    let value = headers.get(header::CONTENT_TYPE)?;
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/x-protobuf" | "application/protobuf" | "application/octet-stream") => {
+            None
+        }
+        _ => Some("content type must be application/x-protobuf"),
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<bytes::Bytes, Response> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => {
+            let over_limit = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                Err(too_large(limit))
+            } else {
+                Err(reply(StatusCode::BAD_REQUEST, "could not read the body"))
+            }
+        }
+        Err(_) => Err(reply(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time",
+        )),
+    }
+}
+
+fn too_large(limit: usize) -> Response {
+    reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body is larger than {limit} bytes"),
+    )
+}
+
+fn reply(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+fn retry_after(response: &mut Response, seconds: &'static str) {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+}

@@ -1,0 +1,225 @@
+//! Logs and metrics: the tracing subscriber, the Prometheus recorder, and
+//! every metric name the bridge exports.
+//!
+//! Each observable happening has one function here that counts it (and logs
+//! it where a log line helps), so names and labels live in one file and
+//! `docs/metrics.md` can be checked against it. Labels come from small fixed
+//! sets: never a room, peer or event id.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::decode::{DecodeError, Skipped};
+use crate::event::{EventType, Source};
+
+pub const BUILD_INFO: &str = "fishjam_bridge_build_info";
+pub const EVENTS_RECEIVED: &str = "fishjam_bridge_events_received_total";
+pub const NOTIFICATIONS_SKIPPED: &str = "fishjam_bridge_notifications_skipped_total";
+pub const UNMAPPED_ENUMS: &str = "fishjam_bridge_unmapped_enum_values_total";
+pub const DECODE_FAILURES: &str = "fishjam_bridge_decode_failures_total";
+pub const WEBHOOK_REQUESTS: &str = "fishjam_bridge_webhook_requests_total";
+pub const PIPELINE_REJECTED: &str = "fishjam_bridge_pipeline_rejected_events_total";
+pub const PIPELINE_IN_FLIGHT: &str = "fishjam_bridge_pipeline_events_in_flight";
+pub const PIPELINE_CAPACITY: &str = "fishjam_bridge_pipeline_capacity_events";
+pub const ACK_LATENCY: &str = "fishjam_bridge_ack_latency_seconds";
+pub const ACK_TIMEOUTS: &str = "fishjam_bridge_ack_timeouts_total";
+pub const SINK_ACKNOWLEDGED: &str = "fishjam_bridge_sink_events_acknowledged_total";
+pub const SINK_FAILED: &str = "fishjam_bridge_sink_events_failed_total";
+pub const SINK_RETRIES: &str = "fishjam_bridge_sink_retries_total";
+pub const SINK_PUBLISH_DURATION: &str = "fishjam_bridge_sink_publish_duration_seconds";
+pub const SINK_QUEUE: &str = "fishjam_bridge_sink_queue_events";
+pub const SINK_UP: &str = "fishjam_bridge_sink_up";
+
+/// Every metric name, for docs and tests.
+pub const ALL: &[&str] = &[
+    BUILD_INFO,
+    EVENTS_RECEIVED,
+    NOTIFICATIONS_SKIPPED,
+    UNMAPPED_ENUMS,
+    DECODE_FAILURES,
+    WEBHOOK_REQUESTS,
+    PIPELINE_REJECTED,
+    PIPELINE_IN_FLIGHT,
+    PIPELINE_CAPACITY,
+    ACK_LATENCY,
+    ACK_TIMEOUTS,
+    SINK_ACKNOWLEDGED,
+    SINK_FAILED,
+    SINK_RETRIES,
+    SINK_PUBLISH_DURATION,
+    SINK_QUEUE,
+    SINK_UP,
+];
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` wins over `level`. Logs go to
+/// stderr so that stdout stays free for the events of the stdout sink.
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests, the demo) is harmless: the first subscriber stays.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder and describes every metric.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let latency_buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)?;
+    describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
+    describe_counter!(
+        EVENTS_RECEIVED,
+        "Notifications turned into events, by source and event type."
+    );
+    describe_counter!(
+        NOTIFICATIONS_SKIPPED,
+        "Messages in a body that are not published (handshake, deprecated, empty, unknown_variant, nested_batch)."
+    );
+    describe_counter!(
+        UNMAPPED_ENUMS,
+        "Enum values the official SDK cannot name, left out of data and kept in unmapped_enums."
+    );
+    describe_counter!(
+        DECODE_FAILURES,
+        "Bodies or frames that are not a valid ServerMessage, by source and reason."
+    );
+    describe_counter!(
+        WEBHOOK_REQUESTS,
+        "Webhook requests answered, by HTTP status."
+    );
+    describe_counter!(
+        PIPELINE_REJECTED,
+        "Events refused because the pipeline held its maximum in flight."
+    );
+    describe_gauge!(
+        PIPELINE_IN_FLIGHT,
+        "Events accepted and not yet acknowledged by every sink."
+    );
+    describe_gauge!(
+        PIPELINE_CAPACITY,
+        "The configured bound on events in flight."
+    );
+    describe_histogram!(
+        ACK_LATENCY,
+        "From receiving a body to every sink acknowledging all its events."
+    );
+    describe_counter!(
+        ACK_TIMEOUTS,
+        "Webhook bodies answered 503 because the sinks did not acknowledge in time."
+    );
+    describe_counter!(SINK_ACKNOWLEDGED, "Events a sink acknowledged.");
+    describe_counter!(
+        SINK_FAILED,
+        "Events whose publish attempt failed, by sink and reason."
+    );
+    describe_counter!(SINK_RETRIES, "Publish retries, by sink.");
+    describe_histogram!(
+        SINK_PUBLISH_DURATION,
+        "Time a sink took to publish one batch."
+    );
+    describe_gauge!(SINK_QUEUE, "Events waiting for a sink, by sink.");
+    describe_gauge!(SINK_UP, "1 when the sink is connected and publishing.");
+}
+
+/// Counts what one body carried.
+pub fn body_normalized(
+    source: Source,
+    events: impl Iterator<Item = (EventType, usize)>,
+    skipped: &[Skipped],
+) {
+    for (event_type, unmapped) in events {
+        counter!(EVENTS_RECEIVED, "source" => source.as_str(), "event_type" => event_type.as_str())
+            .increment(1);
+        if unmapped > 0 {
+            counter!(UNMAPPED_ENUMS, "event_type" => event_type.as_str())
+                .increment(unmapped as u64);
+        }
+    }
+    for reason in skipped {
+        counter!(NOTIFICATIONS_SKIPPED, "source" => source.as_str(), "reason" => reason.as_str())
+            .increment(1);
+        if *reason == Skipped::UnknownVariant {
+            tracing::warn!(
+                source = source.as_str(),
+                "skipped a notification type this build does not know; a newer bridge may publish it"
+            );
+        }
+    }
+}
+
+pub fn decode_failed(source: Source, error: &DecodeError) {
+    counter!(DECODE_FAILURES, "source" => source.as_str(), "reason" => error.reason()).increment(1);
+    tracing::warn!(source = source.as_str(), error = %error, "undecodable body");
+}
+
+pub fn webhook_answered(status: u16) {
+    counter!(WEBHOOK_REQUESTS, "status" => status.to_string()).increment(1);
+}
+
+pub fn pipeline_rejected(source: Source, events: usize) {
+    counter!(PIPELINE_REJECTED, "source" => source.as_str()).increment(events as u64);
+}
+
+pub fn pipeline_capacity(events: usize) {
+    gauge!(PIPELINE_CAPACITY).set(events as f64);
+}
+
+pub fn pipeline_in_flight(events: usize) {
+    gauge!(PIPELINE_IN_FLIGHT).set(events as f64);
+}
+
+pub fn acknowledged(source: Source, latency: Duration) {
+    histogram!(ACK_LATENCY, "source" => source.as_str()).record(latency.as_secs_f64());
+}
+
+pub fn ack_timed_out(source: Source) {
+    counter!(ACK_TIMEOUTS, "source" => source.as_str()).increment(1);
+}
+
+pub fn sink_published(sink: &str, events: usize, took: Duration) {
+    counter!(SINK_ACKNOWLEDGED, "sink" => sink.to_owned()).increment(events as u64);
+    histogram!(SINK_PUBLISH_DURATION, "sink" => sink.to_owned()).record(took.as_secs_f64());
+}
+
+pub fn sink_failed(sink: &str, reason: &'static str, events: usize) {
+    counter!(SINK_FAILED, "sink" => sink.to_owned(), "reason" => reason).increment(events as u64);
+}
+
+pub fn sink_retry(sink: &str) {
+    counter!(SINK_RETRIES, "sink" => sink.to_owned()).increment(1);
+}
+
+pub fn sink_queue(sink: &str, delta: f64) {
+    gauge!(SINK_QUEUE, "sink" => sink.to_owned()).increment(delta);
+}
+
+pub fn sink_up(sink: &str, up: bool) {
+    gauge!(SINK_UP, "sink" => sink.to_owned()).set(if up { 1.0 } else { 0.0 });
+}
