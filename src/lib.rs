@@ -14,6 +14,7 @@ pub mod event;
 pub mod normalize;
 pub mod pipeline;
 pub mod proto;
+pub mod route;
 pub mod signature;
 pub mod simulator;
 pub mod sinks;

@@ -269,7 +269,7 @@ fn track_type(value: i32) -> Option<&'static str> {
 fn vad_status(value: i32) -> Option<&'static str> {
     match value {
         // The JS SDK names an unspecified status "silence".
-        0 | -1 | 1 => Some("silence"),
+        -1..=1 => Some("silence"),
         2 => Some("speech"),
         _ => None,
     }

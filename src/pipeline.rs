@@ -102,8 +102,11 @@ pub type LaneReceiver = mpsc::UnboundedReceiver<Arc<Job>>;
 pub struct Pipeline {
     in_flight: InFlight,
     /// `[sink][lane]`. The lanes themselves are unbounded: the semaphore bounds them.
-    lanes: Arc<Vec<(Arc<str>, Vec<mpsc::UnboundedSender<Arc<Job>>>)>>,
+    lanes: Arc<Vec<SinkLanes>>,
 }
+
+/// A sink's name and the sending ends of its lanes.
+type SinkLanes = (Arc<str>, Vec<mpsc::UnboundedSender<Arc<Job>>>);
 
 impl Pipeline {
     /// A pipeline for the named sinks, each with `lanes` lanes. Returns the

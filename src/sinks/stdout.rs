@@ -1,6 +1,6 @@
 //! JSON lines, one event per line, to standard output or appended to a file.
 //!
-//! A batch is acknowledged once it is flushed to the operating system (and,
+//! A batch is written whole and acknowledged once it is flushed to the operating system (and,
 //! for a file with `fsync = true`, synced to disk). A reader that stops
 //! reading standard output therefore stops acknowledgements, and webhooks
 //! answer 503, rather than the bridge buffering without bound.
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::{PublishError, SinkError};
@@ -50,33 +50,23 @@ pub struct StdoutSink {
     output: Mutex<Output>,
 }
 
+#[derive(Debug)]
 enum Output {
-    Stdout(BufWriter<tokio::io::Stdout>),
+    Stdout(tokio::io::Stdout),
     File {
-        writer: BufWriter<tokio::fs::File>,
+        file: tokio::fs::File,
+        /// The length of the file after the last acknowledged batch: a failed
+        /// write is cut back to it, so a retry never leaves a torn line.
+        len: u64,
         fsync: bool,
     },
 }
-
-impl std::fmt::Debug for Output {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Output::Stdout(_) => f.write_str("Stdout"),
-            Output::File { fsync, .. } => write!(f, "File {{ fsync: {fsync} }}"),
-        }
-    }
-}
-
-const BUFFER: usize = 256 * 1024;
 
 impl StdoutSink {
     pub fn connect_stdout(config: &StdoutConfig) -> StdoutSink {
         StdoutSink {
             name: config.name.clone().unwrap_or_else(|| "stdout".to_owned()),
-            output: Mutex::new(Output::Stdout(BufWriter::with_capacity(
-                BUFFER,
-                tokio::io::stdout(),
-            ))),
+            output: Mutex::new(Output::Stdout(tokio::io::stdout())),
         }
     }
 
@@ -86,10 +76,12 @@ impl StdoutSink {
             .append(true)
             .open(&config.path)
             .await?;
+        let len = file.metadata().await?.len();
         Ok(StdoutSink {
             name: config.name.clone().unwrap_or_else(|| "file".to_owned()),
             output: Mutex::new(Output::File {
-                writer: BufWriter::with_capacity(BUFFER, file),
+                file,
+                len,
                 fsync: config.fsync,
             }),
         })
@@ -100,46 +92,51 @@ impl StdoutSink {
     }
 
     pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+        let mut lines = Vec::with_capacity(jobs.iter().map(|j| j.json.len() + 1).sum());
+        for job in jobs {
+            lines.extend_from_slice(&job.json);
+            lines.push(b'\n');
+        }
         let mut output = self.output.lock().await;
-        let failed = |error: std::io::Error| PublishError {
-            // Nothing is known to have reached the reader until a flush succeeds.
+        let result = match &mut *output {
+            Output::Stdout(stdout) => write(stdout, &lines).await,
+            Output::File { file, len, fsync } => {
+                let mut result = write(file, &lines).await;
+                if result.is_ok() && *fsync {
+                    result = file.sync_data().await;
+                }
+                match result {
+                    Ok(()) => *len += lines.len() as u64,
+                    Err(_) => {
+                        // Best effort: if even this fails, the next batch
+                        // fails too and is retried after it.
+                        let _ = file.set_len(*len).await;
+                    }
+                }
+                result
+            }
+        };
+        result.map_err(|error| PublishError {
+            // Nothing counts as written until the whole batch is.
             acknowledged: 0,
             error: error.into(),
-        };
-        match &mut *output {
-            Output::Stdout(writer) => {
-                write_lines(writer, jobs).await.map_err(failed)?;
-            }
-            Output::File { writer, fsync } => {
-                write_lines(writer, jobs).await.map_err(failed)?;
-                if *fsync {
-                    writer.get_ref().sync_data().await.map_err(failed)?;
-                }
-            }
-        }
-        Ok(())
+        })
     }
 
     pub async fn close(&self) -> Result<(), SinkError> {
         let mut output = self.output.lock().await;
         match &mut *output {
-            Output::Stdout(writer) => writer.flush().await?,
-            Output::File { writer, .. } => {
-                writer.flush().await?;
-                writer.get_ref().sync_all().await?;
+            Output::Stdout(stdout) => stdout.flush().await?,
+            Output::File { file, .. } => {
+                file.flush().await?;
+                file.sync_all().await?;
             }
         }
         Ok(())
     }
 }
 
-async fn write_lines<W: AsyncWrite + Unpin>(
-    writer: &mut BufWriter<W>,
-    jobs: &[Arc<Job>],
-) -> std::io::Result<()> {
-    for job in jobs {
-        writer.write_all(&job.json).await?;
-        writer.write_all(b"\n").await?;
-    }
+async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
     writer.flush().await
 }

@@ -1,0 +1,272 @@
+//! Event to destination: subject, topic and routing-key templates.
+//!
+//! A template such as `fishjam.{kind}.{key}.{type}` is parsed once at
+//! start-up; rendering fills each placeholder with the event's value, escaped
+//! so that it stays one dot-separated token. Pure and synchronous.
+//!
+//! Escaping (reversible, percent-encoding): `%` `.` `*` `>` `#`, whitespace and
+//! control characters become `%XX` (upper-case hex of the byte); an empty or
+//! missing value becomes `_`, and a value that is exactly `_` becomes `%5F`.
+//! So `room.1` renders as `room%2E1` and can never land on the subject of a
+//! room called `room` with a token `1` after it.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use crate::event::{Data, Event};
+
+/// One parsed template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Literal(String),
+    Field(Field),
+}
+
+/// What a placeholder stands for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    /// `rooms`, `streams` or `recordings`: what the key identifies.
+    Kind,
+    Key,
+    RoomId,
+    StreamId,
+    PeerId,
+    Type,
+    FishjamId,
+}
+
+impl Field {
+    const NAMES: &'static [(&'static str, Field)] = &[
+        ("kind", Field::Kind),
+        ("key", Field::Key),
+        ("room_id", Field::RoomId),
+        ("stream_id", Field::StreamId),
+        ("peer_id", Field::PeerId),
+        ("type", Field::Type),
+        ("fishjam_id", Field::FishjamId),
+    ];
+}
+
+/// The placeholders a template may use, for error messages and docs.
+pub fn placeholders() -> String {
+    Field::NAMES
+        .iter()
+        .map(|(name, _)| format!("{{{name}}}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Template {
+    /// Parses `text`; `forbidden` lists characters the literal parts must not
+    /// hold (wildcards of the broker).
+    pub fn parse(text: &str, forbidden: &[char]) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            match rest.find('{') {
+                Some(0) => {
+                    let end = rest
+                        .find('}')
+                        .ok_or_else(|| format!("unclosed '{{' in {text:?}"))?;
+                    let name = &rest[1..end];
+                    let field = Field::NAMES
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, f)| *f)
+                        .ok_or_else(|| {
+                            format!(
+                                "unknown placeholder {{{name}}} in {text:?}; use {}",
+                                placeholders()
+                            )
+                        })?;
+                    parts.push(Part::Field(field));
+                    rest = &rest[end + 1..];
+                }
+                found => {
+                    let end = found.unwrap_or(rest.len());
+                    let literal = &rest[..end];
+                    if let Some(bad) = literal
+                        .chars()
+                        .find(|c| forbidden.contains(c) || c.is_whitespace())
+                    {
+                        return Err(format!("{bad:?} is not allowed in {text:?}"));
+                    }
+                    if literal.contains('}') {
+                        return Err(format!("unmatched '}}' in {text:?}"));
+                    }
+                    parts.push(Part::Literal(literal.to_owned()));
+                    rest = &rest[end..];
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        if text.starts_with('.') || text.ends_with('.') || text.contains("..") {
+            return Err(format!("{text:?} has an empty token"));
+        }
+        Ok(Template { parts })
+    }
+
+    /// Whether the template depends on nothing but the event type and fishjam id.
+    pub fn is_static(&self) -> bool {
+        self.parts.iter().all(|p| match p {
+            Part::Literal(_) => true,
+            Part::Field(f) => matches!(f, Field::Type | Field::FishjamId),
+        })
+    }
+
+    /// The destination of `event`.
+    pub fn render(&self, event: &Event) -> String {
+        let mut out = String::with_capacity(96);
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Field(field) => {
+                    let value = match field {
+                        Field::Kind => kind(event),
+                        Field::Key => event.key(),
+                        Field::RoomId => event.room_id().unwrap_or(""),
+                        Field::StreamId => event.stream_id().unwrap_or(""),
+                        Field::PeerId => event.peer_id().unwrap_or(""),
+                        Field::Type => event.event_type.as_str(),
+                        Field::FishjamId => &event.fishjam_id,
+                    };
+                    out.push_str(&escape_token(value));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What an event's key identifies.
+pub fn kind(event: &Event) -> &'static str {
+    match event.data {
+        Data::Streamer(_) | Data::Viewer(_) => "streams",
+        Data::Recording(_) => "recordings",
+        _ => "rooms",
+    }
+}
+
+/// Escapes one token (see the module docs).
+pub fn escape_token(value: &str) -> Cow<'_, str> {
+    if value.is_empty() {
+        return Cow::Borrowed("_");
+    }
+    if value == "_" {
+        return Cow::Borrowed("%5F");
+    }
+    let needs =
+        |c: char| matches!(c, '%' | '.' | '*' | '>' | '#') || c.is_whitespace() || c.is_control();
+    if !value.chars().any(needs) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if needs(c) {
+            let mut buffer = [0u8; 4];
+            for byte in c.encode_utf8(&mut buffer).bytes() {
+                let _ = write!(out, "%{byte:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Reverses `escape_token`: `_` gives the empty string.
+pub fn unescape_token(token: &str) -> Option<String> {
+    if token == "_" {
+        return Some(String::new());
+    }
+    let mut bytes = Vec::with_capacity(token.len());
+    let mut rest = token.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    fn peer_event(room: &str, peer: &str) -> Event {
+        Event {
+            id: new_event_id(SystemTime::now()),
+            event_type: EventType::PeerConnected,
+            source: Source::Webhook,
+            received_at: SystemTime::now(),
+            fishjam_id: Arc::from("app.example"),
+            data: Data::Peer(PeerData {
+                room_id: room.to_owned(),
+                peer_id: peer.to_owned(),
+                peer_type: Some("webrtc"),
+            }),
+            unmapped_enums: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn renders_every_placeholder_escaped() {
+        let template = Template::parse(
+            "fj.{fishjam_id}.{kind}.{key}.{room_id}.{stream_id}.{peer_id}.{type}",
+            &['*', '>'],
+        )
+        .unwrap();
+        let subject = template.render(&peer_event("room.1", "p 1"));
+        assert_eq!(
+            subject,
+            "fj.app%2Eexample.rooms.room%2E1.room%2E1._.p%201.peerConnected"
+        );
+    }
+
+    #[test]
+    fn escaping_is_reversible_and_never_merges_ids() {
+        for value in [
+            "",
+            "_",
+            "room.1",
+            "a*b>c#d",
+            "100%",
+            "tab\there",
+            "zażółć",
+            "%2E",
+        ] {
+            let escaped = escape_token(value);
+            assert!(!escaped.contains(['.', '*', '>', '#', ' ']), "{escaped}");
+            assert_eq!(unescape_token(&escaped).as_deref(), Some(value));
+        }
+        assert_ne!(escape_token("room.1"), escape_token("room%2E1"));
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        assert!(Template::parse("fishjam.{room}", &[])
+            .unwrap_err()
+            .contains("unknown placeholder"));
+        assert!(Template::parse("fishjam.*.{key}", &['*', '>']).is_err());
+        assert!(Template::parse("fishjam..{key}", &[]).is_err());
+        assert!(Template::parse("fishjam.{key", &[]).is_err());
+        assert!(Template::parse("", &[]).is_err());
+        assert!(Template::parse("events", &[]).unwrap().is_static());
+        assert!(!Template::parse("e.{key}", &[]).unwrap().is_static());
+    }
+}

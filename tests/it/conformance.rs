@@ -1,0 +1,229 @@
+//! The shared vectors against the decoder, in process and through
+//! `fishjam-bridge decode`: `type` and `data` equal the official JS SDK's
+//! output, every event fits the schema, and each case the SDK throws on or
+//! that no conforming Fishjam sends ends as docs/events.md says.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fishjam_bridge::event::Source;
+use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::signature;
+use serde_json::Value;
+
+use crate::support::{assert_valid, schema, vectors, BIN};
+
+/// What the bridge does where it parts from the SDK, by case id prefix.
+enum Expected {
+    /// Same notifications as the JS SDK.
+    SameAsSdk,
+    /// The SDK throws for the whole body on an unknown recording status; the
+    /// bridge keeps the event, leaves `status` out and records the number.
+    RecordingStatusUnmapped(i64),
+    /// Not valid protobuf: the whole body is refused with this reason.
+    Refused(&'static str),
+}
+
+fn expected(case: &Value) -> Expected {
+    let id = case["id"].as_str().unwrap();
+    if case["js"]["outcome"] == "ok" {
+        // prost refuses a known field with the wrong wire type, where the JS
+        // codec skips it: documented in docs/events.md.
+        if id == "edge/wrong_wire_type_for_known_field" {
+            return Expected::Refused("wrong_wire_type");
+        }
+        return Expected::SameAsSdk;
+    }
+    let class = case["js"]["error"]["class"].as_str().unwrap();
+    match class {
+        "StaleSdkException" => {
+            let status = case["input"]["recording_status_changed"]["status"]
+                .as_i64()
+                .expect("the stale-SDK cases are recording statuses");
+            Expected::RecordingStatusUnmapped(status)
+        }
+        "RangeError" => Expected::Refused("truncated"),
+        other => panic!("case {id}: no documented outcome for an SDK {other}"),
+    }
+}
+
+fn sdk_notifications(case: &Value) -> Vec<(String, Value)> {
+    case["js"]["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["type"].as_str().unwrap().to_owned(),
+                n["notification"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn check(case: &Value, events: Result<Vec<Value>, String>) {
+    let id = case["id"].as_str().unwrap();
+    match expected(case) {
+        Expected::SameAsSdk => {
+            let events = events.unwrap_or_else(|e| panic!("case {id}: refused: {e}"));
+            let ours: Vec<(String, Value)> = events
+                .iter()
+                .map(|e| (e["type"].as_str().unwrap().to_owned(), e["data"].clone()))
+                .collect();
+            assert_eq!(ours, sdk_notifications(case), "case {id}");
+        }
+        Expected::RecordingStatusUnmapped(status) => {
+            let events = events.unwrap_or_else(|e| panic!("case {id}: refused: {e}"));
+            assert_eq!(events.len(), 1, "case {id}");
+            let event = &events[0];
+            assert_eq!(event["type"], "recordingStatusChanged", "case {id}");
+            assert!(event["data"].get("status").is_none(), "case {id}");
+            assert_eq!(event["unmapped_enums"]["status"], status, "case {id}");
+            let input = &case["input"]["recording_status_changed"];
+            assert_eq!(
+                event["data"]["recordingId"], input["recording_id"],
+                "case {id}"
+            );
+        }
+        Expected::Refused(reason) => {
+            let error = events.expect_err(&format!("case {id}: must be refused"));
+            assert!(error.contains(reason), "case {id}: {error} names {reason}");
+        }
+    }
+}
+
+fn origin() -> Origin {
+    Origin {
+        source: Source::Webhook,
+        received_at: SystemTime::now(),
+        fishjam_id: Arc::from("vectors"),
+    }
+}
+
+#[test]
+fn every_vector_decodes_as_the_sdk_does() {
+    let vectors = vectors();
+    let validator = schema();
+    let cases = vectors["cases"].as_array().unwrap();
+    assert!(cases.len() >= 80, "the vectors file holds the whole suite");
+    for case in cases {
+        let body = hex::decode(case["hex"].as_str().unwrap()).unwrap();
+        let events = normalize_body(&body, &origin())
+            .map(|n| {
+                n.events
+                    .iter()
+                    .map(|e| serde_json::from_slice::<Value>(&e.to_json()).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|e| format!("{e} ({})", e.reason()));
+        if let Ok(events) = &events {
+            for event in events {
+                assert_valid(&validator, event);
+                assert_eq!(event["fishjam_id"], "vectors");
+                assert_eq!(event["source"], "webhook");
+            }
+        }
+        check(case, events);
+    }
+}
+
+#[test]
+fn every_vector_decodes_the_same_through_the_command() {
+    let vectors = vectors();
+    for case in vectors["cases"].as_array().unwrap() {
+        let mut child = Command::new(BIN)
+            .args(["decode", "--input-format", "hex", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(case["hex"].as_str().unwrap().as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let events = if output.status.success() {
+            Ok(stdout
+                .lines()
+                .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                .collect())
+        } else {
+            assert_eq!(output.status.code(), Some(65), "{}: {stderr}", case["id"]);
+            assert!(stdout.is_empty());
+            Err(stderr)
+        };
+        check(case, events);
+    }
+}
+
+#[test]
+fn skipped_messages_are_named() {
+    let vectors = vectors();
+    let case = vectors["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "batch/nested")
+        .unwrap();
+    let body = hex::decode(case["hex"].as_str().unwrap()).unwrap();
+    let normalized = normalize_body(&body, &origin()).unwrap();
+    let skipped: Vec<&str> = normalized.skipped.iter().map(|s| s.as_str()).collect();
+    assert_eq!(skipped, vec!["nested_batch"]);
+}
+
+#[test]
+fn signatures_verify_as_the_sdk_verifies_them() {
+    let vectors = vectors();
+    for case in vectors["signature_cases"].as_array().unwrap() {
+        let body = hex::decode(case["body_hex"].as_str().unwrap()).unwrap();
+        let secret = case["secret"].as_str().unwrap();
+        let header = case["header"].as_str().unwrap();
+        let expected = case["js"]["valid"].as_bool().unwrap();
+        assert_eq!(
+            signature::verify(secret.as_bytes(), &body, header.as_bytes()),
+            expected,
+            "signature case {}",
+            case["id"]
+        );
+    }
+}
+
+#[test]
+fn handshake_frames_are_encoded_byte_for_byte() {
+    use fishjam_bridge::proto::server_message as sm;
+    use fishjam_bridge::proto::{Content, ServerMessage};
+    use prost::Message;
+    let vectors = vectors();
+    for frame in vectors["handshake_frames"].as_array().unwrap() {
+        let input = &frame["input"];
+        let content = if let Some(auth) = input.get("auth_request") {
+            Content::AuthRequest(sm::AuthRequest {
+                token: auth["token"].as_str().unwrap().to_owned(),
+            })
+        } else if input.get("authenticated").is_some() {
+            Content::Authenticated(sm::Authenticated {})
+        } else if let Some(request) = input.get("subscribe_request") {
+            Content::SubscribeRequest(sm::SubscribeRequest {
+                event_type: request["event_type"].as_i64().unwrap() as i32,
+            })
+        } else if let Some(response) = input.get("subscribe_response") {
+            Content::SubscribeResponse(sm::SubscribeResponse {
+                event_type: response["event_type"].as_i64().unwrap() as i32,
+            })
+        } else {
+            panic!("unknown handshake frame {input}");
+        };
+        let bytes = ServerMessage {
+            content: Some(content),
+        }
+        .encode_to_vec();
+        assert_eq!(hex::encode(bytes), frame["hex"], "frame {}", frame["id"]);
+    }
+}

@@ -1,0 +1,168 @@
+//! Operations surfaces of the real binary: /metrics holds every documented
+//! name, /healthz and /readyz answer, and `check-config` names what is wrong
+//! without printing secrets.
+
+use std::process::Command;
+
+use crate::support::*;
+use crate::webhook::{post, room_created};
+
+fn documented_metric_names() -> Vec<String> {
+    let docs = include_str!("../../docs/metrics.md");
+    docs.lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|name| name.starts_with("fishjam_bridge_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn metrics_hold_every_documented_name() {
+    let documented = documented_metric_names();
+    for name in fishjam_bridge::telemetry::ALL {
+        assert!(
+            documented.iter().any(|d| d == name),
+            "{name} is in docs/metrics.md"
+        );
+    }
+    assert_eq!(documented.len(), fishjam_bridge::telemetry::ALL.len());
+
+    // A healthy bridge: events, skips, unmapped enums, a decode failure.
+    let healthy = BridgeProcess::start(&config(
+        "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
+    ));
+    let url = healthy.webhook_url();
+    assert_eq!(post(&url, room_created("a"), None).status(), 200);
+    // authenticated (a handshake message) is skipped.
+    assert_eq!(post(&url, vec![0x32, 0x00], None).status(), 200);
+    // peer_connected with peer_type 7: left out of data, counted.
+    let unmapped = hex::decode("12080a01611201621807").unwrap();
+    assert_eq!(post(&url, unmapped, None).status(), 200);
+    assert_eq!(post(&url, vec![0x12], None).status(), 400);
+
+    // A failing bridge: its only sink cannot write, so nothing is acknowledged.
+    let failing = BridgeProcess::start(
+        &config(
+            "[[sinks]]\ntype = \"file\"\npath = \"/dev/full\"\n\
+             [pipeline]\nmax_in_flight_events = 2\nretry_initial_backoff = \"10ms\"\nretry_max_backoff = \"50ms\"\n",
+        )
+        .replace("[webhook]\n", "[webhook]\nmax_events_per_body = 1\n")
+        .replace("ack_timeout = \"2s\"", "ack_timeout = \"200ms\""),
+    );
+    let url = failing.webhook_url();
+    assert_eq!(post(&url, room_created("b"), None).status(), 503);
+    assert_eq!(post(&url, room_created("c"), None).status(), 503);
+    let full = post(&url, room_created("d"), None);
+    assert_eq!(full.status(), 503);
+    assert_eq!(full.headers()["retry-after"], "1");
+
+    let mut present = healthy.metrics().names();
+    let failing_metrics = failing.metrics();
+    present.extend(failing_metrics.names());
+    for name in &documented {
+        assert!(present.contains(name), "{name} is exported");
+    }
+    assert!(
+        failing_metrics.sum(
+            "fishjam_bridge_sink_events_failed_total",
+            &[("reason", "io")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        failing_metrics.sum("fishjam_bridge_pipeline_events_in_flight", &[]),
+        2.0
+    );
+    assert_eq!(
+        failing_metrics.sum("fishjam_bridge_pipeline_rejected_events_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        failing_metrics.sum("fishjam_bridge_ack_timeouts_total", &[]),
+        2.0
+    );
+    let healthy_metrics = healthy.metrics();
+    assert_eq!(
+        healthy_metrics.sum(
+            "fishjam_bridge_notifications_skipped_total",
+            &[("reason", "handshake")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        healthy_metrics.sum(
+            "fishjam_bridge_events_received_total",
+            &[("source", "webhook"), ("event_type", "peerConnected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        healthy_metrics.sum("fishjam_bridge_unmapped_enum_values_total", &[]),
+        1.0
+    );
+}
+
+#[test]
+fn health_and_readiness() {
+    let mut bridge = BridgeProcess::start(&config(""));
+    let health = reqwest::blocking::get(format!("http://{}/healthz", bridge.admin)).unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::blocking::get(format!("http://{}/readyz", bridge.admin)).unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = serde_json::from_str(&ready.text().unwrap()).unwrap();
+    assert_eq!(body["sink:stdout"], true);
+    assert!(bridge.terminate().success());
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[fishjam]\nid = \"x\"\nmanagement_token = \"tok-SECRET-1\"\n[webhook]\nack_timeout = \"soon\"\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("ack_timeout"), "{stderr}");
+    assert!(stderr.contains("invalid duration"), "{stderr}");
+
+    std::fs::write(
+        &path,
+        "[fishjam]\nid = \"x\"\nmanagement_token = \"tok-SECRET-1\"\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("FISHJAM_WEBHOOK_SECRET", "whsec-SECRET-2")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("webhook.secret = set"), "{stdout}");
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+}
+
+#[test]
+fn example_config_is_valid() {
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}

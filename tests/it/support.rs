@@ -1,0 +1,286 @@
+//! Shared helpers: the real binary with a config of the test's making, the
+//! conformance vectors, the event schema and a Prometheus text parser.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fishjam-bridge");
+
+/// How long any wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The conformance vectors: the team's shared copy when it is beside the
+/// repository (CI), else the copy in `tests/vectors`.
+pub fn vectors() -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/vectors/server-notifications.json");
+    let path = std::env::var_os("FISHJAM_VECTORS")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .or_else(|| shared.exists().then_some(shared))
+        .unwrap_or_else(|| root.join("tests/vectors/server-notifications.json"));
+    let text = std::fs::read_to_string(&path).expect("the vectors file is readable");
+    serde_json::from_str(&text).expect("the vectors file is JSON")
+}
+
+pub fn schema() -> jsonschema::Validator {
+    let text = include_str!("../../schema/event.schema.json");
+    let schema: Value = serde_json::from_str(text).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the event schema compiles")
+}
+
+pub fn assert_valid(validator: &jsonschema::Validator, event: &Value) {
+    let errors: Vec<String> = validator
+        .iter_errors(event)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "event {event} breaks the schema: {errors:?}"
+    );
+}
+
+/// A bridge process started from a config text; killed on drop.
+pub struct BridgeProcess {
+    pub child: Child,
+    pub webhook: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<Mutex<Vec<Value>>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config with both listeners on port 0 and JSON logs; `extra` is appended.
+pub fn config(extra: &str) -> String {
+    format!(
+        "[fishjam]\nid = \"test-fishjam\"\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\nack_timeout = \"2s\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [log]\nformat = \"json\"\nlevel = \"info\"\n{extra}"
+    )
+}
+
+impl BridgeProcess {
+    /// Starts `run` with `config_text` (`{dir}` is replaced by a fresh temp
+    /// dir) and waits until it is listening and ready.
+    pub fn start(config_text: &str) -> BridgeProcess {
+        Self::start_with(config_text, Stdio::null(), &[])
+    }
+
+    pub fn start_with(config_text: &str, stdout: Stdio, env: &[(&str, &str)]) -> BridgeProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text.replace("{dir}", dir.path().to_str().unwrap());
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the bridge binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let value =
+                        serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line.clone()));
+                    logs.lock().unwrap().push(value.clone());
+                    let _ = tx.send(value);
+                }
+            });
+        }
+        let mut webhook = None;
+        let mut admin = None;
+        let deadline = Instant::now() + WAIT;
+        while webhook.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "the bridge did not start listening: {:?}",
+                    logs.lock().unwrap()
+                )
+            });
+            let addr = || {
+                line["addr"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap()
+            };
+            match line["message"].as_str() {
+                Some("webhook listening") => webhook = Some(addr()),
+                Some("admin listening") => admin = Some(addr()),
+                _ => {}
+            }
+        }
+        let bridge = BridgeProcess {
+            child,
+            webhook: webhook.unwrap(),
+            admin: admin.unwrap(),
+            logs,
+            dir,
+        };
+        bridge.wait_ready();
+        bridge
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhook", self.webhook)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let url = format!("http://{}/readyz", self.admin);
+            if let Ok(response) = reqwest::blocking::get(url) {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the bridge never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The metrics page, parsed.
+    pub fn metrics(&self) -> Metrics {
+        let text = http_get(&format!("http://{}/metrics", self.admin));
+        Metrics::parse(&text)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a file sink's events.
+pub fn read_events(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("each line is one JSON event"))
+        .collect()
+}
+
+/// Waits until `condition` holds, polling; fails the test after `WAIT`.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn http_get(url: &str) -> String {
+    reqwest::blocking::get(url).unwrap().text().unwrap()
+}
+
+/// Prometheus text, as a map from metric name and labels to value.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+            let value: f64 = value.parse().expect("a sample value is a number");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("labels close");
+                    let labels = body
+                        .split("\",")
+                        .filter(|pair| !pair.is_empty())
+                        .map(|pair| {
+                            let (k, v) = pair.split_once("=\"").expect("label is k=\"v\"");
+                            (k.to_owned(), v.trim_end_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name.to_owned(), labels)
+                }
+                None => (series.to_owned(), BTreeMap::new()),
+            };
+            samples.push((name, labels, value));
+        }
+        Metrics { samples }
+    }
+
+    /// The sum of every sample of `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Base metric names present (histogram suffixes folded).
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        self.samples
+            .iter()
+            .map(|(n, _, _)| {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    if let Some(base) = n.strip_suffix(suffix) {
+                        if base.ends_with("_seconds") {
+                            return base.to_owned();
+                        }
+                    }
+                }
+                n.clone()
+            })
+            .collect()
+    }
+}
