@@ -445,7 +445,8 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     Ok(())
 }
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+/// Reads a duration written like "4s" or "250ms".
+pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -482,7 +483,7 @@ fn default_max_in_flight() -> usize {
     10_000
 }
 fn default_lanes() -> usize {
-    8
+    4
 }
 fn default_max_batch() -> usize {
     512

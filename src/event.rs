@@ -385,10 +385,7 @@ impl Serialize for Event {
             s.serialize_field("peer_id", peer_id)?;
         }
         s.serialize_field("source", self.source.as_str())?;
-        s.serialize_field(
-            "received_at",
-            &humantime::format_rfc3339_micros(self.received_at).to_string(),
-        )?;
+        s.serialize_field("received_at", &*received_at_text(self.received_at))?;
         s.serialize_field("fishjam_id", &*self.fishjam_id)?;
         s.serialize_field("data", &self.data)?;
         if !metadata_json.is_empty() {
@@ -399,6 +396,26 @@ impl Serialize for Event {
         }
         s.end()
     }
+}
+
+/// `at` in RFC 3339 with microseconds. The events of one body share their
+/// time, so the last formatting is kept per thread and reused.
+fn received_at_text(at: SystemTime) -> Arc<str> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(SystemTime, Arc<str>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((time, text)) if *time == at => text.clone(),
+            _ => {
+                let text: Arc<str> = Arc::from(humantime::format_rfc3339_micros(at).to_string());
+                *last = Some((at, text.clone()));
+                text
+            }
+        }
+    })
 }
 
 /// Metadata strings that hold a JSON object or array, by path in `data`.

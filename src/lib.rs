@@ -34,7 +34,7 @@ use crate::admin::Readiness;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::pipeline::{InFlight, Pipeline};
-use crate::sinks::{LaneOptions, Sink};
+use crate::sinks::{LaneOptions, Sink, SinkHealth};
 
 /// A running bridge.
 pub struct Bridge {
@@ -104,9 +104,7 @@ pub async fn start(
     };
     let sink_tasks = TaskTracker::new();
     for (sink_config, sink_lanes) in config.sinks.iter().cloned().zip(lanes) {
-        let check = format!("sink:{}", sink_config.name());
-        readiness.register(&check);
-        let readiness = readiness.clone();
+        let health = SinkHealth::new(sink_config.name(), readiness.clone());
         let options = lane_options.clone();
         let in_flight = in_flight.clone();
         let retry = Backoff::new(
@@ -114,9 +112,7 @@ pub async fn start(
             config.pipeline.retry_max_backoff,
         );
         sink_tasks.spawn(async move {
-            let sink = Arc::new(connect_sink(&sink_config, retry).await);
-            readiness.set(&check, true);
-            telemetry::sink_up(sink.name(), true);
+            let sink = Arc::new(connect_sink(&sink_config, &health, retry).await);
             let lane_tasks = TaskTracker::new();
             for lane in sink_lanes {
                 lane_tasks.spawn(sinks::run_lane(
@@ -131,7 +127,7 @@ pub async fn start(
             if let Err(error) = sink.close().await {
                 tracing::error!(sink = sink.name(), error = %error, "closing the sink failed");
             }
-            readiness.set(&check, false);
+            health.set(false);
             tracing::info!(sink = sink.name(), "sink closed");
         });
     }
@@ -193,9 +189,9 @@ pub async fn start(
     })
 }
 
-async fn connect_sink(config: &sinks::SinkConfig, mut retry: Backoff) -> Sink {
+async fn connect_sink(config: &sinks::SinkConfig, health: &SinkHealth, mut retry: Backoff) -> Sink {
     loop {
-        match Sink::connect(config).await {
+        match Sink::connect(config, health.clone()).await {
             Ok(sink) => {
                 tracing::info!(sink = config.name(), "sink connected");
                 return sink;
@@ -209,7 +205,7 @@ async fn connect_sink(config: &sinks::SinkConfig, mut retry: Backoff) -> Sink {
                     delay_ms = delay.as_millis() as u64,
                     "sink cannot connect; retrying"
                 );
-                telemetry::sink_up(config.name(), false);
+                health.set(false);
                 tokio::time::sleep(delay).await;
             }
         }

@@ -19,6 +19,11 @@ use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
 use fishjam_bridge::telemetry::{self, LogFormat};
 
+// glibc's allocator contends between the runtime's threads on the hot path
+// (one allocation set per event); mimalloc keeps per-thread heaps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration the bridge cannot run with (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code for a body `decode` cannot read (EX_DATAERR).

@@ -192,6 +192,9 @@ impl Pipeline {
             receipt.done.notify_one();
         }
         let lane_count = self.lanes.first().map_or(1, |(_, lanes)| lanes.len());
+        for (name, _) in self.lanes.iter() {
+            telemetry::sink_queue(name, events.len() as f64);
+        }
         for event in events {
             let lane = lane_of(event.key(), lane_count);
             let job = Arc::new(Job {
@@ -201,7 +204,6 @@ impl Pipeline {
                 _permit: permit.split(1).expect("one permit was taken per event"),
             });
             for (name, lanes) in self.lanes.iter() {
-                telemetry::sink_queue(name, 1.0);
                 if lanes[lane].send(job.clone()).is_err() {
                     // The lane's task ended: only at shutdown, after the sources.
                     tracing::error!(sink = %name, "sink lane closed while sources still run");

@@ -8,6 +8,7 @@
 //! a batch are safe and why the rest are not, and `run_lane` retries them in
 //! order with backoff, forever, so an accepted event is never dropped here.
 
+pub mod nats;
 pub mod stdout;
 
 use std::sync::Arc;
@@ -15,8 +16,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::admin::Readiness;
 use crate::backoff::Backoff;
+use crate::event::Event;
 use crate::pipeline::{InFlight, Job, LaneReceiver};
+use crate::route;
 use crate::telemetry;
 
 /// One entry of `[[sinks]]`, chosen by its `type`.
@@ -27,6 +31,8 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutConfig),
     /// JSON lines appended to a file.
     File(stdout::FileConfig),
+    /// NATS, core or JetStream.
+    Nats(Box<nats::NatsConfig>),
 }
 
 impl Default for SinkConfig {
@@ -41,6 +47,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => c.name.as_deref().unwrap_or("stdout"),
             SinkConfig::File(c) => c.name.as_deref().unwrap_or("file"),
+            SinkConfig::Nats(c) => c.name.as_deref().unwrap_or("nats"),
         }
     }
 
@@ -49,6 +56,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) => Vec::new(),
             SinkConfig::File(c) => c.validate(),
+            SinkConfig::Nats(c) => c.validate(),
         }
     }
 
@@ -62,6 +70,7 @@ impl SinkConfig {
                 c.path.display(),
                 c.fsync
             ),
+            SinkConfig::Nats(c) => format!("nats (name {:?}, {})", self.name(), c.describe()),
         }
     }
 }
@@ -70,13 +79,22 @@ impl SinkConfig {
 #[derive(Debug)]
 pub enum Sink {
     Stdout(stdout::StdoutSink),
+    Nats(Box<nats::NatsSink>),
 }
 
-/// Why a publish failed.
+/// Why a connect or a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("write failed")]
     Io(#[from] std::io::Error),
+    #[error("invalid sink configuration: {0}")]
+    Config(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("publish failed: {0}")]
+    Publish(String),
+    #[error("no acknowledgement within the timeout")]
+    Timeout,
 }
 
 impl SinkError {
@@ -84,7 +102,98 @@ impl SinkError {
     pub fn reason(&self) -> &'static str {
         match self {
             SinkError::Io(_) => "io",
+            SinkError::Config(_) => "config",
+            SinkError::Connect(_) => "connect",
+            SinkError::Publish(_) => "publish",
+            SinkError::Timeout => "timeout",
         }
+    }
+}
+
+/// A sink's view of its own health: its readiness check and its `up` gauge.
+#[derive(Debug, Clone)]
+pub struct SinkHealth {
+    name: Arc<str>,
+    readiness: Readiness,
+}
+
+impl SinkHealth {
+    pub fn new(name: &str, readiness: Readiness) -> SinkHealth {
+        let health = SinkHealth {
+            name: Arc::from(name),
+            readiness,
+        };
+        health.readiness.register(&health.check());
+        health
+    }
+
+    fn check(&self) -> String {
+        format!("sink:{}", self.name)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn set(&self, up: bool) {
+        self.readiness.set(&self.check(), up);
+        telemetry::sink_up(&self.name, up);
+    }
+}
+
+/// Calls `add` with each header every broker message carries: the content
+/// type, the event id under `id_header` (`Fishjam-Event-Id`, or the broker's
+/// own deduplication header), the event type, the id that keys the event
+/// (`Fishjam-Room-Id`, `Fishjam-Stream-Id` or `Fishjam-Recording-Id`) and the
+/// peer id when there is one; with `cloudevents`, the CloudEvents binary-mode
+/// attributes under `ce_prefix`.
+pub fn each_header(
+    event: &Event,
+    id_header: &str,
+    cloudevents: bool,
+    ce_prefix: &str,
+    mut add: impl FnMut(&str, &str),
+) {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = event.id.hyphenated().encode_lower(&mut buffer);
+    add("Content-Type", "application/json");
+    add(id_header, id);
+    add("Fishjam-Event-Type", event.event_type.as_str());
+    let key_header = match route::kind(event) {
+        "streams" => "Fishjam-Stream-Id",
+        "recordings" => "Fishjam-Recording-Id",
+        _ => "Fishjam-Room-Id",
+    };
+    add(key_header, event.key());
+    if let Some(peer_id) = event.peer_id() {
+        add("Fishjam-Peer-Id", peer_id);
+    }
+    if cloudevents {
+        let time = humantime::format_rfc3339_micros(event.received_at).to_string();
+        for (name, value) in [
+            ("specversion", "1.0"),
+            ("id", id),
+            ("source", &fishjam_source(&event.fishjam_id)),
+            ("type", &format!("io.fishjam.{}", event.event_type.as_str())),
+            (
+                "subject",
+                &format!("{}/{}", route::kind(event), event.key()),
+            ),
+            ("time", &time),
+            ("datacontenttype", "application/json"),
+            ("partitionkey", event.key()),
+        ] {
+            add(&format!("{ce_prefix}{name}"), value);
+        }
+    }
+}
+
+/// The CloudEvents `source`: the Fishjam base URL, as the SDKs derive it.
+fn fishjam_source(fishjam_id: &str) -> String {
+    if fishjam_id.contains("://") {
+        fishjam_id.trim_end_matches('/').to_owned()
+    } else {
+        format!("https://fishjam.io/api/v1/connect/{fishjam_id}")
     }
 }
 
@@ -97,16 +206,23 @@ pub struct PublishError {
 }
 
 impl Sink {
-    pub async fn connect(config: &SinkConfig) -> Result<Sink, SinkError> {
-        Ok(match config {
+    /// Connects; `health` is told when the connection comes and goes.
+    pub async fn connect(config: &SinkConfig, health: SinkHealth) -> Result<Sink, SinkError> {
+        let sink = match config {
             SinkConfig::Stdout(c) => Sink::Stdout(stdout::StdoutSink::connect_stdout(c)),
             SinkConfig::File(c) => Sink::Stdout(stdout::StdoutSink::connect_file(c).await?),
-        })
+            SinkConfig::Nats(c) => {
+                Sink::Nats(Box::new(nats::NatsSink::connect(c, health.clone()).await?))
+            }
+        };
+        health.set(true);
+        Ok(sink)
     }
 
     pub fn name(&self) -> &str {
         match self {
             Sink::Stdout(s) => s.name(),
+            Sink::Nats(s) => s.name(),
         }
     }
 
@@ -114,6 +230,7 @@ impl Sink {
     pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
         match self {
             Sink::Stdout(s) => s.publish(jobs).await,
+            Sink::Nats(s) => s.publish(jobs).await,
         }
     }
 
@@ -121,6 +238,7 @@ impl Sink {
     pub async fn close(&self) -> Result<(), SinkError> {
         match self {
             Sink::Stdout(s) => s.close().await,
+            Sink::Nats(s) => s.close().await,
         }
     }
 }
@@ -162,7 +280,6 @@ async fn deliver(sink: &Sink, batch: &[Arc<Job>], options: &LaneOptions) {
         match sink.publish(pending).await {
             Ok(()) => {
                 acknowledge(sink, pending, started);
-                telemetry::sink_up(sink.name(), true);
                 return;
             }
             Err(PublishError {
@@ -174,7 +291,6 @@ async fn deliver(sink: &Sink, batch: &[Arc<Job>], options: &LaneOptions) {
                 done += acknowledged;
                 telemetry::sink_failed(sink.name(), error.reason(), batch.len() - done);
                 telemetry::sink_retry(sink.name());
-                telemetry::sink_up(sink.name(), false);
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     sink = sink.name(),

@@ -53,7 +53,7 @@ pub fn room_created(room_id: &str) -> Vec<u8> {
 }
 
 /// Per key, the (type, data) the scenario must produce, in order.
-fn expected(seed: u64, rooms: usize, count: usize) -> BTreeMap<String, Vec<(String, Value)>> {
+pub fn expected(seed: u64, rooms: usize, count: usize) -> BTreeMap<String, Vec<(String, Value)>> {
     let origin = Origin {
         source: Source::Webhook,
         received_at: SystemTime::now(),

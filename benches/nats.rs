@@ -1,0 +1,170 @@
+//! Webhook ingress to NATS, against a minimal async-nats client with the same
+//! acknowledgement settings, in one run on one machine (BENCHMARKS.md).
+//!
+//! `cargo bench --bench nats` (NATS_URL, default nats://127.0.0.1:4222, with
+//! JetStream). The bridge runs in this process, fed by the simulator's webhook
+//! client (batches of 50 over 32 connections); both share the machine with the
+//! server, as the raw client does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use fishjam_bridge::config::Config;
+use fishjam_bridge::event::Source;
+use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::simulator::scenario::Scenario;
+use fishjam_bridge::simulator::webhook::{WebhookClient, WebhookTarget};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+const CORE_EVENTS: usize = 300_000;
+const JETSTREAM_EVENTS: usize = 60_000;
+/// Publish acks in flight for the raw JetStream client: the sink's default per lane.
+const IN_FLIGHT: usize = 1024;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let metrics = fishjam_bridge::telemetry::install_metrics().unwrap();
+    let payloads = payloads(CORE_EVENTS);
+    let size = payloads.iter().map(|(_, p)| p.len()).sum::<usize>() / payloads.len();
+    println!("events: JSON of the simulator's scenario, {size} bytes on average");
+
+    let raw_core = raw_core(&url, &payloads).await;
+    let bridge_core = bridge(&url, "core", "", CORE_EVENTS, metrics.clone()).await;
+    println!(
+        "core NATS:  raw client {raw_core:>9.0} msgs/s   bridge (webhook, batches of 50) {bridge_core:>9.0} events/s   ratio {:.2}",
+        bridge_core / raw_core
+    );
+
+    let raw_js = raw_jetstream(&url, &payloads[..JETSTREAM_EVENTS]).await;
+    let stream = format!("BENCH{}", rand::random::<u32>());
+    let extra = format!("[sinks.stream]\nname = \"{stream}\"\nstorage = \"memory\"\n");
+    let bridge_js = bridge(&url, "jetstream", &extra, JETSTREAM_EVENTS, metrics).await;
+    println!(
+        "JetStream:  raw client {raw_js:>9.0} msgs/s   bridge (webhook, batches of 50) {bridge_js:>9.0} events/s   ratio {:.2}",
+        bridge_js / raw_js
+    );
+    let client = async_nats::connect(&url).await.unwrap();
+    let _ = jetstream::new(client).delete_stream(&stream).await;
+}
+
+fn payloads(count: usize) -> Vec<(String, Bytes)> {
+    let origin = Origin {
+        source: Source::Webhook,
+        received_at: SystemTime::now(),
+        fishjam_id: Arc::from("bench"),
+    };
+    Scenario::new(7, 50)
+        .take(count)
+        .flat_map(|m| normalize_body(&m.encode_to_vec(), &origin).unwrap().events)
+        .map(|e| (e.key().to_owned(), Bytes::from(e.to_json())))
+        .collect()
+}
+
+/// Publish everything, then one flush: what core NATS acknowledges.
+async fn raw_core(url: &str, payloads: &[(String, Bytes)]) -> f64 {
+    let client = async_nats::connect(url).await.unwrap();
+    let started = Instant::now();
+    for (key, payload) in payloads {
+        client
+            .publish(format!("bench.raw.{key}"), payload.clone())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    payloads.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Publish with `IN_FLIGHT` acks in flight, a sliding window, as the sink does.
+async fn raw_jetstream(url: &str, payloads: &[(String, Bytes)]) -> f64 {
+    let client = async_nats::connect(url).await.unwrap();
+    let name = format!("BENCHRAW{}", rand::random::<u32>());
+    let context = jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(1 << 24)
+        .build(client);
+    context
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    for (key, payload) in payloads {
+        if window.len() == IN_FLIGHT {
+            let oldest: jetstream::context::PublishAckFuture = window.pop_front().unwrap();
+            oldest.await.unwrap();
+        }
+        let ack = context
+            .publish(format!("{name}.{key}"), payload.clone())
+            .await
+            .unwrap();
+        window.push_back(ack);
+    }
+    for ack in window {
+        ack.await.unwrap();
+    }
+    let rate = payloads.len() as f64 / started.elapsed().as_secs_f64();
+    let _ = context.delete_stream(&name).await;
+    rate
+}
+
+async fn bridge(
+    url: &str,
+    mode: &str,
+    extra: &str,
+    count: usize,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> f64 {
+    let prefix = format!("bench{}", rand::random::<u32>());
+    let text = format!(
+        "[fishjam]\nid = \"bench\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n\
+         [[sinks]]\ntype = \"nats\"\nurl = \"{url}\"\nmode = \"{mode}\"\nsubject = \"{prefix}.{{kind}}.{{key}}.{{type}}\"\n{extra}"
+    );
+    let config = Config::load(&text, &|_| None, &[], &|p| std::fs::read_to_string(p)).unwrap();
+    let shutdown = CancellationToken::new();
+    let bridge = fishjam_bridge::start(config, metrics, shutdown.clone())
+        .await
+        .unwrap();
+    while !bridge.readiness.is_ready() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let client = WebhookClient::start(WebhookTarget {
+        url: format!("http://{}/webhook", bridge.webhook_addr.unwrap()),
+        secret: None,
+        batch: 50,
+        concurrency: 32,
+        retries: 0,
+    })
+    .unwrap();
+    let messages: Vec<_> = Scenario::new(7, 50).take(count).collect();
+    let started = Instant::now();
+    for message in messages {
+        client.send(message).await;
+    }
+    let stats = client.finish().await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        stats
+            .bodies_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "every webhook was acknowledged"
+    );
+    shutdown.cancel();
+    bridge.wait().await.unwrap();
+    count as f64 / elapsed.as_secs_f64()
+}

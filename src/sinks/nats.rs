@@ -1,0 +1,554 @@
+//! NATS: core publish (acknowledged once flushed to the server) or JetStream
+//! (acknowledged by the stream's publish ack), on subjects keyed by room.
+//!
+//! A batch is published without waiting between messages: core NATS flushes
+//! once at the end; JetStream keeps every publish ack in flight and awaits
+//! them together, so throughput is not one round trip per event. Every
+//! message carries `Nats-Msg-Id` = the event id, so a retry inside the
+//! stream's duplicate window is stored once. The client reconnects by itself;
+//! while it is disconnected a publish waits, the timeout fails the batch, and
+//! the lane retries it, so nothing unacknowledged is ever counted as sent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::{HeaderMap, ServerAddr};
+use serde::Deserialize;
+
+use super::{each_header, PublishError, SinkError, SinkHealth};
+use crate::config::{duration, Secret};
+use crate::pipeline::Job;
+use crate::route::Template;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Name in logs and metrics; default `nats`.
+    pub name: Option<String>,
+    /// Server URL, or several separated by commas.
+    #[serde(default = "default_url")]
+    pub url: String,
+    /// Subject template; placeholders {kind}, {key}, {room_id}, {stream_id},
+    /// {peer_id}, {type}, {fishjam_id}, each escaped to one token.
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// `core` (acknowledged when flushed to the server) or `jetstream`
+    /// (acknowledged by the stream).
+    #[serde(default)]
+    pub mode: NatsMode,
+    /// How long a flush or a JetStream ack may take before the batch is retried.
+    #[serde(default = "default_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// JetStream publish acks in flight at once, per lane.
+    #[serde(default = "default_max_ack_inflight")]
+    pub max_ack_inflight: usize,
+    /// User and password.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// Token authentication.
+    pub token: Option<Secret>,
+    /// NKey seed.
+    pub nkey: Option<Secret>,
+    /// A `.creds` file (JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// TLS settings; `nats+tls://` or `tls://` URLs also turn TLS on.
+    #[serde(default)]
+    pub tls: NatsTlsConfig,
+    /// Add CloudEvents binary-mode headers (`ce-*`).
+    #[serde(default)]
+    pub cloudevents: bool,
+    /// Create or update this JetStream stream at start-up.
+    pub stream: Option<StreamConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsMode {
+    #[default]
+    Core,
+    Jetstream,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTlsConfig {
+    /// Refuse a connection without TLS.
+    #[serde(default)]
+    pub required: bool,
+    /// PEM file of the CA that signed the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub name: String,
+    /// Subjects the stream captures; default: the subject template's literal
+    /// prefix followed by `>`.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// `limits`, `interest` or `workqueue`.
+    #[serde(default = "default_retention")]
+    pub retention: String,
+    /// How long messages are kept; "0s" keeps them until other limits apply.
+    #[serde(default = "default_max_age", deserialize_with = "duration")]
+    pub max_age: Duration,
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// `file` or `memory`.
+    #[serde(default = "default_storage")]
+    pub storage: String,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped.
+    #[serde(default = "default_duplicate_window", deserialize_with = "duration")]
+    pub duplicate_window: Duration,
+}
+
+fn default_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
+}
+fn default_subject() -> String {
+    "fishjam.{kind}.{key}.{type}".to_owned()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_ack_inflight() -> usize {
+    1024
+}
+fn default_retention() -> String {
+    "limits".to_owned()
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_storage() -> String {
+    "file".to_owned()
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// Characters a subject's literal parts must not hold.
+const SUBJECT_WILDCARDS: &[char] = &['*', '>'];
+
+impl NatsConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(problem) = Template::parse(&self.subject, SUBJECT_WILDCARDS) {
+            problems.push(format!("subject: {problem}"));
+        }
+        if let Err(problem) = self.addresses() {
+            problems.push(format!("url: {problem}"));
+        }
+        if self.password.is_some() != self.user.is_some() {
+            problems.push("user and password go together".to_owned());
+        }
+        let methods = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.nkey.is_some(),
+            self.credentials_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            problems
+                .push("choose one of user/password, token, nkey and credentials_file".to_owned());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            problems.push("tls.cert_file and tls.key_file go together".to_owned());
+        }
+        if self.timeout.is_zero() {
+            problems.push("timeout must be longer than zero".to_owned());
+        }
+        if self.max_ack_inflight == 0 {
+            problems.push("max_ack_inflight must be at least 1".to_owned());
+        }
+        if let Some(stream) = &self.stream {
+            if self.mode != NatsMode::Jetstream {
+                problems.push("stream needs mode = \"jetstream\"".to_owned());
+            }
+            if stream.name.is_empty() || stream.name.contains(['.', ' ', '*', '>']) {
+                problems.push(format!(
+                    "stream.name {:?} must be non-empty, without '.', ' ', '*' or '>'",
+                    stream.name
+                ));
+            }
+            if retention(&stream.retention).is_none() {
+                problems.push(format!(
+                    "stream.retention {:?}: use limits, interest or workqueue",
+                    stream.retention
+                ));
+            }
+            if storage(&stream.storage).is_none() {
+                problems.push(format!(
+                    "stream.storage {:?}: use file or memory",
+                    stream.storage
+                ));
+            }
+        }
+        problems
+    }
+
+    pub fn describe(&self) -> String {
+        let auth = if self.user.is_some() {
+            "user/password"
+        } else if self.token.is_some() {
+            "token"
+        } else if self.nkey.is_some() {
+            "nkey"
+        } else if self.credentials_file.is_some() {
+            "credentials file"
+        } else {
+            "none"
+        };
+        format!(
+            "url {}, subject {:?}, mode {:?}, auth {auth}, tls required {}",
+            self.url, self.subject, self.mode, self.tls.required
+        )
+    }
+
+    fn addresses(&self) -> Result<Vec<ServerAddr>, String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| u.parse::<ServerAddr>().map_err(|e| format!("{u:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|addrs| {
+                if addrs.is_empty() {
+                    Err("no server URL".to_owned())
+                } else {
+                    Ok(addrs)
+                }
+            })
+    }
+
+    /// The subject filter a default stream captures: the literal prefix, then `>`.
+    fn default_stream_subject(&self) -> String {
+        let literal: Vec<&str> = self
+            .subject
+            .split('.')
+            .take_while(|token| !token.contains('{'))
+            .collect();
+        if literal.is_empty() {
+            ">".to_owned()
+        } else {
+            format!("{}.>", literal.join("."))
+        }
+    }
+}
+
+fn retention(text: &str) -> Option<jetstream::stream::RetentionPolicy> {
+    use jetstream::stream::RetentionPolicy as R;
+    match text {
+        "limits" => Some(R::Limits),
+        "interest" => Some(R::Interest),
+        "workqueue" => Some(R::WorkQueue),
+        _ => None,
+    }
+}
+
+fn storage(text: &str) -> Option<jetstream::stream::StorageType> {
+    use jetstream::stream::StorageType as S;
+    match text {
+        "file" => Some(S::File),
+        "memory" => Some(S::Memory),
+        _ => None,
+    }
+}
+
+pub struct NatsSink {
+    name: String,
+    client: async_nats::Client,
+    jetstream: Option<jetstream::Context>,
+    subject: Template,
+    timeout: Duration,
+    max_ack_inflight: usize,
+    cloudevents: bool,
+}
+
+impl std::fmt::Debug for NatsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSink")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl NatsSink {
+    pub async fn connect(config: &NatsConfig, health: SinkHealth) -> Result<NatsSink, SinkError> {
+        let name = config.name.clone().unwrap_or_else(|| "nats".to_owned());
+        let subject =
+            Template::parse(&config.subject, SUBJECT_WILDCARDS).map_err(SinkError::Config)?;
+        let addresses = config.addresses().map_err(SinkError::Config)?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("fishjam-bridge/{name}"))
+            .connection_timeout(config.timeout)
+            // Reconnect forever: a broker outage must not end the sink.
+            .max_reconnects(None)
+            .event_callback({
+                let health = health.clone();
+                move |event| {
+                    let health = health.clone();
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => health.set(true),
+                            async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                                tracing::warn!(sink = %health.name(), %event, "NATS connection lost");
+                                health.set(false)
+                            }
+                            other => tracing::info!(sink = %health.name(), event = %other, "NATS event"),
+                        }
+                    }
+                }
+            });
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.expose().to_owned());
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.expose().to_owned());
+        }
+        if let Some(seed) = &config.nkey {
+            options = options.nkey(seed.expose().to_owned());
+        }
+        if let Some(path) = &config.credentials_file {
+            options = options.credentials_file(path).await.map_err(|e| {
+                SinkError::Config(format!("credentials_file {}: {e}", path.display()))
+            })?;
+        }
+        if config.tls.required {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &config.tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = options
+            .connect(addresses)
+            .await
+            .map_err(|e| SinkError::Connect(e.to_string()))?;
+
+        let jetstream = match config.mode {
+            NatsMode::Core => None,
+            NatsMode::Jetstream => {
+                // The client's own in-flight limit holds a permit until an ack
+                // future is awaited, which deadlocks a batch larger than it; each
+                // lane keeps its own window of `max_ack_inflight` instead.
+                let context = jetstream::context::ContextBuilder::new()
+                    .timeout(config.timeout)
+                    .ack_timeout(config.timeout)
+                    .max_ack_inflight(1 << 24)
+                    .build(client.clone());
+                if let Some(stream) = &config.stream {
+                    ensure_stream(&context, config, stream).await?;
+                }
+                Some(context)
+            }
+        };
+        Ok(NatsSink {
+            name,
+            client,
+            jetstream,
+            subject,
+            timeout: config.timeout,
+            max_ack_inflight: config.max_ack_inflight,
+            cloudevents: config.cloudevents,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+        match &self.jetstream {
+            None => self.publish_core(jobs).await,
+            Some(context) => self.publish_jetstream(context, jobs).await,
+        }
+    }
+
+    fn message(&self, job: &Job) -> (String, HeaderMap) {
+        let mut map = HeaderMap::new();
+        // The event id goes in Nats-Msg-Id only: JetStream drops a repeated
+        // one inside its duplicate window, and every header costs a map entry.
+        each_header(
+            &job.event,
+            "Nats-Msg-Id",
+            self.cloudevents,
+            "ce-",
+            |name, value| {
+                map.insert(name, value);
+            },
+        );
+        (self.subject.render(&job.event), map)
+    }
+
+    async fn publish_core(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+        let failed = |error: SinkError| PublishError {
+            // Core NATS confirms nothing before the flush.
+            acknowledged: 0,
+            error,
+        };
+        let publish_all = async {
+            for job in jobs {
+                let (subject, headers) = self.message(job);
+                self.client
+                    .publish_with_headers(subject, headers, job.json.clone())
+                    .await
+                    .map_err(|e| SinkError::Publish(e.to_string()))?;
+            }
+            self.client
+                .flush()
+                .await
+                .map_err(|e| SinkError::Publish(e.to_string()))
+        };
+        match tokio::time::timeout(self.timeout, publish_all).await {
+            Ok(result) => result.map_err(failed),
+            Err(_) => Err(failed(SinkError::Timeout)),
+        }
+    }
+
+    async fn publish_jetstream(
+        &self,
+        context: &jetstream::Context,
+        jobs: &[Arc<Job>],
+    ) -> Result<(), PublishError> {
+        let mut window = std::collections::VecDeque::with_capacity(self.max_ack_inflight);
+        let mut acknowledged = 0;
+        let mut failure = None;
+        // Only the unbroken run of acks from the start of the batch counts.
+        let mut settle = |result: Result<jetstream::publish::PublishAck, _>| match result {
+            Ok(_) if failure.is_none() => acknowledged += 1,
+            Ok(_) => {}
+            Err(error) => {
+                failure.get_or_insert_with(|| classify_ack_error(&error));
+            }
+        };
+        for job in jobs {
+            if window.len() >= self.max_ack_inflight {
+                let oldest: jetstream::context::PublishAckFuture =
+                    window.pop_front().expect("the window is full");
+                settle(oldest.await);
+            }
+            let (subject, headers) = self.message(job);
+            let sent = tokio::time::timeout(
+                self.timeout,
+                context.publish_with_headers(subject, headers, job.json.clone()),
+            )
+            .await;
+            match sent {
+                Ok(Ok(ack)) => window.push_back(ack),
+                Ok(Err(error)) => {
+                    settle(Err(error));
+                    break;
+                }
+                Err(_) => {
+                    settle(Err(jetstream::context::PublishError::new(
+                        jetstream::context::PublishErrorKind::TimedOut,
+                    )));
+                    break;
+                }
+            }
+        }
+        // Every sent message's ack is awaited, also after a failure, so none
+        // is left dangling.
+        while let Some(ack) = window.pop_front() {
+            settle(ack.await);
+        }
+        match failure {
+            None => Ok(()),
+            Some(error) => Err(PublishError {
+                acknowledged,
+                error,
+            }),
+        }
+    }
+
+    pub async fn close(&self) -> Result<(), SinkError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| SinkError::Publish(e.to_string()))
+    }
+}
+
+fn classify_ack_error(error: &jetstream::context::PublishError) -> SinkError {
+    use jetstream::context::PublishErrorKind as K;
+    match error.kind() {
+        K::TimedOut => SinkError::Timeout,
+        K::StreamNotFound => SinkError::Publish(format!(
+            "no JetStream stream captures the subject ({error}); create one or set the sink's stream"
+        )),
+        _ => SinkError::Publish(error.to_string()),
+    }
+}
+
+async fn ensure_stream(
+    context: &jetstream::Context,
+    config: &NatsConfig,
+    stream: &StreamConfig,
+) -> Result<(), SinkError> {
+    let subjects = if stream.subjects.is_empty() {
+        vec![config.default_stream_subject()]
+    } else {
+        stream.subjects.clone()
+    };
+    let wanted = jetstream::stream::Config {
+        name: stream.name.clone(),
+        subjects,
+        retention: retention(&stream.retention).expect("validated"),
+        storage: storage(&stream.storage).expect("validated"),
+        max_age: stream.max_age,
+        num_replicas: stream.replicas,
+        duplicate_window: stream.duplicate_window,
+        ..Default::default()
+    };
+    context
+        .get_or_create_stream(wanted)
+        .await
+        .map_err(|e| SinkError::Connect(format!("stream {}: {e}", stream.name)))?;
+    tracing::info!(stream = %stream.name, "JetStream stream ready");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> NatsConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_stream_subject() {
+        let c = config("");
+        assert_eq!(c.mode, NatsMode::Core);
+        assert!(c.validate().is_empty());
+        assert_eq!(c.default_stream_subject(), "fishjam.>");
+        let c = config("subject = \"{fishjam_id}.{key}\"");
+        assert_eq!(c.default_stream_subject(), ">");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let c = config(
+            "subject = \"a.*.{key}\"\nuser = \"u\"\ntoken = \"t\"\n[stream]\nname = \"a.b\"\nretention = \"forever\"\n",
+        );
+        let problems = c.validate().join("\n");
+        assert!(problems.contains("subject"), "{problems}");
+        assert!(problems.contains("user and password"), "{problems}");
+        assert!(problems.contains("choose one"), "{problems}");
+        assert!(problems.contains("stream needs mode"), "{problems}");
+        assert!(problems.contains("stream.name"), "{problems}");
+        assert!(problems.contains("stream.retention"), "{problems}");
+    }
+}

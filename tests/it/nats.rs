@@ -1,0 +1,339 @@
+//! The NATS sink against a real nats-server: core subjects keyed by room,
+//! headers, escaping, and JetStream storing every event once through a server
+//! restart. `NATS_URL` (default nats://127.0.0.1:4222) is the shared server;
+//! the restart test runs a private nats-server of its own.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::support::*;
+use crate::webhook::{expected, post, room_created};
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+async fn client(url: &str) -> async_nats::Client {
+    async_nats::connect(url).await.unwrap_or_else(|e| {
+        panic!("cannot reach NATS at {url} ({e}); start it with `bash scripts/services` or set NATS_URL")
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+fn nats_sink(url: &str, subject: &str, extra: &str) -> String {
+    config(&format!(
+        "[[sinks]]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{subject}\"\ntimeout = \"2s\"\n{extra}"
+    ))
+}
+
+fn simulate(url: &str, seed: u64, count: usize, batch: usize, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(["simulate", "--webhook-url", url])
+        .args(["--rooms", "8", "--concurrency", "4"])
+        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
+        .args(["--batch", &batch.to_string()])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn summary(child: Child) -> Value {
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn core_subscribers_see_every_event_once_in_room_order() {
+    let rt = runtime();
+    let _context = rt.enter();
+    let prefix = unique("it");
+    let subscriber = rt.block_on(async {
+        let client = client(&nats_url()).await;
+        let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
+        client.flush().await.unwrap();
+        (client, subscription)
+    });
+    let (_client, mut subscription) = subscriber;
+    let bridge = BridgeProcess::start(&nats_sink(
+        &nats_url(),
+        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+        "",
+    ));
+    let report = summary(simulate(
+        &bridge.webhook_url(),
+        21,
+        600,
+        10,
+        &["--rate", "0"],
+    ));
+    assert_eq!(report["webhook_bodies_failed"], 0);
+
+    let messages = rt.block_on(async {
+        let mut messages = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while messages.len() < 600 {
+            let message = tokio::time::timeout_at(deadline, subscription.next())
+                .await
+                .expect("every event reaches the subscriber")
+                .unwrap();
+            messages.push(message);
+        }
+        messages
+    });
+    let validator = schema();
+    let mut ids = HashSet::new();
+    let mut by_key: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for message in &messages {
+        let event: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_valid(&validator, &event);
+        let headers = message.headers.as_ref().expect("messages carry headers");
+        let id = event["id"].as_str().unwrap();
+        assert_eq!(
+            headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .unwrap()
+                .as_str(),
+            id
+        );
+        let key_header = match event["type"].as_str().unwrap() {
+            t if t.starts_with("streamer") || t.starts_with("viewer") => "Fishjam-Stream-Id",
+            "recordingStatusChanged" => "Fishjam-Recording-Id",
+            _ => "Fishjam-Room-Id",
+        };
+        assert_eq!(
+            headers.get(key_header).unwrap().as_str(),
+            event["key"].as_str().unwrap()
+        );
+        assert_eq!(
+            headers.get("Content-Type").unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(
+            headers.get("Fishjam-Event-Type").unwrap().as_str(),
+            event["type"].as_str().unwrap()
+        );
+        let key = event["key"].as_str().unwrap();
+        let kind = match event["type"].as_str().unwrap() {
+            t if t.starts_with("streamer") || t.starts_with("viewer") => "streams",
+            "recordingStatusChanged" => "recordings",
+            _ => "rooms",
+        };
+        assert_eq!(
+            message.subject.as_str(),
+            format!("{prefix}.{kind}.{key}.{}", event["type"].as_str().unwrap())
+        );
+        assert!(ids.insert(id.to_owned()), "each event once");
+        by_key.entry(key.to_owned()).or_default().push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["data"].clone(),
+        ));
+    }
+    assert_eq!(by_key, expected(21, 8, 600), "per-room order");
+}
+
+#[test]
+fn a_room_id_with_dots_lands_on_its_escaped_subject() {
+    let rt = runtime();
+    let _context = rt.enter();
+    let prefix = unique("it");
+    let (_client, mut subscription) = rt.block_on(async {
+        let client = client(&nats_url()).await;
+        let subscription = client
+            .subscribe(format!("{prefix}.rooms.*.roomCreated"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        (client, subscription)
+    });
+    let bridge = BridgeProcess::start(&nats_sink(
+        &nats_url(),
+        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+        "cloudevents = true\n",
+    ));
+    assert_eq!(
+        post(&bridge.webhook_url(), room_created("room.with.dots"), None).status(),
+        200
+    );
+    let message = rt.block_on(async {
+        tokio::time::timeout(WAIT, subscription.next())
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{prefix}.rooms.room%2Ewith%2Edots.roomCreated")
+    );
+    let headers = message.headers.unwrap();
+    assert_eq!(
+        headers.get("ce-type").unwrap().as_str(),
+        "io.fishjam.roomCreated"
+    );
+    assert_eq!(headers.get("ce-specversion").unwrap().as_str(), "1.0");
+    assert_eq!(
+        headers.get("ce-subject").unwrap().as_str(),
+        "rooms/room.with.dots"
+    );
+}
+
+/// A nats-server of the test's own, so it can be restarted.
+struct PrivateNats {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateNats {
+    fn start() -> PrivateNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Self::spawn(port, dir.path());
+        PrivateNats { child, port, dir }
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (Debian package nats-server)");
+        wait_until("nats-server listening", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.port, self.dir.path());
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn jetstream_stores_every_event_once_through_a_server_restart() {
+    let mut server = PrivateNats::start();
+    let prefix = unique("js");
+    let stream = unique("S");
+    let text = nats_sink(
+        &server.url(),
+        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+        &format!("mode = \"jetstream\"\n[sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n"),
+    )
+    .replace("ack_timeout = \"2s\"", "ack_timeout = \"1s\"");
+    let bridge = BridgeProcess::start(&text);
+    let simulator = simulate(
+        &bridge.webhook_url(),
+        31,
+        3000,
+        10,
+        &["--rate", "400", "--retries", "30"],
+    );
+    // Take the server away once some events are stored, and bring it back
+    // once the bridge has refused a webhook it could not get acknowledged.
+    wait_until("events acknowledged before the restart", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_events_acknowledged_total", &[])
+            >= 500.0
+    });
+    server.stop();
+    wait_until("a webhook answered 503 while NATS is down", || {
+        bridge.metrics().sum(
+            "fishjam_bridge_webhook_requests_total",
+            &[("status", "503")],
+        ) >= 1.0
+    });
+    // Keep it down until the bridge's own publishes time out and retry:
+    // those retries are what the stream must deduplicate.
+    wait_until("a publish retried while NATS is down", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_retries_total", &[])
+            >= 1.0
+    });
+    server.restart();
+    let report = summary(simulator);
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+
+    let rt = runtime();
+    let stored = rt.block_on(async {
+        let client = client(&server.url()).await;
+        let context = async_nats::jetstream::new(client);
+        let mut stream = context.get_stream(&stream).await.unwrap();
+        let info = stream.info().await.unwrap();
+        let count = info.state.messages;
+        let mut events = Vec::new();
+        for sequence in info.state.first_sequence..=info.state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                events.push(serde_json::from_slice::<Value>(&message.payload).unwrap());
+            }
+        }
+        assert_eq!(events.len() as u64, count);
+        events
+    });
+    // The bridge's own retries reuse the event id, which the stream drops.
+    let ids: HashSet<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), stored.len(), "no event id is stored twice");
+    // Bodies the simulator sent again after a 503 are new events (new ids),
+    // so a notification may be stored twice; none may be missing, and each
+    // room's events must appear in order: the expected sequence is a
+    // subsequence of what the stream holds for the room.
+    let mut by_key: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for event in &stored {
+        by_key
+            .entry(event["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                event["type"].as_str().unwrap().to_owned(),
+                event["data"].clone(),
+            ));
+    }
+    let wanted = expected(31, 8, 3000);
+    for (key, events) in &wanted {
+        let held = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
+        let mut rest = held.iter();
+        let in_order = events.iter().all(|event| rest.any(|h| h == event));
+        assert!(
+            in_order,
+            "every event of {key}, in order: {} expected, {} stored",
+            events.len(),
+            held.len()
+        );
+    }
+}
