@@ -6,18 +6,14 @@
 //! client (batches of 50 over 32 connections); both share the machine with the
 //! server, as the raw client does.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+mod common;
+
+use std::time::Instant;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use fishjam_bridge::config::Config;
-use fishjam_bridge::event::Source;
-use fishjam_bridge::normalize::{normalize_body, Origin};
-use fishjam_bridge::simulator::scenario::Scenario;
-use fishjam_bridge::simulator::webhook::{WebhookClient, WebhookTarget};
-use prost::Message;
-use tokio_util::sync::CancellationToken;
+
+use common::{bridge, payloads};
 
 const CORE_EVENTS: usize = 300_000;
 const JETSTREAM_EVENTS: usize = 60_000;
@@ -40,7 +36,7 @@ async fn run() {
     println!("events: JSON of the simulator's scenario, {size} bytes on average");
 
     let raw_core = raw_core(&url, &payloads).await;
-    let bridge_core = bridge(&url, "core", "", CORE_EVENTS, metrics.clone()).await;
+    let bridge_core = bridge(&sink(&url, "core", ""), CORE_EVENTS, metrics.clone()).await;
     println!(
         "core NATS:  raw client {raw_core:>9.0} msgs/s   bridge (webhook, batches of 50) {bridge_core:>9.0} events/s   ratio {:.2}",
         bridge_core / raw_core
@@ -49,26 +45,13 @@ async fn run() {
     let raw_js = raw_jetstream(&url, &payloads[..JETSTREAM_EVENTS]).await;
     let stream = format!("BENCH{}", rand::random::<u32>());
     let extra = format!("[sinks.stream]\nname = \"{stream}\"\nstorage = \"memory\"\n");
-    let bridge_js = bridge(&url, "jetstream", &extra, JETSTREAM_EVENTS, metrics).await;
+    let bridge_js = bridge(&sink(&url, "jetstream", &extra), JETSTREAM_EVENTS, metrics).await;
     println!(
         "JetStream:  raw client {raw_js:>9.0} msgs/s   bridge (webhook, batches of 50) {bridge_js:>9.0} events/s   ratio {:.2}",
         bridge_js / raw_js
     );
     let client = async_nats::connect(&url).await.unwrap();
     let _ = jetstream::new(client).delete_stream(&stream).await;
-}
-
-fn payloads(count: usize) -> Vec<(String, Bytes)> {
-    let origin = Origin {
-        source: Source::Webhook,
-        received_at: SystemTime::now(),
-        fishjam_id: Arc::from("bench"),
-    };
-    Scenario::new(7, 50)
-        .take(count)
-        .flat_map(|m| normalize_body(&m.encode_to_vec(), &origin).unwrap().events)
-        .map(|e| (e.key().to_owned(), Bytes::from(e.to_json())))
-        .collect()
 }
 
 /// Publish everything, then one flush: what core NATS acknowledges.
@@ -122,49 +105,9 @@ async fn raw_jetstream(url: &str, payloads: &[(String, Bytes)]) -> f64 {
     rate
 }
 
-async fn bridge(
-    url: &str,
-    mode: &str,
-    extra: &str,
-    count: usize,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-) -> f64 {
+fn sink(url: &str, mode: &str, extra: &str) -> String {
     let prefix = format!("bench{}", rand::random::<u32>());
-    let text = format!(
-        "[fishjam]\nid = \"bench\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n\
-         [[sinks]]\ntype = \"nats\"\nurl = \"{url}\"\nmode = \"{mode}\"\nsubject = \"{prefix}.{{kind}}.{{key}}.{{type}}\"\n{extra}"
-    );
-    let config = Config::load(&text, &|_| None, &[], &|p| std::fs::read_to_string(p)).unwrap();
-    let shutdown = CancellationToken::new();
-    let bridge = fishjam_bridge::start(config, metrics, shutdown.clone())
-        .await
-        .unwrap();
-    while !bridge.readiness.is_ready() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let client = WebhookClient::start(WebhookTarget {
-        url: format!("http://{}/webhook", bridge.webhook_addr.unwrap()),
-        secret: None,
-        batch: 50,
-        concurrency: 32,
-        retries: 0,
-    })
-    .unwrap();
-    let messages: Vec<_> = Scenario::new(7, 50).take(count).collect();
-    let started = Instant::now();
-    for message in messages {
-        client.send(message).await;
-    }
-    let stats = client.finish().await;
-    let elapsed = started.elapsed();
-    assert_eq!(
-        stats
-            .bodies_failed
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "every webhook was acknowledged"
-    );
-    shutdown.cancel();
-    bridge.wait().await.unwrap();
-    count as f64 / elapsed.as_secs_f64()
+    format!(
+        "[[sinks]]\ntype = \"nats\"\nurl = \"{url}\"\nmode = \"{mode}\"\nsubject = \"{prefix}.{{kind}}.{{key}}.{{type}}\"\n{extra}"
+    )
 }

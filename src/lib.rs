@@ -91,12 +91,12 @@ pub async fn start(
         None
     };
 
-    let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_owned()).collect();
-    let (pipeline, lanes, in_flight) = Pipeline::new(
-        &names,
-        config.pipeline.lanes,
-        config.pipeline.max_in_flight_events,
-    );
+    let sinks: Vec<(String, usize)> = config
+        .sinks
+        .iter()
+        .map(|s| (s.name().to_owned(), s.lanes(config.pipeline.lanes)))
+        .collect();
+    let (pipeline, lanes, in_flight) = Pipeline::new(&sinks, config.pipeline.max_in_flight_events);
     let lane_options = LaneOptions {
         max_batch: config.pipeline.max_batch,
         retry_initial_backoff: config.pipeline.retry_initial_backoff,

@@ -109,11 +109,10 @@ pub struct Pipeline {
 type SinkLanes = (Arc<str>, Vec<mpsc::UnboundedSender<Arc<Job>>>);
 
 impl Pipeline {
-    /// A pipeline for the named sinks, each with `lanes` lanes. Returns the
+    /// A pipeline for the sinks given as (name, lane count). Returns the
     /// receivers as `[sink][lane]`.
     pub fn new(
-        sink_names: &[String],
-        lanes: usize,
+        sinks: &[(String, usize)],
         capacity: usize,
     ) -> (Pipeline, Vec<Vec<LaneReceiver>>, InFlight) {
         let in_flight = InFlight {
@@ -123,8 +122,10 @@ impl Pipeline {
         telemetry::pipeline_capacity(capacity);
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
-        for name in sink_names {
-            let (tx, rx): (Vec<_>, Vec<_>) = (0..lanes).map(|_| mpsc::unbounded_channel()).unzip();
+        for (name, lanes) in sinks {
+            let (tx, rx): (Vec<_>, Vec<_>) = (0..(*lanes).max(1))
+                .map(|_| mpsc::unbounded_channel())
+                .unzip();
             senders.push((Arc::from(name.as_str()), tx));
             receivers.push(rx);
         }
@@ -191,12 +192,11 @@ impl Pipeline {
         if events.is_empty() {
             receipt.done.notify_one();
         }
-        let lane_count = self.lanes.first().map_or(1, |(_, lanes)| lanes.len());
         for (name, _) in self.lanes.iter() {
             telemetry::sink_queue(name, events.len() as f64);
         }
         for event in events {
-            let lane = lane_of(event.key(), lane_count);
+            let hash = key_hash(event.key());
             let job = Arc::new(Job {
                 json: Bytes::from(event.to_json()),
                 event,
@@ -204,6 +204,7 @@ impl Pipeline {
                 _permit: permit.split(1).expect("one permit was taken per event"),
             });
             for (name, lanes) in self.lanes.iter() {
+                let lane = (hash % lanes.len() as u64) as usize;
                 if lanes[lane].send(job.clone()).is_err() {
                     // The lane's task ended: only at shutdown, after the sources.
                     tracing::error!(sink = %name, "sink lane closed while sources still run");
@@ -215,14 +216,19 @@ impl Pipeline {
     }
 }
 
-/// The lane of a key: FNV-1a, stable across runs and builds.
-fn lane_of(key: &str, lanes: usize) -> usize {
+/// What picks a key's lane: FNV-1a, stable across runs and builds.
+fn key_hash(key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    (hash % lanes as u64) as usize
+    hash
+}
+
+#[cfg(test)]
+fn lane_of(key: &str, lanes: usize) -> usize {
+    (key_hash(key) % lanes as u64) as usize
 }
 
 #[cfg(test)]
@@ -247,7 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_is_admitted_whole_or_not_at_all() {
-        let (pipeline, mut lanes, in_flight) = Pipeline::new(&["a".into()], 1, 3);
+        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 3);
         let first = pipeline
             .try_submit(
                 vec![event("r"), event("r")],
@@ -278,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn receipt_waits_for_every_sink() {
-        let (pipeline, mut lanes, _) = Pipeline::new(&["a".into(), "b".into()], 2, 10);
+        let (pipeline, mut lanes, _) = Pipeline::new(&[("a".into(), 2), ("b".into(), 2)], 10);
         let receipt = pipeline
             .try_submit(vec![event("r1")], Source::Webhook, Instant::now())
             .unwrap();

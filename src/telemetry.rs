@@ -31,6 +31,8 @@ pub const SINK_RETRIES: &str = "fishjam_bridge_sink_retries_total";
 pub const SINK_PUBLISH_DURATION: &str = "fishjam_bridge_sink_publish_duration_seconds";
 pub const SINK_QUEUE: &str = "fishjam_bridge_sink_queue_events";
 pub const SINK_UP: &str = "fishjam_bridge_sink_up";
+pub const SINK_RETURNED: &str = "fishjam_bridge_sink_events_returned_total";
+pub const SINK_RECONNECTS: &str = "fishjam_bridge_sink_reconnects_total";
 
 /// Every metric name, for docs and tests.
 pub const ALL: &[&str] = &[
@@ -51,6 +53,8 @@ pub const ALL: &[&str] = &[
     SINK_PUBLISH_DURATION,
     SINK_QUEUE,
     SINK_UP,
+    SINK_RETURNED,
+    SINK_RECONNECTS,
 ];
 
 /// How logs are written.
@@ -146,6 +150,14 @@ fn describe() {
     );
     describe_gauge!(SINK_QUEUE, "Events waiting for a sink, by sink.");
     describe_gauge!(SINK_UP, "1 when the sink is connected and publishing.");
+    describe_counter!(
+        SINK_RETURNED,
+        "Events the broker returned as unroutable (no queue bound for the routing key), by sink."
+    );
+    describe_counter!(
+        SINK_RECONNECTS,
+        "Connections a sink opened again after losing one."
+    );
 }
 
 /// Counts what one body carried.
@@ -222,4 +234,27 @@ pub fn sink_queue(sink: &str, delta: f64) {
 
 pub fn sink_up(sink: &str, up: bool) {
     gauge!(SINK_UP, "sink" => sink.to_owned()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn sink_returned(sink: &str) {
+    counter!(SINK_RETURNED, "sink" => sink.to_owned()).increment(1);
+}
+
+pub fn sink_reconnected(sink: &str) {
+    counter!(SINK_RECONNECTS, "sink" => sink.to_owned()).increment(1);
+}
+
+/// Exports a sink's counters at zero from the start, so dashboards and alerts
+/// see the series before the first event.
+pub fn sink_registered(sink: &str) {
+    for name in [
+        SINK_ACKNOWLEDGED,
+        SINK_RETRIES,
+        SINK_RETURNED,
+        SINK_RECONNECTS,
+    ] {
+        counter!(name, "sink" => sink.to_owned()).increment(0);
+    }
+    gauge!(SINK_QUEUE, "sink" => sink.to_owned()).increment(0.0);
+    gauge!(SINK_UP, "sink" => sink.to_owned()).set(0.0);
 }

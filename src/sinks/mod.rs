@@ -8,6 +8,7 @@
 //! a batch are safe and why the rest are not, and `run_lane` retries them in
 //! order with backoff, forever, so an accepted event is never dropped here.
 
+pub mod amqp;
 pub mod nats;
 pub mod stdout;
 
@@ -33,6 +34,9 @@ pub enum SinkConfig {
     File(stdout::FileConfig),
     /// NATS, core or JetStream.
     Nats(Box<nats::NatsConfig>),
+    /// RabbitMQ (AMQP 0-9-1) with publisher confirms.
+    #[serde(alias = "rabbitmq")]
+    Amqp(Box<amqp::AmqpConfig>),
 }
 
 impl Default for SinkConfig {
@@ -48,6 +52,23 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => c.name.as_deref().unwrap_or("stdout"),
             SinkConfig::File(c) => c.name.as_deref().unwrap_or("file"),
             SinkConfig::Nats(c) => c.name.as_deref().unwrap_or("nats"),
+            SinkConfig::Amqp(c) => c.name.as_deref().unwrap_or("amqp"),
+        }
+    }
+
+    /// The sink's lanes: its own `lanes`, else the sink type's default, else
+    /// `pipeline.lanes`.
+    pub fn lanes(&self, pipeline_default: usize) -> usize {
+        match self {
+            SinkConfig::Stdout(_) | SinkConfig::File(_) => pipeline_default,
+            SinkConfig::Nats(c) if c.mode == nats::NatsMode::Core => {
+                c.lanes.unwrap_or(pipeline_default)
+            }
+            // JetStream acks and RabbitMQ confirms wait for the server's
+            // storage: more batches in flight keep it busy (measured in
+            // BENCHMARKS.md).
+            SinkConfig::Nats(c) => c.lanes.unwrap_or(pipeline_default.max(16)),
+            SinkConfig::Amqp(c) => c.lanes.unwrap_or(pipeline_default.max(16)),
         }
     }
 
@@ -57,6 +78,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => Vec::new(),
             SinkConfig::File(c) => c.validate(),
             SinkConfig::Nats(c) => c.validate(),
+            SinkConfig::Amqp(c) => c.validate(),
         }
     }
 
@@ -71,6 +93,7 @@ impl SinkConfig {
                 c.fsync
             ),
             SinkConfig::Nats(c) => format!("nats (name {:?}, {})", self.name(), c.describe()),
+            SinkConfig::Amqp(c) => format!("amqp (name {:?}, {})", self.name(), c.describe()),
         }
     }
 }
@@ -80,6 +103,7 @@ impl SinkConfig {
 pub enum Sink {
     Stdout(stdout::StdoutSink),
     Nats(Box<nats::NatsSink>),
+    Amqp(Box<amqp::AmqpSink>),
 }
 
 /// Why a connect or a publish failed.
@@ -95,6 +119,8 @@ pub enum SinkError {
     Publish(String),
     #[error("no acknowledgement within the timeout")]
     Timeout,
+    #[error("the broker refused the message: {0}")]
+    Rejected(String),
 }
 
 impl SinkError {
@@ -106,6 +132,7 @@ impl SinkError {
             SinkError::Connect(_) => "connect",
             SinkError::Publish(_) => "publish",
             SinkError::Timeout => "timeout",
+            SinkError::Rejected(_) => "rejected",
         }
     }
 }
@@ -124,6 +151,7 @@ impl SinkHealth {
             readiness,
         };
         health.readiness.register(&health.check());
+        telemetry::sink_registered(name);
         health
     }
 
@@ -214,6 +242,9 @@ impl Sink {
             SinkConfig::Nats(c) => {
                 Sink::Nats(Box::new(nats::NatsSink::connect(c, health.clone()).await?))
             }
+            SinkConfig::Amqp(c) => {
+                Sink::Amqp(Box::new(amqp::AmqpSink::connect(c, health.clone()).await?))
+            }
         };
         health.set(true);
         Ok(sink)
@@ -223,6 +254,7 @@ impl Sink {
         match self {
             Sink::Stdout(s) => s.name(),
             Sink::Nats(s) => s.name(),
+            Sink::Amqp(s) => s.name(),
         }
     }
 
@@ -231,6 +263,7 @@ impl Sink {
         match self {
             Sink::Stdout(s) => s.publish(jobs).await,
             Sink::Nats(s) => s.publish(jobs).await,
+            Sink::Amqp(s) => s.publish(jobs).await,
         }
     }
 
@@ -239,6 +272,7 @@ impl Sink {
         match self {
             Sink::Stdout(s) => s.close().await,
             Sink::Nats(s) => s.close().await,
+            Sink::Amqp(s) => s.close().await,
         }
     }
 }

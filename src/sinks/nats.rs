@@ -41,6 +41,8 @@ pub struct NatsConfig {
     /// How long a flush or a JetStream ack may take before the batch is retried.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Lanes of this sink (default: pipeline.lanes for core, 16 for JetStream).
+    pub lanes: Option<usize>,
     /// JetStream publish acks in flight at once, per lane.
     #[serde(default = "default_max_ack_inflight")]
     pub max_ack_inflight: usize,
@@ -166,6 +168,9 @@ impl NatsConfig {
         }
         if self.timeout.is_zero() {
             problems.push("timeout must be longer than zero".to_owned());
+        }
+        if self.lanes == Some(0) {
+            problems.push("lanes must be at least 1".to_owned());
         }
         if self.max_ack_inflight == 0 {
             problems.push("max_ack_inflight must be at least 1".to_owned());

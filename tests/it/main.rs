@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one file per surface.
 
+mod amqp;
 mod conformance;
 mod nats;
 mod operations;
