@@ -33,6 +33,10 @@ pub const SINK_QUEUE: &str = "fishjam_bridge_sink_queue_events";
 pub const SINK_UP: &str = "fishjam_bridge_sink_up";
 pub const SINK_RETURNED: &str = "fishjam_bridge_sink_events_returned_total";
 pub const SINK_RECONNECTS: &str = "fishjam_bridge_sink_reconnects_total";
+pub const KAFKA_QUEUE: &str = "fishjam_bridge_kafka_queue_messages";
+pub const KAFKA_BROKER_RTT: &str = "fishjam_bridge_kafka_broker_rtt_seconds";
+pub const KAFKA_BROKER_ERRORS: &str = "fishjam_bridge_kafka_broker_errors_total";
+pub const KAFKA_BROKER_RETRIES: &str = "fishjam_bridge_kafka_broker_retries_total";
 
 /// Every metric name, for docs and tests.
 pub const ALL: &[&str] = &[
@@ -55,6 +59,10 @@ pub const ALL: &[&str] = &[
     SINK_UP,
     SINK_RETURNED,
     SINK_RECONNECTS,
+    KAFKA_QUEUE,
+    KAFKA_BROKER_RTT,
+    KAFKA_BROKER_ERRORS,
+    KAFKA_BROKER_RETRIES,
 ];
 
 /// How logs are written.
@@ -257,4 +265,20 @@ pub fn sink_registered(sink: &str) {
     }
     gauge!(SINK_QUEUE, "sink" => sink.to_owned()).increment(0.0);
     gauge!(SINK_UP, "sink" => sink.to_owned()).set(0.0);
+}
+
+/// librdkafka's periodic statistics for one Kafka sink.
+pub fn kafka_statistics(sink: &str, statistics: &rdkafka::statistics::Statistics) {
+    gauge!(KAFKA_QUEUE, "sink" => sink.to_owned()).set(statistics.msg_cnt as f64);
+    for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+        let labels = [
+            ("sink", sink.to_owned()),
+            ("broker", broker.nodename.clone()),
+        ];
+        if let Some(rtt) = &broker.rtt {
+            gauge!(KAFKA_BROKER_RTT, &labels).set(rtt.avg as f64 / 1_000_000.0);
+        }
+        counter!(KAFKA_BROKER_ERRORS, &labels).absolute(broker.txerrs + broker.req_timeouts);
+        counter!(KAFKA_BROKER_RETRIES, &labels).absolute(broker.txretries);
+    }
 }

@@ -9,6 +9,7 @@
 //! order with backoff, forever, so an accepted event is never dropped here.
 
 pub mod amqp;
+pub mod kafka;
 pub mod nats;
 pub mod stdout;
 
@@ -37,6 +38,8 @@ pub enum SinkConfig {
     /// RabbitMQ (AMQP 0-9-1) with publisher confirms.
     #[serde(alias = "rabbitmq")]
     Amqp(Box<amqp::AmqpConfig>),
+    /// Kafka, keyed by room, acks=all, idempotent.
+    Kafka(Box<kafka::KafkaConfig>),
 }
 
 impl Default for SinkConfig {
@@ -53,6 +56,7 @@ impl SinkConfig {
             SinkConfig::File(c) => c.name.as_deref().unwrap_or("file"),
             SinkConfig::Nats(c) => c.name.as_deref().unwrap_or("nats"),
             SinkConfig::Amqp(c) => c.name.as_deref().unwrap_or("amqp"),
+            SinkConfig::Kafka(c) => c.name.as_deref().unwrap_or("kafka"),
         }
     }
 
@@ -69,6 +73,7 @@ impl SinkConfig {
             // BENCHMARKS.md).
             SinkConfig::Nats(c) => c.lanes.unwrap_or(pipeline_default.max(16)),
             SinkConfig::Amqp(c) => c.lanes.unwrap_or(pipeline_default.max(16)),
+            SinkConfig::Kafka(c) => c.lanes.unwrap_or(pipeline_default),
         }
     }
 
@@ -79,6 +84,7 @@ impl SinkConfig {
             SinkConfig::File(c) => c.validate(),
             SinkConfig::Nats(c) => c.validate(),
             SinkConfig::Amqp(c) => c.validate(),
+            SinkConfig::Kafka(c) => c.validate(),
         }
     }
 
@@ -94,6 +100,7 @@ impl SinkConfig {
             ),
             SinkConfig::Nats(c) => format!("nats (name {:?}, {})", self.name(), c.describe()),
             SinkConfig::Amqp(c) => format!("amqp (name {:?}, {})", self.name(), c.describe()),
+            SinkConfig::Kafka(c) => format!("kafka (name {:?}, {})", self.name(), c.describe()),
         }
     }
 }
@@ -104,6 +111,7 @@ pub enum Sink {
     Stdout(stdout::StdoutSink),
     Nats(Box<nats::NatsSink>),
     Amqp(Box<amqp::AmqpSink>),
+    Kafka(Box<kafka::KafkaSink>),
 }
 
 /// Why a connect or a publish failed.
@@ -245,6 +253,9 @@ impl Sink {
             SinkConfig::Amqp(c) => {
                 Sink::Amqp(Box::new(amqp::AmqpSink::connect(c, health.clone()).await?))
             }
+            SinkConfig::Kafka(c) => Sink::Kafka(Box::new(
+                kafka::KafkaSink::connect(c, health.clone()).await?,
+            )),
         };
         health.set(true);
         Ok(sink)
@@ -255,6 +266,7 @@ impl Sink {
             Sink::Stdout(s) => s.name(),
             Sink::Nats(s) => s.name(),
             Sink::Amqp(s) => s.name(),
+            Sink::Kafka(s) => s.name(),
         }
     }
 
@@ -264,6 +276,7 @@ impl Sink {
             Sink::Stdout(s) => s.publish(jobs).await,
             Sink::Nats(s) => s.publish(jobs).await,
             Sink::Amqp(s) => s.publish(jobs).await,
+            Sink::Kafka(s) => s.publish(jobs).await,
         }
     }
 
@@ -273,6 +286,7 @@ impl Sink {
             Sink::Stdout(s) => s.close().await,
             Sink::Nats(s) => s.close().await,
             Sink::Amqp(s) => s.close().await,
+            Sink::Kafka(s) => s.close().await,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod amqp;
 mod conformance;
+mod kafka;
 mod nats;
 mod operations;
 mod support;

@@ -1,0 +1,440 @@
+//! Kafka: records keyed by room, `acks=all`, idempotent, acknowledged by
+//! their delivery reports.
+//!
+//! The record key is the event's key, so a room's events land on one
+//! partition, and the idempotent producer keeps them in order there even when
+//! librdkafka retries. A batch is handed to librdkafka without waiting; a full
+//! local queue is backpressure (wait and hand it over again), not a failure.
+//! An event counts as safe only when its delivery report says the broker has
+//! it; a failed report (including librdkafka giving up after
+//! `message.timeout.ms`) fails the batch from that event on, and the lane
+//! publishes it again: nothing is dropped here, unlike sinks that count a
+//! message as sent once it is queued. Dropping a producer purges its queue,
+//! so `close` flushes first, off the async runtime.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use serde::Deserialize;
+
+use super::{each_header, PublishError, SinkError, SinkHealth};
+use crate::config::{duration, Secret};
+use crate::pipeline::Job;
+use crate::route::Template;
+use crate::telemetry;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Name in logs and metrics; default `kafka`.
+    pub name: Option<String>,
+    /// `host:port[,host:port...]`.
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap_servers: String,
+    /// Topic template; `{type}` gives one topic per event type.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// `none`, `gzip`, `snappy` or `lz4`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// How long librdkafka may try to deliver a record before it reports a
+    /// failure; the lane then publishes it again.
+    #[serde(default = "default_message_timeout", deserialize_with = "duration")]
+    pub message_timeout: Duration,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default = "default_security_protocol")]
+    pub security_protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<Secret>,
+    /// PEM CA file for SSL.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    pub ssl_certificate_location: Option<PathBuf>,
+    pub ssl_key_location: Option<PathBuf>,
+    /// Add CloudEvents binary-mode headers (`ce_*`).
+    #[serde(default)]
+    pub cloudevents: bool,
+    /// Lanes of this sink (default: pipeline.lanes).
+    pub lanes: Option<usize>,
+    /// Any other librdkafka setting, e.g. `"linger.ms" = "10"`. These win over
+    /// the settings above.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+fn default_bootstrap() -> String {
+    "127.0.0.1:9092".to_owned()
+}
+fn default_topic() -> String {
+    "fishjam.events".to_owned()
+}
+fn default_client_id() -> String {
+    "fishjam-bridge".to_owned()
+}
+fn default_compression() -> String {
+    "lz4".to_owned()
+}
+fn default_message_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_security_protocol() -> String {
+    "plaintext".to_owned()
+}
+
+/// Characters a topic may hold besides its placeholders.
+fn valid_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match Template::parse(&self.topic, &[]) {
+            Ok(_) => {
+                let literal: String = self.topic.split(['{', '}']).step_by(2).collect();
+                if let Some(bad) = literal.chars().find(|c| !valid_topic_char(*c)) {
+                    problems.push(format!(
+                        "topic: {bad:?} is not allowed in a Kafka topic name (letters, digits, '.', '_', '-')"
+                    ));
+                }
+                if !self.topic.contains('{') && self.topic.len() > 249 {
+                    problems.push("topic: longer than 249 characters".to_owned());
+                }
+            }
+            Err(problem) => problems.push(format!("topic: {problem}")),
+        }
+        if self.bootstrap_servers.trim().is_empty() {
+            problems.push("bootstrap_servers must not be empty".to_owned());
+        }
+        if !matches!(
+            self.compression.as_str(),
+            "none" | "gzip" | "snappy" | "lz4"
+        ) {
+            problems.push(format!(
+                "compression {:?}: use none, gzip, snappy or lz4",
+                self.compression
+            ));
+        }
+        if !matches!(
+            self.security_protocol.as_str(),
+            "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+        ) {
+            problems.push(format!(
+                "security_protocol {:?}: use plaintext, ssl, sasl_plaintext or sasl_ssl",
+                self.security_protocol
+            ));
+        }
+        if let Some(mechanism) = &self.sasl_mechanism {
+            if !matches!(
+                mechanism.as_str(),
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
+            ) {
+                problems.push(format!(
+                    "sasl_mechanism {mechanism:?}: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                ));
+            }
+        }
+        if self.security_protocol.starts_with("sasl")
+            && (self.sasl_username.is_none() || self.sasl_password.is_none())
+        {
+            problems.push("sasl security needs sasl_username and sasl_password".to_owned());
+        }
+        if self.message_timeout.is_zero() {
+            problems.push("message_timeout must be longer than zero".to_owned());
+        }
+        if self.lanes == Some(0) {
+            problems.push("lanes must be at least 1".to_owned());
+        }
+        // Settings that would break the delivery promise are not overridable.
+        for key in ["acks", "enable.idempotence"] {
+            if self.librdkafka.contains_key(key) {
+                problems.push(format!(
+                    "librdkafka.{key}: fixed by the bridge (acks=all, idempotence on), so nothing acknowledged can be lost"
+                ));
+            }
+        }
+        problems
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "bootstrap {}, topic {:?}, compression {}, security {}, sasl user {}",
+            self.bootstrap_servers,
+            self.topic,
+            self.compression,
+            self.security_protocol,
+            self.sasl_username.as_deref().unwrap_or("none")
+        )
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", &self.compression)
+            .set(
+                "message.timeout.ms",
+                self.message_timeout.as_millis().to_string(),
+            )
+            // A lane's batch is handed over at once; a short linger lets
+            // librdkafka put it in few produce requests (chosen by measurement,
+            // BENCHMARKS.md).
+            .set("linger.ms", "2")
+            .set("batch.num.messages", "10000")
+            // The pipeline bounds what is in flight; this only has to hold it.
+            .set("queue.buffering.max.messages", "200000")
+            .set("statistics.interval.ms", "5000")
+            .set("security.protocol", &self.security_protocol);
+        if let Some(mechanism) = &self.sasl_mechanism {
+            config.set("sasl.mechanism", mechanism);
+        }
+        if let Some(username) = &self.sasl_username {
+            config.set("sasl.username", username);
+        }
+        if let Some(password) = &self.sasl_password {
+            config.set("sasl.password", password.expose());
+        }
+        for (key, path) in [
+            ("ssl.ca.location", &self.ssl_ca_location),
+            ("ssl.certificate.location", &self.ssl_certificate_location),
+            ("ssl.key.location", &self.ssl_key_location),
+        ] {
+            if let Some(path) = path {
+                config.set(key, path.display().to_string());
+            }
+        }
+        for (key, value) in &self.librdkafka {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// librdkafka's callbacks: statistics into metrics, broker reachability
+/// into readiness.
+struct BridgeContext {
+    health: SinkHealth,
+}
+
+impl ClientContext for BridgeContext {
+    fn stats(&self, statistics: Statistics) {
+        telemetry::kafka_statistics(self.health.name(), &statistics);
+        let up = statistics
+            .brokers
+            .values()
+            .any(|broker| broker.nodeid >= 0 && broker.state == "UP");
+        self.health.set(up);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set(false);
+        }
+        tracing::warn!(sink = %self.health.name(), error = %error, reason, "kafka client error");
+    }
+}
+
+pub struct KafkaSink {
+    name: String,
+    producer: FutureProducer<BridgeContext>,
+    topic: Template,
+    cloudevents: bool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl KafkaSink {
+    pub async fn connect(config: &KafkaConfig, health: SinkHealth) -> Result<KafkaSink, SinkError> {
+        let name = config.name.clone().unwrap_or_else(|| "kafka".to_owned());
+        let topic = Template::parse(&config.topic, &[]).map_err(SinkError::Config)?;
+        let producer: FutureProducer<BridgeContext> = config
+            .client_config()
+            .create_with_context(BridgeContext {
+                health: health.clone(),
+            })
+            .map_err(|e| SinkError::Config(e.to_string()))?;
+        // Creating a producer does not contact the cluster: ask for metadata
+        // once, so that a wrong address is reported at start-up.
+        let probe = producer.clone();
+        let timeout = config.message_timeout.min(Duration::from_secs(10));
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| SinkError::Connect(e.to_string()))?
+            .map_err(|e| {
+                SinkError::Connect(format!("{} unreachable: {e}", config.bootstrap_servers))
+            })?;
+        Ok(KafkaSink {
+            name,
+            producer,
+            topic,
+            cloudevents: config.cloudevents,
+            timeout: config.message_timeout,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+        let mut deliveries = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let topic = self.topic.render(&job.event);
+            let mut headers = Some(OwnedHeaders::new_with_capacity(8));
+            each_header(
+                &job.event,
+                "Fishjam-Event-Id",
+                self.cloudevents,
+                "ce_",
+                |name, value| {
+                    let header = Header {
+                        key: name,
+                        value: Some(value),
+                    };
+                    headers = headers.take().map(|h| h.insert(header));
+                },
+            );
+            let mut record = FutureRecord::to(&topic)
+                .key(job.event.key())
+                .payload(&job.json[..])
+                .headers(headers.expect("headers are always rebuilt"));
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // librdkafka's queue is full: wait for it to drain.
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((error, _)) => {
+                        return self
+                            .settle(deliveries, Some(SinkError::Publish(error.to_string())))
+                            .await;
+                    }
+                }
+            }
+        }
+        self.settle(deliveries, None).await
+    }
+
+    /// Awaits the delivery reports in order; only the unbroken run of
+    /// successes from the start counts.
+    async fn settle(
+        &self,
+        deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+        mut failure: Option<SinkError>,
+    ) -> Result<(), PublishError> {
+        let mut acknowledged = 0;
+        let reports = futures_util::future::join_all(deliveries).await;
+        for report in reports {
+            let outcome = match report {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(classify(error, self.timeout)),
+                Err(_) => Err(SinkError::Publish("delivery report lost".to_owned())),
+            };
+            match outcome {
+                Ok(()) if failure.is_none() => acknowledged += 1,
+                Ok(()) => {}
+                Err(error) => {
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some(error) => Err(PublishError {
+                acknowledged,
+                error,
+            }),
+        }
+    }
+
+    /// Flushes what librdkafka still holds, within `grace`.
+    pub async fn close(&self) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        let grace = self.timeout;
+        // flush blocks its thread until delivered or timed out.
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(grace))
+            .await
+            .map_err(|e| SinkError::Publish(e.to_string()))?;
+        let left = self.producer.in_flight_count();
+        match flushed {
+            Ok(()) => Ok(()),
+            Err(error) => Err(SinkError::Publish(format!(
+                "{left} records not delivered at shutdown: {error}"
+            ))),
+        }
+    }
+}
+
+fn classify(error: KafkaError, timeout: Duration) -> SinkError {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "kafka delivery timed out in librdkafka; the record is published again"
+            );
+            SinkError::Timeout
+        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => SinkError::Rejected(error.to_string()),
+        _ => SinkError::Publish(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_safe_and_valid() {
+        let config: KafkaConfig = toml::from_str("").unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        let client = config.client_config();
+        assert_eq!(client.get("acks"), Some("all"));
+        assert_eq!(client.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn the_delivery_promise_cannot_be_configured_away() {
+        let config: KafkaConfig = toml::from_str(
+            "topic = \"fishjam events\"\ncompression = \"brotli\"\nsecurity_protocol = \"sasl_ssl\"\n[librdkafka]\nacks = \"1\"\n",
+        )
+        .unwrap();
+        let problems = config.validate().join("\n");
+        assert!(problems.contains("topic"), "{problems}");
+        assert!(problems.contains("compression"), "{problems}");
+        assert!(problems.contains("sasl_username"), "{problems}");
+        assert!(problems.contains("librdkafka.acks"), "{problems}");
+    }
+
+    #[test]
+    fn raw_settings_reach_librdkafka() {
+        let config: KafkaConfig = toml::from_str("[librdkafka]\n\"linger.ms\" = \"20\"\n").unwrap();
+        assert_eq!(config.client_config().get("linger.ms"), Some("20"));
+    }
+}

@@ -1,0 +1,290 @@
+//! The Kafka sink against real Kafka-protocol brokers: tansu (a separate
+//! process, or the cluster at `KAFKA_BOOTSTRAP`) for the end-to-end path, and
+//! librdkafka's mock cluster (in this process, reached by the bridge over
+//! TCP) for injected broker faults.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::support::*;
+use crate::webhook::expected;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Where tansu is: `TANSU`, then the place `.ci/run` installs it, then PATH.
+fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU") {
+        return PathBuf::from(path);
+    }
+    let installed = PathBuf::from("/opt/tansu/bin/tansu");
+    if installed.exists() {
+        return installed;
+    }
+    PathBuf::from("tansu")
+}
+
+/// A Kafka-protocol broker for the test: `KAFKA_BOOTSTRAP` when set, else a
+/// tansu process of its own with in-memory storage.
+struct Broker {
+    bootstrap: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") {
+            return Broker {
+                bootstrap,
+                child: None,
+                _dir: dir,
+            };
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            // tansu reads a .env from its working folder: give it an empty one.
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start tansu ({e}); `bash .ci/run` installs it to /opt/tansu, or set KAFKA_BOOTSTRAP")
+            });
+        wait_until("tansu listening", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Broker {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child: Some(child),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for result in results {
+        result.unwrap();
+    }
+}
+
+/// Every record of `topic`, read from the beginning of each partition until
+/// `count` arrived, as (partition, key, headers, event).
+fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    count: usize,
+) -> Vec<(i32, String, HashMap<String, String>, Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("it"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut records = Vec::with_capacity(count);
+    let deadline = std::time::Instant::now() + WAIT;
+    while records.len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{topic}: {} of {count} records arrived",
+            records.len()
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        let mut headers = HashMap::new();
+        if let Some(h) = message.headers() {
+            for header in h.iter() {
+                let value = String::from_utf8(header.value.unwrap().to_vec()).unwrap();
+                headers.insert(header.key.to_owned(), value);
+            }
+        }
+        let event: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+        records.push((message.partition(), key, headers, event));
+    }
+    records
+}
+
+fn kafka_sink(bootstrap: &str, topic: &str, extra: &str) -> String {
+    config(&format!(
+        "[[sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"{topic}\"\n{extra}"
+    ))
+}
+
+fn simulate(url: &str, seed: u64, count: usize, extra: &[&str]) -> Value {
+    let output = Command::new(BIN)
+        .args(["simulate", "--webhook-url", url])
+        .args(["--rooms", "8", "--concurrency", "4", "--batch", "10"])
+        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
+        .args(extra)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn a_consumer_sees_every_event_once_keyed_by_room_in_order() {
+    let broker = Broker::start();
+    let topic = unique("fishjam-it");
+    create_topic(&broker.bootstrap, &topic, 3);
+    let bridge = BridgeProcess::start(&kafka_sink(
+        &broker.bootstrap,
+        &topic,
+        "cloudevents = true\n",
+    ));
+    let report = simulate(&bridge.webhook_url(), 61, 500, &["--rate", "0"]);
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+
+    let records = read_topic(&broker.bootstrap, &topic, 3, 500);
+    let validator = schema();
+    let mut ids = HashSet::new();
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    let mut seen: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for (partition, key, headers, event) in &records {
+        assert_valid(&validator, event);
+        assert_eq!(
+            key,
+            event["key"].as_str().unwrap(),
+            "the record key is the room"
+        );
+        let id = event["id"].as_str().unwrap();
+        assert_eq!(headers["Fishjam-Event-Id"], id);
+        assert_eq!(
+            headers["Fishjam-Event-Type"],
+            event["type"].as_str().unwrap()
+        );
+        assert_eq!(headers["Content-Type"], "application/json");
+        assert_eq!(headers["ce_id"], id);
+        assert_eq!(headers["ce_specversion"], "1.0");
+        if let Some(room) = event["room_id"].as_str() {
+            assert_eq!(headers["Fishjam-Room-Id"], room);
+        }
+        assert!(ids.insert(id.to_owned()), "each event once");
+        let first = *partition_of.entry(key.clone()).or_insert(*partition);
+        assert_eq!(first, *partition, "a room's events share one partition");
+        seen.entry(key.clone()).or_default().push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["data"].clone(),
+        ));
+    }
+    assert_eq!(seen, expected(61, 8, 500), "every event, in room order");
+}
+
+#[test]
+fn injected_broker_faults_lose_no_acknowledged_event() {
+    let cluster = MockCluster::new(3).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topic = unique("fishjam-faults");
+    cluster.create_topic(&topic, 3, 3).unwrap();
+    // Produce requests fail with retriable errors, and later a broker goes
+    // away: librdkafka retries some itself, times out others (2 s), and the
+    // lane publishes those again.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 30],
+    );
+    let bridge = BridgeProcess::start(&kafka_sink(
+        &bootstrap,
+        &topic,
+        "message_timeout = \"2s\"\n",
+    ));
+    let url = bridge.webhook_url();
+    let simulator =
+        std::thread::spawn(move || simulate(&url, 71, 1500, &["--rate", "500", "--retries", "60"]));
+    wait_until("some events delivered", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_events_acknowledged_total", &[])
+            >= 200.0
+    });
+    cluster.broker_down(1).unwrap();
+    wait_until("a publish failed while a broker is down", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_events_failed_total", &[])
+            >= 1.0
+            || bridge.metrics().sum(
+                "fishjam_bridge_webhook_requests_total",
+                &[("status", "503")],
+            ) >= 1.0
+    });
+    cluster.broker_up(1).unwrap();
+    let report = simulator.join().unwrap();
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+
+    let total = bridge
+        .metrics()
+        .sum("fishjam_bridge_sink_events_acknowledged_total", &[]) as usize;
+    let records = read_topic(&bootstrap, &topic, 3, total);
+    let mut by_key: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for (_, key, _, event) in &records {
+        by_key.entry(key.clone()).or_default().push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["data"].clone(),
+        ));
+    }
+    for (key, events) in &expected(71, 8, 1500) {
+        let held = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
+        let mut rest = held.iter();
+        assert!(
+            events.iter().all(|event| rest.any(|h| h == event)),
+            "every event of {key}, in order: {} expected, {} stored",
+            events.len(),
+            held.len()
+        );
+    }
+}
