@@ -41,6 +41,8 @@ pub struct Config {
     #[serde(default)]
     pub webhook: WebhookConfig,
     #[serde(default)]
+    pub notifier: NotifierConfig,
+    #[serde(default)]
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -95,6 +97,43 @@ pub struct WebhookConfig {
     /// How long a client may take to send its body; slower ones get 408.
     #[serde(default = "default_request_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierConfig {
+    /// Hold Fishjam's notifier WebSocket (needs fishjam.management_token).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Check fishjam.id and the token against Fishjam's REST API
+    /// (`GET /validate`) at start-up; refused credentials stop the bridge.
+    #[serde(default = "yes")]
+    pub check_credentials: bool,
+    /// Whether /readyz waits for the notifier to be subscribed.
+    #[serde(default = "yes")]
+    pub required_for_readiness: bool,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for authenticated + subscribe_response.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// How often the bridge pings Fishjam.
+    #[serde(default = "default_ping_interval", deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    /// A connection that delivers nothing (no frame, no pong) this long is dead.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Reconnect backoff: first delay, and the cap (full jitter in between).
+    #[serde(default = "default_backoff_initial", deserialize_with = "duration")]
+    pub backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// A session that lasted this long resets the backoff.
+    #[serde(default = "default_stable_after", deserialize_with = "duration")]
+    pub stable_after: Duration,
+    /// Largest frame accepted.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_frame_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +321,32 @@ impl Config {
                 problems.push("webhook.ack_timeout must be longer than zero".to_owned());
             }
         }
+        if self.notifier.enabled {
+            if self.fishjam.management_token.is_none() {
+                problems.push(
+                    "notifier.enabled needs fishjam.management_token (or FISHJAM_MANAGEMENT_TOKEN)"
+                        .to_owned(),
+                );
+            }
+            if let Err(problem) = crate::fishjam::notifier_url(&self.fishjam.id) {
+                problems.push(format!("fishjam.id: {problem}"));
+            }
+            if self.notifier.ping_interval >= self.notifier.idle_timeout {
+                problems.push(
+                    "notifier.ping_interval must be shorter than notifier.idle_timeout".to_owned(),
+                );
+            }
+            if self.notifier.backoff_initial > self.notifier.backoff_max {
+                problems.push(
+                    "notifier.backoff_initial must not exceed notifier.backoff_max".to_owned(),
+                );
+            }
+        }
+        if !self.webhook.enabled && !self.notifier.enabled {
+            problems.push(
+                "enable webhook or notifier (or both): with neither, nothing comes in".to_owned(),
+            );
+        }
         if self.pipeline.max_in_flight_events == 0 {
             problems.push("pipeline.max_in_flight_events must be at least 1".to_owned());
         }
@@ -353,6 +418,7 @@ impl Config {
             self.pipeline.max_in_flight_events.to_string(),
         );
         line("pipeline.lanes", self.pipeline.lanes.to_string());
+        line("notifier.enabled", self.notifier.enabled.to_string());
         line("admin.enabled", self.admin.enabled.to_string());
         line("admin.listen", self.admin.listen.to_string());
         for (index, sink) in self.sinks.iter().enumerate() {
@@ -479,6 +545,24 @@ fn default_ack_timeout() -> Duration {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(45)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stable_after() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_max_in_flight() -> usize {
     10_000
 }
@@ -507,6 +591,13 @@ fn default_log_level() -> String {
 impl Default for WebhookConfig {
     fn default() -> Self {
         WebhookConfig::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("defaults deserialize")
+    }
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        NotifierConfig::deserialize(toml::Value::Table(toml::Table::new()))
             .expect("defaults deserialize")
     }
 }

@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod fishjam;
 pub mod normalize;
 pub mod pipeline;
 pub mod proto;
@@ -43,7 +44,24 @@ pub struct Bridge {
     /// Where /metrics, /healthz and /readyz are served, when enabled.
     pub admin_addr: Option<SocketAddr>,
     pub readiness: Readiness,
+    fatal: Fatal,
     task: JoinHandle<anyhow::Result<DrainReport>>,
+}
+
+/// An error a task met that must end the bridge (refused credentials): the
+/// task records it and cancels the shutdown token; `Bridge::wait` returns it.
+#[derive(Debug, Clone, Default)]
+pub struct Fatal(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Fatal {
+    pub fn set(&self, error: String, shutdown: &CancellationToken) {
+        *self.0.lock().expect("never poisoned") = Some(error);
+        shutdown.cancel();
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().expect("never poisoned").take()
+    }
 }
 
 /// What shutdown achieved.
@@ -56,7 +74,11 @@ pub struct DrainReport {
 impl Bridge {
     /// Waits for shutdown and the drain.
     pub async fn wait(self) -> anyhow::Result<DrainReport> {
-        self.task.await.context("the bridge task panicked")?
+        let drained = self.task.await.context("the bridge task panicked")?;
+        match self.fatal.take() {
+            Some(error) => Err(anyhow::anyhow!(error)),
+            None => drained,
+        }
     }
 }
 
@@ -70,6 +92,7 @@ pub async fn start(
 ) -> anyhow::Result<Bridge> {
     let readiness = Readiness::default();
     readiness.register("running");
+    let fatal = Fatal::default();
     let tasks = TaskTracker::new();
 
     let admin_addr = if config.admin.enabled {
@@ -163,6 +186,26 @@ pub async fn start(
     } else {
         None
     };
+    if config.notifier.enabled {
+        let source = sources::notifier::NotifierSource {
+            url: fishjam::notifier_url(&config.fishjam.id).map_err(anyhow::Error::msg)?,
+            token: config
+                .fishjam
+                .management_token
+                .clone()
+                .context("notifier.enabled needs fishjam.management_token")?,
+            fishjam_id: fishjam_id.clone(),
+            config: config.notifier.clone(),
+            pipeline: pipeline.clone(),
+            readiness: readiness.clone(),
+            fatal: fatal.clone(),
+        };
+        if config.notifier.required_for_readiness {
+            readiness.register(sources::notifier::CHECK);
+        }
+        telemetry::notifier_registered();
+        tasks.spawn(source.run(shutdown.clone()));
+    }
     tasks.close();
     // From here on only the sources hold the pipeline: when they stop, the
     // lanes close and the sinks drain.
@@ -185,6 +228,7 @@ pub async fn start(
         webhook_addr,
         admin_addr,
         readiness,
+        fatal,
         task,
     })
 }

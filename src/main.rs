@@ -342,7 +342,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         report.webhook_notifications_failed,
         report.elapsed.as_millis()
     );
-    if server.is_some() && options.count.is_none() && options.duration.is_none() {
+    // A simulated Fishjam keeps serving its notifier (and REST API) after
+    // the play, as Fishjam would, until it is stopped.
+    if server.is_some() {
         shutdown.cancelled().await;
     }
     shutdown.cancel();

@@ -33,6 +33,13 @@ pub const SINK_QUEUE: &str = "fishjam_bridge_sink_queue_events";
 pub const SINK_UP: &str = "fishjam_bridge_sink_up";
 pub const SINK_RETURNED: &str = "fishjam_bridge_sink_events_returned_total";
 pub const SINK_RECONNECTS: &str = "fishjam_bridge_sink_reconnects_total";
+pub const NOTIFIER_STATE: &str = "fishjam_bridge_notifier_state";
+pub const NOTIFIER_CONNECTS: &str = "fishjam_bridge_notifier_connects_total";
+pub const NOTIFIER_DISCONNECTS: &str = "fishjam_bridge_notifier_disconnects_total";
+pub const NOTIFIER_BACKOFF: &str = "fishjam_bridge_notifier_backoff_seconds";
+pub const NOTIFIER_LAST_MESSAGE: &str = "fishjam_bridge_notifier_last_message_timestamp_seconds";
+pub const NOTIFIER_PAUSED: &str = "fishjam_bridge_notifier_pause_seconds";
+pub const NOTIFIER_IGNORED: &str = "fishjam_bridge_notifier_ignored_frames_total";
 pub const KAFKA_QUEUE: &str = "fishjam_bridge_kafka_queue_messages";
 pub const KAFKA_BROKER_RTT: &str = "fishjam_bridge_kafka_broker_rtt_seconds";
 pub const KAFKA_BROKER_ERRORS: &str = "fishjam_bridge_kafka_broker_errors_total";
@@ -59,6 +66,13 @@ pub const ALL: &[&str] = &[
     SINK_UP,
     SINK_RETURNED,
     SINK_RECONNECTS,
+    NOTIFIER_STATE,
+    NOTIFIER_CONNECTS,
+    NOTIFIER_DISCONNECTS,
+    NOTIFIER_BACKOFF,
+    NOTIFIER_LAST_MESSAGE,
+    NOTIFIER_PAUSED,
+    NOTIFIER_IGNORED,
     KAFKA_QUEUE,
     KAFKA_BROKER_RTT,
     KAFKA_BROKER_ERRORS,
@@ -280,5 +294,66 @@ pub fn kafka_statistics(sink: &str, statistics: &rdkafka::statistics::Statistics
         }
         counter!(KAFKA_BROKER_ERRORS, &labels).absolute(broker.txerrs + broker.req_timeouts);
         counter!(KAFKA_BROKER_RETRIES, &labels).absolute(broker.txretries);
+    }
+}
+
+const NOTIFIER_STATES: &[&str] = &["connecting", "authenticating", "subscribed", "backoff"];
+
+pub fn notifier_state(state: &'static str) {
+    for candidate in NOTIFIER_STATES {
+        let value = if *candidate == state { 1.0 } else { 0.0 };
+        gauge!(NOTIFIER_STATE, "state" => *candidate).set(value);
+    }
+}
+
+pub fn notifier_connected() {
+    counter!(NOTIFIER_CONNECTS).increment(1);
+}
+
+pub fn notifier_disconnected(reason: &'static str) {
+    counter!(NOTIFIER_DISCONNECTS, "reason" => reason).increment(1);
+}
+
+pub fn notifier_backoff(delay: Duration) {
+    gauge!(NOTIFIER_BACKOFF).set(delay.as_secs_f64());
+}
+
+pub fn notifier_heard() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    gauge!(NOTIFIER_LAST_MESSAGE).set(now);
+}
+
+pub fn notifier_paused(paused: Duration) {
+    // Most submissions find room at once; only real pauses are recorded.
+    if paused >= Duration::from_millis(1) {
+        histogram!(NOTIFIER_PAUSED).record(paused.as_secs_f64());
+    }
+}
+
+pub fn notifier_text_frame() {
+    counter!(NOTIFIER_IGNORED).increment(1);
+    tracing::warn!("ignored a text frame from the notifier: the protocol sends binary frames only");
+}
+
+/// Exports the notifier's series at zero from the start.
+pub fn notifier_registered() {
+    notifier_state("connecting");
+    counter!(NOTIFIER_CONNECTS).increment(0);
+    histogram!(NOTIFIER_PAUSED).record(0.0);
+    counter!(NOTIFIER_IGNORED).increment(0);
+    gauge!(NOTIFIER_BACKOFF).set(0.0);
+    gauge!(NOTIFIER_LAST_MESSAGE).set(0.0);
+    for reason in [
+        "connect_failed",
+        "auth_rejected",
+        "handshake_failed",
+        "silent",
+        "closed_by_server",
+        "io_error",
+    ] {
+        counter!(NOTIFIER_DISCONNECTS, "reason" => reason).increment(0);
     }
 }

@@ -353,7 +353,14 @@ impl KafkaSink {
         let reports = futures_util::future::join_all(deliveries).await;
         for report in reports {
             let outcome = match report {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(delivery)) => {
+                    tracing::trace!(
+                        partition = delivery.partition,
+                        offset = delivery.offset,
+                        "kafka delivered"
+                    );
+                    Ok(())
+                }
                 Ok(Err((error, _))) => Err(classify(error, self.timeout)),
                 Err(_) => Err(SinkError::Publish("delivery report lost".to_owned())),
             };

@@ -2,4 +2,5 @@
 //! `normalize::normalize_body` and submits the events to the pipeline; only
 //! sources watch the shutdown token.
 
+pub mod notifier;
 pub mod webhook;

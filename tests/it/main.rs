@@ -4,6 +4,7 @@ mod amqp;
 mod conformance;
 mod kafka;
 mod nats;
+mod notifier;
 mod operations;
 mod support;
 mod webhook;

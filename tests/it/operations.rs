@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use crate::notifier;
 use crate::support::*;
 use crate::webhook::{post, room_created};
 
@@ -28,10 +29,29 @@ fn metrics_hold_every_documented_name() {
     }
     assert_eq!(documented.len(), fishjam_bridge::telemetry::ALL.len());
 
-    // A healthy bridge: events, skips, unmapped enums, a decode failure.
-    let healthy = BridgeProcess::start(&config(
-        "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
+    // A healthy bridge with both sources: events, skips, unmapped enums, a
+    // decode failure.
+    // Every sink type is configured, so each one's metrics are exported.
+    let port = notifier::free_port();
+    let mut fishjam = notifier::simulator(port, 5, 20);
+    let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let every_sink = format!(
+        "[[sinks]]\ntype = \"nats\"\nsubject = \"metrics-{n}.{{key}}\"\n\
+         [[sinks]]\ntype = \"amqp\"\nexchange = \"metrics-{n}\"\ndeclare_exchange = true\n\
+         [[sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"metrics-{n}\"\n",
+        kafka.bootstrap_servers(),
+        n = rand::random::<u32>()
+    );
+    let healthy = BridgeProcess::start(&format!(
+        "{}{every_sink}",
+        notifier::notifier_config(port, notifier::TOKEN)
     ));
+    wait_until("the notifier's events", || {
+        healthy.metrics().sum(
+            "fishjam_bridge_events_received_total",
+            &[("source", "notifier")],
+        ) >= 20.0
+    });
     let url = healthy.webhook_url();
     assert_eq!(post(&url, room_created("a"), None).status(), 200);
     // authenticated (a handshake message) is skipped.
@@ -57,6 +77,12 @@ fn metrics_hold_every_documented_name() {
     assert_eq!(full.status(), 503);
     assert_eq!(full.headers()["retry-after"], "1");
 
+    wait_until("librdkafka's first statistics", || {
+        healthy
+            .metrics()
+            .names()
+            .contains("fishjam_bridge_kafka_broker_rtt_seconds")
+    });
     let mut present = healthy.metrics().names();
     let failing_metrics = failing.metrics();
     present.extend(failing_metrics.names());
@@ -100,6 +126,8 @@ fn metrics_hold_every_documented_name() {
         healthy_metrics.sum("fishjam_bridge_unmapped_enum_values_total", &[]),
         1.0
     );
+    let _ = fishjam.kill();
+    let _ = fishjam.wait();
 }
 
 #[test]

@@ -1,0 +1,127 @@
+//! Addressing Fishjam and checking credentials against its REST API.
+//!
+//! A fishjam id is either a cloud id (the base URL is then
+//! `https://fishjam.io/api/v1/connect/<id>`) or the full URL of a
+//! self-hosted Fishjam, as the official SDKs read it. Unlike the SDKs, only
+//! the scheme is rewritten for the notifier (`http` to `ws`, `https` to
+//! `wss`) and trailing slashes are trimmed before paths are appended.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+/// The REST base URL for a fishjam id.
+pub fn base_url(fishjam_id: &str) -> Result<String, String> {
+    let id = fishjam_id.trim();
+    if id.is_empty() {
+        return Err("the fishjam id is empty".to_owned());
+    }
+    if let Some((scheme, rest)) = id.split_once("://") {
+        if !matches!(scheme, "http" | "https") || rest.is_empty() {
+            return Err(format!(
+                "{id:?} is not an http(s) URL nor a Fishjam cloud id"
+            ));
+        }
+        return Ok(id.trim_end_matches('/').to_owned());
+    }
+    if id.contains(['/', ' ', '?', '#']) {
+        return Err(format!(
+            "{id:?} is not a Fishjam cloud id nor an http(s) URL"
+        ));
+    }
+    Ok(format!("https://fishjam.io/api/v1/connect/{id}"))
+}
+
+/// The notifier WebSocket URL for a fishjam id.
+pub fn notifier_url(fishjam_id: &str) -> Result<String, String> {
+    let base = base_url(fishjam_id)?;
+    let websocket = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        unreachable!("base_url returns http(s) URLs only")
+    };
+    Ok(format!("{websocket}/socket/server/websocket"))
+}
+
+/// Why the credentials could not be confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// Fishjam answered that the id or token is wrong: retrying cannot help.
+    #[error("Fishjam refused the credentials ({status}): check fishjam.id ({id}) and fishjam.management_token (FISHJAM_MANAGEMENT_TOKEN); both come from the Fishjam dashboard")]
+    Refused { status: StatusCode, id: String },
+    /// Fishjam could not be asked, or answered something else: try again.
+    #[error("cannot check the credentials at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+}
+
+/// Asks `GET <base>/validate` whether `token` is valid for `fishjam_id`, as
+/// the SDKs' `FishjamClient.create` does. 401, 403 and 404 mean refused.
+pub async fn check_credentials(
+    fishjam_id: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(), CredentialError> {
+    let url = format!(
+        "{}/validate",
+        base_url(fishjam_id).map_err(|reason| CredentialError::Unreachable {
+            url: fishjam_id.to_owned(),
+            reason,
+        })?
+    );
+    let unreachable = |reason: String| CredentialError::Unreachable {
+        url: url.clone(),
+        reason,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| unreachable(e.to_string()))?;
+    let response = client
+        .get(&url)
+        .bearer_auth(token)
+        .header(
+            "x-fishjam-api-client",
+            concat!("fishjam-bridge/", env!("CARGO_PKG_VERSION")),
+        )
+        .send()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    match response.status() {
+        status if status.is_success() => Ok(()),
+        status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
+            Err(CredentialError::Refused {
+                status,
+                id: fishjam_id.to_owned(),
+            })
+        }
+        status => Err(unreachable(format!("unexpected status {status}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_ids_and_urls() {
+        assert_eq!(
+            notifier_url("test-id").unwrap(),
+            "wss://fishjam.io/api/v1/connect/test-id/socket/server/websocket"
+        );
+        assert_eq!(
+            notifier_url("http://localhost:5002/").unwrap(),
+            "ws://localhost:5002/socket/server/websocket"
+        );
+        // Only the scheme changes, never an "http" inside the host or path.
+        assert_eq!(
+            notifier_url("https://http-proxy.example/api/v1/connect/x").unwrap(),
+            "wss://http-proxy.example/api/v1/connect/x/socket/server/websocket"
+        );
+        assert_eq!(base_url("https://host/api/").unwrap(), "https://host/api");
+        assert!(base_url("").is_err());
+        assert!(base_url("ftp://x").is_err());
+        assert!(base_url("a/b").is_err());
+    }
+}

@@ -1,0 +1,350 @@
+//! The notifier source: one WebSocket to Fishjam, held for as long as the
+//! bridge runs.
+//!
+//! A session connects, sends `auth_request` with the management token, waits
+//! for `authenticated`, subscribes to server notifications and waits for the
+//! `subscribe_response`, then reads one notification per binary frame. Each
+//! frame goes through `normalize_body` and is submitted to the pipeline,
+//! waiting for room when the pipeline is full: the socket is then not read,
+//! and TCP pushes back on Fishjam instead of the bridge buffering. The bridge
+//! pings on an interval and treats a socket that stays silent past
+//! `idle_timeout` as dead, so a half-open connection is found in seconds.
+//! Between sessions it waits with exponential backoff and full jitter, reset
+//! once a session has been stable; a refused token backs off to the cap.
+//! Only the shutdown token ends it, and it interrupts any wait at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Readiness;
+use crate::backoff::Backoff;
+use crate::config::{NotifierConfig, Secret};
+use crate::event::Source;
+use crate::normalize::{normalize_body, Origin};
+use crate::pipeline::Pipeline;
+use crate::proto::server_message::{self as sm, EventType};
+use crate::proto::{Content, ServerMessage};
+use crate::telemetry;
+
+/// The readiness check this source keeps.
+pub const CHECK: &str = "notifier";
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("Fishjam refused the management token (close reason {0:?})")]
+    AuthRejected(String),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("no frame or pong for {0:?}: the connection is dead")]
+    Silent(Duration),
+    #[error("Fishjam closed the connection ({0})")]
+    Closed(String),
+    #[error("connection lost: {0}")]
+    Io(String),
+}
+
+impl SessionError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SessionError::Connect(_) => "connect_failed",
+            SessionError::AuthRejected(_) => "auth_rejected",
+            SessionError::Handshake(_) => "handshake_failed",
+            SessionError::Silent(_) => "silent",
+            SessionError::Closed(_) => "closed_by_server",
+            SessionError::Io(_) => "io_error",
+        }
+    }
+}
+
+pub struct NotifierSource {
+    pub url: String,
+    pub token: Secret,
+    pub fishjam_id: Arc<str>,
+    pub config: NotifierConfig,
+    pub pipeline: Pipeline,
+    pub readiness: Readiness,
+    /// Where a refused credential check is reported.
+    pub fatal: crate::Fatal,
+}
+
+impl NotifierSource {
+    /// Holds the notifier until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if self.config.check_credentials {
+            tokio::select! {
+                checked = self.check_credentials() => if let Err(error) = checked {
+                    tracing::error!(error = %error, "credentials refused; stopping");
+                    self.fatal.set(error.to_string(), &shutdown);
+                    return;
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        loop {
+            let started = Instant::now();
+            let ended = tokio::select! {
+                ended = self.session() => ended,
+                _ = shutdown.cancelled() => return,
+            };
+            self.readiness.set(CHECK, false);
+            telemetry::notifier_state("backoff");
+            let error = match ended {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            telemetry::notifier_disconnected(error.reason());
+            if started.elapsed() >= self.config.stable_after {
+                backoff.reset();
+            }
+            let delay = match &error {
+                SessionError::AuthRejected(_) => {
+                    // A revoked token is not hammered: wait the longest delay.
+                    tracing::error!(error = %error, delay_ms = self.config.backoff_max.as_millis() as u64, "notifier authentication refused; check fishjam.management_token");
+                    self.config.backoff_max
+                }
+                _ => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %error, attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, "notifier disconnected; reconnecting");
+                    delay
+                }
+            };
+            telemetry::notifier_backoff(delay);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Asks Fishjam's REST API whether the id and token are valid, as the
+    /// SDKs' `FishjamClient.create` does. Refused: an error (the bridge
+    /// stops). Unreachable: asked again with backoff, not ready meanwhile.
+    async fn check_credentials(&self) -> Result<(), crate::fishjam::CredentialError> {
+        let mut retry = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        loop {
+            let checked = crate::fishjam::check_credentials(
+                &self.fishjam_id,
+                self.token.expose(),
+                self.config.connect_timeout,
+            )
+            .await;
+            match checked {
+                Ok(()) => {
+                    tracing::info!("Fishjam accepted the credentials");
+                    return Ok(());
+                }
+                Err(error @ crate::fishjam::CredentialError::Refused { .. }) => return Err(error),
+                Err(error) => {
+                    let delay = retry.next_delay();
+                    tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "Fishjam unreachable; not ready, asking again");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One connection, from connect to its end. Never returns Ok: a session
+    /// ends only by an error or by being dropped at shutdown.
+    async fn session(&self) -> Result<(), SessionError> {
+        telemetry::notifier_state("connecting");
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.config.max_frame_bytes))
+            .max_frame_size(Some(self.config.max_frame_bytes));
+        let connect = tokio_tungstenite::connect_async_with_config(&self.url, Some(config), true);
+        let (mut socket, _) = tokio::time::timeout(self.config.connect_timeout, connect)
+            .await
+            .map_err(|_| SessionError::Connect("timed out".to_owned()))?
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
+
+        telemetry::notifier_state("authenticating");
+        let handshake = async {
+            send(
+                &mut socket,
+                Content::AuthRequest(sm::AuthRequest {
+                    token: self.token.expose().to_owned(),
+                }),
+            )
+            .await?;
+            expect(
+                &mut socket,
+                |c| matches!(c, Content::Authenticated(_)),
+                "authenticated",
+            )
+            .await?;
+            send(
+                &mut socket,
+                Content::SubscribeRequest(sm::SubscribeRequest {
+                    event_type: EventType::ServerNotification as i32,
+                }),
+            )
+            .await?;
+            expect(
+                &mut socket,
+                |c| matches!(c, Content::SubscribeResponse(_)),
+                "subscribe_response",
+            )
+            .await
+        };
+        tokio::time::timeout(self.config.handshake_timeout, handshake)
+            .await
+            .map_err(|_| SessionError::Handshake("no answer in time".to_owned()))??;
+        telemetry::notifier_state("subscribed");
+        telemetry::notifier_connected();
+        self.readiness.set(CHECK, true);
+        tracing::info!(url = %self.url, "notifier subscribed");
+
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        loop {
+            let silent_for = last_heard.elapsed();
+            if silent_for >= self.config.idle_timeout {
+                return Err(SessionError::Silent(silent_for));
+            }
+            let idle_left = self.config.idle_timeout - silent_for;
+            tokio::select! {
+                frame = tokio::time::timeout(idle_left, socket.next()) => {
+                    let frame = match frame {
+                        Err(_) => continue,
+                        Ok(None) => return Err(SessionError::Closed("stream ended".to_owned())),
+                        Ok(Some(Err(error))) => return Err(SessionError::Io(error.to_string())),
+                        Ok(Some(Ok(frame))) => frame,
+                    };
+                    last_heard = Instant::now();
+                    telemetry::notifier_heard();
+                    match frame {
+                        Message::Binary(body) => {
+                            self.deliver(&body).await;
+                            // Time spent waiting for the pipeline is not silence.
+                            last_heard = Instant::now();
+                        }
+                        Message::Close(close) => {
+                            let reason = close.map(|c| format!("{} {}", u16::from(c.code), c.reason)).unwrap_or_default();
+                            return Err(SessionError::Closed(reason));
+                        }
+                        Message::Text(_) => telemetry::notifier_text_frame(),
+                        // tungstenite answers pings itself on the next write or flush.
+                        Message::Ping(_) => {
+                            socket.flush().await.map_err(|e| SessionError::Io(e.to_string()))?;
+                        }
+                        Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                _ = ping.tick() => {
+                    socket
+                        .send(Message::Ping(Default::default()))
+                        .await
+                        .map_err(|e| SessionError::Io(e.to_string()))?;
+                }
+            }
+        }
+    }
+
+    /// Normalizes one frame and waits until the pipeline takes its events.
+    async fn deliver(&self, body: &[u8]) {
+        let origin = Origin {
+            source: Source::Notifier,
+            received_at: SystemTime::now(),
+            fishjam_id: self.fishjam_id.clone(),
+        };
+        let received = Instant::now();
+        let normalized = match normalize_body(body, &origin) {
+            Ok(normalized) => normalized,
+            Err(error) => {
+                telemetry::decode_failed(Source::Notifier, &error);
+                return;
+            }
+        };
+        telemetry::body_normalized(
+            Source::Notifier,
+            normalized
+                .events
+                .iter()
+                .map(|e| (e.event_type, e.unmapped_enums.len())),
+            &normalized.skipped,
+        );
+        if normalized.events.is_empty() {
+            return;
+        }
+        let waited = Instant::now();
+        // The frame was read: from here the bridge owns the events. Waiting
+        // for room stops the reading, which is the backpressure on Fishjam.
+        match self
+            .pipeline
+            .submit(normalized.events, Source::Notifier, received)
+            .await
+        {
+            Ok(_receipt) => telemetry::notifier_paused(waited.elapsed()),
+            Err(error) => {
+                tracing::error!(error = %error, "notifier events refused by the pipeline")
+            }
+        }
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(socket: &mut Socket, content: Content) -> Result<(), SessionError> {
+    let frame = ServerMessage {
+        content: Some(content),
+    }
+    .encode_to_vec();
+    socket
+        .send(Message::Binary(frame.into()))
+        .await
+        .map_err(|e| SessionError::Io(e.to_string()))
+}
+
+/// Reads frames until the expected handshake message; a close before it is a
+/// refusal (`invalid token`) or a failed handshake.
+async fn expect(
+    socket: &mut Socket,
+    wanted: impl Fn(&Content) -> bool,
+    name: &str,
+) -> Result<(), SessionError> {
+    loop {
+        match socket.next().await {
+            None => return Err(SessionError::Handshake(format!("closed before {name}"))),
+            Some(Err(error)) => return Err(SessionError::Io(error.to_string())),
+            Some(Ok(Message::Binary(body))) => {
+                let message = ServerMessage::decode(&body[..])
+                    .map_err(|e| SessionError::Handshake(format!("undecodable frame: {e}")))?;
+                match message.content {
+                    Some(content) if wanted(&content) => return Ok(()),
+                    other => {
+                        return Err(SessionError::Handshake(format!(
+                            "expected {name}, got {:?}",
+                            other.map(|c| std::mem::discriminant(&c))
+                        )))
+                    }
+                }
+            }
+            Some(Ok(Message::Close(close))) => {
+                let (code, reason) = close
+                    .map(|c| (c.code, c.reason.to_string()))
+                    .unwrap_or((CloseCode::Normal, String::new()));
+                if reason.contains("invalid token") {
+                    return Err(SessionError::AuthRejected(reason));
+                }
+                return Err(SessionError::Handshake(format!(
+                    "closed with {} {reason:?} before {name}",
+                    u16::from(code)
+                )));
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}

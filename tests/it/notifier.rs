@@ -1,0 +1,190 @@
+//! The notifier source against the simulator's notifier over real sockets:
+//! events in order, a refused token stops the bridge at once, and the bridge
+//! reconnects after every drop without losing what was sent while it was
+//! connected.
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use fishjam_bridge::event::Source;
+use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::simulator::scenario::Scenario;
+use prost::Message;
+use serde_json::Value;
+
+use crate::support::*;
+
+pub const TOKEN: &str = "notifier-test-token";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `simulate` serving the notifier on `port`, playing `count` notifications
+/// once a client subscribed.
+pub fn simulator(port: u16, seed: u64, count: usize) -> Child {
+    let child = Command::new(BIN)
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--management-token", TOKEN, "--wait-for-subscribers", "1"])
+        .args(["--rate", "0", "--rooms", "6"])
+        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the simulator listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    child
+}
+
+pub fn notifier_config(port: u16, token: &str) -> String {
+    config(
+        "[notifier]\nenabled = true\nbackoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n\
+         [[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
+    )
+    .replace(
+        "id = \"test-fishjam\"",
+        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"{token}\""),
+    )
+}
+
+type ByKey = BTreeMap<String, Vec<(String, Value)>>;
+
+/// Per key, (type, data) of the scenario's notifications, in order.
+fn scenario(seed: u64, count: usize, into: &mut ByKey) {
+    let origin = Origin {
+        source: Source::Notifier,
+        received_at: SystemTime::now(),
+        fishjam_id: "x".into(),
+    };
+    for event in Scenario::new(seed, 6)
+        .take(count)
+        .flat_map(|m| normalize_body(&m.encode_to_vec(), &origin).unwrap().events)
+    {
+        let json: Value = serde_json::from_slice(&event.to_json()).unwrap();
+        group(&json, into);
+    }
+}
+
+fn group(event: &Value, into: &mut ByKey) {
+    into.entry(event["key"].as_str().unwrap().to_owned())
+        .or_default()
+        .push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["data"].clone(),
+        ));
+}
+
+fn by_key(events: &[Value]) -> ByKey {
+    let mut out = ByKey::new();
+    for event in events {
+        group(event, &mut out);
+    }
+    out
+}
+
+fn delivered(bridge: &BridgeProcess) -> Vec<Value> {
+    read_events(&bridge.dir().join("events.jsonl"))
+}
+
+#[test]
+fn notifications_arrive_in_order_from_the_socket() {
+    let port = free_port();
+    let mut fishjam = simulator(port, 81, 400);
+    let bridge = BridgeProcess::start(&notifier_config(port, TOKEN));
+    wait_until("400 events", || delivered(&bridge).len() >= 400);
+    let events = delivered(&bridge);
+    assert_eq!(events.len(), 400);
+    let validator = schema();
+    for event in &events {
+        assert_valid(&validator, event);
+        assert_eq!(event["source"], "notifier");
+    }
+    let mut wanted = ByKey::new();
+    scenario(81, 400, &mut wanted);
+    assert!(
+        by_key(&events) == wanted,
+        "every room's events, in the order Fishjam sent them"
+    );
+    let metrics = bridge.metrics();
+    assert_eq!(
+        metrics.sum("fishjam_bridge_notifier_state", &[("state", "subscribed")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("fishjam_bridge_notifier_connects_total", &[]),
+        1.0
+    );
+    let _ = fishjam.kill();
+    let _ = fishjam.wait();
+}
+
+#[test]
+fn a_refused_token_stops_the_bridge_at_once() {
+    let port = free_port();
+    let mut fishjam = simulator(port, 1, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.toml");
+    std::fs::write(
+        &path,
+        notifier_config(port, "wrong-token").replace("{dir}", dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let output = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("fishjam.management_token"), "{stderr}");
+    assert!(
+        !stderr.contains("wrong-token"),
+        "the token is never printed"
+    );
+    let _ = fishjam.kill();
+    let _ = fishjam.wait();
+}
+
+#[test]
+fn the_bridge_reconnects_after_every_drop_and_loses_nothing_sent() {
+    let port = free_port();
+    let mut fishjam = simulator(port, 100, 100);
+    let bridge = BridgeProcess::start(&notifier_config(port, TOKEN));
+    let mut wanted = ByKey::new();
+    for round in 0..5u64 {
+        scenario(100 + round, 100, &mut wanted);
+        let expected_len = 100 * (round as usize + 1);
+        wait_until("this round's events", || {
+            delivered(&bridge).len() >= expected_len
+        });
+        // Drop the connection the hard way, then serve again on the same port.
+        let _ = fishjam.kill();
+        let _ = fishjam.wait();
+        if round < 4 {
+            fishjam = simulator(port, 101 + round, 100);
+        }
+    }
+    let events = delivered(&bridge);
+    assert_eq!(events.len(), 500, "each event once");
+    assert!(by_key(&events) == wanted, "every room's events, in order");
+    let metrics = bridge.metrics();
+    assert_eq!(
+        metrics.sum("fishjam_bridge_notifier_connects_total", &[]),
+        5.0
+    );
+    assert!(metrics.sum("fishjam_bridge_notifier_disconnects_total", &[]) >= 4.0);
+}
