@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench nats` (NATS_URL, default nats://127.0.0.1:4222, with
 //! JetStream). The bridge runs in this process, fed by the simulator's webhook
-//! client (batches of 50 over 32 connections); both share the machine with the
+//! client (batches of 50 over 64 connections); both share the machine with the
 //! server, as the raw client does.
 
 mod common;

@@ -339,3 +339,60 @@ endpoint_fn!(endpoint_track_removed, track_removed);
 endpoint_fn!(endpoint_track_metadata, track_metadata_updated);
 endpoint_fn!(endpoint_channel_added, channel_added);
 endpoint_fn!(endpoint_channel_removed, channel_removed);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::server_message::{NotificationBatch, RecordingStatusChanged, RoomCreated};
+    use crate::proto::ServerMessage;
+    use prost::Message;
+
+    fn message(content: proto::Content) -> ServerMessage {
+        ServerMessage {
+            content: Some(content),
+        }
+    }
+
+    #[test]
+    fn an_unknown_recording_status_keeps_its_siblings() {
+        // The SDKs throw for this whole body; the bridge publishes all three.
+        let body = message(proto::Content::NotificationBatch(NotificationBatch {
+            notifications: vec![
+                message(proto::Content::RoomCreated(RoomCreated {
+                    room_id: "r1".into(),
+                })),
+                message(proto::Content::RecordingStatusChanged(
+                    RecordingStatusChanged {
+                        recording_id: "rec".into(),
+                        status: 9,
+                        metadata: "{}".into(),
+                    },
+                )),
+                message(proto::Content::RoomCreated(RoomCreated {
+                    room_id: "r2".into(),
+                })),
+            ],
+        }))
+        .encode_to_vec();
+        let origin = Origin {
+            source: Source::Webhook,
+            received_at: SystemTime::now(),
+            fishjam_id: Arc::from("test"),
+        };
+        let normalized = normalize_body(&body, &origin).unwrap();
+        let types: Vec<&str> = normalized
+            .events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            ["roomCreated", "recordingStatusChanged", "roomCreated"]
+        );
+        assert_eq!(normalized.events[1].unmapped_enums, vec![("status", 9)]);
+        let json: serde_json::Value =
+            serde_json::from_slice(&normalized.events[1].to_json()).unwrap();
+        assert!(json["data"].get("status").is_none());
+        assert_eq!(json["unmapped_enums"]["status"], 9);
+    }
+}

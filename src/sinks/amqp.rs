@@ -64,7 +64,7 @@ pub struct AmqpConfig {
     /// The alternate exchange, with `unroutable = "alternate"`; declared as a
     /// durable fanout exchange.
     pub alternate_exchange: Option<String>,
-    /// Lanes of this sink (default: pipeline.lanes; 16 for RabbitMQ).
+    /// Lanes of this sink (default: 32, or pipeline.lanes if larger).
     pub lanes: Option<usize>,
     /// How long publisher confirms may take before the batch is retried.
     #[serde(default = "default_timeout", deserialize_with = "duration")]

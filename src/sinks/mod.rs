@@ -72,7 +72,7 @@ impl SinkConfig {
             // storage: more batches in flight keep it busy (measured in
             // BENCHMARKS.md).
             SinkConfig::Nats(c) => c.lanes.unwrap_or(pipeline_default.max(16)),
-            SinkConfig::Amqp(c) => c.lanes.unwrap_or(pipeline_default.max(16)),
+            SinkConfig::Amqp(c) => c.lanes.unwrap_or(pipeline_default.max(32)),
             SinkConfig::Kafka(c) => c.lanes.unwrap_or(pipeline_default),
         }
     }
