@@ -25,7 +25,7 @@ use lapin::{
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::{each_header, PublishError, SinkError, SinkHealth};
+use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
 use crate::config::duration;
 use crate::pipeline::Job;
 use crate::route::Template;
@@ -259,7 +259,7 @@ impl AmqpSink {
             immediate: false,
         };
         let mut confirms = Vec::with_capacity(jobs.len());
-        let mut failure = None;
+        let mut send_failure = None;
         for job in jobs {
             let routing_key: ShortString = self.routing_key.render(&job.event).into();
             match channel
@@ -274,7 +274,7 @@ impl AmqpSink {
             {
                 Ok(confirm) => confirms.push(confirm),
                 Err(error) => {
-                    failure = Some(SinkError::Connect(error.to_string()));
+                    send_failure = Some(SinkError::Connect(error.to_string()));
                     break;
                 }
             }
@@ -288,52 +288,46 @@ impl AmqpSink {
             ),
         )
         .await;
-        let mut acknowledged = 0;
+        let mut settlement = Settlement::default();
         match settled {
-            Err(_) => {
-                failure.get_or_insert(SinkError::Timeout);
-            }
-            Ok(results) => {
-                for result in results {
-                    let outcome = match result {
-                        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
-                        Ok(Confirmation::Ack(Some(returned))) => {
-                            // Unroutable: no queue is bound for its key. The
-                            // broker took it and has nowhere to put it.
-                            tracing::warn!(
-                                sink = %self.name,
-                                routing_key = %returned.delivery.routing_key,
-                                reply = %returned.reply_text,
-                                "unroutable event dropped: no queue is bound for its routing key"
-                            );
-                            telemetry::sink_returned(&self.name);
-                            Ok(())
-                        }
-                        Ok(Confirmation::Nack(_)) => Err(SinkError::Rejected("nack".to_owned())),
-                        Err(error) => Err(SinkError::Connect(error.to_string())),
-                    };
-                    match outcome {
-                        Ok(()) if failure.is_none() => acknowledged += 1,
-                        Ok(()) => {}
-                        Err(error) => {
-                            failure.get_or_insert(error);
-                        }
-                    }
+            Err(_) => settlement.record(Err(SinkError::Timeout)),
+            Ok(confirmations) => {
+                for confirmation in confirmations {
+                    settlement.record(self.answer(confirmation));
                 }
             }
         }
-        match failure {
-            None => Ok(()),
-            Some(error) => {
-                if !matches!(error, SinkError::Rejected(_)) {
-                    // The channel's state is unknown: start again on a new one.
-                    self.drop_link().await;
-                }
-                Err(PublishError {
-                    acknowledged,
-                    error,
-                })
+        if let Some(error) = send_failure {
+            settlement.record(Err(error));
+        }
+        let result = settlement.finish();
+        if let Err(PublishError { error, .. }) = &result {
+            if !matches!(error, SinkError::Rejected(_)) {
+                // The channel's state is unknown: start again on a new one.
+                self.drop_link().await;
             }
+        }
+        result
+    }
+
+    /// What one publisher confirm means for its message.
+    fn answer(&self, confirmation: lapin::Result<Confirmation>) -> Result<(), SinkError> {
+        match confirmation {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
+            Ok(Confirmation::Ack(Some(returned))) => {
+                // Unroutable: no queue is bound for its key. The broker took
+                // it and has nowhere to put it.
+                tracing::warn!(
+                    sink = %self.name,
+                    routing_key = %returned.delivery.routing_key,
+                    reply = %returned.reply_text,
+                    "unroutable event dropped: no queue is bound for its routing key"
+                );
+                telemetry::sink_returned(&self.name);
+                Ok(())
+            }
+            Ok(Confirmation::Nack(_)) => Err(SinkError::Rejected("nack".to_owned())),
+            Err(error) => Err(SinkError::Connect(error.to_string())),
         }
     }
 

@@ -25,7 +25,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use serde::Deserialize;
 
-use super::{each_header, PublishError, SinkError, SinkHealth};
+use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
 use crate::config::{duration, Secret};
 use crate::pipeline::Job;
 use crate::route::Template;
@@ -342,17 +342,16 @@ impl KafkaSink {
         self.settle(deliveries, None).await
     }
 
-    /// Awaits the delivery reports in order; only the unbroken run of
-    /// successes from the start counts.
+    /// Awaits the delivery reports; `failure` is an error met before the
+    /// last record was handed over.
     async fn settle(
         &self,
         deliveries: Vec<rdkafka::producer::DeliveryFuture>,
-        mut failure: Option<SinkError>,
+        failure: Option<SinkError>,
     ) -> Result<(), PublishError> {
-        let mut acknowledged = 0;
-        let reports = futures_util::future::join_all(deliveries).await;
-        for report in reports {
-            let outcome = match report {
+        let mut settlement = Settlement::default();
+        for report in futures_util::future::join_all(deliveries).await {
+            settlement.record(match report {
                 Ok(Ok(delivery)) => {
                     tracing::trace!(
                         partition = delivery.partition,
@@ -363,22 +362,12 @@ impl KafkaSink {
                 }
                 Ok(Err((error, _))) => Err(classify(error, self.timeout)),
                 Err(_) => Err(SinkError::Publish("delivery report lost".to_owned())),
-            };
-            match outcome {
-                Ok(()) if failure.is_none() => acknowledged += 1,
-                Ok(()) => {}
-                Err(error) => {
-                    failure.get_or_insert(error);
-                }
-            }
+            });
         }
-        match failure {
-            None => Ok(()),
-            Some(error) => Err(PublishError {
-                acknowledged,
-                error,
-            }),
+        if let Some(error) = failure {
+            settlement.record(Err(error));
         }
+        settlement.finish()
     }
 
     /// Flushes what librdkafka still holds, within `grace`.

@@ -145,6 +145,38 @@ impl SinkError {
     }
 }
 
+/// The outcome of a batch whose messages the broker answers one by one: only
+/// the unbroken run of successes from the start of the batch counts, and the
+/// first failure is the batch's error.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    acknowledged: usize,
+    failure: Option<SinkError>,
+}
+
+impl Settlement {
+    /// Records the answer to the next message, in batch order.
+    pub fn record(&mut self, answer: Result<(), SinkError>) {
+        match answer {
+            Ok(()) if self.failure.is_none() => self.acknowledged += 1,
+            Ok(()) => {}
+            Err(error) => {
+                self.failure.get_or_insert(error);
+            }
+        }
+    }
+
+    pub fn finish(self) -> Result<(), PublishError> {
+        match self.failure {
+            None => Ok(()),
+            Some(error) => Err(PublishError {
+                acknowledged: self.acknowledged,
+                error,
+            }),
+        }
+    }
+}
+
 /// A sink's view of its own health: its readiness check and its `up` gauge.
 #[derive(Debug, Clone)]
 pub struct SinkHealth {

@@ -17,7 +17,7 @@ use async_nats::jetstream;
 use async_nats::{HeaderMap, ServerAddr};
 use serde::Deserialize;
 
-use super::{each_header, PublishError, SinkError, SinkHealth};
+use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
 use crate::config::{duration, Secret};
 use crate::pipeline::Job;
 use crate::route::Template;
@@ -428,21 +428,15 @@ impl NatsSink {
         jobs: &[Arc<Job>],
     ) -> Result<(), PublishError> {
         let mut window = std::collections::VecDeque::with_capacity(self.max_ack_inflight);
-        let mut acknowledged = 0;
-        let mut failure = None;
-        // Only the unbroken run of acks from the start of the batch counts.
-        let mut settle = |result: Result<jetstream::publish::PublishAck, _>| match result {
-            Ok(_) if failure.is_none() => acknowledged += 1,
-            Ok(_) => {}
-            Err(error) => {
-                failure.get_or_insert_with(|| classify_ack_error(&error));
-            }
+        let mut settlement = Settlement::default();
+        let answer = |ack: Result<jetstream::publish::PublishAck, _>| {
+            ack.map(|_| ()).map_err(|error| classify_ack_error(&error))
         };
         for job in jobs {
             if window.len() >= self.max_ack_inflight {
                 let oldest: jetstream::context::PublishAckFuture =
                     window.pop_front().expect("the window is full");
-                settle(oldest.await);
+                settlement.record(answer(oldest.await));
             }
             let (subject, headers) = self.message(job);
             let sent = tokio::time::timeout(
@@ -453,13 +447,11 @@ impl NatsSink {
             match sent {
                 Ok(Ok(ack)) => window.push_back(ack),
                 Ok(Err(error)) => {
-                    settle(Err(error));
+                    settlement.record(Err(SinkError::Publish(error.to_string())));
                     break;
                 }
                 Err(_) => {
-                    settle(Err(jetstream::context::PublishError::new(
-                        jetstream::context::PublishErrorKind::TimedOut,
-                    )));
+                    settlement.record(Err(SinkError::Timeout));
                     break;
                 }
             }
@@ -467,15 +459,9 @@ impl NatsSink {
         // Every sent message's ack is awaited, also after a failure, so none
         // is left dangling.
         while let Some(ack) = window.pop_front() {
-            settle(ack.await);
+            settlement.record(answer(ack.await));
         }
-        match failure {
-            None => Ok(()),
-            Some(error) => Err(PublishError {
-                acknowledged,
-                error,
-            }),
-        }
+        settlement.finish()
     }
 
     pub async fn close(&self) -> Result<(), SinkError> {
