@@ -353,21 +353,8 @@ fn injected_broker_faults_lose_no_acknowledged_event() {
             "delivered {report:?} is in the topic"
         );
     }
-    let mut by_key: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
-    for (_, key, _, event, _) in &records {
-        by_key.entry(key.clone()).or_default().push((
-            event["type"].as_str().unwrap().to_owned(),
-            event["data"].clone(),
-        ));
-    }
-    for (key, events) in &expected(71, 8, 1500) {
-        let held = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
-        let mut rest = held.iter();
-        assert!(
-            events.iter().all(|event| rest.any(|h| h == event)),
-            "every event of {key}, in order: {} expected, {} stored",
-            events.len(),
-            held.len()
-        );
-    }
+    assert_each_room_complete_in_order(
+        &expected(71, 8, 1500),
+        &by_key(records.iter().map(|record| &record.3)),
+    );
 }

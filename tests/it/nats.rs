@@ -310,30 +310,6 @@ fn jetstream_stores_every_event_once_through_a_server_restart() {
     // The bridge's own retries reuse the event id, which the stream drops.
     let ids: HashSet<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), stored.len(), "no event id is stored twice");
-    // Bodies the simulator sent again after a 503 are new events (new ids),
-    // so a notification may be stored twice; none may be missing, and each
-    // room's events must appear in order: the expected sequence is a
-    // subsequence of what the stream holds for the room.
-    let mut by_key: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
-    for event in &stored {
-        by_key
-            .entry(event["key"].as_str().unwrap().to_owned())
-            .or_default()
-            .push((
-                event["type"].as_str().unwrap().to_owned(),
-                event["data"].clone(),
-            ));
-    }
-    let wanted = expected(31, 8, 3000);
-    for (key, events) in &wanted {
-        let held = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
-        let mut rest = held.iter();
-        let in_order = events.iter().all(|event| rest.any(|h| h == event));
-        assert!(
-            in_order,
-            "every event of {key}, in order: {} expected, {} stored",
-            events.len(),
-            held.len()
-        );
-    }
+    // Bodies the simulator sent again after a 503 are new events (new ids).
+    assert_each_room_complete_in_order(&expected(31, 8, 3000), &by_key(&stored));
 }

@@ -3,7 +3,6 @@
 //! reconnects after every drop without losing what was sent while it was
 //! connected.
 
-use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -55,39 +54,18 @@ pub fn notifier_config(port: u16, token: &str) -> String {
     )
 }
 
-type ByKey = BTreeMap<String, Vec<(String, Value)>>;
-
-/// Per key, (type, data) of the scenario's notifications, in order.
-fn scenario(seed: u64, count: usize, into: &mut ByKey) {
+/// The scenario's notifications as events, in order.
+fn scenario(seed: u64, count: usize) -> Vec<Value> {
     let origin = Origin {
         source: Source::Notifier,
         received_at: SystemTime::now(),
         fishjam_id: "x".into(),
     };
-    for event in Scenario::new(seed, 6)
+    Scenario::new(seed, 6)
         .take(count)
         .flat_map(|m| normalize_body(&m.encode_to_vec(), &origin).unwrap().events)
-    {
-        let json: Value = serde_json::from_slice(&event.to_json()).unwrap();
-        group(&json, into);
-    }
-}
-
-fn group(event: &Value, into: &mut ByKey) {
-    into.entry(event["key"].as_str().unwrap().to_owned())
-        .or_default()
-        .push((
-            event["type"].as_str().unwrap().to_owned(),
-            event["data"].clone(),
-        ));
-}
-
-fn by_key(events: &[Value]) -> ByKey {
-    let mut out = ByKey::new();
-    for event in events {
-        group(event, &mut out);
-    }
-    out
+        .map(|event| serde_json::from_slice(&event.to_json()).unwrap())
+        .collect()
 }
 
 fn delivered(bridge: &BridgeProcess) -> Vec<Value> {
@@ -107,10 +85,8 @@ fn notifications_arrive_in_order_from_the_socket() {
         assert_valid(&validator, event);
         assert_eq!(event["source"], "notifier");
     }
-    let mut wanted = ByKey::new();
-    scenario(81, 400, &mut wanted);
     assert!(
-        by_key(&events) == wanted,
+        by_key(&events) == by_key(&scenario(81, 400)),
         "every room's events, in the order Fishjam sent them"
     );
     let metrics = bridge.metrics();
@@ -164,9 +140,9 @@ fn the_bridge_reconnects_after_every_drop_and_loses_nothing_sent() {
     let port = free_port();
     let mut fishjam = simulator(port, 100, 100);
     let bridge = BridgeProcess::start(&notifier_config(port, TOKEN));
-    let mut wanted = ByKey::new();
+    let mut wanted = Vec::new();
     for round in 0..5u64 {
-        scenario(100 + round, 100, &mut wanted);
+        wanted.extend(scenario(100 + round, 100));
         let expected_len = 100 * (round as usize + 1);
         wait_until("this round's events", || {
             delivered(&bridge).len() >= expected_len
@@ -180,7 +156,10 @@ fn the_bridge_reconnects_after_every_drop_and_loses_nothing_sent() {
     }
     let events = delivered(&bridge);
     assert_eq!(events.len(), 500, "each event once");
-    assert!(by_key(&events) == wanted, "every room's events, in order");
+    assert!(
+        by_key(&events) == by_key(&wanted),
+        "every room's events, in order"
+    );
     let metrics = bridge.metrics();
     assert_eq!(
         metrics.sum("fishjam_bridge_notifier_connects_total", &[]),

@@ -197,10 +197,13 @@ impl Drop for BridgeProcess {
     }
 }
 
-/// Reads a file sink's events.
+/// Reads a file sink's events: the complete lines so far (the sink may be
+/// in the middle of writing the next one).
 pub fn read_events(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete
+        .lines()
         .map(|line| serde_json::from_str(line).expect("each line is one JSON event"))
         .collect()
 }
@@ -282,5 +285,38 @@ impl Metrics {
                 n.clone()
             })
             .collect()
+    }
+}
+
+/// Events grouped by key, each as (type, data), in the order given.
+pub type ByKey = BTreeMap<String, Vec<(String, Value)>>;
+
+pub fn by_key<'a>(events: impl IntoIterator<Item = &'a Value>) -> ByKey {
+    let mut out = ByKey::new();
+    for event in events {
+        out.entry(event["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                event["type"].as_str().unwrap().to_owned(),
+                event["data"].clone(),
+            ));
+    }
+    out
+}
+
+/// After an outage, a notification may be stored twice (a webhook sent
+/// again after a 503 becomes new events); none may be missing, and each
+/// room's events must appear in order: every expected sequence is a
+/// subsequence of what was stored for its key.
+pub fn assert_each_room_complete_in_order(wanted: &ByKey, stored: &ByKey) {
+    for (key, events) in wanted {
+        let held = stored.get(key).map(Vec::as_slice).unwrap_or_default();
+        let mut rest = held.iter();
+        assert!(
+            events.iter().all(|event| rest.any(|h| h == event)),
+            "every event of {key}, in order: {} expected, {} stored",
+            events.len(),
+            held.len()
+        );
     }
 }
