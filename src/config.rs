@@ -43,6 +43,8 @@ pub struct Config {
     #[serde(default)]
     pub notifier: NotifierConfig,
     #[serde(default)]
+    pub dedup: DedupConfig,
+    #[serde(default)]
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -134,6 +136,18 @@ pub struct NotifierConfig {
     /// Largest frame accepted.
     #[serde(default = "default_max_body_bytes")]
     pub max_frame_bytes: usize,
+}
+
+/// With both sources on, how notifications delivered both ways are matched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// How long a delivery waits for its twin from the other source.
+    #[serde(default = "default_dedup_window", deserialize_with = "duration")]
+    pub window: Duration,
+    /// Most deliveries held; the oldest are forgotten first.
+    #[serde(default = "default_dedup_entries")]
+    pub max_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -563,6 +577,12 @@ fn default_backoff_max() -> Duration {
 fn default_stable_after() -> Duration {
     Duration::from_secs(60)
 }
+fn default_dedup_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_dedup_entries() -> usize {
+    100_000
+}
 fn default_max_in_flight() -> usize {
     10_000
 }
@@ -598,6 +618,13 @@ impl Default for WebhookConfig {
 impl Default for NotifierConfig {
     fn default() -> Self {
         NotifierConfig::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("defaults deserialize")
+    }
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig::deserialize(toml::Value::Table(toml::Table::new()))
             .expect("defaults deserialize")
     }
 }

@@ -114,7 +114,7 @@ impl EventType {
 }
 
 /// The `data` payload, one shape per group of notifications.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum Data {
     Room(RoomData),
@@ -131,13 +131,13 @@ pub enum Data {
     Recording(RecordingData),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoomData {
     pub room_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerData {
     pub room_id: String,
@@ -146,7 +146,7 @@ pub struct PeerData {
     pub peer_type: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerCrashedData {
     pub room_id: String,
@@ -156,7 +156,7 @@ pub struct PeerCrashedData {
     pub peer_type: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerMetadataData {
     pub room_id: String,
@@ -166,21 +166,21 @@ pub struct PeerMetadataData {
     pub peer_type: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamerData {
     pub stream_id: String,
     pub streamer_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ViewerData {
     pub stream_id: String,
     pub viewer_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Track {
     pub id: String,
@@ -189,7 +189,7 @@ pub struct Track {
     pub metadata: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackData {
     pub room_id: String,
@@ -201,7 +201,7 @@ pub struct TrackData {
     pub track: Option<Track>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackForwardingData {
     pub room_id: String,
@@ -214,7 +214,7 @@ pub struct TrackForwardingData {
     pub video_track: Option<Track>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackForwardingRemovedData {
     pub room_id: String,
@@ -223,7 +223,7 @@ pub struct TrackForwardingRemovedData {
     pub input_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VadData {
     pub room_id: String,
@@ -233,7 +233,7 @@ pub struct VadData {
     pub status: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelData {
     pub room_id: String,
@@ -244,7 +244,7 @@ pub struct ChannelData {
     pub channel_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordingData {
     pub recording_id: String,

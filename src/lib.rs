@@ -10,6 +10,7 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod decode;
+pub mod dedup;
 pub mod event;
 pub mod fishjam;
 pub mod normalize;
@@ -157,6 +158,15 @@ pub async fn start(
     sink_tasks.close();
 
     let fishjam_id: Arc<str> = Arc::from(config.fishjam.id.as_str());
+    // Only with both sources can one notification arrive twice.
+    let dedup: Option<dedup::Shared> =
+        (config.webhook.enabled && config.notifier.enabled).then(|| {
+            telemetry::dedup_registered();
+            Arc::new(std::sync::Mutex::new(dedup::Deduplicator::new(
+                config.dedup.window,
+                config.dedup.max_entries,
+            )))
+        });
     let webhook_addr = if config.webhook.enabled {
         if config.webhook.secret.is_none() {
             tracing::warn!(
@@ -167,8 +177,12 @@ pub async fn start(
             .await
             .with_context(|| format!("cannot bind webhook.listen {}", config.webhook.listen))?;
         let addr = listener.local_addr()?;
-        let router =
-            sources::webhook::router(&config.webhook, fishjam_id.clone(), pipeline.clone());
+        let router = sources::webhook::router(
+            &config.webhook,
+            fishjam_id.clone(),
+            pipeline.clone(),
+            dedup.clone(),
+        );
         let stop = shutdown.clone();
         let failed = shutdown.clone();
         tasks.spawn(async move {
@@ -199,6 +213,7 @@ pub async fn start(
             pipeline: pipeline.clone(),
             readiness: readiness.clone(),
             fatal: fatal.clone(),
+            dedup: dedup.clone(),
         };
         if config.notifier.required_for_readiness {
             readiness.register(sources::notifier::CHECK);

@@ -40,6 +40,8 @@ pub const NOTIFIER_BACKOFF: &str = "fishjam_bridge_notifier_backoff_seconds";
 pub const NOTIFIER_LAST_MESSAGE: &str = "fishjam_bridge_notifier_last_message_timestamp_seconds";
 pub const NOTIFIER_PAUSED: &str = "fishjam_bridge_notifier_pause_seconds";
 pub const NOTIFIER_IGNORED: &str = "fishjam_bridge_notifier_ignored_frames_total";
+pub const DUPLICATES_DROPPED: &str = "fishjam_bridge_duplicates_dropped_total";
+pub const DEDUP_ENTRIES: &str = "fishjam_bridge_dedup_entries";
 pub const KAFKA_QUEUE: &str = "fishjam_bridge_kafka_queue_messages";
 pub const KAFKA_BROKER_RTT: &str = "fishjam_bridge_kafka_broker_rtt_seconds";
 pub const KAFKA_BROKER_ERRORS: &str = "fishjam_bridge_kafka_broker_errors_total";
@@ -73,6 +75,8 @@ pub const ALL: &[&str] = &[
     NOTIFIER_LAST_MESSAGE,
     NOTIFIER_PAUSED,
     NOTIFIER_IGNORED,
+    DUPLICATES_DROPPED,
+    DEDUP_ENTRIES,
     KAFKA_QUEUE,
     KAFKA_BROKER_RTT,
     KAFKA_BROKER_ERRORS,
@@ -356,4 +360,18 @@ pub fn notifier_registered() {
     ] {
         counter!(NOTIFIER_DISCONNECTS, "reason" => reason).increment(0);
     }
+}
+
+/// Exports the deduplication series at zero from the start.
+pub fn dedup_registered() {
+    counter!(DUPLICATES_DROPPED).increment(0);
+    gauge!(DEDUP_ENTRIES).set(0.0);
+}
+
+pub fn duplicates_dropped(count: usize) {
+    counter!(DUPLICATES_DROPPED).increment(count as u64);
+}
+
+pub fn dedup_entries(count: usize) {
+    gauge!(DEDUP_ENTRIES).set(count as f64);
 }

@@ -167,3 +167,44 @@ fn the_bridge_reconnects_after_every_drop_and_loses_nothing_sent() {
     );
     assert!(metrics.sum("fishjam_bridge_notifier_disconnects_total", &[]) >= 4.0);
 }
+
+#[test]
+fn with_both_sources_each_notification_is_published_once() {
+    let fishjam_port = free_port();
+    let webhook_port = free_port();
+    // The simulator delivers every notification both ways, once the
+    // bridge's notifier has subscribed.
+    let mut fishjam = Command::new(BIN)
+        .args(["simulate", "--listen", &format!("127.0.0.1:{fishjam_port}")])
+        .args(["--management-token", TOKEN, "--wait-for-subscribers", "1"])
+        .args([
+            "--webhook-url",
+            &format!("http://127.0.0.1:{webhook_port}/webhook"),
+        ])
+        .args([
+            "--rate", "0", "--rooms", "6", "--seed", "91", "--count", "300",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the simulator listening", || {
+        TcpStream::connect(("127.0.0.1", fishjam_port)).is_ok()
+    });
+    let text = notifier_config(fishjam_port, TOKEN).replace(
+        "listen = \"127.0.0.1:0\"\nack_timeout",
+        &format!("listen = \"127.0.0.1:{webhook_port}\"\nack_timeout"),
+    );
+    let bridge = BridgeProcess::start(&text);
+    wait_until("every notification seen twice", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_duplicates_dropped_total", &[])
+            >= 300.0
+    });
+    let events = delivered(&bridge);
+    assert_eq!(events.len(), 300, "each notification once");
+    assert!(by_key(&events) == by_key(&scenario(91, 300)));
+    let _ = fishjam.kill();
+    let _ = fishjam.wait();
+}
