@@ -133,6 +133,10 @@ struct SimulateArgs {
     /// Hold notifications until this many notifier clients subscribed.
     #[arg(long, default_value_t = 0)]
     wait_for_subscribers: usize,
+    /// After this many notifications, hold notifier connections open but send
+    /// nothing more (a half-open connection, for testing clients).
+    #[arg(long)]
+    go_silent_after: Option<u64>,
     /// Interval of the notifier's WebSocket pings.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     ping_interval: Duration,
@@ -317,6 +321,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         management_token: args.management_token,
         ping_interval: args.ping_interval,
         wait_for_subscribers: args.wait_for_subscribers,
+        go_silent_after: args.go_silent_after,
     };
     let server = match options.listen {
         Some(listen) => {

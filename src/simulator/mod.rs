@@ -41,6 +41,9 @@ pub struct SimulateOptions {
     pub ping_interval: Duration,
     /// Hold notifications until this many notifier clients subscribed.
     pub wait_for_subscribers: usize,
+    /// After forwarding this many notifications, a notifier connection stays
+    /// open but sends and reads nothing more (a half-open connection).
+    pub go_silent_after: Option<u64>,
 }
 
 impl Default for SimulateOptions {
@@ -56,6 +59,7 @@ impl Default for SimulateOptions {
             management_token: "development-token".to_owned(),
             ping_interval: Duration::from_secs(30),
             wait_for_subscribers: 0,
+            go_silent_after: None,
         }
     }
 }
@@ -82,7 +86,11 @@ pub async fn serve(
     options: &SimulateOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Server> {
-    let hub = NotifierHub::new(options.management_token.clone(), options.ping_interval);
+    let hub = NotifierHub::new(
+        options.management_token.clone(),
+        options.ping_interval,
+        options.go_silent_after,
+    );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let router = hub.router();

@@ -42,10 +42,13 @@ struct Hub {
     ping_interval: Duration,
     frames: broadcast::Sender<Bytes>,
     subscribers: watch::Sender<usize>,
+    /// Half-open on purpose: after forwarding this many notifications, a
+    /// connection stays up but sends (and reads) nothing more.
+    silent_after: Option<u64>,
 }
 
 impl NotifierHub {
-    pub fn new(token: String, ping_interval: Duration) -> NotifierHub {
+    pub fn new(token: String, ping_interval: Duration, silent_after: Option<u64>) -> NotifierHub {
         let (frames, _) = broadcast::channel(65_536);
         NotifierHub {
             inner: Arc::new(Hub {
@@ -53,6 +56,7 @@ impl NotifierHub {
                 ping_interval,
                 frames,
                 subscribers: watch::Sender::new(0),
+                silent_after,
             }),
         }
     }
@@ -154,7 +158,17 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
     let mut frames: Option<broadcast::Receiver<Bytes>> = None;
     let mut ping = tokio::time::interval(hub.inner.ping_interval);
     ping.tick().await;
+    let mut forwarded = 0u64;
     let result = loop {
+        if hub
+            .inner
+            .silent_after
+            .is_some_and(|after| forwarded >= after)
+        {
+            // Neither read nor write again: pings go unanswered and nothing
+            // arrives, while the TCP connection stays open.
+            std::future::pending::<()>().await;
+        }
         tokio::select! {
             incoming = rx.next() => {
                 let Some(Ok(incoming)) = incoming else { break Ok(()) };
@@ -186,6 +200,7 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
                     if tx.send(Message::Binary(frame)).await.is_err() {
                         break Ok(());
                     }
+                    forwarded += 1;
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "notifier client too slow; closing it");

@@ -208,3 +208,65 @@ fn with_both_sources_each_notification_is_published_once() {
     let _ = fishjam.kill();
     let _ = fishjam.wait();
 }
+
+#[test]
+fn a_half_open_connection_is_found_within_the_idle_timeout() {
+    let port = free_port();
+    let mut fishjam = Command::new(BIN)
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--management-token", TOKEN, "--wait-for-subscribers", "1"])
+        .args([
+            "--rate", "0", "--rooms", "6", "--seed", "95", "--count", "100",
+        ])
+        .args(["--go-silent-after", "50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the simulator listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let text = notifier_config(port, TOKEN).replace(
+        "[notifier]\nenabled = true\n",
+        "[notifier]\nenabled = true\nping_interval = \"200ms\"\nidle_timeout = \"1s\"\n",
+    );
+    let bridge = BridgeProcess::start(&text);
+    let started = Instant::now();
+    wait_until("the silent connection given up", || {
+        bridge.metrics().sum(
+            "fishjam_bridge_notifier_disconnects_total",
+            &[("reason", "silent")],
+        ) >= 1.0
+    });
+    // Found after about the idle timeout, not after TCP's own timeouts.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(delivered(&bridge).len(), 50, "what came before the silence");
+    let _ = fishjam.kill();
+    let _ = fishjam.wait();
+}
+
+#[test]
+fn fishjam_down_at_start_up_then_up() {
+    let port = free_port();
+    // Nothing listens on the port yet: not ready, asking again.
+    let bridge = BridgeProcess::spawn(&notifier_config(port, TOKEN), Stdio::null(), &[]);
+    wait_until("the bridge reporting Fishjam unreachable", || {
+        bridge
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line["message"] == "Fishjam unreachable; not ready, asking again")
+    });
+    assert!(!bridge.is_ready());
+    let mut fishjam = simulator(port, 97, 60);
+    wait_until("the bridge ready", || bridge.is_ready());
+    wait_until("the events", || delivered(&bridge).len() >= 60);
+    assert!(by_key(&delivered(&bridge)) == by_key(&scenario(97, 60)));
+    let _ = fishjam.kill();
+    let _ = fishjam.wait();
+}

@@ -78,6 +78,13 @@ impl BridgeProcess {
     }
 
     pub fn start_with(config_text: &str, stdout: Stdio, env: &[(&str, &str)]) -> BridgeProcess {
+        let bridge = Self::spawn(config_text, stdout, env);
+        bridge.wait_ready();
+        bridge
+    }
+
+    /// Starts `run` and waits until it is listening, not until it is ready.
+    pub fn spawn(config_text: &str, stdout: Stdio, env: &[(&str, &str)]) -> BridgeProcess {
         let dir = tempfile::tempdir().unwrap();
         let text = config_text.replace("{dir}", dir.path().to_str().unwrap());
         let path = dir.path().join("bridge.toml");
@@ -133,19 +140,22 @@ impl BridgeProcess {
                 _ => {}
             }
         }
-        let bridge = BridgeProcess {
+        BridgeProcess {
             child,
             webhook: webhook.unwrap(),
             admin: admin.unwrap(),
             logs,
             dir,
-        };
-        bridge.wait_ready();
-        bridge
+        }
     }
 
     pub fn webhook_url(&self) -> String {
         format!("http://{}/webhook", self.webhook)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        let url = format!("http://{}/readyz", self.admin);
+        reqwest::blocking::get(url).is_ok_and(|r| r.status() == 200)
     }
 
     fn wait_ready(&self) {
