@@ -23,11 +23,7 @@ const EVENTS: usize = 40_000;
 const IN_FLIGHT: usize = 2_000;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {

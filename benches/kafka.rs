@@ -22,11 +22,7 @@ use common::{bridge, payloads};
 const EVENTS: usize = 200_000;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {

@@ -21,11 +21,7 @@ const JETSTREAM_EVENTS: usize = 60_000;
 const IN_FLIGHT: usize = 1024;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {

@@ -14,6 +14,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
+/// Runs a benchmark on a multi-threaded runtime, as the bridge runs.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+        .block_on(future)
+}
+
 /// Webhook connections of the load generator.
 pub const CONNECTIONS: usize = 64;
 

@@ -28,11 +28,17 @@ pub fn free_port() -> u16 {
 /// `simulate` serving the notifier on `port`, playing `count` notifications
 /// once a client subscribed.
 pub fn simulator(port: u16, seed: u64, count: usize) -> Child {
+    simulator_with(port, seed, count, &[])
+}
+
+/// The same, with more `simulate` arguments.
+fn simulator_with(port: u16, seed: u64, count: usize, extra: &[&str]) -> Child {
     let child = Command::new(BIN)
         .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--management-token", TOKEN, "--wait-for-subscribers", "1"])
         .args(["--rate", "0", "--rooms", "6"])
         .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -174,23 +180,8 @@ fn with_both_sources_each_notification_is_published_once() {
     let webhook_port = free_port();
     // The simulator delivers every notification both ways, once the
     // bridge's notifier has subscribed.
-    let mut fishjam = Command::new(BIN)
-        .args(["simulate", "--listen", &format!("127.0.0.1:{fishjam_port}")])
-        .args(["--management-token", TOKEN, "--wait-for-subscribers", "1"])
-        .args([
-            "--webhook-url",
-            &format!("http://127.0.0.1:{webhook_port}/webhook"),
-        ])
-        .args([
-            "--rate", "0", "--rooms", "6", "--seed", "91", "--count", "300",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the simulator listening", || {
-        TcpStream::connect(("127.0.0.1", fishjam_port)).is_ok()
-    });
+    let webhook_url = format!("http://127.0.0.1:{webhook_port}/webhook");
+    let mut fishjam = simulator_with(fishjam_port, 91, 300, &["--webhook-url", &webhook_url]);
     let text = notifier_config(fishjam_port, TOKEN).replace(
         "listen = \"127.0.0.1:0\"\nack_timeout",
         &format!("listen = \"127.0.0.1:{webhook_port}\"\nack_timeout"),
@@ -212,20 +203,7 @@ fn with_both_sources_each_notification_is_published_once() {
 #[test]
 fn a_half_open_connection_is_found_within_the_idle_timeout() {
     let port = free_port();
-    let mut fishjam = Command::new(BIN)
-        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--management-token", TOKEN, "--wait-for-subscribers", "1"])
-        .args([
-            "--rate", "0", "--rooms", "6", "--seed", "95", "--count", "100",
-        ])
-        .args(["--go-silent-after", "50"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the simulator listening", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let mut fishjam = simulator_with(port, 95, 100, &["--go-silent-after", "50"]);
     let text = notifier_config(port, TOKEN).replace(
         "[notifier]\nenabled = true\n",
         "[notifier]\nenabled = true\nping_interval = \"200ms\"\nidle_timeout = \"1s\"\n",
