@@ -4,7 +4,7 @@
 //! connected.
 
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use fishjam_bridge::event::Source;
@@ -27,12 +27,12 @@ pub fn free_port() -> u16 {
 
 /// `simulate` serving the notifier on `port`, playing `count` notifications
 /// once a client subscribed.
-pub fn simulator(port: u16, seed: u64, count: usize) -> Child {
+pub fn simulator(port: u16, seed: u64, count: usize) -> Killed {
     simulator_with(port, seed, count, &[])
 }
 
 /// The same, with more `simulate` arguments.
-fn simulator_with(port: u16, seed: u64, count: usize, extra: &[&str]) -> Child {
+fn simulator_with(port: u16, seed: u64, count: usize, extra: &[&str]) -> Killed {
     let child = Command::new(BIN)
         .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--management-token", TOKEN, "--wait-for-subscribers", "1"])
@@ -43,6 +43,7 @@ fn simulator_with(port: u16, seed: u64, count: usize, extra: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let child = Killed(child);
     wait_until("the simulator listening", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });

@@ -207,6 +207,29 @@ impl Drop for BridgeProcess {
     }
 }
 
+/// A child process that is killed when the test ends, also when it fails.
+pub struct Killed(pub Child);
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Reads a file sink's events: the complete lines so far (the sink may be
 /// in the middle of writing the next one).
 pub fn read_events(path: &Path) -> Vec<Value> {
