@@ -7,7 +7,7 @@
 //! duplicate and is dropped. Counts are kept per source, so two identical
 //! notifications from the same source (a peer muted twice) are both kept.
 //! Memory is bounded: the window holds at most `max_entries` contents, the
-//! oldest go first. Pure and synchronous; the sources share one behind a lock.
+//! oldest go first. Pure and synchronous; the pipeline holds it.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -17,14 +17,9 @@ use std::time::{Duration, Instant};
 use crate::event::{Event, Source};
 use crate::telemetry;
 
-/// One deduplicator shared by both sources.
-pub type Shared = std::sync::Arc<std::sync::Mutex<Deduplicator>>;
-
-/// Drops from `events` those the other source already delivered.
-pub fn filter(dedup: Option<&Shared>, events: &mut Vec<Event>) {
-    let Some(dedup) = dedup else { return };
+/// Keeps in `events` only those the other source has not delivered yet.
+pub fn retain_new(dedup: &mut Deduplicator, events: &mut Vec<Event>) {
     let now = Instant::now();
-    let mut dedup = dedup.lock().expect("the deduplicator never panics");
     let before = events.len();
     events.retain(|event| dedup.admit(event, now));
     let dropped = before - events.len();

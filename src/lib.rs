@@ -120,7 +120,13 @@ pub async fn start(
         .iter()
         .map(|s| (s.name().to_owned(), s.lanes(config.pipeline.lanes)))
         .collect();
-    let (pipeline, lanes, in_flight) = Pipeline::new(&sinks, config.pipeline.max_in_flight_events);
+    // Only with both sources can one notification arrive twice.
+    let dedup = (config.webhook.enabled && config.notifier.enabled).then(|| {
+        telemetry::dedup_registered();
+        dedup::Deduplicator::new(config.dedup.window, config.dedup.max_entries)
+    });
+    let (pipeline, lanes, in_flight) =
+        Pipeline::new(&sinks, config.pipeline.max_in_flight_events, dedup);
     let lane_options = LaneOptions {
         max_batch: config.pipeline.max_batch,
         retry_initial_backoff: config.pipeline.retry_initial_backoff,
@@ -158,15 +164,6 @@ pub async fn start(
     sink_tasks.close();
 
     let fishjam_id: Arc<str> = Arc::from(config.fishjam.id.as_str());
-    // Only with both sources can one notification arrive twice.
-    let dedup: Option<dedup::Shared> =
-        (config.webhook.enabled && config.notifier.enabled).then(|| {
-            telemetry::dedup_registered();
-            Arc::new(std::sync::Mutex::new(dedup::Deduplicator::new(
-                config.dedup.window,
-                config.dedup.max_entries,
-            )))
-        });
     let webhook_addr = if config.webhook.enabled {
         if config.webhook.secret.is_none() {
             tracing::warn!(
@@ -177,12 +174,8 @@ pub async fn start(
             .await
             .with_context(|| format!("cannot bind webhook.listen {}", config.webhook.listen))?;
         let addr = listener.local_addr()?;
-        let router = sources::webhook::router(
-            &config.webhook,
-            fishjam_id.clone(),
-            pipeline.clone(),
-            dedup.clone(),
-        );
+        let router =
+            sources::webhook::router(&config.webhook, fishjam_id.clone(), pipeline.clone());
         let stop = shutdown.clone();
         let failed = shutdown.clone();
         tasks.spawn(async move {
@@ -213,7 +206,6 @@ pub async fn start(
             pipeline: pipeline.clone(),
             readiness: readiness.clone(),
             fatal: fatal.clone(),
-            dedup: dedup.clone(),
         };
         if config.notifier.required_for_readiness {
             readiness.register(sources::notifier::CHECK);

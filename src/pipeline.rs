@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::dedup::{self, Deduplicator};
 use crate::event::{Event, Source};
 use crate::telemetry;
 
@@ -101,6 +102,10 @@ pub type LaneReceiver = mpsc::UnboundedReceiver<Arc<Job>>;
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     in_flight: InFlight,
+    /// With both sources on: checked and updated under its lock together
+    /// with the dispatch to the lanes, so that the first delivery of each
+    /// notification reaches the lanes in the order it was admitted.
+    dedup: Option<Arc<std::sync::Mutex<Deduplicator>>>,
     /// `[sink][lane]`. The lanes themselves are unbounded: the semaphore bounds them.
     lanes: Arc<Vec<SinkLanes>>,
 }
@@ -114,6 +119,7 @@ impl Pipeline {
     pub fn new(
         sinks: &[(String, usize)],
         capacity: usize,
+        dedup: Option<Deduplicator>,
     ) -> (Pipeline, Vec<Vec<LaneReceiver>>, InFlight) {
         let in_flight = InFlight {
             permits: Arc::new(Semaphore::new(capacity)),
@@ -131,6 +137,7 @@ impl Pipeline {
         }
         let pipeline = Pipeline {
             in_flight: in_flight.clone(),
+            dedup: dedup.map(|d| Arc::new(std::sync::Mutex::new(d))),
             lanes: Arc::new(senders),
         };
         (pipeline, receivers, in_flight)
@@ -178,11 +185,23 @@ impl Pipeline {
 
     fn dispatch(
         &self,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
         mut permit: OwnedSemaphorePermit,
         source: Source,
         received: Instant,
     ) -> Receipt {
+        let mut dedup = self
+            .dedup
+            .as_ref()
+            .map(|d| d.lock().expect("the deduplicator never panics"));
+        if let Some(dedup) = dedup.as_mut() {
+            dedup::retain_new(dedup, &mut events);
+            // The duplicates' slots go back at once.
+            let surplus = permit.num_permits() - events.len();
+            if surplus > 0 {
+                drop(permit.split(surplus));
+            }
+        }
         let receipt = Arc::new(ReceiptState {
             remaining: AtomicUsize::new(events.len() * self.lanes.len()),
             done: Notify::new(),
@@ -253,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_is_admitted_whole_or_not_at_all() {
-        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 3);
+        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 3, None);
         let first = pipeline
             .try_submit(
                 vec![event("r"), event("r")],
@@ -284,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn receipt_waits_for_every_sink() {
-        let (pipeline, mut lanes, _) = Pipeline::new(&[("a".into(), 2), ("b".into(), 2)], 10);
+        let (pipeline, mut lanes, _) = Pipeline::new(&[("a".into(), 2), ("b".into(), 2)], 10, None);
         let receipt = pipeline
             .try_submit(vec![event("r1")], Source::Webhook, Instant::now())
             .unwrap();

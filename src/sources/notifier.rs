@@ -75,8 +75,6 @@ pub struct NotifierSource {
     pub readiness: Readiness,
     /// Where a refused credential check is reported.
     pub fatal: crate::Fatal,
-    /// Shared with the webhook source when both are on.
-    pub dedup: Option<crate::dedup::Shared>,
 }
 
 impl NotifierSource {
@@ -262,7 +260,7 @@ impl NotifierSource {
             fishjam_id: self.fishjam_id.clone(),
         };
         let received = Instant::now();
-        let mut normalized = match normalize_body(body, &origin) {
+        let normalized = match normalize_body(body, &origin) {
             Ok(normalized) => normalized,
             Err(error) => {
                 telemetry::decode_failed(Source::Notifier, &error);
@@ -277,7 +275,6 @@ impl NotifierSource {
                 .map(|e| (e.event_type, e.unmapped_enums.len())),
             &normalized.skipped,
         );
-        crate::dedup::filter(self.dedup.as_ref(), &mut normalized.events);
         if normalized.events.is_empty() {
             return;
         }

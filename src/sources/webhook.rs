@@ -18,7 +18,6 @@ use axum::routing::post;
 use axum::Router;
 
 use crate::config::{Secret, WebhookConfig};
-use crate::dedup;
 use crate::event::Source;
 use crate::normalize::{normalize_body, Origin};
 use crate::pipeline::{Pipeline, SubmitError};
@@ -39,16 +38,10 @@ struct WebhookState {
     max_events_per_body: usize,
     ack_timeout: Duration,
     request_timeout: Duration,
-    dedup: Option<dedup::Shared>,
 }
 
 /// The webhook routes, posting into `pipeline`.
-pub fn router(
-    config: &WebhookConfig,
-    fishjam_id: Arc<str>,
-    pipeline: Pipeline,
-    dedup: Option<dedup::Shared>,
-) -> Router {
+pub fn router(config: &WebhookConfig, fishjam_id: Arc<str>, pipeline: Pipeline) -> Router {
     let state = WebhookState {
         pipeline,
         fishjam_id,
@@ -57,7 +50,6 @@ pub fn router(
         max_events_per_body: config.max_events_per_body,
         ack_timeout: config.ack_timeout,
         request_timeout: config.request_timeout,
-        dedup,
     };
     Router::new()
         .route(&config.path, post(receive))
@@ -106,7 +98,7 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         received_at,
         fishjam_id: state.fishjam_id.clone(),
     };
-    let mut normalized = match normalize_body(&body, &origin) {
+    let normalized = match normalize_body(&body, &origin) {
         Ok(normalized) => normalized,
         Err(error) => {
             telemetry::decode_failed(Source::Webhook, &error);
@@ -131,7 +123,6 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             .map(|e| (e.event_type, e.unmapped_enums.len())),
         &normalized.skipped,
     );
-    dedup::filter(state.dedup.as_ref(), &mut normalized.events);
     let count = normalized.events.len();
     let receipt = match state
         .pipeline
