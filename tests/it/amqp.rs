@@ -338,6 +338,19 @@ impl PrivateRabbit {
         wait_until("the private RabbitMQ node listening", || {
             TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         });
+        // The listener opens before the node has finished booting, and a
+        // connection made in between is aborted: wait for the whole boot.
+        let booted = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "await_startup", "--timeout", "120"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("rabbitmqctl is installed with rabbitmq-server");
+        assert!(
+            booted.success(),
+            "the private RabbitMQ node {} did not boot",
+            self.node
+        );
         child
     }
 
