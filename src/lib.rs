@@ -6,6 +6,7 @@
 //! shutdown token was cancelled and the pipeline drained (or the drain timed
 //! out). See ARCHITECTURE.md for the codemap.
 
+pub mod activity;
 pub mod admin;
 pub mod backoff;
 pub mod config;

@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::activity::Activity;
 use crate::dedup::{self, Deduplicator};
 use crate::event::{Event, Source};
 use crate::telemetry;
@@ -106,6 +107,8 @@ pub struct Pipeline {
     /// with the dispatch to the lanes, so that the first delivery of each
     /// notification reaches the lanes in the order it was admitted.
     dedup: Option<Arc<std::sync::Mutex<Deduplicator>>>,
+    /// Sees each event once, after deduplication.
+    activity: Arc<std::sync::Mutex<Activity>>,
     /// `[sink][lane]`. The lanes themselves are unbounded: the semaphore bounds them.
     lanes: Arc<Vec<SinkLanes>>,
 }
@@ -126,6 +129,7 @@ impl Pipeline {
             capacity,
         };
         telemetry::pipeline_capacity(capacity);
+        telemetry::rooms_known(0);
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
         for (name, lanes) in sinks {
@@ -138,6 +142,7 @@ impl Pipeline {
         let pipeline = Pipeline {
             in_flight: in_flight.clone(),
             dedup: dedup.map(|d| Arc::new(std::sync::Mutex::new(d))),
+            activity: Arc::default(),
             lanes: Arc::new(senders),
         };
         (pipeline, receivers, in_flight)
@@ -202,6 +207,10 @@ impl Pipeline {
                 drop(permit.split(surplus));
             }
         }
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .observe(&events);
         let receipt = Arc::new(ReceiptState {
             remaining: AtomicUsize::new(events.len() * self.lanes.len()),
             done: Notify::new(),

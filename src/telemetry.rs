@@ -42,6 +42,9 @@ pub const NOTIFIER_PAUSED: &str = "fishjam_bridge_notifier_pause_seconds";
 pub const NOTIFIER_IGNORED: &str = "fishjam_bridge_notifier_ignored_frames_total";
 pub const DUPLICATES_DROPPED: &str = "fishjam_bridge_duplicates_dropped_total";
 pub const DEDUP_ENTRIES: &str = "fishjam_bridge_dedup_entries";
+pub const ROOM_EVENTS: &str = "fishjam_bridge_room_events_total";
+pub const ROOMS: &str = "fishjam_bridge_rooms";
+pub const PEERS_CONNECTED: &str = "fishjam_bridge_peers_connected";
 pub const KAFKA_QUEUE: &str = "fishjam_bridge_kafka_queue_messages";
 pub const KAFKA_BROKER_RTT: &str = "fishjam_bridge_kafka_broker_rtt_seconds";
 pub const KAFKA_BROKER_ERRORS: &str = "fishjam_bridge_kafka_broker_errors_total";
@@ -77,6 +80,9 @@ pub const ALL: &[&str] = &[
     NOTIFIER_IGNORED,
     DUPLICATES_DROPPED,
     DEDUP_ENTRIES,
+    ROOM_EVENTS,
+    ROOMS,
+    PEERS_CONNECTED,
     KAFKA_QUEUE,
     KAFKA_BROKER_RTT,
     KAFKA_BROKER_ERRORS,
@@ -184,6 +190,32 @@ fn describe() {
         SINK_RECONNECTS,
         "Connections a sink opened again after losing one."
     );
+    describe_counter!(
+        ROOM_EVENTS,
+        "Room, peer, streamer and viewer lifecycle events published, by event type and peer type."
+    );
+    describe_gauge!(
+        ROOMS,
+        "Rooms known from the events published since the bridge started."
+    );
+    describe_gauge!(
+        PEERS_CONNECTED,
+        "Peers connected, as known from the events published since the bridge started, by peer type."
+    );
+}
+
+/// A room or peer lifecycle event, published once.
+pub fn room_event(event_type: EventType, peer_type: &'static str) {
+    counter!(ROOM_EVENTS, "event_type" => event_type.as_str(), "peer_type" => peer_type)
+        .increment(1);
+}
+
+pub fn rooms_known(rooms: usize) {
+    gauge!(ROOMS).set(rooms as f64);
+}
+
+pub fn peers_connected(peer_type: &'static str, peers: usize) {
+    gauge!(PEERS_CONNECTED, "peer_type" => peer_type).set(peers as f64);
 }
 
 /// Counts what one body carried.
