@@ -39,6 +39,17 @@ impl Readiness {
             .all(|ready| *ready)
     }
 
+    /// The checks that do not pass, by name.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.checks
+            .lock()
+            .expect("readiness lock is never poisoned")
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     fn report(&self) -> String {
         let checks = self
             .checks

@@ -22,6 +22,7 @@ pub mod signature;
 pub mod simulator;
 pub mod sinks;
 pub mod sources;
+pub mod systemd;
 pub mod telemetry;
 
 use std::net::SocketAddr;

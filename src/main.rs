@@ -17,6 +17,7 @@ use fishjam_bridge::event::Source;
 use fishjam_bridge::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
+use fishjam_bridge::systemd;
 use fishjam_bridge::telemetry::{self, LogFormat};
 
 // glibc's allocator contends between the runtime's threads on the hot path
@@ -290,7 +291,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics()?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let bridge = fishjam_bridge::start(config, metrics, shutdown).await?;
+    let bridge = fishjam_bridge::start(config, metrics, shutdown.clone()).await?;
+    if let Some(notifier) = systemd::Notifier::from_env() {
+        tokio::spawn(systemd::run(notifier, bridge.readiness.clone(), shutdown));
+    }
     let drained = bridge.wait().await?;
     if drained.undelivered > 0 {
         anyhow::bail!(
