@@ -432,6 +432,10 @@ impl Config {
             self.pipeline.max_in_flight_events.to_string(),
         );
         line("pipeline.lanes", self.pipeline.lanes.to_string());
+        line(
+            "pipeline.drain_timeout",
+            humantime::format_duration(self.pipeline.drain_timeout).to_string(),
+        );
         line("notifier.enabled", self.notifier.enabled.to_string());
         line("admin.enabled", self.admin.enabled.to_string());
         line("admin.listen", self.admin.listen.to_string());

@@ -2,6 +2,7 @@
 
 mod amqp;
 mod conformance;
+mod deploy;
 mod kafka;
 mod nats;
 mod notifier;

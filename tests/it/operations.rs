@@ -89,6 +89,13 @@ fn metrics_hold_every_documented_name() {
     for name in &documented {
         assert!(present.contains(name), "{name} is exported");
     }
+    // What the dashboard and the alerts in deploy/ query exists.
+    for name in crate::deploy::queried_metric_names() {
+        assert!(
+            present.contains(&name),
+            "{name}, queried in deploy/, is exported"
+        );
+    }
     assert!(
         failing_metrics.sum(
             "fishjam_bridge_sink_events_failed_total",
