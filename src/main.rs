@@ -64,7 +64,8 @@ enum Command {
         #[arg(default_value = "-")]
         input: PathBuf,
     },
-    /// Act as Fishjam: serve the notifier and post webhooks with simulated rooms.
+    /// Act as Fishjam: serve the notifier WebSocket and the REST API for rooms and
+    /// peers, and post webhooks; optionally play simulated room lifecycles.
     Simulate(SimulateArgs),
     /// Run the simulator into a bridge that prints events on stdout, until Ctrl-C.
     Demo {
@@ -125,7 +126,8 @@ struct SimulateArgs {
     rooms: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Stop after this many notifications.
+    /// Stop after this many notifications; 0 plays none, so only REST calls
+    /// cause notifications.
     #[arg(long)]
     count: Option<u64>,
     /// Stop after this long (e.g. 30s).
@@ -314,6 +316,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         rate: args.rate,
         count: args.count,
         duration: args.duration,
+        webhook_secret: args.webhook_secret.clone(),
         webhook: args.webhook_url.map(|url| WebhookTarget {
             url,
             secret: args.webhook_secret,

@@ -7,6 +7,7 @@
 //! is what a Fishjam app with a notifier and a webhook URL sees.
 
 pub mod notifier;
+pub mod rest;
 pub mod scenario;
 pub mod webhook;
 
@@ -19,6 +20,7 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use self::notifier::NotifierHub;
+use self::rest::RestApi;
 use self::scenario::Scenario;
 use self::webhook::{WebhookClient, WebhookTarget};
 
@@ -35,7 +37,9 @@ pub struct SimulateOptions {
     /// Stop after this long.
     pub duration: Option<Duration>,
     pub webhook: Option<WebhookTarget>,
-    /// Serve the notifier (and, later, the REST API) here.
+    /// Signs the webhooks of rooms created over REST with their own URL.
+    pub webhook_secret: Option<String>,
+    /// Serve the notifier and the REST API here.
     pub listen: Option<SocketAddr>,
     pub management_token: String,
     pub ping_interval: Duration,
@@ -55,6 +59,7 @@ impl Default for SimulateOptions {
             count: None,
             duration: None,
             webhook: None,
+            webhook_secret: None,
             listen: None,
             management_token: "development-token".to_owned(),
             ping_interval: Duration::from_secs(30),
@@ -74,9 +79,11 @@ pub struct SimulationReport {
     pub elapsed: Duration,
 }
 
-/// A bound notifier listener, started before the play so callers learn its address.
+/// A bound listener (notifier and REST API), started before the play so
+/// callers learn its address.
 pub struct Server {
     pub addr: SocketAddr,
+    pub rest: RestApi,
     hub: NotifierHub,
 }
 
@@ -93,16 +100,54 @@ pub async fn serve(
     );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let router = hub.router();
+    let secret = options
+        .webhook_secret
+        .clone()
+        .or_else(|| options.webhook.as_ref().and_then(|w| w.secret.clone()));
+    let rest = RestApi::new(
+        options.management_token.clone(),
+        hub.clone(),
+        options.webhook.clone(),
+        secret,
+    );
+    let router = hub.router().merge(rest.router());
+    // The JS SDK joins a base URL that ends in '/' with "/socket/...";
+    // Fishjam accepts the doubled slash, so the simulator does too.
+    let app = tower::Layer::layer(&tower::util::MapRequestLayer::new(collapse_slashes), router);
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     tokio::spawn(async move {
-        let served = axum::serve(listener, router)
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(error) = served {
             tracing::error!(error = %error, "simulator listener failed");
         }
     });
-    Ok(Server { addr, hub })
+    Ok(Server { addr, rest, hub })
+}
+
+fn collapse_slashes(mut request: axum::extract::Request) -> axum::extract::Request {
+    let uri = request.uri();
+    if !uri.path().contains("//") {
+        return request;
+    }
+    let mut path = String::with_capacity(uri.path().len());
+    for c in uri.path().chars() {
+        if !(c == '/' && path.ends_with('/')) {
+            path.push(c);
+        }
+    }
+    if let Some(query) = uri.query() {
+        path = format!("{path}?{query}");
+    }
+    let mut parts = uri.clone().into_parts();
+    if let Ok(path_and_query) = path.parse() {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
 }
 
 /// Plays the scenario until the count, the duration or `shutdown`.

@@ -76,27 +76,7 @@ impl NotifierHub {
     pub fn router(&self) -> Router {
         Router::new()
             .route(PATH, get(upgrade))
-            .route("/validate", get(validate))
             .with_state(self.clone())
-    }
-}
-
-/// `GET /validate`: 200 for the management token, 401 otherwise, as
-/// Fishjam's REST API answers a wrong bearer token.
-async fn validate(State(hub): State<NotifierHub>, headers: axum::http::HeaderMap) -> Response {
-    use axum::response::IntoResponse;
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented == Some(hub.inner.token.as_str()) {
-        axum::http::StatusCode::OK.into_response()
-    } else {
-        (
-            axum::http::StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({ "detail": "Invalid token" })),
-        )
-            .into_response()
     }
 }
 
