@@ -7,5 +7,6 @@ mod kafka;
 mod nats;
 mod notifier;
 mod operations;
+mod sdk;
 mod support;
 mod webhook;

@@ -1,0 +1,225 @@
+//! The official Fishjam server SDKs against the simulator, unchanged: the
+//! Python SDK (from PyPI, in a throwaway virtual environment) runs the
+//! getting-started flow with a room whose webhooks go to a running bridge,
+//! and the JS SDK (from npm) drives rooms and peers while its notifier
+//! listens. Scripts: `tests/sdk/`.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use crate::notifier::free_port;
+use crate::support::*;
+
+const PYTHON_SDK: &str = "fishjam-server-sdk==0.31.1";
+const JS_SDK: &str = "@fishjam-cloud/js-server-sdk@0.25.0";
+const TOKEN: &str = "sdk-test-token";
+const SECRET: &str = "sdk-webhook-secret";
+
+fn scripts() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk"))
+}
+
+fn succeed(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A simulated Fishjam with no scripted play: only REST calls cause
+/// notifications. Returns it and its base URL.
+fn fishjam(extra: &[&str]) -> (Killed, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(BIN)
+        .args(["simulate", "--listen", &listen, "--count", "0"])
+        .args(["--management-token", TOKEN])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    wait_until("the simulator listening", || {
+        std::net::TcpStream::connect(&listen).is_ok()
+    });
+    (child, format!("http://{listen}"))
+}
+
+fn last_json_line(output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn the_python_sdk_runs_its_getting_started_flow_into_the_bridge() {
+    let bridge = BridgeProcess::start(
+        &config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n").replace(
+            "[webhook]\n",
+            &format!("[webhook]\nsecret = \"{SECRET}\"\n"),
+        ),
+    );
+    let (_fishjam, url) = fishjam(&["--webhook-secret", SECRET]);
+
+    let venv = tempfile::tempdir().unwrap();
+    succeed(
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv.path()),
+    );
+    let python = venv.path().join("bin/python");
+    succeed(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(PYTHON_SDK),
+    );
+    let output = succeed(
+        Command::new(&python)
+            .arg(scripts().join("python_flow.py"))
+            .args([&url, TOKEN, &bridge.webhook_url()]),
+    );
+    let report = last_json_line(&output);
+
+    assert_eq!(
+        report["wrong_token"], "refused: Invalid Fishjam credentials",
+        "{report}"
+    );
+    let room_id = report["room_id"].as_str().unwrap();
+    let peer_id = report["peer_id"].as_str().unwrap();
+    assert_eq!(report["room_config"]["batchWebhookNotifications"], true);
+    assert_eq!(report["room_config"]["webhookUrl"], bridge.webhook_url());
+    assert_eq!(
+        report["peers_read_back"],
+        serde_json::json!([{
+            "id": peer_id,
+            "metadata": {"realName": "Tom Reeves"},
+            "status": "disconnected",
+        }])
+    );
+    // The SDK's own notifier heard the four changes, in order.
+    let heard: Vec<(&str, &str, Option<&str>)> = report["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["type"].as_str().unwrap(),
+                n["roomId"].as_str().unwrap(),
+                n["peerId"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        heard,
+        [
+            ("ServerMessageRoomCreated", room_id, None),
+            ("ServerMessagePeerAdded", room_id, Some(peer_id)),
+            ("ServerMessagePeerDeleted", room_id, Some(peer_id)),
+            ("ServerMessageRoomDeleted", room_id, None),
+        ]
+    );
+
+    // The room's signed webhooks reached the bridge, which published each
+    // notification once, in order.
+    let path = bridge.dir().join("events.jsonl");
+    wait_until("the room's four events", || read_events(&path).len() >= 4);
+    let events = read_events(&path);
+    let published: Vec<(&str, &str, Option<&str>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["data"]["roomId"].as_str().unwrap(),
+                e["data"]["peerId"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        published,
+        [
+            ("roomCreated", room_id, None),
+            ("peerAdded", room_id, Some(peer_id)),
+            ("peerDeleted", room_id, Some(peer_id)),
+            ("roomDeleted", room_id, None),
+        ]
+    );
+    assert!(events.iter().all(|e| e["source"] == "webhook"));
+    assert_eq!(events[1]["data"]["peerType"], "webrtc");
+    assert_eq!(
+        bridge.metrics().sum(
+            "fishjam_bridge_webhook_requests_total",
+            &[("status", "401")]
+        ),
+        0.0,
+        "every webhook was signed with the secret"
+    );
+}
+
+#[test]
+fn the_js_sdk_manages_rooms_and_hears_them_on_its_notifier() {
+    let (_fishjam, url) = fishjam(&[]);
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("package.json"),
+        r#"{"name":"fishjam-bridge-sdk-test","private":true,"type":"module"}"#,
+    )
+    .unwrap();
+    succeed(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", JS_SDK])
+            .current_dir(project.path()),
+    );
+    let script = project.path().join("js_flow.mjs");
+    std::fs::copy(scripts().join("js_flow.mjs"), &script).unwrap();
+    let output = succeed(
+        Command::new("node")
+            .arg("--experimental-websocket")
+            .arg(&script)
+            .args([&url, TOKEN])
+            .current_dir(project.path()),
+    );
+    let report = last_json_line(&output);
+
+    assert_eq!(report["wrongToken"], "unauthorized", "{report}");
+    let room_id = report["roomId"].as_str().unwrap();
+    let peer_id = report["peerId"].as_str().unwrap();
+    assert_eq!(report["roomConfig"]["maxPeers"], 4);
+    assert_eq!(report["roomConfig"]["videoCodec"], "vp8");
+    assert_eq!(report["peersReadBack"][0]["metadata"]["name"], "Ala");
+    let heard: Vec<(&str, &str, Option<&str>)> = report["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["type"].as_str().unwrap(),
+                n["roomId"].as_str().unwrap(),
+                n["peerId"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        heard,
+        [
+            ("roomCreated", room_id, None),
+            ("peerAdded", room_id, Some(peer_id)),
+            ("peerDeleted", room_id, Some(peer_id)),
+            ("roomDeleted", room_id, None),
+        ]
+    );
+}
