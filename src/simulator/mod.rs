@@ -13,6 +13,7 @@ pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -79,6 +80,25 @@ pub struct SimulationReport {
     pub elapsed: Duration,
 }
 
+/// The management token the simulated Fishjam accepts; it can be replaced
+/// while running (`PUT /simulator/management-token`), as a revocation.
+#[derive(Clone)]
+pub struct ManagementToken(Arc<std::sync::RwLock<String>>);
+
+impl ManagementToken {
+    pub fn new(token: String) -> ManagementToken {
+        ManagementToken(Arc::new(std::sync::RwLock::new(token)))
+    }
+
+    pub fn matches(&self, presented: &str) -> bool {
+        *self.0.read().expect("never poisoned") == presented
+    }
+
+    pub fn replace(&self, token: String) {
+        *self.0.write().expect("never poisoned") = token;
+    }
+}
+
 /// A bound listener (notifier and REST API), started before the play so
 /// callers learn its address.
 pub struct Server {
@@ -93,8 +113,9 @@ pub async fn serve(
     options: &SimulateOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Server> {
+    let token = ManagementToken::new(options.management_token.clone());
     let hub = NotifierHub::new(
-        options.management_token.clone(),
+        token.clone(),
         options.ping_interval,
         options.go_silent_after,
     );
@@ -104,12 +125,7 @@ pub async fn serve(
         .webhook_secret
         .clone()
         .or_else(|| options.webhook.as_ref().and_then(|w| w.secret.clone()));
-    let rest = RestApi::new(
-        options.management_token.clone(),
-        hub.clone(),
-        options.webhook.clone(),
-        secret,
-    );
+    let rest = RestApi::new(token, hub.clone(), options.webhook.clone(), secret);
     let router = hub.router().merge(rest.router());
     // The JS SDK joins a base URL that ends in '/' with "/socket/...";
     // Fishjam accepts the doubled slash, so the simulator does too.
@@ -193,6 +209,7 @@ pub async fn play(
             }
             let message = scenario.next().expect("the scenario never ends");
             if let Some(server) = server {
+                server.rest.observe(&message);
                 server.hub.publish(Bytes::from(message.encode_to_vec()));
             }
             if let Some(client) = &client {

@@ -22,6 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::sync::{broadcast, watch};
 
+use super::ManagementToken;
 use crate::proto::server_message::{self as sm, EventType};
 use crate::proto::{Content, ServerMessage};
 
@@ -38,17 +39,26 @@ pub struct NotifierHub {
 }
 
 struct Hub {
-    token: String,
+    token: ManagementToken,
     ping_interval: Duration,
     frames: broadcast::Sender<Bytes>,
     subscribers: watch::Sender<usize>,
     /// Half-open on purpose: after forwarding this many notifications, a
     /// connection stays up but sends (and reads) nothing more.
     silent_after: Option<u64>,
+    /// While true, open sessions are closed and new ones refused (an outage).
+    down: watch::Sender<bool>,
+    /// Bumped when the token is replaced: open sessions end, as a revoked
+    /// token's would.
+    revocations: watch::Sender<u64>,
 }
 
 impl NotifierHub {
-    pub fn new(token: String, ping_interval: Duration, silent_after: Option<u64>) -> NotifierHub {
+    pub fn new(
+        token: ManagementToken,
+        ping_interval: Duration,
+        silent_after: Option<u64>,
+    ) -> NotifierHub {
         let (frames, _) = broadcast::channel(65_536);
         NotifierHub {
             inner: Arc::new(Hub {
@@ -57,6 +67,8 @@ impl NotifierHub {
                 frames,
                 subscribers: watch::Sender::new(0),
                 silent_after,
+                down: watch::Sender::new(false),
+                revocations: watch::Sender::new(0),
             }),
         }
     }
@@ -73,6 +85,17 @@ impl NotifierHub {
         let _ = watch.wait_for(|n| *n >= count).await;
     }
 
+    /// Takes the notifier down (open sessions close, new ones get 503) or
+    /// brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.inner.down.send_replace(down);
+    }
+
+    /// Ends every open session: the token they authenticated with is gone.
+    pub fn revoke_sessions(&self) {
+        self.inner.revocations.send_modify(|n| *n += 1);
+    }
+
     pub fn router(&self) -> Router {
         Router::new()
             .route(PATH, get(upgrade))
@@ -81,6 +104,10 @@ impl NotifierHub {
 }
 
 async fn upgrade(State(hub): State<NotifierHub>, ws: WebSocketUpgrade) -> Response {
+    use axum::response::IntoResponse;
+    if *hub.inner.down.borrow() {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     ws.on_upgrade(move |socket| serve(hub, socket))
 }
 
@@ -115,7 +142,7 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
         _ => return,
     };
     match token {
-        Some(token) if token == hub.inner.token => {}
+        Some(token) if hub.inner.token.matches(&token) => {}
         Some(_) => {
             let _ = tx.send(close(1000, "invalid token")).await;
             return;
@@ -139,6 +166,9 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
     let mut ping = tokio::time::interval(hub.inner.ping_interval);
     ping.tick().await;
     let mut forwarded = 0u64;
+    let mut down = hub.inner.down.subscribe();
+    let mut revocations = hub.inner.revocations.subscribe();
+    revocations.mark_unchanged();
     let result = loop {
         if hub
             .inner
@@ -194,6 +224,12 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
                 if tx.send(Message::Ping(Bytes::new())).await.is_err() {
                     break Ok(());
                 }
+            }
+            _ = async { drop(down.wait_for(|down| *down).await) } => {
+                break tx.send(close(1001, "going away")).await;
+            }
+            _ = revocations.changed() => {
+                break tx.send(close(1008, "management token revoked")).await;
             }
         }
     };

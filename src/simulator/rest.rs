@@ -11,9 +11,11 @@
 //! room's `webhookUrl`, or else to the simulator's own webhook URL (Fishjam's
 //! app-wide URL), batched when the room asked for it.
 //!
-//! Two endpoints are the simulator's own, standing in for a client that joins
-//! or leaves with its peer token: `POST /simulator/room/{room_id}/peer/{peer_id}/connect`
-//! and `.../disconnect` (`peerConnected`, `peerDisconnected`).
+//! Under `/simulator/` are the simulator's own controls: a client joining or
+//! leaving with its peer token (`POST /simulator/room/{room_id}/peer/{peer_id}/connect`
+//! and `.../disconnect`: `peerConnected`, `peerDisconnected`), a notifier
+//! outage (`POST /simulator/notifier/down` and `.../up`) and a revoked token
+//! (`PUT /simulator/management-token`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,7 @@ use tokio::sync::mpsc;
 
 use super::notifier::NotifierHub;
 use super::webhook::{WebhookClient, WebhookTarget};
+use super::ManagementToken;
 use crate::proto::server_message as sm;
 use crate::proto::{Content, ServerMessage};
 
@@ -41,7 +44,8 @@ pub struct RestApi {
 }
 
 struct Inner {
-    token: String,
+    token: ManagementToken,
+    hub: NotifierHub,
     rooms: Mutex<BTreeMap<String, Room>>,
     /// Notifications in the order the changes happened, to `deliver`.
     outbox: mpsc::UnboundedSender<Outgoing>,
@@ -190,16 +194,17 @@ impl RestApi {
     /// A REST API whose notifications go to `hub` and by webhook: to a
     /// room's own URL, or else to `default_webhook`; signed with `secret`.
     pub fn new(
-        token: String,
+        token: ManagementToken,
         hub: NotifierHub,
         default_webhook: Option<WebhookTarget>,
         secret: Option<String>,
     ) -> RestApi {
         let (outbox, pending) = mpsc::unbounded_channel();
-        tokio::spawn(deliver(pending, hub, default_webhook, secret));
+        tokio::spawn(deliver(pending, hub.clone(), default_webhook, secret));
         RestApi {
             inner: Arc::new(Inner {
                 token,
+                hub,
                 rooms: Mutex::new(BTreeMap::new()),
                 outbox,
             }),
@@ -220,7 +225,78 @@ impl RestApi {
                 "/simulator/room/{room_id}/peer/{peer_id}/{action}",
                 post(peer_action),
             )
+            .route("/simulator/notifier/{state}", post(notifier_state))
+            .route(
+                "/simulator/management-token",
+                axum::routing::put(replace_token),
+            )
             .with_state(self.clone())
+    }
+
+    /// Keeps the rooms in step with a notification the simulator played
+    /// (not caused by a REST call), so that `GET /room` shows what the
+    /// notifications said.
+    pub fn observe(&self, message: &ServerMessage) {
+        let mut rooms = self.lock();
+        let peer = |peer_id: &str, peer_type: i32| Peer {
+            id: peer_id.to_owned(),
+            peer_type: match sm::PeerType::try_from(peer_type) {
+                Ok(sm::PeerType::Agent) => PeerKind::Agent,
+                Ok(sm::PeerType::Vapi) => PeerKind::Vapi,
+                _ => PeerKind::WebRtc,
+            },
+            metadata: Value::Null,
+            subscribe_mode: "auto".to_owned(),
+            connected: false,
+        };
+        match &message.content {
+            Some(Content::RoomCreated(m)) => {
+                rooms.entry(m.room_id.clone()).or_insert_with(|| Room {
+                    id: m.room_id.clone(),
+                    config: RoomConfig::default(),
+                    peers: Vec::new(),
+                });
+            }
+            Some(Content::RoomDeleted(sm::RoomDeleted { room_id }))
+            | Some(Content::RoomCrashed(sm::RoomCrashed { room_id })) => {
+                rooms.remove(room_id);
+            }
+            Some(Content::PeerAdded(m)) => {
+                if let Some(room) = rooms.get_mut(&m.room_id) {
+                    room.peers.push(peer(&m.peer_id, m.peer_type));
+                }
+            }
+            Some(Content::PeerConnected(m)) => {
+                if let Some(room) = rooms.get_mut(&m.room_id) {
+                    match room.peers.iter_mut().find(|p| p.id == m.peer_id) {
+                        Some(found) => found.connected = true,
+                        None => {
+                            let mut new = peer(&m.peer_id, m.peer_type);
+                            new.connected = true;
+                            room.peers.push(new);
+                        }
+                    }
+                }
+            }
+            Some(Content::PeerDisconnected(m)) => {
+                if let Some(room) = rooms.get_mut(&m.room_id) {
+                    if let Some(found) = room.peers.iter_mut().find(|p| p.id == m.peer_id) {
+                        found.connected = false;
+                    }
+                }
+            }
+            Some(Content::PeerDeleted(sm::PeerDeleted {
+                room_id, peer_id, ..
+            }))
+            | Some(Content::PeerCrashed(sm::PeerCrashed {
+                room_id, peer_id, ..
+            })) => {
+                if let Some(room) = rooms.get_mut(room_id) {
+                    room.peers.retain(|p| &p.id != peer_id);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The rooms and their peers now.
@@ -259,7 +335,7 @@ impl RestApi {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            == Some(self.inner.token.as_str())
+            .is_some_and(|presented| self.inner.token.matches(presented))
     }
 }
 
@@ -568,6 +644,41 @@ async fn peer_action(
         })
     };
     api.emit(content, webhook);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /simulator/notifier/down` closes every notifier session and refuses
+/// new ones (503) until `POST /simulator/notifier/up`: an outage, during
+/// which REST changes still happen and their notifications reach nobody.
+async fn notifier_state(
+    State(api): State<RestApi>,
+    headers: HeaderMap,
+    Path(state): Path<String>,
+) -> Response {
+    if !api.authorized(&headers) {
+        return unauthorized(&headers);
+    }
+    match state.as_str() {
+        "down" => api.inner.hub.set_down(true),
+        "up" => api.inner.hub.set_down(false),
+        _ => return error(StatusCode::NOT_FOUND, format!("No state {state:?}")),
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `PUT /simulator/management-token` with the new token as the body: the old
+/// one stops working at once and open notifier sessions end, as a revoked
+/// token's would.
+async fn replace_token(State(api): State<RestApi>, headers: HeaderMap, body: String) -> Response {
+    if !api.authorized(&headers) {
+        return unauthorized(&headers);
+    }
+    let token = body.trim();
+    if token.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "The new token is empty");
+    }
+    api.inner.token.replace(token.to_owned());
+    api.inner.hub.revoke_sessions();
     StatusCode::NO_CONTENT.into_response()
 }
 
