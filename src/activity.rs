@@ -1,18 +1,20 @@
-//! Room activity for dashboards: counts of room and peer lifecycle events,
-//! and the rooms and connected peers the bridge knows of, derived from the
-//! events it publishes (after deduplication, so each notification counts
-//! once).
+//! Room activity: counts of room and peer lifecycle events for dashboards,
+//! and the rooms, their peers and whether each is connected, as known from
+//! the events the bridge publishes (after deduplication, so each
+//! notification counts once). The notifier's reconciliation compares this
+//! with Fishjam's own view after a gap.
 //!
 //! What is known is what the bridge saw since it started: a room appears
 //! with `roomCreated` or with the first peer event that names it, and goes
 //! with `roomDeleted` or `roomCrashed`, taking its peers along; a peer is
-//! connected from `peerConnected` until `peerDisconnected`, `peerDeleted` or
-//! `peerCrashed`. A restart starts from nothing. What is tracked is bounded
+//! known from `peerAdded` (or `peerConnected`) until `peerDeleted` or
+//! `peerCrashed`, and connected from `peerConnected` until
+//! `peerDisconnected`. A restart starts from nothing. What is tracked is bounded
 //! by `MAX_TRACKED` rooms and peers together; past it, new rooms and peers
 //! are counted in the event counters but not in the gauges, and a warning
 //! says so. No room or peer id ever becomes a label.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::event::{Data, Event, EventType};
 use crate::telemetry;
@@ -20,10 +22,21 @@ use crate::telemetry;
 /// Rooms and connected peers tracked at most, together.
 pub const MAX_TRACKED: usize = 1_000_000;
 
+/// A peer as known from events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownPeer {
+    /// The `peer_type` label: `webrtc`, `agent`, `vapi`, `unspecified`, `unknown`.
+    pub peer_type: &'static str,
+    pub connected: bool,
+}
+
+/// Room id to its peers (peer id to what is known of it), sorted.
+pub type KnownRooms = BTreeMap<String, BTreeMap<String, KnownPeer>>;
+
 #[derive(Debug, Default)]
 pub struct Activity {
-    /// Room id to its connected peers (peer id to peer type).
-    rooms: HashMap<String, HashMap<String, &'static str>>,
+    /// Room id to its peers.
+    rooms: HashMap<String, HashMap<String, KnownPeer>>,
     /// Connected peers by peer type, for the gauge.
     connected: HashMap<&'static str, usize>,
     tracked: usize,
@@ -41,10 +54,14 @@ impl Activity {
             }
         }
         if changed {
-            telemetry::rooms_known(self.rooms.len());
-            for (peer_type, count) in &self.connected {
-                telemetry::peers_connected(peer_type, *count);
-            }
+            self.report();
+        }
+    }
+
+    fn report(&self) {
+        telemetry::rooms_known(self.rooms.len());
+        for (peer_type, count) in &self.connected {
+            telemetry::peers_connected(peer_type, *count);
         }
     }
 
@@ -54,6 +71,33 @@ impl Activity {
 
     pub fn connected_peers(&self) -> usize {
         self.connected.values().sum()
+    }
+
+    /// Learns rooms and peers known from elsewhere (Fishjam's REST API at
+    /// start-up) without counting events; what is known already stays.
+    pub fn learn(&mut self, rooms: KnownRooms) {
+        for (room_id, peers) in rooms {
+            if self.rooms.contains_key(&room_id) || !self.has_space(1 + peers.len()) {
+                continue;
+            }
+            self.tracked += 1 + peers.len();
+            for peer in peers.values().filter(|p| p.connected) {
+                *self.connected.entry(peer.peer_type).or_default() += 1;
+            }
+            self.rooms.insert(room_id, peers.into_iter().collect());
+        }
+        self.report();
+    }
+
+    /// Everything known now.
+    pub fn snapshot(&self) -> KnownRooms {
+        self.rooms
+            .iter()
+            .map(|(room, peers)| {
+                let peers = peers.iter().map(|(id, peer)| (id.clone(), *peer)).collect();
+                (room.clone(), peers)
+            })
+            .collect()
     }
 
     /// Returns whether the known state changed.
@@ -68,55 +112,86 @@ impl Activity {
                     return false;
                 };
                 self.tracked -= 1 + peers.len();
-                for peer_type in peers.values() {
-                    self.disconnected(peer_type);
+                for peer in peers.values().filter(|p| p.connected) {
+                    self.disconnected(peer.peer_type);
                 }
                 true
             }
-            EventType::PeerConnected => {
+            EventType::PeerAdded | EventType::PeerConnected => {
                 let Some(peer_id) = event.data.peer_id() else {
                     return false;
                 };
-                let room = self.rooms.get(room_id);
-                if room.is_some_and(|peers| peers.contains_key(peer_id)) {
-                    return false;
+                let connect = event.event_type == EventType::PeerConnected;
+                if let Some(peer) = self
+                    .rooms
+                    .get_mut(room_id)
+                    .and_then(|peers| peers.get_mut(peer_id))
+                {
+                    if !connect || peer.connected {
+                        return false;
+                    }
+                    peer.connected = true;
+                    *self.connected.entry(peer_type).or_default() += 1;
+                    return true;
                 }
                 // A room first seen here takes an entry of its own.
-                if !self.has_space(if room.is_some() { 1 } else { 2 }) {
+                let new_room = !self.rooms.contains_key(room_id);
+                if !self.has_space(if new_room { 2 } else { 1 }) {
                     return false;
                 }
                 let Some(peers) = self.room(room_id) else {
                     return false;
                 };
-                peers.insert(peer_id.to_owned(), peer_type);
+                peers.insert(
+                    peer_id.to_owned(),
+                    KnownPeer {
+                        peer_type,
+                        connected: connect,
+                    },
+                );
                 self.tracked += 1;
-                *self.connected.entry(peer_type).or_default() += 1;
+                if connect {
+                    *self.connected.entry(peer_type).or_default() += 1;
+                }
                 true
             }
-            EventType::PeerDisconnected | EventType::PeerDeleted | EventType::PeerCrashed => {
-                let Some(peer_id) = event.data.peer_id() else {
-                    return false;
-                };
-                let removed = self
-                    .rooms
-                    .get_mut(room_id)
-                    .and_then(|peers| peers.remove(peer_id));
-                match removed {
-                    Some(peer_type) => {
-                        self.tracked -= 1;
+            EventType::PeerDisconnected => {
+                let peer = event
+                    .data
+                    .peer_id()
+                    .and_then(|peer_id| self.rooms.get_mut(room_id)?.get_mut(peer_id));
+                match peer {
+                    Some(peer) if peer.connected => {
+                        peer.connected = false;
+                        let peer_type = peer.peer_type;
                         self.disconnected(peer_type);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            EventType::PeerDeleted | EventType::PeerCrashed => {
+                let removed = event
+                    .data
+                    .peer_id()
+                    .and_then(|peer_id| self.rooms.get_mut(room_id)?.remove(peer_id));
+                match removed {
+                    Some(peer) => {
+                        self.tracked -= 1;
+                        if peer.connected {
+                            self.disconnected(peer.peer_type);
+                        }
                         true
                     }
                     None => false,
                 }
             }
-            EventType::PeerAdded => self.room(room_id).is_some(),
             _ => false,
         }
     }
 
     /// The room's peers, tracking the room if it is new and there is space.
-    fn room(&mut self, room_id: &str) -> Option<&mut HashMap<String, &'static str>> {
+    fn room(&mut self, room_id: &str) -> Option<&mut HashMap<String, KnownPeer>> {
         if !self.rooms.contains_key(room_id) {
             if !self.has_space(1) {
                 return None;
@@ -231,6 +306,37 @@ mod tests {
             event(RoomDeleted, "r9", None),
         ]);
         assert_eq!((activity.rooms(), activity.connected_peers()), (0, 0));
+    }
+
+    #[test]
+    fn learned_rooms_count_and_change_with_later_events() {
+        let mut activity = Activity::default();
+        activity.observe(&[event(EventType::RoomCreated, "r1", None)]);
+        let peer = |connected| KnownPeer {
+            peer_type: "webrtc",
+            connected,
+        };
+        let learned: KnownRooms = [
+            ("r1".to_owned(), [("p9".to_owned(), peer(true))].into()),
+            (
+                "r2".to_owned(),
+                [
+                    ("p1".to_owned(), peer(true)),
+                    ("p2".to_owned(), peer(false)),
+                ]
+                .into(),
+            ),
+        ]
+        .into();
+        activity.learn(learned);
+        // r1 was known from events: it stays as it was.
+        assert_eq!(activity.snapshot()["r1"].len(), 0);
+        assert_eq!((activity.rooms(), activity.connected_peers()), (2, 1));
+        activity.observe(&[event(EventType::PeerConnected, "r2", Some("p2"))]);
+        assert_eq!(activity.connected_peers(), 2);
+        activity.observe(&[event(EventType::RoomDeleted, "r2", None)]);
+        assert_eq!((activity.rooms(), activity.connected_peers()), (1, 0));
+        assert_eq!(activity.tracked, 1);
     }
 
     #[test]

@@ -136,6 +136,14 @@ pub struct NotifierConfig {
     /// Largest frame accepted.
     #[serde(default = "default_max_body_bytes")]
     pub max_frame_bytes: usize,
+    /// After every reconnect, read Fishjam's rooms (`GET /room`) and publish
+    /// what changed during the gap as events with source `reconciled`.
+    #[serde(default = "yes")]
+    pub reconcile: bool,
+    /// At start-up, publish the rooms and peers Fishjam already has as
+    /// reconciled events; otherwise they are only learned, silently.
+    #[serde(default)]
+    pub reconcile_at_start: bool,
 }
 
 /// With both sources on, how notifications delivered both ways are matched.

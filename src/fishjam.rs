@@ -1,4 +1,5 @@
-//! Addressing Fishjam and checking credentials against its REST API.
+//! Addressing Fishjam, checking credentials against its REST API, and
+//! reading its rooms (`GET /room`) for the notifier's reconciliation.
 //!
 //! A fishjam id is either a cloud id (the base URL is then
 //! `https://fishjam.io/api/v1/connect/<id>`) or the full URL of a
@@ -98,6 +99,64 @@ pub async fn check_credentials(
         }
         status => Err(unreachable(format!("unexpected status {status}"))),
     }
+}
+
+/// A room as Fishjam's `GET /room` lists it: its peers with their type and
+/// whether they are connected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct FishjamRoom {
+    pub id: String,
+    #[serde(default)]
+    pub peers: Vec<FishjamPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct FishjamPeer {
+    pub id: String,
+    #[serde(rename = "type", default)]
+    pub peer_type: Option<String>,
+    /// `connected` or `disconnected`.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RoomsListing {
+    data: Vec<FishjamRoom>,
+}
+
+/// Reads every room and its peers from `GET <base>/room`.
+pub async fn list_rooms(
+    fishjam_id: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<Vec<FishjamRoom>, String> {
+    let url = format!("{}/room", base_url(fishjam_id)?);
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(&url)
+        .bearer_auth(token)
+        .header(
+            "x-fishjam-api-client",
+            concat!("fishjam-bridge/", env!("CARGO_PKG_VERSION")),
+        )
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("GET {url}: status {status}"));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let listing: RoomsListing =
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: unexpected body: {e}"))?;
+    Ok(listing.data)
 }
 
 #[cfg(test)]

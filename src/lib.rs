@@ -17,6 +17,7 @@ pub mod fishjam;
 pub mod normalize;
 pub mod pipeline;
 pub mod proto;
+pub mod reconcile;
 pub mod route;
 pub mod signature;
 pub mod simulator;

@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::activity::Activity;
+use crate::activity::{Activity, KnownRooms};
 use crate::dedup::{self, Deduplicator};
 use crate::event::{Event, Source};
 use crate::telemetry;
@@ -146,6 +146,22 @@ impl Pipeline {
             lanes: Arc::new(senders),
         };
         (pipeline, receivers, in_flight)
+    }
+
+    /// The rooms and peers known from the events admitted so far.
+    pub fn known_rooms(&self) -> KnownRooms {
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .snapshot()
+    }
+
+    /// Adds rooms known from elsewhere to what is known, without events.
+    pub fn learn_rooms(&self, rooms: KnownRooms) {
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .learn(rooms);
     }
 
     /// Admits all of `events` or none: `Full` when the bound would be passed.

@@ -40,6 +40,9 @@ pub const NOTIFIER_BACKOFF: &str = "fishjam_bridge_notifier_backoff_seconds";
 pub const NOTIFIER_LAST_MESSAGE: &str = "fishjam_bridge_notifier_last_message_timestamp_seconds";
 pub const NOTIFIER_PAUSED: &str = "fishjam_bridge_notifier_pause_seconds";
 pub const NOTIFIER_IGNORED: &str = "fishjam_bridge_notifier_ignored_frames_total";
+pub const NOTIFIER_GAP: &str = "fishjam_bridge_notifier_gap_seconds";
+pub const RECONCILIATIONS: &str = "fishjam_bridge_reconciliations_total";
+pub const RECONCILED_EVENTS: &str = "fishjam_bridge_reconciled_events_total";
 pub const DUPLICATES_DROPPED: &str = "fishjam_bridge_duplicates_dropped_total";
 pub const DEDUP_ENTRIES: &str = "fishjam_bridge_dedup_entries";
 pub const ROOM_EVENTS: &str = "fishjam_bridge_room_events_total";
@@ -78,6 +81,9 @@ pub const ALL: &[&str] = &[
     NOTIFIER_LAST_MESSAGE,
     NOTIFIER_PAUSED,
     NOTIFIER_IGNORED,
+    NOTIFIER_GAP,
+    RECONCILIATIONS,
+    RECONCILED_EVENTS,
     DUPLICATES_DROPPED,
     DEDUP_ENTRIES,
     ROOM_EVENTS,
@@ -374,12 +380,46 @@ pub fn notifier_text_frame() {
     tracing::warn!("ignored a text frame from the notifier: the protocol sends binary frames only");
 }
 
+/// The time between losing the notifier and being subscribed again.
+pub fn notifier_gap(gap: Duration) {
+    histogram!(NOTIFIER_GAP).record(gap.as_secs_f64());
+}
+
+/// One reconciliation against Fishjam's REST API, and the events it made.
+pub fn reconciled(result: Result<&[crate::event::Event], &str>) {
+    match result {
+        Ok(events) => {
+            counter!(RECONCILIATIONS, "result" => "ok").increment(1);
+            for event in events {
+                counter!(RECONCILED_EVENTS, "event_type" => event.event_type.as_str()).increment(1);
+            }
+            if !events.is_empty() {
+                tracing::info!(
+                    events = events.len(),
+                    "reconciled: published what changed in Fishjam while the notifier was away"
+                );
+            }
+        }
+        Err(error) => {
+            counter!(RECONCILIATIONS, "result" => "failed").increment(1);
+            tracing::warn!(
+                error,
+                "cannot reconcile with Fishjam's rooms; changes during the gap may be missing"
+            );
+        }
+    }
+}
+
 /// Exports the notifier's series at zero from the start.
 pub fn notifier_registered() {
     notifier_state("connecting");
     counter!(NOTIFIER_CONNECTS).increment(0);
     histogram!(NOTIFIER_PAUSED).record(0.0);
     counter!(NOTIFIER_IGNORED).increment(0);
+    for result in ["ok", "failed"] {
+        counter!(RECONCILIATIONS, "result" => result).increment(0);
+    }
+    counter!(RECONCILED_EVENTS, "event_type" => "roomCreated").increment(0);
     gauge!(NOTIFIER_BACKOFF).set(0.0);
     gauge!(NOTIFIER_LAST_MESSAGE).set(0.0);
     for reason in [

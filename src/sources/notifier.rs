@@ -91,12 +91,17 @@ impl NotifierSource {
             }
         }
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        // Since when the notifier has not been listening: from start-up, then
+        // from the end of each session.
+        let mut gap_since = Instant::now();
+        let mut first = true;
         loop {
             let started = Instant::now();
             let ended = tokio::select! {
-                ended = self.session() => ended,
+                ended = self.session(gap_since, &mut first) => ended,
                 _ = shutdown.cancelled() => return,
             };
+            gap_since = Instant::now();
             self.readiness.set(CHECK, false);
             telemetry::notifier_state("backoff");
             let error = match ended {
@@ -156,7 +161,7 @@ impl NotifierSource {
 
     /// One connection, from connect to its end. Never returns Ok: a session
     /// ends only by an error or by being dropped at shutdown.
-    async fn session(&self) -> Result<(), SessionError> {
+    async fn session(&self, gap_since: Instant, first: &mut bool) -> Result<(), SessionError> {
         telemetry::notifier_state("connecting");
         let config = WebSocketConfig::default()
             .max_message_size(Some(self.config.max_frame_bytes))
@@ -202,7 +207,14 @@ impl NotifierSource {
         telemetry::notifier_state("subscribed");
         telemetry::notifier_connected();
         self.readiness.set(CHECK, true);
-        tracing::info!(url = %self.url, "notifier subscribed");
+        let gap = gap_since.elapsed();
+        telemetry::notifier_gap(gap);
+        tracing::info!(url = %self.url, gap_ms = gap.as_millis() as u64, "notifier subscribed");
+        // Subscribed first, then read Fishjam's rooms: a change after the
+        // snapshot arrives on the socket, one before it is in the snapshot.
+        if self.config.reconcile {
+            self.reconcile(std::mem::take(first)).await;
+        }
 
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,6 +260,50 @@ impl NotifierSource {
                         .await
                         .map_err(|e| SessionError::Io(e.to_string()))?;
                 }
+            }
+        }
+    }
+
+    /// Compares Fishjam's rooms with what the bridge knows and publishes the
+    /// differences as reconciled events. At start-up the rooms are only
+    /// learned, unless `reconcile_at_start` asks for events.
+    async fn reconcile(&self, at_start: bool) {
+        let rooms = crate::fishjam::list_rooms(
+            &self.fishjam_id,
+            self.token.expose(),
+            self.config.connect_timeout,
+        )
+        .await;
+        let rooms = match rooms {
+            Ok(rooms) => rooms,
+            Err(error) => return telemetry::reconciled(Err(&error)),
+        };
+        if at_start && !self.config.reconcile_at_start {
+            self.pipeline
+                .learn_rooms(crate::reconcile::known_from(&rooms));
+            return telemetry::reconciled(Ok(&[]));
+        }
+        let events = crate::reconcile::differences(
+            &self.pipeline.known_rooms(),
+            &rooms,
+            &self.fishjam_id,
+            SystemTime::now(),
+        );
+        telemetry::reconciled(Ok(&events));
+        if events.is_empty() {
+            return;
+        }
+        // In slices, so that a large snapshot never exceeds the pipeline's bound.
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let slice: Vec<_> = events.by_ref().take(256).collect();
+            let count = slice.len();
+            if let Err(error) = self
+                .pipeline
+                .submit(slice, Source::Reconciled, Instant::now())
+                .await
+            {
+                tracing::error!(error = %error, count, "reconciled events refused by the pipeline");
             }
         }
     }

@@ -146,7 +146,12 @@ fn a_refused_token_stops_the_bridge_at_once() {
 fn the_bridge_reconnects_after_every_drop_and_loses_nothing_sent() {
     let port = free_port();
     let mut fishjam = simulator(port, 100, 100);
-    let bridge = BridgeProcess::start(&notifier_config(port, TOKEN));
+    // Each simulator process is a Fishjam that restarted empty: without this,
+    // the bridge would rightly publish the old rooms' deletion after each
+    // reconnect. This test is about what the socket delivers.
+    let bridge = BridgeProcess::start(
+        &notifier_config(port, TOKEN).replace("[notifier]\n", "[notifier]\nreconcile = false\n"),
+    );
     let mut wanted = Vec::new();
     for round in 0..5u64 {
         wanted.extend(scenario(100 + round, 100));
@@ -248,4 +253,214 @@ fn fishjam_down_at_start_up_then_up() {
     assert!(by_key(&delivered(&bridge)) == by_key(&scenario(97, 60)));
     let _ = fishjam.kill();
     let _ = fishjam.wait();
+}
+
+/// The simulated Fishjam's REST API, as a backend calls it.
+struct Rest {
+    base: String,
+    token: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Rest {
+    fn new(port: u16) -> Rest {
+        Rest {
+            base: format!("http://127.0.0.1:{port}"),
+            token: TOKEN.to_owned(),
+            client: reqwest::blocking::Client::new(),
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().unwrap();
+        let status = response.status();
+        let text = response.text().unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    fn create_room(&self) -> String {
+        let created = self.call(reqwest::Method::POST, "/room", Some(serde_json::json!({})));
+        created["data"]["room"]["id"].as_str().unwrap().to_owned()
+    }
+
+    fn add_peer(&self, room: &str) -> String {
+        let body = serde_json::json!({"type": "webrtc", "options": {}});
+        let created = self.call(
+            reqwest::Method::POST,
+            &format!("/room/{room}/peer"),
+            Some(body),
+        );
+        created["data"]["peer"]["id"].as_str().unwrap().to_owned()
+    }
+
+    fn post(&self, path: &str) {
+        self.call(reqwest::Method::POST, path, None);
+    }
+}
+
+/// (type, room id, peer id) of each event.
+fn summary(events: &[Value]) -> Vec<(String, String, Option<String>)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["data"]["roomId"].as_str().unwrap().to_owned(),
+                e["data"]["peerId"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn changes_during_a_gap_are_published_as_reconciled_events() {
+    let port = free_port();
+    let _fishjam = simulator(port, 1, 0);
+    let bridge = BridgeProcess::start(&notifier_config(port, TOKEN));
+    let fishjam = Rest::new(port);
+    let a = fishjam.create_room();
+    let b = fishjam.create_room();
+    let peer = fishjam.add_peer(&a);
+    wait_until("the three notifications", || delivered(&bridge).len() >= 3);
+
+    fishjam.post("/simulator/notifier/down");
+    wait_until("the bridge losing the notifier", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_notifier_disconnects_total", &[])
+            >= 1.0
+    });
+    // Changes nobody hears about.
+    let c = fishjam.create_room();
+    fishjam.post(&format!("/simulator/room/{a}/peer/{peer}/connect"));
+    fishjam.call(reqwest::Method::DELETE, &format!("/room/{b}"), None);
+    fishjam.post("/simulator/notifier/up");
+
+    wait_until("the reconciled events", || delivered(&bridge).len() >= 6);
+    let events = delivered(&bridge);
+    let heard: Vec<_> = events
+        .iter()
+        .filter(|e| e["source"] == "notifier")
+        .cloned()
+        .collect();
+    let reconciled: Vec<_> = events
+        .iter()
+        .filter(|e| e["source"] == "reconciled")
+        .cloned()
+        .collect();
+    let own = |t: &str, room: &str, peer: Option<&str>| {
+        (t.to_owned(), room.to_owned(), peer.map(str::to_owned))
+    };
+    // Rooms publish on parallel lanes: order holds within a room only.
+    let room_a: Vec<_> = summary(&heard).into_iter().filter(|e| e.1 == a).collect();
+    assert_eq!(
+        room_a,
+        [
+            own("roomCreated", &a, None),
+            own("peerAdded", &a, Some(&peer))
+        ]
+    );
+    assert!(summary(&heard).contains(&own("roomCreated", &b, None)));
+    assert_eq!(heard.len(), 3);
+    let mut got = summary(&reconciled);
+    got.sort();
+    let mut wanted = vec![
+        own("peerConnected", &a, Some(&peer)),
+        own("roomCreated", &c, None),
+        own("roomDeleted", &b, None),
+    ];
+    wanted.sort();
+    assert_eq!(got, wanted, "exactly the changes made during the gap");
+    let connected = reconciled
+        .iter()
+        .find(|e| e["type"] == "peerConnected")
+        .unwrap();
+    assert_eq!(connected["data"]["peerType"], "webrtc");
+    let metrics = bridge.metrics();
+    assert_eq!(
+        metrics.sum("fishjam_bridge_reconciled_events_total", &[]),
+        3.0
+    );
+    assert_eq!(
+        metrics.sum("fishjam_bridge_reconciliations_total", &[("result", "ok")]),
+        2.0,
+        "at start-up (learning) and after the reconnect"
+    );
+    assert_eq!(
+        metrics.sum("fishjam_bridge_notifier_gap_seconds_count", &[]),
+        2.0
+    );
+    // Nothing more arrives: the socket did not replay, and what the
+    // reconciliation published is what the bridge knows.
+    assert_eq!(delivered(&bridge).len(), 6);
+}
+
+#[test]
+fn a_token_revoked_while_running_is_retried_at_the_cap_never_spun() {
+    let port = free_port();
+    let _fishjam = simulator(port, 1, 0);
+    let bridge = BridgeProcess::start(&notifier_config(port, TOKEN));
+    let mut fishjam = Rest::new(port);
+    let client = reqwest::blocking::Client::new();
+    let replace = |with: &str, token: &str| {
+        let response = client
+            .put(format!(
+                "http://127.0.0.1:{port}/simulator/management-token"
+            ))
+            .bearer_auth(with)
+            .body(token.to_owned())
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 204);
+    };
+    replace(TOKEN, "the-new-token");
+    let revoked = Instant::now();
+    let refusals = || {
+        bridge.metrics().sum(
+            "fishjam_bridge_notifier_disconnects_total",
+            &[("reason", "auth_rejected")],
+        )
+    };
+    wait_until("three refusals", || refusals() >= 3.0);
+    assert!(!bridge.is_ready(), "a refused notifier is not ready");
+    // Each refusal waits the cap (backoff_max = 500ms) before trying again:
+    // a client that spun would have tried hundreds of times by now.
+    let attempts = refusals();
+    let allowed = revoked.elapsed().as_secs_f64() / 0.5 + 1.0;
+    assert!(
+        attempts <= allowed,
+        "{attempts} attempts, at most {allowed}"
+    );
+    let logged = bridge
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| {
+            l["level"] == "ERROR"
+                && l["message"] == "notifier authentication refused; check fishjam.management_token"
+        })
+        .count();
+    assert!(logged >= 3, "each refusal is logged as an error");
+
+    // The token is restored: the bridge gets back in by itself.
+    replace("the-new-token", TOKEN);
+    fishjam.token = TOKEN.to_owned();
+    wait_until("the bridge ready again", || bridge.is_ready());
+    let room = fishjam.create_room();
+    wait_until("a notification after the restore", || {
+        delivered(&bridge)
+            .iter()
+            .any(|e| e["data"]["roomId"] == room.as_str())
+    });
 }

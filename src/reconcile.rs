@@ -1,0 +1,244 @@
+//! Gap reconciliation: what changed in Fishjam while the notifier was not
+//! listening. Fishjam does not replay notifications missed while the socket
+//! was down, so after a reconnect the bridge reads the rooms from Fishjam's
+//! REST API and compares them with what it knows from the events it
+//! published; each difference becomes an event with source `reconciled`.
+//!
+//! Pure: no IO. The order follows a room's life: a new room is created, then
+//! its peers added and connected; in a known room, peers that left are
+//! disconnected and deleted before new ones are added; a room that vanished
+//! is deleted (its peers with it, as Fishjam's own `roomDeleted` implies).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::activity::{KnownPeer, KnownRooms};
+use crate::event::{new_event_id, Data, Event, EventType, PeerData, RoomData, Source};
+use crate::fishjam::FishjamRoom;
+
+/// The events that bring `known` to what `fishjam` says, in order.
+pub fn differences(
+    known: &KnownRooms,
+    fishjam: &[FishjamRoom],
+    fishjam_id: &Arc<str>,
+    now: SystemTime,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut push = |event_type: EventType, data: Data| {
+        out.push(Event {
+            id: new_event_id(now),
+            event_type,
+            source: Source::Reconciled,
+            received_at: now,
+            fishjam_id: fishjam_id.clone(),
+            data,
+            unmapped_enums: Vec::new(),
+        })
+    };
+    let room = |room_id: &str| {
+        Data::Room(RoomData {
+            room_id: room_id.to_owned(),
+        })
+    };
+    let peer = |room_id: &str, peer_id: &str, peer_type: &'static str| {
+        Data::Peer(PeerData {
+            room_id: room_id.to_owned(),
+            peer_id: peer_id.to_owned(),
+            peer_type: Some(peer_type),
+        })
+    };
+    let mut present: BTreeMap<&str, &FishjamRoom> = BTreeMap::new();
+    for fishjam_room in fishjam {
+        present.insert(&fishjam_room.id, fishjam_room);
+    }
+    for (room_id, fishjam_room) in &present {
+        let empty = BTreeMap::new();
+        let known_peers = match known.get(*room_id) {
+            Some(peers) => peers,
+            None => {
+                push(EventType::RoomCreated, room(room_id));
+                &empty
+            }
+        };
+        let now_peers: BTreeMap<&str, KnownPeer> = fishjam_room
+            .peers
+            .iter()
+            .map(|p| (p.id.as_str(), known_peer(p)))
+            .collect();
+        for (peer_id, was) in known_peers {
+            if now_peers.contains_key(peer_id.as_str()) {
+                continue;
+            }
+            if was.connected {
+                push(
+                    EventType::PeerDisconnected,
+                    peer(room_id, peer_id, was.peer_type),
+                );
+            }
+            push(
+                EventType::PeerDeleted,
+                peer(room_id, peer_id, was.peer_type),
+            );
+        }
+        for (peer_id, is) in &now_peers {
+            let was = known_peers.get(*peer_id);
+            if was.is_none() {
+                push(EventType::PeerAdded, peer(room_id, peer_id, is.peer_type));
+            }
+            let was_connected = was.is_some_and(|w| w.connected);
+            if is.connected && !was_connected {
+                push(
+                    EventType::PeerConnected,
+                    peer(room_id, peer_id, is.peer_type),
+                );
+            } else if !is.connected && was_connected {
+                push(
+                    EventType::PeerDisconnected,
+                    peer(room_id, peer_id, is.peer_type),
+                );
+            }
+        }
+    }
+    for room_id in known.keys() {
+        if !present.contains_key(room_id.as_str()) {
+            push(EventType::RoomDeleted, room(room_id));
+        }
+    }
+    out
+}
+
+/// Fishjam's rooms as the bridge keeps what it knows.
+pub fn known_from(fishjam: &[FishjamRoom]) -> KnownRooms {
+    fishjam
+        .iter()
+        .map(|room| {
+            let peers = room
+                .peers
+                .iter()
+                .map(|p| (p.id.clone(), known_peer(p)))
+                .collect();
+            (room.id.clone(), peers)
+        })
+        .collect()
+}
+
+fn known_peer(peer: &crate::fishjam::FishjamPeer) -> KnownPeer {
+    KnownPeer {
+        peer_type: peer_type(peer.peer_type.as_deref()),
+        connected: peer.status.as_deref() == Some("connected"),
+    }
+}
+
+/// The REST API's peer type, as the events name it.
+fn peer_type(name: Option<&str>) -> &'static str {
+    match name {
+        Some("webrtc") => "webrtc",
+        Some("agent") => "agent",
+        Some("vapi") => "vapi",
+        _ => "unspecified",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fishjam::FishjamPeer;
+
+    fn known(rooms: &[(&str, &[(&str, bool)])]) -> KnownRooms {
+        rooms
+            .iter()
+            .map(|(room, peers)| {
+                let peers = peers
+                    .iter()
+                    .map(|(id, connected)| {
+                        let peer = KnownPeer {
+                            peer_type: "webrtc",
+                            connected: *connected,
+                        };
+                        (id.to_string(), peer)
+                    })
+                    .collect();
+                (room.to_string(), peers)
+            })
+            .collect()
+    }
+
+    fn fishjam(rooms: &[(&str, &[(&str, bool)])]) -> Vec<FishjamRoom> {
+        rooms
+            .iter()
+            .map(|(room, peers)| FishjamRoom {
+                id: room.to_string(),
+                peers: peers
+                    .iter()
+                    .map(|(id, connected)| FishjamPeer {
+                        id: id.to_string(),
+                        peer_type: Some("webrtc".to_owned()),
+                        status: Some(
+                            if *connected {
+                                "connected"
+                            } else {
+                                "disconnected"
+                            }
+                            .to_owned(),
+                        ),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn names(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                let peer = e
+                    .data
+                    .peer_id()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {}{peer}",
+                    e.event_type.as_str(),
+                    e.data.room_id().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_change_becomes_one_reconciled_event() {
+        let before = known(&[
+            ("a", &[("p1", false), ("p2", true), ("p3", true)]),
+            ("b", &[("p4", true)]),
+        ]);
+        let after = fishjam(&[
+            // p1 connected, p2 left, p3 unchanged, p5 joined.
+            ("a", &[("p1", true), ("p3", true), ("p5", true)]),
+            ("c", &[("p6", false)]),
+        ]);
+        let id: Arc<str> = Arc::from("f");
+        let events = differences(&before, &after, &id, SystemTime::now());
+        assert_eq!(
+            names(&events),
+            [
+                "peerDisconnected a p2",
+                "peerDeleted a p2",
+                "peerConnected a p1",
+                "peerAdded a p5",
+                "peerConnected a p5",
+                "roomCreated c",
+                "peerAdded c p6",
+                "roomDeleted b",
+            ]
+        );
+        assert!(events.iter().all(|e| e.source == Source::Reconciled));
+    }
+
+    #[test]
+    fn no_change_no_event() {
+        let same = [("a", &[("p1", true)][..])];
+        let id: Arc<str> = Arc::from("f");
+        assert!(differences(&known(&same), &fishjam(&same), &id, SystemTime::now()).is_empty());
+    }
+}
