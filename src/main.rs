@@ -140,6 +140,16 @@ struct SimulateArgs {
     /// nothing more (a half-open connection, for testing clients).
     #[arg(long)]
     go_silent_after: Option<u64>,
+    /// Close every notifier connection this long after it subscribed (e.g.
+    /// 3s), for testing clients' reconnects.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drop_every: Option<Duration>,
+    /// Serve https and wss with this certificate chain (PEM); with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Interval of the notifier's WebSocket pings.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     ping_interval: Duration,
@@ -329,6 +339,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         ping_interval: args.ping_interval,
         wait_for_subscribers: args.wait_for_subscribers,
         go_silent_after: args.go_silent_after,
+        drop_every: args.drop_every,
+        tls: args.tls_cert.zip(args.tls_key),
     };
     let server = match options.listen {
         Some(listen) => {

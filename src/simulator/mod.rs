@@ -49,6 +49,10 @@ pub struct SimulateOptions {
     /// After forwarding this many notifications, a notifier connection stays
     /// open but sends and reads nothing more (a half-open connection).
     pub go_silent_after: Option<u64>,
+    /// Close every notifier connection this long after it subscribed.
+    pub drop_every: Option<Duration>,
+    /// Serve https and wss with this certificate chain and key (PEM files).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for SimulateOptions {
@@ -66,6 +70,8 @@ impl Default for SimulateOptions {
             ping_interval: Duration::from_secs(30),
             wait_for_subscribers: 0,
             go_silent_after: None,
+            drop_every: None,
+            tls: None,
         }
     }
 }
@@ -118,9 +124,15 @@ pub async fn serve(
         token.clone(),
         options.ping_interval,
         options.go_silent_after,
+        options.drop_every,
     );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let tls = options
+        .tls
+        .as_ref()
+        .map(|(cert, key)| tls_acceptor(cert, key))
+        .transpose()?;
     let secret = options
         .webhook_secret
         .clone()
@@ -132,14 +144,79 @@ pub async fn serve(
     let app = tower::Layer::layer(&tower::util::MapRequestLayer::new(collapse_slashes), router);
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let served = match tls {
+            Some(acceptor) => {
+                axum::serve(
+                    TlsListener {
+                        tcp: listener,
+                        acceptor,
+                    },
+                    app,
+                )
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        };
         if let Err(error) = served {
             tracing::error!(error = %error, "simulator listener failed");
         }
     });
     Ok(Server { addr, rest, hub })
+}
+
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not PEM certificates", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The simulator's listener with TLS: each accepted connection is handed on
+/// once its handshake is done; a failed handshake is dropped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            match self.acceptor.accept(tcp).await {
+                Ok(tls) => return (tls, addr),
+                Err(error) => tracing::debug!(%addr, error = %error, "TLS handshake failed"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
 }
 
 fn collapse_slashes(mut request: axum::extract::Request) -> axum::extract::Request {

@@ -9,6 +9,7 @@
 //! closes the socket with 1003 `operation not allowed`. The server pings on
 //! an interval, as Fishjam does every 30 s.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,19 @@ struct Hub {
     /// Bumped when the token is replaced: open sessions end, as a revoked
     /// token's would.
     revocations: watch::Sender<u64>,
+    /// Each session is closed this long after it subscribed.
+    drop_every: Option<Duration>,
+    /// Notifications written to subscribed sockets, over all sessions.
+    forwarded: AtomicU64,
+    /// Sessions that subscribed.
+    sessions: AtomicU64,
+}
+
+/// What the notifier has done so far (`GET /simulator/stats`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct HubStats {
+    pub forwarded: u64,
+    pub sessions: u64,
 }
 
 impl NotifierHub {
@@ -58,6 +72,7 @@ impl NotifierHub {
         token: ManagementToken,
         ping_interval: Duration,
         silent_after: Option<u64>,
+        drop_every: Option<Duration>,
     ) -> NotifierHub {
         let (frames, _) = broadcast::channel(65_536);
         NotifierHub {
@@ -69,6 +84,9 @@ impl NotifierHub {
                 silent_after,
                 down: watch::Sender::new(false),
                 revocations: watch::Sender::new(0),
+                drop_every,
+                forwarded: AtomicU64::new(0),
+                sessions: AtomicU64::new(0),
             }),
         }
     }
@@ -89,6 +107,13 @@ impl NotifierHub {
     /// brings it back.
     pub fn set_down(&self, down: bool) {
         self.inner.down.send_replace(down);
+    }
+
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            forwarded: self.inner.forwarded.load(Ordering::SeqCst),
+            sessions: self.inner.sessions.load(Ordering::SeqCst),
+        }
     }
 
     /// Ends every open session: the token they authenticated with is gone.
@@ -169,6 +194,7 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
     let mut down = hub.inner.down.subscribe();
     let mut revocations = hub.inner.revocations.subscribe();
     revocations.mark_unchanged();
+    let mut drop_at: Option<tokio::time::Instant> = None;
     let result = loop {
         if hub
             .inner
@@ -190,6 +216,10 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
                             if frames.is_none() {
                                 frames = Some(hub.inner.frames.subscribe());
                                 hub.inner.subscribers.send_modify(|n| *n += 1);
+                                hub.inner.sessions.fetch_add(1, Ordering::SeqCst);
+                                if let Some(after) = hub.inner.drop_every {
+                                    drop_at = Some(tokio::time::Instant::now() + after);
+                                }
                             }
                             let response = encode(Content::SubscribeResponse(sm::SubscribeResponse {
                                 event_type: request.event_type,
@@ -211,6 +241,7 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
                         break Ok(());
                     }
                     forwarded += 1;
+                    hub.inner.forwarded.fetch_add(1, Ordering::SeqCst);
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "notifier client too slow; closing it");
@@ -231,12 +262,23 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
             _ = revocations.changed() => {
                 break tx.send(close(1008, "management token revoked")).await;
             }
+            _ = sleep_until(drop_at) => {
+                // A graceful close: every frame written before it arrives.
+                break tx.send(close(1001, "going away")).await;
+            }
         }
     };
     if frames.is_some() {
         hub.inner.subscribers.send_modify(|n| *n -= 1);
     }
     drop(result);
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_frame(

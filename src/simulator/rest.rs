@@ -14,8 +14,9 @@
 //! Under `/simulator/` are the simulator's own controls: a client joining or
 //! leaving with its peer token (`POST /simulator/room/{room_id}/peer/{peer_id}/connect`
 //! and `.../disconnect`: `peerConnected`, `peerDisconnected`), a notifier
-//! outage (`POST /simulator/notifier/down` and `.../up`) and a revoked token
-//! (`PUT /simulator/management-token`).
+//! outage (`POST /simulator/notifier/down` and `.../up`), a revoked token
+//! (`PUT /simulator/management-token`), and what the notifier sent
+//! (`GET /simulator/stats`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -226,6 +227,7 @@ impl RestApi {
                 post(peer_action),
             )
             .route("/simulator/notifier/{state}", post(notifier_state))
+            .route("/simulator/stats", get(stats))
             .route(
                 "/simulator/management-token",
                 axum::routing::put(replace_token),
@@ -664,6 +666,12 @@ async fn notifier_state(
         _ => return error(StatusCode::NOT_FOUND, format!("No state {state:?}")),
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /simulator/stats`: notifications written to notifier sockets and
+/// sessions subscribed so far.
+async fn stats(State(api): State<RestApi>) -> Response {
+    Json(api.inner.hub.stats()).into_response()
 }
 
 /// `PUT /simulator/management-token` with the new token as the body: the old
