@@ -144,6 +144,11 @@ pub struct NotifierConfig {
     /// reconciled events; otherwise they are only learned, silently.
     #[serde(default)]
     pub reconcile_at_start: bool,
+    /// PEM file of CA certificates trusted, beside the platform's roots, for
+    /// a self-hosted Fishjam's https and wss (the notifier, the credential
+    /// check and the reconciliation).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// With both sources on, how notifications delivered both ways are matched.
@@ -371,6 +376,11 @@ impl Config {
         }
         if self.pipeline.max_in_flight_events == 0 {
             problems.push("pipeline.max_in_flight_events must be at least 1".to_owned());
+        }
+        if let Some(path) = &self.notifier.ca_file {
+            if let Err(problem) = crate::tls::ExtraRoots::load(path) {
+                problems.push(format!("notifier.ca_file: {problem}"));
+            }
         }
         if self.pipeline.lanes == 0 {
             problems.push("pipeline.lanes must be at least 1".to_owned());

@@ -11,6 +11,35 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+/// A client for Fishjam's REST API: built once, since building one loads
+/// the platform's root certificates.
+pub fn rest_client(
+    timeout: Duration,
+    extra_roots: Option<&crate::tls::ExtraRoots>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(roots) = extra_roots {
+        for certificate in roots.reqwest()? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// An error with its causes: reqwest's own message leaves out why a
+/// request failed (a refused certificate, a reset connection).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// The REST base URL for a fishjam id.
 pub fn base_url(fishjam_id: &str) -> Result<String, String> {
     let id = fishjam_id.trim();
@@ -60,9 +89,9 @@ pub enum CredentialError {
 /// Asks `GET <base>/validate` whether `token` is valid for `fishjam_id`, as
 /// the SDKs' `FishjamClient.create` does. 401, 403 and 404 mean refused.
 pub async fn check_credentials(
+    client: &reqwest::Client,
     fishjam_id: &str,
     token: &str,
-    timeout: Duration,
 ) -> Result<(), CredentialError> {
     let url = format!(
         "{}/validate",
@@ -75,10 +104,6 @@ pub async fn check_credentials(
         url: url.clone(),
         reason,
     };
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| unreachable(e.to_string()))?;
     let response = client
         .get(&url)
         .bearer_auth(token)
@@ -88,7 +113,7 @@ pub async fn check_credentials(
         )
         .send()
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(with_causes(&e)))?;
     match response.status() {
         status if status.is_success() => Ok(()),
         status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
@@ -127,15 +152,11 @@ struct RoomsListing {
 
 /// Reads every room and its peers from `GET <base>/room`.
 pub async fn list_rooms(
+    client: &reqwest::Client,
     fishjam_id: &str,
     token: &str,
-    timeout: Duration,
 ) -> Result<Vec<FishjamRoom>, String> {
     let url = format!("{}/room", base_url(fishjam_id)?);
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| e.to_string())?;
     let response = client
         .get(&url)
         .bearer_auth(token)
@@ -145,7 +166,7 @@ pub async fn list_rooms(
         )
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| format!("GET {url}: {}", with_causes(&e)))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("GET {url}: status {status}"));

@@ -25,6 +25,7 @@ pub mod sinks;
 pub mod sources;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -197,6 +198,13 @@ pub async fn start(
         None
     };
     if config.notifier.enabled {
+        let extra_roots = config
+            .notifier
+            .ca_file
+            .as_deref()
+            .map(tls::ExtraRoots::load)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("notifier.ca_file: {e}"))?;
         let source = sources::notifier::NotifierSource {
             url: fishjam::notifier_url(&config.fishjam.id).map_err(anyhow::Error::msg)?,
             token: config
@@ -209,6 +217,13 @@ pub async fn start(
             pipeline: pipeline.clone(),
             readiness: readiness.clone(),
             fatal: fatal.clone(),
+            rest: fishjam::rest_client(config.notifier.connect_timeout, extra_roots.as_ref())
+                .map_err(anyhow::Error::msg)?,
+            tls: extra_roots
+                .as_ref()
+                .map(tls::ExtraRoots::rustls)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
         };
         if config.notifier.required_for_readiness {
             readiness.register(sources::notifier::CHECK);

@@ -75,6 +75,10 @@ pub struct NotifierSource {
     pub readiness: Readiness,
     /// Where a refused credential check is reported.
     pub fatal: crate::Fatal,
+    /// For the credential check and the reconciliation.
+    pub rest: reqwest::Client,
+    /// With `notifier.ca_file`: the TLS configuration that trusts it.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl NotifierSource {
@@ -139,9 +143,9 @@ impl NotifierSource {
         let mut retry = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         loop {
             let checked = crate::fishjam::check_credentials(
+                &self.rest,
                 &self.fishjam_id,
                 self.token.expose(),
-                self.config.connect_timeout,
             )
             .await;
             match checked {
@@ -166,7 +170,13 @@ impl NotifierSource {
         let config = WebSocketConfig::default()
             .max_message_size(Some(self.config.max_frame_bytes))
             .max_frame_size(Some(self.config.max_frame_bytes));
-        let connect = tokio_tungstenite::connect_async_with_config(&self.url, Some(config), true);
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            &self.url,
+            Some(config),
+            true,
+            connector,
+        );
         let (mut socket, _) = tokio::time::timeout(self.config.connect_timeout, connect)
             .await
             .map_err(|_| SessionError::Connect("timed out".to_owned()))?
@@ -268,12 +278,8 @@ impl NotifierSource {
     /// differences as reconciled events. At start-up the rooms are only
     /// learned, unless `reconcile_at_start` asks for events.
     async fn reconcile(&self, at_start: bool) {
-        let rooms = crate::fishjam::list_rooms(
-            &self.fishjam_id,
-            self.token.expose(),
-            self.config.connect_timeout,
-        )
-        .await;
+        let rooms =
+            crate::fishjam::list_rooms(&self.rest, &self.fishjam_id, self.token.expose()).await;
         let rooms = match rooms {
             Ok(rooms) => rooms,
             Err(error) => return telemetry::reconciled(Err(&error)),
