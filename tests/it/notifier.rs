@@ -33,13 +33,21 @@ pub fn simulator(port: u16, seed: u64, count: usize) -> Killed {
 
 /// The same, with more `simulate` arguments.
 fn simulator_with(port: u16, seed: u64, count: usize, extra: &[&str]) -> Killed {
+    let (seed, count) = (seed.to_string(), count.to_string());
+    let mut args = vec!["--rate", "0", "--seed", &seed, "--count", &count];
+    args.extend_from_slice(extra);
+    simulate(port, &args, Stdio::null())
+}
+
+/// `simulate` serving on `port` with `TOKEN`, six rooms, holding its play
+/// until a client subscribed; `args` says the rest.
+fn simulate(port: u16, args: &[&str], stdout: Stdio) -> Killed {
     let child = Command::new(BIN)
         .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--management-token", TOKEN, "--wait-for-subscribers", "1"])
-        .args(["--rate", "0", "--rooms", "6"])
-        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
-        .args(extra)
-        .stdout(Stdio::null())
+        .args(["--rooms", "6"])
+        .args(args)
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -48,6 +56,32 @@ fn simulator_with(port: u16, seed: u64, count: usize, extra: &[&str]) -> Killed 
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     child
+}
+
+/// Reads the simulator's closing report (one JSON line on stdout): the play
+/// is over and every webhook was answered.
+fn play_report(fishjam: &mut Killed) -> Value {
+    use std::io::BufRead;
+    let stdout = fishjam.0.stdout.as_mut().expect("stdout is piped");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Every room's events appear in `stored` in the order `wanted` has them,
+/// with none invented; some may be missing.
+fn in_order_within_rooms(wanted: &ByKey, stored: &ByKey) {
+    for (key, events) in stored {
+        let mut expected = wanted[key].iter();
+        for event in events {
+            assert!(
+                expected.any(|e| e == event),
+                "room {key}: {event:?} is out of order or unknown"
+            );
+        }
+    }
 }
 
 pub fn notifier_config(port: u16, token: &str) -> String {
@@ -228,7 +262,12 @@ fn a_half_open_connection_is_found_within_the_idle_timeout() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(delivered(&bridge).len(), 50, "what came before the silence");
+    // After the reconnect, the reconciliation may add what the silence hid.
+    let heard = delivered(&bridge)
+        .into_iter()
+        .filter(|e| e["source"] == "notifier")
+        .count();
+    assert_eq!(heard, 50, "what came before the silence");
     let _ = fishjam.kill();
     let _ = fishjam.wait();
 }
@@ -463,4 +502,280 @@ fn a_token_revoked_while_running_is_retried_at_the_cap_never_spun() {
             .iter()
             .any(|e| e["data"]["roomId"] == room.as_str())
     });
+}
+
+#[test]
+fn dropped_every_few_seconds_for_a_minute_the_bridge_reconnects_each_time_and_loses_nothing_sent() {
+    let port = free_port();
+    let mut fishjam = simulate(
+        port,
+        &[
+            "--seed",
+            "7",
+            "--rate",
+            "50",
+            "--duration",
+            "60s",
+            "--drop-every",
+            "4s",
+        ],
+        Stdio::piped(),
+    );
+    // A session that lasted 3 s resets the backoff: each reconnect is a
+    // first attempt, at most backoff_initial (50 ms) away.
+    let bridge = BridgeProcess::start(
+        &notifier_config(port, TOKEN)
+            .replace("[notifier]\n", "[notifier]\nstable_after = \"3s\"\n"),
+    );
+    let report = play_report(&mut fishjam);
+    assert!(
+        report["notifications"].as_u64().unwrap() >= 2500,
+        "{report}"
+    );
+    let stats: Value = serde_json::from_str(
+        &reqwest::blocking::get(format!("http://127.0.0.1:{port}/simulator/stats"))
+            .unwrap()
+            .text()
+            .unwrap(),
+    )
+    .unwrap();
+    let forwarded = stats["forwarded"].as_u64().unwrap() as usize;
+    let sessions = stats["sessions"].as_f64().unwrap();
+    // The play is over; stop the simulator so that no session starts after
+    // the count was read (one may have started in between).
+    let _ = fishjam.0.kill();
+    let _ = fishjam.0.wait();
+    let heard = || -> Vec<Value> {
+        delivered(&bridge)
+            .into_iter()
+            .filter(|e| e["source"] == "notifier")
+            .collect()
+    };
+    wait_until("every notification written to the bridge's sockets", || {
+        heard().len() >= forwarded
+    });
+    let heard = heard();
+    assert_eq!(
+        heard.len(),
+        forwarded,
+        "each notification sent while connected, once"
+    );
+    let played = scenario(7, report["notifications"].as_u64().unwrap() as usize);
+    in_order_within_rooms(&by_key(&played), &by_key(&heard));
+
+    assert!(sessions >= 14.0, "dropped every 4 s for a minute: {stats}");
+    let metrics = bridge.metrics();
+    let connects = metrics.sum("fishjam_bridge_notifier_connects_total", &[]);
+    assert!(
+        connects == sessions || connects == sessions + 1.0,
+        "{connects} connects, {sessions} sessions"
+    );
+    assert!(
+        metrics.sum(
+            "fishjam_bridge_notifier_disconnects_total",
+            &[("reason", "closed_by_server")]
+        ) >= sessions - 1.0
+    );
+    let logs = bridge.logs.lock().unwrap();
+    // Once the simulator is stopped, connection refusals back off as usual.
+    let reconnects: Vec<&Value> = logs
+        .iter()
+        .filter(|l| l["message"] == "notifier disconnected; reconnecting")
+        .filter(|l| {
+            l["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("Fishjam closed the connection"))
+        })
+        .collect();
+    assert!(reconnects.len() as f64 >= sessions - 1.0);
+    for line in reconnects {
+        assert_eq!(line["attempt"], 1, "the backoff was reset: {line}");
+        assert!(
+            line["delay_ms"].as_u64().unwrap() <= 50,
+            "full jitter under the first delay: {line}"
+        );
+    }
+}
+
+#[test]
+fn webhooks_cover_a_notifier_outage_and_nothing_is_missing() {
+    let fishjam_port = free_port();
+    let webhook_port = free_port();
+    let webhook_url = format!("http://127.0.0.1:{webhook_port}/webhook");
+    let mut fishjam = simulate(
+        fishjam_port,
+        &[
+            "--seed",
+            "93",
+            "--rate",
+            "300",
+            "--count",
+            "1200",
+            "--webhook-url",
+            &webhook_url,
+            "--retries",
+            "20",
+        ],
+        Stdio::piped(),
+    );
+    let text = notifier_config(fishjam_port, TOKEN).replace(
+        "listen = \"127.0.0.1:0\"\nack_timeout",
+        &format!("listen = \"127.0.0.1:{webhook_port}\"\nack_timeout"),
+    );
+    let bridge = BridgeProcess::start(&text);
+    let outside = Rest::new(fishjam_port);
+    wait_until("some notifications both ways", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_duplicates_dropped_total", &[])
+            >= 100.0
+    });
+    outside.post("/simulator/notifier/down");
+    let report = play_report(&mut fishjam);
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    // A webhook's copy of what the notifier delivered first is answered at
+    // once; the notifier's own may still be on its way to the sink.
+    wait_until("every notification", || delivered(&bridge).len() >= 1200);
+    let events = delivered(&bridge);
+    assert_eq!(events.len(), 1200, "each notification once");
+    assert!(
+        by_key(&events) == by_key(&scenario(93, 1200)),
+        "every room complete, in order"
+    );
+    assert!(
+        bridge.metrics().sum(
+            "fishjam_bridge_events_received_total",
+            &[("source", "notifier")]
+        ) < 1200.0,
+        "the notifier missed part of the play"
+    );
+
+    // Back up: the webhooks told the bridge everything, so the
+    // reconciliation finds nothing to add.
+    outside.post("/simulator/notifier/up");
+    wait_until("the reconciliation after the outage", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_reconciliations_total", &[("result", "ok")])
+            >= 2.0
+    });
+    assert_eq!(
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_reconciled_events_total", &[]),
+        0.0
+    );
+    assert_eq!(delivered(&bridge).len(), 1200);
+}
+
+/// A private CA and a certificate for 127.0.0.1 that it signed, made with
+/// openssl: (CA, certificate, key).
+fn private_ca(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bridge test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    ["ca.pem", "server.pem", "server.key"].map(|name| dir.join(name))
+}
+
+#[test]
+fn a_fishjam_behind_a_private_ca_is_trusted_through_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = private_ca(dir.path());
+    let port = free_port();
+    let _fishjam = simulator_with(
+        port,
+        61,
+        50,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let text = notifier_config(port, TOKEN).replace("http://127.0.0.1", "https://127.0.0.1");
+
+    // The platform's roots do not know the CA: never ready, and the logs
+    // say why.
+    let untrusting = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    wait_until("the refused certificate in the logs", || {
+        untrusting
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.to_string().contains("UnknownIssuer"))
+    });
+    assert!(!untrusting.is_ready());
+    drop(untrusting);
+
+    let trusting = text.replace(
+        "[notifier]\n",
+        &format!("[notifier]\nca_file = \"{}\"\n", ca.display()),
+    );
+    let bridge = BridgeProcess::start(&trusting);
+    wait_until("the play over wss", || delivered(&bridge).len() >= 50);
+    assert!(by_key(&delivered(&bridge)) == by_key(&scenario(61, 50)));
 }
