@@ -66,7 +66,7 @@ enum Command {
     },
     /// Act as Fishjam: serve the notifier WebSocket and the REST API for rooms and
     /// peers, and post webhooks; optionally play simulated room lifecycles.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Run the simulator into a bridge that prints events on stdout, until Ctrl-C.
     Demo {
         /// Stop after this long (e.g. 10s); default: until Ctrl-C.
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
         }
         Command::Simulate(args) => {
             telemetry::init_logging(LogFormat::Text, "info");
-            report(runtime().block_on(simulate(args)))
+            report(runtime().block_on(simulate(*args)))
         }
         Command::Demo {
             duration,
