@@ -103,7 +103,7 @@ impl StdoutSink {
             Output::File { file, len, fsync } => {
                 let mut result = write(file, &lines).await;
                 if result.is_ok() && *fsync {
-                    result = file.sync_data().await;
+                    result = synced(file.sync_data().await);
                 }
                 match result {
                     Ok(()) => *len += lines.len() as u64,
@@ -129,14 +129,40 @@ impl StdoutSink {
             Output::Stdout(stdout) => stdout.flush().await?,
             Output::File { file, .. } => {
                 file.flush().await?;
-                file.sync_all().await?;
+                synced(file.sync_all().await)?;
             }
         }
         Ok(())
     }
 }
 
+/// A device or pipe (`/dev/null`, a FIFO) cannot be synced, and has nothing
+/// to sync: EINVAL from fsync means exactly that.
+fn synced(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(error) if error.raw_os_error() == Some(22) => Ok(()),
+        other => other,
+    }
+}
+
 async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     writer.write_all(bytes).await?;
     writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_device_closes_cleanly_even_with_fsync() {
+        let sink = StdoutSink::connect_file(&FileConfig {
+            name: None,
+            path: PathBuf::from("/dev/null"),
+            fsync: true,
+        })
+        .await
+        .unwrap();
+        sink.close().await.unwrap();
+    }
 }
