@@ -108,7 +108,21 @@ pub enum LogFormat {
 /// stderr so that stdout stays free for the events of the stdout sink.
 pub fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level))
+        // Clients that trace what they send with the credentials in it: the
+        // notifier's first frame carries the management token, NATS's
+        // CONNECT the password. Never below debug for them.
+        .add_directive(
+            "tungstenite::protocol=debug"
+                .parse()
+                .expect("a valid directive"),
+        )
+        .add_directive(
+            "async_nats::connection=debug"
+                .parse()
+                .expect("a valid directive"),
+        );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
