@@ -8,5 +8,6 @@ mod nats;
 mod notifier;
 mod operations;
 mod sdk;
+mod secrets;
 mod support;
 mod webhook;

@@ -1,0 +1,135 @@
+//! Secrets never leave the bridge: with the management token, the webhook
+//! secret and broker passwords set to marker values, a bridge logging at
+//! trace level runs a whole session (credential check, notifier handshake,
+//! reconciliation, signed and badly signed webhooks, a broker that refuses
+//! its SASL login) and shuts down; neither its logs, its stdout, /metrics,
+//! /readyz nor `check-config` hold any of the markers.
+
+use std::process::{Command, Stdio};
+
+use crate::notifier::free_port;
+use crate::support::*;
+use crate::webhook::{post, room_created};
+
+const TOKEN: &str = "tok-MARKER-7f3a";
+const WEBHOOK_SECRET: &str = "whsec-MARKER-91c2";
+const NATS_PASSWORD: &str = "nats-MARKER-55d0";
+const KAFKA_PASSWORD: &str = "kafka-MARKER-0be4";
+const MARKERS: &[&str] = &[TOKEN, WEBHOOK_SECRET, NATS_PASSWORD, KAFKA_PASSWORD];
+
+fn assert_clean(what: &str, text: &str) {
+    for marker in MARKERS {
+        let leak = text.lines().find(|line| line.contains(marker));
+        assert!(leak.is_none(), "{what} holds a secret ({marker}): {leak:?}");
+    }
+    // The markers' distinctive part, in case a secret is cut or quoted.
+    assert!(!text.contains("MARKER"), "{what} holds part of a secret");
+}
+
+#[test]
+fn no_secret_reaches_logs_metrics_or_check_config() {
+    let port = free_port();
+    let _fishjam = Killed(
+        Command::new(BIN)
+            .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--management-token", TOKEN, "--count", "20", "--rate", "0"])
+            .args(["--wait-for-subscribers", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the simulator listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let text = config(&format!(
+        "[notifier]\nenabled = true\n[pipeline]\ndrain_timeout = \"1s\"\n\
+         [[sinks]]\ntype = \"file\"\npath = \"{{dir}}/events.jsonl\"\n\
+         [[sinks]]\ntype = \"nats\"\nuser = \"bridge\"\npassword = \"{NATS_PASSWORD}\"\n\
+         subject = \"secrets-{n}.{{key}}\"\n\
+         [[sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"secrets\"\n\
+         security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n\
+         sasl_username = \"bridge\"\nsasl_password = \"{KAFKA_PASSWORD}\"\n",
+        kafka.bootstrap_servers(),
+        n = rand::random::<u32>()
+    ))
+    .replace(
+        "id = \"test-fishjam\"",
+        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"{TOKEN}\""),
+    )
+    .replace(
+        "[webhook]\n",
+        &format!("[webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n"),
+    )
+    .replace("level = \"info\"", "level = \"trace\"")
+    .replace("ack_timeout = \"2s\"", "ack_timeout = \"200ms\"");
+
+    let mut bridge = BridgeProcess::spawn(&text, Stdio::piped(), &[]);
+    wait_until("the notifier's events", || {
+        read_events(&bridge.dir().join("events.jsonl")).len() >= 20
+    });
+    // A badly signed webhook, a signed one (the Kafka sink never logs in, so
+    // it is answered 503), and the admin surfaces.
+    let url = bridge.webhook_url();
+    assert_eq!(
+        post(&url, room_created("x"), Some("not-the-secret")).status(),
+        401
+    );
+    assert_eq!(
+        post(&url, room_created("y"), Some(WEBHOOK_SECRET)).status(),
+        503
+    );
+    let metrics = reqwest::blocking::get(format!("http://{}/metrics", bridge.admin))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_clean("/metrics", &metrics);
+    let ready = reqwest::blocking::get(format!("http://{}/readyz", bridge.admin))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_clean("/readyz", &ready);
+
+    bridge.terminate();
+    let stdout = {
+        use std::io::Read;
+        let mut text = String::new();
+        bridge
+            .child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    };
+    assert_clean("stdout", &stdout);
+    let logs: Vec<String> = bridge
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|line| line.to_string())
+        .collect();
+    assert!(
+        logs.len() > 100,
+        "trace logging was on: {} lines",
+        logs.len()
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("notifier subscribed")),
+        "a whole notifier session ran"
+    );
+    assert_clean("the logs", &logs.join("\n"));
+
+    let path = bridge.dir().join("bridge.toml");
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_clean("check-config", &String::from_utf8_lossy(&output.stdout));
+    assert_clean("check-config", &String::from_utf8_lossy(&output.stderr));
+}
