@@ -67,6 +67,9 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
     if let Some(problem) = unsupported_content_type(&parts.headers) {
         return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem);
     }
+    if let Some(problem) = unsupported_encoding(&parts.headers) {
+        return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, &problem);
+    }
     if declared_length(&parts.headers).is_some_and(|len| len > state.max_body_bytes) {
         return too_large(state.max_body_bytes);
     }
@@ -174,6 +177,16 @@ fn unsupported_content_type(headers: &HeaderMap) -> Option<&'static str> {
         }
         _ => Some("content type must be application/x-protobuf"),
     }
+}
+
+/// Fishjam posts plain protobuf; a compressed body would fail to decode
+/// with a misleading reason, so it is refused by name.
+fn unsupported_encoding(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_ENCODING)?;
+    let encoding = value.to_str().unwrap_or("?").trim().to_ascii_lowercase();
+    (encoding != "identity" && !encoding.is_empty()).then(|| {
+        format!("content-encoding {encoding} is not supported; send the protobuf body as it is")
+    })
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<usize> {
