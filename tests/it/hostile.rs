@@ -1,0 +1,235 @@
+//! The webhook port faces the internet: a matrix of bad inputs against the
+//! real binary, each with its defined answer and metric, and afterwards the
+//! bridge still delivers, with what it had acknowledged before untouched.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use fishjam_bridge::proto::server_message as sm;
+use fishjam_bridge::proto::{Content, ServerMessage};
+use fishjam_bridge::signature;
+use prost::Message;
+
+use crate::support::*;
+use crate::webhook::room_created;
+
+const SECRET: &str = "whsec-hostile-1";
+const MAX_BODY: usize = 65_536;
+
+fn batch(notifications: Vec<ServerMessage>) -> Vec<u8> {
+    ServerMessage {
+        content: Some(Content::NotificationBatch(sm::NotificationBatch {
+            notifications,
+        })),
+    }
+    .encode_to_vec()
+}
+
+fn room(id: &str) -> ServerMessage {
+    ServerMessage {
+        content: Some(Content::RoomCreated(sm::RoomCreated {
+            room_id: id.to_owned(),
+        })),
+    }
+}
+
+/// Posts `body` signed (or with `signature` when given) and extra headers.
+fn send(
+    url: &str,
+    body: Vec<u8>,
+    signature: Option<String>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let signature = signature.unwrap_or_else(|| signature::sign(SECRET.as_bytes(), &body));
+    let mut request = reqwest::blocking::Client::new()
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .header(signature::HEADER, signature);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.body(body).send().expect("the bridge answers");
+    let status = response.status().as_u16();
+    (status, response.text().unwrap_or_default())
+}
+
+/// A request whose body arrives one byte at a time, far slower than
+/// `webhook.request_timeout`; returns the status line the bridge answers.
+fn slowloris(addr: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /webhook HTTP/1.1\r\nhost: bridge\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100\r\n\r\n"
+    )
+    .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        // The trickle is the attack, not a wait for anything.
+        for _ in 0..100 {
+            if writer.write_all(&[0x0a]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = [0u8; 64];
+    let n = stream.read(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn every_bad_input_gets_its_answer_and_the_bridge_keeps_delivering() {
+    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n")
+    .replace(
+        "[webhook]\n",
+        &format!(
+            "[webhook]\nsecret = \"{SECRET}\"\nmax_body_bytes = {MAX_BODY}\nrequest_timeout = \"1s\"\n"
+        ),
+    );
+    let mut bridge = BridgeProcess::start(&text);
+    let url = bridge.webhook_url();
+
+    // Acknowledged before the attack.
+    let before = room_created("before");
+    let before_signature = signature::sign(SECRET.as_bytes(), &before);
+    assert_eq!(send(&url, before.clone(), None, &[]).0, 200);
+
+    // Body problems.
+    assert_eq!(
+        send(&url, Vec::new(), None, &[]).0,
+        200,
+        "empty: nothing to publish"
+    );
+    let (status, reason) = send(
+        &url,
+        vec![0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02],
+        None,
+        &[("content-encoding", "gzip")],
+    );
+    assert_eq!(
+        (status, reason.contains("content-encoding gzip")),
+        (415, true),
+        "{reason}"
+    );
+    assert_eq!(
+        send(&url, vec![0x0a; MAX_BODY + 1], None, &[]).0,
+        413,
+        "one byte over"
+    );
+    assert_eq!(
+        send(&url, vec![0x0a; MAX_BODY], None, &[]).0,
+        400,
+        "at the limit, undecodable"
+    );
+    assert!(slowloris(bridge.webhook).starts_with("HTTP/1.1 408"));
+
+    // Protocol problems.
+    let many: Vec<ServerMessage> = (0..100_000).map(|_| room("")).collect();
+    let many = batch(many);
+    assert!(
+        many.len() <= MAX_BODY * 8,
+        "sent with the default body limit below"
+    );
+    let nested = batch(vec![
+        room("n1"),
+        ServerMessage {
+            content: Some(Content::NotificationBatch(sm::NotificationBatch {
+                notifications: vec![room("n2")],
+            })),
+        },
+    ]);
+    assert_eq!(
+        send(&url, nested, None, &[]).0,
+        200,
+        "the nested batch is skipped, n1 kept"
+    );
+    let handshake = ServerMessage {
+        content: Some(Content::Authenticated(sm::Authenticated {})),
+    }
+    .encode_to_vec();
+    assert_eq!(
+        send(&url, handshake, None, &[]).0,
+        200,
+        "a handshake message is skipped"
+    );
+    // Field 99, length-delimited and empty: a notification a newer Fishjam may send.
+    assert_eq!(send(&url, vec![0x9a, 0x06, 0x00], None, &[]).0, 200);
+    // room_created with a room id that is not UTF-8.
+    let (status, reason) = send(&url, vec![0x0a, 0x03, 0x0a, 0x01, 0xff], None, &[]);
+    assert_eq!(status, 400, "{reason}");
+
+    // Signature problems.
+    assert_eq!(
+        send(
+            &url,
+            room_created("short"),
+            Some("sha256=abcd".to_owned()),
+            &[]
+        )
+        .0,
+        401
+    );
+    // Fishjam's signature has no timestamp or nonce: a replay cannot be told
+    // from Fishjam's own retry, and is published again (at least once).
+    assert_eq!(
+        send(&url, before.clone(), Some(before_signature), &[]).0,
+        200
+    );
+
+    // Thousands of idle connections do not starve a real webhook.
+    let idle: Vec<TcpStream> = (0..2000)
+        .map(|_| TcpStream::connect(bridge.webhook).unwrap())
+        .collect();
+    assert_eq!(send(&url, room_created("during"), None, &[]).0, 200);
+    drop(idle);
+
+    assert_eq!(bridge.child.try_wait().unwrap(), None, "the bridge is up");
+    assert_eq!(send(&url, room_created("after"), None, &[]).0, 200);
+    let rooms: Vec<String> = read_events(&bridge.dir().join("events.jsonl"))
+        .iter()
+        .map(|e| e["data"]["roomId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rooms, ["before", "n1", "before", "during", "after"]);
+
+    let metrics = bridge.metrics();
+    let requests = "fishjam_bridge_webhook_requests_total";
+    for (status, count) in [
+        ("200", 8.0),
+        ("400", 2.0),
+        ("401", 1.0),
+        ("408", 1.0),
+        ("413", 1.0),
+        ("415", 1.0),
+    ] {
+        assert_eq!(
+            metrics.sum(requests, &[("status", status)]),
+            count,
+            "status {status}"
+        );
+    }
+    let skipped = "fishjam_bridge_notifications_skipped_total";
+    for reason in ["empty", "nested_batch", "handshake", "unknown_variant"] {
+        assert_eq!(metrics.sum(skipped, &[("reason", reason)]), 1.0, "{reason}");
+    }
+    assert_eq!(
+        metrics.sum(
+            "fishjam_bridge_decode_failures_total",
+            &[("reason", "invalid_utf8")]
+        ),
+        1.0
+    );
+    assert!(bridge.terminate().success());
+
+    // With the default body limit, a batch of 100,000 tiny notifications is
+    // refused by count (webhook.max_events_per_body).
+    let bridge = BridgeProcess::start(&text.replace(&format!("max_body_bytes = {MAX_BODY}\n"), ""));
+    let (status, reason) = send(&bridge.webhook_url(), many, None, &[]);
+    assert_eq!(status, 413, "{reason}");
+    assert!(reason.contains("100000 notifications"), "{reason}");
+}
