@@ -1,6 +1,9 @@
-//! The webhook port faces the internet: a matrix of bad inputs against the
-//! real binary, each with its defined answer and metric, and afterwards the
-//! bridge still delivers, with what it had acknowledged before untouched.
+//! Hostile input against the real binary. The webhook port faces the
+//! internet: a matrix of bad inputs, each with its defined answer and metric,
+//! after which the bridge still delivers, with what it had acknowledged
+//! before untouched. The notifier trusts a remote server: one that breaks
+//! the handshake, sends text or oversized frames costs sessions, never the
+//! bridge.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -232,4 +235,121 @@ fn every_bad_input_gets_its_answer_and_the_bridge_keeps_delivering() {
     let (status, reason) = send(&bridge.webhook_url(), many, None, &[]);
     assert_eq!(status, 413, "{reason}");
     assert!(reason.contains("100000 notifications"), "{reason}");
+}
+
+/// A Fishjam that misbehaves on the notifier, one way per connection:
+/// a notification instead of `authenticated`, a close in the middle of the
+/// handshake, then a session with a text frame and a frame over the limit,
+/// then a well-behaved session. The bridge must ride through all of it.
+#[test]
+fn a_misbehaving_notifier_costs_sessions_never_the_bridge() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frame = |content: Content| -> Ws {
+        Ws::Binary(
+            ServerMessage {
+                content: Some(content),
+            }
+            .encode_to_vec()
+            .into(),
+        )
+    };
+    rt.spawn(async move {
+        for connection in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut socket) = tokio_tungstenite::accept_async(tcp).await else {
+                continue;
+            };
+            // The auth request.
+            let _ = socket.next().await;
+            match connection {
+                0 => {
+                    let _ = socket.send(frame(room("too-early").content.unwrap())).await;
+                }
+                1 => {
+                    let _ = socket
+                        .send(Ws::Close(Some(CloseFrame {
+                            code: CloseCode::Error,
+                            reason: "internal error".into(),
+                        })))
+                        .await;
+                }
+                _ => {
+                    let _ = socket
+                        .send(frame(Content::Authenticated(sm::Authenticated {})))
+                        .await;
+                    let _ = socket.next().await;
+                    let _ = socket
+                        .send(frame(Content::SubscribeResponse(sm::SubscribeResponse {
+                            event_type: sm::EventType::ServerNotification as i32,
+                        })))
+                        .await;
+                    let id = format!("session-{connection}");
+                    let _ = socket.send(frame(room(&id).content.unwrap())).await;
+                    if connection == 2 {
+                        let _ = socket.send(Ws::Text("hello".into())).await;
+                        let _ = socket.send(Ws::Binary(vec![0x0a; 4096].into())).await;
+                    }
+                    // Hold the session open until the bridge leaves.
+                    while socket.next().await.is_some() {}
+                }
+            }
+        }
+    });
+
+    let text = config(
+        "[notifier]\nenabled = true\ncheck_credentials = false\nreconcile = false\n\
+         max_frame_bytes = 1024\nbackoff_initial = \"10ms\"\nbackoff_max = \"50ms\"\n\
+         [[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
+    )
+    .replace(
+        "id = \"test-fishjam\"",
+        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"t\""),
+    );
+    let mut bridge = BridgeProcess::start(&text);
+    let path = bridge.dir().join("events.jsonl");
+    wait_until("the well-behaved session's notification", || {
+        read_events(&path).len() >= 2
+    });
+    let rooms: Vec<String> = read_events(&path)
+        .iter()
+        .map(|e| e["data"]["roomId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        rooms,
+        ["session-2", "session-3"],
+        "nothing from a broken handshake"
+    );
+
+    let metrics = bridge.metrics();
+    let disconnects = "fishjam_bridge_notifier_disconnects_total";
+    assert_eq!(
+        metrics.sum(disconnects, &[("reason", "handshake_failed")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.sum(disconnects, &[("reason", "io_error")]),
+        1.0,
+        "the frame over the limit"
+    );
+    assert_eq!(
+        metrics.sum("fishjam_bridge_notifier_ignored_frames_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("fishjam_bridge_notifier_connects_total", &[]),
+        2.0
+    );
+    assert!(bridge.is_ready());
+    assert!(bridge.terminate().success());
 }
