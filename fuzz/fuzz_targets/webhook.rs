@@ -1,0 +1,74 @@
+//! Any webhook request: the first byte picks the headers (content type,
+//! content encoding, signature valid, missing or garbage), the rest is the
+//! body. The handler always answers, with a status it documents.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::http::Request;
+use fishjam_bridge::config::{Secret, WebhookConfig};
+use fishjam_bridge::pipeline::Pipeline;
+use fishjam_bridge::signature;
+use libfuzzer_sys::fuzz_target;
+use tower::ServiceExt;
+
+const SECRET: &str = "fuzz-secret";
+const ANSWERS: &[u16] = &[200, 400, 401, 408, 413, 415, 503];
+
+fn bridge() -> &'static (tokio::runtime::Runtime, axum::Router) {
+    static BRIDGE: OnceLock<(tokio::runtime::Runtime, axum::Router)> = OnceLock::new();
+    BRIDGE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let router = rt.block_on(async {
+            let (pipeline, lanes, _) = Pipeline::new(&[("sink".to_owned(), 1)], 10_000, None);
+            // A sink that takes everything at once.
+            for mut lane in lanes.into_iter().flatten() {
+                tokio::spawn(async move {
+                    while let Some(job) = lane.recv().await {
+                        job.acknowledge();
+                    }
+                });
+            }
+            let mut config = WebhookConfig::default();
+            config.secret = Some(Secret::new(SECRET));
+            config.max_body_bytes = 1 << 16;
+            fishjam_bridge::sources::webhook::router(&config, Arc::from("fuzz"), pipeline)
+        });
+        (rt, router)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, body)) = data.split_first() else {
+        return;
+    };
+    let (rt, router) = bridge();
+    let mut request = Request::post("/webhook");
+    request = match flags & 0b11 {
+        0 => request.header("content-type", "application/x-protobuf"),
+        1 => request.header("content-type", "application/octet-stream; charset=x"),
+        2 => request.header("content-type", "text/plain"),
+        _ => request,
+    };
+    if flags & 0b100 != 0 {
+        request = request.header("content-encoding", "gzip");
+    }
+    request = match (flags >> 3) & 0b11 {
+        0 => request.header(signature::HEADER, signature::sign(SECRET.as_bytes(), body)),
+        1 => request.header(signature::HEADER, &body[..body.len().min(80)]),
+        2 => request.header(signature::HEADER, "sha256=00"),
+        _ => request,
+    };
+    let Ok(request) = request.body(Body::from(body.to_vec())) else {
+        return;
+    };
+    let response = rt
+        .block_on(router.clone().oneshot(request))
+        .expect("the router is infallible");
+    let status = response.status().as_u16();
+    assert!(ANSWERS.contains(&status), "undocumented status {status}");
+});
