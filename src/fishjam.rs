@@ -28,6 +28,24 @@ pub fn rest_client(
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
 }
 
+/// `GET url` with the management token, naming the bridge as the SDKs name
+/// themselves.
+async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Result<reqwest::Response, reqwest::Error> {
+    client
+        .get(url)
+        .bearer_auth(token)
+        .header(
+            "x-fishjam-api-client",
+            concat!("fishjam-bridge/", env!("CARGO_PKG_VERSION")),
+        )
+        .send()
+        .await
+}
+
 /// An error with its causes: reqwest's own message leaves out why a
 /// request failed (a refused certificate, a reset connection).
 fn with_causes(error: &dyn std::error::Error) -> String {
@@ -104,14 +122,7 @@ pub async fn check_credentials(
         url: url.clone(),
         reason,
     };
-    let response = client
-        .get(&url)
-        .bearer_auth(token)
-        .header(
-            "x-fishjam-api-client",
-            concat!("fishjam-bridge/", env!("CARGO_PKG_VERSION")),
-        )
-        .send()
+    let response = get(client, &url, token)
         .await
         .map_err(|e| unreachable(with_causes(&e)))?;
     match response.status() {
@@ -157,14 +168,7 @@ pub async fn list_rooms(
     token: &str,
 ) -> Result<Vec<FishjamRoom>, String> {
     let url = format!("{}/room", base_url(fishjam_id)?);
-    let response = client
-        .get(&url)
-        .bearer_auth(token)
-        .header(
-            "x-fishjam-api-client",
-            concat!("fishjam-bridge/", env!("CARGO_PKG_VERSION")),
-        )
-        .send()
+    let response = get(client, &url, token)
         .await
         .map_err(|e| format!("GET {url}: {}", with_causes(&e)))?;
     let status = response.status();
