@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -33,19 +33,6 @@ fn tool(name: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("{name} is not installed; `bash scripts/services` installs it"))
 }
 
-fn run(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 fn deploy(path: &str) -> PathBuf {
     Path::new(ROOT).join("deploy").join(path)
 }
@@ -58,9 +45,11 @@ fn the_systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fishjam-bridge.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/fishjam-bridge", BIN)).unwrap();
-    let output = run(Command::new(tool("systemd-analyze"))
-        .arg("verify")
-        .arg(&path));
+    let output = succeed(
+        Command::new(tool("systemd-analyze"))
+            .arg("verify")
+            .arg(&path),
+    );
     // Unknown keys and bad values are only warnings: none is allowed.
     let warnings = String::from_utf8_lossy(&output.stderr);
     assert!(warnings.trim().is_empty(), "{warnings}");
@@ -68,9 +57,11 @@ fn the_systemd_unit_verifies() {
 
 /// The rendered base, as JSON documents.
 fn kustomize() -> (String, Vec<Value>) {
-    let output = run(Command::new(tool("kubectl"))
-        .arg("kustomize")
-        .arg(deploy("kubernetes")));
+    let output = succeed(
+        Command::new(tool("kubectl"))
+            .arg("kustomize")
+            .arg(deploy("kubernetes")),
+    );
     let rendered = String::from_utf8(output.stdout).unwrap();
     let mut python = Command::new(tool("python3"));
     python
@@ -107,9 +98,11 @@ fn the_kubernetes_base_renders_valid_and_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rendered.yaml");
     std::fs::write(&path, &rendered).unwrap();
-    let output = run(Command::new(tool("kubernetes-validate"))
-        .args(["--strict", "--quiet"])
-        .arg(&path));
+    let output = succeed(
+        Command::new(tool("kubernetes-validate"))
+            .args(["--strict", "--quiet"])
+            .arg(&path),
+    );
     let report = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
     // The ServiceMonitor is a CRD: its schema is not among Kubernetes'; it
@@ -199,7 +192,7 @@ fn the_kubernetes_base_renders_valid_and_consistent() {
         };
         check.env(name, value);
     }
-    let output = run(&mut check);
+    let output = succeed(&mut check);
     let described = String::from_utf8(output.stdout).unwrap();
     assert!(described.contains("0.0.0.0:9090"), "{described}");
     assert!(described.contains("management_token = set"), "{described}");
@@ -219,12 +212,16 @@ fn the_kubernetes_base_renders_valid_and_consistent() {
 
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
-    run(Command::new(tool("promtool"))
-        .args(["check", "rules"])
-        .arg(deploy("prometheus/fishjam-bridge.rules.yml")));
-    run(Command::new(tool("promtool"))
-        .args(["test", "rules", "fishjam-bridge.rules.test.yml"])
-        .current_dir(deploy("prometheus")));
+    succeed(
+        Command::new(tool("promtool"))
+            .args(["check", "rules"])
+            .arg(deploy("prometheus/fishjam-bridge.rules.yml")),
+    );
+    succeed(
+        Command::new(tool("promtool"))
+            .args(["test", "rules", "fishjam-bridge.rules.test.yml"])
+            .current_dir(deploy("prometheus")),
+    );
 }
 
 /// Every PromQL expression of the dashboard, with its variables filled in.
@@ -290,9 +287,11 @@ fn the_dashboard_queries_parse() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dashboard.rules.yml");
     std::fs::write(&path, rules).unwrap();
-    run(Command::new(tool("promtool"))
-        .args(["check", "rules"])
-        .arg(&path));
+    succeed(
+        Command::new(tool("promtool"))
+            .args(["check", "rules"])
+            .arg(&path),
+    );
     let names = queried_metric_names();
     for name in ["fishjam_bridge_room_events_total", "fishjam_bridge_rooms"] {
         assert!(names.contains(name), "the dashboard shows {name}");
@@ -301,10 +300,12 @@ fn the_dashboard_queries_parse() {
 
 #[test]
 fn the_dockerfile_lints_clean() {
-    run(Command::new(tool("hadolint"))
-        .arg("--config")
-        .arg(deploy("docker/.hadolint.yaml"))
-        .arg(deploy("docker/Dockerfile")));
+    succeed(
+        Command::new(tool("hadolint"))
+            .arg("--config")
+            .arg(deploy("docker/.hadolint.yaml"))
+            .arg(deploy("docker/Dockerfile")),
+    );
 }
 
 #[test]
@@ -374,9 +375,11 @@ fn the_overlay_in_the_docs_replaces_config_secrets_and_image() {
     .unwrap();
     std::fs::write(dir.path().join("management-token"), "token-from-overlay").unwrap();
     std::fs::write(dir.path().join("webhook-secret"), "secret-from-overlay").unwrap();
-    let output = run(Command::new(tool("kubectl"))
-        .arg("kustomize")
-        .arg(dir.path()));
+    let output = succeed(
+        Command::new(tool("kubectl"))
+            .arg("kustomize")
+            .arg(dir.path()),
+    );
     let rendered = String::from_utf8(output.stdout).unwrap();
     use base64::Engine;
     let encoded = base64::engine::general_purpose::STANDARD.encode("token-from-overlay");

@@ -21,19 +21,6 @@ fn scripts() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk"))
 }
 
-fn succeed(command: &mut Command) -> Output {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 /// A simulated Fishjam with no scripted play: only REST calls cause
 /// notifications. Returns it and its base URL.
 fn fishjam(extra: &[&str]) -> (Killed, String) {
@@ -52,6 +39,22 @@ fn fishjam(extra: &[&str]) -> (Killed, String) {
         std::net::TcpStream::connect(&listen).is_ok()
     });
     (child, format!("http://{listen}"))
+}
+
+/// (type, room id, peer id) of each notification an SDK's notifier heard.
+fn heard(notifications: &Value) -> Vec<(&str, &str, Option<&str>)> {
+    notifications
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["type"].as_str().unwrap(),
+                n["roomId"].as_str().unwrap(),
+                n["peerId"].as_str(),
+            )
+        })
+        .collect()
 }
 
 fn last_json_line(output: &Output) -> Value {
@@ -112,18 +115,7 @@ fn the_python_sdk_runs_its_getting_started_flow_into_the_bridge() {
         }])
     );
     // The SDK's own notifier heard the four changes, in order.
-    let heard: Vec<(&str, &str, Option<&str>)> = report["notifications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["type"].as_str().unwrap(),
-                n["roomId"].as_str().unwrap(),
-                n["peerId"].as_str(),
-            )
-        })
-        .collect();
+    let heard = heard(&report["notifications"]);
     assert_eq!(
         heard,
         [
@@ -201,18 +193,7 @@ fn the_js_sdk_manages_rooms_and_hears_them_on_its_notifier() {
     assert_eq!(report["roomConfig"]["maxPeers"], 4);
     assert_eq!(report["roomConfig"]["videoCodec"], "vp8");
     assert_eq!(report["peersReadBack"][0]["metadata"]["name"], "Ala");
-    let heard: Vec<(&str, &str, Option<&str>)> = report["notifications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["type"].as_str().unwrap(),
-                n["roomId"].as_str().unwrap(),
-                n["peerId"].as_str(),
-            )
-        })
-        .collect();
+    let heard = heard(&report["notifications"]);
     assert_eq!(
         heard,
         [

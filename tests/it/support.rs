@@ -241,6 +241,20 @@ pub fn read_events(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Runs `command`, failing the test with its output unless it succeeds.
+pub fn succeed(command: &mut Command) -> std::process::Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// Waits until `condition` holds, polling; fails the test after `WAIT`.
 pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
