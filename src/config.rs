@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::sinks::SinkConfig;
 use crate::telemetry::LogFormat;
+use crate::tls::ServerTlsConfig;
 
 /// Prefix of the generic overrides: `FISHJAM_BRIDGE__WEBHOOK__LISTEN=...`
 /// sets `webhook.listen`; `FISHJAM_BRIDGE__SINKS__0__PATH` the first sink's path.
@@ -97,8 +98,11 @@ pub struct WebhookConfig {
     #[serde(default = "default_ack_timeout", deserialize_with = "duration")]
     pub ack_timeout: Duration,
     /// How long a client may take to send its body; slower ones get 408.
+    /// Also bounds a TLS handshake.
     #[serde(default = "default_request_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
+    /// Serve HTTPS with this certificate (re-read when its files change).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +201,8 @@ pub struct AdminConfig {
     /// Address of the admin listener.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate (re-read when its files change).
+    pub tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -377,6 +383,14 @@ impl Config {
         if self.pipeline.max_in_flight_events == 0 {
             problems.push("pipeline.max_in_flight_events must be at least 1".to_owned());
         }
+        for (key, tls) in [
+            ("webhook.tls", &self.webhook.tls),
+            ("admin.tls", &self.admin.tls),
+        ] {
+            if let Some(Err(problem)) = tls.as_ref().map(ServerTlsConfig::acceptor) {
+                problems.push(format!("{key}: {problem}"));
+            }
+        }
         if let Some(path) = &self.notifier.ca_file {
             if let Err(problem) = crate::tls::ExtraRoots::load(path) {
                 problems.push(format!("notifier.ca_file: {problem}"));
@@ -422,6 +436,10 @@ impl Config {
             Some(s) => format!("set ({} bytes)", s.expose().len()),
             None => "not set".to_owned(),
         };
+        let tls = |t: &Option<ServerTlsConfig>| match t {
+            Some(t) => format!("cert_file {}", t.cert_file.display()),
+            None => "off".to_owned(),
+        };
         let mut out = String::new();
         let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
         line("fishjam.id", format!("{:?}", self.fishjam.id));
@@ -433,6 +451,7 @@ impl Config {
         line("webhook.listen", self.webhook.listen.to_string());
         line("webhook.path", format!("{:?}", self.webhook.path));
         line("webhook.secret", secret(&self.webhook.secret));
+        line("webhook.tls", tls(&self.webhook.tls));
         line(
             "webhook.max_body_bytes",
             self.webhook.max_body_bytes.to_string(),
@@ -457,6 +476,7 @@ impl Config {
         line("notifier.enabled", self.notifier.enabled.to_string());
         line("admin.enabled", self.admin.enabled.to_string());
         line("admin.listen", self.admin.listen.to_string());
+        line("admin.tls", tls(&self.admin.tls));
         for (index, sink) in self.sinks.iter().enumerate() {
             line(&format!("sinks[{index}]"), sink.describe());
         }

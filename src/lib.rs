@@ -87,6 +87,40 @@ impl Bridge {
     }
 }
 
+fn acceptor(
+    key: &str,
+    tls: &Option<tls::ServerTlsConfig>,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    tls.as_ref()
+        .map(|tls| tls.acceptor().map_err(|e| anyhow::anyhow!("{key}: {e}")))
+        .transpose()
+}
+
+/// Serves `router` on `listener`, over TLS when there is an acceptor, until
+/// `stop` completes.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_timeout: std::time::Duration,
+    name: &'static str,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match tls {
+        Some(acceptor) => {
+            let listener = tls::TlsListener::new(listener, acceptor, handshake_timeout, name)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    }
+}
+
 /// Starts the bridge. The listeners are bound before this returns; sinks
 /// connect in the background (readiness says when), so a broker that is down
 /// at start-up delays events rather than stopping the bridge.
@@ -106,14 +140,17 @@ pub async fn start(
             .with_context(|| format!("cannot bind admin.listen {}", config.admin.listen))?;
         let addr = listener.local_addr()?;
         let router = admin::router(metrics, readiness.clone());
+        let tls = acceptor("admin.tls", &config.admin.tls)?;
         // The admin listener outlives the drain, so metrics stay scrapable;
         // it ends with the process.
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
+            let forever = std::future::pending::<()>();
+            let timeout = std::time::Duration::from_secs(10);
+            if let Err(error) = serve(listener, tls, timeout, "admin", router, forever).await {
                 tracing::error!(error = %error, "admin listener failed");
             }
         });
-        tracing::info!(%addr, "admin listening");
+        tracing::info!(%addr, https = config.admin.tls.is_some(), "admin listening");
         Some(addr)
     } else {
         None
@@ -180,19 +217,25 @@ pub async fn start(
         let addr = listener.local_addr()?;
         let router =
             sources::webhook::router(&config.webhook, fishjam_id.clone(), pipeline.clone());
+        let tls = acceptor("webhook.tls", &config.webhook.tls)?;
+        let handshake_timeout = config.webhook.request_timeout;
         let stop = shutdown.clone();
         let failed = shutdown.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            let stopped = stop.cancelled_owned();
+            let served = serve(listener, tls, handshake_timeout, "webhook", router, stopped).await;
             if let Err(error) = served {
                 tracing::error!(error = %error, "webhook listener failed");
                 failed.cancel();
             }
             tracing::info!("webhook listener stopped");
         });
-        tracing::info!(%addr, path = %config.webhook.path, "webhook listening");
+        tracing::info!(
+            %addr,
+            path = %config.webhook.path,
+            https = config.webhook.tls.is_some(),
+            "webhook listening"
+        );
         Some(addr)
     } else {
         None

@@ -48,6 +48,7 @@ pub const DEDUP_ENTRIES: &str = "fishjam_bridge_dedup_entries";
 pub const ROOM_EVENTS: &str = "fishjam_bridge_room_events_total";
 pub const ROOMS: &str = "fishjam_bridge_rooms";
 pub const PEERS_CONNECTED: &str = "fishjam_bridge_peers_connected";
+pub const TLS_HANDSHAKE_FAILURES: &str = "fishjam_bridge_tls_handshake_failures_total";
 pub const KAFKA_QUEUE: &str = "fishjam_bridge_kafka_queue_messages";
 pub const KAFKA_BROKER_RTT: &str = "fishjam_bridge_kafka_broker_rtt_seconds";
 pub const KAFKA_BROKER_ERRORS: &str = "fishjam_bridge_kafka_broker_errors_total";
@@ -89,6 +90,7 @@ pub const ALL: &[&str] = &[
     ROOM_EVENTS,
     ROOMS,
     PEERS_CONNECTED,
+    TLS_HANDSHAKE_FAILURES,
     KAFKA_QUEUE,
     KAFKA_BROKER_RTT,
     KAFKA_BROKER_ERRORS,
@@ -218,10 +220,26 @@ fn describe() {
         ROOMS,
         "Rooms known from the events published since the bridge started."
     );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or timed out on a listener, by listener and reason."
+    );
     describe_gauge!(
         PEERS_CONNECTED,
         "Peers connected, as known from the events published since the bridge started, by peer type."
     );
+}
+
+/// A listener serving TLS: its failure counters start at zero.
+pub fn tls_listener_registered(listener: &'static str) {
+    for reason in ["error", "timeout"] {
+        counter!(TLS_HANDSHAKE_FAILURES, "listener" => listener, "reason" => reason).increment(0);
+    }
+}
+
+/// A client that did not complete its TLS handshake with a listener.
+pub fn tls_handshake_failed(listener: &'static str, reason: &'static str) {
+    counter!(TLS_HANDSHAKE_FAILURES, "listener" => listener, "reason" => reason).increment(1);
 }
 
 /// A room or peer lifecycle event, published once.

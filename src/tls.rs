@@ -1,12 +1,26 @@
-//! Trust for a self-hosted Fishjam behind a private CA: the platform's root
-//! certificates plus the ones in `notifier.ca_file`, for the notifier's
-//! WebSocket (rustls) and for the REST calls (reqwest).
+//! TLS, both ways. As a client: trust for a self-hosted Fishjam behind a
+//! private CA, the platform's root certificates plus the ones in
+//! `notifier.ca_file`, for the notifier's WebSocket (rustls) and for the REST
+//! calls (reqwest). As a server: the webhook and admin listeners (and the
+//! simulator) with a certificate, re-read when its files change so a renewed
+//! certificate needs no restart.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::telemetry;
 
 /// The extra CA certificates, read once at start-up.
 #[derive(Debug, Clone)]
@@ -53,5 +67,191 @@ impl ExtraRoots {
     /// The same certificates for reqwest.
     pub fn reqwest(&self) -> Result<Vec<reqwest::Certificate>, String> {
         reqwest::Certificate::from_pem_bundle(&self.pem).map_err(|e| e.to_string())
+    }
+}
+
+/// `[webhook.tls]` and `[admin.tls]`: serve HTTPS with this certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+impl ServerTlsConfig {
+    /// An acceptor for this certificate; the files are read now, so a
+    /// missing or mismatched one is a start-up error.
+    pub fn acceptor(&self) -> Result<TlsAcceptor, String> {
+        let resolver = ReloadingCertificate::new(self.cert_file.clone(), self.key_file.clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// How often the certificate files are looked at for a change.
+const RELOAD_CHECK: Duration = Duration::from_secs(10);
+
+/// The server certificate, read again when a file's modification time moves
+/// (cert-manager, certbot and Kubernetes secret volumes all replace files).
+/// A renewal that cannot be read keeps the previous certificate and is logged.
+#[derive(Debug)]
+struct ReloadingCertificate {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    modified: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+impl ReloadingCertificate {
+    fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<ReloadingCertificate, String> {
+        let modified = modification_times(&cert_file, &key_file);
+        let key = certified_key(&cert_file, &key_file)?;
+        Ok(ReloadingCertificate {
+            cert_file,
+            key_file,
+            current: Mutex::new(Loaded {
+                key,
+                modified,
+                checked: Instant::now(),
+            }),
+        })
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.checked.elapsed() >= RELOAD_CHECK {
+            current.checked = Instant::now();
+            let modified = modification_times(&self.cert_file, &self.key_file);
+            if modified != current.modified {
+                current.modified = modified;
+                match certified_key(&self.cert_file, &self.key_file) {
+                    Ok(key) => {
+                        current.key = key;
+                        tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate reloaded");
+                    }
+                    Err(problem) => tracing::error!(
+                        problem = %problem,
+                        "the changed TLS certificate cannot be used; keeping the previous one"
+                    ),
+                }
+            }
+        }
+        Some(current.key.clone())
+    }
+}
+
+fn modification_times(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    (modified(cert), modified(key))
+}
+
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not PEM certificates: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{} holds no certificate", cert.display()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, private, &provider)
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(certified))
+}
+
+/// Connections whose handshake is done, waiting for the HTTP server.
+const READY_CONNECTIONS: usize = 64;
+
+/// A listener serving TLS: handshakes run concurrently, each bounded by a
+/// timeout, so a client that stalls its handshake holds only its own
+/// connection, never the accept loop. Failed handshakes are counted by
+/// listener and reason.
+pub struct TlsListener {
+    addr: SocketAddr,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsListener {
+    /// Starts accepting on `tcp`; `name` labels the metrics.
+    pub fn new(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+        name: &'static str,
+    ) -> std::io::Result<TlsListener> {
+        let addr = tcp.local_addr()?;
+        telemetry::tls_listener_registered(name);
+        let (sender, ready) = mpsc::channel(READY_CONNECTIONS);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = tcp.accept() => accepted,
+                    // The server is gone: stop accepting.
+                    _ = sender.closed() => return,
+                };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of descriptors and the like: wait instead of spinning.
+                        tracing::warn!(listener = name, error = %error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = sender.send((tls, peer)).await;
+                        }
+                        Ok(Err(error)) => {
+                            telemetry::tls_handshake_failed(name, "error");
+                            tracing::debug!(listener = name, %peer, error = %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            telemetry::tls_handshake_failed(name, "timeout");
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { addr, ready })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept task only ends once this receiver is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
     }
 }

@@ -131,7 +131,14 @@ pub async fn serve(
     let tls = options
         .tls
         .as_ref()
-        .map(|(cert, key)| tls_acceptor(cert, key))
+        .map(|(cert, key)| {
+            crate::tls::ServerTlsConfig {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }
+            .acceptor()
+            .map_err(anyhow::Error::msg)
+        })
         .transpose()?;
     let secret = options
         .webhook_secret
@@ -146,15 +153,21 @@ pub async fn serve(
     tokio::spawn(async move {
         let served = match tls {
             Some(acceptor) => {
-                axum::serve(
-                    TlsListener {
-                        tcp: listener,
-                        acceptor,
-                    },
-                    app,
-                )
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
+                let listener = match crate::tls::TlsListener::new(
+                    listener,
+                    acceptor,
+                    Duration::from_secs(10),
+                    "simulator",
+                ) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(error = %error, "simulator listener failed");
+                        return;
+                    }
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
             }
             None => {
                 axum::serve(listener, app)
@@ -167,56 +180,6 @@ pub async fn serve(
         }
     });
     Ok(Server { addr, rest, hub })
-}
-
-fn tls_acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use anyhow::Context;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("{} is not PEM certificates", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// The simulator's listener with TLS: each accepted connection is handed on
-/// once its handshake is done; a failed handshake is dropped.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, addr)) = self.tcp.accept().await else {
-                continue;
-            };
-            match self.acceptor.accept(tcp).await {
-                Ok(tls) => return (tls, addr),
-                Err(error) => tracing::debug!(%addr, error = %error, "TLS handshake failed"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
 }
 
 fn collapse_slashes(mut request: axum::extract::Request) -> axum::extract::Request {

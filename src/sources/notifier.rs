@@ -191,12 +191,7 @@ impl NotifierSource {
                 }),
             )
             .await?;
-            expect(
-                &mut socket,
-                |c| matches!(c, Content::Authenticated(_)),
-                "authenticated",
-            )
-            .await?;
+            expect(&mut socket, Phase::Authenticating).await?;
             send(
                 &mut socket,
                 Content::SubscribeRequest(sm::SubscribeRequest {
@@ -204,12 +199,7 @@ impl NotifierSource {
                 }),
             )
             .await?;
-            expect(
-                &mut socket,
-                |c| matches!(c, Content::SubscribeResponse(_)),
-                "subscribe_response",
-            )
-            .await
+            expect(&mut socket, Phase::Subscribing).await
         };
         tokio::time::timeout(self.config.handshake_timeout, handshake)
             .await
@@ -246,22 +236,19 @@ impl NotifierSource {
                     };
                     last_heard = Instant::now();
                     telemetry::notifier_heard();
-                    match frame {
-                        Message::Binary(body) => {
-                            self.deliver(&body).await;
+                    match on_frame(Phase::Subscribed, &Frame::of(&frame)) {
+                        Step::Deliver(body) => {
+                            self.deliver(body).await;
                             // Time spent waiting for the pipeline is not silence.
                             last_heard = Instant::now();
                         }
-                        Message::Close(close) => {
-                            let reason = close.map(|c| format!("{} {}", u16::from(c.code), c.reason)).unwrap_or_default();
-                            return Err(SessionError::Closed(reason));
-                        }
-                        Message::Text(_) => telemetry::notifier_text_frame(),
+                        Step::End(error) => return Err(error),
+                        Step::Text => telemetry::notifier_text_frame(),
                         // tungstenite answers pings itself on the next write or flush.
-                        Message::Ping(_) => {
+                        Step::Ping => {
                             socket.flush().await.map_err(|e| SessionError::Io(e.to_string()))?;
                         }
-                        Message::Pong(_) | Message::Frame(_) => {}
+                        Step::Advanced(_) | Step::Nothing => {}
                     }
                 }
                 _ = ping.tick() => {
@@ -370,43 +357,209 @@ async fn send(socket: &mut Socket, content: Content) -> Result<(), SessionError>
         .map_err(|e| SessionError::Io(e.to_string()))
 }
 
-/// Reads frames until the expected handshake message; a close before it is a
-/// refusal (`invalid token`) or a failed handshake.
-async fn expect(
-    socket: &mut Socket,
-    wanted: impl Fn(&Content) -> bool,
-    name: &str,
-) -> Result<(), SessionError> {
+/// Reads frames until the handshake moves past `phase`.
+async fn expect(socket: &mut Socket, phase: Phase) -> Result<(), SessionError> {
     loop {
-        match socket.next().await {
-            None => return Err(SessionError::Handshake(format!("closed before {name}"))),
-            Some(Err(error)) => return Err(SessionError::Io(error.to_string())),
-            Some(Ok(Message::Binary(body))) => {
-                let message = ServerMessage::decode(&body[..])
-                    .map_err(|e| SessionError::Handshake(format!("undecodable frame: {e}")))?;
-                match message.content {
-                    Some(content) if wanted(&content) => return Ok(()),
-                    other => {
-                        return Err(SessionError::Handshake(format!(
-                            "expected {name}, got {:?}",
-                            other.map(|c| std::mem::discriminant(&c))
-                        )))
-                    }
-                }
-            }
-            Some(Ok(Message::Close(close))) => {
-                let (code, reason) = close
-                    .map(|c| (c.code, c.reason.to_string()))
-                    .unwrap_or((CloseCode::Normal, String::new()));
-                if reason.contains("invalid token") {
-                    return Err(SessionError::AuthRejected(reason));
-                }
+        let message = match socket.next().await {
+            None => {
                 return Err(SessionError::Handshake(format!(
-                    "closed with {} {reason:?} before {name}",
-                    u16::from(code)
-                )));
+                    "closed before {}",
+                    phase.awaits()
+                )))
             }
-            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(SessionError::Io(error.to_string())),
+            Some(Ok(message)) => message,
+        };
+        match on_frame(phase, &Frame::of(&message)) {
+            Step::Advanced(_) => return Ok(()),
+            Step::End(error) => return Err(error),
+            _ => {}
+        }
+    }
+}
+
+/// Where a session is in Fishjam's handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `auth_request` sent, waiting for `authenticated`.
+    Authenticating,
+    /// `subscribe_request` sent, waiting for `subscribe_response`.
+    Subscribing,
+    /// Reading notifications.
+    Subscribed,
+}
+
+impl Phase {
+    fn awaits(self) -> &'static str {
+        match self {
+            Phase::Authenticating => "authenticated",
+            Phase::Subscribing => "subscribe_response",
+            Phase::Subscribed => "a notification",
+        }
+    }
+}
+
+/// A WebSocket frame as the session sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Frame<'a> {
+    Binary(&'a [u8]),
+    Text,
+    Ping,
+    Pong,
+    /// A close frame, with its code and reason when it has them.
+    Close(Option<(u16, &'a str)>),
+}
+
+impl<'a> Frame<'a> {
+    fn of(message: &'a Message) -> Frame<'a> {
+        match message {
+            Message::Binary(body) => Frame::Binary(body),
+            Message::Text(_) => Frame::Text,
+            Message::Ping(_) => Frame::Ping,
+            Message::Pong(_) | Message::Frame(_) => Frame::Pong,
+            Message::Close(close) => Frame::Close(
+                close
+                    .as_ref()
+                    .map(|c| (u16::from(c.code), c.reason.as_str())),
+            ),
+        }
+    }
+}
+
+/// What a session does with a frame.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// The handshake moved on to this phase.
+    Advanced(Phase),
+    /// A notification body for the pipeline.
+    Deliver(&'a [u8]),
+    /// A text frame: Fishjam sends none; counted and ignored.
+    Text,
+    /// A ping, answered on the next flush.
+    Ping,
+    /// Nothing to do.
+    Nothing,
+    /// The session is over.
+    End(SessionError),
+}
+
+/// The session's state machine, without the socket: what `frame` means in
+/// `phase`. A handshake message other than the awaited one ends the session;
+/// a close before `authenticated` that names the token is a refusal.
+pub fn on_frame<'a>(phase: Phase, frame: &Frame<'a>) -> Step<'a> {
+    match (phase, *frame) {
+        (Phase::Subscribed, Frame::Binary(body)) => Step::Deliver(body),
+        (Phase::Subscribed, Frame::Text) => Step::Text,
+        (Phase::Subscribed, Frame::Ping) => Step::Ping,
+        (Phase::Subscribed, Frame::Close(close)) => {
+            let reason = close
+                .map(|(code, reason)| format!("{code} {reason}"))
+                .unwrap_or_default();
+            Step::End(SessionError::Closed(reason))
+        }
+        (_, Frame::Binary(body)) => {
+            let message = match ServerMessage::decode(body) {
+                Ok(message) => message,
+                Err(e) => {
+                    return Step::End(SessionError::Handshake(format!("undecodable frame: {e}")))
+                }
+            };
+            match (phase, message.content) {
+                (Phase::Authenticating, Some(Content::Authenticated(_))) => {
+                    Step::Advanced(Phase::Subscribing)
+                }
+                (Phase::Subscribing, Some(Content::SubscribeResponse(_))) => {
+                    Step::Advanced(Phase::Subscribed)
+                }
+                (_, other) => Step::End(SessionError::Handshake(format!(
+                    "expected {}, got {}",
+                    phase.awaits(),
+                    other.as_ref().map_or("an empty message", content_name)
+                ))),
+            }
+        }
+        (_, Frame::Close(close)) => {
+            let (code, reason) = close.unwrap_or((u16::from(CloseCode::Normal), ""));
+            if reason.contains("invalid token") {
+                Step::End(SessionError::AuthRejected(reason.to_owned()))
+            } else {
+                Step::End(SessionError::Handshake(format!(
+                    "closed with {code} {reason:?} before {}",
+                    phase.awaits()
+                )))
+            }
+        }
+        (_, Frame::Text | Frame::Ping | Frame::Pong) => Step::Nothing,
+    }
+}
+
+/// The name of a handshake or notification variant, for errors.
+fn content_name(content: &Content) -> &'static str {
+    match content {
+        Content::AuthRequest(_) => "auth_request",
+        Content::Authenticated(_) => "authenticated",
+        Content::SubscribeRequest(_) => "subscribe_request",
+        Content::SubscribeResponse(_) => "subscribe_response",
+        _ => "a notification",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(content: Content) -> Vec<u8> {
+        ServerMessage {
+            content: Some(content),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn the_handshake_moves_in_order_and_only_then_delivers() {
+        let authenticated = encoded(Content::Authenticated(sm::Authenticated {}));
+        let subscribed = encoded(Content::SubscribeResponse(sm::SubscribeResponse {
+            event_type: EventType::ServerNotification as i32,
+        }));
+        assert!(matches!(
+            on_frame(Phase::Authenticating, &Frame::Binary(&subscribed)),
+            Step::End(SessionError::Handshake(_))
+        ));
+        assert!(matches!(
+            on_frame(Phase::Authenticating, &Frame::Binary(&authenticated)),
+            Step::Advanced(Phase::Subscribing)
+        ));
+        assert!(matches!(
+            on_frame(Phase::Subscribing, &Frame::Text),
+            Step::Nothing
+        ));
+        assert!(matches!(
+            on_frame(Phase::Subscribing, &Frame::Binary(&subscribed)),
+            Step::Advanced(Phase::Subscribed)
+        ));
+        assert!(matches!(
+            on_frame(Phase::Subscribed, &Frame::Binary(&authenticated)),
+            Step::Deliver(_)
+        ));
+        assert!(matches!(
+            on_frame(Phase::Subscribing, &Frame::Binary(b"\xff\xff")),
+            Step::End(SessionError::Handshake(_))
+        ));
+    }
+
+    #[test]
+    fn a_close_naming_the_token_is_a_refusal() {
+        let refused = on_frame(
+            Phase::Authenticating,
+            &Frame::Close(Some((1000, "invalid token"))),
+        );
+        assert!(matches!(refused, Step::End(SessionError::AuthRejected(_))));
+        let closed = on_frame(Phase::Subscribing, &Frame::Close(None));
+        assert!(matches!(closed, Step::End(SessionError::Handshake(_))));
+        let later = on_frame(Phase::Subscribed, &Frame::Close(Some((1001, "going away"))));
+        match later {
+            Step::End(SessionError::Closed(reason)) => assert_eq!(reason, "1001 going away"),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -11,4 +11,5 @@ mod operations;
 mod sdk;
 mod secrets;
 mod support;
+mod tls;
 mod webhook;

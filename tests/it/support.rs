@@ -367,3 +367,91 @@ pub fn assert_each_room_complete_in_order(wanted: &ByKey, stored: &ByKey) {
         );
     }
 }
+
+/// A private CA and a certificate for 127.0.0.1 that it signed, made with
+/// openssl: (CA, certificate, key).
+pub fn private_ca(dir: &Path) -> [PathBuf; 3] {
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &EC_KEY,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bridge test CA",
+            ],
+        ]
+        .concat(),
+    );
+    let [cert, key] = server_certificate(dir, "server");
+    [dir.join("ca.pem"), cert, key]
+}
+
+/// Another certificate for 127.0.0.1 from the CA of `private_ca`, in
+/// `<name>.pem` and `<name>.key`: (certificate, key).
+pub fn server_certificate(dir: &Path, name: &str) -> [PathBuf; 2] {
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subject = format!("/CN=127.0.0.1 {name}");
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &EC_KEY,
+            &["-keyout", &key, "-out", &csr, "-subj", &subject],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+    [dir.join(pem), dir.join(key)]
+}
+
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(output.status.success(), "openssl {args:?}: {output:?}");
+}

@@ -1,0 +1,333 @@
+//! TLS on the bridge's own listeners (webhook and admin) with a certificate
+//! from a CA made by openssl in the test, and TLS with authentication to a
+//! private nats-server.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+
+use crate::notifier::free_port;
+use crate::support::*;
+use crate::webhook::room_created;
+
+/// A blocking HTTPS client that trusts only `ca`.
+fn https_client(ca: &Path) -> reqwest::blocking::Client {
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+fn https_metrics(client: &reqwest::blocking::Client, admin: SocketAddr) -> Metrics {
+    let text = client
+        .get(format!("https://{admin}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    Metrics::parse(&text)
+}
+
+fn handshake_failures(metrics: &Metrics, reason: &str) -> f64 {
+    metrics.sum(
+        "fishjam_bridge_tls_handshake_failures_total",
+        &[("listener", "webhook"), ("reason", reason)],
+    )
+}
+
+/// The certificate the server at `addr` presents, checked against `ca`.
+fn served_certificate(addr: SocketAddr, ca: &Path) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut socket = TcpStream::connect(addr).unwrap();
+    while connection.is_handshaking() {
+        connection.complete_io(&mut socket).unwrap();
+    }
+    connection.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn certificate_der(pem: &Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(pem).unwrap().to_vec()
+}
+
+/// Replaces `target` with `source` in one rename, as certificate tools do.
+fn replace(source: &Path, target: &Path) {
+    let staged = target.with_extension("new");
+    std::fs::copy(source, &staged).unwrap();
+    std::fs::rename(&staged, target).unwrap();
+}
+
+#[test]
+fn webhooks_and_metrics_are_served_over_tls_and_a_renewed_certificate_is_picked_up() {
+    let certificates = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = private_ca(certificates.path());
+    // The bridge reads these paths; the renewal replaces their contents.
+    let (live_cert, live_key) = (
+        certificates.path().join("live.pem"),
+        certificates.path().join("live.key"),
+    );
+    std::fs::copy(&cert, &live_cert).unwrap();
+    std::fs::copy(&key, &live_key).unwrap();
+    let tls = format!(
+        "[webhook.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        live_cert.display(),
+        live_key.display()
+    );
+    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n")
+        .replace(
+            "ack_timeout = \"2s\"\n",
+            "ack_timeout = \"2s\"\nrequest_timeout = \"1s\"\n",
+        )
+        .replace("[admin]\n", &format!("{tls}[admin]\n"))
+        .replace(
+            "[log]\n",
+            &(tls.replace("webhook.tls", "admin.tls") + "[log]\n"),
+        );
+    let bridge = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    let client = https_client(&ca);
+    wait_until("ready, asked over HTTPS", || {
+        client
+            .get(format!("https://{}/readyz", bridge.admin))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+
+    // A client that opens a connection and never says hello holds only that
+    // connection: others are served meanwhile.
+    let mut stalled = TcpStream::connect(bridge.webhook).unwrap();
+    let url = format!("https://{}/webhook", bridge.webhook);
+    let answer = client
+        .post(&url)
+        .header("content-type", "application/x-protobuf")
+        .body(room_created("tls-room"))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let events = read_events(&bridge.dir().join("events.jsonl"));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["room_id"], "tls-room");
+    wait_until("the stalled handshake timed out and counted", || {
+        handshake_failures(&https_metrics(&client, bridge.admin), "timeout") >= 1.0
+    });
+    let _ = stalled.write_all(b"late");
+
+    // Plain HTTP to the TLS port is refused and counted.
+    assert!(
+        reqwest::blocking::get(format!("http://{}/webhook", bridge.webhook))
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+    );
+    wait_until(
+        "the plain-HTTP request counted as a failed handshake",
+        || handshake_failures(&https_metrics(&client, bridge.admin), "error") >= 1.0,
+    );
+    // A client that does not trust the CA gets nowhere.
+    assert!(reqwest::blocking::Client::new()
+        .post(&url)
+        .body(room_created("untrusted"))
+        .send()
+        .is_err());
+
+    // Renewal: the files are replaced; new connections get the new
+    // certificate without a restart.
+    let first = certificate_der(&cert);
+    assert_eq!(served_certificate(bridge.webhook, &ca), first);
+    let [renewed_cert, renewed_key] = server_certificate(certificates.path(), "renewed");
+    let renewed = certificate_der(&renewed_cert);
+    assert_ne!(renewed, first);
+    replace(&renewed_key, &live_key);
+    replace(&renewed_cert, &live_cert);
+    wait_until("the renewed certificate served", || {
+        served_certificate(bridge.webhook, &ca) == renewed
+    });
+    assert_eq!(served_certificate(bridge.admin, &ca), renewed);
+    let answer = client
+        .post(&url)
+        .header("content-type", "application/x-protobuf")
+        .body(room_created("after-renewal"))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(read_events(&bridge.dir().join("events.jsonl")).len(), 2);
+}
+
+#[test]
+fn a_certificate_that_does_not_match_its_key_is_refused_at_start() {
+    let certificates = tempfile::tempdir().unwrap();
+    let [_, cert, _] = private_ca(certificates.path());
+    let [_, other_key] = server_certificate(certificates.path(), "other");
+    let file = certificates.path().join("bridge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[fishjam]\nid = \"x\"\n[webhook.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[admin.tls]\ncert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"\n",
+            cert.display(),
+            other_key.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("webhook.tls"), "{stderr}");
+    assert!(stderr.contains("admin.tls"), "{stderr}");
+    assert!(stderr.contains("/nonexistent.pem"), "{stderr}");
+}
+
+/// A nats-server of its own with TLS and a user: (process, port, password).
+struct TlsNats {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+const NATS_USER: &str = "bridge";
+const NATS_PASSWORD: &str = "nats-pass-3f9c";
+
+impl TlsNats {
+    fn start(cert: &Path, key: &Path) -> TlsNats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{port}\n\
+                 tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n}}\n\
+                 authorization {{\n  user: \"{NATS_USER}\"\n  password: \"{NATS_PASSWORD}\"\n}}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (bash scripts/services)");
+        wait_until("the private nats-server listens", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        TlsNats {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_tls_sink(port: u16, subject: &str, ca: Option<&PathBuf>) -> String {
+    let ca = ca
+        .map(|ca| format!("ca_file = \"{}\"\n", ca.display()))
+        .unwrap_or_default();
+    config(&format!(
+        "[[sinks]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"{subject}\"\n\
+         timeout = \"2s\"\nuser = \"{NATS_USER}\"\npassword = \"{NATS_PASSWORD}\"\n\
+         [sinks.tls]\nrequired = true\n{ca}"
+    ))
+}
+
+#[test]
+fn nats_with_tls_and_a_password_gets_every_event() {
+    let certificates = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = private_ca(certificates.path());
+    let server = TlsNats::start(&cert, &key);
+    let prefix = format!("tls{:08x}", rand::random::<u32>());
+
+    // Without the CA the server's certificate is not trusted: the sink never
+    // comes up, and says why.
+    let untrusting = BridgeProcess::spawn(
+        &nats_tls_sink(server.port, &format!("{prefix}.{{key}}"), None),
+        Stdio::null(),
+        &[],
+    );
+    wait_until("the certificate refused in the logs", || {
+        untrusting
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.to_string().contains("UnknownIssuer"))
+    });
+    assert!(!untrusting.is_ready());
+    drop(untrusting);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The subscriber unsubscribes on drop, from inside a runtime.
+    let _entered = runtime.enter();
+    let mut subscriber = runtime.block_on(async {
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            NATS_USER.to_owned(),
+            NATS_PASSWORD.to_owned(),
+        )
+        .require_tls(true)
+        .add_root_certificates(ca.clone())
+        .connect(format!("nats://127.0.0.1:{}", server.port))
+        .await
+        .unwrap();
+        let subscriber = client.subscribe(format!("{prefix}.>")).await.unwrap();
+        client.flush().await.unwrap();
+        (client, subscriber)
+    });
+    let bridge = BridgeProcess::start(&nats_tls_sink(
+        server.port,
+        &format!("{prefix}.{{key}}.{{type}}"),
+        Some(&ca),
+    ));
+    for room in ["a", "b", "c"] {
+        let answer = crate::webhook::post(&bridge.webhook_url(), room_created(room), None);
+        assert_eq!(answer.status(), 200);
+    }
+    let received: Vec<(String, Value)> = runtime.block_on(async {
+        let mut received = Vec::new();
+        while received.len() < 3 {
+            let message = tokio::time::timeout(WAIT, subscriber.1.next())
+                .await
+                .expect("every event arrives")
+                .unwrap();
+            received.push((
+                message.subject.to_string(),
+                serde_json::from_slice(&message.payload).unwrap(),
+            ));
+        }
+        received
+    });
+    let subjects: Vec<&str> = received.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        subjects,
+        ["a", "b", "c"].map(|room| format!("{prefix}.{room}.roomCreated"))
+    );
+    assert_eq!(received[1].1["room_id"], "b");
+}
