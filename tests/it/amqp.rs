@@ -1,9 +1,9 @@
 //! The RabbitMQ sink against a real broker: a queue bound with `#` gets every
 //! event once in room order with the documented properties, bindings by room
 //! and by type get exactly their share, an unroutable event is counted, and a
-//! broker restart loses no acknowledged event. `AMQP_URL` (default
-//! amqp://guest:guest@127.0.0.1:5672/%2f) is the shared broker; the restart
-//! test runs a private RabbitMQ node of its own.
+//! broker restart loses no acknowledged event; AMQPS with a private CA.
+//! `AMQP_URL` (default amqp://guest:guest@127.0.0.1:5672/%2f) is the shared
+//! broker; the restart and TLS tests run private RabbitMQ nodes of their own.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpStream;
@@ -291,6 +291,12 @@ struct PrivateRabbit {
 
 impl PrivateRabbit {
     fn start() -> PrivateRabbit {
+        Self::start_with(|_| String::new())
+    }
+
+    /// `extra` returns more lines for rabbitmq.conf; it may write files into
+    /// the node's directory (given), which the rabbitmq user can then read.
+    fn start_with(extra: impl FnOnce(&Path) -> String) -> PrivateRabbit {
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -302,7 +308,10 @@ impl PrivateRabbit {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+            format!(
+                "listeners.tcp.local = 127.0.0.1:{port}\n{}",
+                extra(dir.path())
+            ),
         )
         .unwrap();
         std::fs::write(dir.path().join("plugins"), "[].\n").unwrap();
@@ -448,4 +457,57 @@ fn a_broker_restart_loses_no_acknowledged_event() {
     // and reordering are not.
     assert_each_room_complete_in_order(&expected(51, 8, 2000), &by_key(&events));
     println!("stored {} messages for 2000 notifications", stored.len());
+}
+
+#[test]
+fn amqps_with_a_private_ca_gets_every_event() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _context = rt.enter();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rabbit = PrivateRabbit::start_with(|dir| {
+        let [ca, cert, key] = private_ca(dir);
+        format!(
+            "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+             ssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        )
+    });
+    wait_until("the TLS listener open", || {
+        TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    });
+    let exchange = "fishjam";
+    let queue = rt.block_on(async {
+        let (_connection, channel) = channel(&rabbit.url()).await;
+        declare_exchange(&channel, exchange).await;
+        bound_queue(&channel, exchange, "#", true).await
+    });
+    let ca = rabbit.dir().join("ca.pem");
+    let text = amqp_sink(
+        &format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f"),
+        exchange,
+        &format!("[sinks.tls]\nca_file = \"{}\"\n", ca.display()),
+    );
+    let bridge = BridgeProcess::start(&text);
+    for room in ["a", "b", "c"] {
+        assert_eq!(
+            post(&bridge.webhook_url(), room_created(room), None).status(),
+            200
+        );
+    }
+    let rooms: Vec<String> = rt.block_on(async {
+        let (_connection, channel) = channel(&rabbit.url()).await;
+        take(&channel, &queue, 3)
+            .await
+            .iter()
+            .map(|d| serde_json::from_slice::<Value>(&d.data).unwrap()["room_id"].to_string())
+            .collect()
+    });
+    assert_eq!(rooms, ["\"a\"", "\"b\"", "\"c\""]);
 }
