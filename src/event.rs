@@ -345,6 +345,25 @@ impl Event {
         serde_json::to_writer(&mut out, self).expect("an event always serializes");
         out
     }
+
+    /// `to_json` in an allocation of exactly its size: written into a
+    /// per-thread buffer, then copied once, instead of growing a buffer of
+    /// a guessed size and shrinking it.
+    pub fn to_json_bytes(&self) -> bytes::Bytes {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> =
+                std::cell::RefCell::new(Vec::with_capacity(4096));
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            serde_json::to_writer(&mut *scratch, self).expect("an event always serializes");
+            let json = bytes::Bytes::copy_from_slice(scratch);
+            // One huge event must not keep a huge buffer for the thread's life.
+            scratch.truncate(0);
+            scratch.shrink_to(64 * 1024);
+            json
+        })
+    }
 }
 
 /// New time-ordered event id.

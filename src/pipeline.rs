@@ -242,7 +242,7 @@ impl Pipeline {
         for event in events {
             let hash = key_hash(event.key());
             let job = Arc::new(Job {
-                json: Bytes::from(event.to_json()),
+                json: event.to_json_bytes(),
                 event,
                 receipt: receipt.clone(),
                 _permit: permit.split(1).expect("one permit was taken per event"),

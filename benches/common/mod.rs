@@ -14,6 +14,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
+// The allocator the fishjam-bridge binary ships with (src/main.rs), so the
+// bridge is measured as it runs; the raw clients get it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs a benchmark on a multi-threaded runtime, as the bridge runs.
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()

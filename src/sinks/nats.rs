@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::header::{HeaderName, IntoHeaderName};
 use async_nats::{HeaderMap, ServerAddr};
 use serde::Deserialize;
 
@@ -391,7 +392,7 @@ impl NatsSink {
             self.cloudevents,
             "ce-",
             |name, value| {
-                map.insert(name, value);
+                map.insert(header_name(name), value);
             },
         );
         (self.subject.render(&job.event), map)
@@ -472,6 +473,26 @@ impl NatsSink {
     }
 }
 
+/// The header names every message carries, built once: a name from a
+/// `&str` is copied into a new allocation for each message.
+const FIXED_HEADERS: [HeaderName; 7] = [
+    HeaderName::from_static("Content-Type"),
+    HeaderName::from_static("Nats-Msg-Id"),
+    HeaderName::from_static("Fishjam-Event-Type"),
+    HeaderName::from_static("Fishjam-Room-Id"),
+    HeaderName::from_static("Fishjam-Stream-Id"),
+    HeaderName::from_static("Fishjam-Recording-Id"),
+    HeaderName::from_static("Fishjam-Peer-Id"),
+];
+
+fn header_name(name: &str) -> HeaderName {
+    FIXED_HEADERS
+        .iter()
+        .find(|fixed| <HeaderName as AsRef<[u8]>>::as_ref(fixed) == name.as_bytes())
+        .cloned()
+        .unwrap_or_else(|| name.into_header_name())
+}
+
 fn classify_ack_error(error: &jetstream::context::PublishError) -> SinkError {
     use jetstream::context::PublishErrorKind as K;
     match error.kind() {
@@ -527,6 +548,19 @@ mod tests {
         assert_eq!(c.default_stream_subject(), "fishjam.>");
         let c = config("subject = \"{fishjam_id}.{key}\"");
         assert_eq!(c.default_stream_subject(), ">");
+    }
+
+    #[test]
+    fn fixed_header_names_are_the_names_asked_for() {
+        for name in [
+            "Content-Type",
+            "Nats-Msg-Id",
+            "Fishjam-Room-Id",
+            "Fishjam-Peer-Id",
+            "ce-id",
+        ] {
+            assert_eq!(AsRef::<[u8]>::as_ref(&header_name(name)), name.as_bytes());
+        }
     }
 
     #[test]
