@@ -101,6 +101,17 @@ pub struct WebhookConfig {
     /// Also bounds a TLS handshake.
     #[serde(default = "default_request_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
+    /// Most connections open at once; at the cap, new clients wait in the
+    /// kernel's backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that moves no byte either way this long is closed (also
+    /// the admin listener's).
+    #[serde(
+        default = "default_idle_timeout_listener",
+        deserialize_with = "duration"
+    )]
+    pub idle_timeout: Duration,
     /// Serve HTTPS with this certificate (re-read when its files change).
     pub tls: Option<ServerTlsConfig>,
 }
@@ -340,6 +351,12 @@ impl Config {
             }
             if matches!(&self.webhook.secret, Some(s) if s.expose().is_empty()) {
                 problems.push("webhook.secret is set but empty".to_owned());
+            }
+            if self.webhook.max_connections == 0 {
+                problems.push("webhook.max_connections must be at least 1".to_owned());
+            }
+            if self.webhook.idle_timeout.is_zero() {
+                problems.push("webhook.idle_timeout must be longer than zero".to_owned());
             }
             if self.webhook.max_events_per_body == 0 {
                 problems.push("webhook.max_events_per_body must be at least 1".to_owned());
@@ -627,6 +644,12 @@ fn default_dedup_entries() -> usize {
 }
 fn default_max_in_flight() -> usize {
     10_000
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_idle_timeout_listener() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_lanes() -> usize {
     4

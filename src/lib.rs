@@ -14,6 +14,7 @@ pub mod decode;
 pub mod dedup;
 pub mod event;
 pub mod fishjam;
+pub mod listener;
 pub mod normalize;
 pub mod pipeline;
 pub mod proto;
@@ -96,29 +97,20 @@ fn acceptor(
         .transpose()
 }
 
-/// Serves `router` on `listener`, over TLS when there is an acceptor, until
-/// `stop` completes.
+/// Serves `router` on `listener` with `limits`, over TLS when there is an
+/// acceptor, until `stop` completes.
 async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    handshake_timeout: std::time::Duration,
+    limits: listener::Limits,
     name: &'static str,
     router: axum::Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    match tls {
-        Some(acceptor) => {
-            let listener = tls::TlsListener::new(listener, acceptor, handshake_timeout, name)?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-        None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-    }
+    let listener = listener::Listener::new(listener, tls, limits, name)?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 /// Starts the bridge. The listeners are bound before this returns; sinks
@@ -141,12 +133,17 @@ pub async fn start(
         let addr = listener.local_addr()?;
         let router = admin::router(metrics, readiness.clone());
         let tls = acceptor("admin.tls", &config.admin.tls)?;
+        // Scrapes and probes: a few connections, never a flood.
+        let limits = listener::Limits {
+            max_connections: 256,
+            idle_timeout: config.webhook.idle_timeout,
+            handshake_timeout: std::time::Duration::from_secs(10),
+        };
         // The admin listener outlives the drain, so metrics stay scrapable;
         // it ends with the process.
         tokio::spawn(async move {
             let forever = std::future::pending::<()>();
-            let timeout = std::time::Duration::from_secs(10);
-            if let Err(error) = serve(listener, tls, timeout, "admin", router, forever).await {
+            if let Err(error) = serve(listener, tls, limits, "admin", router, forever).await {
                 tracing::error!(error = %error, "admin listener failed");
             }
         });
@@ -218,12 +215,16 @@ pub async fn start(
         let router =
             sources::webhook::router(&config.webhook, fishjam_id.clone(), pipeline.clone());
         let tls = acceptor("webhook.tls", &config.webhook.tls)?;
-        let handshake_timeout = config.webhook.request_timeout;
+        let limits = listener::Limits {
+            max_connections: config.webhook.max_connections,
+            idle_timeout: config.webhook.idle_timeout,
+            handshake_timeout: config.webhook.request_timeout,
+        };
         let stop = shutdown.clone();
         let failed = shutdown.clone();
         tasks.spawn(async move {
             let stopped = stop.cancelled_owned();
-            let served = serve(listener, tls, handshake_timeout, "webhook", router, stopped).await;
+            let served = serve(listener, tls, limits, "webhook", router, stopped).await;
             if let Err(error) = served {
                 tracing::error!(error = %error, "webhook listener failed");
                 failed.cancel();

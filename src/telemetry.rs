@@ -49,6 +49,9 @@ pub const ROOM_EVENTS: &str = "fishjam_bridge_room_events_total";
 pub const ROOMS: &str = "fishjam_bridge_rooms";
 pub const PEERS_CONNECTED: &str = "fishjam_bridge_peers_connected";
 pub const TLS_HANDSHAKE_FAILURES: &str = "fishjam_bridge_tls_handshake_failures_total";
+pub const LISTENER_CONNECTIONS: &str = "fishjam_bridge_listener_connections";
+pub const LISTENER_MAX_CONNECTIONS: &str = "fishjam_bridge_listener_max_connections";
+pub const LISTENER_IDLE_CLOSED: &str = "fishjam_bridge_listener_idle_closed_total";
 pub const KAFKA_QUEUE: &str = "fishjam_bridge_kafka_queue_messages";
 pub const KAFKA_BROKER_RTT: &str = "fishjam_bridge_kafka_broker_rtt_seconds";
 pub const KAFKA_BROKER_ERRORS: &str = "fishjam_bridge_kafka_broker_errors_total";
@@ -91,6 +94,9 @@ pub const ALL: &[&str] = &[
     ROOMS,
     PEERS_CONNECTED,
     TLS_HANDSHAKE_FAILURES,
+    LISTENER_CONNECTIONS,
+    LISTENER_MAX_CONNECTIONS,
+    LISTENER_IDLE_CLOSED,
     KAFKA_QUEUE,
     KAFKA_BROKER_RTT,
     KAFKA_BROKER_ERRORS,
@@ -225,16 +231,43 @@ fn describe() {
         "TLS handshakes that failed or timed out on a listener, by listener and reason."
     );
     describe_gauge!(
+        LISTENER_CONNECTIONS,
+        "Open connections on a listener (webhook, admin), by listener."
+    );
+    describe_gauge!(
+        LISTENER_MAX_CONNECTIONS,
+        "The configured cap on a listener's open connections."
+    );
+    describe_counter!(
+        LISTENER_IDLE_CLOSED,
+        "Connections a listener closed after its idle timeout without traffic."
+    );
+    describe_gauge!(
         PEERS_CONNECTED,
         "Peers connected, as known from the events published since the bridge started, by peer type."
     );
 }
 
-/// A listener serving TLS: its failure counters start at zero.
-pub fn tls_listener_registered(listener: &'static str) {
+/// A listener starts: its cap, and its counters at zero.
+/// (The handshake counters exist without TLS too, at zero, so one query
+/// serves every listener.)
+pub fn listener_registered(listener: &'static str, max_connections: usize) {
+    gauge!(LISTENER_MAX_CONNECTIONS, "listener" => listener).set(max_connections as f64);
+    gauge!(LISTENER_CONNECTIONS, "listener" => listener).set(0.0);
+    counter!(LISTENER_IDLE_CLOSED, "listener" => listener).increment(0);
     for reason in ["error", "timeout"] {
         counter!(TLS_HANDSHAKE_FAILURES, "listener" => listener, "reason" => reason).increment(0);
     }
+}
+
+/// A connection opened (+1) or closed (-1) on a listener.
+pub fn listener_connection(listener: &'static str, delta: f64) {
+    gauge!(LISTENER_CONNECTIONS, "listener" => listener).increment(delta);
+}
+
+/// A connection closed for idling.
+pub fn listener_idle_closed(listener: &'static str) {
+    counter!(LISTENER_IDLE_CLOSED, "listener" => listener).increment(1);
 }
 
 /// A client that did not complete its TLS handshake with a listener.

@@ -1,11 +1,10 @@
 //! TLS, both ways. As a client: trust for a self-hosted Fishjam behind a
 //! private CA, the platform's root certificates plus the ones in
 //! `notifier.ca_file`, for the notifier's WebSocket (rustls) and for the REST
-//! calls (reqwest). As a server: the webhook and admin listeners (and the
-//! simulator) with a certificate, re-read when its files change so a renewed
-//! certificate needs no restart.
+//! calls (reqwest). As a server: the certificate of the webhook and admin
+//! listeners (and the simulator), re-read when its files change so a renewed
+//! certificate needs no restart; `listener.rs` runs the handshakes.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,12 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-
-use crate::telemetry;
 
 /// The extra CA certificates, read once at start-up.
 #[derive(Debug, Clone)]
@@ -175,83 +169,4 @@ fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let certified = CertifiedKey::from_der(chain, private, &provider)
         .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
     Ok(Arc::new(certified))
-}
-
-/// Connections whose handshake is done, waiting for the HTTP server.
-const READY_CONNECTIONS: usize = 64;
-
-/// A listener serving TLS: handshakes run concurrently, each bounded by a
-/// timeout, so a client that stalls its handshake holds only its own
-/// connection, never the accept loop. Failed handshakes are counted by
-/// listener and reason.
-pub struct TlsListener {
-    addr: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    /// Starts accepting on `tcp`; `name` labels the metrics.
-    pub fn new(
-        tcp: TcpListener,
-        acceptor: TlsAcceptor,
-        handshake_timeout: Duration,
-        name: &'static str,
-    ) -> std::io::Result<TlsListener> {
-        let addr = tcp.local_addr()?;
-        telemetry::tls_listener_registered(name);
-        let (sender, ready) = mpsc::channel(READY_CONNECTIONS);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = tcp.accept() => accepted,
-                    // The server is gone: stop accepting.
-                    _ = sender.closed() => return,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of descriptors and the like: wait instead of spinning.
-                        tracing::warn!(listener = name, error = %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = sender.send((tls, peer)).await;
-                        }
-                        Ok(Err(error)) => {
-                            telemetry::tls_handshake_failed(name, "error");
-                            tracing::debug!(listener = name, %peer, error = %error, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            telemetry::tls_handshake_failed(name, "timeout");
-                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { addr, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accept task only ends once this receiver is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.addr)
-    }
 }

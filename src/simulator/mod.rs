@@ -150,31 +150,18 @@ pub async fn serve(
     // Fishjam accepts the doubled slash, so the simulator does too.
     let app = tower::Layer::layer(&tower::util::MapRequestLayer::new(collapse_slashes), router);
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+    // The simulator stands in for Fishjam in tests and benchmarks: no cap
+    // worth reaching, and idle clients are the tests' business.
+    let limits = crate::listener::Limits {
+        max_connections: 1 << 20,
+        idle_timeout: Duration::from_secs(24 * 3600),
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let listener = crate::listener::Listener::new(listener, tls, limits, "simulator")?;
     tokio::spawn(async move {
-        let served = match tls {
-            Some(acceptor) => {
-                let listener = match crate::tls::TlsListener::new(
-                    listener,
-                    acceptor,
-                    Duration::from_secs(10),
-                    "simulator",
-                ) {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::error!(error = %error, "simulator listener failed");
-                        return;
-                    }
-                };
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            }
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-            }
-        };
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(error = %error, "simulator listener failed");
         }

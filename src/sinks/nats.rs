@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use async_nats::header::{HeaderName, IntoHeaderName};
+use async_nats::jetstream;
 use async_nats::{HeaderMap, ServerAddr};
 use serde::Deserialize;
 

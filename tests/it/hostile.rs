@@ -242,6 +242,58 @@ fn every_bad_input_gets_its_answer_and_the_bridge_keeps_delivering() {
 /// handshake, then a session with a text frame and a frame over the limit,
 /// then a well-behaved session. The bridge must ride through all of it.
 #[test]
+fn idle_connections_are_closed_and_give_their_place_to_a_webhook() {
+    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n").replace(
+        "ack_timeout = \"2s\"\n",
+        "ack_timeout = \"2s\"\nmax_connections = 3\nidle_timeout = \"1s\"\n",
+    );
+    let bridge = BridgeProcess::start(&text);
+    let connections = |bridge: &BridgeProcess| {
+        bridge.metrics().sum(
+            "fishjam_bridge_listener_connections",
+            &[("listener", "webhook")],
+        )
+    };
+    assert_eq!(
+        bridge.metrics().sum(
+            "fishjam_bridge_listener_max_connections",
+            &[("listener", "webhook")]
+        ),
+        3.0
+    );
+    // Three clients that connect and say nothing take every place.
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(bridge.webhook).unwrap())
+        .collect();
+    wait_until("three connections open", || connections(&bridge) == 3.0);
+    // A webhook now waits in the backlog until the idle ones are closed.
+    let url = bridge.webhook_url();
+    let webhook = std::thread::spawn(move || send(&url, room_created("waited"), None, &[]).0);
+    for stream in &mut idle {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Ok(_) => panic!("an idle connection got bytes"),
+            Err(error) => assert!(
+                matches!(error.kind(), std::io::ErrorKind::ConnectionReset),
+                "an idle connection was not closed: {error}"
+            ),
+        }
+    }
+    assert_eq!(webhook.join().unwrap(), 200);
+    let events = read_events(&bridge.dir().join("events.jsonl"));
+    assert_eq!(events[0]["data"]["roomId"], "waited");
+    let metrics = bridge.metrics();
+    assert!(
+        metrics.sum(
+            "fishjam_bridge_listener_idle_closed_total",
+            &[("listener", "webhook")]
+        ) >= 3.0
+    );
+}
+
+#[test]
 fn a_misbehaving_notifier_costs_sessions_never_the_bridge() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
