@@ -201,6 +201,9 @@ pub struct PipelineConfig {
     /// On SIGTERM, how long in-flight events may take to reach the sinks.
     #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// A JSON-lines file for events a sink refuses for good (too large,
+    /// invalid for the broker); without it they are logged whole.
+    pub dead_letter_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,6 +10,7 @@ pub mod activity;
 pub mod admin;
 pub mod backoff;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
 pub mod dedup;
 pub mod event;
@@ -169,6 +170,7 @@ pub async fn start(
         max_batch: config.pipeline.max_batch,
         retry_initial_backoff: config.pipeline.retry_initial_backoff,
         retry_max_backoff: config.pipeline.retry_max_backoff,
+        dead_letters: dead_letter::DeadLetters::new(config.pipeline.dead_letter_path.clone()),
     };
     let sink_tasks = TaskTracker::new();
     for (sink_config, sink_lanes) in config.sinks.iter().cloned().zip(lanes) {

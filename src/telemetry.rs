@@ -32,6 +32,7 @@ pub const SINK_PUBLISH_DURATION: &str = "fishjam_bridge_sink_publish_duration_se
 pub const SINK_QUEUE: &str = "fishjam_bridge_sink_queue_events";
 pub const SINK_UP: &str = "fishjam_bridge_sink_up";
 pub const SINK_RETURNED: &str = "fishjam_bridge_sink_events_returned_total";
+pub const DEAD_LETTERS: &str = "fishjam_bridge_dead_letters_total";
 pub const SINK_RECONNECTS: &str = "fishjam_bridge_sink_reconnects_total";
 pub const NOTIFIER_STATE: &str = "fishjam_bridge_notifier_state";
 pub const NOTIFIER_CONNECTS: &str = "fishjam_bridge_notifier_connects_total";
@@ -78,6 +79,7 @@ pub const ALL: &[&str] = &[
     SINK_UP,
     SINK_RETURNED,
     SINK_RECONNECTS,
+    DEAD_LETTERS,
     NOTIFIER_STATE,
     NOTIFIER_CONNECTS,
     NOTIFIER_DISCONNECTS,
@@ -217,6 +219,10 @@ fn describe() {
     describe_counter!(
         SINK_RECONNECTS,
         "Connections a sink opened again after losing one."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Events a sink refused for good, kept as dead letters (file or log), by sink."
     );
     describe_counter!(
         ROOM_EVENTS,
@@ -381,11 +387,17 @@ pub fn sink_registered(sink: &str) {
         SINK_RETRIES,
         SINK_RETURNED,
         SINK_RECONNECTS,
+        DEAD_LETTERS,
     ] {
         counter!(name, "sink" => sink.to_owned()).increment(0);
     }
     gauge!(SINK_QUEUE, "sink" => sink.to_owned()).increment(0.0);
     gauge!(SINK_UP, "sink" => sink.to_owned()).set(0.0);
+}
+
+/// An event a sink refused for good, kept as a dead letter.
+pub fn dead_lettered(sink: &str) {
+    counter!(DEAD_LETTERS, "sink" => sink.to_owned()).increment(1);
 }
 
 /// librdkafka's periodic statistics for one Kafka sink.

@@ -302,7 +302,7 @@ impl AmqpSink {
         }
         let result = settlement.finish();
         if let Err(PublishError { error, .. }) = &result {
-            if !matches!(error, SinkError::Rejected(_)) {
+            if !matches!(error, SinkError::Rejected(_) | SinkError::Nacked(_)) {
                 // The channel's state is unknown: start again on a new one.
                 self.drop_link().await;
             }
@@ -326,7 +326,8 @@ impl AmqpSink {
                 telemetry::sink_returned(&self.name);
                 Ok(())
             }
-            Ok(Confirmation::Nack(_)) => Err(SinkError::Rejected("nack".to_owned())),
+            // RabbitMQ nacks on overflow or a queue's internal error: both pass.
+            Ok(Confirmation::Nack(_)) => Err(SinkError::Nacked("nack".to_owned())),
             Err(error) => Err(SinkError::Connect(error.to_string())),
         }
     }

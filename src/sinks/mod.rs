@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::admin::Readiness;
 use crate::backoff::Backoff;
+use crate::dead_letter::DeadLetters;
 use crate::event::Event;
 use crate::pipeline::{InFlight, Job, LaneReceiver};
 use crate::route;
@@ -127,8 +128,13 @@ pub enum SinkError {
     Publish(String),
     #[error("no acknowledgement within the timeout")]
     Timeout,
-    #[error("the broker refused the message: {0}")]
+    /// The broker refused this message and would refuse it again (too
+    /// large, invalid): it is dead-lettered, not retried.
+    #[error("the broker refused the message for good: {0}")]
     Rejected(String),
+    /// The broker refused the message for now (a RabbitMQ nack): retried.
+    #[error("the broker did not take the message: {0}")]
+    Nacked(String),
 }
 
 impl SinkError {
@@ -141,6 +147,7 @@ impl SinkError {
             SinkError::Publish(_) => "publish",
             SinkError::Timeout => "timeout",
             SinkError::Rejected(_) => "rejected",
+            SinkError::Nacked(_) => "nacked",
         }
     }
 }
@@ -329,6 +336,7 @@ pub struct LaneOptions {
     pub max_batch: usize,
     pub retry_initial_backoff: Duration,
     pub retry_max_backoff: Duration,
+    pub dead_letters: DeadLetters,
 }
 
 /// Drives one lane of one sink until the pipeline closes it and it is empty.
@@ -351,6 +359,8 @@ pub async fn run_lane(
 /// Publishes `batch` until every event in it is acknowledged. A failure
 /// retries from the first unacknowledged event, so events of one room never
 /// overtake each other; events after it may be published again (same id).
+/// An event the broker refuses for good becomes a dead letter, and the
+/// batch goes on after it.
 async fn deliver(sink: &Sink, batch: &[Arc<Job>], options: &LaneOptions) {
     let mut done = 0;
     let mut backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
@@ -369,6 +379,26 @@ async fn deliver(sink: &Sink, batch: &[Arc<Job>], options: &LaneOptions) {
                 let acknowledged = acknowledged.min(pending.len());
                 acknowledge(sink, &pending[..acknowledged], started);
                 done += acknowledged;
+                if let (SinkError::Rejected(reason), Some(refused)) = (&error, batch.get(done)) {
+                    telemetry::sink_failed(sink.name(), error.reason(), 1);
+                    match options
+                        .dead_letters
+                        .store(sink.name(), reason, refused)
+                        .await
+                    {
+                        Ok(()) => {
+                            // Kept: done with it, and on with its room.
+                            refused.acknowledge();
+                            done += 1;
+                            continue;
+                        }
+                        Err(failure) => tracing::error!(
+                            sink = sink.name(),
+                            error = %failure,
+                            "cannot write a dead letter; the event is retried"
+                        ),
+                    }
+                }
                 telemetry::sink_failed(sink.name(), error.reason(), batch.len() - done);
                 telemetry::sink_retry(sink.name());
                 let delay = backoff.next_delay();

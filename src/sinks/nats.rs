@@ -382,8 +382,14 @@ impl NatsSink {
         }
     }
 
-    fn message(&self, job: &Job) -> (String, HeaderMap) {
+    /// The subject and headers of `job`'s message; an error when the message
+    /// (headers and payload) exceeds the server's `max_payload`. The server
+    /// would close the connection over it, and every retry again, so it is
+    /// refused for good here instead.
+    fn message(&self, job: &Job) -> Result<(String, HeaderMap), SinkError> {
         let mut map = HeaderMap::new();
+        // "NATS/1.0\r\n", each "name: value\r\n", then "\r\n".
+        let mut size = 12 + job.json.len();
         // The event id goes in Nats-Msg-Id only: JetStream drops a repeated
         // one inside its duplicate window, and every header costs a map entry.
         each_header(
@@ -392,10 +398,17 @@ impl NatsSink {
             self.cloudevents,
             "ce-",
             |name, value| {
+                size += name.len() + value.len() + 4;
                 map.insert(header_name(name), value);
             },
         );
-        (self.subject.render(&job.event), map)
+        let max_payload = self.client.server_info().max_payload;
+        if max_payload > 0 && size > max_payload {
+            return Err(SinkError::Rejected(format!(
+                "{size} bytes with headers, over the server's max_payload of {max_payload}"
+            )));
+        }
+        Ok((self.subject.render(&job.event), map))
     }
 
     async fn publish_core(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
@@ -405,20 +418,33 @@ impl NatsSink {
             error,
         };
         let publish_all = async {
-            for job in jobs {
-                let (subject, headers) = self.message(job);
+            for (index, job) in jobs.iter().enumerate() {
+                let (subject, headers) = match self.message(job) {
+                    Ok(message) => message,
+                    Err(refused) => {
+                        // What came before it is safe once flushed.
+                        self.client
+                            .flush()
+                            .await
+                            .map_err(|e| failed(SinkError::Publish(e.to_string())))?;
+                        return Err(PublishError {
+                            acknowledged: index,
+                            error: refused,
+                        });
+                    }
+                };
                 self.client
                     .publish_with_headers(subject, headers, job.json.clone())
                     .await
-                    .map_err(|e| SinkError::Publish(e.to_string()))?;
+                    .map_err(|e| failed(SinkError::Publish(e.to_string())))?;
             }
             self.client
                 .flush()
                 .await
-                .map_err(|e| SinkError::Publish(e.to_string()))
+                .map_err(|e| failed(SinkError::Publish(e.to_string())))
         };
         match tokio::time::timeout(self.timeout, publish_all).await {
-            Ok(result) => result.map_err(failed),
+            Ok(result) => result,
             Err(_) => Err(failed(SinkError::Timeout)),
         }
     }
@@ -433,13 +459,22 @@ impl NatsSink {
         let answer = |ack: Result<jetstream::publish::PublishAck, _>| {
             ack.map(|_| ()).map_err(|error| classify_ack_error(&error))
         };
+        // A failure to send ends the batch; it is recorded after the acks of
+        // the messages sent before it, so the settlement stays in batch order.
+        let mut stopped = None;
         for job in jobs {
             if window.len() >= self.max_ack_inflight {
                 let oldest: jetstream::context::PublishAckFuture =
                     window.pop_front().expect("the window is full");
                 settlement.record(answer(oldest.await));
             }
-            let (subject, headers) = self.message(job);
+            let (subject, headers) = match self.message(job) {
+                Ok(message) => message,
+                Err(refused) => {
+                    stopped = Some(refused);
+                    break;
+                }
+            };
             let sent = tokio::time::timeout(
                 self.timeout,
                 context.publish_with_headers(subject, headers, job.json.clone()),
@@ -448,11 +483,11 @@ impl NatsSink {
             match sent {
                 Ok(Ok(ack)) => window.push_back(ack),
                 Ok(Err(error)) => {
-                    settlement.record(Err(SinkError::Publish(error.to_string())));
+                    stopped = Some(SinkError::Publish(error.to_string()));
                     break;
                 }
                 Err(_) => {
-                    settlement.record(Err(SinkError::Timeout));
+                    stopped = Some(SinkError::Timeout);
                     break;
                 }
             }
@@ -461,6 +496,9 @@ impl NatsSink {
         // is left dangling.
         while let Some(ack) = window.pop_front() {
             settlement.record(answer(ack.await));
+        }
+        if let Some(error) = stopped {
+            settlement.record(Err(error));
         }
         settlement.finish()
     }

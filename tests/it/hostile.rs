@@ -20,7 +20,7 @@ use crate::webhook::room_created;
 const SECRET: &str = "whsec-hostile-1";
 const MAX_BODY: usize = 65_536;
 
-fn batch(notifications: Vec<ServerMessage>) -> Vec<u8> {
+pub fn batch(notifications: Vec<ServerMessage>) -> Vec<u8> {
     ServerMessage {
         content: Some(Content::NotificationBatch(sm::NotificationBatch {
             notifications,

@@ -313,3 +313,86 @@ fn jetstream_stores_every_event_once_through_a_server_restart() {
     // Bodies the simulator sent again after a 503 are new events (new ids).
     assert_each_room_complete_in_order(&expected(31, 8, 3000), &by_key(&stored));
 }
+
+#[test]
+fn an_event_over_max_payload_is_dead_lettered_and_its_room_goes_on() {
+    use fishjam_bridge::proto::server_message as sm;
+    use fishjam_bridge::proto::{Content, ServerMessage};
+    let rt = runtime();
+    let _context = rt.enter();
+    let prefix = unique("dl");
+    let (client, mut subscription) = rt.block_on(async {
+        let client = client(&nats_url()).await;
+        let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
+        client.flush().await.unwrap();
+        (client, subscription)
+    });
+    let max_payload = client.server_info().max_payload;
+    let bridge = BridgeProcess::start(
+        &nats_sink(&nats_url(), &format!("{prefix}.{{key}}.{{type}}"), "").replace(
+            "[log]\n",
+            "[pipeline]\ndead_letter_path = \"{dir}/dead-letters.jsonl\"\n[log]\n",
+        ),
+    );
+    let message = |content| ServerMessage {
+        content: Some(content),
+    };
+    let huge = format!("\"{}\"", "m".repeat(max_payload));
+    let body = crate::hostile::batch(vec![
+        message(Content::RoomCreated(sm::RoomCreated {
+            room_id: "dl-room".into(),
+        })),
+        message(Content::PeerMetadataUpdated(sm::PeerMetadataUpdated {
+            room_id: "dl-room".into(),
+            peer_id: "dl-peer".into(),
+            metadata: huge,
+            peer_type: 1,
+        })),
+        message(Content::RoomDeleted(sm::RoomDeleted {
+            room_id: "dl-room".into(),
+        })),
+    ]);
+    assert_eq!(post(&bridge.webhook_url(), body, None).status(), 200);
+    // The room's other events pass the refused one, in order.
+    let types: Vec<String> = rt.block_on(async {
+        let mut types = Vec::new();
+        while types.len() < 2 {
+            let message = tokio::time::timeout(WAIT, subscription.next())
+                .await
+                .expect("the room's other events arrive")
+                .unwrap();
+            let event: Value = serde_json::from_slice(&message.payload).unwrap();
+            types.push(event["type"].as_str().unwrap().to_owned());
+        }
+        types
+    });
+    assert_eq!(types, ["roomCreated", "roomDeleted"]);
+    let letters = read_events(&bridge.dir().join("dead-letters.jsonl"));
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["sink"], "nats");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_payload"),
+        "{}",
+        letters[0]["reason"]
+    );
+    assert_eq!(letters[0]["event"]["type"], "peerMetadataUpdated");
+    assert_eq!(letters[0]["event"]["data"]["peerId"], "dl-peer");
+    let metrics = bridge.metrics();
+    assert_eq!(
+        metrics.sum("fishjam_bridge_dead_letters_total", &[("sink", "nats")]),
+        1.0
+    );
+    assert_eq!(
+        metrics.sum("fishjam_bridge_sink_retries_total", &[]),
+        0.0,
+        "a refused event is not retried"
+    );
+    // The connection survived: NATS never saw the oversized message.
+    assert_eq!(
+        metrics.sum("fishjam_bridge_sink_reconnects_total", &[]),
+        0.0
+    );
+}
