@@ -332,9 +332,10 @@ impl KafkaSink {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((error, _)) => {
-                        return self
-                            .settle(deliveries, Some(SinkError::Publish(error.to_string())))
-                            .await;
+                        // librdkafka refuses a record over message.max.bytes
+                        // here, before it is queued: classified like a report.
+                        let error = classify(error, self.timeout);
+                        return self.settle(deliveries, Some(error)).await;
                     }
                 }
             }

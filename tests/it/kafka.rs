@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::support::*;
-use crate::webhook::expected;
+use crate::webhook::{expected, post};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
@@ -356,5 +356,59 @@ fn injected_broker_faults_lose_no_acknowledged_event() {
     assert_each_room_complete_in_order(
         &expected(71, 8, 1500),
         &by_key(records.iter().map(|record| &record.3)),
+    );
+}
+
+#[test]
+fn a_record_over_message_max_bytes_is_dead_lettered_and_its_room_goes_on() {
+    use fishjam_bridge::proto::server_message as sm;
+    use fishjam_bridge::proto::{Content, ServerMessage};
+    let cluster = MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topic = unique("fishjam-dead");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let text = kafka_sink(
+        &bootstrap,
+        &topic,
+        "[sinks.librdkafka]\n\"message.max.bytes\" = \"4000\"\n",
+    )
+    .replace(
+        "[log]\n",
+        "[pipeline]\ndead_letter_path = \"{dir}/dead-letters.jsonl\"\n[log]\n",
+    );
+    let bridge = BridgeProcess::start(&text);
+    let message = |content| ServerMessage {
+        content: Some(content),
+    };
+    let body = crate::hostile::batch(vec![
+        message(Content::RoomCreated(sm::RoomCreated {
+            room_id: "kd-room".into(),
+        })),
+        message(Content::PeerMetadataUpdated(sm::PeerMetadataUpdated {
+            room_id: "kd-room".into(),
+            peer_id: "kd-peer".into(),
+            metadata: format!("\"{}\"", "m".repeat(8000)),
+            peer_type: 1,
+        })),
+        message(Content::RoomDeleted(sm::RoomDeleted {
+            room_id: "kd-room".into(),
+        })),
+    ]);
+    assert_eq!(post(&bridge.webhook_url(), body, None).status(), 200);
+    let records = read_topic(&bootstrap, &topic, 1, 2);
+    let types: Vec<&str> = records
+        .iter()
+        .map(|(_, _, _, event, _)| event["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["roomCreated", "roomDeleted"]);
+    let letters = read_events(&bridge.dir().join("dead-letters.jsonl"));
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["sink"], "kafka");
+    assert_eq!(letters[0]["event"]["data"]["peerId"], "kd-peer");
+    assert_eq!(
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_dead_letters_total", &[("sink", "kafka")]),
+        1.0
     );
 }
