@@ -185,6 +185,15 @@ pub struct PipelineConfig {
     /// it is reached, webhooks get 503 with Retry-After.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight_events: usize,
+    /// Of those, most that may be bursty (voice activity, metadata updates),
+    /// so that a flood of them never takes the slots lifecycle events need.
+    #[serde(default = "default_max_in_flight_bursty")]
+    pub max_in_flight_bursty_events: usize,
+    /// When the bursty slots are full: `wait` (the body waits; a webhook gets
+    /// 503 and is sent again) or `shed` (the body's oldest bursty events are
+    /// dropped and counted; lifecycle events never are).
+    #[serde(default)]
+    pub bursty_when_full: crate::pipeline::WhenFull,
     /// Independent lanes per sink; a room always uses the same lane, so its
     /// events stay in order while rooms on other lanes publish in parallel.
     #[serde(default = "default_lanes")]
@@ -399,6 +408,18 @@ impl Config {
             problems.push(
                 "enable webhook or notifier (or both): with neither, nothing comes in".to_owned(),
             );
+        }
+        if self.pipeline.max_in_flight_bursty_events == 0 {
+            problems.push("pipeline.max_in_flight_bursty_events must be at least 1".to_owned());
+        }
+        if self.webhook.enabled
+            && self.pipeline.bursty_when_full == crate::pipeline::WhenFull::Wait
+            && self.webhook.max_events_per_body > self.pipeline.max_in_flight_bursty_events
+        {
+            problems.push(format!(
+                "webhook.max_events_per_body ({}) must not exceed pipeline.max_in_flight_bursty_events ({}) with bursty_when_full = \"wait\": a body of voice activity could never be accepted",
+                self.webhook.max_events_per_body, self.pipeline.max_in_flight_bursty_events
+            ));
         }
         if self.pipeline.max_in_flight_events == 0 {
             problems.push("pipeline.max_in_flight_events must be at least 1".to_owned());
@@ -647,6 +668,9 @@ fn default_dedup_entries() -> usize {
 }
 fn default_max_in_flight() -> usize {
     10_000
+}
+fn default_max_in_flight_bursty() -> usize {
+    5_000
 }
 fn default_max_connections() -> usize {
     4096

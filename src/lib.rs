@@ -164,8 +164,15 @@ pub async fn start(
         telemetry::dedup_registered();
         dedup::Deduplicator::new(config.dedup.window, config.dedup.max_entries)
     });
-    let (pipeline, lanes, in_flight) =
-        Pipeline::new(&sinks, config.pipeline.max_in_flight_events, dedup);
+    let (pipeline, lanes, in_flight) = Pipeline::new(
+        &sinks,
+        config.pipeline.max_in_flight_events,
+        pipeline::BurstyLimit {
+            max_in_flight: config.pipeline.max_in_flight_bursty_events,
+            when_full: config.pipeline.bursty_when_full,
+        },
+        dedup,
+    );
     let lane_options = LaneOptions {
         max_batch: config.pipeline.max_batch,
         retry_initial_backoff: config.pipeline.retry_initial_backoff,

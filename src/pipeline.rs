@@ -8,6 +8,13 @@
 //! `Receipt` that completes once every sink acknowledged every event of the
 //! body. An event's slot in the bound is freed when the last sink is done
 //! with it, so memory stays bounded whatever the input rate.
+//!
+//! Bursty events (voice activity, metadata updates) also need a slot of
+//! their own, of which there are fewer, so a flood of them can never take
+//! the slots that lifecycle events (rooms, peers, tracks) need. When their
+//! slots are full, a body with more of them waits (a webhook is refused with
+//! 503 and sent again) or, with `bursty_when_full = "shed"`, its oldest
+//! bursty events are dropped and counted; lifecycle events are never shed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::activity::{Activity, KnownRooms};
 use crate::dedup::{self, Deduplicator};
-use crate::event::{Event, Source};
+use crate::event::{Event, EventType, Source};
 use crate::telemetry;
 
 /// One event on its way to the sinks.
@@ -29,6 +36,7 @@ pub struct Job {
     pub json: Bytes,
     receipt: Arc<ReceiptState>,
     _permit: OwnedSemaphorePermit,
+    _bursty: Option<OwnedSemaphorePermit>,
 }
 
 impl Job {
@@ -95,6 +103,35 @@ impl InFlight {
     }
 }
 
+/// Voice activity and metadata updates: many, often, and each superseded by
+/// the next.
+pub fn is_bursty(event_type: EventType) -> bool {
+    matches!(
+        event_type,
+        EventType::VadNotification
+            | EventType::PeerMetadataUpdated
+            | EventType::TrackMetadataUpdated
+    )
+}
+
+/// What happens to bursty events when their slots are full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// The body waits (a webhook is answered 503 and sent again).
+    #[default]
+    Wait,
+    /// The body's oldest bursty events are dropped, counted, and the rest admitted.
+    Shed,
+}
+
+/// The bound on bursty events in flight, and what happens beyond it.
+#[derive(Debug, Clone, Copy)]
+pub struct BurstyLimit {
+    pub max_in_flight: usize,
+    pub when_full: WhenFull,
+}
+
 /// The receiving end of one lane of one sink.
 pub type LaneReceiver = mpsc::UnboundedReceiver<Arc<Job>>;
 
@@ -103,6 +140,9 @@ pub type LaneReceiver = mpsc::UnboundedReceiver<Arc<Job>>;
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     in_flight: InFlight,
+    /// Slots of bursty events, taken beside their slot in `in_flight`.
+    bursty: Arc<Semaphore>,
+    bursty_limit: BurstyLimit,
     /// With both sources on: checked and updated under its lock together
     /// with the dispatch to the lanes, so that the first delivery of each
     /// notification reaches the lanes in the order it was admitted.
@@ -122,6 +162,7 @@ impl Pipeline {
     pub fn new(
         sinks: &[(String, usize)],
         capacity: usize,
+        bursty_limit: BurstyLimit,
         dedup: Option<Deduplicator>,
     ) -> (Pipeline, Vec<Vec<LaneReceiver>>, InFlight) {
         let in_flight = InFlight {
@@ -139,8 +180,11 @@ impl Pipeline {
             senders.push((Arc::from(name.as_str()), tx));
             receivers.push(rx);
         }
+        telemetry::bursty_registered();
         let pipeline = Pipeline {
             in_flight: in_flight.clone(),
+            bursty: Arc::new(Semaphore::new(bursty_limit.max_in_flight)),
+            bursty_limit,
             dedup: dedup.map(|d| Arc::new(std::sync::Mutex::new(d))),
             activity: Arc::default(),
             lanes: Arc::new(senders),
@@ -171,6 +215,8 @@ impl Pipeline {
         source: Source,
         received: Instant,
     ) -> Result<Receipt, SubmitError> {
+        let mut events = events;
+        let bursty = self.try_bursty_slots(&mut events)?;
         let count = u32::try_from(events.len()).map_err(|_| SubmitError::TooLarge)?;
         if events.len() > self.in_flight.capacity {
             return Err(SubmitError::TooLarge);
@@ -180,7 +226,45 @@ impl Pipeline {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(SubmitError::Full),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::Closed),
         };
-        Ok(self.dispatch(events, permit, source, received))
+        Ok(self.dispatch(events, permit, bursty, source, received))
+    }
+
+    /// Takes the slots of the bursty events in `events` without waiting; with
+    /// `Shed`, drops the oldest of them for which no slot is free.
+    fn try_bursty_slots(
+        &self,
+        events: &mut Vec<Event>,
+    ) -> Result<Option<OwnedSemaphorePermit>, SubmitError> {
+        let wanted = bursty_count(events);
+        if wanted == 0 {
+            return Ok(None);
+        }
+        loop {
+            let take = match self.bursty_limit.when_full {
+                WhenFull::Wait if wanted > self.bursty_limit.max_in_flight => {
+                    return Err(SubmitError::TooLarge)
+                }
+                WhenFull::Wait => wanted,
+                WhenFull::Shed => wanted.min(self.bursty.available_permits()),
+            };
+            if take == 0 {
+                shed_oldest_bursty(events, wanted);
+                return Ok(None);
+            }
+            match self.bursty.clone().try_acquire_many_owned(take as u32) {
+                Ok(permit) => {
+                    shed_oldest_bursty(events, wanted - take);
+                    return Ok(Some(permit));
+                }
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    if self.bursty_limit.when_full == WhenFull::Wait {
+                        return Err(SubmitError::Full);
+                    }
+                    // Another body took the free slots meanwhile: count again.
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::Closed),
+            }
+        }
     }
 
     /// Admits all of `events`, waiting for room in the bound.
@@ -190,6 +274,23 @@ impl Pipeline {
         source: Source,
         received: Instant,
     ) -> Result<Receipt, SubmitError> {
+        let mut events = events;
+        let bursty = match self.bursty_limit.when_full {
+            WhenFull::Shed => self.try_bursty_slots(&mut events)?,
+            WhenFull::Wait => match bursty_count(&events) {
+                0 => None,
+                wanted if wanted > self.bursty_limit.max_in_flight => {
+                    return Err(SubmitError::TooLarge)
+                }
+                wanted => Some(
+                    self.bursty
+                        .clone()
+                        .acquire_many_owned(wanted as u32)
+                        .await
+                        .map_err(|_| SubmitError::Closed)?,
+                ),
+            },
+        };
         let count = u32::try_from(events.len()).map_err(|_| SubmitError::TooLarge)?;
         if events.len() > self.in_flight.capacity {
             return Err(SubmitError::TooLarge);
@@ -201,13 +302,14 @@ impl Pipeline {
             .acquire_many_owned(count)
             .await
             .map_err(|_| SubmitError::Closed)?;
-        Ok(self.dispatch(events, permit, source, received))
+        Ok(self.dispatch(events, permit, bursty, source, received))
     }
 
     fn dispatch(
         &self,
         mut events: Vec<Event>,
         mut permit: OwnedSemaphorePermit,
+        mut bursty: Option<OwnedSemaphorePermit>,
         source: Source,
         received: Instant,
     ) -> Receipt {
@@ -221,6 +323,12 @@ impl Pipeline {
             let surplus = permit.num_permits() - events.len();
             if surplus > 0 {
                 drop(permit.split(surplus));
+            }
+            if let Some(slots) = bursty.as_mut() {
+                let surplus = slots.num_permits() - bursty_count(&events);
+                if surplus > 0 {
+                    drop(slots.split(surplus));
+                }
             }
         }
         self.activity
@@ -240,12 +348,18 @@ impl Pipeline {
             telemetry::sink_queue(name, events.len() as f64);
         }
         for event in events {
+            let event_type = event.event_type;
             let hash = key_hash(event.key());
             let job = Arc::new(Job {
                 json: event.to_json_bytes(),
                 event,
                 receipt: receipt.clone(),
                 _permit: permit.split(1).expect("one permit was taken per event"),
+                _bursty: if is_bursty(event_type) {
+                    bursty.as_mut().and_then(|slots| slots.split(1))
+                } else {
+                    None
+                },
             });
             for (name, lanes) in self.lanes.iter() {
                 let lane = (hash % lanes.len() as u64) as usize;
@@ -258,6 +372,25 @@ impl Pipeline {
         self.in_flight.report();
         Receipt(receipt)
     }
+}
+
+fn bursty_count(events: &[Event]) -> usize {
+    events.iter().filter(|e| is_bursty(e.event_type)).count()
+}
+
+/// Drops the first `excess` bursty events, keeping the latest state of each
+/// burst; counted by type.
+fn shed_oldest_bursty(events: &mut Vec<Event>, excess: usize) {
+    let mut left = excess;
+    events.retain(|event| {
+        if left > 0 && is_bursty(event.event_type) {
+            left -= 1;
+            telemetry::shed(event.event_type);
+            false
+        } else {
+            true
+        }
+    });
 }
 
 /// What picks a key's lane: FNV-1a, stable across runs and builds.
@@ -281,6 +414,102 @@ mod tests {
     use crate::event::*;
     use std::time::SystemTime;
 
+    const NO_BURSTY_LIMIT: BurstyLimit = BurstyLimit {
+        max_in_flight: 100,
+        when_full: WhenFull::Wait,
+    };
+
+    fn vad(room: &str) -> Event {
+        Event {
+            event_type: EventType::VadNotification,
+            ..event(room)
+        }
+    }
+
+    fn types(events: &[Arc<Job>]) -> Vec<EventType> {
+        events.iter().map(|job| job.event.event_type).collect()
+    }
+
+    #[tokio::test]
+    async fn bursty_events_never_take_the_slots_of_lifecycle_events() {
+        let limit = BurstyLimit {
+            max_in_flight: 2,
+            when_full: WhenFull::Wait,
+        };
+        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 5, limit, None);
+        let now = Instant::now;
+        let _first = pipeline
+            .try_submit(vec![vad("r"), vad("r")], Source::Webhook, now())
+            .unwrap();
+        // The bursty slots are full: more voice activity waits...
+        assert_eq!(
+            pipeline
+                .try_submit(vec![vad("r"), event("r")], Source::Webhook, now())
+                .unwrap_err(),
+            SubmitError::Full
+        );
+        // ...a body that could never fit is refused as such...
+        assert_eq!(
+            pipeline
+                .try_submit(vec![vad("r"), vad("r"), vad("r")], Source::Webhook, now())
+                .unwrap_err(),
+            SubmitError::TooLarge
+        );
+        // ...and lifecycle events still have every other slot.
+        let _second = pipeline
+            .try_submit(
+                vec![event("r"), event("r"), event("r")],
+                Source::Webhook,
+                now(),
+            )
+            .unwrap();
+        assert_eq!(in_flight.current(), 5);
+        let mut jobs = Vec::new();
+        lanes[0][0].recv_many(&mut jobs, 10).await;
+        assert_eq!(jobs.len(), 5);
+        // Once the voice activity is done with, its slots come back.
+        for job in &jobs {
+            job.acknowledge();
+        }
+        drop(jobs);
+        pipeline
+            .try_submit(vec![vad("r"), vad("r")], Source::Webhook, now())
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn shedding_drops_the_oldest_bursty_events_and_never_lifecycle_ones() {
+        let limit = BurstyLimit {
+            max_in_flight: 2,
+            when_full: WhenFull::Shed,
+        };
+        let (pipeline, mut lanes, _) = Pipeline::new(&[("a".into(), 1)], 10, limit, None);
+        let mut body = vec![vad("r"), event("r"), vad("r"), vad("r")];
+        body[0].id = new_event_id(SystemTime::now());
+        let oldest = body[0].id;
+        let _receipt = pipeline
+            .try_submit(body, Source::Webhook, Instant::now())
+            .unwrap();
+        let mut jobs = Vec::new();
+        lanes[0][0].recv_many(&mut jobs, 10).await;
+        assert_eq!(
+            types(&jobs),
+            [
+                EventType::RoomCreated,
+                EventType::VadNotification,
+                EventType::VadNotification
+            ]
+        );
+        assert!(jobs.iter().all(|job| job.event.id != oldest));
+        // Full now: the next body keeps its lifecycle event and sheds the rest.
+        let _receipt = pipeline
+            .try_submit(vec![vad("r"), event("r")], Source::Webhook, Instant::now())
+            .unwrap();
+        let mut more = Vec::new();
+        lanes[0][0].recv_many(&mut more, 10).await;
+        assert_eq!(types(&more), [EventType::RoomCreated]);
+    }
+
     fn event(room: &str) -> Event {
         Event {
             id: new_event_id(SystemTime::now()),
@@ -297,7 +526,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_is_admitted_whole_or_not_at_all() {
-        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 3, None);
+        let (pipeline, mut lanes, in_flight) =
+            Pipeline::new(&[("a".into(), 1)], 3, NO_BURSTY_LIMIT, None);
         let first = pipeline
             .try_submit(
                 vec![event("r"), event("r")],
@@ -328,7 +558,12 @@ mod tests {
 
     #[tokio::test]
     async fn receipt_waits_for_every_sink() {
-        let (pipeline, mut lanes, _) = Pipeline::new(&[("a".into(), 2), ("b".into(), 2)], 10, None);
+        let (pipeline, mut lanes, _) = Pipeline::new(
+            &[("a".into(), 2), ("b".into(), 2)],
+            10,
+            NO_BURSTY_LIMIT,
+            None,
+        );
         let receipt = pipeline
             .try_submit(vec![event("r1")], Source::Webhook, Instant::now())
             .unwrap();

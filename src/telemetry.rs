@@ -21,6 +21,7 @@ pub const UNMAPPED_ENUMS: &str = "fishjam_bridge_unmapped_enum_values_total";
 pub const DECODE_FAILURES: &str = "fishjam_bridge_decode_failures_total";
 pub const WEBHOOK_REQUESTS: &str = "fishjam_bridge_webhook_requests_total";
 pub const PIPELINE_REJECTED: &str = "fishjam_bridge_pipeline_rejected_events_total";
+pub const PIPELINE_SHED: &str = "fishjam_bridge_pipeline_shed_events_total";
 pub const PIPELINE_IN_FLIGHT: &str = "fishjam_bridge_pipeline_events_in_flight";
 pub const PIPELINE_CAPACITY: &str = "fishjam_bridge_pipeline_capacity_events";
 pub const ACK_LATENCY: &str = "fishjam_bridge_ack_latency_seconds";
@@ -67,6 +68,7 @@ pub const ALL: &[&str] = &[
     DECODE_FAILURES,
     WEBHOOK_REQUESTS,
     PIPELINE_REJECTED,
+    PIPELINE_SHED,
     PIPELINE_IN_FLIGHT,
     PIPELINE_CAPACITY,
     ACK_LATENCY,
@@ -184,6 +186,10 @@ fn describe() {
         PIPELINE_REJECTED,
         "Events refused because the pipeline held its maximum in flight."
     );
+    describe_counter!(
+        PIPELINE_SHED,
+        "Bursty events (voice activity, metadata updates) dropped because their slots were full, with bursty_when_full = shed; by event type."
+    );
     describe_gauge!(
         PIPELINE_IN_FLIGHT,
         "Events accepted and not yet acknowledged by every sink."
@@ -252,6 +258,20 @@ fn describe() {
         PEERS_CONNECTED,
         "Peers connected, as known from the events published since the bridge started, by peer type."
     );
+}
+
+/// The shed counters start at zero for each bursty event type.
+pub fn bursty_registered() {
+    for event_type in EventType::ALL {
+        if crate::pipeline::is_bursty(*event_type) {
+            counter!(PIPELINE_SHED, "event_type" => event_type.as_str()).increment(0);
+        }
+    }
+}
+
+/// A bursty event dropped for want of a slot.
+pub fn shed(event_type: EventType) {
+    counter!(PIPELINE_SHED, "event_type" => event_type.as_str()).increment(1);
 }
 
 /// A listener starts: its cap, and its counters at zero.
