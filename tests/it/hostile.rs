@@ -405,3 +405,57 @@ fn a_misbehaving_notifier_costs_sessions_never_the_bridge() {
     assert!(bridge.is_ready());
     assert!(bridge.terminate().success());
 }
+
+#[test]
+fn a_flood_of_voice_activity_never_takes_the_slots_of_lifecycle_events() {
+    // The only sink never acknowledges (every write fails), so what is
+    // admitted stays in flight and the bounds fill.
+    let text = config(
+        "[[sinks]]\ntype = \"file\"\npath = \"/dev/full\"\n\
+         [pipeline]\nmax_in_flight_events = 100\nmax_in_flight_bursty_events = 10\n\
+         bursty_when_full = \"shed\"\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \"50ms\"\n",
+    )
+    .replace("[webhook]\n", "[webhook]\nmax_events_per_body = 50\n")
+    .replace("ack_timeout = \"2s\"", "ack_timeout = \"100ms\"");
+    let bridge = BridgeProcess::start(&text);
+    let url = bridge.webhook_url();
+    let vad = |n: usize| {
+        batch(
+            (0..n)
+                .map(|i| ServerMessage {
+                    content: Some(Content::VadNotification(sm::VadNotification {
+                        room_id: "loud".into(),
+                        peer_id: "p".into(),
+                        track_id: format!("t{i}"),
+                        status: 2,
+                    })),
+                })
+                .collect(),
+        )
+    };
+    // 30 voice activity events: 10 slots, so 20 are shed; the 10 admitted
+    // wait for the sink (503 after the ack timeout, still in flight).
+    assert_eq!(send(&url, vad(30), None, &[]).0, 503);
+    // No slot left: the next 40 are all shed, and there is nothing to wait for.
+    assert_eq!(send(&url, vad(40), None, &[]).0, 200);
+    // Room lifecycle events still find their slots.
+    let rooms = batch((0..50).map(|i| room(&format!("r{i}"))).collect());
+    assert_eq!(send(&url, rooms, None, &[]).0, 503);
+    let metrics = bridge.metrics();
+    assert_eq!(
+        metrics.sum(
+            "fishjam_bridge_pipeline_shed_events_total",
+            &[("event_type", "vadNotification")]
+        ),
+        60.0
+    );
+    assert_eq!(
+        metrics.sum("fishjam_bridge_pipeline_rejected_events_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        metrics.sum("fishjam_bridge_pipeline_events_in_flight", &[]),
+        60.0
+    );
+    assert_eq!(metrics.sum("fishjam_bridge_ack_timeouts_total", &[]), 2.0);
+}
