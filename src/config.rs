@@ -89,6 +89,11 @@ pub struct WebhookConfig {
     /// Largest body accepted; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Bytes of webhook bodies held at once (being read or decoded), across
+    /// all connections; a request that would pass it gets 503 with
+    /// Retry-After. A body without Content-Length counts as max_body_bytes.
+    #[serde(default = "default_max_body_bytes_in_flight")]
+    pub max_body_bytes_in_flight: usize,
     /// Most notifications one body may carry; more get 413.
     #[serde(default = "default_max_events_per_body")]
     pub max_events_per_body: usize,
@@ -363,6 +368,15 @@ impl Config {
             }
             if matches!(&self.webhook.secret, Some(s) if s.expose().is_empty()) {
                 problems.push("webhook.secret is set but empty".to_owned());
+            }
+            if self.webhook.max_body_bytes_in_flight < self.webhook.max_body_bytes {
+                problems.push(format!(
+                    "webhook.max_body_bytes_in_flight ({}) must be at least webhook.max_body_bytes ({}): a body of the largest size could never be read",
+                    self.webhook.max_body_bytes_in_flight, self.webhook.max_body_bytes
+                ));
+            }
+            if self.webhook.max_body_bytes > u32::MAX as usize {
+                problems.push("webhook.max_body_bytes must be below 4 GiB".to_owned());
             }
             if self.webhook.max_connections == 0 {
                 problems.push("webhook.max_connections must be at least 1".to_owned());
@@ -668,6 +682,9 @@ fn default_dedup_entries() -> usize {
 }
 fn default_max_in_flight() -> usize {
     10_000
+}
+fn default_max_body_bytes_in_flight() -> usize {
+    64 * 1024 * 1024
 }
 fn default_max_in_flight_bursty() -> usize {
     5_000

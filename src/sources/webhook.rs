@@ -38,6 +38,8 @@ struct WebhookState {
     max_events_per_body: usize,
     ack_timeout: Duration,
     request_timeout: Duration,
+    /// Bytes of bodies being read or decoded at once, across connections.
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// The webhook routes, posting into `pipeline`.
@@ -50,6 +52,7 @@ pub fn router(config: &WebhookConfig, fishjam_id: Arc<str>, pipeline: Pipeline) 
         max_events_per_body: config.max_events_per_body,
         ack_timeout: config.ack_timeout,
         request_timeout: config.request_timeout,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(config.max_body_bytes_in_flight)),
     };
     Router::new()
         .route(&config.path, post(receive))
@@ -70,9 +73,26 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
     if let Some(problem) = unsupported_encoding(&parts.headers) {
         return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, &problem);
     }
-    if declared_length(&parts.headers).is_some_and(|len| len > state.max_body_bytes) {
+    let declared = declared_length(&parts.headers);
+    if declared.is_some_and(|len| len > state.max_body_bytes) {
         return too_large(state.max_body_bytes);
     }
+    // Room for the body among all bodies in hand, reserved before reading
+    // (a body of unknown length may use the whole limit), held until it is
+    // decoded: memory for bodies stays bounded whatever the connections.
+    let reserve = declared.unwrap_or(state.max_body_bytes).max(1);
+    let Ok(_body_room) = state
+        .body_budget
+        .clone()
+        .try_acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
+    else {
+        let mut response = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook bodies in hand exceed webhook.max_body_bytes_in_flight",
+        );
+        retry_after(&mut response, RETRY_AFTER_FULL);
+        return response;
+    };
     let body = match read_body(body, state.max_body_bytes, state.request_timeout).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -108,6 +128,8 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             return reply(StatusCode::BAD_REQUEST, &format!("{error}"));
         }
     };
+    drop(body);
+    drop(_body_room);
     if normalized.events.len() > state.max_events_per_body {
         return reply(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -459,3 +459,42 @@ fn a_flood_of_voice_activity_never_takes_the_slots_of_lifecycle_events() {
     );
     assert_eq!(metrics.sum("fishjam_bridge_ack_timeouts_total", &[]), 2.0);
 }
+
+#[test]
+fn bodies_in_hand_are_bounded_across_connections() {
+    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n").replace(
+        "[webhook]\n",
+        "[webhook]\nmax_body_bytes = 1000\nmax_body_bytes_in_flight = 1000\n",
+    );
+    let bridge = BridgeProcess::start(&text);
+    let url = bridge.webhook_url();
+    // `authenticated` is skipped: a body that is accepted with no event.
+    let small = || send(&url, vec![0x32, 0x00], None, &[]);
+    assert_eq!(small().0, 200);
+    // A client declares a body of the whole budget and sends it slowly.
+    let mut slow = TcpStream::connect(bridge.webhook).unwrap();
+    write!(
+        slow,
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\n\x12"
+    )
+    .unwrap();
+    let mut refused = (0, String::new());
+    wait_until("a body refused while the budget is taken", || {
+        refused = small();
+        refused.0 == 503
+    });
+    assert!(
+        refused.1.contains("max_body_bytes_in_flight"),
+        "{}",
+        refused.1
+    );
+    // The slow client goes away: its room comes back.
+    drop(slow);
+    wait_until("a body accepted again", || small().0 == 200);
+    assert!(
+        bridge.metrics().sum(
+            "fishjam_bridge_webhook_requests_total",
+            &[("status", "503")]
+        ) >= 1.0
+    );
+}
