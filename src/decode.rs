@@ -147,6 +147,17 @@ fn classify_empty(message: &[u8]) -> Skipped {
     }
 }
 
+/// How many elements a body's `notification_batch` holds (0 for a single
+/// notification), counted on the wire without decoding them: a limit on
+/// notifications per body is checked before decoding allocates for each.
+pub fn batch_len(body: &[u8]) -> usize {
+    fields(body)
+        .filter(|&(field, _)| field == 33)
+        .filter_map(|(_, value)| value)
+        .map(|batch| fields(batch).filter(|&(field, _)| field == 1).count())
+        .sum()
+}
+
 /// The raw bytes of every element of a body's `notification_batch`, in order.
 fn batch_elements(body: &[u8]) -> Vec<&[u8]> {
     fields(body)
@@ -207,6 +218,29 @@ fn read_varint(buf: &mut &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::server_message as sm;
+
+    #[test]
+    fn batch_len_counts_elements_without_decoding() {
+        let element = ServerMessage {
+            content: Some(Content::RoomCreated(sm::RoomCreated {
+                room_id: "r".into(),
+            })),
+        };
+        let batch = |n: usize| ServerMessage {
+            content: Some(Content::NotificationBatch(sm::NotificationBatch {
+                notifications: vec![element.clone(); n],
+            })),
+        };
+        assert_eq!(batch_len(&batch(3).encode_to_vec()), 3);
+        assert_eq!(batch_len(&batch(0).encode_to_vec()), 0);
+        assert_eq!(batch_len(&element.encode_to_vec()), 0);
+        // A batch field repeated on the wire is merged by decoding: counted whole.
+        let mut twice = batch(2).encode_to_vec();
+        twice.extend(batch(4).encode_to_vec());
+        assert_eq!(batch_len(&twice), 6);
+        assert_eq!(decode(&twice).unwrap().notifications.len(), 6);
+    }
 
     fn hex(text: &str) -> Vec<u8> {
         hex::decode(text).unwrap()

@@ -116,6 +116,18 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         }
     }
 
+    // Counted on the wire first: decoding allocates for every element, and
+    // a 4 MiB body can hold two million empty ones.
+    let elements = crate::decode::batch_len(&body);
+    if elements > state.max_events_per_body {
+        return reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "body carries {elements} notifications; the limit is {}",
+                state.max_events_per_body
+            ),
+        );
+    }
     let origin = Origin {
         source: Source::Webhook,
         received_at,

@@ -498,3 +498,16 @@ fn bodies_in_hand_are_bounded_across_connections() {
         ) >= 1.0
     );
 }
+
+#[test]
+fn empty_batch_elements_are_counted_before_decoding() {
+    // Two bytes an element: a 4 MiB body would hold two million, and
+    // decoding allocates for each, so the limit applies before decoding.
+    let bridge = BridgeProcess::start(&config(
+        "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
+    ));
+    let empty = ServerMessage { content: None };
+    let (status, text) = send(&bridge.webhook_url(), batch(vec![empty; 6000]), None, &[]);
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("6000 notifications"), "{text}");
+}
