@@ -358,14 +358,18 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         elapsed_ms = report.elapsed.as_millis() as u64,
         "simulation finished"
     );
-    println!(
-        "{{\"notifications\":{},\"webhook_bodies_ok\":{},\"webhook_bodies_failed\":{},\"webhook_notifications_failed\":{},\"elapsed_ms\":{}}}",
-        report.notifications,
-        report.webhook_bodies_ok,
-        report.webhook_bodies_failed,
-        report.webhook_notifications_failed,
-        report.elapsed.as_millis()
-    );
+    let mut summary = serde_json::json!({
+        "notifications": report.notifications,
+        "webhook_bodies_ok": report.webhook_bodies_ok,
+        "webhook_bodies_failed": report.webhook_bodies_failed,
+        "webhook_notifications_failed": report.webhook_notifications_failed,
+        "elapsed_ms": report.elapsed.as_millis() as u64,
+    });
+    if let Some([p50, p99, p999]) = report.webhook_latency_ms {
+        summary["webhook_latency_ms"] =
+            serde_json::json!({ "p50": p50, "p99": p99, "p99_9": p999 });
+    }
+    println!("{summary}");
     // A simulated Fishjam keeps serving its notifier (and REST API) after
     // the play, as Fishjam would, until it is stopped.
     if server.is_some() {

@@ -40,6 +40,22 @@ pub struct WebhookStats {
     pub notifications_ok: AtomicU64,
     pub notifications_failed: AtomicU64,
     pub retries: AtomicU64,
+    /// Microseconds from sending to a 2xx answer, one per body answered 2xx
+    /// at its first attempt (a retried body's wait is not a latency).
+    pub latencies_us: std::sync::Mutex<Vec<u32>>,
+}
+
+impl WebhookStats {
+    /// The `q` quantile (0 to 1) of the latencies, in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> Option<f64> {
+        let mut latencies = self.latencies_us.lock().expect("never poisoned");
+        if latencies.is_empty() {
+            return None;
+        }
+        latencies.sort_unstable();
+        let index = ((latencies.len() - 1) as f64 * q).round() as usize;
+        Some(f64::from(latencies[index]) / 1000.0)
+    }
 }
 
 /// A running webhook client.
@@ -139,10 +155,11 @@ async fn run_lane(
     stats: Arc<WebhookStats>,
 ) {
     let mut messages = Vec::with_capacity(target.batch);
+    let mut latencies = Vec::new();
     while rx.recv_many(&mut messages, target.batch.max(1)).await > 0 {
         let count = messages.len() as u64;
         let body = encode_body(std::mem::take(&mut messages), target.batch > 1);
-        if post(&client, &target, body, &stats).await {
+        if post(&client, &target, body, &stats, &mut latencies).await {
             stats.bodies_ok.fetch_add(1, Ordering::Relaxed);
             stats.notifications_ok.fetch_add(count, Ordering::Relaxed);
         } else {
@@ -152,6 +169,11 @@ async fn run_lane(
                 .fetch_add(count, Ordering::Relaxed);
         }
     }
+    stats
+        .latencies_us
+        .lock()
+        .expect("never poisoned")
+        .extend(latencies);
 }
 
 /// Posts one body; true when it was answered 2xx.
@@ -160,6 +182,7 @@ async fn post(
     target: &WebhookTarget,
     body: Bytes,
     stats: &WebhookStats,
+    latencies: &mut Vec<u32>,
 ) -> bool {
     let mut attempt = 0;
     loop {
@@ -170,8 +193,15 @@ async fn post(
         if let Some(secret) = &target.secret {
             request = request.header(signature::HEADER, signature::sign(secret.as_bytes(), &body));
         }
+        let sent = std::time::Instant::now();
         let (ok, retry_after) = match request.send().await {
-            Ok(response) if response.status().is_success() => (true, None),
+            Ok(response) if response.status().is_success() => {
+                if attempt == 0 {
+                    let took = sent.elapsed().as_micros();
+                    latencies.push(u32::try_from(took).unwrap_or(u32::MAX));
+                }
+                (true, None)
+            }
             Ok(response) => {
                 let retry_after = response
                     .headers()
