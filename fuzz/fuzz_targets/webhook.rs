@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use axum::body::Body;
 use axum::http::Request;
 use fishjam_bridge::config::{Secret, WebhookConfig};
-use fishjam_bridge::pipeline::Pipeline;
+use fishjam_bridge::pipeline::{BurstyLimit, Pipeline, WhenFull};
 use fishjam_bridge::signature;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
@@ -24,7 +24,12 @@ fn bridge() -> &'static (tokio::runtime::Runtime, axum::Router) {
             .build()
             .unwrap();
         let router = rt.block_on(async {
-            let (pipeline, lanes, _) = Pipeline::new(&[("sink".to_owned(), 1)], 10_000, None);
+            let bursty = BurstyLimit {
+                max_in_flight: 5_000,
+                when_full: WhenFull::Wait,
+            };
+            let (pipeline, lanes, _) =
+                Pipeline::new(&[("sink".to_owned(), 1)], 10_000, bursty, None);
             // A sink that takes everything at once.
             for mut lane in lanes.into_iter().flatten() {
                 tokio::spawn(async move {
