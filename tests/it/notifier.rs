@@ -690,12 +690,7 @@ fn a_fishjam_behind_a_private_ca_is_trusted_through_ca_file() {
     // say why.
     let untrusting = BridgeProcess::spawn(&text, Stdio::null(), &[]);
     wait_until("the refused certificate in the logs", || {
-        untrusting
-            .logs
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.to_string().contains("UnknownIssuer"))
+        untrusting.logged("UnknownIssuer")
     });
     assert!(!untrusting.is_ready());
     drop(untrusting);

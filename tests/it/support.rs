@@ -149,6 +149,15 @@ impl BridgeProcess {
         }
     }
 
+    /// Whether any log line so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.to_string().contains(text))
+    }
+
     pub fn webhook_url(&self) -> String {
         format!("http://{}/webhook", self.webhook)
     }

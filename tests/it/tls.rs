@@ -274,12 +274,7 @@ fn nats_with_tls_and_a_password_gets_every_event() {
         &[],
     );
     wait_until("the certificate refused in the logs", || {
-        untrusting
-            .logs
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.to_string().contains("UnknownIssuer"))
+        untrusting.logged("UnknownIssuer")
     });
     assert!(!untrusting.is_ready());
     drop(untrusting);
