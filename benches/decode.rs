@@ -42,6 +42,7 @@ fn run(bodies: &[Vec<u8>], serialize: bool) -> (usize, Duration) {
         source: Source::Webhook,
         received_at: SystemTime::now(),
         fishjam_id: Arc::from("bench"),
+        id_seed: 0,
     };
     let started = Instant::now();
     let mut events = 0;

@@ -48,6 +48,8 @@ pub struct Config {
     #[serde(default)]
     pub pipeline: PipelineConfig,
     #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -218,6 +220,43 @@ pub struct PipelineConfig {
     /// A JSON-lines file for events a sink refuses for good (too large,
     /// invalid for the broker); without it they are logged whole.
     pub dead_letter_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// A directory for the disk spool; without it there is no spool and a
+    /// full pipeline answers 503.
+    pub path: Option<PathBuf>,
+    /// Cap on the spool's files; beyond it bodies are refused (webhooks get
+    /// 503 with Retry-After, the notifier stops reading) and counted.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Size at which the spool starts a new segment file; a segment is
+    /// deleted once every body in it was delivered.
+    #[serde(default = "default_spool_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Sync each write to disk before acknowledging it (survives power
+    /// loss); `false` acknowledges once the OS has the write (survives a
+    /// crash of the bridge, not of the machine).
+    #[serde(default = "yes")]
+    pub fsync: bool,
+    /// A webhook not acknowledged by the sinks within this engages the
+    /// spool, so later bodies are acknowledged from disk.
+    #[serde(default = "default_spool_engage_after", deserialize_with = "duration")]
+    pub engage_after: Duration,
+}
+
+impl SpoolConfig {
+    pub fn options(&self) -> Option<crate::spool::Options> {
+        Some(crate::spool::Options {
+            dir: self.path.clone()?,
+            max_bytes: self.max_bytes,
+            segment_bytes: self.segment_bytes,
+            fsync: self.fsync,
+            engage_after: self.engage_after,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -451,6 +490,33 @@ impl Config {
                 problems.push(format!("notifier.ca_file: {problem}"));
             }
         }
+        if self.spool.path.is_some() {
+            if self.webhook.enabled && self.spool.engage_after >= self.webhook.ack_timeout {
+                problems.push(format!(
+                    "spool.engage_after ({}) must be shorter than webhook.ack_timeout ({})",
+                    humantime::format_duration(self.spool.engage_after),
+                    humantime::format_duration(self.webhook.ack_timeout)
+                ));
+            }
+            let largest = [
+                (self.webhook.enabled, self.webhook.max_body_bytes),
+                (self.notifier.enabled, self.notifier.max_frame_bytes),
+            ]
+            .iter()
+            .filter(|(enabled, _)| *enabled)
+            .map(|(_, bytes)| *bytes as u64)
+            .max()
+            .unwrap_or(0);
+            if self.spool.max_bytes < self.spool.segment_bytes.max(largest) * 2 {
+                problems.push(format!(
+                    "spool.max_bytes ({}) must hold at least two segments (spool.segment_bytes {}) and two of the largest bodies ({largest} bytes)",
+                    self.spool.max_bytes, self.spool.segment_bytes
+                ));
+            }
+            if self.spool.segment_bytes == 0 {
+                problems.push("spool.segment_bytes must be at least 1".to_owned());
+            }
+        }
         if self.pipeline.lanes == 0 {
             problems.push("pipeline.lanes must be at least 1".to_owned());
         }
@@ -528,6 +594,15 @@ impl Config {
             "pipeline.drain_timeout",
             humantime::format_duration(self.pipeline.drain_timeout).to_string(),
         );
+        line(
+            "spool.path",
+            match &self.spool.path {
+                Some(path) => format!("{:?}", path.display().to_string()),
+                None => "off".to_owned(),
+            },
+        );
+        line("spool.max_bytes", self.spool.max_bytes.to_string());
+        line("spool.fsync", self.spool.fsync.to_string());
         line("notifier.enabled", self.notifier.enabled.to_string());
         line("admin.enabled", self.admin.enabled.to_string());
         line("admin.listen", self.admin.listen.to_string());
@@ -710,6 +785,15 @@ fn default_retry_max() -> Duration {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(20)
 }
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_spool_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_spool_engage_after() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_admin_listen() -> SocketAddr {
     ([127, 0, 0, 1], 9090).into()
 }
@@ -741,6 +825,13 @@ impl Default for DedupConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig::deserialize(toml::Value::Table(toml::Table::new()))
+            .expect("defaults deserialize")
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig::deserialize(toml::Value::Table(toml::Table::new()))
             .expect("defaults deserialize")
     }
 }

@@ -376,6 +376,29 @@ pub fn new_event_id(at: SystemTime) -> Uuid {
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
+/// The time-ordered id of the `index`th event of a body whose ids derive
+/// from `seed`: the same arguments always give the same id.
+pub fn derived_event_id(at: SystemTime, seed: u64, index: u64) -> Uuid {
+    let millis = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let high = mix(seed ^ mix(index));
+    let low = mix(high ^ index.wrapping_add(0x9e37_79b9_7f4a_7c15));
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&high.to_le_bytes());
+    random[8..].copy_from_slice(&low.to_le_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
+/// SplitMix64's finalizer: spreads every input bit over the output.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let metadata_json = parsed_metadata(&self.data);

@@ -25,6 +25,7 @@ pub mod signature;
 pub mod simulator;
 pub mod sinks;
 pub mod sources;
+pub mod spool;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;
@@ -164,7 +165,7 @@ pub async fn start(
         telemetry::dedup_registered();
         dedup::Deduplicator::new(config.dedup.window, config.dedup.max_entries)
     });
-    let (pipeline, lanes, in_flight) = Pipeline::new(
+    let (mut pipeline, lanes, in_flight) = Pipeline::new(
         &sinks,
         config.pipeline.max_in_flight_events,
         pipeline::BurstyLimit {
@@ -173,6 +174,15 @@ pub async fn start(
         },
         dedup,
     );
+    telemetry::spool_registered();
+    let spool = config
+        .spool
+        .options()
+        .map(|options| spool::Spool::open(&options))
+        .transpose()?;
+    if let Some(spool) = &spool {
+        pipeline = pipeline.with_spool(spool.clone());
+    }
     let lane_options = LaneOptions {
         max_batch: config.pipeline.max_batch,
         retry_initial_backoff: config.pipeline.retry_initial_backoff,
@@ -221,8 +231,14 @@ pub async fn start(
             .await
             .with_context(|| format!("cannot bind webhook.listen {}", config.webhook.listen))?;
         let addr = listener.local_addr()?;
-        let router =
-            sources::webhook::router(&config.webhook, fishjam_id.clone(), pipeline.clone());
+        let router = sources::webhook::router(
+            &config.webhook,
+            fishjam_id.clone(),
+            pipeline.clone(),
+            spool
+                .clone()
+                .map(|spool| (spool, config.spool.engage_after)),
+        );
         let tls = acceptor("webhook.tls", &config.webhook.tls)?;
         let limits = listener::Limits {
             max_connections: config.webhook.max_connections,
@@ -284,6 +300,15 @@ pub async fn start(
         telemetry::notifier_registered();
         tasks.spawn(source.run(shutdown.clone()));
     }
+    if let Some(spool) = &spool {
+        tasks.spawn(spool::replay(
+            spool.clone(),
+            pipeline.clone(),
+            in_flight.clone(),
+            fishjam_id.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.close();
     // From here on only the sources hold the pipeline: when they stop, the
     // lanes close and the sinks drain.
@@ -299,7 +324,13 @@ pub async fn start(
             in_flight = in_flight.current(),
             "shutting down: sources stop, in-flight events drain"
         );
-        drain(tasks, sink_tasks, in_flight, drain_timeout).await
+        let report = drain(tasks, sink_tasks, in_flight, drain_timeout).await;
+        if let Some(spool) = spool {
+            // What the sinks acknowledged during the drain leaves the spool;
+            // the rest is replayed by the next run.
+            spool.close().await;
+        }
+        report
     });
 
     Ok(Bridge {

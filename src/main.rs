@@ -260,6 +260,7 @@ fn decode(format: InputFormat, fishjam_id: String, input: PathBuf) -> ExitCode {
         source: Source::Decode,
         received_at: SystemTime::now(),
         fishjam_id: Arc::from(fishjam_id),
+        id_seed: rand::random(),
     };
     match normalize_body(&body, &origin) {
         Ok(normalized) => {

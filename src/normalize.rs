@@ -20,6 +20,21 @@ pub struct Origin {
     pub source: Source,
     pub received_at: SystemTime,
     pub fishjam_id: Arc<str>,
+    /// The events' ids derive from it, so that the same body normalized
+    /// again (replayed from the spool) yields the same ids.
+    pub id_seed: u64,
+}
+
+impl Origin {
+    /// A body from `source` received now, with a fresh seed for its ids.
+    pub fn now(source: Source, fishjam_id: Arc<str>) -> Origin {
+        Origin {
+            source,
+            received_at: SystemTime::now(),
+            fishjam_id,
+            id_seed: rand::random(),
+        }
+    }
 }
 
 /// The events one body carried, in wire order, and what was skipped.
@@ -36,7 +51,8 @@ pub fn normalize_body(body: &[u8], origin: &Origin) -> Result<Normalized, Decode
     let events = decoded
         .notifications
         .into_iter()
-        .map(|notification| normalize(notification, origin))
+        .enumerate()
+        .map(|(index, notification)| normalize(notification, origin, index))
         .collect();
     Ok(Normalized {
         events,
@@ -45,12 +61,12 @@ pub fn normalize_body(body: &[u8], origin: &Origin) -> Result<Normalized, Decode
     })
 }
 
-/// Maps one notification to its event.
-pub fn normalize(notification: Notification, origin: &Origin) -> Event {
+/// Maps the `index`th notification of a body to its event.
+pub fn normalize(notification: Notification, origin: &Origin, index: usize) -> Event {
     let mut unmapped = Vec::new();
     let (event_type, data) = payload(notification, &mut unmapped);
     Event {
-        id: new_event_id(origin.received_at),
+        id: derived_event_id(origin.received_at, origin.id_seed, index as u64),
         event_type,
         source: origin.source,
         received_at: origin.received_at,
@@ -378,6 +394,7 @@ mod tests {
             source: Source::Webhook,
             received_at: SystemTime::now(),
             fishjam_id: Arc::from("test"),
+            id_seed: 0,
         };
         let normalized = normalize_body(&body, &origin).unwrap();
         let types: Vec<&str> = normalized

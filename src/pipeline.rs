@@ -16,7 +16,7 @@
 //! 503 and sent again) or, with `bursty_when_full = "shed"`, its oldest
 //! bursty events are dropped and counted; lifecycle events are never shed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use crate::activity::{Activity, KnownRooms};
 use crate::dedup::{self, Deduplicator};
 use crate::event::{Event, EventType, Source};
+use crate::spool::Spool;
 use crate::telemetry;
 
 /// One event on its way to the sinks.
@@ -46,21 +47,41 @@ impl Job {
     }
 }
 
-#[derive(Debug)]
+/// Run once every sink acknowledged every event of a submission.
+pub type OnAcknowledged = Box<dyn FnOnce() + Send>;
+
 struct ReceiptState {
     remaining: AtomicUsize,
     done: Notify,
     source: Source,
     received: Instant,
+    on_acknowledged: std::sync::Mutex<Option<OnAcknowledged>>,
+}
+
+impl std::fmt::Debug for ReceiptState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptState")
+            .field("remaining", &self.remaining)
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 impl ReceiptState {
     fn acknowledge_one(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             telemetry::acknowledged(self.source, self.received.elapsed());
-            // notify_one keeps a permit if nobody waits yet, so no wake-up is lost.
-            self.done.notify_one();
+            self.complete();
         }
+    }
+
+    fn complete(&self) {
+        let callback = self.on_acknowledged.lock().expect("never poisoned").take();
+        if let Some(callback) = callback {
+            callback();
+        }
+        // notify_one keeps a permit if nobody waits yet, so no wake-up is lost.
+        self.done.notify_one();
     }
 }
 
@@ -80,10 +101,23 @@ impl Receipt {
 pub enum SubmitError {
     #[error("the pipeline holds its maximum of events in flight")]
     Full,
+    #[error("the pipeline holds its maximum of bursty events (voice activity, metadata updates) in flight")]
+    BurstyFull,
     #[error("more events than the pipeline can ever hold at once")]
     TooLarge,
     #[error("the pipeline is shutting down")]
     Closed,
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+/// How a source's body was taken.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Into the pipeline: safe once the receipt completes.
+    Receipt(Receipt),
+    /// Into the spool: safe once it is on disk.
+    Spooled(crate::spool::Durable),
 }
 
 /// How full the pipeline is; shared with the sink lanes, which report it.
@@ -91,6 +125,9 @@ pub enum SubmitError {
 pub struct InFlight {
     permits: Arc<Semaphore>,
     capacity: usize,
+    /// When a sink last delivered a batch, in milliseconds after `epoch`.
+    progressed: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl InFlight {
@@ -98,8 +135,25 @@ impl InFlight {
         self.capacity - self.permits.available_permits()
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn report(&self) {
         telemetry::pipeline_in_flight(self.current());
+    }
+
+    /// A sink delivered a batch.
+    pub fn progressed(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.progressed.store(now, Ordering::Relaxed);
+        self.report();
+    }
+
+    /// How long since a sink last delivered anything.
+    pub fn since_progress(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.progressed.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
     }
 }
 
@@ -151,6 +205,8 @@ pub struct Pipeline {
     activity: Arc<std::sync::Mutex<Activity>>,
     /// `[sink][lane]`. The lanes themselves are unbounded: the semaphore bounds them.
     lanes: Arc<Vec<SinkLanes>>,
+    /// Where bodies go while the sinks cannot keep up (`spool/`).
+    spool: Option<Arc<Spool>>,
 }
 
 /// A sink's name and the sending ends of its lanes.
@@ -168,6 +224,8 @@ impl Pipeline {
         let in_flight = InFlight {
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
+            progressed: Arc::default(),
+            epoch: Instant::now(),
         };
         telemetry::pipeline_capacity(capacity);
         telemetry::rooms_known(0);
@@ -188,8 +246,89 @@ impl Pipeline {
             dedup: dedup.map(|d| Arc::new(std::sync::Mutex::new(d))),
             activity: Arc::default(),
             lanes: Arc::new(senders),
+            spool: None,
         };
         (pipeline, receivers, in_flight)
+    }
+
+    /// Bodies go through `spool` while it is engaged.
+    pub fn with_spool(mut self, spool: Arc<Spool>) -> Pipeline {
+        self.spool = Some(spool);
+        self
+    }
+
+    /// Takes a source's body: its `events` into the pipeline without
+    /// waiting, or, with a spool, the body into the spool when the pipeline
+    /// is full or the spool is engaged. `events` is left empty when they
+    /// were submitted.
+    pub fn offer(
+        &self,
+        body: crate::spool::log::NewRecord,
+        events: &mut Vec<Event>,
+        received: Instant,
+    ) -> Result<Admitted, SubmitError> {
+        let source = body.source;
+        let Some(spool) = &self.spool else {
+            return self
+                .try_submit(std::mem::take(events), source, received)
+                .map(Admitted::Receipt);
+        };
+        if events.is_empty() {
+            return self
+                .try_submit(Vec::new(), source, received)
+                .map(Admitted::Receipt);
+        }
+        // What the replayer could never submit must not be spooled.
+        self.fits(events)?;
+        let mut gate = spool.gate();
+        if !gate.engaged() {
+            match self.try_submit(std::mem::take(events), source, received) {
+                Ok(receipt) => return Ok(Admitted::Receipt(receipt)),
+                Err(SubmitError::Full) => spool.engage(&mut gate, "the pipeline is full"),
+                // A flood of voice activity must not put lifecycle events
+                // behind it in the spool: it is refused, as without a spool.
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(Admitted::Spooled(spool.append(&mut gate, body)?))
+    }
+
+    /// Like `offer`, but waits: for room in the pipeline without a spool,
+    /// for room in the spool with one.
+    pub async fn offer_waiting(
+        &self,
+        body: crate::spool::log::NewRecord,
+        mut events: Vec<Event>,
+        received: Instant,
+    ) -> Result<(), SubmitError> {
+        let Some(spool) = &self.spool else {
+            return self.submit(events, body.source, received).await.map(drop);
+        };
+        loop {
+            match self.offer(body.clone(), &mut events, received) {
+                Ok(Admitted::Receipt(_)) => return Ok(()),
+                Ok(Admitted::Spooled(durable)) => {
+                    return match durable.await {
+                        Ok(result) => result.map_err(SubmitError::from),
+                        Err(_) => Err(SubmitError::Closed),
+                    }
+                }
+                Err(SubmitError::Spool(crate::spool::SpoolError::Full)) => {
+                    spool.wait_for_space().await
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn fits(&self, events: &[Event]) -> Result<(), SubmitError> {
+        let bursty = bursty_count(events);
+        let too_bursty = self.bursty_limit.when_full == WhenFull::Wait
+            && bursty > self.bursty_limit.max_in_flight;
+        if events.len() > self.in_flight.capacity || too_bursty {
+            return Err(SubmitError::TooLarge);
+        }
+        Ok(())
     }
 
     /// The rooms and peers known from the events admitted so far.
@@ -226,7 +365,7 @@ impl Pipeline {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(SubmitError::Full),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(SubmitError::Closed),
         };
-        Ok(self.dispatch(events, permit, bursty, source, received))
+        Ok(self.dispatch(events, permit, bursty, source, received, None))
     }
 
     /// Takes the slots of the bursty events in `events` without waiting; with
@@ -258,7 +397,7 @@ impl Pipeline {
                 }
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
                     if self.bursty_limit.when_full == WhenFull::Wait {
-                        return Err(SubmitError::Full);
+                        return Err(SubmitError::BurstyFull);
                     }
                     // Another body took the free slots meanwhile: count again.
                 }
@@ -267,12 +406,29 @@ impl Pipeline {
         }
     }
 
-    /// Admits all of `events`, waiting for room in the bound.
+    /// Admits all of `events`, waiting for room in the bound (and, with a
+    /// spool, until it is disengaged, so that they never overtake it).
     pub async fn submit(
         &self,
         events: Vec<Event>,
         source: Source,
         received: Instant,
+    ) -> Result<Receipt, SubmitError> {
+        if let Some(spool) = &self.spool {
+            spool.disengaged().await;
+        }
+        self.submit_acknowledging(events, source, received, Box::new(|| ()))
+            .await
+    }
+
+    /// `submit`, without regard to the spool, running `on_acknowledged` once
+    /// every sink acknowledged every event: how the spool's replayer submits.
+    pub async fn submit_acknowledging(
+        &self,
+        events: Vec<Event>,
+        source: Source,
+        received: Instant,
+        on_acknowledged: OnAcknowledged,
     ) -> Result<Receipt, SubmitError> {
         let mut events = events;
         let bursty = match self.bursty_limit.when_full {
@@ -302,7 +458,14 @@ impl Pipeline {
             .acquire_many_owned(count)
             .await
             .map_err(|_| SubmitError::Closed)?;
-        Ok(self.dispatch(events, permit, bursty, source, received))
+        Ok(self.dispatch(
+            events,
+            permit,
+            bursty,
+            source,
+            received,
+            Some(on_acknowledged),
+        ))
     }
 
     fn dispatch(
@@ -312,6 +475,7 @@ impl Pipeline {
         mut bursty: Option<OwnedSemaphorePermit>,
         source: Source,
         received: Instant,
+        on_acknowledged: Option<OnAcknowledged>,
     ) -> Receipt {
         let mut dedup = self
             .dedup
@@ -340,9 +504,10 @@ impl Pipeline {
             done: Notify::new(),
             source,
             received,
+            on_acknowledged: std::sync::Mutex::new(on_acknowledged),
         });
         if events.is_empty() {
-            receipt.done.notify_one();
+            receipt.complete();
         }
         for (name, _) in self.lanes.iter() {
             telemetry::sink_queue(name, events.len() as f64);
@@ -446,7 +611,7 @@ mod tests {
             pipeline
                 .try_submit(vec![vad("r"), event("r")], Source::Webhook, now())
                 .unwrap_err(),
-            SubmitError::Full
+            SubmitError::BurstyFull
         );
         // ...a body that could never fit is refused as such...
         assert_eq!(

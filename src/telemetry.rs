@@ -54,6 +54,12 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "fishjam_bridge_tls_handshake_failures_
 pub const LISTENER_CONNECTIONS: &str = "fishjam_bridge_listener_connections";
 pub const LISTENER_MAX_CONNECTIONS: &str = "fishjam_bridge_listener_max_connections";
 pub const LISTENER_IDLE_CLOSED: &str = "fishjam_bridge_listener_idle_closed_total";
+pub const SPOOL_BYTES: &str = "fishjam_bridge_spool_bytes";
+pub const SPOOL_MAX_BYTES: &str = "fishjam_bridge_spool_max_bytes";
+pub const SPOOL_ENGAGED: &str = "fishjam_bridge_spool_engaged";
+pub const SPOOL_BODIES: &str = "fishjam_bridge_spool_bodies_total";
+pub const SPOOL_TORN: &str = "fishjam_bridge_spool_torn_entries_total";
+pub const SPOOL_SYNC: &str = "fishjam_bridge_spool_write_duration_seconds";
 pub const KAFKA_QUEUE: &str = "fishjam_bridge_kafka_queue_messages";
 pub const KAFKA_BROKER_RTT: &str = "fishjam_bridge_kafka_broker_rtt_seconds";
 pub const KAFKA_BROKER_ERRORS: &str = "fishjam_bridge_kafka_broker_errors_total";
@@ -101,6 +107,12 @@ pub const ALL: &[&str] = &[
     LISTENER_CONNECTIONS,
     LISTENER_MAX_CONNECTIONS,
     LISTENER_IDLE_CLOSED,
+    SPOOL_BYTES,
+    SPOOL_MAX_BYTES,
+    SPOOL_ENGAGED,
+    SPOOL_BODIES,
+    SPOOL_TORN,
+    SPOOL_SYNC,
     KAFKA_QUEUE,
     KAFKA_BROKER_RTT,
     KAFKA_BROKER_ERRORS,
@@ -229,6 +241,27 @@ fn describe() {
     describe_counter!(
         DEAD_LETTERS,
         "Events a sink refused for good, kept as dead letters (file or log), by sink."
+    );
+    describe_gauge!(SPOOL_BYTES, "Bytes of the disk spool's files.");
+    describe_gauge!(
+        SPOOL_MAX_BYTES,
+        "The spool's cap (spool.max_bytes); 0 without a spool."
+    );
+    describe_gauge!(
+        SPOOL_ENGAGED,
+        "1 while bodies go to the disk spool instead of straight to the sinks."
+    );
+    describe_counter!(
+        SPOOL_BODIES,
+        "Bodies written to the spool, replayed from it, refused because it was full, or failed to write, by op and source."
+    );
+    describe_counter!(
+        SPOOL_TORN,
+        "Spool entries found torn or unreadable when the spool was opened (cut off, never replayed)."
+    );
+    describe_histogram!(
+        SPOOL_SYNC,
+        "Time to write (and, with spool.fsync, sync) one batch of spooled bodies."
     );
     describe_counter!(
         ROOM_EVENTS,
@@ -413,6 +446,54 @@ pub fn sink_registered(sink: &str) {
     }
     gauge!(SINK_QUEUE, "sink" => sink.to_owned()).increment(0.0);
     gauge!(SINK_UP, "sink" => sink.to_owned()).set(0.0);
+}
+
+/// The spool's series at zero, with or without a spool.
+pub fn spool_registered() {
+    gauge!(SPOOL_BYTES).set(0.0);
+    gauge!(SPOOL_MAX_BYTES).set(0.0);
+    gauge!(SPOOL_ENGAGED).set(0.0);
+    counter!(SPOOL_TORN).increment(0);
+    for op in ["written", "replayed", "refused", "failed"] {
+        for source in [Source::Webhook, Source::Notifier] {
+            counter!(SPOOL_BODIES, "op" => op, "source" => source.as_str()).increment(0);
+        }
+    }
+}
+
+pub fn spool_opened(max_bytes: u64, torn: u64) {
+    gauge!(SPOOL_MAX_BYTES).set(max_bytes as f64);
+    counter!(SPOOL_TORN).increment(torn);
+}
+
+pub fn spool_bytes(bytes: u64) {
+    gauge!(SPOOL_BYTES).set(bytes as f64);
+}
+
+pub fn spool_engaged(engaged: bool) {
+    gauge!(SPOOL_ENGAGED).set(if engaged { 1.0 } else { 0.0 });
+}
+
+pub fn spool_written(source: Source) {
+    counter!(SPOOL_BODIES, "op" => "written", "source" => source.as_str()).increment(1);
+}
+
+pub fn spool_replayed(source: Source) {
+    counter!(SPOOL_BODIES, "op" => "replayed", "source" => source.as_str()).increment(1);
+}
+
+/// A body refused because the spool holds `spool.max_bytes`.
+pub fn spool_refused(source: Source) {
+    counter!(SPOOL_BODIES, "op" => "refused", "source" => source.as_str()).increment(1);
+}
+
+/// Bodies the spool could not write (a disk error); refused with 503.
+pub fn spool_failed(source: Source) {
+    counter!(SPOOL_BODIES, "op" => "failed", "source" => source.as_str()).increment(1);
+}
+
+pub fn spool_synced(took: Duration) {
+    histogram!(SPOOL_SYNC).record(took.as_secs_f64());
 }
 
 /// An event a sink refused for good, kept as a dead letter.

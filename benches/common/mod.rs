@@ -37,6 +37,7 @@ pub fn payloads(count: usize) -> Vec<(String, Bytes)> {
         source: Source::Webhook,
         received_at: SystemTime::now(),
         fishjam_id: Arc::from("bench"),
+        id_seed: 0,
     };
     Scenario::new(7, 50)
         .take(count)

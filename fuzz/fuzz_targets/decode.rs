@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         source: Source::Webhook,
         received_at: SystemTime::UNIX_EPOCH,
         fishjam_id: Arc::from("fuzz"),
+        id_seed: 0,
     };
     if let Ok(normalized) = normalize_body(data, &origin) {
         for event in &normalized.events {

@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         source: Source::Notifier,
         received_at: SystemTime::UNIX_EPOCH,
         fishjam_id: Arc::from("fuzz"),
+        id_seed: 0,
     };
     let mut phase = Phase::Authenticating;
     let mut rest = data;

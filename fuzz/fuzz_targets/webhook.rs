@@ -41,7 +41,7 @@ fn bridge() -> &'static (tokio::runtime::Runtime, axum::Router) {
             let mut config = WebhookConfig::default();
             config.secret = Some(Secret::new(SECRET));
             config.max_body_bytes = 1 << 16;
-            fishjam_bridge::sources::webhook::router(&config, Arc::from("fuzz"), pipeline)
+            fishjam_bridge::sources::webhook::router(&config, Arc::from("fuzz"), pipeline, None)
         });
         (rt, router)
     })

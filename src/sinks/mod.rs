@@ -352,7 +352,7 @@ pub async fn run_lane(
         deliver(&sink, &batch, &options).await;
         // Dropping the jobs frees their slots once every sink is done with them.
         batch.clear();
-        in_flight.report();
+        in_flight.progressed();
     }
 }
 

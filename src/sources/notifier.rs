@@ -237,8 +237,10 @@ impl NotifierSource {
                     last_heard = Instant::now();
                     telemetry::notifier_heard();
                     match on_frame(Phase::Subscribed, &Frame::of(&frame)) {
-                        Step::Deliver(body) => {
-                            self.deliver(body).await;
+                        Step::Deliver(_) => {
+                            if let Message::Binary(body) = &frame {
+                                self.deliver(body.clone()).await;
+                            }
                             // Time spent waiting for the pipeline is not silence.
                             last_heard = Instant::now();
                         }
@@ -302,14 +304,10 @@ impl NotifierSource {
     }
 
     /// Normalizes one frame and waits until the pipeline takes its events.
-    async fn deliver(&self, body: &[u8]) {
-        let origin = Origin {
-            source: Source::Notifier,
-            received_at: SystemTime::now(),
-            fishjam_id: self.fishjam_id.clone(),
-        };
+    async fn deliver(&self, body: bytes::Bytes) {
+        let origin = Origin::now(Source::Notifier, self.fishjam_id.clone());
         let received = Instant::now();
-        let normalized = match normalize_body(body, &origin) {
+        let normalized = match normalize_body(&body, &origin) {
             Ok(normalized) => normalized,
             Err(error) => {
                 telemetry::decode_failed(Source::Notifier, &error);
@@ -329,13 +327,15 @@ impl NotifierSource {
         }
         let waited = Instant::now();
         // The frame was read: from here the bridge owns the events. Waiting
-        // for room stops the reading, which is the backpressure on Fishjam.
+        // for room (in the pipeline, or in the spool while it is engaged)
+        // stops the reading, which is the backpressure on Fishjam.
+        let record = crate::spool::record(Source::Notifier, &origin, body);
         match self
             .pipeline
-            .submit(normalized.events, Source::Notifier, received)
+            .offer_waiting(record, normalized.events, received)
             .await
         {
-            Ok(_receipt) => telemetry::notifier_paused(waited.elapsed()),
+            Ok(()) => telemetry::notifier_paused(waited.elapsed()),
             Err(error) => {
                 tracing::error!(error = %error, "notifier events refused by the pipeline")
             }

@@ -20,8 +20,9 @@ use axum::Router;
 use crate::config::{Secret, WebhookConfig};
 use crate::event::Source;
 use crate::normalize::{normalize_body, Origin};
-use crate::pipeline::{Pipeline, SubmitError};
+use crate::pipeline::{Admitted, Pipeline, SubmitError};
 use crate::signature;
+use crate::spool::Spool;
 use crate::telemetry;
 
 /// Seconds a sender should wait after a 503 for a full pipeline.
@@ -40,10 +41,17 @@ struct WebhookState {
     request_timeout: Duration,
     /// Bytes of bodies being read or decoded at once, across connections.
     body_budget: Arc<tokio::sync::Semaphore>,
+    /// The spool, engaged when a body waits longer than this for the sinks.
+    engage_spool: Option<(Arc<Spool>, Duration)>,
 }
 
 /// The webhook routes, posting into `pipeline`.
-pub fn router(config: &WebhookConfig, fishjam_id: Arc<str>, pipeline: Pipeline) -> Router {
+pub fn router(
+    config: &WebhookConfig,
+    fishjam_id: Arc<str>,
+    pipeline: Pipeline,
+    engage_spool: Option<(Arc<Spool>, Duration)>,
+) -> Router {
     let state = WebhookState {
         pipeline,
         fishjam_id,
@@ -53,6 +61,7 @@ pub fn router(config: &WebhookConfig, fishjam_id: Arc<str>, pipeline: Pipeline) 
         ack_timeout: config.ack_timeout,
         request_timeout: config.request_timeout,
         body_budget: Arc::new(tokio::sync::Semaphore::new(config.max_body_bytes_in_flight)),
+        engage_spool,
     };
     Router::new()
         .route(&config.path, post(receive))
@@ -78,10 +87,11 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         return too_large(state.max_body_bytes);
     }
     // Room for the body among all bodies in hand, reserved before reading
-    // (a body of unknown length may use the whole limit), held until it is
-    // decoded: memory for bodies stays bounded whatever the connections.
+    // (a body of unknown length may use the whole limit), held until its
+    // events are in the pipeline or the body is on disk: memory for bodies
+    // stays bounded whatever the connections.
     let reserve = declared.unwrap_or(state.max_body_bytes).max(1);
-    let Ok(_body_room) = state
+    let Ok(body_room) = state
         .body_budget
         .clone()
         .try_acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
@@ -132,6 +142,7 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         source: Source::Webhook,
         received_at,
         fishjam_id: state.fishjam_id.clone(),
+        id_seed: rand::random(),
     };
     let normalized = match normalize_body(&body, &origin) {
         Ok(normalized) => normalized,
@@ -140,8 +151,6 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             return reply(StatusCode::BAD_REQUEST, &format!("{error}"));
         }
     };
-    drop(body);
-    drop(_body_room);
     if normalized.events.len() > state.max_events_per_body {
         return reply(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -161,27 +170,61 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         &normalized.skipped,
     );
     let count = normalized.events.len();
-    let receipt = match state
-        .pipeline
-        .try_submit(normalized.events, Source::Webhook, received)
-    {
-        Ok(receipt) => receipt,
+    let mut events = normalized.events;
+    let record = crate::spool::record(Source::Webhook, &origin, body);
+    let offered = state.pipeline.offer(record, &mut events, received);
+    // The body stays in hand (and in the budget) until the spool has it on disk.
+    let receipt = match offered {
+        Ok(Admitted::Receipt(receipt)) => {
+            drop(body_room);
+            receipt
+        }
+        Ok(Admitted::Spooled(durable)) => {
+            let written = durable.await;
+            drop(body_room);
+            return match written {
+                Ok(Ok(())) => ok(count, true),
+                Ok(Err(error)) => {
+                    let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
+                    retry_after(&mut response, RETRY_AFTER_FULL);
+                    response
+                }
+                Err(_) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the bridge is shutting down",
+                ),
+            };
+        }
         Err(error) => {
             telemetry::pipeline_rejected(Source::Webhook, count);
             let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
-            if error == SubmitError::Full {
+            if matches!(
+                error,
+                SubmitError::Full | SubmitError::BurstyFull | SubmitError::Spool(_)
+            ) {
                 retry_after(&mut response, RETRY_AFTER_FULL);
             }
             return response;
         }
     };
-    match tokio::time::timeout(state.ack_timeout, receipt.acknowledged()).await {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            format!("{{\"events\":{count}}}"),
-        )
-            .into_response(),
+    let acknowledged = receipt.acknowledged();
+    tokio::pin!(acknowledged);
+    let mut waited = Duration::ZERO;
+    if let Some((spool, after)) = &state.engage_spool {
+        // Slow sinks: later bodies go to the spool rather than queue behind this one.
+        waited = *after;
+        if tokio::time::timeout(*after, &mut acknowledged)
+            .await
+            .is_err()
+        {
+            spool.engage_now("a webhook waited spool.engage_after for the sinks");
+        } else {
+            return ok(count, false);
+        }
+    }
+    let left = state.ack_timeout.saturating_sub(waited);
+    match tokio::time::timeout(left, acknowledged).await {
+        Ok(()) => ok(count, false),
         Err(_) => {
             // The events stay in the pipeline and are still delivered: the
             // 503 only says they were not all safe within the time Fishjam waits.
@@ -194,6 +237,20 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             response
         }
     }
+}
+
+fn ok(count: usize, spooled: bool) -> Response {
+    let body = if spooled {
+        format!("{{\"events\":{count},\"spooled\":true}}")
+    } else {
+        format!("{{\"events\":{count}}}")
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// Fishjam sends `application/x-protobuf`; a body without a content type is

@@ -99,6 +99,7 @@ fn origin() -> Origin {
         source: Source::Webhook,
         received_at: SystemTime::now(),
         fishjam_id: Arc::from("vectors"),
+        id_seed: 0,
     }
 }
 

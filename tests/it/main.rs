@@ -3,6 +3,7 @@
 mod amqp;
 mod conformance;
 mod deploy;
+mod faults;
 mod hostile;
 mod kafka;
 mod nats;

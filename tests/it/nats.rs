@@ -18,27 +18,27 @@ fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
 }
 
-async fn client(url: &str) -> async_nats::Client {
+pub async fn client(url: &str) -> async_nats::Client {
     async_nats::connect(url).await.unwrap_or_else(|e| {
         panic!("cannot reach NATS at {url} ({e}); start it with `bash scripts/services` or set NATS_URL")
     })
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:016x}", rand::random::<u64>())
 }
 
-fn nats_sink(url: &str, subject: &str, extra: &str) -> String {
+pub fn nats_sink(url: &str, subject: &str, extra: &str) -> String {
     config(&format!(
         "[[sinks]]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{subject}\"\ntimeout = \"2s\"\n{extra}"
     ))
 }
 
-fn simulate(url: &str, seed: u64, count: usize, batch: usize, extra: &[&str]) -> Child {
+pub fn simulate(url: &str, seed: u64, count: usize, batch: usize, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args(["simulate", "--webhook-url", url])
         .args(["--rooms", "8", "--concurrency", "4"])
@@ -51,7 +51,7 @@ fn simulate(url: &str, seed: u64, count: usize, batch: usize, extra: &[&str]) ->
         .unwrap()
 }
 
-fn summary(child: Child) -> Value {
+pub fn summary(child: Child) -> Value {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     serde_json::from_slice(&output.stdout).unwrap()
@@ -192,14 +192,14 @@ fn a_room_id_with_dots_lands_on_its_escaped_subject() {
 }
 
 /// A nats-server of the test's own, so it can be restarted.
-struct PrivateNats {
+pub struct PrivateNats {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl PrivateNats {
-    fn start() -> PrivateNats {
+    pub fn start() -> PrivateNats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -224,16 +224,16 @@ impl PrivateNats {
         child
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.stop();
         self.child = Self::spawn(self.port, self.dir.path());
     }

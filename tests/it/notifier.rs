@@ -101,6 +101,7 @@ fn scenario(seed: u64, count: usize) -> Vec<Value> {
         source: Source::Notifier,
         received_at: SystemTime::now(),
         fishjam_id: "x".into(),
+        id_seed: 0,
     };
     Scenario::new(seed, 6)
         .take(count)

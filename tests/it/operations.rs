@@ -77,6 +77,23 @@ fn metrics_hold_every_documented_name() {
     assert_eq!(full.status(), 503);
     assert_eq!(full.headers()["retry-after"], "1");
 
+    // A bridge whose sink fails, with a spool: the first body holds the
+    // pipeline and engages the spool; the next is acknowledged from disk.
+    let spooling = BridgeProcess::start(
+        &config(
+            "[[sinks]]\ntype = \"file\"\npath = \"/dev/full\"\n\
+             [pipeline]\nmax_in_flight_events = 1\n\
+             [spool]\npath = \"{dir}/spool\"\nengage_after = \"100ms\"\n",
+        )
+        .replace("[webhook]\n", "[webhook]\nmax_events_per_body = 1\n")
+        .replace("ack_timeout = \"2s\"", "ack_timeout = \"200ms\""),
+    );
+    let url = spooling.webhook_url();
+    assert_eq!(post(&url, room_created("s1"), None).status(), 503);
+    let spooled = post(&url, room_created("s2"), None);
+    assert_eq!(spooled.status(), 200);
+    assert_eq!(spooled.text().unwrap(), r#"{"events":1,"spooled":true}"#);
+
     wait_until("librdkafka's first statistics", || {
         healthy
             .metrics()
@@ -86,6 +103,7 @@ fn metrics_hold_every_documented_name() {
     let mut present = healthy.metrics().names();
     let failing_metrics = failing.metrics();
     present.extend(failing_metrics.names());
+    present.extend(spooling.metrics().names());
     for name in &documented {
         assert!(present.contains(name), "{name} is exported");
     }

@@ -58,6 +58,7 @@ pub fn expected(seed: u64, rooms: usize, count: usize) -> BTreeMap<String, Vec<(
         source: Source::Webhook,
         received_at: SystemTime::now(),
         fishjam_id: Arc::from("x"),
+        id_seed: 0,
     };
     let mut by_key: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
     for message in Scenario::new(seed, rooms).take(count) {

@@ -1,0 +1,725 @@
+//! The disk spool: where bodies wait, safe on disk, while the sinks cannot
+//! take them.
+//!
+//! Off, the pipeline's bound on events in flight is the whole story: a full
+//! pipeline answers 503. On (`spool.path`), the spool *engages* when the
+//! pipeline is full or a webhook waited `spool.engage_after` for the sinks.
+//! While engaged, every body from every source is appended to the log
+//! (`log.rs`) instead of entering the pipeline, and a webhook is answered 2xx
+//! once its body is on disk (synced, with `spool.fsync`). The replayer reads
+//! the log in order and submits each body to the pipeline as room frees up,
+//! so a room's events keep their order; once it has submitted everything and
+//! the pipeline has room again, the spool disengages and bodies go straight
+//! to the pipeline. Nothing can overtake the spool: the engaged flag is
+//! checked and the body appended (or admitted) under one lock.
+//!
+//! A body stays in the log until every sink acknowledged its events: the
+//! watermark moves over a contiguous run of acknowledged bodies, and the
+//! segments below it are deleted. After a crash, everything from the
+//! watermark on is replayed; events are rebuilt from the body with the same
+//! ids (`Origin::id_seed`), so a replayed event that was already published
+//! arrives again with the same id.
+
+pub mod log;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Source;
+use crate::normalize::{normalize_body, Origin};
+use crate::pipeline::{InFlight, Pipeline};
+use crate::telemetry;
+use log::{Entry, NewRecord, Next, Position, SegmentReader};
+
+/// How the spool is set up (`[spool]`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub fsync: bool,
+    /// How long the sinks may go without delivering before the spool
+    /// counts them as stuck.
+    pub engage_after: Duration,
+}
+
+/// Why a body could not be spooled.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full (spool.max_bytes)")]
+    Full,
+    #[error("the spool could not write: {0}")]
+    Io(String),
+}
+
+enum Command {
+    Append(NewRecord, oneshot::Sender<Result<(), SpoolError>>),
+    Watermark(u64),
+    Close(oneshot::Sender<()>),
+}
+
+/// What the lock guards: whether bodies go to the log, and how many sent to
+/// the log the replayer has not submitted yet.
+#[derive(Debug)]
+pub struct Gate {
+    engaged: bool,
+    outstanding: u64,
+}
+
+impl Gate {
+    pub fn engaged(&self) -> bool {
+        self.engaged
+    }
+}
+
+#[derive(Debug)]
+struct Watermark {
+    next: u64,
+    acknowledged: BTreeSet<u64>,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    gate: Mutex<Gate>,
+    to_writer: std::sync::mpsc::Sender<Command>,
+    /// Bytes of the log's files, counting appends not yet written.
+    bytes: Arc<AtomicU64>,
+    max_bytes: u64,
+    /// Notified when segments are deleted.
+    space: Arc<Notify>,
+    durable: watch::Receiver<Position>,
+    /// Follows `Gate::engaged`, for those who wait for the spool to empty.
+    engaged: watch::Sender<bool>,
+    watermark: Mutex<Watermark>,
+    /// Where the replayer starts: the first segment left after recovery.
+    first_segment: u64,
+    engage_after: Duration,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("dir", &self.dir).finish()
+    }
+}
+
+/// Resolves once a spooled body is on disk.
+pub type Durable = oneshot::Receiver<Result<(), SpoolError>>;
+
+impl Spool {
+    /// Opens (or creates) the spool in `options.dir`, recovering what a
+    /// previous run left: the bodies from the watermark on will be replayed.
+    pub fn open(options: &Options) -> anyhow::Result<Arc<Spool>> {
+        use anyhow::Context as _;
+        let dir = &options.dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("spool.path {}: cannot create", dir.display()))?;
+        let lock = std::fs::File::create(dir.join("lock"))
+            .with_context(|| format!("spool.path {}: cannot write", dir.display()))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "spool.path {}: another fishjam-bridge uses this spool; give each its own",
+                dir.display()
+            )
+        })?;
+        let recovered = log::recover(dir)
+            .with_context(|| format!("spool.path {}: cannot read the spool", dir.display()))?;
+        let writer = log::Writer::open(dir, &recovered, options.segment_bytes, options.fsync)
+            .with_context(|| format!("spool.path {}: cannot write", dir.display()))?;
+        if recovered.torn > 0 {
+            tracing::warn!(
+                torn = recovered.torn,
+                "spool: entries torn by a crash were cut off (they were never acknowledged)"
+            );
+        }
+        if recovered.pending > 0 {
+            tracing::info!(
+                bodies = recovered.pending,
+                "spool: replaying bodies a previous run accepted and did not deliver"
+            );
+        }
+        telemetry::spool_opened(options.max_bytes, recovered.torn);
+        let bytes = Arc::new(AtomicU64::new(writer.bytes()));
+        telemetry::spool_bytes(writer.bytes());
+        let (durable_tx, durable) = watch::channel(writer.position());
+        let (to_writer, commands) = std::sync::mpsc::channel();
+        let engaged = recovered.pending > 0;
+        telemetry::spool_engaged(engaged);
+        let spool = Arc::new(Spool {
+            dir: dir.clone(),
+            gate: Mutex::new(Gate {
+                engaged,
+                outstanding: recovered.pending,
+            }),
+            to_writer,
+            bytes: bytes.clone(),
+            max_bytes: options.max_bytes,
+            space: Arc::new(Notify::new()),
+            durable,
+            engaged: watch::Sender::new(engaged),
+            watermark: Mutex::new(Watermark {
+                next: recovered.watermark,
+                acknowledged: BTreeSet::new(),
+            }),
+            first_segment: recovered.segments.first().map_or(0, |s| s.id),
+            engage_after: options.engage_after,
+            writer: Mutex::new(None),
+        });
+        let shared = spool.clone();
+        let handle = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || {
+                // The lock file stays locked for as long as the writer runs.
+                let _lock = lock;
+                run_writer(writer, commands, &shared, durable_tx);
+            })?;
+        *spool.writer.lock().expect("never poisoned") = Some(handle);
+        Ok(spool)
+    }
+
+    /// The lock under which a source decides between the pipeline and the log.
+    pub fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().expect("the spool gate never panics")
+    }
+
+    /// From now on, bodies go to the log until the replayer has caught up.
+    pub fn engage(&self, gate: &mut Gate, why: &'static str) {
+        if !gate.engaged {
+            gate.engaged = true;
+            self.engaged.send_replace(true);
+            telemetry::spool_engaged(true);
+            tracing::warn!(
+                why,
+                "spool engaged: bodies are kept on disk until the sinks catch up"
+            );
+        }
+    }
+
+    /// Engages the spool from outside the gate (a webhook waited too long).
+    pub fn engage_now(&self, why: &'static str) {
+        let mut gate = self.gate();
+        self.engage(&mut gate, why);
+    }
+
+    /// Sends `record` to the log; the answer says when it is on disk.
+    pub fn append(&self, gate: &mut Gate, record: NewRecord) -> Result<Durable, SpoolError> {
+        let len = record.entry_len();
+        let source = record.source;
+        let reserved = self.bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if reserved > self.max_bytes {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            telemetry::spool_refused(source);
+            return Err(SpoolError::Full);
+        }
+        let (done, durable) = oneshot::channel();
+        if self.to_writer.send(Command::Append(record, done)).is_err() {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(SpoolError::Io("the spool writer stopped".into()));
+        }
+        gate.outstanding += 1;
+        Ok(durable)
+    }
+
+    /// Waits until the log may have room again (or a second has passed).
+    pub async fn wait_for_space(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.space.notified()).await;
+    }
+
+    /// Waits until bodies go straight to the pipeline again.
+    pub async fn disengaged(&self) {
+        let mut engaged = self.engaged.subscribe();
+        let _ = engaged.wait_for(|engaged| !engaged).await;
+    }
+
+    /// Every sink acknowledged the events of body `seq`.
+    fn acknowledged(&self, seq: u64) {
+        let mut watermark = self.watermark.lock().expect("never poisoned");
+        if seq < watermark.next {
+            return;
+        }
+        watermark.acknowledged.insert(seq);
+        let before = watermark.next;
+        while watermark.acknowledged.first() == Some(&watermark.next) {
+            watermark.acknowledged.pop_first();
+            watermark.next += 1;
+        }
+        if watermark.next != before {
+            let _ = self.to_writer.send(Command::Watermark(watermark.next));
+        }
+    }
+
+    /// Writes the last watermark and stops the writer; what is still in
+    /// the log is replayed by the next run.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.to_writer.send(Command::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
+        let handle = self.writer.lock().expect("never poisoned").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+fn run_writer(
+    mut writer: log::Writer,
+    commands: std::sync::mpsc::Receiver<Command>,
+    spool: &Spool,
+    durable: watch::Sender<Position>,
+) {
+    let mut records = Vec::new();
+    let mut answers = Vec::new();
+    while let Ok(first) = commands.recv() {
+        let mut watermark = None;
+        let mut close = None;
+        let mut next = Some(first);
+        // Everything that queued up while the last batch was written goes
+        // in one write and one sync.
+        while let Some(command) = next.take() {
+            match command {
+                Command::Append(record, done) => {
+                    records.push(record);
+                    answers.push(done);
+                }
+                Command::Watermark(seq) => watermark = Some(seq),
+                Command::Close(done) => close = Some(done),
+            }
+            if records.len() < 4096 && close.is_none() {
+                next = commands.try_recv().ok();
+            }
+        }
+        let before = writer.bytes();
+        let mut reserved = 0;
+        if !records.is_empty() {
+            let started = Instant::now();
+            match writer.append(&records) {
+                Ok(()) => {
+                    reserved = records.iter().map(NewRecord::entry_len).sum();
+                    telemetry::spool_synced(started.elapsed());
+                    for record in &records {
+                        telemetry::spool_written(record.source);
+                    }
+                    durable.send_replace(writer.position());
+                    for done in answers.drain(..) {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, bodies = records.len(), "spool: append failed; the bodies are refused");
+                    let lost: u64 = records.iter().map(NewRecord::entry_len).sum();
+                    spool.bytes.fetch_sub(lost, Ordering::AcqRel);
+                    spool.gate().outstanding -= records.len() as u64;
+                    for record in &records {
+                        telemetry::spool_failed(record.source);
+                    }
+                    for done in answers.drain(..) {
+                        let _ = done.send(Err(SpoolError::Io(error.to_string())));
+                    }
+                }
+            }
+            records.clear();
+        }
+        if let Some(seq) = watermark {
+            match writer.watermark(seq) {
+                Ok(freed) if freed > 0 => spool.space.notify_waiters(),
+                Ok(_) => {}
+                Err(error) => tracing::error!(error = %error, "spool: cannot record the watermark"),
+            }
+        }
+        // The appends were counted when reserved; what else changed on disk
+        // (segment heads, watermarks, deleted segments) is counted here.
+        let after = writer.bytes();
+        if after >= before + reserved {
+            spool
+                .bytes
+                .fetch_add(after - before - reserved, Ordering::AcqRel);
+        } else {
+            spool
+                .bytes
+                .fetch_sub(before + reserved - after, Ordering::AcqRel);
+        }
+        telemetry::spool_bytes(spool.bytes.load(Ordering::Acquire));
+        if let Some(done) = close {
+            match writer.sync() {
+                Ok(()) if writer.pending() > 0 => tracing::info!(
+                    bodies = writer.pending(),
+                    "spool closed; it keeps bodies the sinks have not acknowledged for the next run"
+                ),
+                Ok(()) => tracing::info!("spool closed, empty"),
+                Err(error) => tracing::error!(error = %error, "spool: final sync failed"),
+            }
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Reads the log from where recovery left it and submits each body to the
+/// pipeline in order, until `shutdown`. What it had not submitted by then
+/// stays in the log for the next run.
+pub async fn replay(
+    spool: Arc<Spool>,
+    pipeline: Pipeline,
+    in_flight: InFlight,
+    fishjam_id: Arc<str>,
+    shutdown: CancellationToken,
+) {
+    let mut durable = spool.durable.clone();
+    let mut segment = spool.first_segment;
+    // The open segment and, once it is closed, its length.
+    let mut reader: Option<(SegmentReader, Option<u64>)> = None;
+    let mut expected = spool.watermark.lock().expect("never poisoned").next;
+    loop {
+        let end = *durable.borrow_and_update();
+        if reader.is_none() {
+            match SegmentReader::open(&log::segment_path(&spool.dir, segment), 0) {
+                Ok(opened) => reader = Some((opened, None)),
+                // Deleted once all its bodies were acknowledged.
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::NotFound && segment < end.segment =>
+                {
+                    segment += 1;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, segment, "spool: cannot open a segment; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+        let (current, closed_len) = reader.as_mut().expect("opened above");
+        // A closed segment is read to its end; the one being written only
+        // as far as it is durable.
+        let limit = if segment < end.segment {
+            *closed_len.get_or_insert_with(|| segment_len(&spool.dir, segment))
+        } else {
+            end.offset
+        };
+        match current.next(limit) {
+            Ok(Next::Entry(Entry::Body(record))) if record.seq >= expected => {
+                // Bodies lost to a torn segment are no longer waited for.
+                for missing in expected..record.seq {
+                    spool.acknowledged(missing);
+                }
+                expected = record.seq + 1;
+                let seq = record.seq;
+                let submitted = tokio::select! {
+                    submitted = submit(&spool, &pipeline, &fishjam_id, record) => submitted,
+                    () = shutdown.cancelled() => return,
+                };
+                if !submitted {
+                    spool.acknowledged(seq);
+                }
+                spool.gate().outstanding -= 1;
+            }
+            Ok(Next::Entry(_) | Next::Unreadable) => {}
+            Ok(next @ (Next::End | Next::Torn { .. })) if segment < end.segment => {
+                if let Next::Torn { offset } = next {
+                    tracing::error!(
+                        segment,
+                        offset,
+                        "spool: a torn entry inside the log; the rest of its segment is skipped"
+                    );
+                }
+                segment += 1;
+                reader = None;
+            }
+            Ok(Next::End | Next::Torn { .. }) => {
+                {
+                    // Caught up: everything spooled was submitted and
+                    // delivered, and the sinks are moving.
+                    let delivered =
+                        spool.watermark.lock().expect("never poisoned").next >= expected;
+                    let moving = in_flight.current() == 0
+                        || (in_flight.current() <= in_flight.capacity() / 2
+                            && in_flight.since_progress() < spool.engage_after);
+                    let mut gate = spool.gate();
+                    if gate.engaged && gate.outstanding == 0 && delivered && moving {
+                        gate.engaged = false;
+                        spool.engaged.send_replace(false);
+                        telemetry::spool_engaged(false);
+                        tracing::info!("spool disengaged: the sinks caught up");
+                    }
+                }
+                let engaged = *spool.engaged.borrow();
+                tokio::select! {
+                    _ = durable.changed() => {}
+                    // Engaged with nothing to read: the pipeline is draining.
+                    () = tokio::time::sleep(Duration::from_millis(50)), if engaged => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, segment, "spool: cannot read the log; trying again");
+                reader = None;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+fn segment_len(dir: &Path, segment: u64) -> u64 {
+    std::fs::metadata(log::segment_path(dir, segment)).map_or(0, |m| m.len())
+}
+
+/// Rebuilds a body's events and waits until the pipeline takes them; the
+/// body is acknowledged in the log once every sink has them. False when
+/// there is nothing to submit.
+async fn submit(
+    spool: &Arc<Spool>,
+    pipeline: &Pipeline,
+    fishjam_id: &Arc<str>,
+    record: log::Record,
+) -> bool {
+    let origin = Origin {
+        source: record.source,
+        received_at: record.received_at,
+        fishjam_id: fishjam_id.clone(),
+        id_seed: record.id_seed,
+    };
+    let events = match normalize_body(&record.body, &origin) {
+        Ok(normalized) => normalized.events,
+        Err(error) => {
+            // It decoded when it was spooled and its CRC holds: a bug.
+            tracing::error!(error = %error, seq = record.seq, "spool: a spooled body no longer decodes; dropped");
+            return false;
+        }
+    };
+    telemetry::spool_replayed(record.source);
+    let seq = record.seq;
+    let on_acknowledged = {
+        let spool = spool.clone();
+        Box::new(move || spool.acknowledged(seq))
+    };
+    match pipeline
+        .submit_acknowledging(events, record.source, Instant::now(), on_acknowledged)
+        .await
+    {
+        Ok(_receipt) => true,
+        Err(error) => {
+            tracing::error!(error = %error, seq, "spool: the pipeline refused a spooled body");
+            false
+        }
+    }
+}
+
+/// A body ready for the log, from what a source received.
+pub fn record(source: Source, origin: &Origin, body: bytes::Bytes) -> NewRecord {
+    NewRecord {
+        source,
+        received_at: origin.received_at,
+        id_seed: origin.id_seed,
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Data, Event};
+    use crate::pipeline::{Admitted, BurstyLimit, LaneReceiver, WhenFull};
+    use crate::proto::server_message::RoomCreated;
+    use crate::proto::{Content, ServerMessage};
+    use prost::Message as _;
+    use std::time::SystemTime;
+
+    const LIMIT: BurstyLimit = BurstyLimit {
+        max_in_flight: 10,
+        when_full: WhenFull::Wait,
+    };
+
+    fn options(dir: &Path) -> Options {
+        Options {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            segment_bytes: 256,
+            fsync: true,
+            engage_after: Duration::from_secs(1),
+        }
+    }
+
+    /// A body of one roomCreated per room, and its events as a source
+    /// would normalize them.
+    fn body(rooms: &[&str]) -> (NewRecord, Vec<Event>) {
+        let batch = crate::proto::server_message::NotificationBatch {
+            notifications: rooms
+                .iter()
+                .map(|room| ServerMessage {
+                    content: Some(Content::RoomCreated(RoomCreated {
+                        room_id: (*room).to_owned(),
+                    })),
+                })
+                .collect(),
+        };
+        let bytes = ServerMessage {
+            content: Some(Content::NotificationBatch(batch)),
+        }
+        .encode_to_vec();
+        let origin = Origin::now(Source::Webhook, Arc::from("test"));
+        let events = normalize_body(&bytes, &origin).unwrap().events;
+        (record(Source::Webhook, &origin, bytes.into()), events)
+    }
+
+    fn room(event: &Event) -> String {
+        match &event.data {
+            Data::Room(room) => room.room_id.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Takes the lane's next `n` events, acknowledging each.
+    async fn take(lane: &mut LaneReceiver, n: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let job = lane.recv().await.unwrap();
+            job.acknowledge();
+            out.push(job.event.clone());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spooled_bodies_follow_earlier_ones_in_order_then_the_spool_disengages() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&options(dir.path())).unwrap();
+        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 2, LIMIT, None);
+        let pipeline = pipeline.with_spool(spool.clone());
+        let now = Instant::now;
+
+        let (a, mut a_events) = body(&["r1"]);
+        assert!(matches!(
+            pipeline.offer(a, &mut a_events, now()).unwrap(),
+            Admitted::Receipt(_)
+        ));
+        // Two more events do not fit: the spool engages and takes the body.
+        let (b, mut b_events) = body(&["r1", "r2"]);
+        let b_ids: Vec<_> = b_events.iter().map(|e| e.id).collect();
+        let Admitted::Spooled(durable) = pipeline.offer(b, &mut b_events, now()).unwrap() else {
+            panic!("the pipeline is full: the body is spooled");
+        };
+        durable.await.unwrap().unwrap();
+        // Engaged, even a body that would fit goes behind the spooled one.
+        let (c, mut c_events) = body(&["r1"]);
+        let Admitted::Spooled(durable) = pipeline.offer(c, &mut c_events, now()).unwrap() else {
+            panic!("the spool is engaged");
+        };
+        durable.await.unwrap().unwrap();
+
+        let shutdown = CancellationToken::new();
+        let replayer = tokio::spawn(replay(
+            spool.clone(),
+            pipeline.clone(),
+            in_flight.clone(),
+            Arc::from("test"),
+            shutdown.clone(),
+        ));
+        let lane = &mut lanes[0][0];
+        let seen = take(lane, 4).await;
+        assert_eq!(
+            seen.iter().map(room).collect::<Vec<_>>(),
+            ["r1", "r1", "r2", "r1"]
+        );
+        // Rebuilt from the spool with the ids they were given on arrival.
+        assert_eq!(seen[1].id, b_ids[0]);
+        assert_eq!(seen[2].id, b_ids[1]);
+
+        // Everything delivered: the spool disengages and deletes what it held.
+        spool.disengaged().await;
+        let (d, mut d_events) = body(&["r3"]);
+        assert!(matches!(
+            pipeline.offer(d, &mut d_events, now()).unwrap(),
+            Admitted::Receipt(_)
+        ));
+        assert_eq!(take(lane, 1).await.len(), 1);
+        shutdown.cancel();
+        replayer.await.unwrap();
+        spool.close().await;
+        let recovered = log::recover(dir.path()).unwrap();
+        assert_eq!((recovered.watermark, recovered.pending), (2, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_spool_refuses_and_a_restart_replays_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Options {
+            max_bytes: 300,
+            ..options(dir.path())
+        };
+        let spool = Spool::open(&small).unwrap();
+        let (pipeline, _lanes, _) = Pipeline::new(&[("a".into(), 1)], 2, LIMIT, None);
+        let pipeline = pipeline.with_spool(spool.clone());
+        // The first body fills the pipeline, whose sink never acknowledges.
+        let (first, mut events) = body(&["r0", "r0"]);
+        assert!(matches!(
+            pipeline.offer(first, &mut events, Instant::now()).unwrap(),
+            Admitted::Receipt(_)
+        ));
+        let mut ids = Vec::new();
+        let mut refused = 0;
+        for _ in 0..10 {
+            let (record, mut events) = body(&["r1", "r2"]);
+            let these: Vec<_> = events.iter().map(|e| e.id).collect();
+            match pipeline.offer(record, &mut events, Instant::now()) {
+                Ok(Admitted::Spooled(durable)) => {
+                    durable.await.unwrap().unwrap();
+                    ids.extend(these);
+                }
+                Ok(Admitted::Receipt(_)) => panic!("the pipeline is full"),
+                Err(SubmitError::TooLarge) => panic!("a body of two fits the spool's bound"),
+                Err(error) => {
+                    assert_eq!(error, SubmitError::Spool(SpoolError::Full));
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0 && !ids.is_empty(), "{refused} refused");
+        spool.close().await;
+        drop(pipeline);
+        drop(spool);
+
+        // The next run replays each spooled event once, with its id.
+        let spool = Spool::open(&small).unwrap();
+        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 2, LIMIT, None);
+        let pipeline = pipeline.with_spool(spool.clone());
+        let shutdown = CancellationToken::new();
+        let replayer = tokio::spawn(replay(
+            spool.clone(),
+            pipeline,
+            in_flight,
+            Arc::from("test"),
+            shutdown.clone(),
+        ));
+        let replayed = take(&mut lanes[0][0], ids.len()).await;
+        assert_eq!(replayed.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+        spool.disengaged().await;
+        shutdown.cancel();
+        replayer.await.unwrap();
+    }
+
+    use crate::pipeline::SubmitError;
+
+    #[test]
+    fn a_second_bridge_cannot_use_the_same_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Spool::open(&options(dir.path())).unwrap();
+        let error = Spool::open(&options(dir.path())).unwrap_err().to_string();
+        assert!(
+            error.contains("another fishjam-bridge uses this spool"),
+            "{error}"
+        );
+        let _ = SystemTime::now();
+    }
+}

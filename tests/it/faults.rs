@@ -1,0 +1,266 @@
+//! Fault injection with the real binary, a real JetStream and the disk
+//! spool: a broker down for thirty seconds under load, `kill -9` of the
+//! bridge at random moments, a full spool. In each, every body the
+//! simulator got a 2xx for (it sends each until it does) ends up in the
+//! stream, each room's events in order; duplicates are counted. (A sink that
+//! refuses one event for good is `nats::an_event_over_max_payload_...` and
+//! `kafka::...dead_letter...`.)
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::nats::{client, nats_sink, runtime, simulate, summary, unique, PrivateNats};
+use crate::support::*;
+use crate::webhook::expected;
+
+const ROOMS: usize = 8;
+
+/// A bridge into the JetStream `stream` with a spool in `spool`; `extra`
+/// goes into `[spool]`.
+fn spooled(nats: &str, stream: &str, spool: &Path, extra: &str) -> String {
+    let prefix = unique("f");
+    format!(
+        "{}\n[spool]\npath = \"{}\"\n{extra}",
+        nats_sink(
+            nats,
+            &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+            &format!(
+                "mode = \"jetstream\"\n[sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n"
+            ),
+        ),
+        spool.display()
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every event in `stream`, in stream order.
+fn stored(nats: &str, stream: &str) -> Vec<Value> {
+    runtime().block_on(async {
+        let context = async_nats::jetstream::new(client(nats).await);
+        let mut stream = context.get_stream(stream).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut events = Vec::new();
+        for sequence in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                events.push(serde_json::from_slice::<Value>(&message.payload).unwrap());
+            }
+        }
+        assert_eq!(events.len() as u64, state.messages);
+        events
+    })
+}
+
+/// Waits until the bridge has nothing in its spool or pipeline.
+fn wait_settled(bridge: &BridgeProcess) {
+    wait_until("the spool and the pipeline are empty", || {
+        let metrics = bridge.metrics();
+        metrics.sum("fishjam_bridge_spool_engaged", &[]) == 0.0
+            && metrics.sum("fishjam_bridge_pipeline_events_in_flight", &[]) == 0.0
+    });
+}
+
+/// Asserts that every expected event is stored, each room in order, and
+/// returns how many stored events are extra copies.
+fn assert_complete(stored: &[Value], seed: u64, count: usize) -> usize {
+    let ids: HashSet<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids.len(),
+        stored.len(),
+        "the stream keeps each event id once"
+    );
+    assert_each_room_complete_in_order(&expected(seed, ROOMS, count), &by_key(stored));
+    stored.len() - count
+}
+
+fn ok_answers(bridge: &BridgeProcess) -> f64 {
+    bridge.metrics().sum(
+        "fishjam_bridge_webhook_requests_total",
+        &[("status", "200")],
+    )
+}
+
+#[test]
+fn a_broker_down_for_thirty_seconds_costs_no_acknowledged_event() {
+    let mut server = PrivateNats::start();
+    let spool = tempfile::tempdir().unwrap();
+    let stream = unique("FA");
+    let bridge = BridgeProcess::start(&spooled(&server.url(), &stream, spool.path(), ""));
+    let (seed, count) = (41, 12_000);
+    let simulator = simulate(
+        &bridge.webhook_url(),
+        seed,
+        count,
+        10,
+        &["--rate", "300", "--retries", "1000"],
+    );
+    wait_until("events stored before the outage", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_events_acknowledged_total", &[])
+            >= 1000.0
+    });
+    server.stop();
+    let outage = Instant::now();
+    wait_until("the spool engages", || {
+        bridge.metrics().sum("fishjam_bridge_spool_engaged", &[]) == 1.0
+    });
+    // With the broker away, webhooks are acknowledged once on disk.
+    let before = ok_answers(&bridge);
+    wait_until("webhooks acknowledged from the spool", || {
+        ok_answers(&bridge) >= before + 100.0
+    });
+    assert!(
+        bridge.metrics().sum(
+            "fishjam_bridge_spool_bodies_total",
+            &[("op", "written"), ("source", "webhook")]
+        ) >= 100.0
+    );
+    // The outage itself is what is being tested: it lasts thirty seconds.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
+    server.restart();
+    let report = summary(simulator);
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    wait_settled(&bridge);
+    let metrics = bridge.metrics();
+    let written = metrics.sum(
+        "fishjam_bridge_spool_bodies_total",
+        &[("op", "written"), ("source", "webhook")],
+    );
+    assert_eq!(
+        metrics.sum(
+            "fishjam_bridge_spool_bodies_total",
+            &[("op", "replayed"), ("source", "webhook")]
+        ),
+        written,
+        "every spooled body was replayed"
+    );
+    let duplicates = assert_complete(&stored(&server.url(), &stream), seed, count);
+    eprintln!(
+        "broker outage: {written} bodies spooled, {} 503s, {duplicates} duplicate events (bodies sent again after a 503)",
+        metrics.sum("fishjam_bridge_webhook_requests_total", &[("status", "503")])
+    );
+}
+
+#[test]
+fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event() {
+    let mut server = PrivateNats::start();
+    let spool = tempfile::tempdir().unwrap();
+    let stream = unique("FK");
+    let port = free_port();
+    let text = spooled(&server.url(), &stream, spool.path(), "").replacen(
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        1,
+    );
+    let mut bridge = BridgeProcess::start(&text);
+    let (seed, count) = (43, 9000);
+    let simulator = simulate(
+        &bridge.webhook_url(),
+        seed,
+        count,
+        10,
+        &["--rate", "600", "--retries", "1000"],
+    );
+    let mut kills = Vec::new();
+    for round in 0..4 {
+        let broker_down = round == 2;
+        if broker_down {
+            // This kill finds bodies in the spool, not yet delivered.
+            server.stop();
+            wait_until("bodies spooled while the broker is down", || {
+                bridge.metrics().sum(
+                    "fishjam_bridge_spool_bodies_total",
+                    &[("op", "written"), ("source", "webhook")],
+                ) >= 50.0
+            });
+        } else {
+            wait_until("webhooks acknowledged", || ok_answers(&bridge) >= 100.0);
+        }
+        // A random moment within the next 300 ms of load.
+        let at = Duration::from_millis(rand::random::<u64>() % 300);
+        std::thread::sleep(at);
+        bridge.child.kill().unwrap();
+        bridge.child.wait().unwrap();
+        kills.push(at);
+        bridge = BridgeProcess::spawn(&text, std::process::Stdio::null(), &[]);
+        if broker_down {
+            // The spool is read before the listeners open.
+            assert!(
+                bridge.logged("replaying bodies a previous run accepted"),
+                "the restart replays what the killed bridge had spooled"
+            );
+            server.restart();
+        }
+    }
+    let report = summary(simulator);
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    wait_settled(&bridge);
+    let duplicates = assert_complete(&stored(&server.url(), &stream), seed, count);
+    eprintln!("4 kills (at +{kills:?}): {duplicates} duplicate events");
+}
+
+#[test]
+fn a_full_spool_refuses_with_503_and_loses_nothing() {
+    let mut server = PrivateNats::start();
+    let spool = tempfile::tempdir().unwrap();
+    let stream = unique("FF");
+    let max_bytes = 64 * 1024;
+    let text = spooled(
+        &server.url(),
+        &stream,
+        spool.path(),
+        &format!("max_bytes = {max_bytes}\nsegment_bytes = 8192\n"),
+    )
+    .replace(
+        "ack_timeout = \"2s\"\n",
+        "ack_timeout = \"2s\"\nmax_body_bytes = 16384\n",
+    );
+    let bridge = BridgeProcess::start(&text);
+    server.stop();
+    let (seed, count) = (45, 3000);
+    let simulator = simulate(
+        &bridge.webhook_url(),
+        seed,
+        count,
+        10,
+        &["--rate", "1000", "--retries", "1000"],
+    );
+    let mut largest = 0.0f64;
+    wait_until("the spool fills and refuses", || {
+        let metrics = bridge.metrics();
+        largest = largest.max(metrics.sum("fishjam_bridge_spool_bytes", &[]));
+        metrics.sum(
+            "fishjam_bridge_spool_bodies_total",
+            &[("op", "refused"), ("source", "webhook")],
+        ) >= 10.0
+    });
+    assert!(
+        largest <= max_bytes as f64,
+        "spool at {largest} bytes, cap {max_bytes}"
+    );
+    let refused_503 = bridge.metrics().sum(
+        "fishjam_bridge_webhook_requests_total",
+        &[("status", "503")],
+    );
+    assert!(refused_503 >= 10.0);
+    server.restart();
+    let report = summary(simulator);
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    wait_settled(&bridge);
+    let duplicates = assert_complete(&stored(&server.url(), &stream), seed, count);
+    // Once delivered, the segments are deleted.
+    wait_until("the spool's segments are deleted", || {
+        bridge.metrics().sum("fishjam_bridge_spool_bytes", &[]) < 8192.0 * 2.0
+    });
+    eprintln!("full spool: {refused_503} answers 503, {duplicates} duplicate events");
+}
