@@ -253,6 +253,73 @@ fn payload(notification: Notification, unmapped: &mut Unmapped) -> (EventType, D
     }
 }
 
+/// The notification that normalizes to `event`, for the room and peer
+/// lifecycle events the reconciliation derives (so that they can take the
+/// same path as a body, through the spool); None for any other event.
+fn to_notification(event: &Event) -> Option<proto::ServerMessage> {
+    use proto::Content as C;
+    let content = match (&event.event_type, &event.data) {
+        (EventType::RoomCreated, Data::Room(d)) => C::RoomCreated(sm::RoomCreated {
+            room_id: d.room_id.clone(),
+        }),
+        (EventType::RoomDeleted, Data::Room(d)) => C::RoomDeleted(sm::RoomDeleted {
+            room_id: d.room_id.clone(),
+        }),
+        (event_type, Data::Peer(d)) => {
+            let peer_type = match d.peer_type? {
+                "unspecified" => 0,
+                "webrtc" => 1,
+                "agent" => 2,
+                "vapi" => 3,
+                _ => return None,
+            };
+            let (room_id, peer_id) = (d.room_id.clone(), d.peer_id.clone());
+            match event_type {
+                EventType::PeerAdded => C::PeerAdded(sm::PeerAdded {
+                    room_id,
+                    peer_id,
+                    peer_type,
+                }),
+                EventType::PeerDeleted => C::PeerDeleted(sm::PeerDeleted {
+                    room_id,
+                    peer_id,
+                    peer_type,
+                }),
+                EventType::PeerConnected => C::PeerConnected(sm::PeerConnected {
+                    room_id,
+                    peer_id,
+                    peer_type,
+                }),
+                EventType::PeerDisconnected => C::PeerDisconnected(sm::PeerDisconnected {
+                    room_id,
+                    peer_id,
+                    peer_type,
+                }),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some(proto::ServerMessage {
+        content: Some(content),
+    })
+}
+
+/// One batch body of the notifications of `events` (see `to_notification`),
+/// or None when one of them has no such form.
+pub fn to_body(events: &[Event]) -> Option<Vec<u8>> {
+    use prost::Message as _;
+    let notifications = events.iter().map(to_notification).collect::<Option<_>>()?;
+    Some(
+        proto::ServerMessage {
+            content: Some(proto::Content::NotificationBatch(sm::NotificationBatch {
+                notifications,
+            })),
+        }
+        .encode_to_vec(),
+    )
+}
+
 fn peer(room_id: String, peer_id: String, peer_type_value: i32, unmapped: &mut Unmapped) -> Data {
     Data::Peer(PeerData {
         room_id,
@@ -362,6 +429,53 @@ mod tests {
     use crate::proto::server_message::{NotificationBatch, RecordingStatusChanged, RoomCreated};
     use crate::proto::ServerMessage;
     use prost::Message;
+
+    #[test]
+    fn reconciled_events_normalize_back_from_their_notifications() {
+        use crate::activity::KnownPeer;
+        use crate::fishjam::{FishjamPeer, FishjamRoom};
+        let known = [(
+            "gone".to_owned(),
+            [(
+                "p0".to_owned(),
+                KnownPeer {
+                    peer_type: "agent",
+                    connected: true,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        )]
+        .into_iter()
+        .collect();
+        let fishjam = [FishjamRoom {
+            id: "new".to_owned(),
+            peers: ["webrtc", "vapi", "odd"]
+                .iter()
+                .enumerate()
+                .map(|(i, t)| FishjamPeer {
+                    id: format!("p{i}"),
+                    peer_type: Some((*t).to_owned()),
+                    status: Some("connected".to_owned()),
+                })
+                .collect(),
+        }];
+        let id: Arc<str> = Arc::from("test");
+        let events = crate::reconcile::differences(&known, &fishjam, &id, SystemTime::now());
+        assert!(events.len() >= 8, "{events:?}");
+        let origin = Origin::now(Source::Reconciled, id);
+        for event in &events {
+            let body = to_notification(event)
+                .expect("every reconciled event")
+                .encode_to_vec();
+            let back = normalize_body(&body, &origin).unwrap().events;
+            assert_eq!(back.len(), 1);
+            assert_eq!(
+                (back[0].event_type, &back[0].data),
+                (event.event_type, &event.data)
+            );
+        }
+    }
 
     fn message(content: proto::Content) -> ServerMessage {
         ServerMessage {

@@ -28,7 +28,7 @@ use crate::backoff::Backoff;
 use crate::config::{NotifierConfig, Secret};
 use crate::event::Source;
 use crate::normalize::{normalize_body, Origin};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, SubmitError};
 use crate::proto::server_message::{self as sm, EventType};
 use crate::proto::{Content, ServerMessage};
 use crate::telemetry;
@@ -289,18 +289,37 @@ impl NotifierSource {
             return;
         }
         // In slices, so that a large snapshot never exceeds the pipeline's bound.
-        let mut events = events.into_iter().peekable();
-        while events.peek().is_some() {
-            let slice: Vec<_> = events.by_ref().take(256).collect();
+        for slice in events.chunks(256) {
             let count = slice.len();
-            if let Err(error) = self
-                .pipeline
-                .submit(slice, Source::Reconciled, Instant::now())
-                .await
-            {
+            if let Err(error) = self.submit_reconciled(slice).await {
                 tracing::error!(error = %error, count, "reconciled events refused by the pipeline");
             }
         }
+    }
+
+    /// Submits reconciled events as one body of their notifications, so that
+    /// they take the sources' path (through the spool while it is engaged,
+    /// behind what is there); events with no notification form (a peer type
+    /// this version cannot name) wait for the spool to empty instead.
+    async fn submit_reconciled(&self, slice: &[crate::event::Event]) -> Result<(), SubmitError> {
+        let direct = || async {
+            self.pipeline
+                .submit(slice.to_vec(), Source::Reconciled, Instant::now())
+                .await
+                .map(drop)
+        };
+        let Some(body) = crate::normalize::to_body(slice) else {
+            return direct().await;
+        };
+        let origin = Origin::now(Source::Reconciled, self.fishjam_id.clone());
+        let Ok(normalized) = normalize_body(&body, &origin) else {
+            return direct().await;
+        };
+        let events = normalized.events;
+        let record = crate::spool::record(Source::Reconciled, &origin, body.into());
+        self.pipeline
+            .offer_waiting(record, events, Instant::now())
+            .await
     }
 
     /// Normalizes one frame and waits until the pipeline takes its events.
