@@ -321,6 +321,14 @@ impl Pipeline {
         }
     }
 
+    /// The most events a submission may hold and always be admitted.
+    pub fn largest_submission(&self) -> usize {
+        match self.bursty_limit.when_full {
+            WhenFull::Wait => self.in_flight.capacity.min(self.bursty_limit.max_in_flight),
+            WhenFull::Shed => self.in_flight.capacity,
+        }
+    }
+
     fn fits(&self, events: &[Event]) -> Result<(), SubmitError> {
         let bursty = bursty_count(events);
         let too_bursty = self.bursty_limit.when_full == WhenFull::Wait

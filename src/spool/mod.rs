@@ -500,20 +500,33 @@ async fn submit(
     };
     telemetry::spool_replayed(record.source);
     let seq = record.seq;
-    let on_acknowledged = {
-        let spool = spool.clone();
-        Box::new(move || spool.acknowledged(seq))
-    };
-    match pipeline
-        .submit_acknowledging(events, record.source, Instant::now(), on_acknowledged)
-        .await
-    {
-        Ok(_receipt) => true,
-        Err(error) => {
+    // A body spooled under a larger bound than this run's goes in parts, in
+    // order; it is acknowledged in the log when the last part is.
+    let size = pipeline.largest_submission().max(1);
+    let mut parts: Vec<Vec<_>> = Vec::new();
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() || parts.is_empty() {
+        parts.push(events.by_ref().take(size).collect());
+    }
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(parts.len()));
+    for part in parts {
+        let on_acknowledged = {
+            let (spool, remaining) = (spool.clone(), remaining.clone());
+            Box::new(move || {
+                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    spool.acknowledged(seq);
+                }
+            })
+        };
+        if let Err(error) = pipeline
+            .submit_acknowledging(part, record.source, Instant::now(), on_acknowledged)
+            .await
+        {
             tracing::error!(error = %error, seq, "spool: the pipeline refused a spooled body");
-            false
+            return false;
         }
     }
+    true
 }
 
 /// A body ready for the log, from what a source received.
@@ -690,9 +703,10 @@ mod tests {
         drop(pipeline);
         drop(spool);
 
-        // The next run replays each spooled event once, with its id.
+        // The next run replays each spooled event once, with its id, even
+        // with a bound too small for a whole body (it goes in parts).
         let spool = Spool::open(&small).unwrap();
-        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 2, LIMIT, None);
+        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 1, LIMIT, None);
         let pipeline = pipeline.with_spool(spool.clone());
         let shutdown = CancellationToken::new();
         let replayer = tokio::spawn(replay(
@@ -702,7 +716,10 @@ mod tests {
             Arc::from("test"),
             shutdown.clone(),
         ));
-        let replayed = take(&mut lanes[0][0], ids.len()).await;
+        let replayed =
+            tokio::time::timeout(Duration::from_secs(30), take(&mut lanes[0][0], ids.len()))
+                .await
+                .expect("every spooled event is replayed");
         assert_eq!(replayed.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
         spool.disengaged().await;
         shutdown.cancel();
