@@ -51,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
                 phase = next;
             }
             Step::Deliver(body) => {
-                assert_eq!(phase, Phase::Subscribed, "a body delivered before subscribing");
+                assert_eq!(
+                    phase,
+                    Phase::Subscribed,
+                    "a body delivered before subscribing"
+                );
                 if let Ok(normalized) = normalize_body(body, &origin) {
                     for event in &normalized.events {
                         let json = event.to_json();

@@ -267,7 +267,7 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
             match reader.next(len)? {
                 Next::Entry(Entry::Body(record)) => {
                     max_seq = Some(record.seq);
-                    next_seq = next_seq.max(record.seq + 1);
+                    next_seq = next_seq.max(record.seq.saturating_add(1));
                     seqs.push(record.seq);
                 }
                 Next::Entry(Entry::Watermark(seq)) => watermark = watermark.max(seq),
@@ -424,7 +424,7 @@ impl Writer {
                 }),
                 &mut self.scratch,
             );
-            seq += 1;
+            seq = seq.saturating_add(1);
         }
         let written = self.file.write_all(&self.scratch).and_then(|()| {
             if self.fsync {
