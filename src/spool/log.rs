@@ -337,37 +337,26 @@ impl Writer {
         fsync: bool,
     ) -> io::Result<Writer> {
         let mut closed = recovered.segments.clone();
-        let mut writer = match closed.pop() {
-            Some(current) => Writer {
-                dir: dir.to_owned(),
-                file: OpenOptions::new()
+        let (file, current) = match closed.pop() {
+            Some(current) => (
+                OpenOptions::new()
                     .append(true)
                     .open(segment_path(dir, current.id))?,
                 current,
-                closed,
-                next_seq: recovered.next_seq,
-                watermark: recovered.watermark,
-                segment_bytes,
-                fsync,
-                scratch: Vec::new(),
-            },
-            None => {
-                let (file, current) = Self::create(dir, 0, recovered.watermark)?;
-                Writer {
-                    dir: dir.to_owned(),
-                    file,
-                    current,
-                    closed,
-                    next_seq: recovered.next_seq,
-                    watermark: recovered.watermark,
-                    segment_bytes,
-                    fsync,
-                    scratch: Vec::new(),
-                }
-            }
+            ),
+            None => Self::create(dir, 0, recovered.watermark)?,
         };
-        writer.segment_bytes = segment_bytes.max(1);
-        Ok(writer)
+        Ok(Writer {
+            dir: dir.to_owned(),
+            file,
+            current,
+            closed,
+            next_seq: recovered.next_seq,
+            watermark: recovered.watermark,
+            segment_bytes: segment_bytes.max(1),
+            fsync,
+            scratch: Vec::new(),
+        })
     }
 
     /// A new segment that starts with the current watermark, its directory

@@ -543,11 +543,10 @@ pub fn record(source: Source, origin: &Origin, body: bytes::Bytes) -> NewRecord 
 mod tests {
     use super::*;
     use crate::event::{Data, Event};
-    use crate::pipeline::{Admitted, BurstyLimit, LaneReceiver, WhenFull};
+    use crate::pipeline::{Admitted, BurstyLimit, LaneReceiver, SubmitError, WhenFull};
     use crate::proto::server_message::RoomCreated;
     use crate::proto::{Content, ServerMessage};
     use prost::Message as _;
-    use std::time::SystemTime;
 
     const LIMIT: BurstyLimit = BurstyLimit {
         max_in_flight: 10,
@@ -726,8 +725,6 @@ mod tests {
         replayer.await.unwrap();
     }
 
-    use crate::pipeline::SubmitError;
-
     #[test]
     fn a_second_bridge_cannot_use_the_same_spool() {
         let dir = tempfile::tempdir().unwrap();
@@ -737,6 +734,5 @@ mod tests {
             error.contains("another fishjam-bridge uses this spool"),
             "{error}"
         );
-        let _ = SystemTime::now();
     }
 }
