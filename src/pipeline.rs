@@ -281,8 +281,8 @@ impl Pipeline {
         // What the replayer could never submit must not be spooled.
         self.fits(events)?;
         let mut gate = spool.gate();
-        if !gate.engaged() {
-            match self.try_submit(std::mem::take(events), source, received) {
+        if !spool.is_engaged(&gate) {
+            match self.try_admit(std::mem::take(events), source, received) {
                 Ok(receipt) => return Ok(Admitted::Receipt(receipt)),
                 Err(SubmitError::Full) => spool.engage(&mut gate, "the pipeline is full"),
                 // A flood of voice activity must not put lifecycle events
@@ -362,12 +362,19 @@ impl Pipeline {
         source: Source,
         received: Instant,
     ) -> Result<Receipt, SubmitError> {
-        let mut events = events;
+        self.fits(&events)?;
+        self.try_admit(events, source, received)
+    }
+
+    /// `try_submit` for events that `fits` passed.
+    fn try_admit(
+        &self,
+        mut events: Vec<Event>,
+        source: Source,
+        received: Instant,
+    ) -> Result<Receipt, SubmitError> {
         let bursty = self.try_bursty_slots(&mut events)?;
         let count = u32::try_from(events.len()).map_err(|_| SubmitError::TooLarge)?;
-        if events.len() > self.in_flight.capacity {
-            return Err(SubmitError::TooLarge);
-        }
         let permit = match self.in_flight.permits.clone().try_acquire_many_owned(count) {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(SubmitError::Full),
@@ -388,9 +395,6 @@ impl Pipeline {
         }
         loop {
             let take = match self.bursty_limit.when_full {
-                WhenFull::Wait if wanted > self.bursty_limit.max_in_flight => {
-                    return Err(SubmitError::TooLarge)
-                }
                 WhenFull::Wait => wanted,
                 WhenFull::Shed => wanted.min(self.bursty.available_permits()),
             };
@@ -425,8 +429,7 @@ impl Pipeline {
         if let Some(spool) = &self.spool {
             spool.disengaged().await;
         }
-        self.submit_acknowledging(events, source, received, Box::new(|| ()))
-            .await
+        self.admit(events, source, received, None).await
     }
 
     /// `submit`, without regard to the spool, running `on_acknowledged` once
@@ -438,14 +441,23 @@ impl Pipeline {
         received: Instant,
         on_acknowledged: OnAcknowledged,
     ) -> Result<Receipt, SubmitError> {
-        let mut events = events;
+        self.admit(events, source, received, Some(on_acknowledged))
+            .await
+    }
+
+    /// Admits all of `events`, waiting for room in the bound.
+    async fn admit(
+        &self,
+        mut events: Vec<Event>,
+        source: Source,
+        received: Instant,
+        on_acknowledged: Option<OnAcknowledged>,
+    ) -> Result<Receipt, SubmitError> {
+        self.fits(&events)?;
         let bursty = match self.bursty_limit.when_full {
             WhenFull::Shed => self.try_bursty_slots(&mut events)?,
             WhenFull::Wait => match bursty_count(&events) {
                 0 => None,
-                wanted if wanted > self.bursty_limit.max_in_flight => {
-                    return Err(SubmitError::TooLarge)
-                }
                 wanted => Some(
                     self.bursty
                         .clone()
@@ -456,9 +468,6 @@ impl Pipeline {
             },
         };
         let count = u32::try_from(events.len()).map_err(|_| SubmitError::TooLarge)?;
-        if events.len() > self.in_flight.capacity {
-            return Err(SubmitError::TooLarge);
-        }
         let permit = self
             .in_flight
             .permits
@@ -466,14 +475,7 @@ impl Pipeline {
             .acquire_many_owned(count)
             .await
             .map_err(|_| SubmitError::Closed)?;
-        Ok(self.dispatch(
-            events,
-            permit,
-            bursty,
-            source,
-            received,
-            Some(on_acknowledged),
-        ))
+        Ok(self.dispatch(events, permit, bursty, source, received, on_acknowledged))
     }
 
     fn dispatch(

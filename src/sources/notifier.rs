@@ -316,7 +316,7 @@ impl NotifierSource {
             return direct().await;
         };
         let events = normalized.events;
-        let record = crate::spool::record(Source::Reconciled, &origin, body.into());
+        let record = crate::spool::record(&origin, body.into());
         self.pipeline
             .offer_waiting(record, events, Instant::now())
             .await
@@ -348,7 +348,7 @@ impl NotifierSource {
         // The frame was read: from here the bridge owns the events. Waiting
         // for room (in the pipeline, or in the spool while it is engaged)
         // stops the reading, which is the backpressure on Fishjam.
-        let record = crate::spool::record(Source::Notifier, &origin, body);
+        let record = crate::spool::record(&origin, body);
         match self
             .pipeline
             .offer_waiting(record, normalized.events, received)

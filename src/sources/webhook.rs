@@ -171,7 +171,7 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
     );
     let count = normalized.events.len();
     let mut events = normalized.events;
-    let record = crate::spool::record(Source::Webhook, &origin, body);
+    let record = crate::spool::record(&origin, body);
     let offered = state.pipeline.offer(record, &mut events, received);
     // The body stays in hand (and in the budget) until the spool has it on disk.
     let receipt = match offered {

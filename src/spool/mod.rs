@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::Source;
 use crate::normalize::{normalize_body, Origin};
 use crate::pipeline::{InFlight, Pipeline};
 use crate::telemetry;
@@ -64,18 +63,12 @@ enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// What the lock guards: whether bodies go to the log, and how many sent to
-/// the log the replayer has not submitted yet.
+/// What the lock guards: how many bodies sent to the log the replayer has
+/// not submitted yet. Whether the spool is engaged (`Spool::engaged`) is
+/// read and changed only while it is held.
 #[derive(Debug)]
 pub struct Gate {
-    engaged: bool,
     outstanding: u64,
-}
-
-impl Gate {
-    pub fn engaged(&self) -> bool {
-        self.engaged
-    }
 }
 
 #[derive(Debug)]
@@ -89,12 +82,13 @@ pub struct Spool {
     gate: Mutex<Gate>,
     to_writer: std::sync::mpsc::Sender<Command>,
     /// Bytes of the log's files, counting appends not yet written.
-    bytes: Arc<AtomicU64>,
+    bytes: AtomicU64,
     max_bytes: u64,
     /// Notified when segments are deleted.
-    space: Arc<Notify>,
+    space: Notify,
     durable: watch::Receiver<Position>,
-    /// Follows `Gate::engaged`, for those who wait for the spool to empty.
+    /// Whether bodies go to the log; watched by those who wait for the spool
+    /// to empty.
     engaged: watch::Sender<bool>,
     watermark: Mutex<Watermark>,
     /// Where the replayer starts: the first segment left after recovery.
@@ -145,7 +139,6 @@ impl Spool {
             );
         }
         telemetry::spool_opened(options.max_bytes, recovered.torn);
-        let bytes = Arc::new(AtomicU64::new(writer.bytes()));
         telemetry::spool_bytes(writer.bytes());
         let (durable_tx, durable) = watch::channel(writer.position());
         let (to_writer, commands) = std::sync::mpsc::channel();
@@ -154,13 +147,12 @@ impl Spool {
         let spool = Arc::new(Spool {
             dir: dir.clone(),
             gate: Mutex::new(Gate {
-                engaged,
                 outstanding: recovered.pending,
             }),
             to_writer,
-            bytes: bytes.clone(),
+            bytes: AtomicU64::new(writer.bytes()),
             max_bytes: options.max_bytes,
-            space: Arc::new(Notify::new()),
+            space: Notify::new(),
             durable,
             engaged: watch::Sender::new(engaged),
             watermark: Mutex::new(Watermark {
@@ -188,11 +180,14 @@ impl Spool {
         self.gate.lock().expect("the spool gate never panics")
     }
 
+    /// Whether bodies go to the log; `_gate` shows the lock is held.
+    pub fn is_engaged(&self, _gate: &Gate) -> bool {
+        *self.engaged.borrow()
+    }
+
     /// From now on, bodies go to the log until the replayer has caught up.
-    pub fn engage(&self, gate: &mut Gate, why: &'static str) {
-        if !gate.engaged {
-            gate.engaged = true;
-            self.engaged.send_replace(true);
+    pub fn engage(&self, _gate: &mut Gate, why: &'static str) {
+        if !self.engaged.send_replace(true) {
             telemetry::spool_engaged(true);
             tracing::warn!(
                 why,
@@ -443,9 +438,8 @@ pub async fn replay(
                     let moving = in_flight.current() == 0
                         || (in_flight.current() <= in_flight.capacity() / 2
                             && in_flight.since_progress() < spool.engage_after);
-                    let mut gate = spool.gate();
-                    if gate.engaged && gate.outstanding == 0 && delivered && moving {
-                        gate.engaged = false;
+                    let gate = spool.gate();
+                    if spool.is_engaged(&gate) && gate.outstanding == 0 && delivered && moving {
                         spool.engaged.send_replace(false);
                         telemetry::spool_engaged(false);
                         tracing::info!("spool disengaged: the sinks caught up");
@@ -530,9 +524,9 @@ async fn submit(
 }
 
 /// A body ready for the log, from what a source received.
-pub fn record(source: Source, origin: &Origin, body: bytes::Bytes) -> NewRecord {
+pub fn record(origin: &Origin, body: bytes::Bytes) -> NewRecord {
     NewRecord {
-        source,
+        source: origin.source,
         received_at: origin.received_at,
         id_seed: origin.id_seed,
         body,
@@ -542,7 +536,7 @@ pub fn record(source: Source, origin: &Origin, body: bytes::Bytes) -> NewRecord 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Data, Event};
+    use crate::event::{Data, Event, Source};
     use crate::pipeline::{Admitted, BurstyLimit, LaneReceiver, SubmitError, WhenFull};
     use crate::proto::server_message::RoomCreated;
     use crate::proto::{Content, ServerMessage};
@@ -582,7 +576,7 @@ mod tests {
         .encode_to_vec();
         let origin = Origin::now(Source::Webhook, Arc::from("test"));
         let events = normalize_body(&bytes, &origin).unwrap().events;
-        (record(Source::Webhook, &origin, bytes.into()), events)
+        (record(&origin, bytes.into()), events)
     }
 
     fn room(event: &Event) -> String {
