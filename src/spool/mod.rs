@@ -294,9 +294,10 @@ fn run_writer(
         let mut reserved = 0;
         if !records.is_empty() {
             let started = Instant::now();
+            let batch: u64 = records.iter().map(NewRecord::entry_len).sum();
             match writer.append(&records) {
                 Ok(()) => {
-                    reserved = records.iter().map(NewRecord::entry_len).sum();
+                    reserved = batch;
                     telemetry::spool_synced(started.elapsed());
                     for record in &records {
                         telemetry::spool_written(record.source);
@@ -308,8 +309,7 @@ fn run_writer(
                 }
                 Err(error) => {
                     tracing::error!(error = %error, bodies = records.len(), "spool: append failed; the bodies are refused");
-                    let lost: u64 = records.iter().map(NewRecord::entry_len).sum();
-                    spool.bytes.fetch_sub(lost, Ordering::AcqRel);
+                    spool.bytes.fetch_sub(batch, Ordering::AcqRel);
                     spool.gate().outstanding -= records.len() as u64;
                     for record in &records {
                         telemetry::spool_failed(record.source);
