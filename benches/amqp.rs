@@ -11,12 +11,11 @@ mod common;
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use bytes::Bytes;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use common::{bridge, payloads};
+use common::{bridge, messages, Message};
 
 const EVENTS: usize = 40_000;
 /// Unconfirmed messages the raw publisher keeps in flight.
@@ -30,7 +29,7 @@ async fn run() {
     let url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let metrics = fishjam_bridge::telemetry::install_metrics().unwrap();
-    let payloads = payloads(EVENTS);
+    let payloads = messages(EVENTS);
     let connection = Connection::connect(&url, ConnectionProperties::default())
         .await
         .unwrap();
@@ -100,7 +99,7 @@ async fn cleanup(channel: &Channel, exchange: &str, queue: &str) {
         .await;
 }
 
-async fn raw(connection: &Connection, exchange: &str, payloads: &[(String, Bytes)]) -> f64 {
+async fn raw(connection: &Connection, exchange: &str, payloads: &[Message]) -> f64 {
     let channel = connection.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -112,7 +111,10 @@ async fn raw(connection: &Connection, exchange: &str, payloads: &[(String, Bytes
     };
     let started = Instant::now();
     let mut window = VecDeque::with_capacity(IN_FLIGHT);
-    for (key, payload) in payloads {
+    for Message {
+        key, json: payload, ..
+    } in payloads
+    {
         if window.len() == IN_FLIGHT {
             let oldest: lapin::PublisherConfirm = window.pop_front().unwrap();
             assert!(oldest.await.unwrap().is_ack());

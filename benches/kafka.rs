@@ -10,14 +10,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use common::{bridge, payloads};
+use common::{bridge, messages, Message};
 
 const EVENTS: usize = 200_000;
 
@@ -28,7 +27,7 @@ fn main() {
 async fn run() {
     let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let metrics = fishjam_bridge::telemetry::install_metrics().unwrap();
-    let payloads = payloads(EVENTS);
+    let payloads = messages(EVENTS);
 
     let topic = format!("bench-raw-{}", rand::random::<u32>());
     create_topic(&bootstrap, &topic).await;
@@ -65,7 +64,7 @@ async fn create_topic(bootstrap: &str, topic: &str) {
 
 /// The same producer settings as the sink: every record sent, then every
 /// delivery report awaited.
-async fn raw(bootstrap: &str, topic: &str, payloads: &[(String, Bytes)]) -> f64 {
+async fn raw(bootstrap: &str, topic: &str, payloads: &[Message]) -> f64 {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
@@ -78,7 +77,10 @@ async fn raw(bootstrap: &str, topic: &str, payloads: &[(String, Bytes)]) -> f64 
         .unwrap();
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(payloads.len());
-    for (key, payload) in payloads {
+    for Message {
+        key, json: payload, ..
+    } in payloads
+    {
         let mut record = FutureRecord::to(topic)
             .key(key.as_str())
             .payload(&payload[..]);

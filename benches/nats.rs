@@ -10,10 +10,11 @@ mod common;
 
 use std::time::Instant;
 
+use async_nats::header::HeaderName;
 use async_nats::jetstream;
-use bytes::Bytes;
+use async_nats::HeaderMap;
 
-use common::{bridge, payloads};
+use common::{bridge, messages, Message};
 
 const CORE_EVENTS: usize = 300_000;
 const JETSTREAM_EVENTS: usize = 60_000;
@@ -31,64 +32,84 @@ fn main() {
 async fn run() {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let metrics = fishjam_bridge::telemetry::install_metrics().unwrap();
-    let payloads = payloads(CORE_EVENTS);
-    let size = payloads.iter().map(|(_, p)| p.len()).sum::<usize>() / payloads.len();
+    let messages = messages(CORE_EVENTS);
+    let size = messages.iter().map(|m| m.json.len()).sum::<usize>() / messages.len();
     println!("events: JSON of the simulator's scenario, {size} bytes on average");
 
-    let raw_core = raw_core(&url, &payloads).await;
-    let raw_flushed = raw_core_flushed(&url, &payloads).await;
+    let raw_core = raw_core(&url, &messages).await;
+    let raw_flushed = raw_core_flushed(&url, &messages, false).await;
+    let raw_headers = raw_core_flushed(&url, &messages, true).await;
     let bridge_core = bridge(&sink(&url, "core", ""), CORE_EVENTS, metrics.clone()).await;
     println!(
-        "core NATS:  raw client, one flush at the end {raw_core:>9.0} msgs/s   raw client, {LANES} tasks flushing every {BATCH} {raw_flushed:>9.0} msgs/s   bridge (webhook, batches of {BATCH}) {bridge_core:>9.0} events/s   ratios {:.2} and {:.2}",
+        "core NATS:  raw client, one flush at the end {raw_core:>9.0} msgs/s   raw client, {LANES} tasks flushing every {BATCH} {raw_flushed:>9.0} msgs/s   the same with the bridge's headers {raw_headers:>9.0} msgs/s   bridge (webhook, batches of {BATCH}) {bridge_core:>9.0} events/s   ratios {:.2}, {:.2} and {:.2}",
         bridge_core / raw_core,
-        bridge_core / raw_flushed
+        bridge_core / raw_flushed,
+        bridge_core / raw_headers
     );
 
-    let raw_js = raw_jetstream(&url, &payloads[..JETSTREAM_EVENTS]).await;
+    let raw_js = raw_jetstream(&url, &messages[..JETSTREAM_EVENTS], false).await;
+    let raw_js_headers = raw_jetstream(&url, &messages[..JETSTREAM_EVENTS], true).await;
     let stream = format!("BENCH{}", rand::random::<u32>());
     let extra = format!("[sinks.stream]\nname = \"{stream}\"\nstorage = \"memory\"\n");
     let bridge_js = bridge(&sink(&url, "jetstream", &extra), JETSTREAM_EVENTS, metrics).await;
     println!(
-        "JetStream:  raw client {raw_js:>9.0} msgs/s   bridge (webhook, batches of 50) {bridge_js:>9.0} events/s   ratio {:.2}",
-        bridge_js / raw_js
+        "JetStream:  raw client {raw_js:>9.0} msgs/s   the same with the bridge's headers (Nats-Msg-Id: the stream checks each for a duplicate) {raw_js_headers:>9.0} msgs/s   bridge (webhook, batches of 50) {bridge_js:>9.0} events/s   ratios {:.2} and {:.2}",
+        bridge_js / raw_js,
+        bridge_js / raw_js_headers
     );
     let client = async_nats::connect(&url).await.unwrap();
     let _ = jetstream::new(client).delete_stream(&stream).await;
 }
 
+/// The headers the bridge sends with `message`, built per message as it does.
+fn headers(message: &Message) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in &message.headers {
+        map.insert(HeaderName::from_static(name), value.as_str());
+    }
+    map
+}
+
 /// Publish everything, then one flush: what core NATS acknowledges.
-async fn raw_core(url: &str, payloads: &[(String, Bytes)]) -> f64 {
+async fn raw_core(url: &str, messages: &[Message]) -> f64 {
     let client = async_nats::connect(url).await.unwrap();
     let started = Instant::now();
-    for (key, payload) in payloads {
+    for message in messages {
         client
-            .publish(format!("bench.raw.{key}"), payload.clone())
+            .publish(format!("bench.raw.{}", message.key), message.json.clone())
             .await
             .unwrap();
     }
     client.flush().await.unwrap();
-    payloads.len() as f64 / started.elapsed().as_secs_f64()
+    messages.len() as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Core NATS as the bridge acknowledges it: `LANES` tasks (the sink's
 /// default lanes) each publish `BATCH` messages (one webhook body) and flush
-/// before the next, so every message is on the server when its batch is done.
-async fn raw_core_flushed(url: &str, payloads: &[(String, Bytes)]) -> f64 {
+/// before the next, so every message is on the server when its batch is done;
+/// with `with_headers`, each message carries the headers the bridge sends.
+async fn raw_core_flushed(url: &str, messages: &[Message], with_headers: bool) -> f64 {
     let client = async_nats::connect(url).await.unwrap();
+    let share = messages.len().div_ceil(LANES);
+    let chunks: Vec<Vec<Message>> = messages.chunks(share).map(<[Message]>::to_vec).collect();
     let started = Instant::now();
-    let share = payloads.len().div_ceil(LANES);
-    let tasks: Vec<_> = payloads
-        .chunks(share)
+    let tasks: Vec<_> = chunks
+        .into_iter()
         .map(|chunk| {
             let client = client.clone();
-            let chunk = chunk.to_vec();
             tokio::spawn(async move {
                 for batch in chunk.chunks(BATCH) {
-                    for (key, payload) in batch {
-                        client
-                            .publish(format!("bench.raw.{key}"), payload.clone())
-                            .await
-                            .unwrap();
+                    for message in batch {
+                        let subject = format!("bench.raw.{}", message.key);
+                        if with_headers {
+                            let headers = headers(message);
+                            client
+                                .publish_with_headers(subject, headers, message.json.clone())
+                                .await
+                        } else {
+                            client.publish(subject, message.json.clone()).await
+                        }
+                        .unwrap();
                     }
                     client.flush().await.unwrap();
                 }
@@ -98,11 +119,12 @@ async fn raw_core_flushed(url: &str, payloads: &[(String, Bytes)]) -> f64 {
     for task in tasks {
         task.await.unwrap();
     }
-    payloads.len() as f64 / started.elapsed().as_secs_f64()
+    messages.len() as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Publish with `IN_FLIGHT` acks in flight, a sliding window, as the sink does.
-async fn raw_jetstream(url: &str, payloads: &[(String, Bytes)]) -> f64 {
+/// Publish with `IN_FLIGHT` acks in flight, a sliding window, as the sink
+/// does; with `with_headers`, each message carries the bridge's headers.
+async fn raw_jetstream(url: &str, messages: &[Message], with_headers: bool) -> f64 {
     let client = async_nats::connect(url).await.unwrap();
     let name = format!("BENCHRAW{}", rand::random::<u32>());
     let context = jetstream::context::ContextBuilder::new()
@@ -119,21 +141,36 @@ async fn raw_jetstream(url: &str, payloads: &[(String, Bytes)]) -> f64 {
         .unwrap();
     let started = Instant::now();
     let mut window = std::collections::VecDeque::with_capacity(IN_FLIGHT);
-    for (key, payload) in payloads {
+    for message in messages {
         if window.len() == IN_FLIGHT {
             let oldest: jetstream::context::PublishAckFuture = window.pop_front().unwrap();
             oldest.await.unwrap();
         }
-        let ack = context
-            .publish(format!("{name}.{key}"), payload.clone())
-            .await
-            .unwrap();
+        let subject = format!("{name}.{}", message.key);
+        let ack = if with_headers {
+            context
+                .publish_with_headers(subject, headers(message), message.json.clone())
+                .await
+        } else {
+            context.publish(subject, message.json.clone()).await
+        }
+        .unwrap();
         window.push_back(ack);
     }
     for ack in window {
         ack.await.unwrap();
     }
-    let rate = payloads.len() as f64 / started.elapsed().as_secs_f64();
+    let rate = messages.len() as f64 / started.elapsed().as_secs_f64();
+    let info = context
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(info as usize, messages.len(), "every message stored once");
     let _ = context.delete_stream(&name).await;
     rate
 }

@@ -11,7 +11,7 @@ use fishjam_bridge::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::scenario::Scenario;
 use fishjam_bridge::simulator::webhook::{WebhookClient, WebhookTarget};
 use metrics_exporter_prometheus::PrometheusHandle;
-use prost::Message;
+use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 // The allocator the fishjam-bridge binary ships with (src/main.rs), so the
@@ -31,20 +31,59 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// Webhook connections of the load generator.
 pub const CONNECTIONS: usize = 64;
 
-/// (key, event JSON) for `count` notifications of the scenario.
-pub fn payloads(count: usize) -> Vec<(String, Bytes)> {
-    let origin = Origin {
-        source: Source::Webhook,
-        received_at: SystemTime::now(),
-        fishjam_id: Arc::from("bench"),
-        id_seed: 0,
-    };
+/// One event as the bridge publishes it: key, JSON, and the headers it
+/// carries (event id as `Nats-Msg-Id`, as the NATS sink sends it).
+#[derive(Clone)]
+pub struct Message {
+    pub key: String,
+    pub json: Bytes,
+    // Only the NATS benchmark sends them: its baselines are measured both
+    // without headers and with these.
+    #[allow(dead_code)]
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// `count` notifications of the scenario, each event with an id of its own.
+pub fn messages(count: usize) -> Vec<Message> {
     Scenario::new(7, 50)
         .take(count)
-        .flat_map(|m| normalize_body(&m.encode_to_vec(), &origin).unwrap().events)
-        .map(|e| (e.key().to_owned(), Bytes::from(e.to_json())))
+        .enumerate()
+        .flat_map(|(index, m)| {
+            let origin = Origin {
+                source: Source::Webhook,
+                received_at: SystemTime::now(),
+                fishjam_id: Arc::from("bench"),
+                id_seed: index as u64,
+            };
+            normalize_body(&m.encode_to_vec(), &origin).unwrap().events
+        })
+        .map(|e| {
+            let mut headers = Vec::new();
+            fishjam_bridge::sinks::each_header(&e, "Nats-Msg-Id", false, "", |name, value| {
+                let name = HEADER_NAMES
+                    .iter()
+                    .find(|known| **known == name)
+                    .expect("a header the bridge sends");
+                headers.push((*name, value.to_owned()));
+            });
+            Message {
+                key: e.key().to_owned(),
+                json: Bytes::from(e.to_json()),
+                headers,
+            }
+        })
         .collect()
 }
+
+const HEADER_NAMES: [&str; 7] = [
+    "Content-Type",
+    "Nats-Msg-Id",
+    "Fishjam-Event-Type",
+    "Fishjam-Room-Id",
+    "Fishjam-Stream-Id",
+    "Fishjam-Recording-Id",
+    "Fishjam-Peer-Id",
+];
 
 /// Events per second through the bridge into the sink described by `sink`
 /// (a `[[sinks]]` TOML entry), webhooks in batches of 50, each answered only
