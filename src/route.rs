@@ -162,6 +162,12 @@ pub fn escape_token(value: &str) -> Cow<'_, str> {
     if value == "_" {
         return Cow::Borrowed("%5F");
     }
+    // Ids are nearly always printable ASCII without these: one pass over
+    // the bytes settles it before the per-character rule.
+    let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'%' | b'.' | b'*' | b'>' | b'#');
+    if value.bytes().all(plain) {
+        return Cow::Borrowed(value);
+    }
     let needs =
         |c: char| matches!(c, '%' | '.' | '*' | '>' | '#') || c.is_whitespace() || c.is_control();
     if !value.chars().any(needs) {

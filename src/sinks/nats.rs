@@ -382,11 +382,17 @@ impl NatsSink {
         }
     }
 
+    /// The server's `max_payload`, read once a batch: the client hands out
+    /// its whole server info as a copy.
+    fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     /// The subject and headers of `job`'s message; an error when the message
     /// (headers and payload) exceeds the server's `max_payload`. The server
     /// would close the connection over it, and every retry again, so it is
     /// refused for good here instead.
-    fn message(&self, job: &Job) -> Result<(String, HeaderMap), SinkError> {
+    fn message(&self, job: &Job, max_payload: usize) -> Result<(String, HeaderMap), SinkError> {
         let mut map = HeaderMap::new();
         // "NATS/1.0\r\n", each "name: value\r\n", then "\r\n".
         let mut size = 12 + job.json.len();
@@ -402,7 +408,6 @@ impl NatsSink {
                 map.insert(header_name(name), value);
             },
         );
-        let max_payload = self.client.server_info().max_payload;
         if max_payload > 0 && size > max_payload {
             return Err(SinkError::Rejected(format!(
                 "{size} bytes with headers, over the server's max_payload of {max_payload}"
@@ -417,9 +422,10 @@ impl NatsSink {
             acknowledged: 0,
             error,
         };
+        let max_payload = self.max_payload();
         let publish_all = async {
             for (index, job) in jobs.iter().enumerate() {
-                let (subject, headers) = match self.message(job) {
+                let (subject, headers) = match self.message(job, max_payload) {
                     Ok(message) => message,
                     Err(refused) => {
                         // What came before it is safe once flushed.
@@ -462,13 +468,14 @@ impl NatsSink {
         // A failure to send ends the batch; it is recorded after the acks of
         // the messages sent before it, so the settlement stays in batch order.
         let mut stopped = None;
+        let max_payload = self.max_payload();
         for job in jobs {
             if window.len() >= self.max_ack_inflight {
                 let oldest: jetstream::context::PublishAckFuture =
                     window.pop_front().expect("the window is full");
                 settlement.record(answer(oldest.await));
             }
-            let (subject, headers) = match self.message(job) {
+            let (subject, headers) = match self.message(job, max_payload) {
                 Ok(message) => message,
                 Err(refused) => {
                     stopped = Some(refused);
