@@ -75,6 +75,7 @@ async fn raw(bootstrap: &str, topic: &str, payloads: &[Message]) -> f64 {
         .set("queue.buffering.max.messages", "200000")
         .create()
         .unwrap();
+    let cpu = common::cpu_seconds();
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(payloads.len());
     for Message {
@@ -102,6 +103,8 @@ async fn raw(bootstrap: &str, topic: &str, payloads: &[Message]) -> f64 {
         delivery.await.unwrap().unwrap();
     }
     let rate = payloads.len() as f64 / started.elapsed().as_secs_f64();
+    let cpu = (common::cpu_seconds() - cpu) / payloads.len() as f64 * 1e6;
+    println!("raw rdkafka client: {cpu:.2} µs of CPU per message");
     producer.flush(Duration::from_secs(10)).unwrap();
     rate
 }
