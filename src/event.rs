@@ -368,27 +368,25 @@ impl Event {
 
 /// New time-ordered event id.
 pub fn new_event_id(at: SystemTime) -> Uuid {
-    let millis = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     let random: [u8; 10] = rand::random();
-    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+    uuid::Builder::from_unix_timestamp_millis(unix_millis(at), &random).into_uuid()
 }
 
 /// The time-ordered id of the `index`th event of a body whose ids derive
 /// from `seed`: the same arguments always give the same id.
 pub fn derived_event_id(at: SystemTime, seed: u64, index: u64) -> Uuid {
-    let millis = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     let high = mix(seed ^ mix(index));
     let low = mix(high ^ index.wrapping_add(0x9e37_79b9_7f4a_7c15));
     let mut random = [0u8; 10];
     random[..8].copy_from_slice(&high.to_le_bytes());
     random[8..].copy_from_slice(&low.to_le_bytes()[..2]);
-    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+    uuid::Builder::from_unix_timestamp_millis(unix_millis(at), &random).into_uuid()
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// SplitMix64's finalizer: spreads every input bit over the output.

@@ -28,7 +28,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Where the kernel backs all anonymous memory with transparent huge pages
 /// (`enabled = always`), mimalloc's eagerly committed arena becomes resident
 /// 2 MiB at a time: 10 MiB of an idle bridge's 23 MiB. The bridge opts out
-/// (idle 14 MiB; throughput the same within the noise, BENCHMARKS.md), as
+/// (idle 17 MiB; throughput the same within the noise, BENCHMARKS.md), as
 /// `MIMALLOC_ALLOW_THP=0` would if it were set before the first allocation.
 fn keep_small_pages() {
     #[cfg(target_os = "linux")]

@@ -238,9 +238,11 @@ impl NotifierSource {
                     telemetry::notifier_heard();
                     match on_frame(Phase::Subscribed, &Frame::of(&frame)) {
                         Step::Deliver(_) => {
-                            if let Message::Binary(body) = &frame {
-                                self.deliver(body.clone()).await;
-                            }
+                            // The frame's own bytes, kept by the spool without a copy.
+                            let Message::Binary(body) = &frame else {
+                                unreachable!("only a binary frame is delivered")
+                            };
+                            self.deliver(body.clone()).await;
                             // Time spent waiting for the pipeline is not silence.
                             last_heard = Instant::now();
                         }

@@ -213,13 +213,9 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
     if let Some((spool, after)) = &state.engage_spool {
         // Slow sinks: later bodies go to the spool rather than queue behind this one.
         waited = *after;
-        if tokio::time::timeout(*after, &mut acknowledged)
-            .await
-            .is_err()
-        {
-            spool.engage_now("a webhook waited spool.engage_after for the sinks");
-        } else {
-            return ok(count, false);
+        match tokio::time::timeout(*after, &mut acknowledged).await {
+            Ok(()) => return ok(count, false),
+            Err(_) => spool.engage_now("a webhook waited spool.engage_after for the sinks"),
         }
     }
     let left = state.ack_timeout.saturating_sub(waited);

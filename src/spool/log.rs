@@ -171,11 +171,6 @@ impl SegmentReader {
         })
     }
 
-    /// Where the next entry starts.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
     /// The next entry that ends at or before `limit` bytes into the file.
     pub fn next(&mut self, limit: u64) -> io::Result<Next> {
         if self.offset >= limit {
