@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fishjam_bridge::event::Source;
-use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::core::event::Source;
+use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::scenario::Scenario;
 use fishjam_bridge::simulator::webhook::encode_body;
 use prost::Message;

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::event::{Data, Event, EventType};
+use crate::core::event::{Data, Event, EventType};
 use crate::telemetry;
 
 /// Rooms and connected peers tracked at most, together.
@@ -45,7 +45,7 @@ pub struct Activity {
 
 impl Activity {
     /// Counts `events` and updates the gauges.
-    pub fn observe(&mut self, events: &[Event]) {
+    pub fn observe<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
         let mut changed = false;
         for event in events {
             if let Some(peer_type) = lifecycle_label(event) {
@@ -247,7 +247,7 @@ fn lifecycle_label(event: &Event) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::*;
+    use crate::core::event::*;
     use std::sync::Arc;
     use std::time::SystemTime;
 

@@ -7,13 +7,13 @@
 //! `check-config` never print them.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
+pub use crate::settings::{duration, Secret};
 use crate::sinks::SinkConfig;
 use crate::telemetry::LogFormat;
 use crate::tls::ServerTlsConfig;
@@ -200,7 +200,7 @@ pub struct PipelineConfig {
     /// 503 and is sent again) or `shed` (the body's oldest bursty events are
     /// dropped and counted; lifecycle events never are).
     #[serde(default)]
-    pub bursty_when_full: crate::pipeline::WhenFull,
+    pub bursty_when_full: crate::fanout::WhenFull,
     /// Independent lanes per sink; a room always uses the same lane, so its
     /// events stay in order while rooms on other lanes publish in parallel.
     #[serde(default = "default_lanes")]
@@ -283,27 +283,6 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// A secret string: never printed.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 /// Everything wrong with a configuration, one line per problem.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.join("\n"))]
@@ -367,7 +346,7 @@ impl Config {
                 }
                 match read_file(path) {
                     // A trailing newline in a mounted secret is never part of it.
-                    Ok(text) => *value = Some(Secret(text.trim_end_matches(['\r', '\n']).into())),
+                    Ok(text) => *value = Some(Secret::new(text.trim_end_matches(['\r', '\n']))),
                     Err(e) => {
                         problems.push(format!("{key}_file: cannot read {}: {e}", path.display()))
                     }
@@ -466,7 +445,7 @@ impl Config {
             problems.push("pipeline.max_in_flight_bursty_events must be at least 1".to_owned());
         }
         if self.webhook.enabled
-            && self.pipeline.bursty_when_full == crate::pipeline::WhenFull::Wait
+            && self.pipeline.bursty_when_full == crate::fanout::WhenFull::Wait
             && self.webhook.max_events_per_body > self.pipeline.max_in_flight_bursty_events
         {
             problems.push(format!(
@@ -695,16 +674,6 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     }
     current.insert(last.clone(), value);
     Ok(())
-}
-
-/// Reads a duration written like "4s" or "250ms".
-pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}); write it like \"4s\" or \"250ms\""
-        ))
-    })
 }
 
 fn yes() -> bool {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::pipeline::Job;
+use crate::core::event::Message;
 use crate::telemetry;
 
 #[derive(Debug, Clone, Default)]
@@ -23,7 +23,7 @@ impl DeadLetters {
 
     /// Keeps `job`'s event with why `sink` refused it. An error means the
     /// event is not kept, and must not be counted as done.
-    pub async fn store(&self, sink: &str, reason: &str, job: &Job) -> std::io::Result<()> {
+    pub async fn store(&self, sink: &str, reason: &str, job: &Message) -> std::io::Result<()> {
         let line = line(sink, reason, job);
         match &self.path {
             None => {
@@ -54,7 +54,7 @@ impl DeadLetters {
 }
 
 /// `{"sink":..,"reason":..,"dead_lettered_at":..,"event":<the event>}`
-fn line(sink: &str, reason: &str, job: &Job) -> Vec<u8> {
+fn line(sink: &str, reason: &str, job: &Message) -> Vec<u8> {
     let at = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
     let head = serde_json::json!({ "sink": sink, "reason": reason, "dead_lettered_at": at });
     let mut line = serde_json::to_vec(&head).expect("a JSON object serializes");

@@ -14,15 +14,15 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use crate::event::{Event, Source};
+use crate::core::event::{Event, Message, Source};
 use crate::telemetry;
 
 /// Keeps in `events` only those the other source has not delivered yet.
-pub fn retain_new(dedup: &mut Deduplicator, events: &mut Vec<Event>) {
+pub fn retain_new(dedup: &mut Deduplicator, messages: &mut Vec<Message>) {
     let now = Instant::now();
-    let before = events.len();
-    events.retain(|event| dedup.admit(event, now));
-    let dropped = before - events.len();
+    let before = messages.len();
+    messages.retain(|message| dedup.admit(&message.event, now));
+    let dropped = before - messages.len();
     if dropped > 0 {
         telemetry::duplicates_dropped(dropped);
     }
@@ -152,7 +152,7 @@ fn content_hash(event: &Event) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::*;
+    use crate::core::event::*;
     use std::sync::Arc;
     use std::time::SystemTime;
 

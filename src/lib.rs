@@ -8,20 +8,18 @@
 
 pub mod activity;
 pub mod admin;
+pub mod admission;
 pub mod backoff;
 pub mod config;
+pub mod core;
 pub mod dead_letter;
-pub mod decode;
 pub mod dedup;
-pub mod event;
+pub mod fanout;
 pub mod fishjam;
+pub mod lane;
 pub mod listener;
-pub mod normalize;
-pub mod pipeline;
-pub mod proto;
 pub mod reconcile;
-pub mod route;
-pub mod signature;
+pub mod settings;
 pub mod simulator;
 pub mod sinks;
 pub mod sources;
@@ -40,10 +38,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Readiness;
+use crate::admission::Admission;
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::pipeline::{InFlight, Pipeline};
-use crate::sinks::{LaneOptions, Sink, SinkHealth};
+use crate::fanout::{Fanout, InFlight};
+use crate::lane::LaneOptions;
+use crate::sinks::{Publish, Sink, SinkHealth};
 
 /// A running bridge.
 pub struct Bridge {
@@ -165,10 +165,10 @@ pub async fn start(
         telemetry::dedup_registered();
         dedup::Deduplicator::new(config.dedup.window, config.dedup.max_entries)
     });
-    let (mut pipeline, lanes, in_flight) = Pipeline::new(
+    let (fanout, lanes, in_flight) = Fanout::new(
         &sinks,
         config.pipeline.max_in_flight_events,
-        pipeline::BurstyLimit {
+        fanout::BurstyLimit {
             max_in_flight: config.pipeline.max_in_flight_bursty_events,
             when_full: config.pipeline.bursty_when_full,
         },
@@ -180,9 +180,7 @@ pub async fn start(
         .options()
         .map(|options| spool::Spool::open(&options))
         .transpose()?;
-    if let Some(spool) = &spool {
-        pipeline = pipeline.with_spool(spool.clone());
-    }
+    let admission = Admission::new(fanout, spool.clone());
     let lane_options = LaneOptions {
         max_batch: config.pipeline.max_batch,
         retry_initial_backoff: config.pipeline.retry_initial_backoff,
@@ -202,7 +200,7 @@ pub async fn start(
             let sink = Arc::new(connect_sink(&sink_config, &health, retry).await);
             let lane_tasks = TaskTracker::new();
             for lane in sink_lanes {
-                lane_tasks.spawn(sinks::run_lane(
+                lane_tasks.spawn(lane::run_lane(
                     sink.clone(),
                     lane,
                     options.clone(),
@@ -234,7 +232,7 @@ pub async fn start(
         let router = sources::webhook::router(
             &config.webhook,
             fishjam_id.clone(),
-            pipeline.clone(),
+            admission.clone(),
             spool
                 .clone()
                 .map(|spool| (spool, config.spool.engage_after)),
@@ -283,7 +281,7 @@ pub async fn start(
                 .context("notifier.enabled needs fishjam.management_token")?,
             fishjam_id: fishjam_id.clone(),
             config: config.notifier.clone(),
-            pipeline: pipeline.clone(),
+            admission: admission.clone(),
             readiness: readiness.clone(),
             fatal: fatal.clone(),
             rest: fishjam::rest_client(config.notifier.connect_timeout, extra_roots.as_ref())
@@ -303,16 +301,16 @@ pub async fn start(
     if let Some(spool) = &spool {
         tasks.spawn(spool::replay(
             spool.clone(),
-            pipeline.clone(),
+            admission.fanout().clone(),
             in_flight.clone(),
             fishjam_id.clone(),
             shutdown.clone(),
         ));
     }
     tasks.close();
-    // From here on only the sources hold the pipeline: when they stop, the
+    // From here on only the sources hold the fan-out: when they stop, the
     // lanes close and the sinks drain.
-    drop(pipeline);
+    drop(admission);
     readiness.set("running", true);
 
     let drain_timeout = config.pipeline.drain_timeout;

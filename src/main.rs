@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use fishjam_bridge::config::{Config, ConfigError, Secret};
-use fishjam_bridge::event::Source;
-use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::core::event::Source;
+use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
 use fishjam_bridge::systemd;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::activity::{KnownPeer, KnownRooms};
-use crate::event::{new_event_id, Data, Event, EventType, PeerData, RoomData, Source};
+use crate::core::event::{new_event_id, Data, Event, EventType, PeerData, RoomData, Source};
 use crate::fishjam::FishjamRoom;
 
 /// The events that bring `known` to what `fishjam` says, in order.
@@ -144,6 +144,52 @@ fn peer_type(name: Option<&str>) -> &'static str {
 mod tests {
     use super::*;
     use crate::fishjam::FishjamPeer;
+
+    #[test]
+    fn reconciled_events_normalize_back_from_their_notifications() {
+        let known = [(
+            "gone".to_owned(),
+            [(
+                "p0".to_owned(),
+                KnownPeer {
+                    peer_type: "agent",
+                    connected: true,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        )]
+        .into_iter()
+        .collect();
+        let fishjam = [FishjamRoom {
+            id: "new".to_owned(),
+            peers: ["webrtc", "vapi", "odd"]
+                .iter()
+                .enumerate()
+                .map(|(i, t)| FishjamPeer {
+                    id: format!("p{i}"),
+                    peer_type: Some((*t).to_owned()),
+                    status: Some("connected".to_owned()),
+                })
+                .collect(),
+        }];
+        let id: Arc<str> = Arc::from("test");
+        let events = differences(&known, &fishjam, &id, SystemTime::now());
+        assert!(events.len() >= 8, "{events:?}");
+        let origin = crate::core::normalize::Origin::now(Source::Reconciled, id);
+        for event in &events {
+            let body = crate::core::normalize::to_body(std::slice::from_ref(event))
+                .expect("every reconciled event");
+            let back = crate::core::normalize::normalize_body(&body, &origin)
+                .unwrap()
+                .events;
+            assert_eq!(back.len(), 1);
+            assert_eq!(
+                (back[0].event_type, &back[0].data),
+                (event.event_type, &event.data)
+            );
+        }
+    }
 
     fn known(rooms: &[(&str, &[(&str, bool)])]) -> KnownRooms {
         rooms

@@ -11,8 +11,8 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::decode::{DecodeError, Skipped};
-use crate::event::{EventType, Source};
+use crate::core::decode::{DecodeError, Skipped};
+use crate::core::event::{EventType, Source};
 
 pub const BUILD_INFO: &str = "fishjam_bridge_build_info";
 pub const EVENTS_RECEIVED: &str = "fishjam_bridge_events_received_total";
@@ -296,7 +296,7 @@ fn describe() {
 /// The shed counters start at zero for each bursty event type.
 pub fn bursty_registered() {
     for event_type in EventType::ALL {
-        if crate::pipeline::is_bursty(*event_type) {
+        if event_type.is_bursty() {
             counter!(PIPELINE_SHED, "event_type" => event_type.as_str()).increment(0);
         }
     }
@@ -564,7 +564,7 @@ pub fn notifier_gap(gap: Duration) {
 }
 
 /// One reconciliation against Fishjam's REST API, and the events it made.
-pub fn reconciled(result: Result<&[crate::event::Event], &str>) {
+pub fn reconciled(result: Result<&[crate::core::event::Event], &str>) {
     match result {
         Ok(events) => {
             counter!(RECONCILIATIONS, "result" => "ok").increment(1);

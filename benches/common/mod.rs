@@ -6,8 +6,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use fishjam_bridge::config::Config;
-use fishjam_bridge::event::Source;
-use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::core::event::Source;
+use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::scenario::Scenario;
 use fishjam_bridge::simulator::webhook::{WebhookClient, WebhookTarget};
 use metrics_exporter_prometheus::PrometheusHandle;

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fishjam_bridge::event::Source;
-use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::core::event::Source;
+use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

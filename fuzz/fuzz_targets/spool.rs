@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use fishjam_bridge::event::Source;
+use fishjam_bridge::core::event::Source;
 use fishjam_bridge::spool::log::{self, Entry, NewRecord, Next, SegmentReader};
 use libfuzzer_sys::fuzz_target;
 

@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::Request;
+use fishjam_bridge::admission::Admission;
 use fishjam_bridge::config::{Secret, WebhookConfig};
-use fishjam_bridge::pipeline::{BurstyLimit, Pipeline, WhenFull};
-use fishjam_bridge::signature;
+use fishjam_bridge::core::signature;
+use fishjam_bridge::fanout::{BurstyLimit, Fanout, WhenFull};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
@@ -28,20 +29,24 @@ fn bridge() -> &'static (tokio::runtime::Runtime, axum::Router) {
                 max_in_flight: 5_000,
                 when_full: WhenFull::Wait,
             };
-            let (pipeline, lanes, _) =
-                Pipeline::new(&[("sink".to_owned(), 1)], 10_000, bursty, None);
+            let (fanout, lanes, _) = Fanout::new(&[("sink".to_owned(), 1)], 10_000, bursty, None);
             // A sink that takes everything at once.
             for mut lane in lanes.into_iter().flatten() {
                 tokio::spawn(async move {
-                    while let Some(job) = lane.recv().await {
-                        job.acknowledge();
+                    while let Some(part) = lane.recv().await {
+                        part.acknowledge();
                     }
                 });
             }
             let mut config = WebhookConfig::default();
             config.secret = Some(Secret::new(SECRET));
             config.max_body_bytes = 1 << 16;
-            fishjam_bridge::sources::webhook::router(&config, Arc::from("fuzz"), pipeline, None)
+            fishjam_bridge::sources::webhook::router(
+                &config,
+                Arc::from("fuzz"),
+                Admission::new(fanout, None),
+                None,
+            )
         });
         (rt, router)
     })

@@ -24,8 +24,8 @@ use prost::Message as _;
 use tokio::sync::{broadcast, watch};
 
 use super::ManagementToken;
-use crate::proto::server_message::{self as sm, EventType};
-use crate::proto::{Content, ServerMessage};
+use crate::core::proto::server_message::{self as sm, EventType};
+use crate::core::proto::{Content, ServerMessage};
 
 /// The notifier's path, as Fishjam serves it.
 pub const PATH: &str = "/socket/server/websocket";

@@ -35,8 +35,8 @@ use tokio::sync::mpsc;
 use super::notifier::NotifierHub;
 use super::webhook::{WebhookClient, WebhookTarget};
 use super::ManagementToken;
-use crate::proto::server_message as sm;
-use crate::proto::{Content, ServerMessage};
+use crate::core::proto::server_message as sm;
+use crate::core::proto::{Content, ServerMessage};
 
 /// The simulated Fishjam's rooms, shared by the REST handlers.
 #[derive(Clone)]

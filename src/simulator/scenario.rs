@@ -11,9 +11,9 @@
 
 use std::collections::VecDeque;
 
-use crate::proto::notifications::Track;
-use crate::proto::server_message::{self as sm, PeerType};
-use crate::proto::{Content, ServerMessage};
+use crate::core::proto::notifications::Track;
+use crate::core::proto::server_message::{self as sm, PeerType};
+use crate::core::proto::{Content, ServerMessage};
 
 /// A small, fast generator with a fixed algorithm (SplitMix64), so a seed
 /// gives the same stream whatever the versions of other crates.

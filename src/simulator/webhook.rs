@@ -15,9 +15,9 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::proto::server_message::NotificationBatch;
-use crate::proto::{Content, ServerMessage};
-use crate::signature;
+use crate::core::proto::server_message::NotificationBatch;
+use crate::core::proto::{Content, ServerMessage};
+use crate::core::signature;
 
 /// Where and how to post.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ impl WebhookClient {
 
 /// The key a notification is ordered by, for spreading over lanes.
 fn lane_of(message: &ServerMessage, lanes: usize) -> usize {
-    use crate::proto::Content as C;
+    use crate::core::proto::Content as C;
     let key = match &message.content {
         Some(C::RoomCreated(m)) => m.room_id.as_str(),
         Some(C::RoomDeleted(m)) => &m.room_id,

@@ -13,7 +13,6 @@
 //! declared again, and the unconfirmed messages are published again.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -26,9 +25,9 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
-use crate::config::duration;
-use crate::pipeline::Job;
-use crate::route::Template;
+use crate::core::event::Message;
+use crate::core::route::Template;
+use crate::settings::duration;
 use crate::telemetry;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,7 +247,7 @@ impl AmqpSink {
         }
     }
 
-    pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+    pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
         let channel = self.channel().await.map_err(|error| PublishError {
             acknowledged: 0,
             error,
@@ -332,7 +331,7 @@ impl AmqpSink {
         }
     }
 
-    fn properties(&self, job: &Job) -> BasicProperties {
+    fn properties(&self, job: &Message) -> BasicProperties {
         let event = &job.event;
         let mut headers = FieldTable::default();
         each_header(

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -26,9 +25,9 @@ use rdkafka::ClientContext;
 use serde::Deserialize;
 
 use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
-use crate::config::{duration, Secret};
-use crate::pipeline::Job;
-use crate::route::Template;
+use crate::core::event::Message;
+use crate::core::route::Template;
+use crate::settings::{duration, Secret};
 use crate::telemetry;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,7 +297,7 @@ impl KafkaSink {
         &self.name
     }
 
-    pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+    pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
         let mut deliveries = Vec::with_capacity(jobs.len());
         for job in jobs {
             let topic = self.topic.render(&job.event);

@@ -1,29 +1,24 @@
 //! The sink seam: every destination is a variant of `Sink`, with the same
-//! verbs (`connect`, `publish` with acknowledgement, `close` with flush), and
-//! the delivery loop that drives one lane of one sink.
+//! verbs (`connect`, `publish` with acknowledgement, `close` with flush).
 //!
 //! Adding a broker means a file here with its `...Config` and `...Sink`, and a
 //! variant in `SinkConfig` and `Sink`; the compiler lists every other match to
-//! extend. A sink never decides what is retried: it reports how many events of
-//! a batch are safe and why the rest are not, and `run_lane` retries them in
-//! order with backoff, forever, so an accepted event is never dropped here.
+//! extend. A sink never decides what is retried: it reports how many messages
+//! of a batch are safe and why the rest are not, and the lane (`lane.rs`)
+//! retries them in order.
 
 pub mod amqp;
 pub mod kafka;
 pub mod nats;
 pub mod stdout;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use crate::admin::Readiness;
-use crate::backoff::Backoff;
-use crate::dead_letter::DeadLetters;
-use crate::event::Event;
-use crate::pipeline::{InFlight, Job, LaneReceiver};
-use crate::route;
+use crate::core::event::{Event, Message};
 use crate::telemetry;
 
 /// One entry of `[[sinks]]`, chosen by its `type`.
@@ -104,6 +99,16 @@ impl SinkConfig {
             SinkConfig::Kafka(c) => format!("kafka (name {:?}, {})", self.name(), c.describe()),
         }
     }
+}
+
+/// What a lane needs of a sink.
+pub trait Publish: Send + Sync {
+    /// The sink's name in logs and metric labels.
+    fn name(&self) -> &str;
+
+    /// Publishes `batch` in order and returns once the destination holds
+    /// all of it, or says how many from the start it holds.
+    fn publish(&self, batch: &[&Message]) -> impl Future<Output = Result<(), PublishError>> + Send;
 }
 
 /// A connected sink.
@@ -234,12 +239,8 @@ pub fn each_header(
     add("Content-Type", "application/json");
     add(id_header, id);
     add("Fishjam-Event-Type", event.event_type.as_str());
-    let key_header = match route::kind(event) {
-        "streams" => "Fishjam-Stream-Id",
-        "recordings" => "Fishjam-Recording-Id",
-        _ => "Fishjam-Room-Id",
-    };
-    add(key_header, event.key());
+    let key_kind = event.event_type.key_kind();
+    add(key_kind.header(), event.key());
     if let Some(peer_id) = event.peer_id() {
         add("Fishjam-Peer-Id", peer_id);
     }
@@ -250,10 +251,7 @@ pub fn each_header(
             ("id", id),
             ("source", &fishjam_source(&event.fishjam_id)),
             ("type", &format!("io.fishjam.{}", event.event_type.as_str())),
-            (
-                "subject",
-                &format!("{}/{}", route::kind(event), event.key()),
-            ),
+            ("subject", &format!("{}/{}", key_kind.as_str(), event.key())),
             ("time", &time),
             ("datacontenttype", "application/json"),
             ("partitionkey", event.key()),
@@ -300,25 +298,6 @@ impl Sink {
         Ok(sink)
     }
 
-    pub fn name(&self) -> &str {
-        match self {
-            Sink::Stdout(s) => s.name(),
-            Sink::Nats(s) => s.name(),
-            Sink::Amqp(s) => s.name(),
-            Sink::Kafka(s) => s.name(),
-        }
-    }
-
-    /// Publishes `jobs` in order and returns once the destination holds them.
-    pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
-        match self {
-            Sink::Stdout(s) => s.publish(jobs).await,
-            Sink::Nats(s) => s.publish(jobs).await,
-            Sink::Amqp(s) => s.publish(jobs).await,
-            Sink::Kafka(s) => s.publish(jobs).await,
-        }
-    }
-
     /// Flushes what the sink buffers and disconnects.
     pub async fn close(&self) -> Result<(), SinkError> {
         match self {
@@ -330,98 +309,22 @@ impl Sink {
     }
 }
 
-/// How a lane retries.
-#[derive(Debug, Clone)]
-pub struct LaneOptions {
-    pub max_batch: usize,
-    pub retry_initial_backoff: Duration,
-    pub retry_max_backoff: Duration,
-    pub dead_letters: DeadLetters,
-}
-
-/// Drives one lane of one sink until the pipeline closes it and it is empty.
-pub async fn run_lane(
-    sink: Arc<Sink>,
-    mut lane: LaneReceiver,
-    options: LaneOptions,
-    in_flight: InFlight,
-) {
-    let mut batch = Vec::with_capacity(options.max_batch);
-    while lane.recv_many(&mut batch, options.max_batch).await > 0 {
-        telemetry::sink_queue(sink.name(), -(batch.len() as f64));
-        deliver(&sink, &batch, &options).await;
-        // Dropping the jobs frees their slots once every sink is done with them.
-        batch.clear();
-        in_flight.progressed();
-    }
-}
-
-/// Publishes `batch` until every event in it is acknowledged. A failure
-/// retries from the first unacknowledged event, so events of one room never
-/// overtake each other; events after it may be published again (same id).
-/// An event the broker refuses for good becomes a dead letter, and the
-/// batch goes on after it.
-async fn deliver(sink: &Sink, batch: &[Arc<Job>], options: &LaneOptions) {
-    let mut done = 0;
-    let mut backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
-    while done < batch.len() {
-        let pending = &batch[done..];
-        let started = Instant::now();
-        match sink.publish(pending).await {
-            Ok(()) => {
-                acknowledge(sink, pending, started);
-                return;
-            }
-            Err(PublishError {
-                acknowledged,
-                error,
-            }) => {
-                let acknowledged = acknowledged.min(pending.len());
-                acknowledge(sink, &pending[..acknowledged], started);
-                done += acknowledged;
-                if let (SinkError::Rejected(reason), Some(refused)) = (&error, batch.get(done)) {
-                    telemetry::sink_failed(sink.name(), error.reason(), 1);
-                    match options
-                        .dead_letters
-                        .store(sink.name(), reason, refused)
-                        .await
-                    {
-                        Ok(()) => {
-                            // Kept: done with it, and on with its room.
-                            refused.acknowledge();
-                            done += 1;
-                            continue;
-                        }
-                        Err(failure) => tracing::error!(
-                            sink = sink.name(),
-                            error = %failure,
-                            "cannot write a dead letter; the event is retried"
-                        ),
-                    }
-                }
-                telemetry::sink_failed(sink.name(), error.reason(), batch.len() - done);
-                telemetry::sink_retry(sink.name());
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    sink = sink.name(),
-                    error = %error,
-                    attempt = backoff.attempts(),
-                    delay_ms = delay.as_millis() as u64,
-                    pending = batch.len() - done,
-                    "publish failed; retrying"
-                );
-                tokio::time::sleep(delay).await;
-            }
+impl Publish for Sink {
+    fn name(&self) -> &str {
+        match self {
+            Sink::Stdout(s) => s.name(),
+            Sink::Nats(s) => s.name(),
+            Sink::Amqp(s) => s.name(),
+            Sink::Kafka(s) => s.name(),
         }
     }
-}
 
-fn acknowledge(sink: &Sink, jobs: &[Arc<Job>], started: Instant) {
-    if jobs.is_empty() {
-        return;
+    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
+        match self {
+            Sink::Stdout(s) => s.publish(batch).await,
+            Sink::Nats(s) => s.publish(batch).await,
+            Sink::Amqp(s) => s.publish(batch).await,
+            Sink::Kafka(s) => s.publish(batch).await,
+        }
     }
-    for job in jobs {
-        job.acknowledge();
-    }
-    telemetry::sink_published(sink.name(), jobs.len(), started.elapsed());
 }

@@ -10,7 +10,6 @@
 //! the lane retries it, so nothing unacknowledged is ever counted as sent.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::header::{HeaderName, IntoHeaderName};
@@ -19,9 +18,9 @@ use async_nats::{HeaderMap, ServerAddr};
 use serde::Deserialize;
 
 use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
-use crate::config::{duration, Secret};
-use crate::pipeline::Job;
-use crate::route::Template;
+use crate::core::event::Message;
+use crate::core::route::Template;
+use crate::settings::{duration, Secret};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -375,7 +374,7 @@ impl NatsSink {
         &self.name
     }
 
-    pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+    pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
         match &self.jetstream {
             None => self.publish_core(jobs).await,
             Some(context) => self.publish_jetstream(context, jobs).await,
@@ -392,7 +391,7 @@ impl NatsSink {
     /// (headers and payload) exceeds the server's `max_payload`. The server
     /// would close the connection over it, and every retry again, so it is
     /// refused for good here instead.
-    fn message(&self, job: &Job, max_payload: usize) -> Result<(String, HeaderMap), SinkError> {
+    fn message(&self, job: &Message, max_payload: usize) -> Result<(String, HeaderMap), SinkError> {
         let mut map = HeaderMap::new();
         // "NATS/1.0\r\n", each "name: value\r\n", then "\r\n".
         let mut size = 12 + job.json.len();
@@ -416,7 +415,7 @@ impl NatsSink {
         Ok((self.subject.render(&job.event), map))
     }
 
-    async fn publish_core(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+    async fn publish_core(&self, jobs: &[&Message]) -> Result<(), PublishError> {
         let failed = |error: SinkError| PublishError {
             // Core NATS confirms nothing before the flush.
             acknowledged: 0,
@@ -458,7 +457,7 @@ impl NatsSink {
     async fn publish_jetstream(
         &self,
         context: &jetstream::Context,
-        jobs: &[Arc<Job>],
+        jobs: &[&Message],
     ) -> Result<(), PublishError> {
         let mut window = std::collections::VecDeque::with_capacity(self.max_ack_inflight);
         let mut settlement = Settlement::default();

@@ -6,14 +6,13 @@
 //! answer 503, rather than the bridge buffering without bound.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::{PublishError, SinkError};
-use crate::pipeline::Job;
+use crate::core::event::Message;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,7 +90,7 @@ impl StdoutSink {
         &self.name
     }
 
-    pub async fn publish(&self, jobs: &[Arc<Job>]) -> Result<(), PublishError> {
+    pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
         let mut lines = Vec::with_capacity(jobs.iter().map(|j| j.json.len() + 1).sum());
         for job in jobs {
             lines.extend_from_slice(&job.json);

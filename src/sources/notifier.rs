@@ -24,13 +24,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
+use crate::admission::{self, Admission};
 use crate::backoff::Backoff;
 use crate::config::{NotifierConfig, Secret};
-use crate::event::Source;
-use crate::normalize::{normalize_body, Origin};
-use crate::pipeline::{Pipeline, SubmitError};
-use crate::proto::server_message::{self as sm, EventType};
-use crate::proto::{Content, ServerMessage};
+use crate::core::event;
+use crate::core::event::Source;
+use crate::core::normalize::{normalize_body, Origin};
+use crate::core::proto::server_message::{self as sm, EventType};
+use crate::core::proto::{Content, ServerMessage};
 use crate::telemetry;
 
 /// The readiness check this source keeps.
@@ -71,7 +72,7 @@ pub struct NotifierSource {
     pub token: Secret,
     pub fishjam_id: Arc<str>,
     pub config: NotifierConfig,
-    pub pipeline: Pipeline,
+    pub admission: Admission,
     pub readiness: Readiness,
     /// Where a refused credential check is reported.
     pub fatal: crate::Fatal,
@@ -276,12 +277,13 @@ impl NotifierSource {
             Err(error) => return telemetry::reconciled(Err(&error)),
         };
         if at_start && !self.config.reconcile_at_start {
-            self.pipeline
+            self.admission
+                .fanout()
                 .learn_rooms(crate::reconcile::known_from(&rooms));
             return telemetry::reconciled(Ok(&[]));
         }
         let events = crate::reconcile::differences(
-            &self.pipeline.known_rooms(),
+            &self.admission.fanout().known_rooms(),
             &rooms,
             &self.fishjam_id,
             SystemTime::now(),
@@ -303,25 +305,34 @@ impl NotifierSource {
     /// they take the sources' path (through the spool while it is engaged,
     /// behind what is there); events with no notification form (a peer type
     /// this version cannot name) wait for the spool to empty instead.
-    async fn submit_reconciled(&self, slice: &[crate::event::Event]) -> Result<(), SubmitError> {
+    async fn submit_reconciled(
+        &self,
+        slice: &[crate::core::event::Event],
+    ) -> Result<(), crate::admission::AdmissionError> {
         let direct = || async {
-            self.pipeline
-                .submit(slice.to_vec(), Source::Reconciled, Instant::now())
+            let messages = slice.iter().cloned().map(event::Message::new).collect();
+            self.admission
+                .submit_events(messages, Source::Reconciled)
                 .await
                 .map(drop)
+                .map_err(|refused| refused.reason.into())
         };
-        let Some(body) = crate::normalize::to_body(slice) else {
+        let Some(body) = crate::core::normalize::to_body(slice) else {
             return direct().await;
         };
         let origin = Origin::now(Source::Reconciled, self.fishjam_id.clone());
         let Ok(normalized) = normalize_body(&body, &origin) else {
             return direct().await;
         };
-        let events = normalized.events;
-        let record = crate::spool::record(&origin, body.into());
-        self.pipeline
-            .offer_waiting(record, events, Instant::now())
+        let body = admission::Body::new(
+            normalized.events,
+            crate::spool::record(&origin, body.into()),
+            Instant::now(),
+        );
+        self.admission
+            .offer_waiting(body)
             .await
+            .map_err(|refused| refused.reason)
     }
 
     /// Normalizes one frame and waits until the pipeline takes its events.
@@ -350,16 +361,18 @@ impl NotifierSource {
         // The frame was read: from here the bridge owns the events. Waiting
         // for room (in the pipeline, or in the spool while it is engaged)
         // stops the reading, which is the backpressure on Fishjam.
-        let record = crate::spool::record(&origin, body);
-        match self
-            .pipeline
-            .offer_waiting(record, normalized.events, received)
-            .await
-        {
+        let body = admission::Body::new(
+            normalized.events,
+            crate::spool::record(&origin, body),
+            received,
+        );
+        match self.admission.offer_waiting(body).await {
             Ok(()) => telemetry::notifier_paused(waited.elapsed()),
-            Err(error) => {
-                tracing::error!(error = %error, "notifier events refused by the pipeline")
-            }
+            Err(refused) => tracing::error!(
+                error = %refused.reason,
+                events = refused.body.messages.len(),
+                "notifier events refused by the pipeline"
+            ),
         }
     }
 }

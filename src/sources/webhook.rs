@@ -17,11 +17,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
+use crate::admission::{self, Accepted, Admission, AdmissionError};
 use crate::config::{Secret, WebhookConfig};
-use crate::event::Source;
-use crate::normalize::{normalize_body, Origin};
-use crate::pipeline::{Admitted, Pipeline, SubmitError};
-use crate::signature;
+use crate::core::event::Source;
+use crate::core::normalize::{normalize_body, Origin};
+use crate::core::signature;
+use crate::fanout::SubmitError;
 use crate::spool::Spool;
 use crate::telemetry;
 
@@ -30,9 +31,8 @@ const RETRY_AFTER_FULL: &str = "1";
 /// Seconds a sender should wait after the sinks did not acknowledge in time.
 const RETRY_AFTER_TIMEOUT: &str = "5";
 
-#[derive(Clone)]
 struct WebhookState {
-    pipeline: Pipeline,
+    admission: Admission,
     fishjam_id: Arc<str>,
     secret: Option<Secret>,
     max_body_bytes: usize,
@@ -45,15 +45,15 @@ struct WebhookState {
     engage_spool: Option<(Arc<Spool>, Duration)>,
 }
 
-/// The webhook routes, posting into `pipeline`.
+/// The webhook routes, posting into `admission`.
 pub fn router(
     config: &WebhookConfig,
     fishjam_id: Arc<str>,
-    pipeline: Pipeline,
+    admission: Admission,
     engage_spool: Option<(Arc<Spool>, Duration)>,
 ) -> Router {
     let state = WebhookState {
-        pipeline,
+        admission,
         fishjam_id,
         secret: config.secret.clone(),
         max_body_bytes: config.max_body_bytes,
@@ -65,10 +65,11 @@ pub fn router(
     };
     Router::new()
         .route(&config.path, post(receive))
-        .with_state(state)
+        // Shared, not cloned per request.
+        .with_state(Arc::new(state))
 }
 
-async fn receive(State(state): State<WebhookState>, request: Request) -> Response {
+async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
     let response = handle(&state, request).await;
     telemetry::webhook_answered(response.status().as_u16());
     response
@@ -128,7 +129,7 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
 
     // Counted on the wire first: decoding allocates for every element, and
     // a 4 MiB body can hold two million empty ones.
-    let elements = crate::decode::batch_len(&body);
+    let elements = crate::core::decode::batch_len(&body);
     if elements > state.max_events_per_body {
         return reply(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -170,17 +171,21 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         &normalized.skipped,
     );
     let count = normalized.events.len();
-    let mut events = normalized.events;
-    let record = crate::spool::record(&origin, body);
-    let offered = state.pipeline.offer(record, &mut events, received);
+    let body = admission::Body::new(
+        normalized.events,
+        crate::spool::record(&origin, body),
+        received,
+    );
+    let offered = state.admission.offer(body);
     // The body stays in hand (and in the budget) until the spool has it on disk.
     let receipt = match offered {
-        Ok(Admitted::Receipt(receipt)) => {
+        Ok(Accepted::Receipt(receipt)) => {
             drop(body_room);
             receipt
         }
-        Ok(Admitted::Spooled(durable)) => {
+        Ok(Accepted::Spooled(durable, body)) => {
             let written = durable.await;
+            drop(body);
             drop(body_room);
             return match written {
                 Ok(Ok(())) => ok(count, true),
@@ -195,12 +200,14 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
                 ),
             };
         }
-        Err(error) => {
+        Err(refused) => {
+            let error = refused.reason;
             telemetry::pipeline_rejected(Source::Webhook, count);
             let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
             if matches!(
                 error,
-                SubmitError::Full | SubmitError::BurstyFull | SubmitError::Spool(_)
+                AdmissionError::Pipeline(SubmitError::Full | SubmitError::BurstyFull)
+                    | AdmissionError::Spool(_)
             ) {
                 retry_after(&mut response, RETRY_AFTER_FULL);
             }

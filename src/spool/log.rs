@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use crate::event::Source;
+use crate::core::event::Source;
 
 const HEADER: usize = 8;
 const KIND_BODY: u8 = 1;

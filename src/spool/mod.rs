@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::normalize::{normalize_body, Origin};
-use crate::pipeline::{InFlight, Pipeline};
+use crate::core::event::Message;
+use crate::core::normalize::{normalize_body, Origin};
+use crate::fanout::{Fanout, InFlight};
 use crate::telemetry;
 use log::{Entry, NewRecord, Next, Position, SegmentReader};
 
@@ -361,7 +362,7 @@ fn run_writer(
 /// stays in the log for the next run.
 pub async fn replay(
     spool: Arc<Spool>,
-    pipeline: Pipeline,
+    fanout: Fanout,
     in_flight: InFlight,
     fishjam_id: Arc<str>,
     shutdown: CancellationToken,
@@ -409,7 +410,7 @@ pub async fn replay(
                 expected = record.seq + 1;
                 let seq = record.seq;
                 let submitted = tokio::select! {
-                    submitted = submit(&spool, &pipeline, &fishjam_id, record) => submitted,
+                    submitted = submit(&spool, &fanout, &fishjam_id, record) => submitted,
                     () = shutdown.cancelled() => return,
                 };
                 if !submitted {
@@ -474,7 +475,7 @@ fn segment_len(dir: &Path, segment: u64) -> u64 {
 /// there is nothing to submit.
 async fn submit(
     spool: &Arc<Spool>,
-    pipeline: &Pipeline,
+    fanout: &Fanout,
     fishjam_id: &Arc<str>,
     record: log::Record,
 ) -> bool {
@@ -496,9 +497,9 @@ async fn submit(
     let seq = record.seq;
     // A body spooled under a larger bound than this run's goes in parts, in
     // order; it is acknowledged in the log when the last part is.
-    let size = pipeline.largest_submission().max(1);
+    let size = fanout.largest_submission().max(1);
     let mut parts: Vec<Vec<_>> = Vec::new();
-    let mut events = events.into_iter().peekable();
+    let mut events = events.into_iter().map(Message::new).peekable();
     while events.peek().is_some() || parts.is_empty() {
         parts.push(events.by_ref().take(size).collect());
     }
@@ -512,11 +513,11 @@ async fn submit(
                 }
             })
         };
-        if let Err(error) = pipeline
-            .submit_acknowledging(part, record.source, Instant::now(), on_acknowledged)
+        if let Err(refused) = fanout
+            .admit(part, record.source, Instant::now(), Some(on_acknowledged))
             .await
         {
-            tracing::error!(error = %error, seq, "spool: the pipeline refused a spooled body");
+            tracing::error!(error = %refused.reason, seq, "spool: the pipeline refused a spooled body");
             return false;
         }
     }
@@ -536,16 +537,6 @@ pub fn record(origin: &Origin, body: bytes::Bytes) -> NewRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Data, Event, Source};
-    use crate::pipeline::{Admitted, BurstyLimit, LaneReceiver, SubmitError, WhenFull};
-    use crate::proto::server_message::RoomCreated;
-    use crate::proto::{Content, ServerMessage};
-    use prost::Message as _;
-
-    const LIMIT: BurstyLimit = BurstyLimit {
-        max_in_flight: 10,
-        when_full: WhenFull::Wait,
-    };
 
     fn options(dir: &Path) -> Options {
         Options {
@@ -555,168 +546,6 @@ mod tests {
             fsync: true,
             engage_after: Duration::from_secs(1),
         }
-    }
-
-    /// A body of one roomCreated per room, and its events as a source
-    /// would normalize them.
-    fn body(rooms: &[&str]) -> (NewRecord, Vec<Event>) {
-        let batch = crate::proto::server_message::NotificationBatch {
-            notifications: rooms
-                .iter()
-                .map(|room| ServerMessage {
-                    content: Some(Content::RoomCreated(RoomCreated {
-                        room_id: (*room).to_owned(),
-                    })),
-                })
-                .collect(),
-        };
-        let bytes = ServerMessage {
-            content: Some(Content::NotificationBatch(batch)),
-        }
-        .encode_to_vec();
-        let origin = Origin::now(Source::Webhook, Arc::from("test"));
-        let events = normalize_body(&bytes, &origin).unwrap().events;
-        (record(&origin, bytes.into()), events)
-    }
-
-    fn room(event: &Event) -> String {
-        match &event.data {
-            Data::Room(room) => room.room_id.clone(),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    /// Takes the lane's next `n` events, acknowledging each.
-    async fn take(lane: &mut LaneReceiver, n: usize) -> Vec<Event> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            let job = lane.recv().await.unwrap();
-            job.acknowledge();
-            out.push(job.event.clone());
-        }
-        out
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn spooled_bodies_follow_earlier_ones_in_order_then_the_spool_disengages() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&options(dir.path())).unwrap();
-        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 2, LIMIT, None);
-        let pipeline = pipeline.with_spool(spool.clone());
-        let now = Instant::now;
-
-        let (a, mut a_events) = body(&["r1"]);
-        assert!(matches!(
-            pipeline.offer(a, &mut a_events, now()).unwrap(),
-            Admitted::Receipt(_)
-        ));
-        // Two more events do not fit: the spool engages and takes the body.
-        let (b, mut b_events) = body(&["r1", "r2"]);
-        let b_ids: Vec<_> = b_events.iter().map(|e| e.id).collect();
-        let Admitted::Spooled(durable) = pipeline.offer(b, &mut b_events, now()).unwrap() else {
-            panic!("the pipeline is full: the body is spooled");
-        };
-        durable.await.unwrap().unwrap();
-        // Engaged, even a body that would fit goes behind the spooled one.
-        let (c, mut c_events) = body(&["r1"]);
-        let Admitted::Spooled(durable) = pipeline.offer(c, &mut c_events, now()).unwrap() else {
-            panic!("the spool is engaged");
-        };
-        durable.await.unwrap().unwrap();
-
-        let shutdown = CancellationToken::new();
-        let replayer = tokio::spawn(replay(
-            spool.clone(),
-            pipeline.clone(),
-            in_flight.clone(),
-            Arc::from("test"),
-            shutdown.clone(),
-        ));
-        let lane = &mut lanes[0][0];
-        let seen = take(lane, 4).await;
-        assert_eq!(
-            seen.iter().map(room).collect::<Vec<_>>(),
-            ["r1", "r1", "r2", "r1"]
-        );
-        // Rebuilt from the spool with the ids they were given on arrival.
-        assert_eq!(seen[1].id, b_ids[0]);
-        assert_eq!(seen[2].id, b_ids[1]);
-
-        // Everything delivered: the spool disengages and deletes what it held.
-        spool.disengaged().await;
-        let (d, mut d_events) = body(&["r3"]);
-        assert!(matches!(
-            pipeline.offer(d, &mut d_events, now()).unwrap(),
-            Admitted::Receipt(_)
-        ));
-        assert_eq!(take(lane, 1).await.len(), 1);
-        shutdown.cancel();
-        replayer.await.unwrap();
-        spool.close().await;
-        let recovered = log::recover(dir.path()).unwrap();
-        assert_eq!((recovered.watermark, recovered.pending), (2, 0));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_spool_refuses_and_a_restart_replays_what_it_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let small = Options {
-            max_bytes: 300,
-            ..options(dir.path())
-        };
-        let spool = Spool::open(&small).unwrap();
-        let (pipeline, _lanes, _) = Pipeline::new(&[("a".into(), 1)], 2, LIMIT, None);
-        let pipeline = pipeline.with_spool(spool.clone());
-        // The first body fills the pipeline, whose sink never acknowledges.
-        let (first, mut events) = body(&["r0", "r0"]);
-        assert!(matches!(
-            pipeline.offer(first, &mut events, Instant::now()).unwrap(),
-            Admitted::Receipt(_)
-        ));
-        let mut ids = Vec::new();
-        let mut refused = 0;
-        for _ in 0..10 {
-            let (record, mut events) = body(&["r1", "r2"]);
-            let these: Vec<_> = events.iter().map(|e| e.id).collect();
-            match pipeline.offer(record, &mut events, Instant::now()) {
-                Ok(Admitted::Spooled(durable)) => {
-                    durable.await.unwrap().unwrap();
-                    ids.extend(these);
-                }
-                Ok(Admitted::Receipt(_)) => panic!("the pipeline is full"),
-                Err(SubmitError::TooLarge) => panic!("a body of two fits the spool's bound"),
-                Err(error) => {
-                    assert_eq!(error, SubmitError::Spool(SpoolError::Full));
-                    refused += 1;
-                }
-            }
-        }
-        assert!(refused > 0 && !ids.is_empty(), "{refused} refused");
-        spool.close().await;
-        drop(pipeline);
-        drop(spool);
-
-        // The next run replays each spooled event once, with its id, even
-        // with a bound too small for a whole body (it goes in parts).
-        let spool = Spool::open(&small).unwrap();
-        let (pipeline, mut lanes, in_flight) = Pipeline::new(&[("a".into(), 1)], 1, LIMIT, None);
-        let pipeline = pipeline.with_spool(spool.clone());
-        let shutdown = CancellationToken::new();
-        let replayer = tokio::spawn(replay(
-            spool.clone(),
-            pipeline,
-            in_flight,
-            Arc::from("test"),
-            shutdown.clone(),
-        ));
-        let replayed =
-            tokio::time::timeout(Duration::from_secs(30), take(&mut lanes[0][0], ids.len()))
-                .await
-                .expect("every spooled event is replayed");
-        assert_eq!(replayed.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
-        spool.disengaged().await;
-        shutdown.cancel();
-        replayer.await.unwrap();
     }
 
     #[test]

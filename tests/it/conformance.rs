@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fishjam_bridge::event::Source;
-use fishjam_bridge::normalize::{normalize_body, Origin};
-use fishjam_bridge::signature;
+use fishjam_bridge::core::event::Source;
+use fishjam_bridge::core::normalize::{normalize_body, Origin};
+use fishjam_bridge::core::signature;
 use serde_json::Value;
 
 use crate::support::{assert_valid, schema, vectors, BIN};
@@ -198,8 +198,8 @@ fn signatures_verify_as_the_sdk_verifies_them() {
 
 #[test]
 fn handshake_frames_are_encoded_byte_for_byte() {
-    use fishjam_bridge::proto::server_message as sm;
-    use fishjam_bridge::proto::{Content, ServerMessage};
+    use fishjam_bridge::core::proto::server_message as sm;
+    use fishjam_bridge::core::proto::{Content, ServerMessage};
     use prost::Message;
     let vectors = vectors();
     for frame in vectors["handshake_frames"].as_array().unwrap() {

@@ -9,9 +9,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use fishjam_bridge::proto::server_message as sm;
-use fishjam_bridge::proto::{Content, ServerMessage};
-use fishjam_bridge::signature;
+use fishjam_bridge::core::proto::server_message as sm;
+use fishjam_bridge::core::proto::{Content, ServerMessage};
+use fishjam_bridge::core::signature;
 use prost::Message;
 
 use crate::support::*;

@@ -361,8 +361,8 @@ fn injected_broker_faults_lose_no_acknowledged_event() {
 
 #[test]
 fn a_record_over_message_max_bytes_is_dead_lettered_and_its_room_goes_on() {
-    use fishjam_bridge::proto::server_message as sm;
-    use fishjam_bridge::proto::{Content, ServerMessage};
+    use fishjam_bridge::core::proto::server_message as sm;
+    use fishjam_bridge::core::proto::{Content, ServerMessage};
     let cluster = MockCluster::new(1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
     let topic = unique("fishjam-dead");

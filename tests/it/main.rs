@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one file per surface.
 
 mod amqp;
+mod architecture;
 mod conformance;
 mod deploy;
 mod faults;

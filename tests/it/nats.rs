@@ -316,8 +316,8 @@ fn jetstream_stores_every_event_once_through_a_server_restart() {
 
 #[test]
 fn an_event_over_max_payload_is_dead_lettered_and_its_room_goes_on() {
-    use fishjam_bridge::proto::server_message as sm;
-    use fishjam_bridge::proto::{Content, ServerMessage};
+    use fishjam_bridge::core::proto::server_message as sm;
+    use fishjam_bridge::core::proto::{Content, ServerMessage};
     let rt = runtime();
     let _context = rt.enter();
     let prefix = unique("dl");

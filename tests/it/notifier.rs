@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use fishjam_bridge::event::Source;
-use fishjam_bridge::normalize::{normalize_body, Origin};
+use fishjam_bridge::core::event::Source;
+use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::scenario::Scenario;
 use prost::Message;
 use serde_json::Value;

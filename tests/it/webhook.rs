@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fishjam_bridge::event::Source;
-use fishjam_bridge::normalize::{normalize_body, Origin};
-use fishjam_bridge::proto::server_message as sm;
-use fishjam_bridge::proto::{Content, ServerMessage};
-use fishjam_bridge::signature;
+use fishjam_bridge::core::event::Source;
+use fishjam_bridge::core::normalize::{normalize_body, Origin};
+use fishjam_bridge::core::proto::server_message as sm;
+use fishjam_bridge::core::proto::{Content, ServerMessage};
+use fishjam_bridge::core::signature;
 use fishjam_bridge::simulator::scenario::Scenario;
 use prost::Message;
 use serde_json::Value;

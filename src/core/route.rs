@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::event::{Data, Event};
+use crate::core::event::Event;
 
 /// One parsed template.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,7 +129,7 @@ impl Template {
                 Part::Literal(text) => out.push_str(text),
                 Part::Field(field) => {
                     let value = match field {
-                        Field::Kind => kind(event),
+                        Field::Kind => event.event_type.key_kind().as_str(),
                         Field::Key => event.key(),
                         Field::RoomId => event.room_id().unwrap_or(""),
                         Field::StreamId => event.stream_id().unwrap_or(""),
@@ -142,15 +142,6 @@ impl Template {
             }
         }
         out
-    }
-}
-
-/// What an event's key identifies.
-pub fn kind(event: &Event) -> &'static str {
-    match event.data {
-        Data::Streamer(_) | Data::Viewer(_) => "streams",
-        Data::Recording(_) => "recordings",
-        _ => "rooms",
     }
 }
 
@@ -210,7 +201,7 @@ pub fn unescape_token(token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::*;
+    use crate::core::event::*;
     use std::sync::Arc;
     use std::time::SystemTime;
 

@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::decode::{self, DecodeError, Notification, Skipped};
-use crate::event::*;
-use crate::proto::{self, server_message as sm};
+use crate::core::decode::{self, DecodeError, Notification, Skipped};
+use crate::core::event::*;
+use crate::core::proto::{self, server_message as sm};
 
 /// Where and when a body arrived; shared by all the events it carries.
 #[derive(Debug, Clone)]
@@ -426,56 +426,11 @@ endpoint_fn!(endpoint_channel_removed, channel_removed);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::server_message::{NotificationBatch, RecordingStatusChanged, RoomCreated};
-    use crate::proto::ServerMessage;
+    use crate::core::proto::server_message::{
+        NotificationBatch, RecordingStatusChanged, RoomCreated,
+    };
+    use crate::core::proto::ServerMessage;
     use prost::Message;
-
-    #[test]
-    fn reconciled_events_normalize_back_from_their_notifications() {
-        use crate::activity::KnownPeer;
-        use crate::fishjam::{FishjamPeer, FishjamRoom};
-        let known = [(
-            "gone".to_owned(),
-            [(
-                "p0".to_owned(),
-                KnownPeer {
-                    peer_type: "agent",
-                    connected: true,
-                },
-            )]
-            .into_iter()
-            .collect(),
-        )]
-        .into_iter()
-        .collect();
-        let fishjam = [FishjamRoom {
-            id: "new".to_owned(),
-            peers: ["webrtc", "vapi", "odd"]
-                .iter()
-                .enumerate()
-                .map(|(i, t)| FishjamPeer {
-                    id: format!("p{i}"),
-                    peer_type: Some((*t).to_owned()),
-                    status: Some("connected".to_owned()),
-                })
-                .collect(),
-        }];
-        let id: Arc<str> = Arc::from("test");
-        let events = crate::reconcile::differences(&known, &fishjam, &id, SystemTime::now());
-        assert!(events.len() >= 8, "{events:?}");
-        let origin = Origin::now(Source::Reconciled, id);
-        for event in &events {
-            let body = to_notification(event)
-                .expect("every reconciled event")
-                .encode_to_vec();
-            let back = normalize_body(&body, &origin).unwrap().events;
-            assert_eq!(back.len(), 1);
-            assert_eq!(
-                (back[0].event_type, &back[0].data),
-                (event.event_type, &event.data)
-            );
-        }
-    }
 
     fn message(content: proto::Content) -> ServerMessage {
         ServerMessage {

@@ -56,8 +56,48 @@ impl Source {
     }
 }
 
+/// What an event's key identifies: it orders and partitions the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    Room,
+    Stream,
+    /// Recordings belong to neither a room nor a stream in the protocol.
+    Recording,
+}
+
+impl KeyKind {
+    /// The `{kind}` of subjects and routing keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Room => "rooms",
+            KeyKind::Stream => "streams",
+            KeyKind::Recording => "recordings",
+        }
+    }
+
+    /// The broker header that carries the key.
+    pub fn header(self) -> &'static str {
+        match self {
+            KeyKind::Room => "Fishjam-Room-Id",
+            KeyKind::Stream => "Fishjam-Stream-Id",
+            KeyKind::Recording => "Fishjam-Recording-Id",
+        }
+    }
+}
+
+/// How an event type arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    /// Room, peer, track, stream and recording lifecycle: never shed, never
+    /// delayed by bursty events.
+    Lifecycle,
+    /// Voice activity and metadata updates: many, often, and each
+    /// superseded by the next.
+    Bursty,
+}
+
 macro_rules! event_types {
-    ($($variant:ident => $name:literal,)*) => {
+    ($($variant:ident => $name:literal, $kind:ident, $traffic:ident;)*) => {
         /// The event types, named as the JS SDK names them.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum EventType { $($variant,)* }
@@ -72,44 +112,57 @@ macro_rules! event_types {
             pub fn from_name(name: &str) -> Option<EventType> {
                 match name { $($name => Some(EventType::$variant),)* _ => None }
             }
+
+            /// What the event's key identifies.
+            pub fn key_kind(self) -> KeyKind {
+                match self { $(EventType::$variant => KeyKind::$kind,)* }
+            }
+
+            fn traffic(self) -> Traffic {
+                match self { $(EventType::$variant => Traffic::$traffic,)* }
+            }
         }
     };
 }
 
+// One row per notification type: its name, what keys it, how it arrives.
+// A new type also needs its `Data` shape, its arm in `normalize` (and
+// `to_notification` when reconciliation derives it) and its entry in
+// `schema/event.schema.json`; the compiler finds the first two.
 event_types! {
-    RoomCreated => "roomCreated",
-    RoomDeleted => "roomDeleted",
-    RoomCrashed => "roomCrashed",
-    PeerAdded => "peerAdded",
-    PeerDeleted => "peerDeleted",
-    PeerConnected => "peerConnected",
-    PeerDisconnected => "peerDisconnected",
-    PeerMetadataUpdated => "peerMetadataUpdated",
-    PeerCrashed => "peerCrashed",
-    StreamerConnected => "streamerConnected",
-    StreamerDisconnected => "streamerDisconnected",
-    ViewerConnected => "viewerConnected",
-    ViewerDisconnected => "viewerDisconnected",
-    TrackAdded => "trackAdded",
-    TrackRemoved => "trackRemoved",
-    TrackMetadataUpdated => "trackMetadataUpdated",
-    TrackForwarding => "trackForwarding",
-    TrackForwardingRemoved => "trackForwardingRemoved",
-    VadNotification => "vadNotification",
-    ChannelAdded => "channelAdded",
-    ChannelRemoved => "channelRemoved",
-    RecordingStatusChanged => "recordingStatusChanged",
+    RoomCreated => "roomCreated", Room, Lifecycle;
+    RoomDeleted => "roomDeleted", Room, Lifecycle;
+    RoomCrashed => "roomCrashed", Room, Lifecycle;
+    PeerAdded => "peerAdded", Room, Lifecycle;
+    PeerDeleted => "peerDeleted", Room, Lifecycle;
+    PeerConnected => "peerConnected", Room, Lifecycle;
+    PeerDisconnected => "peerDisconnected", Room, Lifecycle;
+    PeerMetadataUpdated => "peerMetadataUpdated", Room, Bursty;
+    PeerCrashed => "peerCrashed", Room, Lifecycle;
+    StreamerConnected => "streamerConnected", Stream, Lifecycle;
+    StreamerDisconnected => "streamerDisconnected", Stream, Lifecycle;
+    ViewerConnected => "viewerConnected", Stream, Lifecycle;
+    ViewerDisconnected => "viewerDisconnected", Stream, Lifecycle;
+    TrackAdded => "trackAdded", Room, Lifecycle;
+    TrackRemoved => "trackRemoved", Room, Lifecycle;
+    TrackMetadataUpdated => "trackMetadataUpdated", Room, Bursty;
+    TrackForwarding => "trackForwarding", Room, Lifecycle;
+    TrackForwardingRemoved => "trackForwardingRemoved", Room, Lifecycle;
+    VadNotification => "vadNotification", Room, Bursty;
+    ChannelAdded => "channelAdded", Room, Lifecycle;
+    ChannelRemoved => "channelRemoved", Room, Lifecycle;
+    RecordingStatusChanged => "recordingStatusChanged", Recording, Lifecycle;
 }
 
 impl EventType {
     /// Room and peer lifecycle events: never shed, never delayed by bursty ones.
     pub fn is_lifecycle(self) -> bool {
-        !matches!(
-            self,
-            EventType::VadNotification
-                | EventType::PeerMetadataUpdated
-                | EventType::TrackMetadataUpdated
-        )
+        self.traffic() == Traffic::Lifecycle
+    }
+
+    /// Voice activity and metadata updates: they take slots of their own.
+    pub fn is_bursty(self) -> bool {
+        self.traffic() == Traffic::Bursty
     }
 }
 
@@ -363,6 +416,20 @@ impl Event {
             scratch.shrink_to(64 * 1024);
             json
         })
+    }
+}
+
+/// An event with its JSON, serialized once for every sink.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub event: Event,
+    pub json: bytes::Bytes,
+}
+
+impl Message {
+    pub fn new(event: Event) -> Message {
+        let json = event.to_json_bytes();
+        Message { event, json }
     }
 }
 

@@ -11,7 +11,7 @@
 
 use prost::Message;
 
-use crate::proto::{Content, ServerMessage};
+use crate::core::proto::{Content, ServerMessage};
 
 /// A notification's content, guaranteed to be one the bridge publishes.
 pub type Notification = Content;
@@ -218,7 +218,7 @@ fn read_varint(buf: &mut &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::server_message as sm;
+    use crate::core::proto::server_message as sm;
 
     #[test]
     fn batch_len_counts_elements_without_decoding() {

@@ -1,0 +1,532 @@
+//! Admission: where a source's body goes. Into fan-out while it has room;
+//! with a spool, into the spool while the spool is engaged or when fan-out
+//! is full. Which of the two is decided under the spool's gate, so nothing
+//! overtakes a spooled body.
+//!
+//! A body travels by value. Every way to refuse it hands it back whole
+//! (`Refused`), so a source that waits and tries again always tries with
+//! the body it was given: no path can drop or empty it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::core::event::{Event, Message, Source};
+use crate::fanout::{Fanout, Receipt, Refused, SubmitError};
+use crate::spool::log::NewRecord;
+use crate::spool::{Durable, Spool, SpoolError};
+
+/// One body from a source: its events, each serialized once, and the body
+/// as received, for the spool.
+#[derive(Debug)]
+pub struct Body {
+    pub messages: Vec<Message>,
+    pub record: NewRecord,
+    /// When the source had read it, for the acknowledgement latency.
+    pub received: Instant,
+}
+
+impl Body {
+    /// A body of `events`, each serialized here, once for every sink, and
+    /// outside any lock admission takes.
+    pub fn new(events: Vec<Event>, record: NewRecord, received: Instant) -> Body {
+        Body {
+            messages: events.into_iter().map(Message::new).collect(),
+            record,
+            received,
+        }
+    }
+
+    fn source(&self) -> Source {
+        self.record.source
+    }
+
+    fn bursty(&self) -> usize {
+        self.messages
+            .iter()
+            .filter(|m| m.event.event_type.is_bursty())
+            .count()
+    }
+}
+
+/// Why a body was not taken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    #[error(transparent)]
+    Pipeline(#[from] SubmitError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// How a body was taken.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Into fan-out: safe once the receipt completes.
+    Receipt(Receipt),
+    /// Into the spool: safe once it is on disk. The body comes along, so
+    /// that a failed write can still be answered or tried again.
+    Spooled(Durable, Body),
+}
+
+/// The way into the pipeline, shared by every source.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    fanout: Fanout,
+    spool: Option<Arc<Spool>>,
+}
+
+impl Admission {
+    pub fn new(fanout: Fanout, spool: Option<Arc<Spool>>) -> Admission {
+        Admission { fanout, spool }
+    }
+
+    pub fn fanout(&self) -> &Fanout {
+        &self.fanout
+    }
+
+    /// Takes `body` without waiting: into fan-out, or, with a spool, into
+    /// the spool when fan-out is full or the spool is engaged.
+    // The error is the body itself, handed back by value: that it can never
+    // be lost is the point, and moving it costs less than a box.
+    #[allow(clippy::result_large_err)]
+    pub fn offer(&self, body: Body) -> Result<Accepted, Refused<Body, AdmissionError>> {
+        let Body {
+            messages,
+            record,
+            received,
+        } = body;
+        let source = record.source;
+        let back = |messages, record, reason: AdmissionError| {
+            Refused::new(
+                Body {
+                    messages,
+                    record,
+                    received,
+                },
+                reason,
+            )
+        };
+        let spool = match &self.spool {
+            Some(spool) if !messages.is_empty() => spool,
+            _ => {
+                return match self.fanout.try_admit(messages, source, received) {
+                    Ok(receipt) => Ok(Accepted::Receipt(receipt)),
+                    Err(refused) => Err(back(refused.body, record, refused.reason.into())),
+                }
+            }
+        };
+        // What the replayer could never submit must not be spooled.
+        if let Err(reason) = self.fanout.fits(&messages) {
+            return Err(back(messages, record, reason.into()));
+        }
+        let mut gate = spool.gate();
+        let messages = if spool.is_engaged(&gate) {
+            messages
+        } else {
+            match self.fanout.try_admit(messages, source, received) {
+                Ok(receipt) => return Ok(Accepted::Receipt(receipt)),
+                Err(Refused {
+                    body,
+                    reason: SubmitError::Full,
+                }) => {
+                    spool.engage(&mut gate, "the pipeline is full");
+                    body
+                }
+                // A flood of voice activity must not put lifecycle events
+                // behind it in the spool: it waits, as without a spool.
+                Err(refused) => return Err(back(refused.body, record, refused.reason.into())),
+            }
+        };
+        match spool.append(&mut gate, record.clone()) {
+            Ok(durable) => Ok(Accepted::Spooled(
+                durable,
+                Body {
+                    messages,
+                    record,
+                    received,
+                },
+            )),
+            Err(error) => Err(back(messages, record, error.into())),
+        }
+    }
+
+    /// Takes `body`, waiting for room: in fan-out without a spool; with one,
+    /// in the spool (or for the bursty slots it needs). Returns once the
+    /// body is admitted or on disk; refuses only a body that can never be
+    /// taken, or at shutdown.
+    #[allow(clippy::result_large_err)]
+    pub async fn offer_waiting(&self, body: Body) -> Result<(), Refused<Body, AdmissionError>> {
+        let Some(spool) = &self.spool else {
+            let Body {
+                messages,
+                record,
+                received,
+            } = body;
+            return match self
+                .fanout
+                .admit(messages, record.source, received, None)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(refused) => Err(Refused::new(
+                    Body {
+                        messages: refused.body,
+                        record,
+                        received,
+                    },
+                    refused.reason.into(),
+                )),
+            };
+        };
+        let mut body = body;
+        loop {
+            body = match self.offer(body) {
+                Ok(Accepted::Receipt(_)) => return Ok(()),
+                Ok(Accepted::Spooled(durable, body)) => match durable.await {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(error)) => {
+                        tracing::error!(error = %error, source = body.source().as_str(), "spool: a body waits for the spool to write again");
+                        spool.wait_for_space().await;
+                        body
+                    }
+                    Err(_) => return Err(Refused::new(body, SubmitError::Closed.into())),
+                },
+                Err(Refused {
+                    body,
+                    reason: AdmissionError::Spool(SpoolError::Full),
+                }) => {
+                    spool.wait_for_space().await;
+                    body
+                }
+                Err(Refused {
+                    body,
+                    reason: AdmissionError::Pipeline(SubmitError::BurstyFull),
+                }) => {
+                    self.fanout.bursty_room(body.bursty()).await;
+                    body
+                }
+                Err(refused) => return Err(refused),
+            };
+        }
+    }
+
+    /// Admits events that have no body to spool (reconciled events of a
+    /// peer type this version cannot name): waits until the spool is
+    /// disengaged, so that they do not overtake what it holds.
+    pub async fn submit_events(
+        &self,
+        messages: Vec<Message>,
+        source: Source,
+    ) -> Result<Receipt, Refused<Vec<Message>>> {
+        if let Some(spool) = &self.spool {
+            spool.disengaged().await;
+        }
+        self.fanout
+            .admit(messages, source, Instant::now(), None)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::Data;
+    use crate::core::normalize::{normalize_body, Origin};
+    use crate::core::proto::server_message::{NotificationBatch, RoomCreated, VadNotification};
+    use crate::core::proto::{Content, ServerMessage};
+    use crate::fanout::{BurstyLimit, InFlight, LaneReceiver, WhenFull};
+    use crate::spool::{log, replay, Options};
+    use futures_util::FutureExt;
+    use prost::Message as _;
+    use std::path::Path;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    const LIMIT: BurstyLimit = BurstyLimit {
+        max_in_flight: 10,
+        when_full: WhenFull::Wait,
+    };
+
+    fn options(dir: &Path) -> Options {
+        Options {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            segment_bytes: 256,
+            fsync: true,
+            engage_after: Duration::from_secs(1),
+        }
+    }
+
+    /// Fan-out to one sink of one lane, behind admission with `spool`.
+    fn admitting(
+        capacity: usize,
+        limit: BurstyLimit,
+        spool: &Arc<Spool>,
+    ) -> (Admission, Vec<Vec<LaneReceiver>>, InFlight) {
+        let (fanout, lanes, in_flight) = Fanout::new(&[("a".into(), 1)], capacity, limit, None);
+        (
+            Admission::new(fanout, Some(spool.clone())),
+            lanes,
+            in_flight,
+        )
+    }
+
+    fn body_of(content: Content, source: Source) -> Body {
+        let bytes = ServerMessage {
+            content: Some(content),
+        }
+        .encode_to_vec();
+        let origin = Origin::now(source, Arc::from("test"));
+        let events = normalize_body(&bytes, &origin).unwrap().events;
+        Body::new(
+            events,
+            crate::spool::record(&origin, bytes.into()),
+            Instant::now(),
+        )
+    }
+
+    /// A body of one roomCreated per room.
+    fn body(rooms: &[&str]) -> Body {
+        let batch = NotificationBatch {
+            notifications: rooms
+                .iter()
+                .map(|room| ServerMessage {
+                    content: Some(Content::RoomCreated(RoomCreated {
+                        room_id: (*room).to_owned(),
+                    })),
+                })
+                .collect(),
+        };
+        body_of(Content::NotificationBatch(batch), Source::Webhook)
+    }
+
+    fn vad_body(room: &str) -> Body {
+        let vad = VadNotification {
+            room_id: room.to_owned(),
+            peer_id: "p".to_owned(),
+            track_id: "t".to_owned(),
+            status: 2,
+        };
+        body_of(Content::VadNotification(vad), Source::Notifier)
+    }
+
+    fn ids(body: &Body) -> Vec<uuid::Uuid> {
+        body.messages.iter().map(|m| m.event.id).collect()
+    }
+
+    fn room(event: &Event) -> String {
+        match &event.data {
+            Data::Room(room) => room.room_id.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Takes the lane's next `n` events, acknowledging each part.
+    async fn take(lane: &mut LaneReceiver, n: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let part = lane.recv().await.unwrap();
+            part.acknowledge();
+            out.extend(part.messages().map(|m| m.event.clone()));
+        }
+        out
+    }
+
+    /// Takes parts from the lane, acknowledging each, until one of `ids`
+    /// arrives; None when the lane closes first.
+    async fn take_until(lane: &mut LaneReceiver, ids: &[uuid::Uuid]) -> Option<Event> {
+        loop {
+            let part = lane.recv().await?;
+            part.acknowledge();
+            let found = part.messages().find(|m| ids.contains(&m.event.id));
+            if let Some(m) = found {
+                return Some(m.event.clone());
+            }
+        }
+    }
+
+    async fn durable(accepted: Accepted) {
+        let Accepted::Spooled(durable, _) = accepted else {
+            panic!("the body is spooled");
+        };
+        durable.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spooled_bodies_follow_earlier_ones_in_order_then_the_spool_disengages() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&options(dir.path())).unwrap();
+        let (admission, mut lanes, in_flight) = admitting(2, LIMIT, &spool);
+
+        assert!(matches!(
+            admission.offer(body(&["r1"])).unwrap(),
+            Accepted::Receipt(_)
+        ));
+        // Two more events do not fit: the spool engages and takes the body.
+        let b = body(&["r1", "r2"]);
+        let b_ids = ids(&b);
+        durable(admission.offer(b).unwrap()).await;
+        // Engaged, even a body that would fit goes behind the spooled one.
+        durable(admission.offer(body(&["r1"])).unwrap()).await;
+
+        let shutdown = CancellationToken::new();
+        let replayer = tokio::spawn(replay(
+            spool.clone(),
+            admission.fanout().clone(),
+            in_flight.clone(),
+            Arc::from("test"),
+            shutdown.clone(),
+        ));
+        let lane = &mut lanes[0][0];
+        let seen = take(lane, 4).await;
+        assert_eq!(
+            seen.iter().map(room).collect::<Vec<_>>(),
+            ["r1", "r1", "r2", "r1"]
+        );
+        // Rebuilt from the spool with the ids they were given on arrival.
+        assert_eq!(seen[1].id, b_ids[0]);
+        assert_eq!(seen[2].id, b_ids[1]);
+
+        // Everything delivered: the spool disengages and deletes what it held.
+        spool.disengaged().await;
+        assert!(matches!(
+            admission.offer(body(&["r3"])).unwrap(),
+            Accepted::Receipt(_)
+        ));
+        assert_eq!(take(lane, 1).await.len(), 1);
+        shutdown.cancel();
+        replayer.await.unwrap();
+        spool.close().await;
+        let recovered = log::recover(dir.path()).unwrap();
+        assert_eq!((recovered.watermark, recovered.pending), (2, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_spool_refuses_and_a_restart_replays_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Options {
+            max_bytes: 300,
+            ..options(dir.path())
+        };
+        let spool = Spool::open(&small).unwrap();
+        let (admission, _lanes, _) = admitting(2, LIMIT, &spool);
+        // The first body fills the pipeline, whose sink never acknowledges.
+        assert!(matches!(
+            admission.offer(body(&["r0", "r0"])).unwrap(),
+            Accepted::Receipt(_)
+        ));
+        let mut spooled = Vec::new();
+        let mut refused = 0;
+        for _ in 0..10 {
+            let body = body(&["r1", "r2"]);
+            let these = ids(&body);
+            match admission.offer(body) {
+                Ok(accepted) => {
+                    durable(accepted).await;
+                    spooled.extend(these);
+                }
+                Err(error) => {
+                    assert_eq!(error.reason, AdmissionError::Spool(SpoolError::Full));
+                    assert_eq!(ids(&error.body), these, "the body comes back whole");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0 && !spooled.is_empty(), "{refused} refused");
+        spool.close().await;
+        drop(admission);
+        drop(spool);
+
+        // The next run replays each spooled event once, with its id, even
+        // with a bound too small for a whole body (it goes in parts).
+        let spool = Spool::open(&small).unwrap();
+        let (admission, mut lanes, in_flight) = admitting(1, LIMIT, &spool);
+        let shutdown = CancellationToken::new();
+        let replayer = tokio::spawn(replay(
+            spool.clone(),
+            admission.fanout().clone(),
+            in_flight,
+            Arc::from("test"),
+            shutdown.clone(),
+        ));
+        drop(admission);
+        let replayed = tokio::time::timeout(
+            Duration::from_secs(30),
+            take(&mut lanes[0][0], spooled.len()),
+        )
+        .await
+        .expect("every spooled event is replayed");
+        assert_eq!(replayed.iter().map(|e| e.id).collect::<Vec<_>>(), spooled);
+        spool.disengaged().await;
+        shutdown.cancel();
+        replayer.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_body_that_meets_a_full_pipeline_and_a_full_spool_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        // A spool with no room for any body.
+        let none = Options {
+            max_bytes: 1,
+            ..options(dir.path())
+        };
+        let spool = Spool::open(&none).unwrap();
+        let (admission, mut lanes, in_flight) = admitting(2, LIMIT, &spool);
+        admission.offer(body(&["r0", "r0"])).unwrap();
+        // A notifier frame meets the full pipeline and the full spool: it
+        // waits for room, and must not be lost.
+        let waited = body(&["waited"]);
+        let ids = ids(&waited);
+        let mut waiting = Box::pin({
+            let admission = admission.clone();
+            async move { admission.offer_waiting(waited).await.map_err(|r| r.reason) }
+        });
+        assert!((&mut waiting).now_or_never().is_none(), "it waits");
+        let waiting = tokio::spawn(waiting);
+        let shutdown = CancellationToken::new();
+        let replayer = tokio::spawn(replay(
+            spool.clone(),
+            admission.fanout().clone(),
+            in_flight,
+            Arc::from("test"),
+            shutdown.clone(),
+        ));
+        let seen =
+            tokio::time::timeout(Duration::from_secs(30), take_until(&mut lanes[0][0], &ids))
+                .await
+                .expect("the waited body's event reaches the sink");
+        assert_eq!(seen.map(|e| room(&e)).as_deref(), Some("waited"));
+        waiting.await.unwrap().unwrap();
+        shutdown.cancel();
+        replayer.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_bursty_body_waits_for_its_slots_with_a_spool_as_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&options(dir.path())).unwrap();
+        let limit = BurstyLimit {
+            max_in_flight: 1,
+            when_full: WhenFull::Wait,
+        };
+        let (admission, mut lanes, _) = admitting(10, limit, &spool);
+        admission.offer(vad_body("r")).unwrap();
+        // The bursty slot is taken: the next frame waits for it.
+        let next = vad_body("r");
+        let ids = ids(&next);
+        let mut waiting = Box::pin({
+            let admission = admission.clone();
+            async move { admission.offer_waiting(next).await.map_err(|r| r.reason) }
+        });
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "a frame whose bursty slots are taken waits for them"
+        );
+        let waiting = tokio::spawn(waiting);
+        let seen =
+            tokio::time::timeout(Duration::from_secs(30), take_until(&mut lanes[0][0], &ids))
+                .await
+                .expect("the waited body's event reaches the sink");
+        assert!(seen.is_some());
+        waiting.await.unwrap().unwrap();
+    }
+}

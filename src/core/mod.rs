@@ -1,0 +1,20 @@
+//! The bridge's core: what a Fishjam notification is and what the bridge
+//! makes of it. Pure and synchronous: no IO, no clock beyond what a caller
+//! passes in, no telemetry, and nothing else of this crate. Every other
+//! module depends down on this one; nothing here depends up.
+//!
+//! - `proto`: the prost types generated from Fishjam's protos; seen only by
+//!   `decode`, `normalize` (and the simulator, which speaks the protocol).
+//! - `decode`: bytes to ordered notifications, unwrapping one batch level.
+//! - `event`: the published JSON event, the table of event types, and a
+//!   `Message` (an event with its JSON, serialized once for every sink).
+//! - `normalize`: a body to its events, and reconciled events back to a body.
+//! - `route`: subject, topic and routing-key templates.
+//! - `signature`: the webhook signature.
+
+pub mod decode;
+pub mod event;
+pub mod normalize;
+pub mod proto;
+pub mod route;
+pub mod signature;

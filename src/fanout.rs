@@ -1,0 +1,762 @@
+//! Fan-out: an admitted body to one lane of every sink, and its receipt.
+//!
+//! A body is admitted only if the bound on events in flight allows all of
+//! its events (a body is never half admitted). Each sink then receives the
+//! body as parts, one per lane its events hash to: the lane is chosen by the
+//! event's key, so the events of a room stay in order while other rooms
+//! publish in parallel. A part is one unit: one channel send, one
+//! acknowledgement. The submitter's `Receipt` completes when every part was
+//! acknowledged, and the body's slots in the bound are freed when the last
+//! part is dropped, so memory stays bounded whatever the input rate.
+//!
+//! Bursty events (voice activity, metadata updates) also need a slot of
+//! their own, of which there are fewer, so a flood of them can never take
+//! the slots that lifecycle events (rooms, peers, tracks) need. When their
+//! slots are full, a body with more of them waits or, with
+//! `bursty_when_full = "shed"`, its oldest bursty events are dropped and
+//! counted; lifecycle events are never shed.
+//!
+//! Every admission that fails hands the messages back (`Refused`), so a
+//! caller can always wait and try again with the same body.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use crate::activity::{Activity, KnownRooms};
+use crate::core::event::{Message, Source};
+use crate::dedup::{self, Deduplicator};
+use crate::telemetry;
+
+/// Run once every sink acknowledged every event of a submission.
+pub type OnAcknowledged = Box<dyn FnOnce() + Send>;
+
+/// How many parts of one body are still unacknowledged, and who waits.
+struct Completion {
+    remaining: AtomicUsize,
+    done: Notify,
+    source: Source,
+    received: Instant,
+    on_acknowledged: Mutex<Option<OnAcknowledged>>,
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completion")
+            .field("remaining", &self.remaining)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Completion {
+    fn acknowledge_part(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            telemetry::acknowledged(self.source, self.received.elapsed());
+            self.complete();
+        }
+    }
+
+    fn complete(&self) {
+        let callback = self.on_acknowledged.lock().expect("never poisoned").take();
+        if let Some(callback) = callback {
+            callback();
+        }
+        // notify_one keeps a permit if nobody waits yet, so no wake-up is lost.
+        self.done.notify_one();
+    }
+}
+
+/// An admitted body, shared by its parts: its messages and its slots in the
+/// bound, held until the last part is dropped.
+#[derive(Debug)]
+struct Admitted {
+    messages: Vec<Message>,
+    completion: Arc<Completion>,
+    _permit: OwnedSemaphorePermit,
+    _bursty: Option<OwnedSemaphorePermit>,
+}
+
+/// The messages of one body that go to one lane of one sink, in order.
+#[derive(Debug)]
+pub struct Part {
+    body: Arc<Admitted>,
+    /// Indices into the body's messages; `None` when the part is all of them.
+    indices: Option<Box<[u32]>>,
+}
+
+impl Part {
+    pub fn len(&self) -> usize {
+        self.indices
+            .as_ref()
+            .map_or(self.body.messages.len(), |i| i.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The part's `n`th message.
+    pub fn get(&self, n: usize) -> &Message {
+        match &self.indices {
+            None => &self.body.messages[n],
+            Some(indices) => &self.body.messages[indices[n] as usize],
+        }
+    }
+
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        (0..self.len()).map(|n| self.get(n))
+    }
+
+    /// Called by a lane once every message of the part is safe with its sink.
+    pub fn acknowledge(&self) {
+        self.body.completion.acknowledge_part();
+    }
+}
+
+/// Completes when every sink acknowledged every event of one submission.
+#[derive(Debug)]
+pub struct Receipt(Arc<Completion>);
+
+impl Receipt {
+    pub async fn acknowledged(&self) {
+        while self.0.remaining.load(Ordering::Acquire) != 0 {
+            self.0.done.notified().await;
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the pipeline holds its maximum of events in flight")]
+    Full,
+    #[error("the pipeline holds its maximum of bursty events (voice activity, metadata updates) in flight")]
+    BurstyFull,
+    #[error("more events than the pipeline can ever hold at once")]
+    TooLarge,
+    #[error("the pipeline is shutting down")]
+    Closed,
+}
+
+/// An admission that failed, with what was offered, untouched.
+#[derive(Debug)]
+pub struct Refused<B, E = SubmitError> {
+    pub body: B,
+    pub reason: E,
+}
+
+impl<B, E> Refused<B, E> {
+    pub fn new(body: B, reason: E) -> Refused<B, E> {
+        Refused { body, reason }
+    }
+}
+
+/// How full the pipeline is; shared with the sink lanes, which report it.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    /// When a sink last delivered a batch, in milliseconds after `epoch`.
+    progressed: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl InFlight {
+    pub fn current(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn report(&self) {
+        telemetry::pipeline_in_flight(self.current());
+    }
+
+    /// A sink delivered a batch.
+    pub fn progressed(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.progressed.store(now, Ordering::Relaxed);
+        self.report();
+    }
+
+    /// How long since a sink last delivered anything.
+    pub fn since_progress(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.progressed.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// What happens to bursty events when their slots are full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// The body waits (a webhook is answered 503, or spooled).
+    #[default]
+    Wait,
+    /// The body's oldest bursty events are dropped, counted, and the rest admitted.
+    Shed,
+}
+
+/// The bound on bursty events in flight, and what happens beyond it.
+#[derive(Debug, Clone, Copy)]
+pub struct BurstyLimit {
+    pub max_in_flight: usize,
+    pub when_full: WhenFull,
+}
+
+/// The receiving end of one lane of one sink.
+pub type LaneReceiver = mpsc::UnboundedReceiver<Part>;
+
+/// A sink's name and the sending ends of its lanes.
+type SinkLanes = (Arc<str>, Vec<mpsc::UnboundedSender<Part>>);
+
+/// The sending side, cloned into admission and the spool's replayer.
+/// Dropping every clone closes the lanes, which is how the sinks learn that
+/// the sources have stopped.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    in_flight: InFlight,
+    /// Slots of bursty events, taken beside their slot in `in_flight`.
+    bursty: Arc<Semaphore>,
+    bursty_limit: BurstyLimit,
+    /// With both sources on: checked and updated under its lock together
+    /// with the dispatch to the lanes, so that the first delivery of each
+    /// notification reaches the lanes in the order it was admitted.
+    dedup: Option<Arc<Mutex<Deduplicator>>>,
+    /// Sees each event once, after deduplication.
+    activity: Arc<Mutex<Activity>>,
+    /// `[sink][lane]`. The lanes themselves are unbounded: the semaphore bounds them.
+    lanes: Arc<Vec<SinkLanes>>,
+}
+
+impl Fanout {
+    /// A fan-out to the sinks given as (name, lane count). Returns the
+    /// receivers as `[sink][lane]`.
+    pub fn new(
+        sinks: &[(String, usize)],
+        capacity: usize,
+        bursty_limit: BurstyLimit,
+        dedup: Option<Deduplicator>,
+    ) -> (Fanout, Vec<Vec<LaneReceiver>>, InFlight) {
+        let in_flight = InFlight {
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            progressed: Arc::default(),
+            epoch: Instant::now(),
+        };
+        telemetry::pipeline_capacity(capacity);
+        telemetry::rooms_known(0);
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for (name, lanes) in sinks {
+            let (tx, rx): (Vec<_>, Vec<_>) = (0..(*lanes).max(1))
+                .map(|_| mpsc::unbounded_channel())
+                .unzip();
+            senders.push((Arc::from(name.as_str()), tx));
+            receivers.push(rx);
+        }
+        telemetry::bursty_registered();
+        let fanout = Fanout {
+            in_flight: in_flight.clone(),
+            bursty: Arc::new(Semaphore::new(bursty_limit.max_in_flight)),
+            bursty_limit,
+            dedup: dedup.map(|d| Arc::new(Mutex::new(d))),
+            activity: Arc::default(),
+            lanes: Arc::new(senders),
+        };
+        (fanout, receivers, in_flight)
+    }
+
+    /// The most events a submission may hold and always be admitted.
+    pub fn largest_submission(&self) -> usize {
+        match self.bursty_limit.when_full {
+            WhenFull::Wait => self.in_flight.capacity.min(self.bursty_limit.max_in_flight),
+            WhenFull::Shed => self.in_flight.capacity,
+        }
+    }
+
+    /// `TooLarge` for a body that could never be admitted whole.
+    pub fn fits(&self, messages: &[Message]) -> Result<(), SubmitError> {
+        let too_bursty = self.bursty_limit.when_full == WhenFull::Wait
+            && bursty_count(messages) > self.bursty_limit.max_in_flight;
+        if messages.len() > self.in_flight.capacity || too_bursty {
+            return Err(SubmitError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// The rooms and peers known from the events admitted so far.
+    pub fn known_rooms(&self) -> KnownRooms {
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .snapshot()
+    }
+
+    /// Adds rooms known from elsewhere to what is known, without events.
+    pub fn learn_rooms(&self, rooms: KnownRooms) {
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .learn(rooms);
+    }
+
+    /// Admits all of `messages` or none, without waiting: `Full` when the
+    /// bound would be passed, `BurstyFull` when the bursty slots would.
+    pub fn try_admit(
+        &self,
+        messages: Vec<Message>,
+        source: Source,
+        received: Instant,
+    ) -> Result<Receipt, Refused<Vec<Message>>> {
+        if let Err(reason) = self.fits(&messages) {
+            return Err(Refused::new(messages, reason));
+        }
+        let permit = match self
+            .in_flight
+            .permits
+            .clone()
+            .try_acquire_many_owned(messages.len() as u32)
+        {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => {
+                return Err(Refused::new(messages, SubmitError::Full))
+            }
+            Err(TryAcquireError::Closed) => {
+                return Err(Refused::new(messages, SubmitError::Closed))
+            }
+        };
+        let (messages, bursty) = self.try_bursty_slots(messages)?;
+        Ok(self.dispatch(messages, permit, bursty, source, received, None))
+    }
+
+    /// Admits all of `messages`, waiting for room in the bound; runs
+    /// `on_acknowledged` once every sink acknowledged every event.
+    pub async fn admit(
+        &self,
+        messages: Vec<Message>,
+        source: Source,
+        received: Instant,
+        on_acknowledged: Option<OnAcknowledged>,
+    ) -> Result<Receipt, Refused<Vec<Message>>> {
+        if let Err(reason) = self.fits(&messages) {
+            return Err(Refused::new(messages, reason));
+        }
+        let (messages, bursty) = match self.bursty_limit.when_full {
+            WhenFull::Shed => self.try_bursty_slots(messages)?,
+            WhenFull::Wait => match bursty_count(&messages) {
+                0 => (messages, None),
+                wanted => match self.bursty.clone().acquire_many_owned(wanted as u32).await {
+                    Ok(slots) => (messages, Some(slots)),
+                    Err(_) => return Err(Refused::new(messages, SubmitError::Closed)),
+                },
+            },
+        };
+        let permit = match self
+            .in_flight
+            .permits
+            .clone()
+            .acquire_many_owned(messages.len() as u32)
+            .await
+        {
+            Ok(permit) => permit,
+            Err(_) => return Err(Refused::new(messages, SubmitError::Closed)),
+        };
+        Ok(self.dispatch(messages, permit, bursty, source, received, on_acknowledged))
+    }
+
+    /// Waits until `wanted` bursty slots are free at once (they may be
+    /// taken again before the caller tries).
+    pub async fn bursty_room(&self, wanted: usize) {
+        let wanted = wanted.min(self.bursty_limit.max_in_flight) as u32;
+        let _ = self.bursty.acquire_many(wanted).await;
+    }
+
+    /// Takes the slots of the bursty messages without waiting; with `Shed`,
+    /// drops the oldest of them for which no slot is free.
+    #[allow(clippy::type_complexity)]
+    fn try_bursty_slots(
+        &self,
+        mut messages: Vec<Message>,
+    ) -> Result<(Vec<Message>, Option<OwnedSemaphorePermit>), Refused<Vec<Message>>> {
+        let wanted = bursty_count(&messages);
+        if wanted == 0 {
+            return Ok((messages, None));
+        }
+        loop {
+            let take = match self.bursty_limit.when_full {
+                WhenFull::Wait => wanted,
+                WhenFull::Shed => wanted.min(self.bursty.available_permits()),
+            };
+            if take == 0 {
+                shed_oldest_bursty(&mut messages, wanted);
+                return Ok((messages, None));
+            }
+            match self.bursty.clone().try_acquire_many_owned(take as u32) {
+                Ok(permit) => {
+                    shed_oldest_bursty(&mut messages, wanted - take);
+                    return Ok((messages, Some(permit)));
+                }
+                Err(TryAcquireError::NoPermits) => {
+                    if self.bursty_limit.when_full == WhenFull::Wait {
+                        return Err(Refused::new(messages, SubmitError::BurstyFull));
+                    }
+                    // Another body took the free slots meanwhile: count again.
+                }
+                Err(TryAcquireError::Closed) => {
+                    return Err(Refused::new(messages, SubmitError::Closed))
+                }
+            }
+        }
+    }
+
+    fn dispatch(
+        &self,
+        mut messages: Vec<Message>,
+        mut permit: OwnedSemaphorePermit,
+        mut bursty: Option<OwnedSemaphorePermit>,
+        source: Source,
+        received: Instant,
+        on_acknowledged: Option<OnAcknowledged>,
+    ) -> Receipt {
+        let mut dedup = self
+            .dedup
+            .as_ref()
+            .map(|d| d.lock().expect("the deduplicator never panics"));
+        if let Some(dedup) = dedup.as_mut() {
+            dedup::retain_new(dedup, &mut messages);
+        }
+        // Slots of shed or duplicate messages go back at once.
+        let surplus = permit.num_permits() - messages.len();
+        if surplus > 0 {
+            drop(permit.split(surplus));
+        }
+        if let Some(slots) = bursty.as_mut() {
+            let surplus = slots.num_permits() - bursty_count(&messages);
+            if surplus > 0 {
+                drop(slots.split(surplus));
+            }
+        }
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .observe(messages.iter().map(|m| &m.event));
+        let completion = Arc::new(Completion {
+            remaining: AtomicUsize::new(0),
+            done: Notify::new(),
+            source,
+            received,
+            on_acknowledged: Mutex::new(on_acknowledged),
+        });
+        if messages.is_empty() {
+            completion.complete();
+            return Receipt(completion);
+        }
+        let plan = self.plan(&messages);
+        completion.remaining.store(plan.len(), Ordering::Release);
+        let count = messages.len() as f64;
+        let body = Arc::new(Admitted {
+            messages,
+            completion: completion.clone(),
+            _permit: permit,
+            _bursty: bursty,
+        });
+        for (name, _) in self.lanes.iter() {
+            telemetry::sink_queue(name, count);
+        }
+        for (sink, lane, indices) in plan {
+            let (name, lanes) = &self.lanes[sink];
+            let part = Part {
+                body: body.clone(),
+                indices,
+            };
+            if lanes[lane].send(part).is_err() {
+                // The lane's task ended: only at shutdown, after the sources.
+                tracing::error!(sink = %name, "sink lane closed while sources still run");
+            }
+        }
+        drop(dedup);
+        self.in_flight.report();
+        Receipt(completion)
+    }
+
+    /// The parts of a body: (sink, lane, which messages), in sink order.
+    #[allow(clippy::type_complexity)]
+    fn plan(&self, messages: &[Message]) -> Vec<(usize, usize, Option<Box<[u32]>>)> {
+        let hashes: Vec<u64> = messages.iter().map(|m| key_hash(m.event.key())).collect();
+        let mut plan = Vec::with_capacity(self.lanes.len());
+        for (sink, (_, lanes)) in self.lanes.iter().enumerate() {
+            let count = lanes.len() as u64;
+            let first = (hashes[0] % count) as usize;
+            if hashes.iter().all(|h| (h % count) as usize == first) {
+                plan.push((sink, first, None));
+                continue;
+            }
+            let mut groups: Vec<Vec<u32>> = vec![Vec::new(); lanes.len()];
+            for (index, hash) in hashes.iter().enumerate() {
+                groups[(hash % count) as usize].push(index as u32);
+            }
+            for (lane, group) in groups.into_iter().enumerate() {
+                if !group.is_empty() {
+                    plan.push((sink, lane, Some(group.into_boxed_slice())));
+                }
+            }
+        }
+        plan
+    }
+}
+
+fn bursty_count(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .filter(|m| m.event.event_type.is_bursty())
+        .count()
+}
+
+/// Drops the first `excess` bursty messages, keeping the latest state of
+/// each burst; counted by type.
+fn shed_oldest_bursty(messages: &mut Vec<Message>, excess: usize) {
+    let mut left = excess;
+    messages.retain(|m| {
+        if left > 0 && m.event.event_type.is_bursty() {
+            left -= 1;
+            telemetry::shed(m.event.event_type);
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// What picks a key's lane: FNV-1a, stable across runs and builds.
+fn key_hash(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+fn lane_of(key: &str, lanes: usize) -> usize {
+    (key_hash(key) % lanes as u64) as usize
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::core::event::*;
+    use std::time::SystemTime;
+
+    const NO_BURSTY_LIMIT: BurstyLimit = BurstyLimit {
+        max_in_flight: 100,
+        when_full: WhenFull::Wait,
+    };
+
+    pub(crate) fn event(room: &str) -> Event {
+        Event {
+            id: new_event_id(SystemTime::now()),
+            event_type: EventType::RoomCreated,
+            source: Source::Webhook,
+            received_at: SystemTime::now(),
+            fishjam_id: Arc::from("test"),
+            data: Data::Room(RoomData {
+                room_id: room.to_owned(),
+            }),
+            unmapped_enums: Vec::new(),
+        }
+    }
+
+    fn vad(room: &str) -> Event {
+        Event {
+            event_type: EventType::VadNotification,
+            ..event(room)
+        }
+    }
+
+    pub(crate) fn messages(events: Vec<Event>) -> Vec<Message> {
+        events.into_iter().map(Message::new).collect()
+    }
+
+    fn types(parts: &[Part]) -> Vec<EventType> {
+        parts
+            .iter()
+            .flat_map(|p| p.messages().map(|m| m.event.event_type))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bursty_events_never_take_the_slots_of_lifecycle_events() {
+        let limit = BurstyLimit {
+            max_in_flight: 2,
+            when_full: WhenFull::Wait,
+        };
+        let (fanout, mut lanes, in_flight) = Fanout::new(&[("a".into(), 1)], 5, limit, None);
+        let now = Instant::now;
+        let _first = fanout
+            .try_admit(messages(vec![vad("r"), vad("r")]), Source::Webhook, now())
+            .unwrap();
+        // The bursty slots are full: more voice activity waits...
+        let refused = fanout
+            .try_admit(messages(vec![vad("r"), event("r")]), Source::Webhook, now())
+            .unwrap_err();
+        assert_eq!(refused.reason, SubmitError::BurstyFull);
+        assert_eq!(refused.body.len(), 2, "the body comes back whole");
+        // ...a body that could never fit is refused as such...
+        assert_eq!(
+            fanout
+                .try_admit(
+                    messages(vec![vad("r"), vad("r"), vad("r")]),
+                    Source::Webhook,
+                    now()
+                )
+                .unwrap_err()
+                .reason,
+            SubmitError::TooLarge
+        );
+        // ...and lifecycle events still have every other slot.
+        let _second = fanout
+            .try_admit(
+                messages(vec![event("r"), event("r"), event("r")]),
+                Source::Webhook,
+                now(),
+            )
+            .unwrap();
+        assert_eq!(in_flight.current(), 5);
+        let mut parts = Vec::new();
+        lanes[0][0].recv_many(&mut parts, 10).await;
+        assert_eq!(types(&parts).len(), 5);
+        // Once the voice activity is done with, its slots come back.
+        for part in &parts {
+            part.acknowledge();
+        }
+        drop(parts);
+        fanout
+            .try_admit(messages(vec![vad("r"), vad("r")]), Source::Webhook, now())
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn shedding_drops_the_oldest_bursty_events_and_never_lifecycle_ones() {
+        let limit = BurstyLimit {
+            max_in_flight: 2,
+            when_full: WhenFull::Shed,
+        };
+        let (fanout, mut lanes, in_flight) = Fanout::new(&[("a".into(), 1)], 10, limit, None);
+        let body = vec![vad("r"), event("r"), vad("r"), vad("r")];
+        let oldest = body[0].id;
+        let _receipt = fanout
+            .try_admit(messages(body), Source::Webhook, Instant::now())
+            .unwrap();
+        let mut parts = Vec::new();
+        lanes[0][0].recv_many(&mut parts, 10).await;
+        assert_eq!(
+            types(&parts),
+            [
+                EventType::RoomCreated,
+                EventType::VadNotification,
+                EventType::VadNotification
+            ]
+        );
+        assert!(parts[0].messages().all(|m| m.event.id != oldest));
+        // The shed event's slot went back at once.
+        assert_eq!(in_flight.current(), 3);
+        // Full now: the next body keeps its lifecycle event and sheds the rest.
+        let _receipt = fanout
+            .try_admit(
+                messages(vec![vad("r"), event("r")]),
+                Source::Webhook,
+                Instant::now(),
+            )
+            .unwrap();
+        let mut more = Vec::new();
+        lanes[0][0].recv_many(&mut more, 10).await;
+        assert_eq!(types(&more), [EventType::RoomCreated]);
+    }
+
+    #[tokio::test]
+    async fn a_body_is_admitted_whole_or_not_at_all() {
+        let (fanout, mut lanes, in_flight) =
+            Fanout::new(&[("a".into(), 1)], 3, NO_BURSTY_LIMIT, None);
+        let first = fanout
+            .try_admit(
+                messages(vec![event("r"), event("r")]),
+                Source::Webhook,
+                Instant::now(),
+            )
+            .unwrap();
+        let refused = fanout
+            .try_admit(
+                messages(vec![event("r"), event("r")]),
+                Source::Webhook,
+                Instant::now(),
+            )
+            .unwrap_err();
+        assert_eq!(refused.reason, SubmitError::Full);
+        assert_eq!(refused.body.len(), 2, "the body comes back whole");
+        assert_eq!(in_flight.current(), 2);
+        let part = lanes[0][0].recv().await.unwrap();
+        assert_eq!(part.len(), 2, "one part for the lane");
+        part.acknowledge();
+        drop(part);
+        first.acknowledged().await;
+        assert_eq!(in_flight.current(), 0);
+    }
+
+    #[tokio::test]
+    async fn receipt_waits_for_every_part_of_every_sink() {
+        let (fanout, mut lanes, _) = Fanout::new(
+            &[("a".into(), 2), ("b".into(), 2)],
+            10,
+            NO_BURSTY_LIMIT,
+            None,
+        );
+        // Two rooms on different lanes: two parts per sink.
+        let r1 = "room-0".to_owned();
+        let r2 = (1..100)
+            .map(|i| format!("room-{i}"))
+            .find(|r| lane_of(r, 2) != lane_of(&r1, 2))
+            .unwrap();
+        let receipt = fanout
+            .try_admit(
+                messages(vec![event(&r1), event(&r2), event(&r1)]),
+                Source::Webhook,
+                Instant::now(),
+            )
+            .unwrap();
+        use futures_util::FutureExt;
+        let mut parts = Vec::new();
+        for sink in lanes.iter_mut() {
+            for lane in sink.iter_mut() {
+                parts.push(lane.recv().await.unwrap());
+            }
+        }
+        let r1_part = parts
+            .iter()
+            .find(|p| p.get(0).event.key() == r1)
+            .expect("a part for r1");
+        assert_eq!(r1_part.len(), 2, "a room's events stay together, in order");
+        for part in &parts[..3] {
+            part.acknowledge();
+        }
+        assert!(
+            receipt.acknowledged().now_or_never().is_none(),
+            "one part has not been acknowledged yet"
+        );
+        parts[3].acknowledge();
+        receipt.acknowledged().await;
+    }
+
+    #[test]
+    fn a_room_always_uses_one_lane() {
+        assert_eq!(lane_of("room-1", 8), lane_of("room-1", 8));
+        let lanes: std::collections::HashSet<usize> =
+            (0..100).map(|i| lane_of(&format!("room-{i}"), 8)).collect();
+        assert!(lanes.len() > 4, "keys spread over the lanes");
+    }
+}
