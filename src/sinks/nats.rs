@@ -1,8 +1,9 @@
-//! NATS: core publish (acknowledged once flushed to the server) or JetStream
-//! (acknowledged by the stream's publish ack), on subjects keyed by room.
+//! NATS: core publish (acknowledged once the server answered a round trip
+//! after the batch) or JetStream (acknowledged by the stream's publish ack),
+//! on subjects keyed by room.
 //!
-//! A batch is published without waiting between messages: core NATS flushes
-//! once at the end; JetStream keeps every publish ack in flight and awaits
+//! A batch is published without waiting between messages: core NATS makes
+//! one round trip at the end (`Echoes`); JetStream keeps every publish ack in flight and awaits
 //! them together, so throughput is not one round trip per event. Every
 //! message carries `Nats-Msg-Id` = the event id, so a retry inside the
 //! stream's duplicate window is stored once. The client reconnects by itself;
@@ -34,7 +35,7 @@ pub struct NatsConfig {
     /// {peer_id}, {type}, {fishjam_id}, each escaped to one token.
     #[serde(default = "default_subject")]
     pub subject: String,
-    /// `core` (acknowledged when flushed to the server) or `jetstream`
+    /// `core` (acknowledged once the server answered a round trip) or `jetstream`
     /// (acknowledged by the stream).
     #[serde(default)]
     pub mode: NatsMode,
@@ -272,6 +273,8 @@ fn storage(text: &str) -> Option<jetstream::stream::StorageType> {
 pub struct NatsSink {
     name: String,
     client: async_nats::Client,
+    /// Core NATS: how a batch learns that the server has it.
+    echoes: Echoes,
     jetstream: Option<jetstream::Context>,
     subject: Template,
     timeout: Duration,
@@ -361,6 +364,7 @@ impl NatsSink {
         };
         Ok(NatsSink {
             name,
+            echoes: Echoes::new(&client),
             client,
             jetstream,
             subject,
@@ -427,11 +431,8 @@ impl NatsSink {
                 let (subject, headers) = match self.message(job, max_payload) {
                     Ok(message) => message,
                     Err(refused) => {
-                        // What came before it is safe once flushed.
-                        self.client
-                            .flush()
-                            .await
-                            .map_err(|e| failed(SinkError::Publish(e.to_string())))?;
+                        // What came before it is safe once the server has it.
+                        self.echoes.round_trip().await.map_err(failed)?;
                         return Err(PublishError {
                             acknowledged: index,
                             error: refused,
@@ -443,10 +444,7 @@ impl NatsSink {
                     .await
                     .map_err(|e| failed(SinkError::Publish(e.to_string())))?;
             }
-            self.client
-                .flush()
-                .await
-                .map_err(|e| failed(SinkError::Publish(e.to_string())))
+            self.echoes.round_trip().await.map_err(failed)
         };
         match tokio::time::timeout(self.timeout, publish_all).await {
             Ok(result) => result,
@@ -514,6 +512,82 @@ impl NatsSink {
             .flush()
             .await
             .map_err(|e| SinkError::Publish(e.to_string()))
+    }
+}
+
+/// How core NATS learns that the server holds a batch. A flush only says
+/// that the kernel took the bytes; a connection reset after it loses them.
+/// So after a batch the sink publishes a small message to a subject that
+/// only it subscribes to, on the same connection, and waits for it to come
+/// back: nats-server handles one connection's messages in order, so the
+/// echo arrives only after the server has routed everything sent before it
+/// (what a PING and its PONG would prove, which the client does not expose).
+/// Each lane in flight holds one subscription; idle ones are kept for the
+/// next batch, and one dropped by a timeout unsubscribes.
+struct Echoes {
+    client: async_nats::Client,
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+    idle: std::sync::Mutex<Vec<Echo>>,
+}
+
+struct Echo {
+    subject: async_nats::Subject,
+    subscriber: async_nats::Subscriber,
+    sent: u64,
+}
+
+impl Echoes {
+    fn new(client: &async_nats::Client) -> Echoes {
+        Echoes {
+            client: client.clone(),
+            prefix: format!("_FJB.echo.{:016x}", rand::random::<u64>()),
+            next: Default::default(),
+            idle: Default::default(),
+        }
+    }
+
+    /// Returns once the server has everything this connection sent before.
+    async fn round_trip(&self) -> Result<(), SinkError> {
+        use futures_util::StreamExt;
+        let idle = self.idle.lock().expect("never poisoned").pop();
+        let mut echo = match idle {
+            Some(echo) => echo,
+            None => {
+                let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let subject = async_nats::Subject::from(format!("{}.{n}", self.prefix));
+                let subscriber = self
+                    .client
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| SinkError::Publish(e.to_string()))?;
+                Echo {
+                    subject,
+                    subscriber,
+                    sent: 0,
+                }
+            }
+        };
+        echo.sent += 1;
+        let token = bytes::Bytes::copy_from_slice(&echo.sent.to_be_bytes());
+        self.client
+            .publish(echo.subject.clone(), token.clone())
+            .await
+            .map_err(|e| SinkError::Publish(e.to_string()))?;
+        self.client
+            .flush()
+            .await
+            .map_err(|e| SinkError::Publish(e.to_string()))?;
+        loop {
+            match echo.subscriber.next().await {
+                Some(message) if message.payload == token => break,
+                // An echo of an earlier round whose batch gave up waiting.
+                Some(_) => continue,
+                None => return Err(SinkError::Publish("the connection closed".into())),
+            }
+        }
+        self.idle.lock().expect("never poisoned").push(echo);
+        Ok(())
     }
 }
 

@@ -4,9 +4,12 @@
 //! the restart test runs a private nats-server of its own.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -394,5 +397,97 @@ fn an_event_over_max_payload_is_dead_lettered_and_its_room_goes_on() {
     assert_eq!(
         metrics.sum("fishjam_bridge_sink_reconnects_total", &[]),
         0.0
+    );
+}
+
+/// A TCP proxy in front of a NATS server whose client-to-server direction
+/// can be cut: while `forward` is false it reads what the client sends and
+/// throws it away, so the client's kernel takes every byte and the server
+/// sees none.
+struct SwallowingProxy {
+    port: u16,
+    forward: Arc<AtomicBool>,
+}
+
+impl SwallowingProxy {
+    fn start(upstream: &str) -> SwallowingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let forward = Arc::new(AtomicBool::new(true));
+        let upstream = upstream.trim_start_matches("nats://").to_owned();
+        let flag = forward.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    return;
+                };
+                let (mut client_read, mut server_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut server_read, mut client_write) = (server, client);
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 16384];
+                    while let Ok(n) = client_read.read(&mut buffer) {
+                        if n == 0 {
+                            break;
+                        }
+                        if flag.load(Ordering::SeqCst)
+                            && server_write.write_all(&buffer[..n]).is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_read, &mut client_write);
+                });
+            }
+        });
+        SwallowingProxy { port, forward }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+#[test]
+fn core_nats_is_acknowledged_by_the_server_not_by_the_kernel() {
+    let rt = runtime();
+    let _context = rt.enter();
+    let prefix = unique("it");
+    let (_client, mut subscription) = rt.block_on(async {
+        let client = client(&nats_url()).await;
+        let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
+        client.flush().await.unwrap();
+        (client, subscription)
+    });
+    let proxy = SwallowingProxy::start(&nats_url());
+    let bridge = BridgeProcess::start(&nats_sink(
+        &proxy.url(),
+        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+        "",
+    ));
+    // What the bridge writes now reaches its socket but never the server:
+    // nothing may be acknowledged.
+    proxy.forward.store(false, Ordering::SeqCst);
+    let response = post(&bridge.webhook_url(), room_created("swallowed"), None);
+    assert_eq!(
+        response.status(),
+        503,
+        "a body the server never received was acknowledged"
+    );
+    // Once the path is whole again, the lane's retry delivers it.
+    proxy.forward.store(true, Ordering::SeqCst);
+    let message = rt.block_on(async {
+        tokio::time::timeout(WAIT, subscription.next())
+            .await
+            .expect("the retried event reaches the server")
+            .unwrap()
+    });
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{prefix}.rooms.swallowed.roomCreated")
     );
 }
