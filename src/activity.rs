@@ -47,11 +47,22 @@ impl Activity {
     /// Counts `events` and updates the gauges.
     pub fn observe<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
         let mut changed = false;
+        // Counted once per body and label pair, not once per event.
+        let mut counts: Vec<(EventType, &'static str, u64)> = Vec::new();
         for event in events {
             if let Some(peer_type) = lifecycle_label(event) {
-                telemetry::room_event(event.event_type, peer_type);
+                match counts
+                    .iter_mut()
+                    .find(|(t, p, _)| *t == event.event_type && *p == peer_type)
+                {
+                    Some((_, _, count)) => *count += 1,
+                    None => counts.push((event.event_type, peer_type, 1)),
+                }
                 changed |= self.apply(event, peer_type);
             }
+        }
+        for (event_type, peer_type, count) in counts {
+            telemetry::room_events(event_type, peer_type, count);
         }
         if changed {
             self.report();

@@ -211,8 +211,13 @@ pub struct BurstyLimit {
 /// The receiving end of one lane of one sink.
 pub type LaneReceiver = mpsc::UnboundedReceiver<Part>;
 
-/// A sink's name and the sending ends of its lanes.
-type SinkLanes = (Arc<str>, Vec<mpsc::UnboundedSender<Part>>);
+/// A sink's name, its queue gauge and the sending ends of its lanes.
+#[derive(Debug)]
+struct SinkLanes {
+    name: Arc<str>,
+    metrics: telemetry::SinkMetrics,
+    lanes: Vec<mpsc::UnboundedSender<Part>>,
+}
 
 /// The sending side, cloned into admission and the spool's replayer.
 /// Dropping every clone closes the lanes, which is how the sinks learn that
@@ -256,7 +261,11 @@ impl Fanout {
             let (tx, rx): (Vec<_>, Vec<_>) = (0..(*lanes).max(1))
                 .map(|_| mpsc::unbounded_channel())
                 .unzip();
-            senders.push((Arc::from(name.as_str()), tx));
+            senders.push(SinkLanes {
+                name: Arc::from(name.as_str()),
+                metrics: telemetry::SinkMetrics::new(name),
+                lanes: tx,
+            });
             receivers.push(rx);
         }
         telemetry::bursty_registered();
@@ -465,18 +474,18 @@ impl Fanout {
             _permit: permit,
             _bursty: bursty,
         });
-        for (name, _) in self.lanes.iter() {
-            telemetry::sink_queue(name, count);
+        for sink in self.lanes.iter() {
+            sink.metrics.queued(count);
         }
         for (sink, lane, indices) in plan {
-            let (name, lanes) = &self.lanes[sink];
+            let sink = &self.lanes[sink];
             let part = Part {
                 body: body.clone(),
                 indices,
             };
-            if lanes[lane].send(part).is_err() {
+            if sink.lanes[lane].send(part).is_err() {
                 // The lane's task ended: only at shutdown, after the sources.
-                tracing::error!(sink = %name, "sink lane closed while sources still run");
+                tracing::error!(sink = %sink.name, "sink lane closed while sources still run");
             }
         }
         drop(dedup);
@@ -489,7 +498,7 @@ impl Fanout {
     fn plan(&self, messages: &[Message]) -> Vec<(usize, usize, Option<Box<[u32]>>)> {
         let hashes: Vec<u64> = messages.iter().map(|m| key_hash(m.event.key())).collect();
         let mut plan = Vec::with_capacity(self.lanes.len());
-        for (sink, (_, lanes)) in self.lanes.iter().enumerate() {
+        for (sink, SinkLanes { lanes, .. }) in self.lanes.iter().enumerate() {
             let count = lanes.len() as u64;
             let first = (hashes[0] % count) as usize;
             if hashes.iter().all(|h| (h % count) as usize == first) {

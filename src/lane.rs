@@ -35,13 +35,14 @@ pub async fn run_lane<S: Publish>(
     options: LaneOptions,
     in_flight: InFlight,
 ) {
+    let metrics = telemetry::SinkMetrics::new(sink.name());
     let mut parts = Vec::new();
     // Parts are received a few at a time: a part can hold a whole body.
     let receive = options.max_batch.max(1);
     while lane.recv_many(&mut parts, receive).await > 0 {
         let count: usize = parts.iter().map(Part::len).sum();
-        telemetry::sink_queue(sink.name(), -(count as f64));
-        deliver(&*sink, &parts, &options).await;
+        metrics.queued(-(count as f64));
+        deliver(&*sink, &parts, &options, &metrics).await;
         // Dropping the parts frees their slots once every sink is done with them.
         parts.clear();
         in_flight.progressed();
@@ -52,7 +53,12 @@ pub async fn run_lane<S: Publish>(
 /// until every one is acknowledged, acknowledging each part as soon as all
 /// of its messages are. A failure retries from the first unacknowledged
 /// message; messages after it may be published again (same id).
-pub async fn deliver<S: Publish>(sink: &S, parts: &[Part], options: &LaneOptions) {
+async fn deliver<S: Publish>(
+    sink: &S,
+    parts: &[Part],
+    options: &LaneOptions,
+    metrics: &telemetry::SinkMetrics,
+) {
     let messages: Vec<&Message> = parts.iter().flat_map(Part::messages).collect();
     // Where each part ends in `messages`.
     let mut ends = parts.iter().scan(0, |end, part| {
@@ -79,7 +85,7 @@ pub async fn deliver<S: Publish>(sink: &S, parts: &[Part], options: &LaneOptions
         let started = Instant::now();
         match sink.publish(pending).await {
             Ok(()) => {
-                telemetry::sink_published(sink.name(), pending.len(), started.elapsed());
+                metrics.published(pending.len(), started.elapsed());
                 done += pending.len();
                 backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
             }
@@ -89,7 +95,7 @@ pub async fn deliver<S: Publish>(sink: &S, parts: &[Part], options: &LaneOptions
             }) => {
                 let acknowledged = acknowledged.min(pending.len());
                 if acknowledged > 0 {
-                    telemetry::sink_published(sink.name(), acknowledged, started.elapsed());
+                    metrics.published(acknowledged, started.elapsed());
                 }
                 done += acknowledged;
                 if let (SinkError::Rejected(reason), Some(refused)) = (&error, messages.get(done)) {

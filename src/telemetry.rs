@@ -8,7 +8,12 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use std::sync::OnceLock;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::core::decode::{DecodeError, Skipped};
@@ -335,9 +340,9 @@ pub fn tls_handshake_failed(listener: &'static str, reason: &'static str) {
 }
 
 /// A room or peer lifecycle event, published once.
-pub fn room_event(event_type: EventType, peer_type: &'static str) {
+pub fn room_events(event_type: EventType, peer_type: &'static str, count: u64) {
     counter!(ROOM_EVENTS, "event_type" => event_type.as_str(), "peer_type" => peer_type)
-        .increment(1);
+        .increment(count);
 }
 
 pub fn rooms_known(rooms: usize) {
@@ -349,17 +354,25 @@ pub fn peers_connected(peer_type: &'static str, peers: usize) {
 }
 
 /// Counts what one body carried.
+/// A body's events and skipped notifications, counted once per body: one
+/// increment per event type it holds, through handles resolved once.
 pub fn body_normalized(
     source: Source,
     events: impl Iterator<Item = (EventType, usize)>,
     skipped: &[Skipped],
 ) {
+    let mut per_type = [(0u64, 0u64); EVENT_TYPES];
     for (event_type, unmapped) in events {
-        counter!(EVENTS_RECEIVED, "source" => source.as_str(), "event_type" => event_type.as_str())
-            .increment(1);
+        let (count, unmapped_count) = &mut per_type[event_type.index()];
+        *count += 1;
+        *unmapped_count += unmapped as u64;
+    }
+    for (event_type, (count, unmapped)) in EventType::ALL.iter().zip(per_type) {
+        if count > 0 {
+            events_received(source, *event_type).increment(count);
+        }
         if unmapped > 0 {
-            counter!(UNMAPPED_ENUMS, "event_type" => event_type.as_str())
-                .increment(unmapped as u64);
+            counter!(UNMAPPED_ENUMS, "event_type" => event_type.as_str()).increment(unmapped);
         }
     }
     for reason in skipped {
@@ -372,6 +385,20 @@ pub fn body_normalized(
             );
         }
     }
+}
+
+const EVENT_TYPES: usize = EventType::ALL.len();
+
+/// The `events_received` counter of one source and type. Each handle is
+/// registered on its first use, which comes after `init_metrics` installed
+/// the recorder (a handle taken before would count nowhere), so only the
+/// series that occur are exported.
+fn events_received(source: Source, event_type: EventType) -> &'static Counter {
+    static HANDLES: [[OnceLock<Counter>; EVENT_TYPES]; Source::ALL.len()] =
+        [const { [const { OnceLock::new() }; EVENT_TYPES] }; Source::ALL.len()];
+    HANDLES[source.index()][event_type.index()].get_or_init(|| {
+        counter!(EVENTS_RECEIVED, "source" => source.as_str(), "event_type" => event_type.as_str())
+    })
 }
 
 pub fn decode_failed(source: Source, error: &DecodeError) {
@@ -396,16 +423,45 @@ pub fn pipeline_in_flight(events: usize) {
 }
 
 pub fn acknowledged(source: Source, latency: Duration) {
-    histogram!(ACK_LATENCY, "source" => source.as_str()).record(latency.as_secs_f64());
+    static HANDLES: [OnceLock<Histogram>; Source::ALL.len()] =
+        [const { OnceLock::new() }; Source::ALL.len()];
+    HANDLES[source.index()]
+        .get_or_init(|| histogram!(ACK_LATENCY, "source" => source.as_str()))
+        .record(latency.as_secs_f64());
 }
 
 pub fn ack_timed_out(source: Source) {
     counter!(ACK_TIMEOUTS, "source" => source.as_str()).increment(1);
 }
 
-pub fn sink_published(sink: &str, events: usize, took: Duration) {
-    counter!(SINK_ACKNOWLEDGED, "sink" => sink.to_owned()).increment(events as u64);
-    histogram!(SINK_PUBLISH_DURATION, "sink" => sink.to_owned()).record(took.as_secs_f64());
+/// The metrics a sink's lanes and fan-out update on every batch or body,
+/// resolved once per sink.
+#[derive(Debug, Clone)]
+pub struct SinkMetrics {
+    acknowledged: Counter,
+    publish_duration: Histogram,
+    queue: Gauge,
+}
+
+impl SinkMetrics {
+    pub fn new(sink: &str) -> SinkMetrics {
+        SinkMetrics {
+            acknowledged: counter!(SINK_ACKNOWLEDGED, "sink" => sink.to_owned()),
+            publish_duration: histogram!(SINK_PUBLISH_DURATION, "sink" => sink.to_owned()),
+            queue: gauge!(SINK_QUEUE, "sink" => sink.to_owned()),
+        }
+    }
+
+    /// A publish call returned with `events` acknowledged.
+    pub fn published(&self, events: usize, took: Duration) {
+        self.acknowledged.increment(events as u64);
+        self.publish_duration.record(took.as_secs_f64());
+    }
+
+    /// Events waiting for the sink grew (or, negative, shrank) by `delta`.
+    pub fn queued(&self, delta: f64) {
+        self.queue.increment(delta);
+    }
 }
 
 pub fn sink_failed(sink: &str, reason: &'static str, events: usize) {
@@ -414,10 +470,6 @@ pub fn sink_failed(sink: &str, reason: &'static str, events: usize) {
 
 pub fn sink_retry(sink: &str) {
     counter!(SINK_RETRIES, "sink" => sink.to_owned()).increment(1);
-}
-
-pub fn sink_queue(sink: &str, delta: f64) {
-    gauge!(SINK_QUEUE, "sink" => sink.to_owned()).increment(delta);
 }
 
 pub fn sink_up(sink: &str, up: bool) {

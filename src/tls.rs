@@ -64,6 +64,45 @@ impl ExtraRoots {
     }
 }
 
+/// A rustls client configuration trusting the platform's roots and, when
+/// given, the certificates of `ca_file`; with `identity` (certificate and
+/// key files), it presents that certificate for mutual TLS.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(certificate);
+    }
+    if let Some(path) = ca_file {
+        for certificate in ExtraRoots::load(path)?.certificates {
+            roots
+                .add(certificate)
+                .map_err(|e| format!("{}: a CA certificate is not usable: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_file, key_file)) => {
+            let chain = CertificateDer::pem_file_iter(cert_file)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key_file)
+                .map_err(|e| format!("{}: {e}", key_file.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{}: {e}", cert_file.display()))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 /// `[webhook.tls]` and `[admin.tls]`: serve HTTPS with this certificate.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

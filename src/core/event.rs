@@ -46,6 +46,18 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: [Source; 4] = [
+        Source::Webhook,
+        Source::Notifier,
+        Source::Reconciled,
+        Source::Decode,
+    ];
+
+    /// Its position in `ALL`, for tables indexed by source.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Webhook => "webhook",
@@ -104,6 +116,11 @@ macro_rules! event_types {
 
         impl EventType {
             pub const ALL: &'static [EventType] = &[$(EventType::$variant,)*];
+
+            /// Its position in `ALL`, for tables indexed by type.
+            pub fn index(self) -> usize {
+                self as usize
+            }
 
             pub fn as_str(self) -> &'static str {
                 match self { $(EventType::$variant => $name,)* }

@@ -124,6 +124,13 @@ impl Template {
     /// The destination of `event`.
     pub fn render(&self, event: &Event) -> String {
         let mut out = String::with_capacity(96);
+        self.render_into(event, &mut out);
+        out
+    }
+
+    /// `render`, appended to `out`: a sink that frames many messages into
+    /// one buffer allocates nothing per message.
+    pub fn render_into(&self, event: &Event, out: &mut String) {
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
@@ -141,7 +148,6 @@ impl Template {
                 }
             }
         }
-        out
     }
 }
 

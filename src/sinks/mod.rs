@@ -10,6 +10,7 @@
 pub mod amqp;
 pub mod kafka;
 pub mod nats;
+pub mod nats_wire;
 pub mod stdout;
 
 use std::future::Future;
@@ -194,13 +195,20 @@ impl Settlement {
 pub struct SinkHealth {
     name: Arc<str>,
     readiness: Readiness,
+    /// `UNKNOWN`, `UP` or `DOWN`, shared by the clones.
+    state: Arc<std::sync::atomic::AtomicU8>,
 }
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 impl SinkHealth {
     pub fn new(name: &str, readiness: Readiness) -> SinkHealth {
         let health = SinkHealth {
             name: Arc::from(name),
             readiness,
+            state: Arc::new(std::sync::atomic::AtomicU8::new(UNKNOWN)),
         };
         health.readiness.register(&health.check());
         telemetry::sink_registered(name);
@@ -215,7 +223,13 @@ impl SinkHealth {
         &self.name
     }
 
+    /// Says whether the sink can take events; cheap when nothing changed,
+    /// so a sink may say it after every batch.
     pub fn set(&self, up: bool) {
+        let state = if up { UP } else { DOWN };
+        if self.state.swap(state, std::sync::atomic::Ordering::AcqRel) == state {
+            return;
+        }
         self.readiness.set(&self.check(), up);
         telemetry::sink_up(&self.name, up);
     }

@@ -18,6 +18,7 @@ use async_nats::jetstream;
 use async_nats::{HeaderMap, ServerAddr};
 use serde::Deserialize;
 
+use super::nats_wire::{self, Auth, Wire};
 use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
 use crate::core::event::Message;
 use crate::core::route::Template;
@@ -272,14 +273,21 @@ fn storage(text: &str) -> Option<jetstream::stream::StorageType> {
 
 pub struct NatsSink {
     name: String,
-    client: async_nats::Client,
-    /// Core NATS: how a batch learns that the server has it.
-    echoes: Echoes,
-    jetstream: Option<jetstream::Context>,
+    transport: Transport,
     subject: Template,
     timeout: Duration,
     max_ack_inflight: usize,
     cloudevents: bool,
+    health: SinkHealth,
+}
+
+/// Core NATS on the bridge's own connection; JetStream on async-nats.
+enum Transport {
+    Core(Wire),
+    JetStream {
+        client: async_nats::Client,
+        context: jetstream::Context,
+    },
 }
 
 impl std::fmt::Debug for NatsSink {
@@ -295,59 +303,10 @@ impl NatsSink {
         let name = config.name.clone().unwrap_or_else(|| "nats".to_owned());
         let subject =
             Template::parse(&config.subject, SUBJECT_WILDCARDS).map_err(SinkError::Config)?;
-        let addresses = config.addresses().map_err(SinkError::Config)?;
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("fishjam-bridge/{name}"))
-            .connection_timeout(config.timeout)
-            // Reconnect forever: a broker outage must not end the sink.
-            .max_reconnects(None)
-            .event_callback({
-                let health = health.clone();
-                move |event| {
-                    let health = health.clone();
-                    async move {
-                        match event {
-                            async_nats::Event::Connected => health.set(true),
-                            async_nats::Event::Disconnected | async_nats::Event::Closed => {
-                                tracing::warn!(sink = %health.name(), %event, "NATS connection lost");
-                                health.set(false)
-                            }
-                            other => tracing::info!(sink = %health.name(), event = %other, "NATS event"),
-                        }
-                    }
-                }
-            });
-        if let (Some(user), Some(password)) = (&config.user, &config.password) {
-            options = options.user_and_password(user.clone(), password.expose().to_owned());
-        }
-        if let Some(token) = &config.token {
-            options = options.token(token.expose().to_owned());
-        }
-        if let Some(seed) = &config.nkey {
-            options = options.nkey(seed.expose().to_owned());
-        }
-        if let Some(path) = &config.credentials_file {
-            options = options.credentials_file(path).await.map_err(|e| {
-                SinkError::Config(format!("credentials_file {}: {e}", path.display()))
-            })?;
-        }
-        if config.tls.required {
-            options = options.require_tls(true);
-        }
-        if let Some(ca) = &config.tls.ca_file {
-            options = options.add_root_certificates(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
-        let client = options
-            .connect(addresses)
-            .await
-            .map_err(|e| SinkError::Connect(e.to_string()))?;
-
-        let jetstream = match config.mode {
-            NatsMode::Core => None,
+        let transport = match config.mode {
+            NatsMode::Core => Transport::Core(connect_core(config, &name).await?),
             NatsMode::Jetstream => {
+                let client = connect_client(config, &name, &health).await?;
                 // The client's own in-flight limit holds a permit until an ack
                 // future is awaited, which deadlocks a batch larger than it; each
                 // lane keeps its own window of `max_ack_inflight` instead.
@@ -359,18 +318,17 @@ impl NatsSink {
                 if let Some(stream) = &config.stream {
                     ensure_stream(&context, config, stream).await?;
                 }
-                Some(context)
+                Transport::JetStream { client, context }
             }
         };
         Ok(NatsSink {
             name,
-            echoes: Echoes::new(&client),
-            client,
-            jetstream,
+            transport,
             subject,
             timeout: config.timeout,
             max_ack_inflight: config.max_ack_inflight,
             cloudevents: config.cloudevents,
+            health,
         })
     }
 
@@ -379,16 +337,15 @@ impl NatsSink {
     }
 
     pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
-        match &self.jetstream {
-            None => self.publish_core(jobs).await,
-            Some(context) => self.publish_jetstream(context, jobs).await,
+        match &self.transport {
+            Transport::Core(wire) => self.publish_core(wire, jobs).await,
+            Transport::JetStream { client, context } => {
+                // Read once a batch: the client hands out its whole server
+                // info as a copy.
+                let max_payload = client.server_info().max_payload;
+                self.publish_jetstream(context, max_payload, jobs).await
+            }
         }
-    }
-
-    /// The server's `max_payload`, read once a batch: the client hands out
-    /// its whole server info as a copy.
-    fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
     }
 
     /// The subject and headers of `job`'s message; an error when the message
@@ -412,49 +369,60 @@ impl NatsSink {
             },
         );
         if max_payload > 0 && size > max_payload {
-            return Err(SinkError::Rejected(format!(
-                "{size} bytes with headers, over the server's max_payload of {max_payload}"
-            )));
+            return Err(over_max_payload(size, max_payload));
         }
         Ok((self.subject.render(&job.event), map))
     }
 
-    async fn publish_core(&self, jobs: &[&Message]) -> Result<(), PublishError> {
-        let failed = |error: SinkError| PublishError {
-            // Core NATS confirms nothing before the flush.
-            acknowledged: 0,
-            error,
-        };
-        let max_payload = self.max_payload();
-        let publish_all = async {
-            for (index, job) in jobs.iter().enumerate() {
-                let (subject, headers) = match self.message(job, max_payload) {
-                    Ok(message) => message,
-                    Err(refused) => {
-                        // What came before it is safe once the server has it.
-                        self.echoes.round_trip().await.map_err(failed)?;
-                        return Err(PublishError {
-                            acknowledged: index,
-                            error: refused,
-                        });
-                    }
-                };
-                self.client
-                    .publish_with_headers(subject, headers, job.json.clone())
-                    .await
-                    .map_err(|e| failed(SinkError::Publish(e.to_string())))?;
+    /// Frames the batch into one buffer and writes it on one connection,
+    /// followed by a PING: the server's PONG acknowledges all of it. A
+    /// message over the server's `max_payload` ends the batch before it;
+    /// what came before is published, and it is refused for good.
+    async fn publish_core(&self, wire: &Wire, jobs: &[&Message]) -> Result<(), PublishError> {
+        let max_payload = wire.max_payload();
+        let mut frames =
+            Vec::with_capacity(jobs.iter().map(|m| m.json.len() + 256).sum::<usize>() + 8);
+        let mut subject = String::with_capacity(128);
+        let mut headers = Vec::with_capacity(256);
+        let mut refused = None;
+        for (index, job) in jobs.iter().enumerate() {
+            headers.clear();
+            nats_wire::header_block(&mut headers, |add| {
+                each_header(&job.event, "Nats-Msg-Id", self.cloudevents, "ce-", add)
+            });
+            let size = headers.len() + job.json.len();
+            if max_payload > 0 && size > max_payload {
+                refused = Some(PublishError {
+                    acknowledged: index,
+                    error: over_max_payload(size, max_payload),
+                });
+                break;
             }
-            self.echoes.round_trip().await.map_err(failed)
-        };
-        match tokio::time::timeout(self.timeout, publish_all).await {
-            Ok(result) => result,
-            Err(_) => Err(failed(SinkError::Timeout)),
+            subject.clear();
+            self.subject.render_into(&job.event, &mut subject);
+            nats_wire::frame(&mut frames, &subject, &headers, &job.json);
         }
+        if !frames.is_empty() {
+            frames.extend_from_slice(nats_wire::PING);
+            if let Err(error) = wire.publish(&frames).await {
+                self.health.set(false);
+                return Err(PublishError {
+                    acknowledged: 0,
+                    error: match error {
+                        nats_wire::WireError::Timeout => SinkError::Timeout,
+                        other => SinkError::Publish(other.to_string()),
+                    },
+                });
+            }
+            self.health.set(true);
+        }
+        refused.map_or(Ok(()), Err)
     }
 
     async fn publish_jetstream(
         &self,
         context: &jetstream::Context,
+        max_payload: usize,
         jobs: &[&Message],
     ) -> Result<(), PublishError> {
         let mut window = std::collections::VecDeque::with_capacity(self.max_ack_inflight);
@@ -465,7 +433,6 @@ impl NatsSink {
         // A failure to send ends the batch; it is recorded after the acks of
         // the messages sent before it, so the settlement stays in batch order.
         let mut stopped = None;
-        let max_payload = self.max_payload();
         for job in jobs {
             if window.len() >= self.max_ack_inflight {
                 let oldest: jetstream::context::PublishAckFuture =
@@ -508,87 +475,26 @@ impl NatsSink {
     }
 
     pub async fn close(&self) -> Result<(), SinkError> {
-        self.client
-            .flush()
-            .await
-            .map_err(|e| SinkError::Publish(e.to_string()))
-    }
-}
-
-/// How core NATS learns that the server holds a batch. A flush only says
-/// that the kernel took the bytes; a connection reset after it loses them.
-/// So after a batch the sink publishes a small message to a subject that
-/// only it subscribes to, on the same connection, and waits for it to come
-/// back: nats-server handles one connection's messages in order, so the
-/// echo arrives only after the server has routed everything sent before it
-/// (what a PING and its PONG would prove, which the client does not expose).
-/// Each lane in flight holds one subscription; idle ones are kept for the
-/// next batch, and one dropped by a timeout unsubscribes.
-struct Echoes {
-    client: async_nats::Client,
-    prefix: String,
-    next: std::sync::atomic::AtomicU64,
-    idle: std::sync::Mutex<Vec<Echo>>,
-}
-
-struct Echo {
-    subject: async_nats::Subject,
-    subscriber: async_nats::Subscriber,
-    sent: u64,
-}
-
-impl Echoes {
-    fn new(client: &async_nats::Client) -> Echoes {
-        Echoes {
-            client: client.clone(),
-            prefix: format!("_FJB.echo.{:016x}", rand::random::<u64>()),
-            next: Default::default(),
-            idle: Default::default(),
+        match &self.transport {
+            // Every batch was written whole and acknowledged.
+            Transport::Core(wire) => {
+                wire.close();
+                Ok(())
+            }
+            Transport::JetStream { client, .. } => client
+                .flush()
+                .await
+                .map_err(|e| SinkError::Publish(e.to_string())),
         }
     }
+}
 
-    /// Returns once the server has everything this connection sent before.
-    async fn round_trip(&self) -> Result<(), SinkError> {
-        use futures_util::StreamExt;
-        let idle = self.idle.lock().expect("never poisoned").pop();
-        let mut echo = match idle {
-            Some(echo) => echo,
-            None => {
-                let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let subject = async_nats::Subject::from(format!("{}.{n}", self.prefix));
-                let subscriber = self
-                    .client
-                    .subscribe(subject.clone())
-                    .await
-                    .map_err(|e| SinkError::Publish(e.to_string()))?;
-                Echo {
-                    subject,
-                    subscriber,
-                    sent: 0,
-                }
-            }
-        };
-        echo.sent += 1;
-        let token = bytes::Bytes::copy_from_slice(&echo.sent.to_be_bytes());
-        self.client
-            .publish(echo.subject.clone(), token.clone())
-            .await
-            .map_err(|e| SinkError::Publish(e.to_string()))?;
-        self.client
-            .flush()
-            .await
-            .map_err(|e| SinkError::Publish(e.to_string()))?;
-        loop {
-            match echo.subscriber.next().await {
-                Some(message) if message.payload == token => break,
-                // An echo of an earlier round whose batch gave up waiting.
-                Some(_) => continue,
-                None => return Err(SinkError::Publish("the connection closed".into())),
-            }
-        }
-        self.idle.lock().expect("never poisoned").push(echo);
-        Ok(())
-    }
+/// The server would close the connection over such a message, and again
+/// on every retry, so it is refused for good instead.
+fn over_max_payload(size: usize, max_payload: usize) -> SinkError {
+    SinkError::Rejected(format!(
+        "{size} bytes with headers, over the server's max_payload of {max_payload}"
+    ))
 }
 
 /// The header names every message carries, built once: a name from a
@@ -609,6 +515,107 @@ fn header_name(name: &str) -> HeaderName {
         .find(|fixed| <HeaderName as AsRef<[u8]>>::as_ref(fixed) == name.as_bytes())
         .cloned()
         .unwrap_or_else(|| name.into_header_name())
+}
+
+/// An async-nats client for JetStream; `health` follows its connection.
+async fn connect_client(
+    config: &NatsConfig,
+    name: &str,
+    health: &SinkHealth,
+) -> Result<async_nats::Client, SinkError> {
+    let addresses = config.addresses().map_err(SinkError::Config)?;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("fishjam-bridge/{name}"))
+        .connection_timeout(config.timeout)
+        // Reconnect forever: a broker outage must not end the sink.
+        .max_reconnects(None)
+        .event_callback({
+            let health = health.clone();
+            move |event| {
+                let health = health.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => health.set(true),
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            tracing::warn!(sink = %health.name(), %event, "NATS connection lost");
+                            health.set(false)
+                        }
+                        other => {
+                            tracing::info!(sink = %health.name(), event = %other, "NATS event")
+                        }
+                    }
+                }
+            }
+        });
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.expose().to_owned());
+    }
+    if let Some(seed) = &config.nkey {
+        options = options.nkey(seed.expose().to_owned());
+    }
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| SinkError::Config(format!("credentials_file {}: {e}", path.display())))?;
+    }
+    if config.tls.required {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let client = options
+        .connect(addresses)
+        .await
+        .map_err(|e| SinkError::Connect(e.to_string()))?;
+
+    Ok(client)
+}
+
+/// The bridge's own publish connection for core NATS.
+async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError> {
+    let auth = match (&config.user, &config.password) {
+        (Some(user), Some(password)) => Auth::UserPassword {
+            user: user.clone(),
+            password: password.clone(),
+        },
+        _ => match (&config.token, &config.nkey, &config.credentials_file) {
+            (Some(token), _, _) => Auth::Token(token.clone()),
+            (_, Some(seed), _) => Auth::Nkey(seed.clone()),
+            (_, _, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| nats_wire::read_credentials(&text))
+                .map_err(|e| {
+                    SinkError::Config(format!("credentials_file {}: {e}", path.display()))
+                })?,
+            _ => Auth::None,
+        },
+    };
+    let identity = config
+        .tls
+        .cert_file
+        .as_deref()
+        .zip(config.tls.key_file.as_deref());
+    let tls = crate::tls::client_config(config.tls.ca_file.as_deref(), identity)
+        .map_err(|e| SinkError::Config(format!("tls: {e}")))?;
+    let options = nats_wire::Options {
+        servers: config.addresses().map_err(SinkError::Config)?,
+        name: format!("fishjam-bridge/{name}"),
+        auth,
+        tls,
+        tls_required: config.tls.required,
+        timeout: config.timeout,
+    };
+    Wire::connect(options)
+        .await
+        .map_err(|e| SinkError::Connect(e.to_string()))
 }
 
 fn classify_ack_error(error: &jetstream::context::PublishError) -> SinkError {

@@ -491,3 +491,126 @@ fn core_nats_is_acknowledged_by_the_server_not_by_the_kernel() {
         format!("{prefix}.rooms.swallowed.roomCreated")
     );
 }
+
+/// A nats-server of the test's own with `authorization` as given.
+struct AuthNats {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthNats {
+    fn start(authorization: &str) -> AuthNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!("listen: 127.0.0.1:{port}\nauthorization {{\n{authorization}\n}}\n"),
+        )
+        .unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (bash scripts/services)");
+        wait_until("the private nats-server listens", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        AuthNats {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for AuthNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Posts one roomCreated through a bridge with `sink_auth` and returns the
+/// message a subscriber with `subscriber` options got.
+fn one_event_through(server: &AuthNats, sink_auth: &str, subscriber: async_nats::ConnectOptions) {
+    let rt = runtime();
+    let _context = rt.enter();
+    let prefix = unique("auth");
+    let (_client, mut subscription) = rt.block_on(async {
+        let client = subscriber.connect(server.url()).await.unwrap();
+        let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
+        client.flush().await.unwrap();
+        (client, subscription)
+    });
+    let bridge = BridgeProcess::start(&nats_sink(
+        &server.url(),
+        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+        sink_auth,
+    ));
+    assert_eq!(
+        post(&bridge.webhook_url(), room_created("authed"), None).status(),
+        200
+    );
+    let message = rt.block_on(async {
+        tokio::time::timeout(WAIT, subscription.next())
+            .await
+            .expect("the event reaches the server")
+            .unwrap()
+    });
+    assert_eq!(
+        message.subject.as_str(),
+        format!("{prefix}.rooms.authed.roomCreated")
+    );
+}
+
+#[test]
+fn core_nats_authenticates_with_a_token_and_with_an_nkey() {
+    let token = "tok-5d1e";
+    let server = AuthNats::start(&format!("token: \"{token}\""));
+    one_event_through(
+        &server,
+        &format!("token = \"{token}\"\n"),
+        async_nats::ConnectOptions::with_token(token.to_owned()),
+    );
+
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let server = AuthNats::start(&format!(
+        "users = [ {{ nkey: \"{}\" }} ]",
+        user.public_key()
+    ));
+    one_event_through(
+        &server,
+        &format!("nkey = \"{seed}\"\n"),
+        async_nats::ConnectOptions::with_nkey(seed.clone()),
+    );
+}
+
+#[test]
+fn core_nats_with_a_wrong_token_is_not_ready_and_says_why() {
+    let server = AuthNats::start("token: \"right\"");
+    let bridge = BridgeProcess::spawn(
+        &nats_sink(&server.url(), "auth.{key}", "token = \"wrong\"\n"),
+        Stdio::null(),
+        &[],
+    );
+    wait_until("the sink says the server refused it", || {
+        bridge.logged("Authorization Violation")
+    });
+    assert!(
+        !bridge.is_ready(),
+        "a refused sink keeps the bridge unready"
+    );
+}
