@@ -494,25 +494,34 @@ impl Fanout {
     }
 
     /// The parts of a body: (sink, lane, which messages), in sink order.
+    /// Each part's indices are allocated once, at their exact size.
     #[allow(clippy::type_complexity)]
     fn plan(&self, messages: &[Message]) -> Vec<(usize, usize, Option<Box<[u32]>>)> {
         let hashes: Vec<u64> = messages.iter().map(|m| key_hash(m.event.key())).collect();
         let mut plan = Vec::with_capacity(self.lanes.len());
+        let mut sizes = Vec::new();
         for (sink, SinkLanes { lanes, .. }) in self.lanes.iter().enumerate() {
             let count = lanes.len() as u64;
-            let first = (hashes[0] % count) as usize;
-            if hashes.iter().all(|h| (h % count) as usize == first) {
+            let lane_of = |hash: &u64| (hash % count) as usize;
+            let first = lane_of(&hashes[0]);
+            if hashes.iter().all(|h| lane_of(h) == first) {
                 plan.push((sink, first, None));
                 continue;
             }
-            let mut groups: Vec<Vec<u32>> = vec![Vec::new(); lanes.len()];
-            for (index, hash) in hashes.iter().enumerate() {
-                groups[(hash % count) as usize].push(index as u32);
+            sizes.clear();
+            sizes.resize(lanes.len(), 0usize);
+            for hash in &hashes {
+                sizes[lane_of(hash)] += 1;
             }
-            for (lane, group) in groups.into_iter().enumerate() {
-                if !group.is_empty() {
-                    plan.push((sink, lane, Some(group.into_boxed_slice())));
+            for (lane, size) in sizes.iter().enumerate() {
+                if *size == 0 {
+                    continue;
                 }
+                let mut indices = Vec::with_capacity(*size);
+                indices.extend(
+                    (0..hashes.len() as u32).filter(|i| lane_of(&hashes[*i as usize]) == lane),
+                );
+                plan.push((sink, lane, Some(indices.into_boxed_slice())));
             }
         }
         plan

@@ -59,7 +59,8 @@ async fn deliver<S: Publish>(
     options: &LaneOptions,
     metrics: &telemetry::SinkMetrics,
 ) {
-    let messages: Vec<&Message> = parts.iter().flat_map(Part::messages).collect();
+    let mut messages: Vec<&Message> = Vec::with_capacity(parts.iter().map(Part::len).sum());
+    messages.extend(parts.iter().flat_map(Part::messages));
     // Where each part ends in `messages`.
     let mut ends = parts.iter().scan(0, |end, part| {
         *end += part.len();

@@ -381,7 +381,7 @@ impl NatsSink {
     async fn publish_core(&self, wire: &Wire, jobs: &[&Message]) -> Result<(), PublishError> {
         let max_payload = wire.max_payload();
         let mut frames =
-            Vec::with_capacity(jobs.iter().map(|m| m.json.len() + 256).sum::<usize>() + 8);
+            Vec::with_capacity(jobs.iter().map(|m| m.json.len() + 512).sum::<usize>() + 8);
         let mut subject = String::with_capacity(128);
         let mut headers = Vec::with_capacity(256);
         let mut refused = None;

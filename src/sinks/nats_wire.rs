@@ -504,7 +504,7 @@ mod tests {
         frame(&mut out, "a.b", &headers, b"{}");
         assert_eq!(
             out,
-            b"HPUB a.b 31 33\r\nNATS/1.0\r\nNats-Msg-Id: abc\r\n\r\n{}\r\n"
+            b"HPUB a.b 30 32\r\nNATS/1.0\r\nNats-Msg-Id: abc\r\n\r\n{}\r\n"
         );
         let mut n = Vec::new();
         push_number(&mut n, 0);
