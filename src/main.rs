@@ -25,18 +25,25 @@ use fishjam_bridge::telemetry::{self, LogFormat};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Where the kernel backs all anonymous memory with transparent huge pages
-/// (`enabled = always`), mimalloc's eagerly committed arena becomes resident
-/// 2 MiB at a time: 10 MiB of an idle bridge's 23 MiB. The bridge opts out
-/// (idle 17 MiB; throughput the same within the noise, BENCHMARKS.md), as
-/// `MIMALLOC_ALLOW_THP=0` would if it were set before the first allocation.
-fn keep_small_pages() {
-    #[cfg(target_os = "linux")]
+/// mimalloc asks for transparent huge pages for its arena, and the kernel
+/// then backs it 2 MiB at a time (with `enabled = always` every anonymous
+/// mapping is): an idle bridge holds 17 MiB instead of 13.5 (BENCHMARKS.md).
+/// The bridge opts out, as `MIMALLOC_ALLOW_THP=0` does, and must do so before
+/// mimalloc's constructor sets up the arena: `main` is too late. So this runs
+/// from `.preinit_array`, which the loader calls before any constructor of
+/// the executable.
+#[cfg(target_os = "linux")]
+extern "C" fn keep_small_pages() {
     // SAFETY: a process-wide flag with no pointers; failure changes nothing.
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".preinit_array"]
+static KEEP_SMALL_PAGES: extern "C" fn() = keep_small_pages;
 
 /// Exit code for a configuration the bridge cannot run with (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -169,7 +176,6 @@ struct SimulateArgs {
 }
 
 fn main() -> ExitCode {
-    keep_small_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
