@@ -19,110 +19,140 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::core::decode::{DecodeError, Skipped};
 use crate::core::event::{EventType, Source};
 
-pub const BUILD_INFO: &str = "fishjam_bridge_build_info";
-pub const EVENTS_RECEIVED: &str = "fishjam_bridge_events_received_total";
-pub const NOTIFICATIONS_SKIPPED: &str = "fishjam_bridge_notifications_skipped_total";
-pub const UNMAPPED_ENUMS: &str = "fishjam_bridge_unmapped_enum_values_total";
-pub const DECODE_FAILURES: &str = "fishjam_bridge_decode_failures_total";
-pub const WEBHOOK_REQUESTS: &str = "fishjam_bridge_webhook_requests_total";
-pub const PIPELINE_REJECTED: &str = "fishjam_bridge_pipeline_rejected_events_total";
-pub const PIPELINE_SHED: &str = "fishjam_bridge_pipeline_shed_events_total";
-pub const PIPELINE_IN_FLIGHT: &str = "fishjam_bridge_pipeline_events_in_flight";
-pub const PIPELINE_CAPACITY: &str = "fishjam_bridge_pipeline_capacity_events";
-pub const ACK_LATENCY: &str = "fishjam_bridge_ack_latency_seconds";
-pub const ACK_TIMEOUTS: &str = "fishjam_bridge_ack_timeouts_total";
-pub const SINK_ACKNOWLEDGED: &str = "fishjam_bridge_sink_events_acknowledged_total";
-pub const SINK_FAILED: &str = "fishjam_bridge_sink_events_failed_total";
-pub const SINK_RETRIES: &str = "fishjam_bridge_sink_retries_total";
-pub const SINK_PUBLISH_DURATION: &str = "fishjam_bridge_sink_publish_duration_seconds";
-pub const SINK_QUEUE: &str = "fishjam_bridge_sink_queue_events";
-pub const SINK_UP: &str = "fishjam_bridge_sink_up";
-pub const SINK_RETURNED: &str = "fishjam_bridge_sink_events_returned_total";
-pub const DEAD_LETTERS: &str = "fishjam_bridge_dead_letters_total";
-pub const SINK_RECONNECTS: &str = "fishjam_bridge_sink_reconnects_total";
-pub const NOTIFIER_STATE: &str = "fishjam_bridge_notifier_state";
-pub const NOTIFIER_CONNECTS: &str = "fishjam_bridge_notifier_connects_total";
-pub const NOTIFIER_DISCONNECTS: &str = "fishjam_bridge_notifier_disconnects_total";
-pub const NOTIFIER_BACKOFF: &str = "fishjam_bridge_notifier_backoff_seconds";
-pub const NOTIFIER_LAST_MESSAGE: &str = "fishjam_bridge_notifier_last_message_timestamp_seconds";
-pub const NOTIFIER_PAUSED: &str = "fishjam_bridge_notifier_pause_seconds";
-pub const NOTIFIER_IGNORED: &str = "fishjam_bridge_notifier_ignored_frames_total";
-pub const NOTIFIER_GAP: &str = "fishjam_bridge_notifier_gap_seconds";
-pub const RECONCILIATIONS: &str = "fishjam_bridge_reconciliations_total";
-pub const RECONCILED_EVENTS: &str = "fishjam_bridge_reconciled_events_total";
-pub const DUPLICATES_DROPPED: &str = "fishjam_bridge_duplicates_dropped_total";
-pub const DEDUP_ENTRIES: &str = "fishjam_bridge_dedup_entries";
-pub const ROOM_EVENTS: &str = "fishjam_bridge_room_events_total";
-pub const ROOMS: &str = "fishjam_bridge_rooms";
-pub const PEERS_CONNECTED: &str = "fishjam_bridge_peers_connected";
-pub const TLS_HANDSHAKE_FAILURES: &str = "fishjam_bridge_tls_handshake_failures_total";
-pub const LISTENER_CONNECTIONS: &str = "fishjam_bridge_listener_connections";
-pub const LISTENER_MAX_CONNECTIONS: &str = "fishjam_bridge_listener_max_connections";
-pub const LISTENER_IDLE_CLOSED: &str = "fishjam_bridge_listener_idle_closed_total";
-pub const SPOOL_BYTES: &str = "fishjam_bridge_spool_bytes";
-pub const SPOOL_MAX_BYTES: &str = "fishjam_bridge_spool_max_bytes";
-pub const SPOOL_ENGAGED: &str = "fishjam_bridge_spool_engaged";
-pub const SPOOL_BODIES: &str = "fishjam_bridge_spool_bodies_total";
-pub const SPOOL_TORN: &str = "fishjam_bridge_spool_torn_entries_total";
-pub const SPOOL_SYNC: &str = "fishjam_bridge_spool_write_duration_seconds";
-pub const KAFKA_QUEUE: &str = "fishjam_bridge_kafka_queue_messages";
-pub const KAFKA_BROKER_RTT: &str = "fishjam_bridge_kafka_broker_rtt_seconds";
-pub const KAFKA_BROKER_ERRORS: &str = "fishjam_bridge_kafka_broker_errors_total";
-pub const KAFKA_BROKER_RETRIES: &str = "fishjam_bridge_kafka_broker_retries_total";
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
 
-/// Every metric name, for docs and tests.
-pub const ALL: &[&str] = &[
-    BUILD_INFO,
-    EVENTS_RECEIVED,
-    NOTIFICATIONS_SKIPPED,
-    UNMAPPED_ENUMS,
-    DECODE_FAILURES,
-    WEBHOOK_REQUESTS,
-    PIPELINE_REJECTED,
-    PIPELINE_SHED,
-    PIPELINE_IN_FLIGHT,
-    PIPELINE_CAPACITY,
-    ACK_LATENCY,
-    ACK_TIMEOUTS,
-    SINK_ACKNOWLEDGED,
-    SINK_FAILED,
-    SINK_RETRIES,
-    SINK_PUBLISH_DURATION,
-    SINK_QUEUE,
-    SINK_UP,
-    SINK_RETURNED,
-    SINK_RECONNECTS,
-    DEAD_LETTERS,
-    NOTIFIER_STATE,
-    NOTIFIER_CONNECTS,
-    NOTIFIER_DISCONNECTS,
-    NOTIFIER_BACKOFF,
-    NOTIFIER_LAST_MESSAGE,
-    NOTIFIER_PAUSED,
-    NOTIFIER_IGNORED,
-    NOTIFIER_GAP,
-    RECONCILIATIONS,
-    RECONCILED_EVENTS,
-    DUPLICATES_DROPPED,
-    DEDUP_ENTRIES,
-    ROOM_EVENTS,
-    ROOMS,
-    PEERS_CONNECTED,
-    TLS_HANDSHAKE_FAILURES,
-    LISTENER_CONNECTIONS,
-    LISTENER_MAX_CONNECTIONS,
-    LISTENER_IDLE_CLOSED,
-    SPOOL_BYTES,
-    SPOOL_MAX_BYTES,
-    SPOOL_ENGAGED,
-    SPOOL_BODIES,
-    SPOOL_TORN,
-    SPOOL_SYNC,
-    KAFKA_QUEUE,
-    KAFKA_BROKER_RTT,
-    KAFKA_BROKER_ERRORS,
-    KAFKA_BROKER_RETRIES,
-];
+/// One exported metric: the one place its name, kind, labels and help live.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+macro_rules! metrics {
+    ($($constant:ident: $kind:ident $name:literal [$($label:literal),*] $help:literal;)*) => {
+        $(pub const $constant: &str = $name;)*
+
+        /// Every metric the bridge exports; `describe` registers their help
+        /// text, and `tests/it/operations.rs` checks docs/metrics.md against it.
+        pub const METRICS: &[Metric] = &[$(Metric {
+            name: $name,
+            kind: Kind::$kind,
+            labels: &[$($label),*],
+            help: $help,
+        },)*];
+    };
+}
+
+metrics! {
+    BUILD_INFO: Gauge "fishjam_bridge_build_info" ["version"]
+        "Always 1; the version label names the build.";
+    EVENTS_RECEIVED: Counter "fishjam_bridge_events_received_total" ["source", "event_type"]
+        "Notifications turned into events, by source and event type.";
+    NOTIFICATIONS_SKIPPED: Counter "fishjam_bridge_notifications_skipped_total" ["source", "reason"]
+        "Messages in a body that are not published (handshake, deprecated, empty, unknown_variant, nested_batch).";
+    UNMAPPED_ENUMS: Counter "fishjam_bridge_unmapped_enum_values_total" ["event_type"]
+        "Enum values the official SDK cannot name, left out of data and kept in unmapped_enums.";
+    DECODE_FAILURES: Counter "fishjam_bridge_decode_failures_total" ["source", "reason"]
+        "Bodies or frames that are not a valid ServerMessage, by source and reason.";
+    WEBHOOK_REQUESTS: Counter "fishjam_bridge_webhook_requests_total" ["status"]
+        "Webhook requests answered, by HTTP status.";
+    PIPELINE_REJECTED: Counter "fishjam_bridge_pipeline_rejected_events_total" ["source"]
+        "Events refused because the pipeline held its maximum in flight.";
+    PIPELINE_SHED: Counter "fishjam_bridge_pipeline_shed_events_total" ["event_type"]
+        "Bursty events (voice activity, metadata updates) dropped because their slots were full, with bursty_when_full = shed; by event type.";
+    PIPELINE_IN_FLIGHT: Gauge "fishjam_bridge_pipeline_events_in_flight" []
+        "Events accepted and not yet acknowledged by every sink.";
+    PIPELINE_CAPACITY: Gauge "fishjam_bridge_pipeline_capacity_events" []
+        "The configured bound on events in flight.";
+    ACK_LATENCY: Histogram "fishjam_bridge_ack_latency_seconds" ["source"]
+        "From receiving a body to every sink acknowledging all its events.";
+    ACK_TIMEOUTS: Counter "fishjam_bridge_ack_timeouts_total" ["source"]
+        "Webhook bodies answered 503 because the sinks did not acknowledge in time.";
+    SINK_ACKNOWLEDGED: Counter "fishjam_bridge_sink_events_acknowledged_total" ["sink"]
+        "Events a sink acknowledged.";
+    SINK_FAILED: Counter "fishjam_bridge_sink_events_failed_total" ["sink", "reason"]
+        "Events whose publish attempt failed, by sink and reason.";
+    SINK_RETRIES: Counter "fishjam_bridge_sink_retries_total" ["sink"]
+        "Publish retries, by sink.";
+    SINK_PUBLISH_DURATION: Histogram "fishjam_bridge_sink_publish_duration_seconds" ["sink"]
+        "Time a sink took to publish one batch.";
+    SINK_QUEUE: Gauge "fishjam_bridge_sink_queue_events" ["sink"]
+        "Events waiting for a sink, by sink.";
+    SINK_UP: Gauge "fishjam_bridge_sink_up" ["sink"]
+        "1 when the sink is connected and publishing.";
+    SINK_RETURNED: Counter "fishjam_bridge_sink_events_returned_total" ["sink"]
+        "Events the broker returned as unroutable (no queue bound for the routing key), by sink.";
+    DEAD_LETTERS: Counter "fishjam_bridge_dead_letters_total" ["sink"]
+        "Events a sink refused for good, kept as dead letters (file or log), by sink.";
+    SINK_RECONNECTS: Counter "fishjam_bridge_sink_reconnects_total" ["sink"]
+        "Connections a sink opened again after losing one.";
+    NOTIFIER_STATE: Gauge "fishjam_bridge_notifier_state" ["state"]
+        "1 for the notifier's current state (connecting, authenticating, subscribed, backoff), 0 for the others.";
+    NOTIFIER_CONNECTS: Counter "fishjam_bridge_notifier_connects_total" []
+        "Notifier sessions that reached subscribed.";
+    NOTIFIER_DISCONNECTS: Counter "fishjam_bridge_notifier_disconnects_total" ["reason"]
+        "Notifier sessions that ended: connect_failed, auth_rejected, handshake_failed, silent (no frame or pong within notifier.idle_timeout), closed_by_server, io_error.";
+    NOTIFIER_BACKOFF: Gauge "fishjam_bridge_notifier_backoff_seconds" []
+        "The last delay before reconnecting.";
+    NOTIFIER_LAST_MESSAGE: Gauge "fishjam_bridge_notifier_last_message_timestamp_seconds" []
+        "Unix time of the last frame or pong from Fishjam.";
+    NOTIFIER_PAUSED: Histogram "fishjam_bridge_notifier_pause_seconds" []
+        "Pauses of the notifier's reading while the pipeline was full (backpressure on Fishjam).";
+    NOTIFIER_IGNORED: Counter "fishjam_bridge_notifier_ignored_frames_total" []
+        "Text frames, which the protocol does not use.";
+    NOTIFIER_GAP: Histogram "fishjam_bridge_notifier_gap_seconds" []
+        "Time the notifier was not listening: from start-up, or the end of a session, to the next subscription.";
+    RECONCILIATIONS: Counter "fishjam_bridge_reconciliations_total" ["result"]
+        "Reads of Fishjam's rooms after a (re)connect: ok, failed.";
+    RECONCILED_EVENTS: Counter "fishjam_bridge_reconciled_events_total" ["event_type"]
+        "Events published with source reconciled: changes Fishjam made while the notifier was away.";
+    DUPLICATES_DROPPED: Counter "fishjam_bridge_duplicates_dropped_total" []
+        "Notifications dropped because the other source (notifier or webhook) already delivered them.";
+    DEDUP_ENTRIES: Gauge "fishjam_bridge_dedup_entries" []
+        "Deliveries held in the deduplication window, waiting for their twin (at most dedup.max_entries).";
+    ROOM_EVENTS: Counter "fishjam_bridge_room_events_total" ["event_type", "peer_type"]
+        "Room, peer, streamer and viewer lifecycle events published, by event type and peer type.";
+    ROOMS: Gauge "fishjam_bridge_rooms" []
+        "Rooms known from the events published since the bridge started.";
+    PEERS_CONNECTED: Gauge "fishjam_bridge_peers_connected" ["peer_type"]
+        "Peers connected, as known from the events published since the bridge started, by peer type.";
+    TLS_HANDSHAKE_FAILURES: Counter "fishjam_bridge_tls_handshake_failures_total" ["listener", "reason"]
+        "TLS handshakes that failed or timed out on a listener, by listener and reason.";
+    LISTENER_CONNECTIONS: Gauge "fishjam_bridge_listener_connections" ["listener"]
+        "Open connections on a listener (webhook, admin), by listener.";
+    LISTENER_MAX_CONNECTIONS: Gauge "fishjam_bridge_listener_max_connections" ["listener"]
+        "The configured cap on a listener's open connections.";
+    LISTENER_IDLE_CLOSED: Counter "fishjam_bridge_listener_idle_closed_total" ["listener"]
+        "Connections a listener closed after its idle timeout without traffic.";
+    SPOOL_BYTES: Gauge "fishjam_bridge_spool_bytes" []
+        "Bytes of the disk spool's files.";
+    SPOOL_MAX_BYTES: Gauge "fishjam_bridge_spool_max_bytes" []
+        "The spool's cap (spool.max_bytes); 0 without a spool.";
+    SPOOL_ENGAGED: Gauge "fishjam_bridge_spool_engaged" []
+        "1 while bodies go to the disk spool instead of straight to the sinks.";
+    SPOOL_BODIES: Counter "fishjam_bridge_spool_bodies_total" ["op", "source"]
+        "Bodies written to the spool, replayed from it, refused because it was full, or failed to write, by op and source.";
+    SPOOL_TORN: Counter "fishjam_bridge_spool_torn_entries_total" []
+        "Spool entries found torn or unreadable when the spool was opened (cut off, never replayed).";
+    SPOOL_SYNC: Histogram "fishjam_bridge_spool_write_duration_seconds" []
+        "Time to write (and, with spool.fsync, sync) one batch of spooled bodies.";
+    KAFKA_QUEUE: Gauge "fishjam_bridge_kafka_queue_messages" ["sink"]
+        "Records in librdkafka's local queue (from its statistics, every 5 s).";
+    KAFKA_BROKER_RTT: Gauge "fishjam_bridge_kafka_broker_rtt_seconds" ["sink", "broker"]
+        "Average round trip to each broker.";
+    KAFKA_BROKER_ERRORS: Counter "fishjam_bridge_kafka_broker_errors_total" ["sink", "broker"]
+        "Transmission errors and request timeouts to each broker.";
+    KAFKA_BROKER_RETRIES: Counter "fishjam_bridge_kafka_broker_retries_total" ["sink", "broker"]
+        "Requests librdkafka sent again to each broker.";
+}
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
@@ -178,124 +208,13 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 }
 
 fn describe() {
-    describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
-    describe_counter!(
-        EVENTS_RECEIVED,
-        "Notifications turned into events, by source and event type."
-    );
-    describe_counter!(
-        NOTIFICATIONS_SKIPPED,
-        "Messages in a body that are not published (handshake, deprecated, empty, unknown_variant, nested_batch)."
-    );
-    describe_counter!(
-        UNMAPPED_ENUMS,
-        "Enum values the official SDK cannot name, left out of data and kept in unmapped_enums."
-    );
-    describe_counter!(
-        DECODE_FAILURES,
-        "Bodies or frames that are not a valid ServerMessage, by source and reason."
-    );
-    describe_counter!(
-        WEBHOOK_REQUESTS,
-        "Webhook requests answered, by HTTP status."
-    );
-    describe_counter!(
-        PIPELINE_REJECTED,
-        "Events refused because the pipeline held its maximum in flight."
-    );
-    describe_counter!(
-        PIPELINE_SHED,
-        "Bursty events (voice activity, metadata updates) dropped because their slots were full, with bursty_when_full = shed; by event type."
-    );
-    describe_gauge!(
-        PIPELINE_IN_FLIGHT,
-        "Events accepted and not yet acknowledged by every sink."
-    );
-    describe_gauge!(
-        PIPELINE_CAPACITY,
-        "The configured bound on events in flight."
-    );
-    describe_histogram!(
-        ACK_LATENCY,
-        "From receiving a body to every sink acknowledging all its events."
-    );
-    describe_counter!(
-        ACK_TIMEOUTS,
-        "Webhook bodies answered 503 because the sinks did not acknowledge in time."
-    );
-    describe_counter!(SINK_ACKNOWLEDGED, "Events a sink acknowledged.");
-    describe_counter!(
-        SINK_FAILED,
-        "Events whose publish attempt failed, by sink and reason."
-    );
-    describe_counter!(SINK_RETRIES, "Publish retries, by sink.");
-    describe_histogram!(
-        SINK_PUBLISH_DURATION,
-        "Time a sink took to publish one batch."
-    );
-    describe_gauge!(SINK_QUEUE, "Events waiting for a sink, by sink.");
-    describe_gauge!(SINK_UP, "1 when the sink is connected and publishing.");
-    describe_counter!(
-        SINK_RETURNED,
-        "Events the broker returned as unroutable (no queue bound for the routing key), by sink."
-    );
-    describe_counter!(
-        SINK_RECONNECTS,
-        "Connections a sink opened again after losing one."
-    );
-    describe_counter!(
-        DEAD_LETTERS,
-        "Events a sink refused for good, kept as dead letters (file or log), by sink."
-    );
-    describe_gauge!(SPOOL_BYTES, "Bytes of the disk spool's files.");
-    describe_gauge!(
-        SPOOL_MAX_BYTES,
-        "The spool's cap (spool.max_bytes); 0 without a spool."
-    );
-    describe_gauge!(
-        SPOOL_ENGAGED,
-        "1 while bodies go to the disk spool instead of straight to the sinks."
-    );
-    describe_counter!(
-        SPOOL_BODIES,
-        "Bodies written to the spool, replayed from it, refused because it was full, or failed to write, by op and source."
-    );
-    describe_counter!(
-        SPOOL_TORN,
-        "Spool entries found torn or unreadable when the spool was opened (cut off, never replayed)."
-    );
-    describe_histogram!(
-        SPOOL_SYNC,
-        "Time to write (and, with spool.fsync, sync) one batch of spooled bodies."
-    );
-    describe_counter!(
-        ROOM_EVENTS,
-        "Room, peer, streamer and viewer lifecycle events published, by event type and peer type."
-    );
-    describe_gauge!(
-        ROOMS,
-        "Rooms known from the events published since the bridge started."
-    );
-    describe_counter!(
-        TLS_HANDSHAKE_FAILURES,
-        "TLS handshakes that failed or timed out on a listener, by listener and reason."
-    );
-    describe_gauge!(
-        LISTENER_CONNECTIONS,
-        "Open connections on a listener (webhook, admin), by listener."
-    );
-    describe_gauge!(
-        LISTENER_MAX_CONNECTIONS,
-        "The configured cap on a listener's open connections."
-    );
-    describe_counter!(
-        LISTENER_IDLE_CLOSED,
-        "Connections a listener closed after its idle timeout without traffic."
-    );
-    describe_gauge!(
-        PEERS_CONNECTED,
-        "Peers connected, as known from the events published since the bridge started, by peer type."
-    );
+    for metric in METRICS {
+        match metric.kind {
+            Kind::Counter => describe_counter!(metric.name, metric.help),
+            Kind::Gauge => describe_gauge!(metric.name, metric.help),
+            Kind::Histogram => describe_histogram!(metric.name, metric.help),
+        }
+    }
 }
 
 /// The shed counters start at zero for each bursty event type.

@@ -8,26 +8,44 @@ use crate::notifier;
 use crate::support::*;
 use crate::webhook::{post, room_created};
 
-fn documented_metric_names() -> Vec<String> {
+/// docs/metrics.md's table: (name, type, labels) per row.
+fn documented_metrics() -> Vec<(String, String, Vec<String>)> {
     let docs = include_str!("../../docs/metrics.md");
     docs.lines()
-        .filter_map(|line| line.strip_prefix("| `"))
-        .filter_map(|rest| rest.split('`').next())
-        .filter(|name| name.starts_with("fishjam_bridge_"))
-        .map(str::to_owned)
+        .filter(|line| line.starts_with("| `fishjam_bridge_"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let labels = cells[3]
+                .split(',')
+                .map(|l| l.trim().trim_matches('`').to_owned())
+                .filter(|l| !l.is_empty())
+                .collect();
+            (
+                cells[1].trim_matches('`').to_owned(),
+                cells[2].to_owned(),
+                labels,
+            )
+        })
         .collect()
 }
 
 #[test]
 fn metrics_hold_every_documented_name() {
-    let documented = documented_metric_names();
-    for name in fishjam_bridge::telemetry::ALL {
-        assert!(
-            documented.iter().any(|d| d == name),
-            "{name} is in docs/metrics.md"
-        );
-    }
-    assert_eq!(documented.len(), fishjam_bridge::telemetry::ALL.len());
+    // The docs' table is the code's table: names, types and labels.
+    let mut documented = documented_metrics();
+    documented.sort();
+    let mut table: Vec<(String, String, Vec<String>)> = fishjam_bridge::telemetry::METRICS
+        .iter()
+        .map(|m| {
+            (
+                m.name.to_owned(),
+                format!("{:?}", m.kind).to_lowercase(),
+                m.labels.iter().map(|l| (*l).to_owned()).collect(),
+            )
+        })
+        .collect();
+    table.sort();
+    assert_eq!(documented, table, "docs/metrics.md and telemetry::METRICS");
 
     // A healthy bridge with both sources: events, skips, unmapped enums, a
     // decode failure.
@@ -104,8 +122,20 @@ fn metrics_hold_every_documented_name() {
     let failing_metrics = failing.metrics();
     present.extend(failing_metrics.names());
     present.extend(spooling.metrics().names());
-    for name in &documented {
+    for (name, ..) in &documented {
         assert!(present.contains(name), "{name} is exported");
+    }
+    // Each has its help text in the exposition.
+    let mut helped = String::new();
+    for bridge in [&healthy, &failing, &spooling] {
+        helped.push_str(&http_get(&format!("http://{}/metrics", bridge.admin)));
+    }
+    for metric in fishjam_bridge::telemetry::METRICS {
+        assert!(
+            helped.contains(&format!("# HELP {} ", metric.name)),
+            "{} has HELP text",
+            metric.name
+        );
     }
     // What the dashboard and the alerts in deploy/ query exists.
     for name in crate::deploy::queried_metric_names() {

@@ -273,7 +273,7 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn http_get(url: &str) -> String {
+pub fn http_get(url: &str) -> String {
     reqwest::blocking::get(url).unwrap().text().unwrap()
 }
 
