@@ -151,6 +151,19 @@ impl Template {
     }
 }
 
+/// The bytes a token keeps as they are: printable ASCII but the escape
+/// character and NATS's separator and wildcards.
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = byte.is_ascii_graphic() && !matches!(byte, b'%' | b'.' | b'*' | b'>' | b'#');
+        b += 1;
+    }
+    table
+};
+
 /// Escapes one token (see the module docs).
 pub fn escape_token(value: &str) -> Cow<'_, str> {
     if value.is_empty() {
@@ -160,9 +173,9 @@ pub fn escape_token(value: &str) -> Cow<'_, str> {
         return Cow::Borrowed("%5F");
     }
     // Ids are nearly always printable ASCII without these: one pass over
-    // the bytes settles it before the per-character rule.
-    let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'%' | b'.' | b'*' | b'>' | b'#');
-    if value.bytes().all(plain) {
+    // the bytes, a table look-up each, settles it before the per-character
+    // rule.
+    if value.bytes().all(|b| PLAIN[b as usize]) {
         return Cow::Borrowed(value);
     }
     let needs =

@@ -63,8 +63,28 @@ pub struct NatsConfig {
     /// Add CloudEvents binary-mode headers (`ce-*`).
     #[serde(default)]
     pub cloudevents: bool,
+    /// Which headers each message carries: `all` (the default), `id` (the
+    /// event id as `Nats-Msg-Id` only) or `none`. JetStream always gets
+    /// `Nats-Msg-Id`, its deduplication key.
+    #[serde(default)]
+    pub headers: HeaderSet,
     /// Create or update this JetStream stream at start-up.
     pub stream: Option<StreamConfig>,
+}
+
+/// The headers a NATS message carries. The event type and key are in the
+/// subject already; the headers spare consumers a parse of the JSON, and
+/// cost the bridge (and the server) bytes per message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderSet {
+    /// Every header of `each_header` (and the CloudEvents ones when asked).
+    #[default]
+    All,
+    /// `Nats-Msg-Id` only.
+    Id,
+    /// None (JetStream still gets `Nats-Msg-Id`).
+    None,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -278,6 +298,7 @@ pub struct NatsSink {
     timeout: Duration,
     max_ack_inflight: usize,
     cloudevents: bool,
+    headers: HeaderSet,
     health: SinkHealth,
 }
 
@@ -328,6 +349,7 @@ impl NatsSink {
             timeout: config.timeout,
             max_ack_inflight: config.max_ack_inflight,
             cloudevents: config.cloudevents,
+            headers: config.headers,
             health,
         })
     }
@@ -358,20 +380,29 @@ impl NatsSink {
         let mut size = 12 + job.json.len();
         // The event id goes in Nats-Msg-Id only: JetStream drops a repeated
         // one inside its duplicate window, and every header costs a map entry.
-        each_header(
-            &job.event,
-            "Nats-Msg-Id",
-            self.cloudevents,
-            "ce-",
-            |name, value| {
-                size += name.len() + value.len() + 4;
-                map.insert(header_name(name), value);
-            },
-        );
+        self.each_header(&job.event, |name, value| {
+            size += name.len() + value.len() + 4;
+            map.insert(header_name(name), value);
+        });
         if max_payload > 0 && size > max_payload {
             return Err(over_max_payload(size, max_payload));
         }
         Ok((self.subject.render(&job.event), map))
+    }
+
+    /// Calls `add` with each header `self.headers` asks for; the event id
+    /// goes in `Nats-Msg-Id` only, which JetStream deduplicates on.
+    fn each_header(&self, event: &crate::core::event::Event, mut add: impl FnMut(&str, &str)) {
+        match self.headers {
+            HeaderSet::All => each_header(event, "Nats-Msg-Id", self.cloudevents, "ce-", add),
+            HeaderSet::Id | HeaderSet::None => {
+                let mut buffer = uuid::Uuid::encode_buffer();
+                add(
+                    "Nats-Msg-Id",
+                    event.id.hyphenated().encode_lower(&mut buffer),
+                );
+            }
+        }
     }
 
     /// Frames the batch into one buffer and writes it on one connection,
@@ -387,9 +418,9 @@ impl NatsSink {
         let mut refused = None;
         for (index, job) in jobs.iter().enumerate() {
             headers.clear();
-            nats_wire::header_block(&mut headers, |add| {
-                each_header(&job.event, "Nats-Msg-Id", self.cloudevents, "ce-", add)
-            });
+            if self.headers != HeaderSet::None {
+                nats_wire::header_block(&mut headers, |add| self.each_header(&job.event, add));
+            }
             let size = headers.len() + job.json.len();
             if max_payload > 0 && size > max_payload {
                 refused = Some(PublishError {

@@ -448,13 +448,19 @@ impl Wire {
 }
 
 /// Appends one message to `out` in the wire format: `HPUB subject
-/// header-length total-length`, the headers, the payload. `headers` is the
-/// header block, from `NATS/1.0` to its empty line.
+/// header-length total-length`, the headers, the payload; or, with no
+/// headers, `PUB subject length` and the payload. `headers` is the header
+/// block, from `NATS/1.0` to its empty line, or empty.
 pub fn frame(out: &mut Vec<u8>, subject: &str, headers: &[u8], payload: &[u8]) {
-    out.extend_from_slice(b"HPUB ");
-    out.extend_from_slice(subject.as_bytes());
-    out.push(b' ');
-    push_number(out, headers.len());
+    if headers.is_empty() {
+        out.extend_from_slice(b"PUB ");
+        out.extend_from_slice(subject.as_bytes());
+    } else {
+        out.extend_from_slice(b"HPUB ");
+        out.extend_from_slice(subject.as_bytes());
+        out.push(b' ');
+        push_number(out, headers.len());
+    }
     out.push(b' ');
     push_number(out, headers.len() + payload.len());
     out.extend_from_slice(b"\r\n");
@@ -506,6 +512,9 @@ mod tests {
             out,
             b"HPUB a.b 30 32\r\nNATS/1.0\r\nNats-Msg-Id: abc\r\n\r\n{}\r\n"
         );
+        out.clear();
+        frame(&mut out, "a.b", b"", b"{}");
+        assert_eq!(out, b"PUB a.b 2\r\n{}\r\n");
         let mut n = Vec::new();
         push_number(&mut n, 0);
         push_number(&mut n, 1234567);

@@ -614,3 +614,47 @@ fn core_nats_with_a_wrong_token_is_not_ready_and_says_why() {
         "a refused sink keeps the bridge unready"
     );
 }
+
+#[test]
+fn headers_are_a_choice_per_sink() {
+    let rt = runtime();
+    let _context = rt.enter();
+    for (choice, expected) in [("id", vec!["Nats-Msg-Id"]), ("none", vec![])] {
+        let prefix = unique("hdr");
+        let (_client, mut subscription) = rt.block_on(async {
+            let client = client(&nats_url()).await;
+            let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
+            client.flush().await.unwrap();
+            (client, subscription)
+        });
+        let bridge = BridgeProcess::start(&nats_sink(
+            &nats_url(),
+            &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+            &format!("headers = \"{choice}\"\n"),
+        ));
+        assert_eq!(
+            post(&bridge.webhook_url(), room_created("h"), None).status(),
+            200
+        );
+        let message = rt.block_on(async {
+            tokio::time::timeout(WAIT, subscription.next())
+                .await
+                .unwrap()
+                .unwrap()
+        });
+        let names: Vec<String> = message
+            .headers
+            .iter()
+            .flat_map(|headers| headers.iter().map(|(name, _)| name.to_string()))
+            .collect();
+        assert_eq!(names, expected, "headers = {choice:?}");
+        let event: Value = serde_json::from_slice(&message.payload).unwrap();
+        if choice == "id" {
+            let headers = message.headers.unwrap();
+            assert_eq!(
+                headers.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str(),
+                event["id"].as_str().unwrap()
+            );
+        }
+    }
+}
