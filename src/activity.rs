@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::core::event::{Data, Event, EventType};
+use crate::core::event::{Data, Event, EventType, PeerType};
 use crate::telemetry;
 
 /// Rooms and connected peers tracked at most, together.
@@ -25,9 +25,14 @@ pub const MAX_TRACKED: usize = 1_000_000;
 /// A peer as known from events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownPeer {
-    /// The `peer_type` label: `webrtc`, `agent`, `vapi`, `unspecified`, `unknown`.
-    pub peer_type: &'static str,
+    /// None for a value this version cannot name.
+    pub peer_type: Option<PeerType>,
     pub connected: bool,
+}
+
+/// The `peer_type` label of a peer: its type, or `unknown`.
+fn peer_label(peer_type: Option<PeerType>) -> &'static str {
+    peer_type.map_or("unknown", PeerType::as_str)
 }
 
 /// Room id to its peers (peer id to what is known of it), sorted.
@@ -50,15 +55,15 @@ impl Activity {
         // Counted once per body and label pair, not once per event.
         let mut counts: Vec<(EventType, &'static str, u64)> = Vec::new();
         for event in events {
-            if let Some(peer_type) = lifecycle_label(event) {
+            if let Some(label) = lifecycle_label(event) {
                 match counts
                     .iter_mut()
-                    .find(|(t, p, _)| *t == event.event_type && *p == peer_type)
+                    .find(|(t, p, _)| *t == event.event_type && *p == label)
                 {
                     Some((_, _, count)) => *count += 1,
-                    None => counts.push((event.event_type, peer_type, 1)),
+                    None => counts.push((event.event_type, label, 1)),
                 }
-                changed |= self.apply(event, peer_type);
+                changed |= self.apply(event, event_peer_type(event));
             }
         }
         for (event_type, peer_type, count) in counts {
@@ -93,7 +98,10 @@ impl Activity {
             }
             self.tracked += 1 + peers.len();
             for peer in peers.values().filter(|p| p.connected) {
-                *self.connected.entry(peer.peer_type).or_default() += 1;
+                *self
+                    .connected
+                    .entry(peer_label(peer.peer_type))
+                    .or_default() += 1;
             }
             self.rooms.insert(room_id, peers.into_iter().collect());
         }
@@ -112,7 +120,7 @@ impl Activity {
     }
 
     /// Returns whether the known state changed.
-    fn apply(&mut self, event: &Event, peer_type: &'static str) -> bool {
+    fn apply(&mut self, event: &Event, peer_type: Option<PeerType>) -> bool {
         let Some(room_id) = event.data.room_id() else {
             return false;
         };
@@ -142,7 +150,7 @@ impl Activity {
                         return false;
                     }
                     peer.connected = true;
-                    *self.connected.entry(peer_type).or_default() += 1;
+                    *self.connected.entry(peer_label(peer_type)).or_default() += 1;
                     return true;
                 }
                 // A room first seen here takes an entry of its own.
@@ -162,7 +170,7 @@ impl Activity {
                 );
                 self.tracked += 1;
                 if connect {
-                    *self.connected.entry(peer_type).or_default() += 1;
+                    *self.connected.entry(peer_label(peer_type)).or_default() += 1;
                 }
                 true
             }
@@ -197,7 +205,22 @@ impl Activity {
                     None => false,
                 }
             }
-            _ => false,
+            // Streams and everything inside a peer leave rooms and peers as
+            // they are.
+            EventType::StreamerConnected
+            | EventType::StreamerDisconnected
+            | EventType::ViewerConnected
+            | EventType::ViewerDisconnected
+            | EventType::PeerMetadataUpdated
+            | EventType::TrackAdded
+            | EventType::TrackRemoved
+            | EventType::TrackMetadataUpdated
+            | EventType::TrackForwarding
+            | EventType::TrackForwardingRemoved
+            | EventType::VadNotification
+            | EventType::ChannelAdded
+            | EventType::ChannelRemoved
+            | EventType::RecordingStatusChanged => false,
         }
     }
 
@@ -227,8 +250,8 @@ impl Activity {
         false
     }
 
-    fn disconnected(&mut self, peer_type: &'static str) {
-        if let Some(count) = self.connected.get_mut(peer_type) {
+    fn disconnected(&mut self, peer_type: Option<PeerType>) {
+        if let Some(count) = self.connected.get_mut(peer_label(peer_type)) {
             *count = count.saturating_sub(1);
         }
     }
@@ -242,15 +265,28 @@ fn lifecycle_label(event: &Event) -> Option<&'static str> {
         RoomCreated | RoomDeleted | RoomCrashed => Some("none"),
         StreamerConnected | StreamerDisconnected => Some("streamer"),
         ViewerConnected | ViewerDisconnected => Some("viewer"),
+        // An enum value the SDK cannot name is kept in the event, not here.
         PeerAdded | PeerDeleted | PeerConnected | PeerDisconnected | PeerCrashed => {
-            let peer_type = match &event.data {
-                Data::Peer(peer) => peer.peer_type,
-                Data::PeerCrashed(peer) => peer.peer_type,
-                _ => None,
-            };
-            // An enum value the SDK cannot name is kept in the event, not here.
-            Some(peer_type.unwrap_or("unknown"))
+            Some(peer_label(event_peer_type(event)))
         }
+        PeerMetadataUpdated
+        | TrackAdded
+        | TrackRemoved
+        | TrackMetadataUpdated
+        | TrackForwarding
+        | TrackForwardingRemoved
+        | VadNotification
+        | ChannelAdded
+        | ChannelRemoved
+        | RecordingStatusChanged => None,
+    }
+}
+
+/// The peer type a peer lifecycle event carries.
+fn event_peer_type(event: &Event) -> Option<PeerType> {
+    match &event.data {
+        Data::Peer(peer) => peer.peer_type,
+        Data::PeerCrashed(peer) => peer.peer_type,
         _ => None,
     }
 }
@@ -270,7 +306,7 @@ mod tests {
             Some(peer) => Data::Peer(PeerData {
                 room_id: room.to_owned(),
                 peer_id: peer.to_owned(),
-                peer_type: Some("webrtc"),
+                peer_type: Some(PeerType::Webrtc),
             }),
         };
         Event {
@@ -324,7 +360,7 @@ mod tests {
         let mut activity = Activity::default();
         activity.observe(&[event(EventType::RoomCreated, "r1", None)]);
         let peer = |connected| KnownPeer {
-            peer_type: "webrtc",
+            peer_type: Some(PeerType::Webrtc),
             connected,
         };
         let learned: KnownRooms = [

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::activity::{KnownPeer, KnownRooms};
-use crate::core::event::{new_event_id, Data, Event, EventType, PeerData, RoomData, Source};
+use crate::core::event::{
+    new_event_id, Data, Event, EventType, PeerData, PeerType, RoomData, Source,
+};
 use crate::fishjam::FishjamRoom;
 
 /// The events that bring `known` to what `fishjam` says, in order.
@@ -41,11 +43,11 @@ pub fn differences(
             room_id: room_id.to_owned(),
         })
     };
-    let peer = |room_id: &str, peer_id: &str, peer_type: &'static str| {
+    let peer = |room_id: &str, peer_id: &str, peer_type: Option<PeerType>| {
         Data::Peer(PeerData {
             room_id: room_id.to_owned(),
             peer_id: peer_id.to_owned(),
-            peer_type: Some(peer_type),
+            peer_type,
         })
     };
     let mut present: BTreeMap<&str, &FishjamRoom> = BTreeMap::new();
@@ -130,14 +132,13 @@ fn known_peer(peer: &crate::fishjam::FishjamPeer) -> KnownPeer {
     }
 }
 
-/// The REST API's peer type, as the events name it.
-fn peer_type(name: Option<&str>) -> &'static str {
-    match name {
-        Some("webrtc") => "webrtc",
-        Some("agent") => "agent",
-        Some("vapi") => "vapi",
-        _ => "unspecified",
-    }
+/// The REST API's peer type (`webrtc`, `agent`, `vapi`); anything else is
+/// unspecified.
+fn peer_type(name: Option<&str>) -> Option<PeerType> {
+    Some(
+        name.and_then(PeerType::from_name)
+            .unwrap_or(PeerType::Unspecified),
+    )
 }
 
 #[cfg(test)]
@@ -152,7 +153,7 @@ mod tests {
             [(
                 "p0".to_owned(),
                 KnownPeer {
-                    peer_type: "agent",
+                    peer_type: Some(PeerType::Agent),
                     connected: true,
                 },
             )]
@@ -199,7 +200,7 @@ mod tests {
                     .iter()
                     .map(|(id, connected)| {
                         let peer = KnownPeer {
-                            peer_type: "webrtc",
+                            peer_type: Some(PeerType::Webrtc),
                             connected: *connected,
                         };
                         (id.to_string(), peer)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fishjam_bridge::admission::{Accepted, Admission, Body};
 use fishjam_bridge::core::event::{derived_event_id, RoomData};
-use fishjam_bridge::core::event::{Data, Event, EventType, Message, PeerData, Source};
+use fishjam_bridge::core::event::{Data, Event, EventType, Message, PeerData, PeerType, Source};
 use fishjam_bridge::dead_letter::DeadLetters;
 use fishjam_bridge::fanout::{BurstyLimit, Fanout, WhenFull};
 use fishjam_bridge::lane::{run_lane, LaneOptions};
@@ -86,7 +86,7 @@ fn events(body: usize) -> Vec<Event> {
                     Data::Peer(PeerData {
                         room_id,
                         peer_id: format!("peer-{i}"),
-                        peer_type: Some("webrtc"),
+                        peer_type: Some(PeerType::Webrtc),
                     }),
                 )
             };

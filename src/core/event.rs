@@ -68,6 +68,63 @@ impl Source {
     }
 }
 
+/// A Fishjam peer's type, named as the SDK names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerType {
+    Unspecified,
+    Webrtc,
+    Agent,
+    Vapi,
+}
+
+impl PeerType {
+    pub const ALL: [PeerType; 4] = [
+        PeerType::Unspecified,
+        PeerType::Webrtc,
+        PeerType::Agent,
+        PeerType::Vapi,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerType::Unspecified => "unspecified",
+            PeerType::Webrtc => "webrtc",
+            PeerType::Agent => "agent",
+            PeerType::Vapi => "vapi",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PeerType> {
+        PeerType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The protobuf enum value.
+    pub fn number(self) -> i32 {
+        match self {
+            PeerType::Unspecified => 0,
+            PeerType::Webrtc => 1,
+            PeerType::Agent => 2,
+            PeerType::Vapi => 3,
+        }
+    }
+
+    /// The type of a protobuf enum value, as the JS codec reads it (a
+    /// 10-byte -1 is read as -1 and named like 0); None for a value this
+    /// version cannot name.
+    pub fn from_number(value: i32) -> Option<PeerType> {
+        match value {
+            -1 => Some(PeerType::Unspecified),
+            _ => PeerType::ALL.into_iter().find(|t| t.number() == value),
+        }
+    }
+}
+
+impl Serialize for PeerType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// What an event's key identifies: it orders and partitions the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyKind {
@@ -213,7 +270,7 @@ pub struct PeerData {
     pub room_id: String,
     pub peer_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer_type: Option<&'static str>,
+    pub peer_type: Option<PeerType>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -223,7 +280,7 @@ pub struct PeerCrashedData {
     pub peer_id: String,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer_type: Option<&'static str>,
+    pub peer_type: Option<PeerType>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -233,7 +290,7 @@ pub struct PeerMetadataData {
     pub peer_id: String,
     pub metadata: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer_type: Option<&'static str>,
+    pub peer_type: Option<PeerType>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

@@ -266,13 +266,7 @@ fn to_notification(event: &Event) -> Option<proto::ServerMessage> {
             room_id: d.room_id.clone(),
         }),
         (event_type, Data::Peer(d)) => {
-            let peer_type = match d.peer_type? {
-                "unspecified" => 0,
-                "webrtc" => 1,
-                "agent" => 2,
-                "vapi" => 3,
-                _ => return None,
-            };
+            let peer_type = d.peer_type?.number();
             let (room_id, peer_id) = (d.room_id.clone(), d.peer_id.clone());
             match event_type {
                 EventType::PeerAdded => C::PeerAdded(sm::PeerAdded {
@@ -328,16 +322,12 @@ fn peer(room_id: String, peer_id: String, peer_type_value: i32, unmapped: &mut U
     })
 }
 
-fn peer_type(value: i32, unmapped: &mut Unmapped) -> Option<&'static str> {
-    let name = match value {
-        // The JS codec reads a 10-byte -1 as -1 and names it like 0.
-        0 | -1 => Some("unspecified"),
-        1 => Some("webrtc"),
-        2 => Some("agent"),
-        3 => Some("vapi"),
-        _ => None,
-    };
-    mapped(name, "peerType", value, unmapped)
+fn peer_type(value: i32, unmapped: &mut Unmapped) -> Option<PeerType> {
+    let peer_type = PeerType::from_number(value);
+    if peer_type.is_none() {
+        unmapped.push(("peerType", value));
+    }
+    peer_type
 }
 
 fn track_type(value: i32) -> Option<&'static str> {

@@ -234,7 +234,7 @@ mod tests {
             data: Data::Peer(PeerData {
                 room_id: room.to_owned(),
                 peer_id: peer.to_owned(),
-                peer_type: Some("webrtc"),
+                peer_type: Some(PeerType::Webrtc),
             }),
             unmapped_enums: Vec::new(),
         }

@@ -652,7 +652,10 @@ fn headers_are_a_choice_per_sink() {
         if choice == "id" {
             let headers = message.headers.unwrap();
             assert_eq!(
-                headers.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str(),
+                headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .unwrap()
+                    .as_str(),
                 event["id"].as_str().unwrap()
             );
         }
