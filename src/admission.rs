@@ -344,6 +344,20 @@ mod tests {
         }
     }
 
+    /// `offer_waiting(body)`, which must not be done at its first poll, as a
+    /// task.
+    fn spawn_waiting(
+        admission: &Admission,
+        body: Body,
+    ) -> tokio::task::JoinHandle<Result<(), AdmissionError>> {
+        let mut waiting = Box::pin({
+            let admission = admission.clone();
+            async move { admission.offer_waiting(body).await.map_err(|r| r.reason) }
+        });
+        assert!((&mut waiting).now_or_never().is_none(), "the body waits");
+        tokio::spawn(waiting)
+    }
+
     async fn durable(accepted: Accepted) {
         let Accepted::Spooled(durable, _) = accepted else {
             panic!("the body is spooled");
@@ -476,12 +490,7 @@ mod tests {
         // waits for room, and must not be lost.
         let waited = body(&["waited"]);
         let ids = ids(&waited);
-        let mut waiting = Box::pin({
-            let admission = admission.clone();
-            async move { admission.offer_waiting(waited).await.map_err(|r| r.reason) }
-        });
-        assert!((&mut waiting).now_or_never().is_none(), "it waits");
-        let waiting = tokio::spawn(waiting);
+        let waiting = spawn_waiting(&admission, waited);
         let shutdown = CancellationToken::new();
         let replayer = tokio::spawn(replay(
             spool.clone(),
@@ -513,15 +522,7 @@ mod tests {
         // The bursty slot is taken: the next frame waits for it.
         let next = vad_body("r");
         let ids = ids(&next);
-        let mut waiting = Box::pin({
-            let admission = admission.clone();
-            async move { admission.offer_waiting(next).await.map_err(|r| r.reason) }
-        });
-        assert!(
-            (&mut waiting).now_or_never().is_none(),
-            "a frame whose bursty slots are taken waits for them"
-        );
-        let waiting = tokio::spawn(waiting);
+        let waiting = spawn_waiting(&admission, next);
         let seen =
             tokio::time::timeout(Duration::from_secs(30), take_until(&mut lanes[0][0], &ids))
                 .await

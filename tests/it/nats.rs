@@ -26,8 +26,45 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub async fn client(url: &str) -> async_nats::Client {
-    async_nats::connect(url).await.unwrap_or_else(|e| {
+    connect(async_nats::ConnectOptions::new(), url).await
+}
+
+async fn connect(options: async_nats::ConnectOptions, url: &str) -> async_nats::Client {
+    options.connect(url).await.unwrap_or_else(|e| {
         panic!("cannot reach NATS at {url} ({e}); start it with `bash scripts/services` or set NATS_URL")
+    })
+}
+
+/// A client subscribed to `subject`, the subscription in place on the server.
+pub async fn subscribed(
+    url: &str,
+    subject: String,
+) -> (async_nats::Client, async_nats::Subscriber) {
+    subscribed_with(async_nats::ConnectOptions::new(), url, subject).await
+}
+
+pub async fn subscribed_with(
+    options: async_nats::ConnectOptions,
+    url: &str,
+    subject: String,
+) -> (async_nats::Client, async_nats::Subscriber) {
+    let client = connect(options, url).await;
+    let subscription = client.subscribe(subject).await.unwrap();
+    client.flush().await.unwrap();
+    (client, subscription)
+}
+
+/// The subscription's next message, within `WAIT`.
+fn next_message(
+    rt: &tokio::runtime::Runtime,
+    subscription: &mut async_nats::Subscriber,
+    what: &str,
+) -> async_nats::Message {
+    rt.block_on(async {
+        tokio::time::timeout(WAIT, subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}"))
+            .unwrap()
     })
 }
 
@@ -65,12 +102,7 @@ fn core_subscribers_see_every_event_once_in_room_order() {
     let rt = runtime();
     let _context = rt.enter();
     let prefix = unique("it");
-    let subscriber = rt.block_on(async {
-        let client = client(&nats_url()).await;
-        let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
-        client.flush().await.unwrap();
-        (client, subscription)
-    });
+    let subscriber = rt.block_on(async { subscribed(&nats_url(), format!("{prefix}.>")).await });
     let (_client, mut subscription) = subscriber;
     let bridge = BridgeProcess::start(&nats_sink(
         &nats_url(),
@@ -324,12 +356,8 @@ fn an_event_over_max_payload_is_dead_lettered_and_its_room_goes_on() {
     let rt = runtime();
     let _context = rt.enter();
     let prefix = unique("dl");
-    let (client, mut subscription) = rt.block_on(async {
-        let client = client(&nats_url()).await;
-        let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
-        client.flush().await.unwrap();
-        (client, subscription)
-    });
+    let (client, mut subscription) =
+        rt.block_on(async { subscribed(&nats_url(), format!("{prefix}.>")).await });
     let max_payload = client.server_info().max_payload;
     let bridge = BridgeProcess::start(
         &nats_sink(&nats_url(), &format!("{prefix}.{{key}}.{{type}}"), "").replace(
@@ -457,12 +485,8 @@ fn core_nats_is_acknowledged_by_the_server_not_by_the_kernel() {
     let rt = runtime();
     let _context = rt.enter();
     let prefix = unique("it");
-    let (_client, mut subscription) = rt.block_on(async {
-        let client = client(&nats_url()).await;
-        let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
-        client.flush().await.unwrap();
-        (client, subscription)
-    });
+    let (_client, mut subscription) =
+        rt.block_on(async { subscribed(&nats_url(), format!("{prefix}.>")).await });
     let proxy = SwallowingProxy::start(&nats_url());
     let bridge = BridgeProcess::start(&nats_sink(
         &proxy.url(),
@@ -480,80 +504,32 @@ fn core_nats_is_acknowledged_by_the_server_not_by_the_kernel() {
     );
     // Once the path is whole again, the lane's retry delivers it.
     proxy.forward.store(true, Ordering::SeqCst);
-    let message = rt.block_on(async {
-        tokio::time::timeout(WAIT, subscription.next())
-            .await
-            .expect("the retried event reaches the server")
-            .unwrap()
-    });
+    let message = next_message(
+        &rt,
+        &mut subscription,
+        "the retried event reaches the server",
+    );
     assert_eq!(
         message.subject.as_str(),
         format!("{prefix}.rooms.swallowed.roomCreated")
     );
 }
 
-/// A nats-server of the test's own with `authorization` as given.
-struct AuthNats {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl AuthNats {
-    fn start(authorization: &str) -> AuthNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("nats.conf");
-        std::fs::write(
-            &conf,
-            format!("listen: 127.0.0.1:{port}\nauthorization {{\n{authorization}\n}}\n"),
-        )
-        .unwrap();
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (bash scripts/services)");
-        wait_until("the private nats-server listens", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        AuthNats {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for AuthNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Posts one roomCreated through a bridge with `sink_auth` and returns the
 /// message a subscriber with `subscriber` options got.
-fn one_event_through(server: &AuthNats, sink_auth: &str, subscriber: async_nats::ConnectOptions) {
+fn one_event_through(
+    server: &ConfiguredNats,
+    sink_auth: &str,
+    subscriber: async_nats::ConnectOptions,
+) {
     let rt = runtime();
     let _context = rt.enter();
     let prefix = unique("auth");
-    let (_client, mut subscription) = rt.block_on(async {
-        let client = subscriber.connect(server.url()).await.unwrap();
-        let subscription = client.subscribe(format!("{prefix}.>")).await.unwrap();
-        client.flush().await.unwrap();
-        (client, subscription)
-    });
+    let (_client, mut subscription) = rt.block_on(subscribed_with(
+        subscriber,
+        &server.url(),
+        format!("{prefix}.>"),
+    ));
     let bridge = BridgeProcess::start(&nats_sink(
         &server.url(),
         &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
@@ -563,12 +539,7 @@ fn one_event_through(server: &AuthNats, sink_auth: &str, subscriber: async_nats:
         post(&bridge.webhook_url(), room_created("authed"), None).status(),
         200
     );
-    let message = rt.block_on(async {
-        tokio::time::timeout(WAIT, subscription.next())
-            .await
-            .expect("the event reaches the server")
-            .unwrap()
-    });
+    let message = next_message(&rt, &mut subscription, "the event reaches the server");
     assert_eq!(
         message.subject.as_str(),
         format!("{prefix}.rooms.authed.roomCreated")
@@ -578,7 +549,7 @@ fn one_event_through(server: &AuthNats, sink_auth: &str, subscriber: async_nats:
 #[test]
 fn core_nats_authenticates_with_a_token_and_with_an_nkey() {
     let token = "tok-5d1e";
-    let server = AuthNats::start(&format!("token: \"{token}\""));
+    let server = ConfiguredNats::start(&format!("authorization {{ token: \"{token}\" }}"));
     one_event_through(
         &server,
         &format!("token = \"{token}\"\n"),
@@ -587,8 +558,8 @@ fn core_nats_authenticates_with_a_token_and_with_an_nkey() {
 
     let user = nkeys::KeyPair::new_user();
     let seed = user.seed().unwrap();
-    let server = AuthNats::start(&format!(
-        "users = [ {{ nkey: \"{}\" }} ]",
+    let server = ConfiguredNats::start(&format!(
+        "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}",
         user.public_key()
     ));
     one_event_through(
@@ -600,7 +571,7 @@ fn core_nats_authenticates_with_a_token_and_with_an_nkey() {
 
 #[test]
 fn core_nats_with_a_wrong_token_is_not_ready_and_says_why() {
-    let server = AuthNats::start("token: \"right\"");
+    let server = ConfiguredNats::start("authorization { token: \"right\" }");
     let bridge = BridgeProcess::spawn(
         &nats_sink(&server.url(), "auth.{key}", "token = \"wrong\"\n"),
         Stdio::null(),

@@ -464,3 +464,50 @@ fn openssl(dir: &Path, args: &[&str]) {
         .expect("openssl is installed");
     assert!(output.status.success(), "openssl {args:?}: {output:?}");
 }
+
+/// A nats-server of a test's own, on a free port, with `conf` (nats-server's
+/// configuration format) after its `listen` line.
+pub struct ConfiguredNats {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ConfiguredNats {
+    pub fn start(conf: &str) -> ConfiguredNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{conf}\n")).unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (bash scripts/services)");
+        wait_until("the private nats-server listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        ConfiguredNats {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ConfiguredNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

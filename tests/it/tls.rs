@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -13,7 +13,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
-use crate::notifier::free_port;
 use crate::support::*;
 use crate::webhook::room_created;
 
@@ -197,55 +196,17 @@ fn a_certificate_that_does_not_match_its_key_is_refused_at_start() {
     assert!(stderr.contains("/nonexistent.pem"), "{stderr}");
 }
 
-/// A nats-server of its own with TLS and a user: (process, port, password).
-struct TlsNats {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
 const NATS_USER: &str = "bridge";
 const NATS_PASSWORD: &str = "nats-pass-3f9c";
 
-impl TlsNats {
-    fn start(cert: &Path, key: &Path) -> TlsNats {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("nats.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listen: 127.0.0.1:{port}\n\
-                 tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n}}\n\
-                 authorization {{\n  user: \"{NATS_USER}\"\n  password: \"{NATS_PASSWORD}\"\n}}\n",
-                cert.display(),
-                key.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (bash scripts/services)");
-        wait_until("the private nats-server listens", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        TlsNats {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for TlsNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A nats-server of its own with TLS and a user.
+fn tls_nats(cert: &Path, key: &Path) -> ConfiguredNats {
+    ConfiguredNats::start(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n}}\n\
+         authorization {{\n  user: \"{NATS_USER}\"\n  password: \"{NATS_PASSWORD}\"\n}}",
+        cert.display(),
+        key.display()
+    ))
 }
 
 fn nats_tls_sink(port: u16, subject: &str, ca: Option<&PathBuf>) -> String {
@@ -263,7 +224,7 @@ fn nats_tls_sink(port: u16, subject: &str, ca: Option<&PathBuf>) -> String {
 fn nats_with_tls_and_a_password_gets_every_event() {
     let certificates = tempfile::tempdir().unwrap();
     let [ca, cert, key] = private_ca(certificates.path());
-    let server = TlsNats::start(&cert, &key);
+    let server = tls_nats(&cert, &key);
     let prefix = format!("tls{:08x}", rand::random::<u32>());
 
     // Without the CA the server's certificate is not trusted: the sink never
