@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -664,5 +665,68 @@ fn headers_are_a_choice_per_sink() {
                 event["id"].as_str().unwrap()
             );
         }
+    }
+}
+
+#[test]
+fn core_nats_moves_to_the_next_server_when_one_goes_lame_duck() {
+    let rt = runtime();
+    let _context = rt.enter();
+    // The first keeps its clients for a minute after going lame duck: only
+    // the bridge's reading of the server's INFO can move it sooner.
+    let first =
+        ConfiguredNats::start("lame_duck_grace_period: \"60s\"\nlame_duck_duration: \"120s\"");
+    let second = ConfiguredNats::start("");
+    let prefix = unique("ldm");
+    let (_a, mut on_first) = rt.block_on(subscribed(&first.url(), format!("{prefix}.>")));
+    let (_b, mut on_second) = rt.block_on(subscribed(&second.url(), format!("{prefix}.>")));
+    let bridge = BridgeProcess::start(&nats_sink(
+        &format!("{},{}", first.url(), second.url()),
+        &format!("{prefix}.{{key}}"),
+        "",
+    ));
+    let post_one = |n: usize| {
+        assert_eq!(
+            post(&bridge.webhook_url(), room_created(&format!("r{n}")), None).status(),
+            200
+        );
+    };
+    post_one(0);
+    next_message(&rt, &mut on_first, "the first server gets the first event");
+    first.lame_duck();
+    // The server says so in an INFO; the connection that read it is retired
+    // after its batch, and the next one finds the second server.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut sent = 1;
+    let moved = loop {
+        post_one(sent);
+        sent += 1;
+        let next = rt.block_on(tokio::time::timeout(
+            Duration::from_millis(200),
+            on_second.next(),
+        ));
+        if let Ok(Some(message)) = next {
+            break message;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event reached the second server"
+        );
+    };
+    assert!(moved.subject.as_str().starts_with(&format!("{prefix}.r")));
+    // Every event acknowledged is on one server or the other.
+    let mut received = 2;
+    while received < sent {
+        let more = rt.block_on(tokio::time::timeout(WAIT, async {
+            tokio::select! {
+                m = on_first.next() => m,
+                m = on_second.next() => m,
+            }
+        }));
+        assert!(
+            matches!(more, Ok(Some(_))),
+            "{received} of {sent} events arrived"
+        );
+        received += 1;
     }
 }

@@ -503,6 +503,12 @@ impl ConfiguredNats {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// Puts the server in lame-duck mode (SIGUSR2): it stops accepting
+    /// connections and tells its clients to move.
+    pub fn lame_duck(&self) {
+        succeed(Command::new("kill").args(["-USR2", &self.child.id().to_string()]));
+    }
 }
 
 impl Drop for ConfiguredNats {
