@@ -73,8 +73,7 @@ async fn deliver<S: Publish>(
     let max_batch = options.max_batch.max(1);
     loop {
         // Acknowledge the parts whose messages are all done.
-        while let Some(end) = next_end.filter(|end| *end <= done) {
-            let _ = end;
+        while next_end.is_some_and(|end| end <= done) {
             parts[next_part].acknowledge();
             next_part += 1;
             next_end = ends.next();
