@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::core::event::{Event, Message, Source};
-use crate::fanout::{Fanout, Receipt, Refused, SubmitError};
+use crate::fanout::{bursty_count, Fanout, Receipt, Refused, SubmitError};
 use crate::spool::log::NewRecord;
 use crate::spool::{Durable, Spool, SpoolError};
 
@@ -38,13 +38,6 @@ impl Body {
 
     fn source(&self) -> Source {
         self.record.source
-    }
-
-    fn bursty(&self) -> usize {
-        self.messages
-            .iter()
-            .filter(|m| m.event.event_type.is_bursty())
-            .count()
     }
 }
 
@@ -201,7 +194,7 @@ impl Admission {
                     body,
                     reason: AdmissionError::Pipeline(SubmitError::BurstyFull),
                 }) => {
-                    self.fanout.bursty_room(body.bursty()).await;
+                    self.fanout.bursty_room(bursty_count(&body.messages)).await;
                     body
                 }
                 Err(refused) => return Err(refused),
@@ -234,10 +227,9 @@ mod tests {
     use crate::core::proto::server_message::{NotificationBatch, RoomCreated, VadNotification};
     use crate::core::proto::{Content, ServerMessage};
     use crate::fanout::{BurstyLimit, InFlight, LaneReceiver, WhenFull};
-    use crate::spool::{log, replay, Options};
+    use crate::spool::{log, replay, test_options, Options};
     use futures_util::FutureExt;
     use prost::Message as _;
-    use std::path::Path;
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
@@ -245,16 +237,6 @@ mod tests {
         max_in_flight: 10,
         when_full: WhenFull::Wait,
     };
-
-    fn options(dir: &Path) -> Options {
-        Options {
-            dir: dir.to_owned(),
-            max_bytes: 1 << 20,
-            segment_bytes: 256,
-            fsync: true,
-            engage_after: Duration::from_secs(1),
-        }
-    }
 
     /// Fan-out to one sink of one lane, behind admission with `spool`.
     fn admitting(
@@ -368,7 +350,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spooled_bodies_follow_earlier_ones_in_order_then_the_spool_disengages() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&options(dir.path())).unwrap();
+        let spool = Spool::open(&test_options(dir.path())).unwrap();
         let (admission, mut lanes, in_flight) = admitting(2, LIMIT, &spool);
 
         assert!(matches!(
@@ -419,7 +401,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let small = Options {
             max_bytes: 300,
-            ..options(dir.path())
+            ..test_options(dir.path())
         };
         let spool = Spool::open(&small).unwrap();
         let (admission, _lanes, _) = admitting(2, LIMIT, &spool);
@@ -481,7 +463,7 @@ mod tests {
         // A spool with no room for any body.
         let none = Options {
             max_bytes: 1,
-            ..options(dir.path())
+            ..test_options(dir.path())
         };
         let spool = Spool::open(&none).unwrap();
         let (admission, mut lanes, in_flight) = admitting(2, LIMIT, &spool);
@@ -512,7 +494,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_bursty_body_waits_for_its_slots_with_a_spool_as_without() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&options(dir.path())).unwrap();
+        let spool = Spool::open(&test_options(dir.path())).unwrap();
         let limit = BurstyLimit {
             max_in_flight: 1,
             when_full: WhenFull::Wait,

@@ -503,15 +503,15 @@ impl Fanout {
         for (sink, SinkLanes { lanes, .. }) in self.lanes.iter().enumerate() {
             let count = lanes.len() as u64;
             let lane_of = |hash: &u64| (hash % count) as usize;
-            let first = lane_of(&hashes[0]);
-            if hashes.iter().all(|h| lane_of(h) == first) {
-                plan.push((sink, first, None));
-                continue;
-            }
             sizes.clear();
             sizes.resize(lanes.len(), 0usize);
             for hash in &hashes {
                 sizes[lane_of(hash)] += 1;
+            }
+            // The whole body on one lane: one part of all of it.
+            if let Some(lane) = sizes.iter().position(|size| *size == hashes.len()) {
+                plan.push((sink, lane, None));
+                continue;
             }
             for (lane, size) in sizes.iter().enumerate() {
                 if *size == 0 {
@@ -528,7 +528,8 @@ impl Fanout {
     }
 }
 
-fn bursty_count(messages: &[Message]) -> usize {
+/// How many of `messages` need a bursty slot.
+pub fn bursty_count(messages: &[Message]) -> usize {
     messages
         .iter()
         .filter(|m| m.event.event_type.is_bursty())

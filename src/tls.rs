@@ -39,23 +39,7 @@ impl ExtraRoots {
 
     /// A rustls client configuration trusting the platform's roots and these.
     pub fn rustls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        // A platform without a readable store still trusts the extra roots.
-        for certificate in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(certificate);
-        }
-        for certificate in &self.certificates {
-            roots
-                .add(certificate.clone())
-                .map_err(|e| format!("a CA certificate is not usable: {e}"))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Arc::new(config))
+        client_config_trusting(&self.certificates, None)
     }
 
     /// The same certificates for reqwest.
@@ -71,16 +55,27 @@ pub fn client_config(
     ca_file: Option<&Path>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
+    let extra = match ca_file {
+        Some(path) => ExtraRoots::load(path)?.certificates,
+        None => Vec::new(),
+    };
+    client_config_trusting(&extra, identity)
+}
+
+/// The platform's roots and `extra`, and the client certificate if any.
+fn client_config_trusting(
+    extra: &[CertificateDer<'static>],
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
+    // A platform without a readable store still trusts the extra roots.
     for certificate in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(certificate);
     }
-    if let Some(path) = ca_file {
-        for certificate in ExtraRoots::load(path)?.certificates {
-            roots
-                .add(certificate)
-                .map_err(|e| format!("{}: a CA certificate is not usable: {e}", path.display()))?;
-        }
+    for certificate in extra {
+        roots
+            .add(certificate.clone())
+            .map_err(|e| format!("a CA certificate is not usable: {e}"))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)

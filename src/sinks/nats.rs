@@ -1,14 +1,16 @@
-//! NATS: core publish (acknowledged once the server answered a round trip
-//! after the batch) or JetStream (acknowledged by the stream's publish ack),
-//! on subjects keyed by room.
+//! NATS: core publish on the bridge's own connection (`nats_wire.rs`,
+//! acknowledged by the server's PONG after the batch) or JetStream on
+//! async-nats (acknowledged by the stream's publish ack), on subjects keyed
+//! by room.
 //!
-//! A batch is published without waiting between messages: core NATS makes
-//! one round trip at the end (`Echoes`); JetStream keeps every publish ack in flight and awaits
-//! them together, so throughput is not one round trip per event. Every
-//! message carries `Nats-Msg-Id` = the event id, so a retry inside the
-//! stream's duplicate window is stored once. The client reconnects by itself;
-//! while it is disconnected a publish waits, the timeout fails the batch, and
-//! the lane retries it, so nothing unacknowledged is ever counted as sent.
+//! A batch is published without waiting between messages: core NATS writes
+//! it at once and makes one round trip at the end; JetStream keeps every
+//! publish ack in flight and awaits them together, so throughput is not one
+//! round trip per event. Every message carries `Nats-Msg-Id` = the event id
+//! (with `headers = "all"` or `"id"`, and always on JetStream), so a retry
+//! inside a stream's duplicate window is stored once. Both reconnect: a
+//! batch that meets a lost connection fails within the timeout and the lane
+//! retries it, so nothing unacknowledged is ever counted as sent.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -534,25 +534,29 @@ pub fn record(origin: &Origin, body: bytes::Bytes) -> NewRecord {
     }
 }
 
+/// A small spool in `dir` for tests: 1 MiB, segments of 256 bytes, synced.
+#[cfg(test)]
+pub(crate) fn test_options(dir: &Path) -> Options {
+    Options {
+        dir: dir.to_owned(),
+        max_bytes: 1 << 20,
+        segment_bytes: 256,
+        fsync: true,
+        engage_after: Duration::from_secs(1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn options(dir: &Path) -> Options {
-        Options {
-            dir: dir.to_owned(),
-            max_bytes: 1 << 20,
-            segment_bytes: 256,
-            fsync: true,
-            engage_after: Duration::from_secs(1),
-        }
-    }
-
     #[test]
     fn a_second_bridge_cannot_use_the_same_spool() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Spool::open(&options(dir.path())).unwrap();
-        let error = Spool::open(&options(dir.path())).unwrap_err().to_string();
+        let _first = Spool::open(&test_options(dir.path())).unwrap();
+        let error = Spool::open(&test_options(dir.path()))
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("another fishjam-bridge uses this spool"),
             "{error}"
