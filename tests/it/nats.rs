@@ -205,12 +205,7 @@ fn a_room_id_with_dots_lands_on_its_escaped_subject() {
         post(&bridge.webhook_url(), room_created("room.with.dots"), None).status(),
         200
     );
-    let message = rt.block_on(async {
-        tokio::time::timeout(WAIT, subscription.next())
-            .await
-            .unwrap()
-            .unwrap()
-    });
+    let message = next_message(&rt, &mut subscription, "the event reaches the server");
     assert_eq!(
         message.subject.as_str(),
         format!("{prefix}.rooms.room%2Ewith%2Edots.roomCreated")
@@ -642,12 +637,7 @@ fn headers_are_a_choice_per_sink() {
             post(&bridge.webhook_url(), room_created("h"), None).status(),
             200
         );
-        let message = rt.block_on(async {
-            tokio::time::timeout(WAIT, subscription.next())
-                .await
-                .unwrap()
-                .unwrap()
-        });
+        let message = next_message(&rt, &mut subscription, "the event reaches the server");
         let names: Vec<String> = message
             .headers
             .iter()

@@ -475,11 +475,7 @@ pub struct ConfiguredNats {
 
 impl ConfiguredNats {
     pub fn start(conf: &str) -> ConfiguredNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::notifier::free_port();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nats.conf");
         std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{conf}\n")).unwrap();
