@@ -66,6 +66,11 @@ enum Command {
     Run {
         #[arg(long, short, env = "FISHJAM_BRIDGE_CONFIG")]
         config: Option<PathBuf>,
+        /// Once both listeners are bound, write their addresses here as JSON
+        /// (`{"webhook": "127.0.0.1:8080", "admin": …}`, null when disabled):
+        /// for scripts and tests that listen on port 0.
+        #[arg(long)]
+        addresses_file: Option<PathBuf>,
     },
     /// Check a configuration and print it with secrets masked.
     CheckConfig {
@@ -184,13 +189,16 @@ fn main() -> ExitCode {
             fishjam_id,
             input,
         } => decode(input_format, fishjam_id, input),
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            addresses_file,
+        } => {
             let config = match Config::from_process(config.as_deref()) {
                 Ok(config) => config,
                 Err(error) => return config_failed(&error),
             };
             telemetry::init_logging(config.log.format, &config.log.level);
-            report(runtime().block_on(run(config)))
+            report(runtime().block_on(run(config, addresses_file)))
         }
         Command::Simulate(args) => {
             telemetry::init_logging(LogFormat::Text, "info");
@@ -320,11 +328,15 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, addresses_file: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics()?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let bridge = fishjam_bridge::start(config, metrics, shutdown.clone()).await?;
+    if let Some(path) = addresses_file {
+        write_addresses(&path, bridge.webhook_addr, bridge.admin_addr)
+            .with_context(|| format!("cannot write --addresses-file {}", path.display()))?;
+    }
     if let Some(notifier) = systemd::Notifier::from_env() {
         tokio::spawn(systemd::run(notifier, bridge.readiness.clone(), shutdown));
     }
@@ -336,6 +348,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes the bound addresses beside `path` and renames the file into place,
+/// so that a reader that finds the file finds it whole.
+fn write_addresses(
+    path: &std::path::Path,
+    webhook: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) -> std::io::Result<()> {
+    let text = serde_json::json!({
+        "webhook": webhook.map(|a| a.to_string()),
+        "admin": admin.map(|a| a.to_string()),
+    })
+    .to_string();
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, text + "\n")?;
+    std::fs::rename(&partial, path)
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
