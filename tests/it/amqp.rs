@@ -23,10 +23,6 @@ fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:016x}", rand::random::<u64>())
-}
-
 async fn channel(url: &str) -> (Connection, Channel) {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
@@ -129,24 +125,6 @@ fn amqp_sink(url: &str, exchange: &str, extra: &str) -> String {
     ))
 }
 
-fn simulate(url: &str, seed: u64, count: usize, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(["simulate", "--webhook-url", url])
-        .args(["--rooms", "8", "--concurrency", "4", "--batch", "10"])
-        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn summary(child: Child) -> Value {
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 fn header<'a>(delivery: &'a lapin::message::Delivery, name: &str) -> Option<&'a str> {
     let headers = delivery.properties.headers().as_ref()?;
     match headers.inner().get(name)? {
@@ -175,7 +153,13 @@ fn bindings_get_every_event_once_in_room_order_with_properties() {
         (connection, channel, all, by_room, by_type)
     });
     let bridge = BridgeProcess::start(&amqp_sink(&amqp_url(), &exchange, ""));
-    let report = summary(simulate(&bridge.webhook_url(), 41, 500, &["--rate", "0"]));
+    let report = summary(webhook_simulator(
+        &bridge.webhook_url(),
+        41,
+        500,
+        10,
+        &["--rate", "0"],
+    ));
     assert_eq!(report["webhook_bodies_failed"], 0);
 
     let validator = schema();
@@ -297,14 +281,7 @@ impl PrivateRabbit {
     /// `extra` returns more lines for rabbitmq.conf; it may write files into
     /// the node's directory (given), which the rabbitmq user can then read.
     fn start_with(extra: impl FnOnce(&Path) -> String) -> PrivateRabbit {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let port = free();
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("rabbitmq.conf"),
@@ -327,7 +304,7 @@ impl PrivateRabbit {
             dir,
             child: None,
         };
-        rabbit.child = Some(rabbit.spawn(free()));
+        rabbit.child = Some(rabbit.spawn(free_port()));
         rabbit
     }
 
@@ -380,11 +357,7 @@ impl PrivateRabbit {
 
     fn restart(&mut self) {
         self.stop();
-        let dist_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let dist_port = free_port();
         self.child = Some(self.spawn(dist_port));
     }
 
@@ -414,11 +387,12 @@ fn a_broker_restart_loses_no_acknowledged_event() {
     let text = amqp_sink(&rabbit.url(), exchange, "")
         .replace("ack_timeout = \"2s\"", "ack_timeout = \"1s\"");
     let bridge = BridgeProcess::start(&text);
-    let simulator = simulate(
+    let simulator = webhook_simulator(
         &bridge.webhook_url(),
         51,
         2000,
-        &["--rate", "300", "--retries", "60"],
+        10,
+        &["--rate", "1000", "--retries", "60"],
     );
     wait_until("events confirmed before the restart", || {
         bridge
@@ -463,11 +437,7 @@ fn a_broker_restart_loses_no_acknowledged_event() {
 fn amqps_with_a_private_ca_gets_every_event() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _context = rt.enter();
-    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let tls_port = free_port();
     let rabbit = PrivateRabbit::start_with(|dir| {
         let [ca, cert, key] = private_ca(dir);
         format!(

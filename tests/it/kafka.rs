@@ -22,10 +22,6 @@ use serde_json::Value;
 use crate::support::*;
 use crate::webhook::{expected, post};
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:016x}", rand::random::<u64>())
-}
-
 /// Where tansu is: `TANSU`, then the place `.ci/run` installs it, then PATH.
 fn tansu_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TANSU") {
@@ -56,11 +52,7 @@ impl Broker {
                 _dir: dir,
             };
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
@@ -217,16 +209,7 @@ fn kafka_sink(bootstrap: &str, topic: &str, extra: &str) -> String {
 }
 
 fn simulate(url: &str, seed: u64, count: usize, extra: &[&str]) -> Value {
-    let output = Command::new(BIN)
-        .args(["simulate", "--webhook-url", url])
-        .args(["--rooms", "8", "--concurrency", "4", "--batch", "10"])
-        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
-        .args(extra)
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    serde_json::from_slice(&output.stdout).unwrap()
+    summary(webhook_simulator(url, seed, count, 10, extra))
 }
 
 #[test]

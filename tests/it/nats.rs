@@ -69,33 +69,10 @@ fn next_message(
     })
 }
 
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{:016x}", rand::random::<u64>())
-}
-
 pub fn nats_sink(url: &str, subject: &str, extra: &str) -> String {
     config(&format!(
         "[[sinks]]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{subject}\"\ntimeout = \"2s\"\n{extra}"
     ))
-}
-
-pub fn simulate(url: &str, seed: u64, count: usize, batch: usize, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(["simulate", "--webhook-url", url])
-        .args(["--rooms", "8", "--concurrency", "4"])
-        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
-        .args(["--batch", &batch.to_string()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-pub fn summary(child: Child) -> Value {
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[test]
@@ -110,7 +87,7 @@ fn core_subscribers_see_every_event_once_in_room_order() {
         &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
         "",
     ));
-    let report = summary(simulate(
+    let report = summary(webhook_simulator(
         &bridge.webhook_url(),
         21,
         600,
@@ -231,11 +208,7 @@ pub struct PrivateNats {
 
 impl PrivateNats {
     pub fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let child = Self::spawn(port, dir.path());
         PrivateNats { child, port, dir }
@@ -294,6 +267,23 @@ fn core_nats_delivers_every_acknowledged_event_through_a_server_restart() {
     every_event_through_a_server_restart("", &stream, Some(&stream));
 }
 
+/// Every event in `stream`, in stream order.
+pub fn stored(nats: &str, stream: &str) -> Vec<Value> {
+    runtime().block_on(async {
+        let context = async_nats::jetstream::new(client(nats).await);
+        let mut stream = context.get_stream(stream).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut events = Vec::new();
+        for sequence in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(sequence).await {
+                events.push(serde_json::from_slice::<Value>(&message.payload).unwrap());
+            }
+        }
+        assert_eq!(events.len() as u64, state.messages);
+        events
+    })
+}
+
 /// Webhook load into a bridge whose NATS server is stopped and started
 /// again; afterwards the stream holds every event once, each room in order.
 /// With `create`, the test creates the stream (core NATS publishes into it).
@@ -322,12 +312,12 @@ fn every_event_through_a_server_restart(sink: &str, stream: &str, create: Option
     )
     .replace("ack_timeout = \"2s\"", "ack_timeout = \"1s\"");
     let bridge = BridgeProcess::start(&text);
-    let simulator = simulate(
+    let simulator = webhook_simulator(
         &bridge.webhook_url(),
         31,
         3000,
         10,
-        &["--rate", "400", "--retries", "30"],
+        &["--rate", "1000", "--retries", "30"],
     );
     // Take the server away once some events are stored, and bring it back
     // once the bridge has refused a webhook it could not get acknowledged.
@@ -356,21 +346,7 @@ fn every_event_through_a_server_restart(sink: &str, stream: &str, create: Option
     let report = summary(simulator);
     assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
 
-    let stored = rt.block_on(async {
-        let client = client(&server.url()).await;
-        let context = async_nats::jetstream::new(client);
-        let mut stream = context.get_stream(stream).await.unwrap();
-        let info = stream.info().await.unwrap();
-        let count = info.state.messages;
-        let mut events = Vec::new();
-        for sequence in info.state.first_sequence..=info.state.last_sequence {
-            if let Ok(message) = stream.get_raw_message(sequence).await {
-                events.push(serde_json::from_slice::<Value>(&message.payload).unwrap());
-            }
-        }
-        assert_eq!(events.len() as u64, count);
-        events
-    });
+    let stored = stored(&server.url(), stream);
     // The bridge's own retries reuse the event id (Nats-Msg-Id), which the
     // stream drops.
     let ids: HashSet<&str> = stored.iter().map(|e| e["id"].as_str().unwrap()).collect();

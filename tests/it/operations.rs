@@ -50,7 +50,7 @@ fn metrics_hold_every_documented_name() {
     // A healthy bridge with both sources: events, skips, unmapped enums, a
     // decode failure.
     // Every sink type is configured, so each one's metrics are exported.
-    let port = notifier::free_port();
+    let port = free_port();
     let mut fishjam = notifier::simulator(port, 5, 20);
     let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
     let every_sink = format!(

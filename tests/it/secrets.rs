@@ -7,7 +7,6 @@
 
 use std::process::{Command, Stdio};
 
-use crate::notifier::free_port;
 use crate::support::*;
 use crate::webhook::{post, room_created};
 
@@ -29,19 +28,20 @@ fn assert_clean(what: &str, text: &str) {
 #[test]
 fn no_secret_reaches_logs_metrics_or_check_config() {
     let port = free_port();
-    let _fishjam = Killed(
-        Command::new(BIN)
-            .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--management-token", TOKEN, "--count", "20", "--rate", "0"])
-            .args(["--wait-for-subscribers", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _fishjam = simulated_fishjam(
+        port,
+        &[
+            "--management-token",
+            TOKEN,
+            "--count",
+            "20",
+            "--rate",
+            "0",
+            "--wait-for-subscribers",
+            "1",
+        ],
+        Stdio::null(),
     );
-    wait_until("the simulator listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
     let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
     let text = config(&format!(
         "[notifier]\nenabled = true\n[pipeline]\ndrain_timeout = \"1s\"\n\

@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_fishjam-bridge");
 
 /// How long any wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Whether to run the long versions of the scenarios that take minutes
+/// (`scripts/soak-scenarios` sets `FISHJAM_BRIDGE_SOAK`); the suite runs
+/// short versions that show the same behaviour in seconds.
+pub fn soak() -> bool {
+    std::env::var_os("FISHJAM_BRIDGE_SOAK").is_some()
+}
 
 /// The conformance vectors: the team's shared copy when it is beside the
 /// repository (CI), else the copy in `tests/vectors`.
@@ -89,10 +95,13 @@ impl BridgeProcess {
         let text = config_text.replace("{dir}", dir.path().to_str().unwrap());
         let path = dir.path().join("bridge.toml");
         std::fs::write(&path, text).unwrap();
+        let addresses = dir.path().join("addresses.json");
         let mut command = Command::new(BIN);
         command
             .args(["run", "--config"])
             .arg(&path)
+            .arg("--addresses-file")
+            .arg(&addresses)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -103,7 +112,6 @@ impl BridgeProcess {
         let mut child = command.spawn().expect("the bridge binary starts");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
         {
             let logs = logs.clone();
             std::thread::spawn(move || {
@@ -111,39 +119,30 @@ impl BridgeProcess {
                     let Ok(line) = line else { break };
                     let value =
                         serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line.clone()));
-                    logs.lock().unwrap().push(value.clone());
-                    let _ = tx.send(value);
+                    logs.lock().unwrap().push(value);
                 }
             });
         }
-        let mut webhook = None;
-        let mut admin = None;
+        // The bridge writes the file (whole, by a rename) once both
+        // listeners are bound.
         let deadline = Instant::now() + WAIT;
-        while webhook.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "the bridge did not start listening: {:?}",
-                    logs.lock().unwrap()
-                )
-            });
-            let addr = || {
-                line["addr"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<SocketAddr>()
-                    .unwrap()
-            };
-            match line["message"].as_str() {
-                Some("webhook listening") => webhook = Some(addr()),
-                Some("admin listening") => admin = Some(addr()),
-                _ => {}
+        let bound: Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&addresses) {
+                break serde_json::from_str(&text).unwrap();
             }
-        }
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "the bridge did not start listening ({exited:?}): {:?}",
+                logs.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let addr = |name: &str| bound[name].as_str().unwrap().parse::<SocketAddr>().unwrap();
         BridgeProcess {
             child,
-            webhook: webhook.unwrap(),
-            admin: admin.unwrap(),
+            webhook: addr("webhook"),
+            admin: addr("admin"),
             logs,
             dir,
         }
@@ -214,6 +213,60 @@ impl Drop for BridgeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A name no other test (or run) uses: `prefix` and 16 random hex digits.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+/// A port nothing listens on now (the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `simulate --listen 127.0.0.1:<port>` with `args`, returned once it accepts
+/// connections.
+pub fn simulated_fishjam(port: u16, args: &[&str], stdout: Stdio) -> Killed {
+    let child = Command::new(BIN)
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    wait_until("the simulator listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    child
+}
+
+/// `simulate --webhook-url URL`: `count` notifications of the scenario
+/// `seed` over 8 rooms, posted from 4 connections in bodies of `batch`;
+/// `args` says the rest (rate, retries, secret). `summary` reads its report.
+pub fn webhook_simulator(url: &str, seed: u64, count: usize, batch: usize, args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(["simulate", "--webhook-url", url])
+        .args(["--rooms", "8", "--concurrency", "4"])
+        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
+        .args(["--batch", &batch.to_string()])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a webhook simulator to finish; its report (one JSON object).
+pub fn summary(child: Child) -> Value {
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).expect("simulate prints a JSON summary")
 }
 
 /// A child process that is killed when the test ends, also when it fails.
@@ -475,7 +528,7 @@ pub struct ConfiguredNats {
 
 impl ConfiguredNats {
     pub fn start(conf: &str) -> ConfiguredNats {
-        let port = crate::notifier::free_port();
+        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nats.conf");
         std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{conf}\n")).unwrap();

@@ -5,18 +5,23 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use fishjam_bridge::admission::Admission;
+use fishjam_bridge::config::{Secret, WebhookConfig};
 use fishjam_bridge::core::event::Source;
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::core::proto::server_message as sm;
 use fishjam_bridge::core::proto::{Content, ServerMessage};
 use fishjam_bridge::core::signature;
+use fishjam_bridge::fanout::{BurstyLimit, Fanout, WhenFull};
 use fishjam_bridge::simulator::scenario::Scenario;
+use fishjam_bridge::sources;
 use prost::Message;
 use serde_json::Value;
+use tower::ServiceExt;
 
 use crate::support::*;
 
@@ -77,16 +82,8 @@ pub fn expected(seed: u64, rooms: usize, count: usize) -> BTreeMap<String, Vec<(
 }
 
 fn simulate(url: &str, seed: u64, count: usize, batch: usize) -> Value {
-    let output = Command::new(BIN)
-        .args(["simulate", "--webhook-url", url, "--webhook-secret", SECRET])
-        .args(["--rate", "0", "--rooms", "8", "--concurrency", "4"])
-        .args(["--seed", &seed.to_string(), "--count", &count.to_string()])
-        .args(["--batch", &batch.to_string()])
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    serde_json::from_slice(&output.stdout).expect("simulate prints a JSON summary")
+    let args = ["--webhook-secret", SECRET, "--rate", "0"];
+    summary(webhook_simulator(url, seed, count, batch, &args))
 }
 
 #[test]
@@ -131,51 +128,160 @@ fn signed_single_and_batched_webhooks_arrive_once_in_order() {
     }
 }
 
+/// The webhook router in this process, without a listener: over a fan-out
+/// with one sink of one lane that acknowledges each part at once, or never.
+/// Its metrics go to a recorder of its own.
+struct InProcess {
+    rt: tokio::runtime::Runtime,
+    router: axum::Router,
+    recorder: metrics_exporter_prometheus::PrometheusRecorder,
+    delivered: Arc<Mutex<Vec<Value>>>,
+}
+
+impl InProcess {
+    fn new(config: WebhookConfig, acknowledge: bool) -> InProcess {
+        // One thread: the handler runs where `with_local_recorder` is set.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let router = rt.block_on(async {
+            let bursty = BurstyLimit {
+                max_in_flight: 100,
+                when_full: WhenFull::Wait,
+            };
+            let (fanout, lanes, _) = Fanout::new(&[("sink".to_owned(), 1)], 1000, bursty, None);
+            for mut lane in lanes.into_iter().flatten() {
+                let delivered = delivered.clone();
+                tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    while let Some(part) = lane.recv().await {
+                        for message in part.messages() {
+                            let event = serde_json::from_slice(&message.json).unwrap();
+                            delivered.lock().unwrap().push(event);
+                        }
+                        if acknowledge {
+                            part.acknowledge();
+                        } else {
+                            held.push(part);
+                        }
+                    }
+                });
+            }
+            sources::webhook::router(
+                &config,
+                Arc::from("in-process"),
+                Admission::new(fanout, None),
+                None,
+            )
+        });
+        InProcess {
+            rt,
+            router,
+            recorder,
+            delivered,
+        }
+    }
+
+    /// Posts `body` with `headers`; the status, the headers and the text.
+    fn post(
+        &self,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (u16, axum::http::HeaderMap, String) {
+        let mut request = axum::http::Request::post("/webhook");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(axum::body::Body::from(body)).unwrap();
+        metrics::with_local_recorder(&self.recorder, || {
+            self.rt.block_on(async {
+                let response = self.router.clone().oneshot(request).await.unwrap();
+                let (parts, body) = response.into_parts();
+                let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                (
+                    parts.status.as_u16(),
+                    parts.headers,
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
+            })
+        })
+    }
+
+    /// `body` as Fishjam sends it, signed with `secret`.
+    fn signed(&self, body: Vec<u8>, secret: &str) -> u16 {
+        let signed = signature::sign(secret.as_bytes(), &body);
+        let headers = [
+            ("content-type", "application/x-protobuf"),
+            (signature::HEADER, signed.as_str()),
+        ];
+        self.post(body, &headers).0
+    }
+
+    fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.recorder.handle().render())
+    }
+}
+
 #[test]
 fn bad_requests_get_their_status_and_a_metric() {
-    let bridge = BridgeProcess::start(
-        &with_secret("").replace("[webhook]\n", "[webhook]\nmax_body_bytes = 1024\n"),
-    );
-    let url = bridge.webhook_url();
+    let config = WebhookConfig {
+        secret: Some(Secret::new(SECRET)),
+        max_body_bytes: 1024,
+        ..WebhookConfig::default()
+    };
+    let bridge = InProcess::new(config, true);
     let good = room_created("room-good");
 
-    let wrong = post(&url, good.clone(), Some("another-secret"));
-    assert_eq!(wrong.status(), 401);
-    let unsigned = post(&url, good.clone(), None);
-    assert_eq!(unsigned.status(), 401);
-    let garbage = post(&url, vec![0x12, 0xff, 0x01], Some(SECRET));
-    assert_eq!(garbage.status(), 400);
-    assert!(garbage
-        .text()
-        .unwrap()
-        .contains("not a valid fishjam.ServerMessage"));
-    let oversized = post(&url, room_created(&"r".repeat(2000)), Some(SECRET));
-    assert_eq!(oversized.status(), 413);
-    let wrong_type = reqwest::blocking::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .header(signature::HEADER, signature::sign(SECRET.as_bytes(), b"{}"))
-        .body("{}")
-        .send()
-        .unwrap();
-    assert_eq!(wrong_type.status(), 415);
+    assert_eq!(bridge.signed(good.clone(), "another-secret"), 401);
+    let unsigned = bridge.post(good.clone(), &[("content-type", "application/x-protobuf")]);
+    assert_eq!(unsigned.0, 401);
+    let (status, _, text) = bridge.post(
+        vec![0x12, 0xff, 0x01],
+        &[
+            ("content-type", "application/x-protobuf"),
+            (
+                signature::HEADER,
+                &signature::sign(SECRET.as_bytes(), &[0x12, 0xff, 0x01]),
+            ),
+        ],
+    );
+    assert_eq!(status, 400);
+    assert!(text.contains("not a valid fishjam.ServerMessage"), "{text}");
+    assert_eq!(bridge.signed(room_created(&"r".repeat(2000)), SECRET), 413);
+    let json = [
+        ("content-type", "application/json"),
+        (
+            signature::HEADER,
+            &signature::sign(SECRET.as_bytes(), b"{}"),
+        ),
+    ];
+    assert_eq!(bridge.post(b"{}".to_vec(), &json).0, 415);
+    assert!(bridge.delivered.lock().unwrap().is_empty());
 
-    // The daemon keeps serving.
-    let ok = post(&url, good, Some(SECRET));
-    assert_eq!(ok.status(), 200);
-    wait_until("the good event in the sink", || {
-        read_events(&bridge.dir().join("events.jsonl")).len() == 1
-    });
-    let events = read_events(&bridge.dir().join("events.jsonl"));
-    assert_eq!(events[0]["room_id"], "room-good");
+    // The router keeps serving.
+    assert_eq!(bridge.signed(good, SECRET), 200);
+    let delivered = bridge.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0]["room_id"], "room-good");
 
     let metrics = bridge.metrics();
     let requests = "fishjam_bridge_webhook_requests_total";
-    assert_eq!(metrics.sum(requests, &[("status", "401")]), 2.0);
-    assert_eq!(metrics.sum(requests, &[("status", "400")]), 1.0);
-    assert_eq!(metrics.sum(requests, &[("status", "413")]), 1.0);
-    assert_eq!(metrics.sum(requests, &[("status", "415")]), 1.0);
-    assert_eq!(metrics.sum(requests, &[("status", "200")]), 1.0);
+    for (status, count) in [
+        ("401", 2.0),
+        ("400", 1.0),
+        ("413", 1.0),
+        ("415", 1.0),
+        ("200", 1.0),
+    ] {
+        assert_eq!(
+            metrics.sum(requests, &[("status", status)]),
+            count,
+            "{status}"
+        );
+    }
     assert_eq!(
         metrics.sum(
             "fishjam_bridge_decode_failures_total",
@@ -183,10 +289,29 @@ fn bad_requests_get_their_status_and_a_metric() {
         ),
         1.0
     );
+}
+
+#[test]
+fn a_body_no_sink_acknowledges_in_time_gets_503_with_retry_after() {
+    let config = WebhookConfig {
+        ack_timeout: std::time::Duration::from_millis(50),
+        ..WebhookConfig::default()
+    };
+    let bridge = InProcess::new(config, false);
+    let (status, headers, _) = bridge.post(
+        room_created("held"),
+        &[("content-type", "application/x-protobuf")],
+    );
+    assert_eq!(status, 503);
+    assert!(headers.get("retry-after").is_some());
+    // Refused, yet already with the sink: a later acknowledgement delivers
+    // it, and Fishjam's copy, if it sends one, is a duplicate.
+    assert_eq!(bridge.delivered.lock().unwrap().len(), 1);
+    let metrics = bridge.metrics();
     assert_eq!(
         metrics.sum(
-            "fishjam_bridge_sink_events_acknowledged_total",
-            &[("sink", "file")]
+            "fishjam_bridge_webhook_requests_total",
+            &[("status", "503")]
         ),
         1.0
     );
