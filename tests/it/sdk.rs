@@ -2,18 +2,22 @@
 //! Python SDK (from PyPI, in a throwaway virtual environment) runs the
 //! getting-started flow with a room whose webhooks go to a running bridge,
 //! and the JS SDK (from npm) drives rooms and peers while its notifier
-//! listens. Scripts: `tests/sdk/`.
+//! listens. Scripts and the pinned SDK versions: `tests/sdk/`.
+//!
+//! `scripts/services` installs both SDKs once into
+//! `/opt/fishjam-bridge-tools/sdk/`; a test uses that copy when it was made
+//! from the same pins, and installs into a temporary folder otherwise.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::notifier::free_port;
 use crate::support::*;
 
-const PYTHON_SDK: &str = "fishjam-server-sdk==0.31.1";
-const JS_SDK: &str = "@fishjam-cloud/js-server-sdk@0.25.0";
+/// Where `scripts/services` installs the SDKs; each install ends by keeping
+/// a copy of the pins it was made from, `<pins>.installed`.
+const INSTALLED: &str = "/opt/fishjam-bridge-tools/sdk";
 const TOKEN: &str = "sdk-test-token";
 const SECRET: &str = "sdk-webhook-secret";
 
@@ -21,24 +25,62 @@ fn scripts() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk"))
 }
 
+/// The folder `scripts/services` installed `language`'s SDK into, when it
+/// was installed from the pins in `tests/sdk/<pins>`.
+fn installed(language: &str, pins: &str) -> Option<PathBuf> {
+    let dir = Path::new(INSTALLED).join(language);
+    let wanted = std::fs::read(scripts().join(pins)).unwrap();
+    let made_from = std::fs::read(dir.join(format!("{pins}.installed"))).ok()?;
+    (made_from == wanted).then_some(dir)
+}
+
+/// A Python with the pinned SDK: the installed one, or a fresh virtual
+/// environment in `scratch`.
+fn python_with_sdk(scratch: &Path) -> PathBuf {
+    if let Some(venv) = installed("python", "requirements.txt") {
+        return venv.join("bin/python");
+    }
+    succeed(Command::new("python3").args(["-m", "venv"]).arg(scratch));
+    let python = scratch.join("bin/python");
+    succeed(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("-r")
+            .arg(scripts().join("requirements.txt")),
+    );
+    python
+}
+
+/// Makes `project` a Node.js project with the pinned SDK: linked to the
+/// installed one, or installed there.
+fn node_project_with_sdk(project: &Path) {
+    if let Some(installed) = installed("js", "package.json") {
+        std::os::unix::fs::symlink(installed.join("node_modules"), project.join("node_modules"))
+            .unwrap();
+        return;
+    }
+    std::fs::copy(scripts().join("package.json"), project.join("package.json")).unwrap();
+    succeed(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(project),
+    );
+}
+
 /// A simulated Fishjam with no scripted play: only REST calls cause
 /// notifications. Returns it and its base URL.
 fn fishjam(extra: &[&str]) -> (Killed, String) {
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = Command::new(BIN)
-        .args(["simulate", "--listen", &listen, "--count", "0"])
-        .args(["--management-token", TOKEN])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = Killed(child);
-    wait_until("the simulator listening", || {
-        std::net::TcpStream::connect(&listen).is_ok()
-    });
-    (child, format!("http://{listen}"))
+    let mut args = vec!["--count", "0", "--management-token", TOKEN];
+    args.extend_from_slice(extra);
+    let child = simulated_fishjam(port, &args, Stdio::null());
+    (child, format!("http://127.0.0.1:{port}"))
 }
 
 /// (type, room id, peer id) of each notification an SDK's notifier heard.
@@ -74,23 +116,7 @@ fn the_python_sdk_runs_its_getting_started_flow_into_the_bridge() {
     let (_fishjam, url) = fishjam(&["--webhook-secret", SECRET]);
 
     let venv = tempfile::tempdir().unwrap();
-    succeed(
-        Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(venv.path()),
-    );
-    let python = venv.path().join("bin/python");
-    succeed(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg(PYTHON_SDK),
-    );
+    let python = python_with_sdk(venv.path());
     let output = succeed(
         Command::new(&python)
             .arg(scripts().join("python_flow.py"))
@@ -166,16 +192,7 @@ fn the_python_sdk_runs_its_getting_started_flow_into_the_bridge() {
 fn the_js_sdk_manages_rooms_and_hears_them_on_its_notifier() {
     let (_fishjam, url) = fishjam(&[]);
     let project = tempfile::tempdir().unwrap();
-    std::fs::write(
-        project.path().join("package.json"),
-        r#"{"name":"fishjam-bridge-sdk-test","private":true,"type":"module"}"#,
-    )
-    .unwrap();
-    succeed(
-        Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent", JS_SDK])
-            .current_dir(project.path()),
-    );
+    node_project_with_sdk(project.path());
     let script = project.path().join("js_flow.mjs");
     std::fs::copy(scripts().join("js_flow.mjs"), &script).unwrap();
     let output = succeed(
