@@ -1,29 +1,7 @@
-//! Any configuration text, with environment variables after a NUL byte
-//! (`NAME=value` lines): loading answers a configuration or a list of
-//! problems, never a panic.
+//! The `config` target: the property is in `../checks/config.rs`.
 #![no_main]
 
-use fishjam_bridge::config::Config;
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/config.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let (toml, env) = text.split_once('\0').unwrap_or((text, ""));
-    let vars: Vec<(String, String)> = env
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
-        .collect();
-    let names: Vec<String> = vars.iter().map(|(name, _)| name.clone()).collect();
-    let lookup = |name: &str| {
-        vars.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, value)| value.clone())
-    };
-    let no_files = |_: &std::path::Path| Err(std::io::Error::other("no files while fuzzing"));
-    if let Ok(config) = Config::load(toml, &lookup, &names, &no_files) {
-        let _ = config.describe();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

@@ -5,6 +5,7 @@ mod architecture;
 mod conformance;
 mod deploy;
 mod faults;
+mod fuzzing;
 mod hostile;
 mod kafka;
 mod nats;
