@@ -2,6 +2,7 @@
 //! name, /healthz and /readyz answer, and `check-config` names what is wrong
 //! without printing secrets.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::notifier;
@@ -248,4 +249,153 @@ fn example_config_is_valid() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
+}
+
+/// What `line` of config.example.toml sets, when it is a setting: a table
+/// header or `key = value`, commented out or not. A line that looks like one
+/// (`# name = …`) but is not valid TOML is an error, not prose.
+fn setting(line: &str) -> Option<&str> {
+    let text = line.strip_prefix("# ").unwrap_or(line);
+    if line.starts_with('[') || text.starts_with("[[") || text.starts_with("[sinks.") {
+        return Some(text);
+    }
+    let (key, _) = text.split_once(" = ")?;
+    let key_like = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.\"-".contains(c));
+    if !key_like {
+        return None;
+    }
+    if let Err(error) = text.parse::<toml::Table>() {
+        panic!("config.example.toml: `{line}` reads as a setting but is not TOML: {error}");
+    }
+    Some(text)
+}
+
+/// A line the example marks as not its default (a trailing comment saying
+/// "no default" or "an example").
+fn not_a_default(line: &str) -> bool {
+    line.split_once(" # ").is_some_and(|(_, comment)| {
+        comment.contains("no default") || comment.contains("an example")
+    })
+}
+
+/// A configuration as it takes effect: its Debug form, with a sink's name
+/// and lanes written as unset when they are what unset gives.
+fn effective(config: &fishjam_bridge::config::Config) -> String {
+    let mut text = format!("{config:?}");
+    for sink in &config.sinks {
+        let lanes = sink.lanes(config.pipeline.lanes);
+        text = text
+            .replace(&format!("name: Some({:?})", sink.name()), "name: None")
+            .replace(&format!("lanes: Some({lanes})"), "lanes: None");
+    }
+    text
+}
+
+fn load(text: &str) -> Result<fishjam_bridge::config::Config, Vec<String>> {
+    let no_env = |_: &str| None;
+    // Secret files and the like read as a short secret.
+    let files = |_: &Path| Ok("a-secret-from-a-file".to_owned());
+    fishjam_bridge::config::Config::load(text, &no_env, &[], &files).map_err(|e| e.problems)
+}
+
+/// The example's lines, and the commented blocks in it: each `# [[sinks]]`
+/// block (to the next blank line) as a whole, and each other commented
+/// setting on its own; the indices of the lines to uncomment.
+fn example() -> (Vec<String>, Vec<Vec<usize>>) {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
+            .unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut blocks = Vec::new();
+    let mut index = 0;
+    while index < lines.len() {
+        let line = &lines[index];
+        if line == "# [[sinks]]" {
+            let mut block = Vec::new();
+            while index < lines.len() && lines[index].starts_with('#') {
+                if setting(&lines[index]).is_some() {
+                    block.push(index);
+                }
+                index += 1;
+            }
+            blocks.push(block);
+            continue;
+        }
+        if line.starts_with("# ") && setting(line).is_some() {
+            blocks.push(vec![index]);
+        }
+        index += 1;
+    }
+    (lines, blocks)
+}
+
+#[test]
+fn each_commented_block_of_the_example_config_loads_on_its_own() {
+    let (lines, blocks) = example();
+    assert!(blocks.len() >= 10, "{} blocks", blocks.len());
+    let mut failures = Vec::new();
+    for block in &blocks {
+        let mut edited = lines.clone();
+        for &index in block {
+            edited[index] = setting(&lines[index]).unwrap().to_owned();
+        }
+        let written: Vec<&str> = block.iter().map(|&i| lines[i].as_str()).collect();
+        // A file the example names (a certificate, a CA) is the deployment's
+        // to provide: only that it is missing may be the problem.
+        let missing_file = |problem: &String| {
+            problem.split("cannot read ").nth(1).is_some_and(|rest| {
+                let path = rest.split(':').next().unwrap_or_default();
+                written.iter().any(|line| line.contains(path))
+            })
+        };
+        if let Err(problems) = load(&edited.join("\n")) {
+            if !problems.iter().all(missing_file) {
+                failures.push(format!("line {}: {problems:?}", block[0] + 1));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn the_example_config_states_the_code_defaults() {
+    let (lines, blocks) = example();
+    let loaded = |lines: &[String]| effective(&load(&lines.join("\n")).unwrap());
+    let mut wrong = Vec::new();
+    // A stated value is the default when leaving it out changes nothing.
+    let mut check = |lines: &[String], index: usize| {
+        let line = &lines[index];
+        if line.starts_with('[') || line.starts_with("type = ") || not_a_default(line) {
+            return;
+        }
+        let mut without = lines.to_vec();
+        without.remove(index);
+        let Ok(config) = load(&without.join("\n")) else {
+            return; // required: there is no default to state
+        };
+        if effective(&config) != loaded(lines) {
+            wrong.push(format!("line {}: `{line}`", index + 1));
+        }
+    };
+    for index in 0..lines.len() {
+        if !lines[index].starts_with('#') && setting(&lines[index]).is_some() {
+            check(&lines, index);
+        }
+    }
+    for block in blocks.iter().filter(|block| block.len() > 1) {
+        let mut edited = lines.clone();
+        for &index in block {
+            edited[index] = setting(&lines[index]).unwrap().to_owned();
+        }
+        for &index in block {
+            check(&edited, index);
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "stated as defaults, but not the code's: {wrong:#?}"
+    );
 }
