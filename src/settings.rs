@@ -29,6 +29,25 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `url` with the user information (user and password, or a token written
+/// in its place) replaced by `***`, for printing: each URL of a
+/// comma-separated list on its own. Text that is no URL comes back as it is.
+pub fn masked_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_owned();
+            };
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            match authority.rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Reads a duration written like "4s" or "250ms".
 pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
@@ -37,4 +56,33 @@ pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, 
             "invalid duration {text:?} ({e}); write it like \"4s\" or \"250ms\""
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked_url;
+
+    #[test]
+    fn urls_are_printed_without_their_user_information() {
+        for (url, printed) in [
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("nats://bridge:pw@nats-1:4222", "nats://***@nats-1:4222"),
+            ("nats://a-token@nats-1", "nats://***@nats-1"),
+            (
+                "nats://u:p@a:4222,nats://b:4222",
+                "nats://***@a:4222,nats://b:4222",
+            ),
+            (
+                "amqp://guest:p@ss@rabbit:5672/%2f",
+                "amqp://***@rabbit:5672/%2f",
+            ),
+            (
+                "http://host/path@not-userinfo",
+                "http://host/path@not-userinfo",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(masked_url(url), printed, "{url}");
+        }
+    }
 }

@@ -170,7 +170,7 @@ impl KafkaConfig {
     pub fn describe(&self) -> String {
         format!(
             "bootstrap {}, topic {:?}, compression {}, security {}, sasl user {}",
-            self.bootstrap_servers,
+            crate::settings::masked_url(&self.bootstrap_servers),
             self.topic,
             self.compression,
             self.security_protocol,

@@ -239,7 +239,10 @@ impl NatsConfig {
         };
         format!(
             "url {}, subject {:?}, mode {:?}, auth {auth}, tls required {}",
-            self.url, self.subject, self.mode, self.tls.required
+            crate::settings::masked_url(&self.url),
+            self.subject,
+            self.mode,
+            self.tls.required
         )
     }
 

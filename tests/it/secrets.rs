@@ -2,7 +2,8 @@
 //! secret and broker passwords set to marker values, a bridge logging at
 //! trace level runs a whole session (credential check, notifier handshake,
 //! reconciliation, signed and badly signed webhooks, a broker that refuses
-//! its SASL login) and shuts down; neither its logs, its stdout, /metrics,
+//! its SASL login, a RabbitMQ that refuses the password in its URL) and
+//! shuts down; neither its logs, its stdout, /metrics,
 //! /readyz nor `check-config` hold any of the markers.
 
 use std::process::{Command, Stdio};
@@ -14,7 +15,17 @@ const TOKEN: &str = "tok-MARKER-7f3a";
 const WEBHOOK_SECRET: &str = "whsec-MARKER-91c2";
 const NATS_PASSWORD: &str = "nats-MARKER-55d0";
 const KAFKA_PASSWORD: &str = "kafka-MARKER-0be4";
-const MARKERS: &[&str] = &[TOKEN, WEBHOOK_SECRET, NATS_PASSWORD, KAFKA_PASSWORD];
+/// Passwords written into broker URLs (`scheme://user:password@host`).
+const NATS_URL_PASSWORD: &str = "natsurl-MARKER-3c1e";
+const AMQP_URL_PASSWORD: &str = "amqpurl-MARKER-a7d9";
+const MARKERS: &[&str] = &[
+    TOKEN,
+    WEBHOOK_SECRET,
+    NATS_PASSWORD,
+    KAFKA_PASSWORD,
+    NATS_URL_PASSWORD,
+    AMQP_URL_PASSWORD,
+];
 
 fn assert_clean(what: &str, text: &str) {
     for marker in MARKERS {
@@ -50,7 +61,12 @@ fn no_secret_reaches_logs_metrics_or_check_config() {
          subject = \"secrets-{n}.{{key}}\"\n\
          [[sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"secrets\"\n\
          security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n\
-         sasl_username = \"bridge\"\nsasl_password = \"{KAFKA_PASSWORD}\"\n",
+         sasl_username = \"bridge\"\nsasl_password = \"{KAFKA_PASSWORD}\"\n\
+         [[sinks]]\ntype = \"nats\"\nname = \"nats-url\"\n\
+         url = \"nats://bridge:{NATS_URL_PASSWORD}@127.0.0.1:4222\"\n\
+         subject = \"secrets-url-{n}.{{key}}\"\n\
+         [[sinks]]\ntype = \"amqp\"\nurl = \"amqp://guest:{AMQP_URL_PASSWORD}@127.0.0.1:5672/%2f\"\n\
+         exchange = \"secrets-{n}\"\n",
         kafka.bootstrap_servers(),
         n = rand::random::<u32>()
     ))
