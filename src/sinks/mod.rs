@@ -124,8 +124,14 @@ pub enum Sink {
 /// Why a connect or a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("write failed")]
-    Io(#[from] std::io::Error),
+    /// A file or stream the sink writes: what it was doing, and where, and
+    /// the OS's error.
+    #[error("{doing}: {source}")]
+    Io {
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid sink configuration: {0}")]
     Config(String),
     #[error("cannot connect: {0}")]
@@ -147,7 +153,7 @@ impl SinkError {
     /// A short, fixed label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            SinkError::Io(_) => "io",
+            SinkError::Io { .. } => "io",
             SinkError::Config(_) => "config",
             SinkError::Connect(_) => "connect",
             SinkError::Publish(_) => "publish",

@@ -46,6 +46,8 @@ impl FileConfig {
 #[derive(Debug)]
 pub struct StdoutSink {
     name: String,
+    /// What errors name: "stdout", or "file <path>".
+    target: String,
     output: Mutex<Output>,
 }
 
@@ -65,19 +67,29 @@ impl StdoutSink {
     pub fn connect_stdout(config: &StdoutConfig) -> StdoutSink {
         StdoutSink {
             name: config.name.clone().unwrap_or_else(|| "stdout".to_owned()),
+            target: "stdout".to_owned(),
             output: Mutex::new(Output::Stdout(tokio::io::stdout())),
         }
     }
 
     pub async fn connect_file(config: &FileConfig) -> Result<StdoutSink, SinkError> {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.path)
-            .await?;
-        let len = file.metadata().await?.len();
+        let path = config.path.display();
+        let opened = async {
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&config.path)
+                .await?;
+            let len = file.metadata().await?.len();
+            Ok((file, len))
+        };
+        let (file, len) = opened.await.map_err(|source| SinkError::Io {
+            doing: format!("cannot open {path}"),
+            source,
+        })?;
         Ok(StdoutSink {
             name: config.name.clone().unwrap_or_else(|| "file".to_owned()),
+            target: format!("file {path}"),
             output: Mutex::new(Output::File {
                 file,
                 len,
@@ -115,23 +127,29 @@ impl StdoutSink {
                 result
             }
         };
-        result.map_err(|error| PublishError {
+        result.map_err(|source| PublishError {
             // Nothing counts as written until the whole batch is.
             acknowledged: 0,
-            error: error.into(),
+            error: SinkError::Io {
+                doing: format!("cannot write to {}", self.target),
+                source,
+            },
         })
     }
 
     pub async fn close(&self) -> Result<(), SinkError> {
         let mut output = self.output.lock().await;
-        match &mut *output {
-            Output::Stdout(stdout) => stdout.flush().await?,
-            Output::File { file, .. } => {
-                file.flush().await?;
-                synced(file.sync_all().await)?;
-            }
-        }
-        Ok(())
+        let closed = match &mut *output {
+            Output::Stdout(stdout) => stdout.flush().await,
+            Output::File { file, .. } => match file.flush().await {
+                Ok(()) => synced(file.sync_all().await),
+                Err(error) => Err(error),
+            },
+        };
+        closed.map_err(|source| SinkError::Io {
+            doing: format!("cannot flush {}", self.target),
+            source,
+        })
     }
 }
 

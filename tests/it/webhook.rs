@@ -391,3 +391,15 @@ fn sigterm_drains_and_exits_zero() {
     assert!(status.success(), "{status:?}");
     assert_eq!(read_events(&bridge.dir().join("events.jsonl")).len(), 50);
 }
+
+#[test]
+fn a_file_sink_in_a_missing_folder_names_the_path_and_the_os_error() {
+    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/missing/events.jsonl\"\n");
+    let bridge = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    let path = bridge.dir().join("missing/events.jsonl");
+    let cause = format!("cannot open {}: No such file or directory", path.display());
+    wait_until("the failure logged with its path and cause", || {
+        bridge.logged(&cause)
+    });
+    assert!(!bridge.is_ready(), "a sink that cannot open is not ready");
+}
