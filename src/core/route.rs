@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::core::event::Event;
+use crate::core::event::{Event, EventType, KeyKind};
 
 /// One parsed template.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +62,39 @@ pub fn placeholders() -> String {
 }
 
 impl Template {
+    /// When every value the template can render comes from a fixed set (its
+    /// placeholders are only `{kind}` and `{type}`), the longest of them;
+    /// otherwise the placeholders that take an id's value (any characters,
+    /// one name per room or peer). A Kafka topic must be the former.
+    pub fn longest_name(&self) -> Result<usize, Vec<&'static str>> {
+        let longest =
+            |names: &mut dyn Iterator<Item = &'static str>| names.map(str::len).max().unwrap_or(0);
+        let mut length = 0;
+        let mut open = Vec::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => length += text.len(),
+                Part::Field(Field::Kind) => {
+                    length += longest(&mut KeyKind::ALL.iter().map(|k| k.as_str()))
+                }
+                Part::Field(Field::Type) => {
+                    length += longest(&mut EventType::ALL.iter().map(|t| t.as_str()))
+                }
+                Part::Field(field) => open.extend(
+                    Field::NAMES
+                        .iter()
+                        .filter(|(_, f)| f == field)
+                        .map(|(name, _)| *name),
+                ),
+            }
+        }
+        if open.is_empty() {
+            Ok(length)
+        } else {
+            Err(open)
+        }
+    }
+
     /// Parses `text`; `forbidden` lists characters the literal parts must not
     /// hold (wildcards of the broker).
     pub fn parse(text: &str, forbidden: &[char]) -> Result<Template, String> {

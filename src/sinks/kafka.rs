@@ -101,15 +101,29 @@ impl KafkaConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
         match Template::parse(&self.topic, &[]) {
-            Ok(_) => {
+            Ok(template) => {
                 let literal: String = self.topic.split(['{', '}']).step_by(2).collect();
                 if let Some(bad) = literal.chars().find(|c| !valid_topic_char(*c)) {
                     problems.push(format!(
                         "topic: {bad:?} is not allowed in a Kafka topic name (letters, digits, '.', '_', '-')"
                     ));
                 }
-                if !self.topic.contains('{') && self.topic.len() > 249 {
-                    problems.push("topic: longer than 249 characters".to_owned());
+                // Every name the template renders must be one Kafka takes:
+                // `{kind}` and `{type}` are a few legal words; an id's value
+                // may hold any character, and makes a topic per room.
+                match template.longest_name() {
+                    Ok(longest) if longest > 249 => problems.push(format!(
+                        "topic: can render names of {longest} characters; Kafka takes at most 249"
+                    )),
+                    Ok(_) => {}
+                    Err(open) => {
+                        problems.push(format!(
+                        "topic: {} can render names Kafka refuses (any character of an id) and a \
+                         topic per value; a topic may use {{kind}} and {{type}} (records are keyed \
+                         by room already)",
+                        open.iter().map(|name| format!("{{{name}}}")).collect::<Vec<_>>().join(", ")
+                    ))
+                    }
                 }
             }
             Err(problem) => problems.push(format!("topic: {problem}")),
@@ -426,6 +440,28 @@ mod tests {
         assert!(problems.contains("compression"), "{problems}");
         assert!(problems.contains("sasl_username"), "{problems}");
         assert!(problems.contains("librdkafka.acks"), "{problems}");
+    }
+
+    #[test]
+    fn a_topic_renders_only_names_kafka_takes() {
+        let problems = |topic: &str| {
+            let config: KafkaConfig = toml::from_str(&format!("topic = {topic:?}")).unwrap();
+            config.validate().join("\n")
+        };
+        for good in ["fishjam.events", "fishjam.{kind}", "fishjam.{kind}.{type}"] {
+            assert_eq!(problems(good), "", "{good}");
+        }
+        for (bad, says) in [
+            ("fishjam.{key}", "{key} can render names Kafka refuses"),
+            ("{fishjam_id}.events", "{fishjam_id} can render"),
+            ("f.{room_id}.{peer_id}", "{room_id}, {peer_id} can render"),
+            (
+                &format!("{}.{{type}}", "t".repeat(240)),
+                "Kafka takes at most 249",
+            ),
+        ] {
+            assert!(problems(bad).contains(says), "{bad}: {}", problems(bad));
+        }
     }
 
     #[test]

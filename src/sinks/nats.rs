@@ -132,6 +132,9 @@ pub struct StreamConfig {
     /// Window in which a repeated `Nats-Msg-Id` is dropped.
     #[serde(default = "default_duplicate_window", deserialize_with = "duration")]
     pub duplicate_window: Duration,
+    /// Bytes the stream may hold; beyond them its oldest messages go first.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: i64,
 }
 
 fn default_url() -> String {
@@ -160,6 +163,9 @@ fn default_storage() -> String {
 }
 fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)
+}
+fn default_max_bytes() -> i64 {
+    10 << 30
 }
 
 /// Characters a subject's literal parts must not hold.
@@ -665,6 +671,9 @@ fn classify_ack_error(error: &jetstream::context::PublishError) -> SinkError {
     }
 }
 
+/// Creates the stream, or brings an existing one's settings to the
+/// configuration. Storage and retention cannot change on a stream: when they
+/// differ, the sink does not connect and says so.
 async fn ensure_stream(
     context: &jetstream::Context,
     config: &NatsConfig,
@@ -681,14 +690,39 @@ async fn ensure_stream(
         retention: retention(&stream.retention).expect("validated"),
         storage: storage(&stream.storage).expect("validated"),
         max_age: stream.max_age,
+        max_bytes: stream.max_bytes,
         num_replicas: stream.replicas,
         duplicate_window: stream.duplicate_window,
         ..Default::default()
     };
-    context
-        .get_or_create_stream(wanted)
+    let found = context
+        .get_or_create_stream(wanted.clone())
         .await
         .map_err(|e| SinkError::Connect(format!("stream {}: {e}", stream.name)))?;
+    let current = &found.cached_info().config;
+    if (current.storage, current.retention) != (wanted.storage, wanted.retention) {
+        return Err(SinkError::Config(format!(
+            "stream {} has storage {:?} and retention {:?}, the configuration says {} and {}: \
+             NATS cannot change them on a stream; configure what it has, or move its \
+             messages to a new stream",
+            stream.name, current.storage, current.retention, stream.storage, stream.retention
+        )));
+    }
+    let updated = jetstream::stream::Config {
+        subjects: wanted.subjects,
+        max_age: wanted.max_age,
+        max_bytes: wanted.max_bytes,
+        num_replicas: wanted.num_replicas,
+        duplicate_window: wanted.duplicate_window,
+        ..current.clone()
+    };
+    if &updated != current {
+        context
+            .update_stream(&updated)
+            .await
+            .map_err(|e| SinkError::Connect(format!("updating stream {}: {e}", stream.name)))?;
+        tracing::info!(stream = %stream.name, "JetStream stream settings brought to the configuration");
+    }
     tracing::info!(stream = %stream.name, "JetStream stream ready");
     Ok(())
 }

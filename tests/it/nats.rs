@@ -696,3 +696,50 @@ fn core_nats_moves_to_the_next_server_when_one_goes_lame_duck() {
         received += 1;
     }
 }
+
+#[test]
+fn an_existing_streams_settings_are_brought_to_the_configuration() {
+    let stream = unique("U");
+    let prefix = unique("up");
+    let sink = |settings: &str| {
+        nats_sink(
+            &nats_url(),
+            &format!("{prefix}.{{key}}"),
+            &format!("mode = \"jetstream\"\n[sinks.stream]\nname = \"{stream}\"\n{settings}"),
+        )
+    };
+    let rt = runtime();
+    let settings = || {
+        rt.block_on(async {
+            let context = async_nats::jetstream::new(client(&nats_url()).await);
+            let mut found = context.get_stream(&stream).await.unwrap();
+            found.info().await.unwrap().config.clone()
+        })
+    };
+    let hour = Duration::from_secs(3600);
+
+    let mut bridge = BridgeProcess::start(&sink("max_age = \"1h\"\n"));
+    assert_eq!(settings().max_age, hour);
+    assert!(bridge.terminate().success());
+    // The same stream, configured anew: the bridge applies the change.
+    let mut bridge = BridgeProcess::start(&sink("max_age = \"2h\"\nmax_bytes = 1048576\n"));
+    let applied = settings();
+    assert_eq!((applied.max_age, applied.max_bytes), (2 * hour, 1_048_576));
+    assert!(bridge.logged("JetStream stream settings brought to the configuration"));
+    assert!(bridge.terminate().success());
+    // Storage cannot change on a stream: the sink says why and stays down,
+    // and the stream keeps its messages and settings.
+    let bridge = BridgeProcess::spawn(&sink("storage = \"memory\"\n"), Stdio::null(), &[]);
+    wait_until("the refusal logged", || {
+        bridge.logged("NATS cannot change them on a stream")
+    });
+    assert!(!bridge.is_ready());
+    assert_eq!(
+        settings().storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
+    rt.block_on(async {
+        let context = async_nats::jetstream::new(client(&nats_url()).await);
+        context.delete_stream(&stream).await.unwrap();
+    });
+}

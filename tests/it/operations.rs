@@ -242,6 +242,28 @@ fn check_config_names_the_bad_key_and_hides_secrets() {
 }
 
 #[test]
+fn check_config_refuses_a_kafka_topic_that_can_render_an_illegal_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.toml");
+    std::fs::write(
+        &path,
+        config("[[sinks]]\ntype = \"kafka\"\ntopic = \"fishjam.{key}\"\n"),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sinks[0].topic: {key} can render names Kafka refuses"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn example_config_is_valid() {
     let output = Command::new(BIN)
         .args(["check-config", "--config"])
