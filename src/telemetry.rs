@@ -62,6 +62,8 @@ metrics! {
         "Enum values the official SDK cannot name, left out of data and kept in unmapped_enums.";
     DECODE_FAILURES: Counter "fishjam_bridge_decode_failures_total" ["source", "reason"]
         "Bodies or frames that are not a valid ServerMessage, by source and reason.";
+    STRINGS_MENDED: Counter "fishjam_bridge_strings_mended_total" ["source"]
+        "String fields that held invalid UTF-8, published with U+FFFD in place of each invalid sequence, as the official SDK decodes them.";
     WEBHOOK_REQUESTS: Counter "fishjam_bridge_webhook_requests_total" ["status"]
         "Webhook requests answered, by HTTP status.";
     PIPELINE_REJECTED: Counter "fishjam_bridge_pipeline_rejected_events_total" ["source"]
@@ -279,7 +281,16 @@ pub fn body_normalized(
     source: Source,
     events: impl Iterator<Item = (EventType, usize)>,
     skipped: &[Skipped],
+    mended_strings: usize,
 ) {
+    if mended_strings > 0 {
+        counter!(STRINGS_MENDED, "source" => source.as_str()).increment(mended_strings as u64);
+        tracing::warn!(
+            source = source.as_str(),
+            strings = mended_strings,
+            "invalid UTF-8 in a string field, published with U+FFFD in its place"
+        );
+    }
     let mut per_type = [(0u64, 0u64); EVENT_TYPES];
     for (event_type, unmapped) in events {
         let (count, unmapped_count) = &mut per_type[event_type.index()];

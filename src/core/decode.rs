@@ -51,6 +51,8 @@ pub struct Decoded {
     pub skipped: Vec<Skipped>,
     /// Whether the body was a `NotificationBatch`.
     pub batch: bool,
+    /// String fields that held invalid UTF-8, decoded with U+FFFD (`mend`).
+    pub mended_strings: usize,
 }
 
 /// A body that is not a valid `fishjam.ServerMessage`.
@@ -77,10 +79,31 @@ impl DecodeError {
     }
 }
 
-/// Decodes one body (a webhook body or a notifier frame).
+/// Decodes one body (a webhook body or a notifier frame). A string field
+/// with invalid UTF-8 is decoded with U+FFFD in place of each invalid
+/// sequence, as the official SDK does, and counted in `mended_strings`.
 pub fn decode(body: &[u8]) -> Result<Decoded, DecodeError> {
-    let message = ServerMessage::decode(body).map_err(|source| DecodeError { source })?;
-    let mut decoded = Decoded::default();
+    let mended;
+    let (message, body, mended_strings) = match ServerMessage::decode(body) {
+        Ok(message) => (message, body, 0),
+        Err(source) => {
+            let error = DecodeError { source };
+            let Some((bytes, count)) = (error.reason() == "invalid_utf8")
+                .then(|| crate::core::mend::mend(body))
+                .flatten()
+            else {
+                return Err(error);
+            };
+            mended = bytes;
+            let message =
+                ServerMessage::decode(&mended[..]).map_err(|source| DecodeError { source })?;
+            (message, &mended[..], count)
+        }
+    };
+    let mut decoded = Decoded {
+        mended_strings,
+        ..Decoded::default()
+    };
     match message.content {
         Some(Content::NotificationBatch(batch)) => {
             decoded.batch = true;
@@ -203,7 +226,7 @@ fn fields(mut buf: &[u8]) -> impl Iterator<Item = (u64, Option<&[u8]>)> {
     })
 }
 
-fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+pub(crate) fn read_varint(buf: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for (index, byte) in buf.iter().take(10).enumerate() {
         value |= u64::from(byte & 0x7f) << (7 * index);

@@ -6,6 +6,8 @@
 //! - `proto`: the prost types generated from Fishjam's protos; seen only by
 //!   `decode`, `normalize` (and the simulator, which speaks the protocol).
 //! - `decode`: bytes to ordered notifications, unwrapping one batch level.
+//! - `mend`: invalid UTF-8 in a string field replaced by U+FFFD, as the
+//!   official SDK decodes it, so that one bad string costs no notification.
 //! - `event`: the published JSON event, the table of event types, and a
 //!   `Message` (an event with its JSON, serialized once for every sink).
 //! - `normalize`: a body to its events, and reconciled events back to a body.
@@ -14,6 +16,7 @@
 
 pub mod decode;
 pub mod event;
+pub mod mend;
 pub mod normalize;
 pub mod proto;
 pub mod route;

@@ -43,6 +43,8 @@ pub struct Normalized {
     pub events: Vec<Event>,
     pub skipped: Vec<Skipped>,
     pub batch: bool,
+    /// String fields that held invalid UTF-8, decoded with U+FFFD.
+    pub mended_strings: usize,
 }
 
 /// Decodes one body and normalizes every notification in it.
@@ -58,6 +60,7 @@ pub fn normalize_body(body: &[u8], origin: &Origin) -> Result<Normalized, Decode
         events,
         skipped: decoded.skipped,
         batch: decoded.batch,
+        mended_strings: decoded.mended_strings,
     })
 }
 

@@ -353,6 +353,7 @@ impl NotifierSource {
                 .iter()
                 .map(|e| (e.event_type, e.unmapped_enums.len())),
             &normalized.skipped,
+            normalized.mended_strings,
         );
         if normalized.events.is_empty() {
             return;

@@ -169,6 +169,7 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             .iter()
             .map(|e| (e.event_type, e.unmapped_enums.len())),
         &normalized.skipped,
+        normalized.mended_strings,
     );
     let count = normalized.events.len();
     let body = admission::Body::new(

@@ -49,7 +49,7 @@ fn metrics_hold_every_documented_name() {
     assert_eq!(documented, table, "docs/metrics.md and telemetry::METRICS");
 
     // A healthy bridge with both sources: events, skips, unmapped enums, a
-    // decode failure.
+    // mended string, a decode failure.
     // Every sink type is configured, so each one's metrics are exported.
     let port = free_port();
     let mut fishjam = notifier::simulator(port, 5, 20);
@@ -78,6 +78,9 @@ fn metrics_hold_every_documented_name() {
     // peer_connected with peer_type 7: left out of data, counted.
     let unmapped = hex::decode("12080a01611201621807").unwrap();
     assert_eq!(post(&url, unmapped, None).status(), 200);
+    // room_created whose id is not UTF-8: mended, counted.
+    let mended = vec![0x0a, 0x03, 0x0a, 0x01, 0xff];
+    assert_eq!(post(&url, mended, None).status(), 200);
     assert_eq!(post(&url, vec![0x12], None).status(), 400);
 
     // A failing bridge: its only sink cannot write, so nothing is acknowledged.
