@@ -58,6 +58,13 @@ fn assert_complete(stored: &[Value], seed: u64, count: usize) -> usize {
     stored.len() - count
 }
 
+/// The simulator posting `count` notifications to `bridge` at 1,000 a
+/// second in bodies of 10, each sent again until it gets a 2xx.
+fn load(bridge: &BridgeProcess, seed: u64, count: usize) -> std::process::Child {
+    let args = ["--rate", "1000", "--retries", "1000"];
+    webhook_simulator(&bridge.webhook_url(), seed, count, 10, &args)
+}
+
 fn ok_answers(bridge: &BridgeProcess) -> f64 {
     bridge.metrics().sum(
         "fishjam_bridge_webhook_requests_total",
@@ -148,13 +155,7 @@ fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event() {
     );
     let mut bridge = BridgeProcess::start(&text);
     let (seed, count) = (43, 9000);
-    let simulator = webhook_simulator(
-        &bridge.webhook_url(),
-        seed,
-        count,
-        10,
-        &["--rate", "1000", "--retries", "1000"],
-    );
+    let simulator = load(&bridge, seed, count);
     let mut kills = Vec::new();
     for round in 0..4 {
         let broker_down = round == 2;
@@ -212,13 +213,7 @@ fn a_full_spool_refuses_with_503_and_loses_nothing() {
     let bridge = BridgeProcess::start(&text);
     server.stop();
     let (seed, count) = (45, 3000);
-    let simulator = webhook_simulator(
-        &bridge.webhook_url(),
-        seed,
-        count,
-        10,
-        &["--rate", "1000", "--retries", "1000"],
-    );
+    let simulator = load(&bridge, seed, count);
     let mut largest = 0.0f64;
     wait_until("the spool fills and refuses", || {
         let metrics = bridge.metrics();

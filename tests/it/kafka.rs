@@ -15,6 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
@@ -85,6 +86,20 @@ impl Drop for Broker {
     }
 }
 
+/// librdkafka's mock cluster of `brokers`, with a fresh topic of
+/// `partitions` (one replica each); its bootstrap servers and the topic.
+fn mock_topic(
+    brokers: i32,
+    prefix: &str,
+    partitions: i32,
+) -> (MockCluster<'static, DefaultProducerContext>, String, String) {
+    let cluster = MockCluster::new(brokers).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topic = unique(prefix);
+    cluster.create_topic(&topic, partitions, 1).unwrap();
+    (cluster, bootstrap, topic)
+}
+
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -105,16 +120,21 @@ fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 /// (partition, key, headers, event, offset)
 type Record = (i32, String, HashMap<String, String>, Value, i64);
 
-/// Every record the topic holds now: each partition is read up to its high
-/// watermark (by offset, since an idempotent producer's retries can leave
-/// gaps in the offsets).
-fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// A consumer of its own group, committing nothing.
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("it"))
         .set("enable.auto.commit", "false")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Every record the topic holds now: each partition is read up to its high
+/// watermark (by offset, since an idempotent producer's retries can leave
+/// gaps in the offsets).
+fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
+    let consumer = consumer(bootstrap);
     let mut assignment = TopicPartitionList::new();
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     for partition in 0..partitions {
@@ -167,12 +187,7 @@ fn record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 /// Every record of `topic`, read from the beginning of each partition until
 /// `count` arrived, as (partition, key, headers, event).
 fn read_topic(bootstrap: &str, topic: &str, partitions: i32, count: usize) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("it"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+    let consumer = consumer(bootstrap);
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment
@@ -262,13 +277,10 @@ fn a_consumer_sees_every_event_once_keyed_by_room_in_order() {
 
 #[test]
 fn injected_broker_faults_lose_no_acknowledged_event() {
-    let cluster = MockCluster::new(3).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    let topic = unique("fishjam-faults");
     // One replica per partition: a broker that goes down makes its
     // partitions unavailable (what the bridge must ride out), where a
     // replicated mock topic would also lose the records of a failed leader.
-    cluster.create_topic(&topic, 3, 1).unwrap();
+    let (cluster, bootstrap, topic) = mock_topic(3, "fishjam-faults", 3);
     // Produce requests fail with retriable errors, and later a broker goes
     // away: librdkafka retries some itself, times out others (2 s), and the
     // lane publishes those again.
@@ -346,10 +358,7 @@ fn injected_broker_faults_lose_no_acknowledged_event() {
 fn a_record_over_message_max_bytes_is_dead_lettered_and_its_room_goes_on() {
     use fishjam_bridge::core::proto::server_message as sm;
     use fishjam_bridge::core::proto::{Content, ServerMessage};
-    let cluster = MockCluster::new(1).unwrap();
-    let bootstrap = cluster.bootstrap_servers();
-    let topic = unique("fishjam-dead");
-    cluster.create_topic(&topic, 1, 1).unwrap();
+    let (_cluster, bootstrap, topic) = mock_topic(1, "fishjam-dead", 1);
     let text = kafka_sink(
         &bootstrap,
         &topic,

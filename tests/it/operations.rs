@@ -3,7 +3,6 @@
 //! without printing secrets.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::notifier;
 use crate::support::*;
@@ -210,11 +209,7 @@ fn check_config_names_the_bad_key_and_hides_secrets() {
         "[fishjam]\nid = \"x\"\nmanagement_token = \"tok-SECRET-1\"\n[webhook]\nack_timeout = \"soon\"\n",
     )
     .unwrap();
-    let output = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check_config(&path, &[]);
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("ack_timeout"), "{stderr}");
@@ -225,22 +220,13 @@ fn check_config_names_the_bad_key_and_hides_secrets() {
         "[fishjam]\nid = \"x\"\nmanagement_token = \"tok-SECRET-1\"\n",
     )
     .unwrap();
-    let output = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .env("FISHJAM_WEBHOOK_SECRET", "whsec-SECRET-2")
-        .output()
-        .unwrap();
+    let output = check_config(&path, &[("FISHJAM_WEBHOOK_SECRET", "whsec-SECRET-2")]);
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(stdout.contains("webhook.secret = set"), "{stdout}");
     assert!(!stdout.contains("SECRET"), "{stdout}");
 
-    let output = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("missing.toml"))
-        .output()
-        .unwrap();
+    let output = check_config(&dir.path().join("missing.toml"), &[]);
     assert_eq!(output.status.code(), Some(64));
 }
 
@@ -253,11 +239,7 @@ fn check_config_refuses_a_kafka_topic_that_can_render_an_illegal_name() {
         config("[[sinks]]\ntype = \"kafka\"\ntopic = \"fishjam.{key}\"\n"),
     )
     .unwrap();
-    let output = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check_config(&path, &[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -268,11 +250,8 @@ fn check_config_refuses_a_kafka_topic_that_can_render_an_illegal_name() {
 
 #[test]
 fn example_config_is_valid() {
-    let output = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
-        .output()
-        .unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let output = check_config(&example, &[]);
     assert!(output.status.success(), "{output:?}");
 }
 

@@ -6,7 +6,7 @@
 //! shuts down; neither its logs, its stdout, /metrics,
 //! /readyz nor `check-config` hold any of the markers.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::support::*;
 use crate::webhook::{post, room_created};
@@ -140,11 +140,7 @@ fn no_secret_reaches_logs_metrics_or_check_config() {
     assert_clean("the logs", &logs.join("\n"));
 
     let path = bridge.dir().join("bridge.toml");
-    let output = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check_config(&path, &[]);
     assert!(output.status.success(), "{output:?}");
     assert_clean("check-config", &String::from_utf8_lossy(&output.stdout));
     assert_clean("check-config", &String::from_utf8_lossy(&output.stderr));

@@ -215,6 +215,16 @@ impl Drop for BridgeProcess {
     }
 }
 
+/// `fishjam-bridge check-config --config <path>`, with `env` set.
+pub fn check_config(path: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 /// A name no other test (or run) uses: `prefix` and 16 random hex digits.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:016x}", rand::random::<u64>())

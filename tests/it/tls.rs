@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -184,11 +184,7 @@ fn a_certificate_that_does_not_match_its_key_is_refused_at_start() {
         ),
     )
     .unwrap();
-    let output = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = check_config(&file, &[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("webhook.tls"), "{stderr}");
