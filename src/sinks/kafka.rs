@@ -43,7 +43,7 @@ pub struct KafkaConfig {
     pub topic: String,
     #[serde(default = "default_client_id")]
     pub client_id: String,
-    /// `none`, `gzip`, `snappy` or `lz4`.
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
     #[serde(default = "default_compression")]
     pub compression: String,
     /// How long librdkafka may try to deliver a record before it reports a
@@ -133,10 +133,10 @@ impl KafkaConfig {
         }
         if !matches!(
             self.compression.as_str(),
-            "none" | "gzip" | "snappy" | "lz4"
+            "none" | "gzip" | "snappy" | "lz4" | "zstd"
         ) {
             problems.push(format!(
-                "compression {:?}: use none, gzip, snappy or lz4",
+                "compression {:?}: use none, gzip, snappy, lz4 or zstd",
                 self.compression
             ));
         }

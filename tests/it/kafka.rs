@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::support::*;
-use crate::webhook::{expected, post};
+use crate::webhook::{expected, post, room_created};
 
 /// Where tansu is: `TANSU`, then the place `.ci/run` installs it, then PATH.
 fn tansu_binary() -> PathBuf {
@@ -403,4 +403,21 @@ fn a_record_over_message_max_bytes_is_dead_lettered_and_its_room_goes_on() {
             .sum("fishjam_bridge_dead_letters_total", &[("sink", "kafka")]),
         1.0
     );
+}
+
+#[test]
+fn zstd_compressed_records_read_back_whole() {
+    let (_cluster, bootstrap, topic) = mock_topic(1, "fishjam-zstd", 1);
+    let bridge = BridgeProcess::start(&kafka_sink(&bootstrap, &topic, "compression = \"zstd\"\n"));
+    for room in ["z1", "z2", "z3"] {
+        assert_eq!(
+            post(&bridge.webhook_url(), room_created(room), None).status(),
+            200
+        );
+    }
+    let rooms: Vec<String> = read_topic(&bootstrap, &topic, 1, 3)
+        .iter()
+        .map(|(_, _, _, event, _)| event["room_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rooms, ["z1", "z2", "z3"]);
 }
