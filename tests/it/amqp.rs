@@ -17,7 +17,6 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::Value;
 
 use crate::support::*;
-use crate::webhook::{expected, post, room_created};
 
 fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())

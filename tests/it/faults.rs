@@ -15,7 +15,6 @@ use serde_json::Value;
 
 use crate::nats::{nats_sink, stored, PrivateNats};
 use crate::support::*;
-use crate::webhook::expected;
 
 const ROOMS: usize = 8;
 

@@ -15,19 +15,9 @@ use fishjam_bridge::core::signature;
 use prost::Message;
 
 use crate::support::*;
-use crate::webhook::room_created;
 
 const SECRET: &str = "whsec-hostile-1";
 const MAX_BODY: usize = 65_536;
-
-pub fn batch(notifications: Vec<ServerMessage>) -> Vec<u8> {
-    ServerMessage {
-        content: Some(Content::NotificationBatch(sm::NotificationBatch {
-            notifications,
-        })),
-    }
-    .encode_to_vec()
-}
 
 fn room(id: &str) -> ServerMessage {
     ServerMessage {

@@ -21,7 +21,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::support::*;
-use crate::webhook::{expected, post, room_created};
 
 /// Where tansu is: `TANSU`, then the place `.ci/run` installs it, then PATH.
 fn tansu_binary() -> PathBuf {
@@ -372,7 +371,7 @@ fn a_record_over_message_max_bytes_is_dead_lettered_and_its_room_goes_on() {
     let message = |content| ServerMessage {
         content: Some(content),
     };
-    let body = crate::hostile::batch(vec![
+    let body = batch(vec![
         message(Content::RoomCreated(sm::RoomCreated {
             room_id: "kd-room".into(),
         })),

@@ -16,7 +16,6 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::support::*;
-use crate::webhook::{expected, post, room_created};
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -375,7 +374,7 @@ fn an_event_over_max_payload_is_dead_lettered_and_its_room_goes_on() {
         content: Some(content),
     };
     let huge = format!("\"{}\"", "m".repeat(max_payload));
-    let body = crate::hostile::batch(vec![
+    let body = batch(vec![
         message(Content::RoomCreated(sm::RoomCreated {
             room_id: "dl-room".into(),
         })),

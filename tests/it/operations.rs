@@ -6,7 +6,6 @@ use std::path::Path;
 
 use crate::notifier;
 use crate::support::*;
-use crate::webhook::{post, room_created};
 
 /// docs/metrics.md's table: (name, type, labels) per row.
 fn documented_metrics() -> Vec<(String, String, Vec<String>)> {

@@ -9,7 +9,6 @@
 use std::process::Stdio;
 
 use crate::support::*;
-use crate::webhook::{post, room_created};
 
 const TOKEN: &str = "tok-MARKER-7f3a";
 const WEBHOOK_SECRET: &str = "whsec-MARKER-91c2";

@@ -9,6 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fishjam_bridge::core::event::Source;
+use fishjam_bridge::core::normalize::{normalize_body, Origin};
+use fishjam_bridge::core::proto::{server_message as sm, Content, ServerMessage};
+use fishjam_bridge::core::signature;
+use fishjam_bridge::simulator::scenario::Scenario;
+use prost::Message as _;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fishjam-bridge");
@@ -575,4 +581,59 @@ impl Drop for ConfiguredNats {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Posts `body` as Fishjam does, signed with `secret` when given.
+pub fn post(url: &str, body: Vec<u8>, secret: Option<&str>) -> reqwest::blocking::Response {
+    let mut request = reqwest::blocking::Client::new()
+        .post(url)
+        .header("content-type", "application/x-protobuf");
+    if let Some(secret) = secret {
+        request = request.header(signature::HEADER, signature::sign(secret.as_bytes(), &body));
+    }
+    request.body(body).send().expect("the bridge answers")
+}
+
+/// A `room_created` notification for `room_id`, encoded.
+pub fn room_created(room_id: &str) -> Vec<u8> {
+    ServerMessage {
+        content: Some(Content::RoomCreated(sm::RoomCreated {
+            room_id: room_id.to_owned(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// Per key, the (type, data) the scenario must produce, in order.
+pub fn expected(seed: u64, rooms: usize, count: usize) -> BTreeMap<String, Vec<(String, Value)>> {
+    let origin = Origin {
+        source: Source::Webhook,
+        received_at: std::time::SystemTime::now(),
+        fishjam_id: Arc::from("x"),
+        id_seed: 0,
+    };
+    let mut by_key: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for message in Scenario::new(seed, rooms).take(count) {
+        for event in normalize_body(&message.encode_to_vec(), &origin)
+            .unwrap()
+            .events
+        {
+            let json: Value = serde_json::from_slice(&event.to_json()).unwrap();
+            by_key.entry(event.key().to_owned()).or_default().push((
+                json["type"].as_str().unwrap().to_owned(),
+                json["data"].clone(),
+            ));
+        }
+    }
+    by_key
+}
+
+/// `notifications` in one `NotificationBatch`, encoded.
+pub fn batch(notifications: Vec<ServerMessage>) -> Vec<u8> {
+    ServerMessage {
+        content: Some(Content::NotificationBatch(sm::NotificationBatch {
+            notifications,
+        })),
+    }
+    .encode_to_vec()
 }

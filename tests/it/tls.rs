@@ -14,7 +14,6 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
 use crate::support::*;
-use crate::webhook::room_created;
 
 /// A blocking HTTPS client that trusts only `ca`.
 fn https_client(ca: &Path) -> reqwest::blocking::Client {
@@ -259,7 +258,7 @@ fn nats_with_tls_and_a_password_gets_every_event() {
         Some(&ca),
     ));
     for room in ["a", "b", "c"] {
-        let answer = crate::webhook::post(&bridge.webhook_url(), room_created(room), None);
+        let answer = post(&bridge.webhook_url(), room_created(room), None);
         assert_eq!(answer.status(), 200);
     }
     let received: Vec<(String, Value)> = runtime.block_on(async {

@@ -7,19 +7,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use fishjam_bridge::admission::Admission;
 use fishjam_bridge::config::{Secret, WebhookConfig};
-use fishjam_bridge::core::event::Source;
-use fishjam_bridge::core::normalize::{normalize_body, Origin};
-use fishjam_bridge::core::proto::server_message as sm;
-use fishjam_bridge::core::proto::{Content, ServerMessage};
 use fishjam_bridge::core::signature;
 use fishjam_bridge::fanout::{BurstyLimit, Fanout, WhenFull};
-use fishjam_bridge::simulator::scenario::Scenario;
 use fishjam_bridge::sources;
-use prost::Message;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -36,49 +29,6 @@ fn with_secret(extra: &str) -> String {
         "[webhook]\n",
         &format!("[webhook]\nsecret = \"{SECRET}\"\n"),
     )
-}
-
-pub fn post(url: &str, body: Vec<u8>, secret: Option<&str>) -> reqwest::blocking::Response {
-    let mut request = reqwest::blocking::Client::new()
-        .post(url)
-        .header("content-type", "application/x-protobuf");
-    if let Some(secret) = secret {
-        request = request.header(signature::HEADER, signature::sign(secret.as_bytes(), &body));
-    }
-    request.body(body).send().expect("the bridge answers")
-}
-
-pub fn room_created(room_id: &str) -> Vec<u8> {
-    ServerMessage {
-        content: Some(Content::RoomCreated(sm::RoomCreated {
-            room_id: room_id.to_owned(),
-        })),
-    }
-    .encode_to_vec()
-}
-
-/// Per key, the (type, data) the scenario must produce, in order.
-pub fn expected(seed: u64, rooms: usize, count: usize) -> BTreeMap<String, Vec<(String, Value)>> {
-    let origin = Origin {
-        source: Source::Webhook,
-        received_at: SystemTime::now(),
-        fishjam_id: Arc::from("x"),
-        id_seed: 0,
-    };
-    let mut by_key: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
-    for message in Scenario::new(seed, rooms).take(count) {
-        for event in normalize_body(&message.encode_to_vec(), &origin)
-            .unwrap()
-            .events
-        {
-            let json: Value = serde_json::from_slice(&event.to_json()).unwrap();
-            by_key.entry(event.key().to_owned()).or_default().push((
-                json["type"].as_str().unwrap().to_owned(),
-                json["data"].clone(),
-            ));
-        }
-    }
-    by_key
 }
 
 fn simulate(url: &str, seed: u64, count: usize, batch: usize) -> Value {
