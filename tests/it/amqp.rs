@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -270,7 +272,18 @@ struct PrivateRabbit {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Dropped last, after the node has stopped.
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
+
+/// Private nodes run one at a time: an Erlang VM booting beside another and
+/// the rest of the suite (8 tests at once on 2 cores) was once not listening
+/// after half a minute.
+static PRIVATE_NODES: Mutex<()> = Mutex::new(());
+
+/// How long a private node may take to boot: as long as `rabbitmqctl
+/// await_startup` is given below.
+const BOOT: Duration = Duration::from_secs(120);
 
 impl PrivateRabbit {
     fn start() -> PrivateRabbit {
@@ -302,6 +315,8 @@ impl PrivateRabbit {
             port,
             dir,
             child: None,
+            // A test that failed holding it poisoned it; the node it ran is gone.
+            _one_at_a_time: PRIVATE_NODES.lock().unwrap_or_else(|e| e.into_inner()),
         };
         rabbit.child = Some(rabbit.spawn(free_port()));
         rabbit
@@ -320,7 +335,7 @@ impl PrivateRabbit {
             .stderr(Stdio::null())
             .spawn()
             .expect("rabbitmq-server is installed (Debian package rabbitmq-server)");
-        wait_until("the private RabbitMQ node listening", || {
+        wait_until_within("the private RabbitMQ node listening", BOOT, || {
             TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         });
         // The listener opens before the node has finished booting, and a

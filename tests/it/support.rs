@@ -334,8 +334,13 @@ pub fn succeed(command: &mut Command) -> std::process::Output {
 }
 
 /// Waits until `condition` holds, polling; fails the test after `WAIT`.
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_within(what, WAIT, condition)
+}
+
+/// `wait_until`, failing after `limit`.
+pub fn wait_until_within(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
