@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::core::decode::{DecodeError, Skipped};
 use crate::core::event::{EventType, Source};
+use crate::core::normalize::Normalized;
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,15 +275,11 @@ pub fn peers_connected(peer_type: &'static str, peers: usize) {
     gauge!(PEERS_CONNECTED, "peer_type" => peer_type).set(peers as f64);
 }
 
-/// Counts what one body carried.
-/// A body's events and skipped notifications, counted once per body: one
-/// increment per event type it holds, through handles resolved once.
-pub fn body_normalized(
-    source: Source,
-    events: impl Iterator<Item = (EventType, usize)>,
-    skipped: &[Skipped],
-    mended_strings: usize,
-) {
+/// Counts what one body carried: its events (one increment per event type
+/// it holds, through handles resolved once), skipped notifications and
+/// mended strings.
+pub fn body_normalized(source: Source, normalized: &Normalized) {
+    let mended_strings = normalized.mended_strings;
     if mended_strings > 0 {
         counter!(STRINGS_MENDED, "source" => source.as_str()).increment(mended_strings as u64);
         tracing::warn!(
@@ -292,10 +289,10 @@ pub fn body_normalized(
         );
     }
     let mut per_type = [(0u64, 0u64); EVENT_TYPES];
-    for (event_type, unmapped) in events {
-        let (count, unmapped_count) = &mut per_type[event_type.index()];
+    for event in &normalized.events {
+        let (count, unmapped_count) = &mut per_type[event.event_type.index()];
         *count += 1;
-        *unmapped_count += unmapped as u64;
+        *unmapped_count += event.unmapped_enums.len() as u64;
     }
     for (event_type, (count, unmapped)) in EventType::ALL.iter().zip(per_type) {
         if count > 0 {
@@ -305,7 +302,7 @@ pub fn body_normalized(
             counter!(UNMAPPED_ENUMS, "event_type" => event_type.as_str()).increment(unmapped);
         }
     }
-    for reason in skipped {
+    for reason in &normalized.skipped {
         counter!(NOTIFICATIONS_SKIPPED, "source" => source.as_str(), "reason" => reason.as_str())
             .increment(1);
         if *reason == Skipped::UnknownVariant {

@@ -346,15 +346,7 @@ impl NotifierSource {
                 return;
             }
         };
-        telemetry::body_normalized(
-            Source::Notifier,
-            normalized
-                .events
-                .iter()
-                .map(|e| (e.event_type, e.unmapped_enums.len())),
-            &normalized.skipped,
-            normalized.mended_strings,
-        );
+        telemetry::body_normalized(Source::Notifier, &normalized);
         if normalized.events.is_empty() {
             return;
         }

@@ -162,15 +162,7 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             ),
         );
     }
-    telemetry::body_normalized(
-        Source::Webhook,
-        normalized
-            .events
-            .iter()
-            .map(|e| (e.event_type, e.unmapped_enums.len())),
-        &normalized.skipped,
-        normalized.mended_strings,
-    );
+    telemetry::body_normalized(Source::Webhook, &normalized);
     let count = normalized.events.len();
     let body = admission::Body::new(
         normalized.events,
