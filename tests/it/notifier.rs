@@ -33,8 +33,14 @@ fn simulator_with(port: u16, seed: u64, count: usize, extra: &[&str]) -> Killed 
 /// `simulate` serving on `port` with `TOKEN`, six rooms, holding its play
 /// until a client subscribed; `args` says the rest.
 fn simulate(port: u16, args: &[&str], stdout: Stdio) -> Killed {
-    let mut all = vec!["--management-token", TOKEN, "--wait-for-subscribers", "1"];
-    all.extend_from_slice(&["--rooms", "6"]);
+    let mut all = vec![
+        "--management-token",
+        TOKEN,
+        "--wait-for-subscribers",
+        "1",
+        "--rooms",
+        "6",
+    ];
     all.extend_from_slice(args);
     simulated_fishjam(port, &all, stdout)
 }
@@ -488,12 +494,11 @@ fn a_token_revoked_while_running_is_retried_at_the_cap_never_spun() {
 
 #[test]
 fn dropped_again_and_again_the_bridge_reconnects_each_time_and_loses_nothing_sent() {
-    // Twelve drops in six seconds show what a drop every four seconds for a
-    // minute does (the soak, scripts/soak-scenarios): each reconnect is a
-    // first attempt, nothing sent is lost or repeated.
-    // At least this many sessions: a drop every 0.5 s gives twelve in six
-    // seconds, fewer on a loaded machine (each session has its handshake and
-    // reconciliation first); each one is a drop the bridge came back from.
+    // A drop every 0.5 s for six seconds shows what a drop every four
+    // seconds for a minute does (the soak, scripts/soak-scenarios): each
+    // reconnect is a first attempt, nothing sent is lost or repeated. It
+    // gives twelve sessions, fewer on a loaded machine (each session has its
+    // handshake and reconciliation first): `min_sessions` is the floor.
     let (rate, duration, drop_every, stable_after, min_sessions) = if soak() {
         (50, 60, "4s", "3s", 14)
     } else {
