@@ -401,18 +401,23 @@ fn a_broker_restart_loses_no_acknowledged_event() {
     let text = amqp_sink(&rabbit.url(), exchange, "")
         .replace("ack_timeout = \"2s\"", "ack_timeout = \"1s\"");
     let bridge = BridgeProcess::start(&text);
+    // The simulator plays until it is stopped, so that notifications are
+    // still arriving however long the node takes to stop and boot again (a
+    // fixed count once ran out before the node had stopped: no 503 came).
     let simulator = webhook_simulator(
         &bridge.webhook_url(),
         51,
-        2000,
+        usize::MAX,
         10,
         &["--rate", "1000", "--retries", "60"],
     );
-    wait_until("events confirmed before the restart", || {
+    let acknowledged = || {
         bridge
             .metrics()
             .sum("fishjam_bridge_sink_events_acknowledged_total", &[])
-            >= 300.0
+    };
+    wait_until("events confirmed before the restart", || {
+        acknowledged() >= 300.0
     });
     rabbit.stop();
     wait_until("a webhook answered 503 while RabbitMQ is down", || {
@@ -422,8 +427,13 @@ fn a_broker_restart_loses_no_acknowledged_event() {
         ) >= 1.0
     });
     rabbit.restart();
-    let report = summary(simulator);
+    let before = acknowledged();
+    wait_until("events confirmed after the restart", || {
+        acknowledged() >= before + 300.0
+    });
+    let report = stop_simulator(simulator);
     assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    let played = report["notifications"].as_u64().unwrap() as usize;
     assert!(
         bridge
             .metrics()
@@ -443,8 +453,11 @@ fn a_broker_restart_loses_no_acknowledged_event() {
     // Webhooks refused during the outage were sent again (new events), and
     // unconfirmed publishes were republished: duplicates are allowed, losses
     // and reordering are not.
-    assert_each_room_complete_in_order(&expected(51, 8, 2000), &by_key(&events));
-    println!("stored {} messages for 2000 notifications", stored.len());
+    assert_each_room_complete_in_order(&expected(51, 8, played), &by_key(&events));
+    println!(
+        "stored {} messages for {played} notifications",
+        stored.len()
+    );
 }
 
 #[test]

@@ -285,6 +285,15 @@ pub fn summary(child: Child) -> Value {
     serde_json::from_slice(&output.stdout).expect("simulate prints a JSON summary")
 }
 
+/// Stops a webhook simulator that plays without end (SIGTERM: it stops
+/// queueing, sends what it queued and waits for every answer); its report,
+/// whose `notifications` says how many it played.
+pub fn stop_simulator(child: Child) -> Value {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    summary(child)
+}
+
 /// A child process that is killed when the test ends, also when it fails.
 pub struct Killed(pub Child);
 
