@@ -71,13 +71,19 @@ pub fn messages(count: usize) -> Vec<Message> {
         })
         .map(|e| {
             let mut headers = Vec::new();
-            fishjam_bridge::sinks::each_header(&e, "Nats-Msg-Id", false, "", |name, value| {
-                let name = HEADER_NAMES
-                    .iter()
-                    .find(|known| **known == name)
-                    .expect("a header the bridge sends");
-                headers.push((*name, value.to_owned()));
-            });
+            fishjam_bridge::sinks::each_header(
+                &e,
+                "Nats-Msg-Id",
+                fishjam_bridge::core::cloudevents::Mode::Off,
+                "",
+                |name, value| {
+                    let name = HEADER_NAMES
+                        .iter()
+                        .find(|known| **known == name)
+                        .expect("a header the bridge sends");
+                    headers.push((*name, value.to_owned()));
+                },
+            );
             Message {
                 key: e.key().to_owned(),
                 json: Bytes::from(e.to_json()),

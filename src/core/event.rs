@@ -15,8 +15,17 @@ use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
-/// Version of the event format, written into every event.
+/// Version of the event format, written into every event and into the
+/// `Fishjam-Schema-Version` header. docs/events.md says which changes bump it.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// `SCHEMA_VERSION` as a header value.
+pub const SCHEMA_VERSION_TEXT: &str = "1";
+
+/// Where the JSON Schema of this `schema_version` is named: its `$id`, and
+/// the CloudEvents `dataschema`. A new version gets a new address.
+pub const SCHEMA_URI: &str =
+    "https://github.com/fishjam-bridge/fishjam-bridge/schema/v1/event.schema.json";
 
 /// One normalized notification.
 #[derive(Debug, Clone, PartialEq)]

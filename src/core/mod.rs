@@ -11,9 +11,11 @@
 //! - `event`: the published JSON event, the table of event types, and a
 //!   `Message` (an event with its JSON, serialized once for every sink).
 //! - `normalize`: a body to its events, and reconciled events back to a body.
+//! - `cloudevents`: an event as a CloudEvent, in binary or structured mode.
 //! - `route`: subject, topic and routing-key templates.
 //! - `signature`: the webhook signature.
 
+pub mod cloudevents;
 pub mod decode;
 pub mod event;
 pub mod mend;

@@ -24,7 +24,8 @@ use lapin::{
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
+use super::{each_header, payload, PublishError, Settlement, SinkError, SinkHealth};
+use crate::core::cloudevents;
 use crate::core::event::Message;
 use crate::core::route::Template;
 use crate::settings::duration;
@@ -71,9 +72,11 @@ pub struct AmqpConfig {
     /// Shown in the RabbitMQ management UI.
     #[serde(default = "default_connection_name")]
     pub connection_name: String,
-    /// Add CloudEvents AMQP headers (`cloudEvents:*`).
+    /// CloudEvents: `"off"` (the default), `"binary"` (or `true`:
+    /// `cloudEvents:*` headers) or `"structured"` (an
+    /// `application/cloudevents+json` body).
     #[serde(default)]
-    pub cloudevents: bool,
+    pub cloudevents: cloudevents::Mode,
     #[serde(default)]
     pub tls: AmqpTlsConfig,
 }
@@ -266,7 +269,7 @@ impl AmqpSink {
                     exchange.clone(),
                     routing_key,
                     options,
-                    &job.json,
+                    &payload(job, self.config.cloudevents),
                     self.properties(job),
                 )
                 .await
@@ -353,7 +356,7 @@ impl AmqpSink {
         let mut buffer = uuid::Uuid::encode_buffer();
         let id: &str = event.id.hyphenated().encode_lower(&mut buffer);
         let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
+            .with_content_type(self.config.cloudevents.content_type().into())
             .with_message_id(id.into())
             .with_type(event.event_type.as_str().into())
             .with_timestamp(timestamp)

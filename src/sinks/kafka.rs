@@ -24,7 +24,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use serde::Deserialize;
 
-use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
+use super::{each_header, payload, PublishError, Settlement, SinkError, SinkHealth};
+use crate::core::cloudevents;
 use crate::core::event::Message;
 use crate::core::route::Template;
 use crate::settings::{duration, Secret};
@@ -62,9 +63,10 @@ pub struct KafkaConfig {
     /// PEM client certificate and key, for mutual TLS.
     pub ssl_certificate_location: Option<PathBuf>,
     pub ssl_key_location: Option<PathBuf>,
-    /// Add CloudEvents binary-mode headers (`ce_*`).
+    /// CloudEvents: `"off"` (the default), `"binary"` (or `true`: `ce_*`
+    /// headers) or `"structured"` (an `application/cloudevents+json` value).
     #[serde(default)]
-    pub cloudevents: bool,
+    pub cloudevents: cloudevents::Mode,
     /// Lanes of this sink (default: pipeline.lanes).
     pub lanes: Option<usize>,
     /// Any other librdkafka setting, e.g. `"linger.ms" = "10"`. These win over
@@ -266,7 +268,7 @@ pub struct KafkaSink {
     name: String,
     producer: FutureProducer<BridgeContext>,
     topic: Template,
-    cloudevents: bool,
+    cloudevents: cloudevents::Mode,
     timeout: Duration,
 }
 
@@ -329,9 +331,10 @@ impl KafkaSink {
                     headers = headers.take().map(|h| h.insert(header));
                 },
             );
+            let payload = payload(job, self.cloudevents);
             let mut record = FutureRecord::to(&topic)
                 .key(job.event.key())
-                .payload(&job.json[..])
+                .payload(&payload[..])
                 .headers(headers.expect("headers are always rebuilt"));
             loop {
                 match self.producer.send_result(record) {

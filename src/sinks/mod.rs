@@ -19,7 +19,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::admin::Readiness;
-use crate::core::event::{Event, Message};
+use crate::core::cloudevents;
+use crate::core::event::{Event, Message, SCHEMA_VERSION_TEXT};
 use crate::telemetry;
 
 /// One entry of `[[sinks]]`, chosen by its `type`.
@@ -242,51 +243,51 @@ impl SinkHealth {
 }
 
 /// Calls `add` with each header every broker message carries: the content
-/// type, the event id under `id_header` (`Fishjam-Event-Id`, or the broker's
-/// own deduplication header), the event type, the id that keys the event
+/// type (of `cloudevents`' mode), the event id under `id_header`
+/// (`Fishjam-Event-Id`, or the broker's own deduplication header), the
+/// schema version, the event type, the id that keys the event
 /// (`Fishjam-Room-Id`, `Fishjam-Stream-Id` or `Fishjam-Recording-Id`) and the
-/// peer id when there is one; with `cloudevents`, the CloudEvents binary-mode
-/// attributes under `ce_prefix`.
+/// peer id when there is one; in binary mode, the CloudEvents attributes
+/// under `ce_prefix`.
 pub fn each_header(
     event: &Event,
     id_header: &str,
-    cloudevents: bool,
+    cloudevents: cloudevents::Mode,
     ce_prefix: &str,
     mut add: impl FnMut(&str, &str),
 ) {
     let mut buffer = uuid::Uuid::encode_buffer();
     let id = event.id.hyphenated().encode_lower(&mut buffer);
-    add("Content-Type", "application/json");
+    add("Content-Type", cloudevents.content_type());
     add(id_header, id);
+    add("Fishjam-Schema-Version", SCHEMA_VERSION_TEXT);
     add("Fishjam-Event-Type", event.event_type.as_str());
     let key_kind = event.event_type.key_kind();
     add(key_kind.header(), event.key());
     if let Some(peer_id) = event.peer_id() {
         add("Fishjam-Peer-Id", peer_id);
     }
-    if cloudevents {
-        let time = humantime::format_rfc3339_micros(event.received_at).to_string();
-        for (name, value) in [
-            ("specversion", "1.0"),
-            ("id", id),
-            ("source", &fishjam_source(&event.fishjam_id)),
-            ("type", &format!("io.fishjam.{}", event.event_type.as_str())),
-            ("subject", &format!("{}/{}", key_kind.as_str(), event.key())),
-            ("time", &time),
-            ("datacontenttype", "application/json"),
-            ("partitionkey", event.key()),
-        ] {
-            add(&format!("{ce_prefix}{name}"), value);
-        }
+    if cloudevents == cloudevents::Mode::Binary {
+        let mut name = String::with_capacity(ce_prefix.len() + 16);
+        cloudevents::each_attribute(event, |attribute, value| {
+            name.clear();
+            name.push_str(ce_prefix);
+            name.push_str(attribute);
+            add(&name, value);
+        });
     }
 }
 
-/// The CloudEvents `source`: the Fishjam base URL, as the SDKs derive it.
-fn fishjam_source(fishjam_id: &str) -> String {
-    if fishjam_id.contains("://") {
-        fishjam_id.trim_end_matches('/').to_owned()
-    } else {
-        format!("https://fishjam.io/api/v1/connect/{fishjam_id}")
+/// The payload of `message` in `cloudevents`' mode: the event's JSON, or in
+/// structured mode the CloudEvent that holds it.
+pub fn payload(message: &Message, cloudevents: cloudevents::Mode) -> std::borrow::Cow<'_, [u8]> {
+    match cloudevents {
+        cloudevents::Mode::Structured => {
+            std::borrow::Cow::Owned(cloudevents::structured(&message.event, &message.json))
+        }
+        cloudevents::Mode::Off | cloudevents::Mode::Binary => {
+            std::borrow::Cow::Borrowed(&message.json[..])
+        }
     }
 }
 

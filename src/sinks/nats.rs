@@ -12,6 +12,7 @@
 //! batch that meets a lost connection fails within the timeout and the lane
 //! retries it, so nothing unacknowledged is ever counted as sent.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +22,8 @@ use async_nats::{HeaderMap, ServerAddr};
 use serde::Deserialize;
 
 use super::nats_wire::{self, Auth, Wire};
-use super::{each_header, PublishError, Settlement, SinkError, SinkHealth};
+use super::{each_header, payload, PublishError, Settlement, SinkError, SinkHealth};
+use crate::core::cloudevents;
 use crate::core::event::Message;
 use crate::core::route::Template;
 use crate::settings::{duration, Secret};
@@ -62,9 +64,10 @@ pub struct NatsConfig {
     /// TLS settings; `nats+tls://` or `tls://` URLs also turn TLS on.
     #[serde(default)]
     pub tls: NatsTlsConfig,
-    /// Add CloudEvents binary-mode headers (`ce-*`).
+    /// CloudEvents: `"off"` (the default), `"binary"` (or `true`: `ce-*`
+    /// headers) or `"structured"` (an `application/cloudevents+json` body).
     #[serde(default)]
-    pub cloudevents: bool,
+    pub cloudevents: cloudevents::Mode,
     /// Which headers each message carries: `all` (the default), `id` (the
     /// event id as `Nats-Msg-Id` only) or `none`. JetStream always gets
     /// `Nats-Msg-Id`, its deduplication key.
@@ -308,7 +311,7 @@ pub struct NatsSink {
     subject: Template,
     timeout: Duration,
     max_ack_inflight: usize,
-    cloudevents: bool,
+    cloudevents: cloudevents::Mode,
     headers: HeaderSet,
     health: SinkHealth,
 }
@@ -385,10 +388,18 @@ impl NatsSink {
     /// (headers and payload) exceeds the server's `max_payload`. The server
     /// would close the connection over it, and every retry again, so it is
     /// refused for good here instead.
-    fn message(&self, job: &Message, max_payload: usize) -> Result<(String, HeaderMap), SinkError> {
+    fn message(
+        &self,
+        job: &Message,
+        max_payload: usize,
+    ) -> Result<(String, HeaderMap, bytes::Bytes), SinkError> {
+        let payload = match payload(job, self.cloudevents) {
+            Cow::Borrowed(_) => job.json.clone(),
+            Cow::Owned(structured) => bytes::Bytes::from(structured),
+        };
         let mut map = HeaderMap::new();
         // "NATS/1.0\r\n", each "name: value\r\n", then "\r\n".
-        let mut size = 12 + job.json.len();
+        let mut size = 12 + payload.len();
         // The event id goes in Nats-Msg-Id only: JetStream drops a repeated
         // one inside its duplicate window, and every header costs a map entry.
         self.each_header(&job.event, |name, value| {
@@ -398,7 +409,7 @@ impl NatsSink {
         if max_payload > 0 && size > max_payload {
             return Err(over_max_payload(size, max_payload));
         }
-        Ok((self.subject.render(&job.event), map))
+        Ok((self.subject.render(&job.event), map, payload))
     }
 
     /// Calls `add` with each header `self.headers` asks for; the event id
@@ -432,7 +443,8 @@ impl NatsSink {
             if self.headers != HeaderSet::None {
                 nats_wire::header_block(&mut headers, |add| self.each_header(&job.event, add));
             }
-            let size = headers.len() + job.json.len();
+            let payload = payload(job, self.cloudevents);
+            let size = headers.len() + payload.len();
             if max_payload > 0 && size > max_payload {
                 refused = Some(PublishError {
                     acknowledged: index,
@@ -442,7 +454,7 @@ impl NatsSink {
             }
             subject.clear();
             self.subject.render_into(&job.event, &mut subject);
-            nats_wire::frame(&mut frames, &subject, &headers, &job.json);
+            nats_wire::frame(&mut frames, &subject, &headers, &payload);
         }
         if !frames.is_empty() {
             frames.extend_from_slice(nats_wire::PING);
@@ -481,7 +493,7 @@ impl NatsSink {
                     window.pop_front().expect("the window is full");
                 settlement.record(answer(oldest.await));
             }
-            let (subject, headers) = match self.message(job, max_payload) {
+            let (subject, headers, payload) = match self.message(job, max_payload) {
                 Ok(message) => message,
                 Err(refused) => {
                     stopped = Some(refused);
@@ -490,7 +502,7 @@ impl NatsSink {
             };
             let sent = tokio::time::timeout(
                 self.timeout,
-                context.publish_with_headers(subject, headers, job.json.clone()),
+                context.publish_with_headers(subject, headers, payload),
             )
             .await;
             match sent {

@@ -11,9 +11,9 @@ use std::time::SystemTime;
 use fishjam_bridge::core::event::Source;
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::core::signature;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::support::{assert_valid, schema, vectors, BIN};
+use crate::support::{assert_valid, published_schema, schema, validator, vectors, BIN};
 
 /// What the bridge does where it parts from the SDK, by case id prefix.
 enum Expected {
@@ -227,4 +227,70 @@ fn handshake_frames_are_encoded_byte_for_byte() {
         .encode_to_vec();
         assert_eq!(hex::encode(bytes), frame["hex"], "frame {}", frame["id"]);
     }
+}
+
+/// docs/events.md, Versioning: a key added to the envelope or to `data`, a
+/// new event type and a new enum string are additive; the published schema
+/// takes them, so consumers that validate keep working. The tests' closed
+/// schema refuses them, so nothing unlisted slips out of this build.
+#[test]
+fn the_published_schema_takes_additive_changes_and_the_closed_one_refuses_them() {
+    let published = validator(&published_schema());
+    let closed = schema();
+    let event = json!({
+        "schema_version": 1,
+        "id": "019a5f3c-8e21-7c4a-9d2e-6b1f0a7c3d55",
+        "type": "peerConnected",
+        "key": "r",
+        "room_id": "r",
+        "peer_id": "p",
+        "source": "webhook",
+        "received_at": "2026-11-28T00:21:32.377708Z",
+        "fishjam_id": "f",
+        "data": {"roomId": "r", "peerId": "p", "peerType": "webrtc"}
+    });
+    assert_valid(&published, &event);
+    assert_valid(&closed, &event);
+    let mut additions = Vec::new();
+    let mut added_key = event.clone();
+    added_key["region"] = json!("eu");
+    additions.push(added_key);
+    let mut added_data = event.clone();
+    added_data["data"]["joinedAt"] = json!(12);
+    additions.push(added_data);
+    let mut new_type = event.clone();
+    new_type["type"] = json!("peerPromoted");
+    additions.push(new_type);
+    let mut new_value = event.clone();
+    new_value["data"]["peerType"] = json!("sip");
+    additions.push(new_value);
+    for addition in &additions {
+        assert_valid(&published, addition);
+        assert!(!closed.is_valid(addition), "closed schema took {addition}");
+    }
+    // What would need a new schema_version is refused by both.
+    let mut removed = event.clone();
+    removed.as_object_mut().unwrap().remove("key");
+    let mut other_version = event.clone();
+    other_version["schema_version"] = json!(2);
+    for breaking in [removed, other_version] {
+        assert!(
+            !published.is_valid(&breaking),
+            "published schema took {breaking}"
+        );
+    }
+}
+
+#[test]
+fn the_schema_names_the_version_the_bridge_writes() {
+    let published = published_schema();
+    assert_eq!(published["$id"], fishjam_bridge::core::event::SCHEMA_URI);
+    assert_eq!(
+        published["properties"]["schema_version"]["const"],
+        fishjam_bridge::core::event::SCHEMA_VERSION
+    );
+    assert_eq!(
+        fishjam_bridge::core::event::SCHEMA_VERSION_TEXT,
+        fishjam_bridge::core::event::SCHEMA_VERSION.to_string()
+    );
 }

@@ -198,6 +198,71 @@ fn a_room_id_with_dots_lands_on_its_escaped_subject() {
     );
 }
 
+#[test]
+fn structured_cloudevents_hold_the_event_and_pass_the_cloudevents_schema() {
+    let rt = runtime();
+    let _context = rt.enter();
+    let prefix = unique("it");
+    let (_client, mut subscription) = rt.block_on(subscribed(&nats_url(), format!("{prefix}.>")));
+    let bridge = BridgeProcess::start(&nats_sink(
+        &nats_url(),
+        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+        "cloudevents = \"structured\"\n",
+    ));
+    let cloudevents = validator(
+        &serde_json::from_str(include_str!("../cloudevents/cloudevents.schema.json")).unwrap(),
+    );
+    let events = schema();
+    let published = published_schema();
+    let notifications: Vec<_> = fishjam_bridge::simulator::scenario::Scenario::new(5, 2)
+        .take(6)
+        .collect();
+    assert_eq!(
+        post(&bridge.webhook_url(), batch(notifications), None).status(),
+        200
+    );
+    for _ in 0..6 {
+        let message = next_message(&rt, &mut subscription, "a structured message arrives");
+        let headers = message.headers.as_ref().unwrap();
+        assert_eq!(
+            headers.get("Content-Type").unwrap().as_str(),
+            "application/cloudevents+json"
+        );
+        assert_eq!(headers.get("Fishjam-Schema-Version").unwrap().as_str(), "1");
+        assert!(
+            headers.get("ce-id").is_none(),
+            "structured mode has no ce- headers"
+        );
+        let cloudevent: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_valid(&cloudevents, &cloudevent);
+        // The spec's naming rule for attributes, which its schema leaves out.
+        for name in cloudevent.as_object().unwrap().keys() {
+            assert!(
+                name == "data"
+                    || (name.len() <= 20
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())),
+                "{name} is not a CloudEvents attribute name"
+            );
+        }
+        let event = &cloudevent["data"];
+        assert_valid(&events, event);
+        assert_eq!(cloudevent["id"], event["id"]);
+        assert_eq!(
+            cloudevent["type"],
+            format!("io.fishjam.{}", event["type"].as_str().unwrap())
+        );
+        assert_eq!(cloudevent["partitionkey"], event["key"]);
+        assert_eq!(cloudevent["datacontenttype"], "application/json");
+        assert_eq!(cloudevent["dataschema"], published["$id"]);
+        assert_eq!(
+            cloudevent["source"],
+            "https://fishjam.io/api/v1/connect/test-fishjam"
+        );
+    }
+}
+
 /// A nats-server of the test's own, so it can be restarted.
 pub struct PrivateNats {
     child: Child,
