@@ -44,9 +44,8 @@ pub struct AmqpConfig {
     /// Exchange to publish to.
     #[serde(default = "default_exchange")]
     pub exchange: String,
-    /// `topic` (default), `direct`, `fanout` or `headers`.
-    #[serde(default = "default_exchange_type")]
-    pub exchange_type: String,
+    #[serde(default)]
+    pub exchange_type: ExchangeType,
     /// Declare the exchange (durable) at connect time.
     #[serde(default = "yes")]
     pub declare_exchange: bool,
@@ -105,9 +104,6 @@ fn default_url() -> String {
 fn default_exchange() -> String {
     "fishjam".to_owned()
 }
-fn default_exchange_type() -> String {
-    "topic".to_owned()
-}
 fn default_routing_key() -> String {
     "{kind}.{key}.{type}".to_owned()
 }
@@ -132,12 +128,6 @@ impl AmqpConfig {
         }
         if let Err(problem) = self.url.parse::<lapin::uri::AMQPUri>() {
             problems.push(format!("url: {problem}"));
-        }
-        if exchange_kind(&self.exchange_type).is_none() {
-            problems.push(format!(
-                "exchange_type {:?}: use topic, direct, fanout or headers",
-                self.exchange_type
-            ));
         }
         if self.unroutable == Unroutable::Alternate && self.alternate_exchange.is_none() {
             problems.push("unroutable = \"alternate\" needs alternate_exchange".to_owned());
@@ -167,19 +157,31 @@ impl AmqpConfig {
             })
             .unwrap_or_else(|_| "an invalid url".to_owned());
         format!(
-            "{target}, exchange {:?} ({}), routing key {:?}, persistent {}, unroutable {:?}",
+            "{target}, exchange {:?} ({:?}), routing key {:?}, persistent {}, unroutable {:?}",
             self.exchange, self.exchange_type, self.routing_key, self.persistent, self.unroutable
         )
     }
 }
 
-fn exchange_kind(text: &str) -> Option<ExchangeKind> {
-    match text {
-        "topic" => Some(ExchangeKind::Topic),
-        "direct" => Some(ExchangeKind::Direct),
-        "fanout" => Some(ExchangeKind::Fanout),
-        "headers" => Some(ExchangeKind::Headers),
-        _ => None,
+/// The kind of exchange the bridge declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    #[default]
+    Topic,
+    Direct,
+    Fanout,
+    Headers,
+}
+
+impl ExchangeType {
+    fn kind(self) -> ExchangeKind {
+        match self {
+            ExchangeType::Topic => ExchangeKind::Topic,
+            ExchangeType::Direct => ExchangeKind::Direct,
+            ExchangeType::Fanout => ExchangeKind::Fanout,
+            ExchangeType::Headers => ExchangeKind::Headers,
+        }
     }
 }
 
@@ -424,7 +426,7 @@ async fn open(config: &AmqpConfig) -> Result<Link, SinkError> {
                 AMQPValue::LongString(LongString::from(alternate.as_str())),
             );
         }
-        let kind = exchange_kind(&config.exchange_type).expect("validated");
+        let kind = config.exchange_type.kind();
         channel
             .exchange_declare(config.exchange.as_str().into(), kind, durable, arguments)
             .await
@@ -469,7 +471,7 @@ mod tests {
         let config: AmqpConfig = toml::from_str("").unwrap();
         assert!(config.validate().is_empty(), "{:?}", config.validate());
         assert!(config.persistent);
-        assert_eq!(config.exchange_type, "topic");
+        assert_eq!(config.exchange_type, ExchangeType::Topic);
         assert_eq!(config.unroutable, Unroutable::Drop);
         assert!(!config.describe().contains("guest:guest"));
     }
@@ -477,13 +479,24 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         let config: AmqpConfig = toml::from_str(
-            "routing_key = \"rooms.#.{key}\"\nexchange_type = \"fanfare\"\nunroutable = \"alternate\"\nurl = \"http://x\"\n",
+            "routing_key = \"rooms.#.{key}\"\nunroutable = \"alternate\"\nurl = \"http://x\"\n",
         )
         .unwrap();
         let problems = config.validate().join("\n");
         assert!(problems.contains("routing_key"), "{problems}");
-        assert!(problems.contains("exchange_type"), "{problems}");
         assert!(problems.contains("alternate_exchange"), "{problems}");
         assert!(problems.contains("url"), "{problems}");
+    }
+
+    #[test]
+    fn an_unknown_exchange_type_is_refused_with_the_choices() {
+        let error = toml::from_str::<AmqpConfig>("exchange_type = \"fanfare\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("exchange_type"), "{error}");
+        assert!(
+            error.contains("`topic`, `direct`, `fanout`, `headers`"),
+            "{error}"
+        );
     }
 }

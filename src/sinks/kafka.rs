@@ -44,18 +44,15 @@ pub struct KafkaConfig {
     pub topic: String,
     #[serde(default = "default_client_id")]
     pub client_id: String,
-    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
-    #[serde(default = "default_compression")]
-    pub compression: String,
+    #[serde(default)]
+    pub compression: Compression,
     /// How long librdkafka may try to deliver a record before it reports a
     /// failure; the lane then publishes it again.
     #[serde(default = "default_message_timeout", deserialize_with = "duration")]
     pub message_timeout: Duration,
-    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
-    #[serde(default = "default_security_protocol")]
-    pub security_protocol: String,
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
-    pub sasl_mechanism: Option<String>,
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    pub sasl_mechanism: Option<SaslMechanism>,
     pub sasl_username: Option<String>,
     pub sasl_password: Option<Secret>,
     /// PEM CA file for SSL.
@@ -84,14 +81,82 @@ fn default_topic() -> String {
 fn default_client_id() -> String {
     "fishjam-bridge".to_owned()
 }
-fn default_compression() -> String {
-    "lz4".to_owned()
-}
 fn default_message_timeout() -> Duration {
     Duration::from_secs(30)
 }
-fn default_security_protocol() -> String {
-    "plaintext".to_owned()
+
+/// How records are compressed; librdkafka's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// How the producer reaches the brokers; librdkafka's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
+/// How SASL authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// Characters a topic may hold besides its placeholders.
@@ -133,35 +198,7 @@ impl KafkaConfig {
         if self.bootstrap_servers.trim().is_empty() {
             problems.push("bootstrap_servers must not be empty".to_owned());
         }
-        if !matches!(
-            self.compression.as_str(),
-            "none" | "gzip" | "snappy" | "lz4" | "zstd"
-        ) {
-            problems.push(format!(
-                "compression {:?}: use none, gzip, snappy, lz4 or zstd",
-                self.compression
-            ));
-        }
-        if !matches!(
-            self.security_protocol.as_str(),
-            "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
-        ) {
-            problems.push(format!(
-                "security_protocol {:?}: use plaintext, ssl, sasl_plaintext or sasl_ssl",
-                self.security_protocol
-            ));
-        }
-        if let Some(mechanism) = &self.sasl_mechanism {
-            if !matches!(
-                mechanism.as_str(),
-                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
-            ) {
-                problems.push(format!(
-                    "sasl_mechanism {mechanism:?}: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
-                ));
-            }
-        }
-        if self.security_protocol.starts_with("sasl")
+        if self.security_protocol.uses_sasl()
             && (self.sasl_username.is_none() || self.sasl_password.is_none())
         {
             problems.push("sasl security needs sasl_username and sasl_password".to_owned());
@@ -188,8 +225,8 @@ impl KafkaConfig {
             "bootstrap {}, topic {:?}, compression {}, security {}, sasl user {}",
             crate::settings::masked_url(&self.bootstrap_servers),
             self.topic,
-            self.compression,
-            self.security_protocol,
+            self.compression.as_str(),
+            self.security_protocol.as_str(),
             self.sasl_username.as_deref().unwrap_or("none")
         )
     }
@@ -201,7 +238,7 @@ impl KafkaConfig {
             .set("client.id", &self.client_id)
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("compression.type", &self.compression)
+            .set("compression.type", self.compression.as_str())
             .set(
                 "message.timeout.ms",
                 self.message_timeout.as_millis().to_string(),
@@ -214,9 +251,9 @@ impl KafkaConfig {
             // The pipeline bounds what is in flight; this only has to hold it.
             .set("queue.buffering.max.messages", "200000")
             .set("statistics.interval.ms", "5000")
-            .set("security.protocol", &self.security_protocol);
-        if let Some(mechanism) = &self.sasl_mechanism {
-            config.set("sasl.mechanism", mechanism);
+            .set("security.protocol", self.security_protocol.as_str());
+        if let Some(mechanism) = self.sasl_mechanism {
+            config.set("sasl.mechanism", mechanism.as_str());
         }
         if let Some(username) = &self.sasl_username {
             config.set("sasl.username", username);
@@ -435,12 +472,11 @@ mod tests {
     #[test]
     fn the_delivery_promise_cannot_be_configured_away() {
         let config: KafkaConfig = toml::from_str(
-            "topic = \"fishjam events\"\ncompression = \"brotli\"\nsecurity_protocol = \"sasl_ssl\"\n[librdkafka]\nacks = \"1\"\n",
+            "topic = \"fishjam events\"\nsecurity_protocol = \"sasl_ssl\"\n[librdkafka]\nacks = \"1\"\n",
         )
         .unwrap();
         let problems = config.validate().join("\n");
         assert!(problems.contains("topic"), "{problems}");
-        assert!(problems.contains("compression"), "{problems}");
         assert!(problems.contains("sasl_username"), "{problems}");
         assert!(problems.contains("librdkafka.acks"), "{problems}");
     }
@@ -464,6 +500,36 @@ mod tests {
             ),
         ] {
             assert!(problems(bad).contains(says), "{bad}: {}", problems(bad));
+        }
+    }
+
+    #[test]
+    fn named_choices_are_read_once_and_an_unknown_one_is_refused_with_the_choices() {
+        let config: KafkaConfig = toml::from_str(
+            "compression = \"zstd\"\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n",
+        )
+        .unwrap();
+        let client = config.client_config();
+        assert_eq!(client.get("compression.type"), Some("zstd"));
+        assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        for (text, choices) in [
+            (
+                "compression = \"brotli\"",
+                "`none`, `gzip`, `snappy`, `lz4`, `zstd`",
+            ),
+            (
+                "security_protocol = \"tls\"",
+                "`plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`",
+            ),
+            (
+                "sasl_mechanism = \"GSSAPI\"",
+                "`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`",
+            ),
+        ] {
+            let error = toml::from_str::<KafkaConfig>(text).unwrap_err().to_string();
+            let key = text.split(' ').next().unwrap();
+            assert!(error.contains(key) && error.contains(choices), "{error}");
         }
     }
 

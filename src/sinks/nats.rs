@@ -121,17 +121,15 @@ pub struct StreamConfig {
     /// prefix followed by `>`.
     #[serde(default)]
     pub subjects: Vec<String>,
-    /// `limits`, `interest` or `workqueue`.
-    #[serde(default = "default_retention")]
-    pub retention: String,
+    #[serde(default)]
+    pub retention: Retention,
     /// How long messages are kept; "0s" keeps them until other limits apply.
     #[serde(default = "default_max_age", deserialize_with = "duration")]
     pub max_age: Duration,
     #[serde(default = "default_replicas")]
     pub replicas: usize,
-    /// `file` or `memory`.
-    #[serde(default = "default_storage")]
-    pub storage: String,
+    #[serde(default)]
+    pub storage: Storage,
     /// Window in which a repeated `Nats-Msg-Id` is dropped.
     #[serde(default = "default_duplicate_window", deserialize_with = "duration")]
     pub duplicate_window: Duration,
@@ -152,17 +150,11 @@ fn default_timeout() -> Duration {
 fn default_max_ack_inflight() -> usize {
     1024
 }
-fn default_retention() -> String {
-    "limits".to_owned()
-}
 fn default_max_age() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
 fn default_replicas() -> usize {
     1
-}
-fn default_storage() -> String {
-    "file".to_owned()
 }
 fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)
@@ -216,18 +208,6 @@ impl NatsConfig {
                 problems.push(format!(
                     "stream.name {:?} must be non-empty, without '.', ' ', '*' or '>'",
                     stream.name
-                ));
-            }
-            if retention(&stream.retention).is_none() {
-                problems.push(format!(
-                    "stream.retention {:?}: use limits, interest or workqueue",
-                    stream.retention
-                ));
-            }
-            if storage(&stream.storage).is_none() {
-                problems.push(format!(
-                    "stream.storage {:?}: use file or memory",
-                    stream.storage
                 ));
             }
         }
@@ -286,22 +266,45 @@ impl NatsConfig {
     }
 }
 
-fn retention(text: &str) -> Option<jetstream::stream::RetentionPolicy> {
-    use jetstream::stream::RetentionPolicy as R;
-    match text {
-        "limits" => Some(R::Limits),
-        "interest" => Some(R::Interest),
-        "workqueue" => Some(R::WorkQueue),
-        _ => None,
+/// What a stream keeps its messages for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Until a limit (age, bytes) removes them.
+    #[default]
+    Limits,
+    /// While a consumer is interested.
+    Interest,
+    /// Until one consumer acknowledges them.
+    Workqueue,
+}
+
+impl Retention {
+    fn policy(self) -> jetstream::stream::RetentionPolicy {
+        use jetstream::stream::RetentionPolicy as R;
+        match self {
+            Retention::Limits => R::Limits,
+            Retention::Interest => R::Interest,
+            Retention::Workqueue => R::WorkQueue,
+        }
     }
 }
 
-fn storage(text: &str) -> Option<jetstream::stream::StorageType> {
-    use jetstream::stream::StorageType as S;
-    match text {
-        "file" => Some(S::File),
-        "memory" => Some(S::Memory),
-        _ => None,
+/// Where a stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+impl Storage {
+    fn kind(self) -> jetstream::stream::StorageType {
+        match self {
+            Storage::File => jetstream::stream::StorageType::File,
+            Storage::Memory => jetstream::stream::StorageType::Memory,
+        }
     }
 }
 
@@ -699,8 +702,8 @@ async fn ensure_stream(
     let wanted = jetstream::stream::Config {
         name: stream.name.clone(),
         subjects,
-        retention: retention(&stream.retention).expect("validated"),
-        storage: storage(&stream.storage).expect("validated"),
+        retention: stream.retention.policy(),
+        storage: stream.storage.kind(),
         max_age: stream.max_age,
         max_bytes: stream.max_bytes,
         num_replicas: stream.replicas,
@@ -714,7 +717,7 @@ async fn ensure_stream(
     let current = &found.cached_info().config;
     if (current.storage, current.retention) != (wanted.storage, wanted.retention) {
         return Err(SinkError::Config(format!(
-            "stream {} has storage {:?} and retention {:?}, the configuration says {} and {}: \
+            "stream {} has storage {:?} and retention {:?}, the configuration says {:?} and {:?}: \
              NATS cannot change them on a stream; configure what it has, or move its \
              messages to a new stream",
             stream.name, current.storage, current.retention, stream.storage, stream.retention
@@ -758,6 +761,23 @@ mod tests {
     }
 
     #[test]
+    fn stream_settings_are_read_once_and_an_unknown_one_is_refused_with_the_choices() {
+        let c = config("mode = \"jetstream\"\n[stream]\nname = \"S\"\nretention = \"workqueue\"\nstorage = \"memory\"\n");
+        let stream = c.stream.unwrap();
+        assert_eq!(stream.retention, Retention::Workqueue);
+        assert_eq!(stream.storage, Storage::Memory);
+        let error =
+            toml::from_str::<NatsConfig>("[stream]\nname = \"S\"\nretention = \"forever\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("retention"), "{error}");
+        assert!(
+            error.contains("`limits`, `interest`, `workqueue`"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn fixed_header_names_are_the_names_asked_for() {
         for name in [
             "Content-Type",
@@ -773,7 +793,7 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         let c = config(
-            "subject = \"a.*.{key}\"\nuser = \"u\"\ntoken = \"t\"\n[stream]\nname = \"a.b\"\nretention = \"forever\"\n",
+            "subject = \"a.*.{key}\"\nuser = \"u\"\ntoken = \"t\"\n[stream]\nname = \"a.b\"\n",
         );
         let problems = c.validate().join("\n");
         assert!(problems.contains("subject"), "{problems}");
@@ -781,6 +801,5 @@ mod tests {
         assert!(problems.contains("choose one"), "{problems}");
         assert!(problems.contains("stream needs mode"), "{problems}");
         assert!(problems.contains("stream.name"), "{problems}");
-        assert!(problems.contains("stream.retention"), "{problems}");
     }
 }
