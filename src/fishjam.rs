@@ -11,21 +11,45 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+/// What went wrong addressing or asking Fishjam: the id or URL, and the
+/// error under it.
+#[derive(Debug, thiserror::Error)]
+pub enum FishjamError {
+    #[error("{id:?} is {problem}")]
+    Id { id: String, problem: &'static str },
+    #[error("cannot build an HTTP client")]
+    Client(#[source] reqwest::Error),
+    #[error("the extra CA certificates")]
+    Roots(#[source] crate::tls::TlsError),
+    #[error("GET {url}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("GET {url}: status {status}")]
+    Status { url: String, status: StatusCode },
+    #[error("GET {url}: unexpected body")]
+    Body {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
 /// A client for Fishjam's REST API: built once, since building one loads
 /// the platform's root certificates.
 pub fn rest_client(
     timeout: Duration,
     extra_roots: Option<&crate::tls::ExtraRoots>,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, FishjamError> {
     let mut builder = reqwest::Client::builder().timeout(timeout);
     if let Some(roots) = extra_roots {
-        for certificate in roots.reqwest()? {
+        for certificate in roots.reqwest().map_err(FishjamError::Roots)? {
             builder = builder.add_root_certificate(certificate);
         }
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+    builder.build().map_err(FishjamError::Client)
 }
 
 /// `GET url` with the management token, naming the bridge as the SDKs name
@@ -46,42 +70,30 @@ async fn get(
         .await
 }
 
-/// An error with its causes: reqwest's own message leaves out why a
-/// request failed (a refused certificate, a reset connection).
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 /// The REST base URL for a fishjam id.
-pub fn base_url(fishjam_id: &str) -> Result<String, String> {
+pub fn base_url(fishjam_id: &str) -> Result<String, FishjamError> {
     let id = fishjam_id.trim();
+    let refused = |problem| FishjamError::Id {
+        id: id.to_owned(),
+        problem,
+    };
     if id.is_empty() {
-        return Err("the fishjam id is empty".to_owned());
+        return Err(refused("empty: give the Fishjam cloud id or URL"));
     }
     if let Some((scheme, rest)) = id.split_once("://") {
         if !matches!(scheme, "http" | "https") || rest.is_empty() {
-            return Err(format!(
-                "{id:?} is not an http(s) URL nor a Fishjam cloud id"
-            ));
+            return Err(refused("not an http(s) URL nor a Fishjam cloud id"));
         }
         return Ok(id.trim_end_matches('/').to_owned());
     }
     if id.contains(['/', ' ', '?', '#']) {
-        return Err(format!(
-            "{id:?} is not a Fishjam cloud id nor an http(s) URL"
-        ));
+        return Err(refused("not a Fishjam cloud id nor an http(s) URL"));
     }
     Ok(format!("https://fishjam.io/api/v1/connect/{id}"))
 }
 
 /// The notifier WebSocket URL for a fishjam id.
-pub fn notifier_url(fishjam_id: &str) -> Result<String, String> {
+pub fn notifier_url(fishjam_id: &str) -> Result<String, FishjamError> {
     let base = base_url(fishjam_id)?;
     let websocket = if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
@@ -100,8 +112,8 @@ pub enum CredentialError {
     #[error("Fishjam refused the credentials ({status}): check fishjam.id ({id}) and fishjam.management_token (FISHJAM_MANAGEMENT_TOKEN); both come from the Fishjam dashboard")]
     Refused { status: StatusCode, id: String },
     /// Fishjam could not be asked, or answered something else: try again.
-    #[error("cannot check the credentials at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    #[error("cannot check the credentials")]
+    Unreachable(#[from] FishjamError),
 }
 
 /// Asks `GET <base>/validate` whether `token` is valid for `fishjam_id`, as
@@ -111,20 +123,13 @@ pub async fn check_credentials(
     fishjam_id: &str,
     token: &str,
 ) -> Result<(), CredentialError> {
-    let url = format!(
-        "{}/validate",
-        base_url(fishjam_id).map_err(|reason| CredentialError::Unreachable {
-            url: fishjam_id.to_owned(),
-            reason,
-        })?
-    );
-    let unreachable = |reason: String| CredentialError::Unreachable {
-        url: url.clone(),
-        reason,
-    };
+    let url = format!("{}/validate", base_url(fishjam_id)?);
     let response = get(client, &url, token)
         .await
-        .map_err(|e| unreachable(with_causes(&e)))?;
+        .map_err(|source| FishjamError::Request {
+            url: url.clone(),
+            source,
+        })?;
     match response.status() {
         status if status.is_success() => Ok(()),
         status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
@@ -133,7 +138,7 @@ pub async fn check_credentials(
                 id: fishjam_id.to_owned(),
             })
         }
-        status => Err(unreachable(format!("unexpected status {status}"))),
+        status => Err(FishjamError::Status { url, status }.into()),
     }
 }
 
@@ -166,21 +171,30 @@ pub async fn list_rooms(
     client: &reqwest::Client,
     fishjam_id: &str,
     token: &str,
-) -> Result<Vec<FishjamRoom>, String> {
+) -> Result<Vec<FishjamRoom>, FishjamError> {
     let url = format!("{}/room", base_url(fishjam_id)?);
     let response = get(client, &url, token)
         .await
-        .map_err(|e| format!("GET {url}: {}", with_causes(&e)))?;
+        .map_err(|source| FishjamError::Request {
+            url: url.clone(),
+            source,
+        })?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("GET {url}: status {status}"));
+        return Err(FishjamError::Status { url, status });
     }
     let body = response
         .bytes()
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|source| FishjamError::Request {
+            url: url.clone(),
+            source,
+        })?;
     let listing: RoomsListing =
-        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: unexpected body: {e}"))?;
+        serde_json::from_slice(&body).map_err(|source| FishjamError::Body {
+            url,
+            source: source.into(),
+        })?;
     Ok(listing.data)
 }
 

@@ -112,7 +112,7 @@ async fn deliver<S: Publish>(
                         }
                         Err(failure) => tracing::error!(
                             sink = sink.name(),
-                            error = %failure,
+                            error = %telemetry::Chain(&failure),
                             "cannot write a dead letter; the event is retried"
                         ),
                     }
@@ -122,7 +122,7 @@ async fn deliver<S: Publish>(
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     sink = sink.name(),
-                    error = %error,
+                    error = %telemetry::Chain(&error),
                     attempt = backoff.attempts(),
                     delay_ms = delay.as_millis() as u64,
                     pending = messages.len() - done,
@@ -273,7 +273,7 @@ mod tests {
     async fn a_failure_retries_from_the_first_unacknowledged_event_in_order() {
         let sink = FakeSink::answering([
             Answer::Fail(2, || SinkError::Timeout),
-            Answer::Fail(0, || SinkError::Publish("down".into())),
+            Answer::Fail(0, || SinkError::publish("down")),
         ]);
         run(
             sink.clone(),

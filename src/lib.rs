@@ -95,7 +95,7 @@ fn acceptor(
     tls: &Option<tls::ServerTlsConfig>,
 ) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
     tls.as_ref()
-        .map(|tls| tls.acceptor().map_err(|e| anyhow::anyhow!("{key}: {e}")))
+        .map(|tls| tls.acceptor().with_context(|| key.to_owned()))
         .transpose()
 }
 
@@ -210,7 +210,7 @@ pub async fn start(
             lane_tasks.close();
             lane_tasks.wait().await;
             if let Err(error) = sink.close().await {
-                tracing::error!(sink = sink.name(), error = %error, "closing the sink failed");
+                tracing::error!(sink = sink.name(), error = %telemetry::Chain(&error), "closing the sink failed");
             }
             health.set(false);
             tracing::info!(sink = sink.name(), "sink closed");
@@ -271,9 +271,9 @@ pub async fn start(
             .as_deref()
             .map(tls::ExtraRoots::load)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("notifier.ca_file: {e}"))?;
+            .context("notifier.ca_file")?;
         let source = sources::notifier::NotifierSource {
-            url: fishjam::notifier_url(&config.fishjam.id).map_err(anyhow::Error::msg)?,
+            url: fishjam::notifier_url(&config.fishjam.id).context("fishjam.id")?,
             token: config
                 .fishjam
                 .management_token
@@ -284,13 +284,12 @@ pub async fn start(
             admission: admission.clone(),
             readiness: readiness.clone(),
             fatal: fatal.clone(),
-            rest: fishjam::rest_client(config.notifier.connect_timeout, extra_roots.as_ref())
-                .map_err(anyhow::Error::msg)?,
+            rest: fishjam::rest_client(config.notifier.connect_timeout, extra_roots.as_ref())?,
             tls: extra_roots
                 .as_ref()
                 .map(tls::ExtraRoots::rustls)
                 .transpose()
-                .map_err(anyhow::Error::msg)?,
+                .context("notifier.ca_file")?,
         };
         if config.notifier.required_for_readiness {
             readiness.register(sources::notifier::CHECK);
@@ -351,7 +350,7 @@ async fn connect_sink(config: &sinks::SinkConfig, health: &SinkHealth, mut retry
                 let delay = retry.next_delay();
                 tracing::warn!(
                     sink = config.name(),
-                    error = %error,
+                    error = %telemetry::Chain(&error),
                     attempt = retry.attempts(),
                     delay_ms = delay.as_millis() as u64,
                     "sink cannot connect; retrying"

@@ -20,6 +20,22 @@ use crate::core::decode::{DecodeError, Skipped};
 use crate::core::event::{EventType, Source};
 use crate::core::normalize::Normalized;
 
+/// An error and its causes on one line, "what failed: why: why", for logs:
+/// a library's own message often leaves out the OS error under it.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -543,7 +559,9 @@ pub fn notifier_gap(gap: Duration) {
 }
 
 /// One reconciliation against Fishjam's REST API, and the events it made.
-pub fn reconciled(result: Result<&[crate::core::event::Event], &str>) {
+pub fn reconciled(
+    result: Result<&[crate::core::event::Event], &(dyn std::error::Error + 'static)>,
+) {
     match result {
         Ok(events) => {
             counter!(RECONCILIATIONS, "result" => "ok").increment(1);
@@ -560,7 +578,7 @@ pub fn reconciled(result: Result<&[crate::core::event::Event], &str>) {
         Err(error) => {
             counter!(RECONCILIATIONS, "result" => "failed").increment(1);
             tracing::warn!(
-                error,
+                error = %Chain(error),
                 "cannot reconcile with Fishjam's rooms; changes during the gap may be missing"
             );
         }

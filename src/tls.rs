@@ -16,6 +16,37 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use tokio_rustls::TlsAcceptor;
 
+/// Why a certificate, key or CA file cannot be used: the file, and the
+/// error under it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{} holds no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{} cannot be used", path.display())]
+    Unusable {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("a CA certificate cannot be used")]
+    Ca(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("TLS cannot be set up")]
+    Setup(#[source] rustls::Error),
+}
+
+fn read(path: &Path) -> impl FnOnce(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// The extra CA certificates, read once at start-up.
 #[derive(Debug, Clone)]
 pub struct ExtraRoots {
@@ -25,26 +56,28 @@ pub struct ExtraRoots {
 
 impl ExtraRoots {
     /// Reads a PEM file holding one or more certificates.
-    pub fn load(path: &Path) -> Result<ExtraRoots, String> {
+    pub fn load(path: &Path) -> Result<ExtraRoots, TlsError> {
         let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            std::fs::read(path).map_err(|e| read(path)(rustls::pki_types::pem::Error::Io(e)))?;
         let certificates = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{} is not PEM certificates: {e}", path.display()))?;
+            .map_err(read(path))?;
         if certificates.is_empty() {
-            return Err(format!("{} holds no certificate", path.display()));
+            return Err(TlsError::NoCertificate {
+                path: path.to_owned(),
+            });
         }
         Ok(ExtraRoots { pem, certificates })
     }
 
     /// A rustls client configuration trusting the platform's roots and these.
-    pub fn rustls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+    pub fn rustls(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         client_config_trusting(&self.certificates, None)
     }
 
     /// The same certificates for reqwest.
-    pub fn reqwest(&self) -> Result<Vec<reqwest::Certificate>, String> {
-        reqwest::Certificate::from_pem_bundle(&self.pem).map_err(|e| e.to_string())
+    pub fn reqwest(&self) -> Result<Vec<reqwest::Certificate>, TlsError> {
+        reqwest::Certificate::from_pem_bundle(&self.pem).map_err(|e| TlsError::Ca(e.into()))
     }
 }
 
@@ -54,7 +87,7 @@ impl ExtraRoots {
 pub fn client_config(
     ca_file: Option<&Path>,
     identity: Option<(&Path, &Path)>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let extra = match ca_file {
         Some(path) => ExtraRoots::load(path)?.certificates,
         None => Vec::new(),
@@ -66,7 +99,7 @@ pub fn client_config(
 fn client_config_trusting(
     extra: &[CertificateDer<'static>],
     identity: Option<(&Path, &Path)>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     // A platform without a readable store still trusts the extra roots.
     for certificate in rustls_native_certs::load_native_certs().certs {
@@ -75,24 +108,26 @@ fn client_config_trusting(
     for certificate in extra {
         roots
             .add(certificate.clone())
-            .map_err(|e| format!("a CA certificate is not usable: {e}"))?;
+            .map_err(|e| TlsError::Ca(e.into()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Setup)?
         .with_root_certificates(roots);
     let config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert_file, key_file)) => {
             let chain = CertificateDer::pem_file_iter(cert_file)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key_file)
-                .map_err(|e| format!("{}: {e}", key_file.display()))?;
+                .map_err(read(cert_file))?;
+            let key = PrivateKeyDer::from_pem_file(key_file).map_err(read(key_file))?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("{}: {e}", cert_file.display()))?
+                .map_err(|source| TlsError::Unusable {
+                    path: cert_file.to_owned(),
+                    source,
+                })?
         }
     };
     Ok(Arc::new(config))
@@ -111,12 +146,12 @@ pub struct ServerTlsConfig {
 impl ServerTlsConfig {
     /// An acceptor for this certificate; the files are read now, so a
     /// missing or mismatched one is a start-up error.
-    pub fn acceptor(&self) -> Result<TlsAcceptor, String> {
+    pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
         let resolver = ReloadingCertificate::new(self.cert_file.clone(), self.key_file.clone())?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(TlsError::Setup)?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -145,7 +180,7 @@ struct Loaded {
 }
 
 impl ReloadingCertificate {
-    fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<ReloadingCertificate, String> {
+    fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<ReloadingCertificate, TlsError> {
         let modified = modification_times(&cert_file, &key_file);
         let key = certified_key(&cert_file, &key_file)?;
         Ok(ReloadingCertificate {
@@ -174,7 +209,7 @@ impl ResolvesServerCert for ReloadingCertificate {
                         tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate reloaded");
                     }
                     Err(problem) => tracing::error!(
-                        problem = %problem,
+                        problem = %crate::telemetry::Chain(&problem),
                         "the changed TLS certificate cannot be used; keeping the previous one"
                     ),
                 }
@@ -189,18 +224,22 @@ fn modification_times(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<Sy
     (modified(cert), modified(key))
 }
 
-fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .map_err(read(cert))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{} is not PEM certificates: {e}", cert.display()))?;
+        .map_err(read(cert))?;
     if chain.is_empty() {
-        return Err(format!("{} holds no certificate", cert.display()));
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
     }
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(read(key))?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, private, &provider)
-        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    let certified =
+        CertifiedKey::from_der(chain, private, &provider).map_err(|source| TlsError::Unusable {
+            path: key.to_owned(),
+            source,
+        })?;
     Ok(Arc::new(certified))
 }

@@ -15,6 +15,14 @@ use std::fmt::Write as _;
 
 use crate::core::event::{Event, EventType, KeyKind};
 
+/// A template that cannot be used, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{template:?} holds {problem}")]
+pub struct TemplateError {
+    pub template: String,
+    pub problem: String,
+}
+
 /// One parsed template.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -97,7 +105,11 @@ impl Template {
 
     /// Parses `text`; `forbidden` lists characters the literal parts must not
     /// hold (wildcards of the broker).
-    pub fn parse(text: &str, forbidden: &[char]) -> Result<Template, String> {
+    pub fn parse(text: &str, forbidden: &[char]) -> Result<Template, TemplateError> {
+        let refused = |problem: String| TemplateError {
+            template: text.to_owned(),
+            problem,
+        };
         let mut parts = Vec::new();
         let mut rest = text;
         while !rest.is_empty() {
@@ -105,17 +117,17 @@ impl Template {
                 Some(0) => {
                     let end = rest
                         .find('}')
-                        .ok_or_else(|| format!("unclosed '{{' in {text:?}"))?;
+                        .ok_or_else(|| refused("an unclosed '{'".to_owned()))?;
                     let name = &rest[1..end];
                     let field = Field::NAMES
                         .iter()
                         .find(|(n, _)| *n == name)
                         .map(|(_, f)| *f)
                         .ok_or_else(|| {
-                            format!(
-                                "unknown placeholder {{{name}}} in {text:?}; use {}",
+                            refused(format!(
+                                "the unknown placeholder {{{name}}}; use {}",
                                 placeholders()
-                            )
+                            ))
                         })?;
                     parts.push(Part::Field(field));
                     rest = &rest[end + 1..];
@@ -127,10 +139,10 @@ impl Template {
                         .chars()
                         .find(|c| forbidden.contains(c) || c.is_whitespace())
                     {
-                        return Err(format!("{bad:?} is not allowed in {text:?}"));
+                        return Err(refused(format!("{bad:?}, which is not allowed")));
                     }
                     if literal.contains('}') {
-                        return Err(format!("unmatched '}}' in {text:?}"));
+                        return Err(refused("an unmatched '}'".to_owned()));
                     }
                     parts.push(Part::Literal(literal.to_owned()));
                     rest = &rest[end..];
@@ -138,10 +150,10 @@ impl Template {
             }
         }
         if parts.is_empty() {
-            return Err("must not be empty".to_owned());
+            return Err(refused("nothing: it must not be empty".to_owned()));
         }
         if text.starts_with('.') || text.ends_with('.') || text.contains("..") {
-            return Err(format!("{text:?} has an empty token"));
+            return Err(refused("an empty token".to_owned()));
         }
         Ok(Template { parts })
     }
@@ -310,7 +322,8 @@ mod tests {
     fn bad_templates_are_refused() {
         assert!(Template::parse("fishjam.{room}", &[])
             .unwrap_err()
-            .contains("unknown placeholder"));
+            .to_string()
+            .contains("\"fishjam.{room}\" holds the unknown placeholder {room}"));
         assert!(Template::parse("fishjam.*.{key}", &['*', '>']).is_err());
         assert!(Template::parse("fishjam..{key}", &[]).is_err());
         assert!(Template::parse("fishjam.{key", &[]).is_err());

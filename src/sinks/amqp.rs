@@ -144,10 +144,9 @@ impl AmqpConfig {
         problems
     }
 
-    pub fn describe(&self) -> String {
-        // The URL holds the password: show only where it points.
-        let target = self
-            .url
+    /// Where the sink publishes, without the URL's credentials.
+    pub fn target(&self) -> String {
+        self.url
             .parse::<lapin::uri::AMQPUri>()
             .map(|u| {
                 format!(
@@ -155,7 +154,12 @@ impl AmqpConfig {
                     u.authority.host, u.authority.port, u.vhost
                 )
             })
-            .unwrap_or_else(|_| "an invalid url".to_owned());
+            .unwrap_or_else(|_| "an invalid url".to_owned())
+    }
+
+    pub fn describe(&self) -> String {
+        // The URL holds the password: show only where it points.
+        let target = self.target();
         format!(
             "{target}, exchange {:?} ({:?}), routing key {:?}, persistent {}, unroutable {:?}",
             self.exchange, self.exchange_type, self.routing_key, self.persistent, self.unroutable
@@ -210,8 +214,8 @@ impl std::fmt::Debug for AmqpSink {
 impl AmqpSink {
     pub async fn connect(config: &AmqpConfig, health: SinkHealth) -> Result<AmqpSink, SinkError> {
         let name = config.name.clone().unwrap_or_else(|| "amqp".to_owned());
-        let routing_key =
-            Template::parse(&config.routing_key, KEY_WILDCARDS).map_err(SinkError::Config)?;
+        let routing_key = Template::parse(&config.routing_key, KEY_WILDCARDS)
+            .map_err(|e| SinkError::Config(e.to_string()))?;
         let link = open(config).await?;
         Ok(AmqpSink {
             name,
@@ -278,7 +282,7 @@ impl AmqpSink {
             {
                 Ok(confirm) => confirms.push(confirm),
                 Err(error) => {
-                    send_failure = Some(SinkError::Connect(error.to_string()));
+                    send_failure = Some(SinkError::connect(self.config.target(), error));
                     break;
                 }
             }
@@ -332,7 +336,7 @@ impl AmqpSink {
             }
             // RabbitMQ nacks on overflow or a queue's internal error: both pass.
             Ok(Confirmation::Nack(_)) => Err(SinkError::Nacked("nack".to_owned())),
-            Err(error) => Err(SinkError::Connect(error.to_string())),
+            Err(error) => Err(SinkError::connect(self.config.target(), error)),
         }
     }
 
@@ -377,7 +381,7 @@ impl AmqpSink {
             link.connection
                 .close(200, "bridge shutting down".into())
                 .await
-                .map_err(|e| SinkError::Connect(e.to_string()))?;
+                .map_err(|e| SinkError::connect(self.config.target(), e))?;
         }
         Ok(())
     }
@@ -388,21 +392,26 @@ async fn open(config: &AmqpConfig) -> Result<Link, SinkError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(config.connection_name.as_str().into());
     let tls = tls_config(&config.tls)?;
-    let runtime =
-        lapin::runtime::default_runtime().map_err(|e| SinkError::Connect(e.to_string()))?;
+    let target = config.target();
+    let runtime = lapin::runtime::default_runtime().map_err(|e| SinkError::connect(&target, e))?;
     let connect = Connection::connect_with_config(&config.url, properties, tls, runtime);
     let connection = tokio::time::timeout(config.timeout, connect)
         .await
-        .map_err(|_| SinkError::Connect("timed out".to_owned()))?
-        .map_err(|e| SinkError::Connect(e.to_string()))?;
+        .map_err(|_| {
+            SinkError::connect(
+                &target,
+                format!("no connection within the timeout ({:?})", config.timeout),
+            )
+        })?
+        .map_err(|e| SinkError::connect(&target, e))?;
     let channel = connection
         .create_channel()
         .await
-        .map_err(|e| SinkError::Connect(e.to_string()))?;
+        .map_err(|e| SinkError::connect(&target, e))?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
-        .map_err(|e| SinkError::Connect(e.to_string()))?;
+        .map_err(|e| SinkError::connect(&target, e))?;
     if config.declare_exchange {
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -420,7 +429,9 @@ async fn open(config: &AmqpConfig) -> Result<Link, SinkError> {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| SinkError::Connect(format!("alternate exchange {alternate}: {e}")))?;
+                .map_err(|e| {
+                    SinkError::connect(format!("{target} (alternate exchange {alternate})"), e)
+                })?;
             arguments.insert(
                 "alternate-exchange".into(),
                 AMQPValue::LongString(LongString::from(alternate.as_str())),
@@ -430,7 +441,9 @@ async fn open(config: &AmqpConfig) -> Result<Link, SinkError> {
         channel
             .exchange_declare(config.exchange.as_str().into(), kind, durable, arguments)
             .await
-            .map_err(|e| SinkError::Connect(format!("exchange {}: {e}", config.exchange)))?;
+            .map_err(|e| {
+                SinkError::connect(format!("{target} (exchange {})", config.exchange), e)
+            })?;
     }
     Ok(Link {
         connection,

@@ -220,6 +220,11 @@ impl KafkaConfig {
         problems
     }
 
+    /// Where the sink publishes, without credentials.
+    pub fn target(&self) -> String {
+        crate::settings::masked_url(&self.bootstrap_servers)
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "bootstrap {}, topic {:?}, compression {}, security {}, sasl user {}",
@@ -320,7 +325,8 @@ impl std::fmt::Debug for KafkaSink {
 impl KafkaSink {
     pub async fn connect(config: &KafkaConfig, health: SinkHealth) -> Result<KafkaSink, SinkError> {
         let name = config.name.clone().unwrap_or_else(|| "kafka".to_owned());
-        let topic = Template::parse(&config.topic, &[]).map_err(SinkError::Config)?;
+        let topic =
+            Template::parse(&config.topic, &[]).map_err(|e| SinkError::Config(e.to_string()))?;
         let producer: FutureProducer<BridgeContext> = config
             .client_config()
             .create_with_context(BridgeContext {
@@ -333,10 +339,8 @@ impl KafkaSink {
         let timeout = config.message_timeout.min(Duration::from_secs(10));
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
             .await
-            .map_err(|e| SinkError::Connect(e.to_string()))?
-            .map_err(|e| {
-                SinkError::Connect(format!("{} unreachable: {e}", config.bootstrap_servers))
-            })?;
+            .map_err(|e| SinkError::connect(config.target(), e))?
+            .map_err(|e| SinkError::connect(config.target(), e))?;
         Ok(KafkaSink {
             name,
             producer,
@@ -415,7 +419,7 @@ impl KafkaSink {
                     Ok(())
                 }
                 Ok(Err((error, _))) => Err(classify(error, self.timeout)),
-                Err(_) => Err(SinkError::Publish("delivery report lost".to_owned())),
+                Err(_) => Err(SinkError::publish("delivery report lost")),
             });
         }
         if let Some(error) = failure {
@@ -431,11 +435,11 @@ impl KafkaSink {
         // flush blocks its thread until delivered or timed out.
         let flushed = tokio::task::spawn_blocking(move || producer.flush(grace))
             .await
-            .map_err(|e| SinkError::Publish(e.to_string()))?;
+            .map_err(SinkError::publish)?;
         let left = self.producer.in_flight_count();
         match flushed {
             Ok(()) => Ok(()),
-            Err(error) => Err(SinkError::Publish(format!(
+            Err(error) => Err(SinkError::publish(format!(
                 "{left} records not delivered at shutdown: {error}"
             ))),
         }
@@ -452,7 +456,7 @@ fn classify(error: KafkaError, timeout: Duration) -> SinkError {
             SinkError::Timeout
         }
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => SinkError::Rejected(error.to_string()),
-        _ => SinkError::Publish(error.to_string()),
+        _ => SinkError::publish(error),
     }
 }
 
@@ -482,28 +486,6 @@ mod tests {
     }
 
     #[test]
-    fn a_topic_renders_only_names_kafka_takes() {
-        let problems = |topic: &str| {
-            let config: KafkaConfig = toml::from_str(&format!("topic = {topic:?}")).unwrap();
-            config.validate().join("\n")
-        };
-        for good in ["fishjam.events", "fishjam.{kind}", "fishjam.{kind}.{type}"] {
-            assert_eq!(problems(good), "", "{good}");
-        }
-        for (bad, says) in [
-            ("fishjam.{key}", "{key} can render names Kafka refuses"),
-            ("{fishjam_id}.events", "{fishjam_id} can render"),
-            ("f.{room_id}.{peer_id}", "{room_id}, {peer_id} can render"),
-            (
-                &format!("{}.{{type}}", "t".repeat(240)),
-                "Kafka takes at most 249",
-            ),
-        ] {
-            assert!(problems(bad).contains(says), "{bad}: {}", problems(bad));
-        }
-    }
-
-    #[test]
     fn named_choices_are_read_once_and_an_unknown_one_is_refused_with_the_choices() {
         let config: KafkaConfig = toml::from_str(
             "compression = \"zstd\"\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n",
@@ -530,6 +512,28 @@ mod tests {
             let error = toml::from_str::<KafkaConfig>(text).unwrap_err().to_string();
             let key = text.split(' ').next().unwrap();
             assert!(error.contains(key) && error.contains(choices), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_topic_renders_only_names_kafka_takes() {
+        let problems = |topic: &str| {
+            let config: KafkaConfig = toml::from_str(&format!("topic = {topic:?}")).unwrap();
+            config.validate().join("\n")
+        };
+        for good in ["fishjam.events", "fishjam.{kind}", "fishjam.{kind}.{type}"] {
+            assert_eq!(problems(good), "", "{good}");
+        }
+        for (bad, says) in [
+            ("fishjam.{key}", "{key} can render names Kafka refuses"),
+            ("{fishjam_id}.events", "{fishjam_id} can render"),
+            ("f.{room_id}.{peer_id}", "{room_id}, {peer_id} can render"),
+            (
+                &format!("{}.{{type}}", "t".repeat(240)),
+                "Kafka takes at most 249",
+            ),
+        ] {
+            assert!(problems(bad).contains(says), "{bad}: {}", problems(bad));
         }
     }
 

@@ -127,7 +127,7 @@ pub enum Sink {
 pub enum SinkError {
     /// A file or stream the sink writes: what it was doing, and where, and
     /// the OS's error.
-    #[error("{doing}: {source}")]
+    #[error("{doing}")]
     Io {
         doing: String,
         #[source]
@@ -135,10 +135,15 @@ pub enum SinkError {
     },
     #[error("invalid sink configuration: {0}")]
     Config(String),
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    #[error("publish failed: {0}")]
-    Publish(String),
+    /// Reaching the broker failed: where (credentials masked), and why.
+    #[error("cannot connect to {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("publish failed")]
+    Publish(#[source] Cause),
     #[error("no acknowledgement within the timeout")]
     Timeout,
     /// The broker refused this message and would refuse it again (too
@@ -150,13 +155,28 @@ pub enum SinkError {
     Nacked(String),
 }
 
+/// What made a sink error: the library's or the OS's error (or a text
+/// where there is none), kept so that logs print the whole chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 impl SinkError {
+    pub fn connect(target: impl Into<String>, source: impl Into<Cause>) -> SinkError {
+        SinkError::Connect {
+            target: target.into(),
+            source: source.into(),
+        }
+    }
+
+    pub fn publish(source: impl Into<Cause>) -> SinkError {
+        SinkError::Publish(source.into())
+    }
+
     /// A short, fixed label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
             SinkError::Io { .. } => "io",
             SinkError::Config(_) => "config",
-            SinkError::Connect(_) => "connect",
+            SinkError::Connect { .. } => "connect",
             SinkError::Publish(_) => "publish",
             SinkError::Timeout => "timeout",
             SinkError::Rejected(_) => "rejected",

@@ -214,6 +214,11 @@ impl NatsConfig {
         problems
     }
 
+    /// Where the sink publishes, without the URL's credentials.
+    pub fn target(&self) -> String {
+        crate::settings::masked_url(&self.url)
+    }
+
     pub fn describe(&self) -> String {
         let auth = if self.user.is_some() {
             "user/password"
@@ -339,8 +344,8 @@ impl std::fmt::Debug for NatsSink {
 impl NatsSink {
     pub async fn connect(config: &NatsConfig, health: SinkHealth) -> Result<NatsSink, SinkError> {
         let name = config.name.clone().unwrap_or_else(|| "nats".to_owned());
-        let subject =
-            Template::parse(&config.subject, SUBJECT_WILDCARDS).map_err(SinkError::Config)?;
+        let subject = Template::parse(&config.subject, SUBJECT_WILDCARDS)
+            .map_err(|e| SinkError::Config(e.to_string()))?;
         let transport = match config.mode {
             NatsMode::Core => Transport::Core(connect_core(config, &name).await?),
             NatsMode::Jetstream => {
@@ -467,7 +472,7 @@ impl NatsSink {
                     acknowledged: 0,
                     error: match error {
                         nats_wire::WireError::Timeout => SinkError::Timeout,
-                        other => SinkError::Publish(other.to_string()),
+                        other => SinkError::publish(other),
                     },
                 });
             }
@@ -485,7 +490,7 @@ impl NatsSink {
         let mut window = std::collections::VecDeque::with_capacity(self.max_ack_inflight);
         let mut settlement = Settlement::default();
         let answer = |ack: Result<jetstream::publish::PublishAck, _>| {
-            ack.map(|_| ()).map_err(|error| classify_ack_error(&error))
+            ack.map(|_| ()).map_err(classify_ack_error)
         };
         // A failure to send ends the batch; it is recorded after the acks of
         // the messages sent before it, so the settlement stays in batch order.
@@ -511,7 +516,7 @@ impl NatsSink {
             match sent {
                 Ok(Ok(ack)) => window.push_back(ack),
                 Ok(Err(error)) => {
-                    stopped = Some(SinkError::Publish(error.to_string()));
+                    stopped = Some(SinkError::publish(error));
                     break;
                 }
                 Err(_) => {
@@ -538,10 +543,7 @@ impl NatsSink {
                 wire.close();
                 Ok(())
             }
-            Transport::JetStream { client, .. } => client
-                .flush()
-                .await
-                .map_err(|e| SinkError::Publish(e.to_string())),
+            Transport::JetStream { client, .. } => client.flush().await.map_err(SinkError::publish),
         }
     }
 }
@@ -580,7 +582,9 @@ async fn connect_client(
     name: &str,
     health: &SinkHealth,
 ) -> Result<async_nats::Client, SinkError> {
-    let addresses = config.addresses().map_err(SinkError::Config)?;
+    let addresses = config
+        .addresses()
+        .map_err(|e| SinkError::Config(e.to_string()))?;
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("fishjam-bridge/{name}"))
         .connection_timeout(config.timeout)
@@ -631,7 +635,7 @@ async fn connect_client(
     let client = options
         .connect(addresses)
         .await
-        .map_err(|e| SinkError::Connect(e.to_string()))?;
+        .map_err(|e| SinkError::connect(config.target(), e))?;
 
     Ok(client)
 }
@@ -646,12 +650,9 @@ async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError
         _ => match (&config.token, &config.nkey, &config.credentials_file) {
             (Some(token), _, _) => Auth::Token(token.clone()),
             (_, Some(seed), _) => Auth::Nkey(seed.clone()),
-            (_, _, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|text| nats_wire::read_credentials(&text))
-                .map_err(|e| {
-                    SinkError::Config(format!("credentials_file {}: {e}", path.display()))
-                })?,
+            (_, _, Some(path)) => nats_wire::read_credentials(path).map_err(|e| {
+                SinkError::Config(format!("credentials_file: {}", crate::telemetry::Chain(&e)))
+            })?,
             _ => Auth::None,
         },
     };
@@ -661,7 +662,7 @@ async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError
         .as_deref()
         .zip(config.tls.key_file.as_deref());
     let tls = crate::tls::client_config(config.tls.ca_file.as_deref(), identity)
-        .map_err(|e| SinkError::Config(format!("tls: {e}")))?;
+        .map_err(|e| SinkError::Config(format!("tls: {}", crate::telemetry::Chain(&e))))?;
     let options = nats_wire::Options {
         servers: config.addresses().map_err(SinkError::Config)?,
         name: format!("fishjam-bridge/{name}"),
@@ -672,17 +673,17 @@ async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError
     };
     Wire::connect(options)
         .await
-        .map_err(|e| SinkError::Connect(e.to_string()))
+        .map_err(|e| SinkError::connect(config.target(), e))
 }
 
-fn classify_ack_error(error: &jetstream::context::PublishError) -> SinkError {
+fn classify_ack_error(error: jetstream::context::PublishError) -> SinkError {
     use jetstream::context::PublishErrorKind as K;
     match error.kind() {
         K::TimedOut => SinkError::Timeout,
-        K::StreamNotFound => SinkError::Publish(format!(
+        K::StreamNotFound => SinkError::publish(format!(
             "no JetStream stream captures the subject ({error}); create one or set the sink's stream"
         )),
-        _ => SinkError::Publish(error.to_string()),
+        _ => SinkError::publish(error),
     }
 }
 
@@ -713,7 +714,9 @@ async fn ensure_stream(
     let found = context
         .get_or_create_stream(wanted.clone())
         .await
-        .map_err(|e| SinkError::Connect(format!("stream {}: {e}", stream.name)))?;
+        .map_err(|e| {
+            SinkError::connect(format!("{} stream {}", config.target(), stream.name), e)
+        })?;
     let current = &found.cached_info().config;
     if (current.storage, current.retention) != (wanted.storage, wanted.retention) {
         return Err(SinkError::Config(format!(
@@ -732,10 +735,12 @@ async fn ensure_stream(
         ..current.clone()
     };
     if &updated != current {
-        context
-            .update_stream(&updated)
-            .await
-            .map_err(|e| SinkError::Connect(format!("updating stream {}: {e}", stream.name)))?;
+        context.update_stream(&updated).await.map_err(|e| {
+            SinkError::connect(
+                format!("{} (updating stream {})", config.target(), stream.name),
+                e,
+            )
+        })?;
         tracing::info!(stream = %stream.name, "JetStream stream settings brought to the configuration");
     }
     tracing::info!(stream = %stream.name, "JetStream stream ready");
@@ -748,16 +753,6 @@ mod tests {
 
     fn config(text: &str) -> NatsConfig {
         toml::from_str(text).unwrap()
-    }
-
-    #[test]
-    fn defaults_and_stream_subject() {
-        let c = config("");
-        assert_eq!(c.mode, NatsMode::Core);
-        assert!(c.validate().is_empty());
-        assert_eq!(c.default_stream_subject(), "fishjam.>");
-        let c = config("subject = \"{fishjam_id}.{key}\"");
-        assert_eq!(c.default_stream_subject(), ">");
     }
 
     #[test]
@@ -775,6 +770,37 @@ mod tests {
             error.contains("`limits`, `interest`, `workqueue`"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connect_error_names_the_server_without_its_password_and_the_os_error() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = config(&format!(
+            "url = \"nats://bridge:hunter2@127.0.0.1:{closed}\"\ntimeout = \"1s\"\n"
+        ));
+        let health = SinkHealth::new("nats", crate::admin::Readiness::default());
+        let error = NatsSink::connect(&config, health).await.unwrap_err();
+        let chain = crate::telemetry::Chain(&error).to_string();
+        assert!(
+            chain.starts_with(&format!("cannot connect to nats://***@127.0.0.1:{closed}")),
+            "{chain}"
+        );
+        assert!(chain.contains("refused"), "the OS error is kept: {chain}");
+        assert!(!chain.contains("hunter2"), "{chain}");
+    }
+
+    #[test]
+    fn defaults_and_stream_subject() {
+        let c = config("");
+        assert_eq!(c.mode, NatsMode::Core);
+        assert!(c.validate().is_empty());
+        assert_eq!(c.default_stream_subject(), "fishjam.>");
+        let c = config("subject = \"{fishjam_id}.{key}\"");
+        assert_eq!(c.default_stream_subject(), ">");
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("{server}: {source}")]
+    #[error("{server}")]
     Connect {
         server: String,
         #[source]
@@ -310,9 +310,33 @@ fn connect_json(
     Ok(connect.to_string())
 }
 
+/// A `.creds` file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} has no {block} block", path.display())]
+    Missing {
+        path: std::path::PathBuf,
+        block: &'static str,
+    },
+}
+
 /// Reads a `.creds` file: the user JWT and the nkey seed, each between
 /// its `-----BEGIN ...-----` and `------END ...------` lines.
-pub fn read_credentials(text: &str) -> Result<Auth, String> {
+pub fn read_credentials(path: &std::path::Path) -> Result<Auth, CredentialsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let missing = |block| CredentialsError::Missing {
+        path: path.to_owned(),
+        block,
+    };
     let block = |name: &str| {
         let mut lines = text
             .lines()
@@ -324,8 +348,8 @@ pub fn read_credentials(text: &str) -> Result<Auth, String> {
             .filter(|l| !l.starts_with("---"))
             .map(str::to_owned)
     };
-    let jwt = block("NATS USER JWT").ok_or("no NATS USER JWT block")?;
-    let seed = block("USER NKEY SEED").ok_or("no USER NKEY SEED block")?;
+    let jwt = block("NATS USER JWT").ok_or_else(|| missing("NATS USER JWT"))?;
+    let seed = block("USER NKEY SEED").ok_or_else(|| missing("USER NKEY SEED"))?;
     Ok(Auth::Credentials {
         jwt,
         seed: Secret::new(seed),
@@ -539,13 +563,28 @@ mod tests {
         let text = "-----BEGIN NATS USER JWT-----\neyJ0eXAi.payload.sig\n------END NATS USER JWT------\n\n\
                     ************************* IMPORTANT *************************\n\n\
                     -----BEGIN USER NKEY SEED-----\nSUAEXAMPLE\n------END USER NKEY SEED------\n";
-        match read_credentials(text).unwrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.creds");
+        std::fs::write(&path, text).unwrap();
+        match read_credentials(&path).unwrap() {
             Auth::Credentials { jwt, seed } => {
                 assert_eq!(jwt, "eyJ0eXAi.payload.sig");
                 assert_eq!(seed.expose(), "SUAEXAMPLE");
             }
             other => panic!("{other:?}"),
         }
-        assert!(read_credentials("nothing").is_err());
+        std::fs::write(&path, "nothing").unwrap();
+        let error = read_credentials(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("user.creds has no NATS USER JWT block"),
+            "{error}"
+        );
+        let missing = dir.path().join("absent.creds");
+        let error = read_credentials(&missing).unwrap_err();
+        let chain = crate::telemetry::Chain(&error).to_string();
+        assert!(
+            chain.contains("absent.creds") && chain.contains("No such file"),
+            "{chain}"
+        );
     }
 }

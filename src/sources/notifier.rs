@@ -157,7 +157,7 @@ impl NotifierSource {
                 Err(error @ crate::fishjam::CredentialError::Refused { .. }) => return Err(error),
                 Err(error) => {
                     let delay = retry.next_delay();
-                    tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "Fishjam unreachable; not ready, asking again");
+                    tracing::warn!(error = %telemetry::Chain(&error), delay_ms = delay.as_millis() as u64, "Fishjam unreachable; not ready, asking again");
                     tokio::time::sleep(delay).await;
                 }
             }
