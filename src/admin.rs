@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
 //! serves) and `/readyz` (every component that must be up is up, and the
-//! bridge is not shutting down).
+//! bridge is not shutting down). `/readyz` answers with each check's state,
+//! and under `problems` what a failing check says is wrong.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 /// Named readiness checks; ready when all of them are.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    checks: Arc<Mutex<BTreeMap<String, bool>>>,
+    checks: Arc<Mutex<BTreeMap<String, Check>>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Check {
+    ready: bool,
+    /// Why it is not ready, when the component knows.
+    problem: Option<String>,
 }
 
 impl Readiness {
@@ -25,10 +33,15 @@ impl Readiness {
     }
 
     pub fn set(&self, name: &str, ready: bool) {
+        self.set_with_problem(name, ready, None);
+    }
+
+    /// Sets a check with what is wrong, shown by `/readyz` while it fails.
+    pub fn set_with_problem(&self, name: &str, ready: bool, problem: Option<String>) {
         self.checks
             .lock()
             .expect("readiness lock is never poisoned")
-            .insert(name.to_owned(), ready);
+            .insert(name.to_owned(), Check { ready, problem });
     }
 
     pub fn is_ready(&self) -> bool {
@@ -36,7 +49,7 @@ impl Readiness {
             .lock()
             .expect("readiness lock is never poisoned")
             .values()
-            .all(|ready| *ready)
+            .all(|check| check.ready)
     }
 
     /// The checks that do not pass, by name.
@@ -45,7 +58,7 @@ impl Readiness {
             .lock()
             .expect("readiness lock is never poisoned")
             .iter()
-            .filter(|(_, ready)| !**ready)
+            .filter(|(_, check)| !check.ready)
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -55,10 +68,18 @@ impl Readiness {
             .checks
             .lock()
             .expect("readiness lock is never poisoned");
-        let body: serde_json::Map<String, serde_json::Value> = checks
+        let mut body: serde_json::Map<String, serde_json::Value> = checks
             .iter()
-            .map(|(name, ready)| (name.clone(), serde_json::Value::Bool(*ready)))
+            .map(|(name, check)| (name.clone(), serde_json::Value::Bool(check.ready)))
             .collect();
+        let problems: serde_json::Map<String, serde_json::Value> = checks
+            .iter()
+            .filter(|(_, check)| !check.ready)
+            .filter_map(|(name, check)| Some((name.clone(), check.problem.clone()?.into())))
+            .collect();
+        if !problems.is_empty() {
+            body.insert("problems".to_owned(), serde_json::Value::Object(problems));
+        }
         serde_json::Value::Object(body).to_string()
     }
 }
@@ -95,4 +116,26 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         state.readiness.report(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_check_shows_its_problem_until_it_passes() {
+        let readiness = Readiness::default();
+        readiness.register("running");
+        readiness.set("running", true);
+        readiness.set_with_problem("sink:kafka", false, Some("topic t is missing".into()));
+        assert!(!readiness.is_ready());
+        let report: serde_json::Value = serde_json::from_str(&readiness.report()).unwrap();
+        assert_eq!(report["sink:kafka"], false);
+        assert_eq!(report["running"], true);
+        assert_eq!(report["problems"]["sink:kafka"], "topic t is missing");
+        readiness.set("sink:kafka", true);
+        let report: serde_json::Value = serde_json::from_str(&readiness.report()).unwrap();
+        assert_eq!(report.get("problems"), None);
+        assert!(readiness.is_ready());
+    }
 }

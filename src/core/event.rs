@@ -144,8 +144,6 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    pub const ALL: [KeyKind; 3] = [KeyKind::Room, KeyKind::Stream, KeyKind::Recording];
-
     /// The `{kind}` of subjects and routing keys.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::core::event::{Event, EventType, KeyKind};
+use crate::core::event::{Event, EventType};
 
 /// A template that cannot be used, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,36 +71,44 @@ pub fn placeholders() -> String {
 
 impl Template {
     /// When every value the template can render comes from a fixed set (its
-    /// placeholders are only `{kind}` and `{type}`), the longest of them;
-    /// otherwise the placeholders that take an id's value (any characters,
-    /// one name per room or peer). A Kafka topic must be the former.
-    pub fn longest_name(&self) -> Result<usize, Vec<&'static str>> {
-        let longest =
-            |names: &mut dyn Iterator<Item = &'static str>| names.map(str::len).max().unwrap_or(0);
-        let mut length = 0;
-        let mut open = Vec::new();
-        for part in &self.parts {
-            match part {
-                Part::Literal(text) => length += text.len(),
-                Part::Field(Field::Kind) => {
-                    length += longest(&mut KeyKind::ALL.iter().map(|k| k.as_str()))
-                }
-                Part::Field(Field::Type) => {
-                    length += longest(&mut EventType::ALL.iter().map(|t| t.as_str()))
-                }
-                Part::Field(field) => open.extend(
-                    Field::NAMES
-                        .iter()
-                        .filter(|(_, f)| f == field)
-                        .map(|(name, _)| *name),
-                ),
-            }
+    /// placeholders are only `{kind}` and `{type}`, which both follow from
+    /// the event type), every name it renders, sorted; otherwise the
+    /// placeholders that take an id's value (any characters, one name per
+    /// room or peer). A Kafka topic must be the former.
+    pub fn names(&self) -> Result<Vec<String>, Vec<&'static str>> {
+        let open: Vec<&'static str> = self
+            .parts
+            .iter()
+            .filter_map(|part| match part {
+                Part::Field(field) if !matches!(field, Field::Kind | Field::Type) => Some(*field),
+                _ => None,
+            })
+            .flat_map(|field| {
+                Field::NAMES
+                    .iter()
+                    .filter(move |(_, f)| *f == field)
+                    .map(|(name, _)| *name)
+            })
+            .collect();
+        if !open.is_empty() {
+            return Err(open);
         }
-        if open.is_empty() {
-            Ok(length)
-        } else {
-            Err(open)
-        }
+        let mut names: Vec<String> = EventType::ALL
+            .iter()
+            .map(|event_type| {
+                self.parts
+                    .iter()
+                    .map(|part| match part {
+                        Part::Literal(text) => text.as_str(),
+                        Part::Field(Field::Kind) => event_type.key_kind().as_str(),
+                        Part::Field(_) => event_type.as_str(),
+                    })
+                    .collect()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// Parses `text`; `forbidden` lists characters the literal parts must not
@@ -283,6 +291,29 @@ mod tests {
             }),
             unmapped_enums: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_template_of_kind_and_type_names_every_topic_it_renders() {
+        let names = Template::parse("f.{kind}", &[]).unwrap().names().unwrap();
+        assert_eq!(names, ["f.recordings", "f.rooms", "f.streams"]);
+        let names = Template::parse("f.{kind}.{type}", &[])
+            .unwrap()
+            .names()
+            .unwrap();
+        assert_eq!(names.len(), EventType::ALL.len());
+        assert!(names.contains(&"f.streams.viewerConnected".to_owned()));
+        assert!(names.contains(&"f.rooms.peerConnected".to_owned()));
+        assert_eq!(
+            Template::parse("events", &[]).unwrap().names().unwrap(),
+            ["events"]
+        );
+        assert_eq!(
+            Template::parse("f.{room_id}.{type}.{key}", &[])
+                .unwrap()
+                .names(),
+            Err(vec!["room_id", "key"])
+        );
     }
 
     #[test]

@@ -66,10 +66,22 @@ pub struct KafkaConfig {
     pub cloudevents: cloudevents::Mode,
     /// Lanes of this sink (default: pipeline.lanes).
     pub lanes: Option<usize>,
+    /// Create the topics the template renders when they do not exist; when
+    /// absent, a missing topic is reported (log, `/readyz`) and its records
+    /// wait until someone creates it.
+    pub create_topic: Option<CreateTopic>,
     /// Any other librdkafka setting, e.g. `"linger.ms" = "10"`. These win over
     /// the settings above.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+}
+
+/// How the bridge creates a missing topic.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    pub partitions: i32,
+    pub replication_factor: i32,
 }
 
 fn default_bootstrap() -> String {
@@ -178,11 +190,15 @@ impl KafkaConfig {
                 // Every name the template renders must be one Kafka takes:
                 // `{kind}` and `{type}` are a few legal words; an id's value
                 // may hold any character, and makes a topic per room.
-                match template.longest_name() {
-                    Ok(longest) if longest > 249 => problems.push(format!(
-                        "topic: can render names of {longest} characters; Kafka takes at most 249"
-                    )),
-                    Ok(_) => {}
+                match template.names() {
+                    Ok(names) => {
+                        let longest = names.iter().map(String::len).max().unwrap_or(0);
+                        if longest > 249 {
+                            problems.push(format!(
+                                "topic: can render names of {longest} characters; Kafka takes at most 249"
+                            ));
+                        }
+                    }
                     Err(open) => {
                         problems.push(format!(
                         "topic: {} can render names Kafka refuses (any character of an id) and a \
@@ -208,6 +224,14 @@ impl KafkaConfig {
         }
         if self.lanes == Some(0) {
             problems.push("lanes must be at least 1".to_owned());
+        }
+        if let Some(create) = self.create_topic {
+            if create.partitions < 1 || create.replication_factor < 1 {
+                problems.push(
+                    "create_topic.partitions and create_topic.replication_factor must be at least 1"
+                        .to_owned(),
+                );
+            }
         }
         // Settings that would break the delivery promise are not overridable.
         for key in ["acks", "enable.idempotence"] {
@@ -312,6 +336,136 @@ pub struct KafkaSink {
     topic: Template,
     cloudevents: cloudevents::Mode,
     timeout: Duration,
+    /// Checks, while the sink lives, that its topics exist.
+    topics_watch: tokio::task::AbortHandle,
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        self.topics_watch.abort();
+    }
+}
+
+/// How often the sink asks whether its topics exist: a topic created or
+/// deleted by hand, or a broker back after an outage, shows within this.
+const TOPIC_CHECK: Duration = Duration::from_secs(10);
+
+/// Every topic `template` renders (validated to be a fixed set), and what
+/// the sink does about the ones that do not exist.
+struct Topics {
+    sink: String,
+    wanted: Vec<String>,
+    create: Option<CreateTopic>,
+    config: ClientConfig,
+    timeout: Duration,
+    health: SinkHealth,
+}
+
+impl Topics {
+    /// Which of the wanted topics the cluster does not have; `None` when the
+    /// cluster cannot be asked.
+    async fn missing(&self, producer: &FutureProducer<BridgeContext>) -> Option<Vec<String>> {
+        let probe = producer.clone();
+        let timeout = self.timeout;
+        let metadata =
+            tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
+                .await
+                .ok()?
+                .ok()?;
+        let existing: std::collections::HashSet<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|topic| topic.error().is_none())
+            .map(|topic| topic.name())
+            .collect();
+        Some(
+            self.wanted
+                .iter()
+                .filter(|name| !existing.contains(name.as_str()))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Creates `missing` as configured; what could not be created stays
+    /// missing.
+    async fn create(&self, create: CreateTopic, missing: Vec<String>) -> Vec<String> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = match self.config.create() {
+            Ok(admin) => admin,
+            Err(error) => {
+                tracing::error!(sink = %self.sink, error = %telemetry::Chain(&error), "cannot create a Kafka admin client");
+                return missing;
+            }
+        };
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    create.partitions,
+                    TopicReplication::Fixed(create.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout));
+        let results = match admin.create_topics(&new, &options).await {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::error!(sink = %self.sink, error = %telemetry::Chain(&error), "cannot create the Kafka topics");
+                return missing;
+            }
+        };
+        let mut left = Vec::new();
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(
+                    sink = %self.sink,
+                    topic = %name,
+                    partitions = create.partitions,
+                    replication_factor = create.replication_factor,
+                    "created the Kafka topic"
+                ),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    tracing::error!(sink = %self.sink, topic = %name, error = %code, "cannot create the Kafka topic");
+                    left.push(name);
+                }
+            }
+        }
+        left
+    }
+
+    /// Looks once: creates what is missing when configured, and says what
+    /// is still missing in the log (when it changed) and in readiness.
+    async fn check(&self, producer: &FutureProducer<BridgeContext>, reported: &mut Vec<String>) {
+        let Some(mut missing) = self.missing(producer).await else {
+            // Unreachable: the connection's own health says so.
+            return;
+        };
+        if let (false, Some(create)) = (missing.is_empty(), self.create) {
+            missing = self.create(create, missing).await;
+        }
+        if missing != *reported {
+            if missing.is_empty() {
+                tracing::info!(sink = %self.sink, "every Kafka topic of the sink exists");
+            } else {
+                tracing::error!(
+                    sink = %self.sink,
+                    topics = %missing.join(", "),
+                    "Kafka topics do not exist and the broker does not create them: create them, \
+                     or set create_topic; their records wait until they exist"
+                );
+            }
+            *reported = missing.clone();
+        }
+        self.health.set_problem((!missing.is_empty()).then(|| {
+            format!(
+                "Kafka topic {} does not exist (create it, or set create_topic)",
+                missing.join(", ")
+            )
+        }));
+    }
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -341,8 +495,32 @@ impl KafkaSink {
             .await
             .map_err(|e| SinkError::connect(config.target(), e))?
             .map_err(|e| SinkError::connect(config.target(), e))?;
+        // Then whether its topics exist (a broker with auto-creation off, as
+        // most production clusters are, would hold their records forever),
+        // now and from time to time while the sink lives.
+        let topics = Topics {
+            sink: name.clone(),
+            wanted: topic.names().map_err(|_| {
+                SinkError::Config(format!("topic {:?} renders open names", config.topic))
+            })?,
+            create: config.create_topic,
+            config: config.client_config(),
+            timeout,
+            health,
+        };
+        let mut reported = Vec::new();
+        topics.check(&producer, &mut reported).await;
+        let watched = producer.clone();
+        let topics_watch = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TOPIC_CHECK).await;
+                topics.check(&watched, &mut reported).await;
+            }
+        })
+        .abort_handle();
         Ok(KafkaSink {
             name,
+            topics_watch,
             producer,
             topic,
             cloudevents: config.cloudevents,

@@ -218,12 +218,17 @@ impl Settlement {
 }
 
 /// A sink's view of its own health: its readiness check and its `up` gauge.
+/// The sink is up when its connection is and nothing else is wrong (a Kafka
+/// topic that does not exist, say).
 #[derive(Debug, Clone)]
 pub struct SinkHealth {
     name: Arc<str>,
     readiness: Readiness,
-    /// `UNKNOWN`, `UP` or `DOWN`, shared by the clones.
+    /// The connection: `UNKNOWN`, `UP` or `DOWN`, shared by the clones.
     state: Arc<std::sync::atomic::AtomicU8>,
+    /// What else keeps the sink from taking events; also held while the
+    /// readiness check is written, so the last writer writes the latest.
+    problem: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 const UNKNOWN: u8 = 0;
@@ -236,6 +241,7 @@ impl SinkHealth {
             name: Arc::from(name),
             readiness,
             state: Arc::new(std::sync::atomic::AtomicU8::new(UNKNOWN)),
+            problem: Arc::default(),
         };
         health.readiness.register(&health.check());
         telemetry::sink_registered(name);
@@ -257,7 +263,24 @@ impl SinkHealth {
         if self.state.swap(state, std::sync::atomic::Ordering::AcqRel) == state {
             return;
         }
-        self.readiness.set(&self.check(), up);
+        self.publish(&self.problem.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Says what else keeps the sink from taking events (`None`: nothing).
+    pub fn set_problem(&self, problem: Option<String>) {
+        let mut current = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == problem {
+            return;
+        }
+        *current = problem;
+        self.publish(&current);
+    }
+
+    fn publish(&self, problem: &Option<String>) {
+        let connected = self.state.load(std::sync::atomic::Ordering::Acquire) == UP;
+        let up = connected && problem.is_none();
+        self.readiness
+            .set_with_problem(&self.check(), up, problem.clone());
         telemetry::sink_up(&self.name, up);
     }
 }

@@ -420,3 +420,76 @@ fn zstd_compressed_records_read_back_whole() {
         .collect();
     assert_eq!(rooms, ["z1", "z2", "z3"]);
 }
+
+/// What `/readyz` says of the bridge's checks.
+fn readiness(bridge: &BridgeProcess) -> (u16, Value) {
+    let response = reqwest::blocking::get(format!("http://{}/readyz", bridge.admin)).unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().unwrap()).unwrap(),
+    )
+}
+
+#[test]
+fn a_missing_topic_is_reported_until_it_exists_and_then_its_records_arrive() {
+    // tansu creates no topic on first use, as most production clusters.
+    let broker = Broker::start();
+    let topic = unique("fishjam-missing");
+    let bridge = BridgeProcess::spawn(
+        &kafka_sink(&broker.bootstrap, &topic, ""),
+        Stdio::null(),
+        &[],
+    );
+    wait_until("/readyz names the missing topic", || {
+        let (status, body) = readiness(&bridge);
+        status == 503
+            && body["problems"]["sink:kafka"]
+                .as_str()
+                .is_some_and(|problem| problem.contains(&topic))
+    });
+    assert!(bridge.logged(&topic), "the log names the missing topic");
+    assert_eq!(
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_up", &[("sink", "kafka")]),
+        0.0
+    );
+    // A body that arrives meanwhile is answered 503 (no spool here, and the
+    // sink cannot take it) but kept: its record waits for the topic.
+    assert_eq!(
+        post(&bridge.webhook_url(), room_created("room-1"), None).status(),
+        503
+    );
+    create_topic(&broker.bootstrap, &topic, 1);
+    wait_until("ready once the topic exists", || bridge.is_ready());
+    assert_eq!(readiness(&bridge).1.get("problems"), None);
+    assert_eq!(
+        post(&bridge.webhook_url(), room_created("room-2"), None).status(),
+        200
+    );
+    let records = read_topic(&broker.bootstrap, &topic, 1, 2);
+    let keys: std::collections::BTreeSet<&str> = records
+        .iter()
+        .map(|(_, key, _, _, _)| key.as_str())
+        .collect();
+    assert_eq!(keys, ["room-1", "room-2"].into());
+}
+
+#[test]
+fn create_topic_makes_the_missing_topics_the_template_names() {
+    let broker = Broker::start();
+    let prefix = unique("fishjam-made");
+    let bridge = BridgeProcess::start(&kafka_sink(
+        &broker.bootstrap,
+        &format!("{prefix}.{{kind}}"),
+        "[sinks.create_topic]\npartitions = 2\nreplication_factor = 1\n",
+    ));
+    assert_eq!(
+        post(&bridge.webhook_url(), room_created("room-1"), None).status(),
+        200
+    );
+    let records = read_topic(&broker.bootstrap, &format!("{prefix}.rooms"), 2, 1);
+    assert_eq!(records[0].1, "room-1");
+    assert!(bridge.logged("created the Kafka topic"));
+}
