@@ -226,7 +226,7 @@ mod tests {
     use crate::core::normalize::{normalize_body, Origin};
     use crate::core::proto::server_message::{NotificationBatch, RoomCreated, VadNotification};
     use crate::core::proto::{Content, ServerMessage};
-    use crate::fanout::{BurstyLimit, InFlight, LaneReceiver, WhenFull};
+    use crate::fanout::{BurstyLimit, InFlight, LaneReceiver, SinkSpec, WhenFull};
     use crate::spool::{log, replay, test_options, Options};
     use futures_util::FutureExt;
     use prost::Message as _;
@@ -244,7 +244,8 @@ mod tests {
         limit: BurstyLimit,
         spool: &Arc<Spool>,
     ) -> (Admission, Vec<Vec<LaneReceiver>>, InFlight) {
-        let (fanout, lanes, in_flight) = Fanout::new(&[("a".into(), 1)], capacity, limit, None);
+        let (fanout, lanes, in_flight) =
+            Fanout::new(&[SinkSpec::all("a", 1)], capacity, limit, None);
         (
             Admission::new(fanout, Some(spool.clone())),
             lanes,

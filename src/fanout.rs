@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError
 
 use crate::activity::{Activity, KnownRooms};
 use crate::core::event::{Message, Source};
+use crate::core::route::Filter;
 use crate::dedup::{self, Deduplicator};
 use crate::telemetry;
 
@@ -211,11 +212,33 @@ pub struct BurstyLimit {
 /// The receiving end of one lane of one sink.
 pub type LaneReceiver = mpsc::UnboundedReceiver<Part>;
 
-/// A sink's name, its queue gauge and the sending ends of its lanes.
+/// A sink as fan-out sees it: its name, how many lanes it has, and which
+/// events it takes.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    pub name: String,
+    pub lanes: usize,
+    pub route: Filter,
+}
+
+impl SinkSpec {
+    /// A sink that takes every event.
+    pub fn all(name: &str, lanes: usize) -> SinkSpec {
+        SinkSpec {
+            name: name.to_owned(),
+            lanes,
+            route: Filter::ALL,
+        }
+    }
+}
+
+/// A sink's name, its queue gauge, its route and the sending ends of its
+/// lanes.
 #[derive(Debug)]
 struct SinkLanes {
     name: Arc<str>,
     metrics: telemetry::SinkMetrics,
+    route: Filter,
     lanes: Vec<mpsc::UnboundedSender<Part>>,
 }
 
@@ -239,10 +262,9 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// A fan-out to the sinks given as (name, lane count). Returns the
-    /// receivers as `[sink][lane]`.
+    /// A fan-out to `sinks`. Returns the receivers as `[sink][lane]`.
     pub fn new(
-        sinks: &[(String, usize)],
+        sinks: &[SinkSpec],
         capacity: usize,
         bursty_limit: BurstyLimit,
         dedup: Option<Deduplicator>,
@@ -257,13 +279,14 @@ impl Fanout {
         telemetry::rooms_known(0);
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
-        for (name, lanes) in sinks {
+        for SinkSpec { name, lanes, route } in sinks {
             let (tx, rx): (Vec<_>, Vec<_>) = (0..(*lanes).max(1))
                 .map(|_| mpsc::unbounded_channel())
                 .unzip();
             senders.push(SinkLanes {
                 name: Arc::from(name.as_str()),
                 metrics: telemetry::SinkMetrics::new(name),
+                route: *route,
                 lanes: tx,
             });
             receivers.push(rx);
@@ -465,17 +488,21 @@ impl Fanout {
             completion.complete();
             return Receipt(completion);
         }
-        let plan = self.plan(&messages);
+        let (plan, taken) = self.plan(&messages);
+        if plan.is_empty() {
+            // No sink takes any of these events.
+            completion.complete();
+            return Receipt(completion);
+        }
         completion.remaining.store(plan.len(), Ordering::Release);
-        let count = messages.len() as f64;
         let body = Arc::new(Admitted {
             messages,
             completion: completion.clone(),
             _permit: permit,
             _bursty: bursty,
         });
-        for sink in self.lanes.iter() {
-            sink.metrics.queued(count);
+        for (sink, taken) in self.lanes.iter().zip(taken) {
+            sink.metrics.queued(taken as f64);
         }
         for (sink, lane, indices) in plan {
             let sink = &self.lanes[sink];
@@ -493,25 +520,38 @@ impl Fanout {
         Receipt(completion)
     }
 
-    /// The parts of a body: (sink, lane, which messages), in sink order.
+    /// The parts of a body: (sink, lane, which messages), in sink order,
+    /// and how many messages each sink takes (its route may leave some out).
     /// Each part's indices are allocated once, at their exact size.
     #[allow(clippy::type_complexity)]
-    fn plan(&self, messages: &[Message]) -> Vec<(usize, usize, Option<Box<[u32]>>)> {
+    fn plan(&self, messages: &[Message]) -> (Vec<(usize, usize, Option<Box<[u32]>>)>, Vec<usize>) {
         let hashes: Vec<u64> = messages.iter().map(|m| key_hash(m.event.key())).collect();
         let mut plan = Vec::with_capacity(self.lanes.len());
+        let mut taken = Vec::with_capacity(self.lanes.len());
         let mut sizes = Vec::new();
-        for (sink, SinkLanes { lanes, .. }) in self.lanes.iter().enumerate() {
+        for (sink, SinkLanes { lanes, route, .. }) in self.lanes.iter().enumerate() {
             let count = lanes.len() as u64;
             let lane_of = |hash: &u64| (hash % count) as usize;
+            let takes = |i: usize| route.takes_all() || route.takes(messages[i].event.event_type);
             sizes.clear();
             sizes.resize(lanes.len(), 0usize);
-            for hash in &hashes {
-                sizes[lane_of(hash)] += 1;
+            let mut sink_takes = 0;
+            for (i, hash) in hashes.iter().enumerate() {
+                if takes(i) {
+                    sizes[lane_of(hash)] += 1;
+                    sink_takes += 1;
+                }
+            }
+            taken.push(sink_takes);
+            if sink_takes == 0 {
+                continue;
             }
             // The whole body on one lane: one part of all of it.
-            if let Some(lane) = sizes.iter().position(|size| *size == hashes.len()) {
-                plan.push((sink, lane, None));
-                continue;
+            if sink_takes == hashes.len() {
+                if let Some(lane) = sizes.iter().position(|size| *size == sink_takes) {
+                    plan.push((sink, lane, None));
+                    continue;
+                }
             }
             for (lane, size) in sizes.iter().enumerate() {
                 if *size == 0 {
@@ -519,12 +559,13 @@ impl Fanout {
                 }
                 let mut indices = Vec::with_capacity(*size);
                 indices.extend(
-                    (0..hashes.len() as u32).filter(|i| lane_of(&hashes[*i as usize]) == lane),
+                    (0..hashes.len() as u32)
+                        .filter(|i| takes(*i as usize) && lane_of(&hashes[*i as usize]) == lane),
                 );
                 plan.push((sink, lane, Some(indices.into_boxed_slice())));
             }
         }
-        plan
+        (plan, taken)
     }
 }
 
@@ -615,7 +656,7 @@ pub(crate) mod tests {
             max_in_flight: 2,
             when_full: WhenFull::Wait,
         };
-        let (fanout, mut lanes, in_flight) = Fanout::new(&[("a".into(), 1)], 5, limit, None);
+        let (fanout, mut lanes, in_flight) = Fanout::new(&[SinkSpec::all("a", 1)], 5, limit, None);
         let now = Instant::now;
         let _first = fanout
             .try_admit(messages(vec![vad("r"), vad("r")]), Source::Webhook, now())
@@ -666,7 +707,7 @@ pub(crate) mod tests {
             max_in_flight: 2,
             when_full: WhenFull::Shed,
         };
-        let (fanout, mut lanes, in_flight) = Fanout::new(&[("a".into(), 1)], 10, limit, None);
+        let (fanout, mut lanes, in_flight) = Fanout::new(&[SinkSpec::all("a", 1)], 10, limit, None);
         let body = vec![vad("r"), event("r"), vad("r"), vad("r")];
         let oldest = body[0].id;
         let _receipt = fanout
@@ -701,7 +742,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_body_is_admitted_whole_or_not_at_all() {
         let (fanout, mut lanes, in_flight) =
-            Fanout::new(&[("a".into(), 1)], 3, NO_BURSTY_LIMIT, None);
+            Fanout::new(&[SinkSpec::all("a", 1)], 3, NO_BURSTY_LIMIT, None);
         let first = fanout
             .try_admit(
                 messages(vec![event("r"), event("r")]),
@@ -728,9 +769,64 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn each_sink_gets_only_the_events_its_route_takes() {
+        let only_voice = SinkSpec {
+            route: Filter::new(&["vadNotification".to_owned()], &[]).unwrap(),
+            ..SinkSpec::all("voice", 1)
+        };
+        let (fanout, mut lanes, in_flight) = Fanout::new(
+            &[SinkSpec::all("all", 1), only_voice],
+            10,
+            NO_BURSTY_LIMIT,
+            None,
+        );
+        let receipt = fanout
+            .try_admit(
+                messages(vec![event("r"), vad("r"), event("r")]),
+                Source::Webhook,
+                Instant::now(),
+            )
+            .unwrap();
+        let all = lanes[0][0].recv().await.unwrap();
+        let voice = lanes[1][0].recv().await.unwrap();
+        assert_eq!(
+            types(std::slice::from_ref(&all)),
+            [
+                EventType::RoomCreated,
+                EventType::VadNotification,
+                EventType::RoomCreated
+            ]
+        );
+        assert_eq!(
+            types(std::slice::from_ref(&voice)),
+            [EventType::VadNotification]
+        );
+        all.acknowledge();
+        voice.acknowledge();
+        drop((all, voice));
+        receipt.acknowledged().await;
+        assert_eq!(in_flight.current(), 0);
+        // A body no sink takes is acknowledged at once and holds no slot.
+        let (fanout, _lanes, in_flight) = Fanout::new(
+            &[SinkSpec {
+                route: Filter::new(&["streams".to_owned()], &[]).unwrap(),
+                ..SinkSpec::all("streams", 1)
+            }],
+            10,
+            NO_BURSTY_LIMIT,
+            None,
+        );
+        let receipt = fanout
+            .try_admit(messages(vec![event("r")]), Source::Webhook, Instant::now())
+            .unwrap();
+        receipt.acknowledged().await;
+        assert_eq!(in_flight.current(), 0);
+    }
+
+    #[tokio::test]
     async fn receipt_waits_for_every_part_of_every_sink() {
         let (fanout, mut lanes, _) = Fanout::new(
-            &[("a".into(), 2), ("b".into(), 2)],
+            &[SinkSpec::all("a", 2), SinkSpec::all("b", 2)],
             10,
             NO_BURSTY_LIMIT,
             None,

@@ -139,7 +139,7 @@ mod tests {
     use super::*;
     use crate::core::event::Event;
     use crate::fanout::tests::{event, messages};
-    use crate::fanout::{BurstyLimit, Fanout, WhenFull};
+    use crate::fanout::{BurstyLimit, Fanout, SinkSpec, WhenFull};
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
@@ -258,7 +258,8 @@ mod tests {
     }
 
     async fn run(sink: Arc<FakeSink>, bodies: &[&[&str]], max_batch: usize, dead: DeadLetters) {
-        let (fanout, mut lanes, in_flight) = Fanout::new(&[("fake".into(), 1)], 100, LIMIT, None);
+        let (fanout, mut lanes, in_flight) =
+            Fanout::new(&[SinkSpec::all("fake", 1)], 100, LIMIT, None);
         let receipts = admitted(&fanout, bodies).await;
         drop(fanout);
         let lane = lanes.pop().unwrap().pop().unwrap();
@@ -349,7 +350,8 @@ mod tests {
     async fn a_part_is_acknowledged_once_its_events_are_even_if_later_ones_fail() {
         use futures_util::FutureExt;
         let sink = FakeSink::answering([Answer::Fail(2, || SinkError::Timeout), Answer::Stall]);
-        let (fanout, mut lanes, in_flight) = Fanout::new(&[("fake".into(), 1)], 100, LIMIT, None);
+        let (fanout, mut lanes, in_flight) =
+            Fanout::new(&[SinkSpec::all("fake", 1)], 100, LIMIT, None);
         let receipts = admitted(&fanout, &[&["a", "b"], &["c"]]).await;
         let lane = lanes.pop().unwrap().pop().unwrap();
         let task = tokio::spawn(run_lane(
@@ -371,7 +373,8 @@ mod tests {
     #[tokio::test]
     async fn the_lane_drains_what_it_holds_when_fan_out_closes() {
         let sink = FakeSink::answering([Answer::Fail(0, || SinkError::Timeout)]);
-        let (fanout, mut lanes, in_flight) = Fanout::new(&[("fake".into(), 1)], 100, LIMIT, None);
+        let (fanout, mut lanes, in_flight) =
+            Fanout::new(&[SinkSpec::all("fake", 1)], 100, LIMIT, None);
         let _receipts = admitted(&fanout, &[&["a"], &["b"], &["c"]]).await;
         // The sources are gone before the lane even started.
         drop(fanout);

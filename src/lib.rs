@@ -155,11 +155,17 @@ pub async fn start(
         None
     };
 
-    let sinks: Vec<(String, usize)> = config
+    let sinks: Vec<fanout::SinkSpec> = config
         .sinks
         .iter()
-        .map(|s| (s.name().to_owned(), s.lanes(config.pipeline.lanes)))
-        .collect();
+        .map(|s| {
+            Ok(fanout::SinkSpec {
+                name: s.name().to_owned(),
+                lanes: s.lanes(config.pipeline.lanes),
+                route: s.route().filter()?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     // Only with both sources can one notification arrive twice.
     let dedup = (config.webhook.enabled && config.notifier.enabled).then(|| {
         telemetry::dedup_registered();

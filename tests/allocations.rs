@@ -115,8 +115,12 @@ fn allocations_per_event_through_admission_fan_out_and_a_sink_stay_at_their_figu
             max_in_flight: 1000,
             when_full: WhenFull::Wait,
         };
-        let (fanout, mut lanes, in_flight) =
-            Fanout::new(&[("nowhere".into(), 4)], 100_000, limit, None);
+        let (fanout, mut lanes, in_flight) = Fanout::new(
+            &[fishjam_bridge::fanout::SinkSpec::all("nowhere", 4)],
+            100_000,
+            limit,
+            None,
+        );
         let admission = Admission::new(fanout, None);
         let options = LaneOptions {
             max_batch: 50,

@@ -30,7 +30,12 @@ fn bridge() -> &'static (tokio::runtime::Runtime, axum::Router) {
                 max_in_flight: 5_000,
                 when_full: WhenFull::Wait,
             };
-            let (fanout, lanes, _) = Fanout::new(&[("sink".to_owned(), 1)], 10_000, bursty, None);
+            let (fanout, lanes, _) = Fanout::new(
+                &[fishjam_bridge::fanout::SinkSpec::all("sink", 1)],
+                10_000,
+                bursty,
+                None,
+            );
             // A sink that takes everything at once.
             for mut lane in lanes.into_iter().flatten() {
                 tokio::spawn(async move {

@@ -204,6 +204,68 @@ impl Template {
     }
 }
 
+/// Which events a sink takes: by event type (`vadNotification`) or by what
+/// keys them (`rooms`, `streams`, `recordings`), as include and exclude
+/// lists. One bit per event type, so a look-up per event is a shift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filter {
+    takes: u64,
+}
+
+/// A name in a route that is neither an event type nor a key kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not an event type nor a key kind (rooms, streams, recordings); event types: {}", EventType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "))]
+pub struct UnknownName {
+    pub name: String,
+}
+
+// One bit per event type.
+const _: () = assert!(EventType::ALL.len() < 64);
+
+impl Filter {
+    /// Takes every event.
+    pub const ALL: Filter = Filter {
+        takes: (1 << EventType::ALL.len()) - 1,
+    };
+
+    /// Events named by `include` (every event when it is empty) that
+    /// `exclude` does not name.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Filter, UnknownName> {
+        let named = |names: &[String]| -> Result<u64, UnknownName> {
+            names.iter().try_fold(0u64, |bits, name| {
+                let matched = EventType::ALL
+                    .iter()
+                    .filter(|t| t.as_str() == name || t.key_kind().as_str() == name)
+                    .fold(0u64, |bits, t| bits | 1 << t.index());
+                if matched == 0 {
+                    return Err(UnknownName { name: name.clone() });
+                }
+                Ok(bits | matched)
+            })
+        };
+        let included = if include.is_empty() {
+            Filter::ALL.takes
+        } else {
+            named(include)?
+        };
+        Ok(Filter {
+            takes: included & !named(exclude)?,
+        })
+    }
+
+    pub fn takes(&self, event_type: EventType) -> bool {
+        self.takes & (1 << event_type.index()) != 0
+    }
+
+    pub fn takes_all(&self) -> bool {
+        *self == Filter::ALL
+    }
+
+    pub fn takes_none(&self) -> bool {
+        self.takes == 0
+    }
+}
+
 /// The bytes a token keeps as they are: printable ASCII but the escape
 /// character and NATS's separator and wildcards.
 const PLAIN: [bool; 256] = {
@@ -291,6 +353,28 @@ mod tests {
             }),
             unmapped_enums: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_filter_takes_what_it_includes_and_not_what_it_excludes() {
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let only_voice = Filter::new(&names(&["vadNotification"]), &[]).unwrap();
+        assert!(only_voice.takes(EventType::VadNotification));
+        assert!(!only_voice.takes(EventType::PeerConnected));
+        let all_but_voice = Filter::new(&[], &names(&["vadNotification"])).unwrap();
+        assert!(!all_but_voice.takes(EventType::VadNotification));
+        assert!(all_but_voice.takes(EventType::RoomCreated));
+        let streams = Filter::new(&names(&["streams"]), &names(&["viewerConnected"])).unwrap();
+        assert!(streams.takes(EventType::StreamerConnected));
+        assert!(!streams.takes(EventType::ViewerConnected));
+        assert!(!streams.takes(EventType::RoomCreated));
+        assert!(Filter::new(&[], &[]).unwrap().takes_all());
+        assert!(Filter::new(&names(&["rooms"]), &names(&["rooms"]))
+            .unwrap()
+            .takes_none());
+        let error = Filter::new(&names(&["voiceActivity"]), &[]).unwrap_err();
+        assert_eq!(error.name, "voiceActivity");
+        assert!(error.to_string().contains("vadNotification"), "{error}");
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct AmqpConfig {
     /// The alternate exchange, with `unroutable = "alternate"`; declared as a
     /// durable fanout exchange.
     pub alternate_exchange: Option<String>,
+    /// Which events this sink takes (default: all).
+    #[serde(default)]
+    pub route: super::RouteConfig,
     /// Lanes of this sink (default: 32, or pipeline.lanes if larger).
     pub lanes: Option<usize>,
     /// How long publisher confirms may take before the batch is retried.

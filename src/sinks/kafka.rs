@@ -64,6 +64,9 @@ pub struct KafkaConfig {
     /// headers) or `"structured"` (an `application/cloudevents+json` value).
     #[serde(default)]
     pub cloudevents: cloudevents::Mode,
+    /// Which events this sink takes (default: all).
+    #[serde(default)]
+    pub route: super::RouteConfig,
     /// Lanes of this sink (default: pipeline.lanes).
     pub lanes: Option<usize>,
     /// Create the topics the template renders when they do not exist; when

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::admin::Readiness;
 use crate::core::cloudevents;
 use crate::core::event::{Event, Message, SCHEMA_VERSION_TEXT};
+use crate::core::route::{Filter, UnknownName};
 use crate::telemetry;
 
 /// One entry of `[[sinks]]`, chosen by its `type`.
@@ -77,17 +78,48 @@ impl SinkConfig {
 
     /// Problems with the values, each starting with its key.
     pub fn validate(&self) -> Vec<String> {
-        match self {
+        let mut problems = match self {
             SinkConfig::Stdout(_) => Vec::new(),
             SinkConfig::File(c) => c.validate(),
             SinkConfig::Nats(c) => c.validate(),
             SinkConfig::Amqp(c) => c.validate(),
             SinkConfig::Kafka(c) => c.validate(),
+        };
+        match self.route().filter() {
+            Err(unknown) => problems.push(format!("route: {unknown}")),
+            Ok(filter) if filter.takes_none() => {
+                problems.push("route: takes no event (exclude removes all it includes)".to_owned())
+            }
+            Ok(_) => {}
+        }
+        problems
+    }
+
+    /// Which events the sink takes.
+    pub fn route(&self) -> &RouteConfig {
+        match self {
+            SinkConfig::Stdout(c) => &c.route,
+            SinkConfig::File(c) => &c.route,
+            SinkConfig::Nats(c) => &c.route,
+            SinkConfig::Amqp(c) => &c.route,
+            SinkConfig::Kafka(c) => &c.route,
         }
     }
 
     /// One line for `check-config`, without secrets.
     pub fn describe(&self) -> String {
+        let route = self.route();
+        let mut line = self.describe_sink();
+        if !route.include.is_empty() {
+            line.push_str(&format!(", takes only {}", route.include.join(", ")));
+        }
+        if !route.exclude.is_empty() {
+            line.push_str(&format!(", not {}", route.exclude.join(", ")));
+        }
+        line
+    }
+
+    fn describe_sink(&self) -> String {
         match self {
             SinkConfig::Stdout(_) => format!("stdout (name {:?})", self.name()),
             SinkConfig::File(c) => format!(
@@ -100,6 +132,25 @@ impl SinkConfig {
             SinkConfig::Amqp(c) => format!("amqp (name {:?}, {})", self.name(), c.describe()),
             SinkConfig::Kafka(c) => format!("kafka (name {:?}, {})", self.name(), c.describe()),
         }
+    }
+}
+
+/// `[sinks.route]`: which events a sink takes, by event type (such as
+/// `vadNotification`) or key kind (`rooms`, `streams`, `recordings`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Only these (default: every event).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Not these, even when included.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl RouteConfig {
+    pub fn filter(&self) -> Result<Filter, UnknownName> {
+        Filter::new(&self.include, &self.exclude)
     }
 }
 

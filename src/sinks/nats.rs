@@ -47,6 +47,9 @@ pub struct NatsConfig {
     /// How long a flush or a JetStream ack may take before the batch is retried.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Which events this sink takes (default: all).
+    #[serde(default)]
+    pub route: super::RouteConfig,
     /// Lanes of this sink (default: pipeline.lanes for core, 16 for JetStream).
     pub lanes: Option<usize>,
     /// JetStream publish acks in flight at once, per lane.

@@ -19,6 +19,9 @@ use crate::core::event::Message;
 pub struct StdoutConfig {
     /// Name in logs and metrics; default `stdout`.
     pub name: Option<String>,
+    /// Which events this sink takes (default: all).
+    #[serde(default)]
+    pub route: super::RouteConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +34,9 @@ pub struct FileConfig {
     /// Sync the file to disk before acknowledging a batch.
     #[serde(default)]
     pub fsync: bool,
+    /// Which events this sink takes (default: all).
+    #[serde(default)]
+    pub route: super::RouteConfig,
 }
 
 impl FileConfig {
@@ -177,6 +183,7 @@ mod tests {
             name: None,
             path: PathBuf::from("/dev/null"),
             fsync: true,
+            route: Default::default(),
         })
         .await
         .unwrap();

@@ -402,3 +402,21 @@ fn the_example_config_states_the_code_defaults() {
         "stated as defaults, but not the code's: {wrong:#?}"
     );
 }
+
+#[test]
+fn check_config_refuses_a_route_name_that_is_no_event_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.toml");
+    std::fs::write(
+        &path,
+        config("[[sinks]]\ntype = \"stdout\"\n[sinks.route]\ninclude = [\"voiceActivity\"]\n"),
+    )
+    .unwrap();
+    let output = check_config(&path, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sinks[0].route: \"voiceActivity\" is not an event type"),
+        "{stderr}"
+    );
+}

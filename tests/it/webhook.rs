@@ -102,7 +102,12 @@ impl InProcess {
                 max_in_flight: 100,
                 when_full: WhenFull::Wait,
             };
-            let (fanout, lanes, _) = Fanout::new(&[("sink".to_owned(), 1)], 1000, bursty, None);
+            let (fanout, lanes, _) = Fanout::new(
+                &[fishjam_bridge::fanout::SinkSpec::all("sink", 1)],
+                1000,
+                bursty,
+                None,
+            );
             for mut lane in lanes.into_iter().flatten() {
                 let delivered = delivered.clone();
                 tokio::spawn(async move {
@@ -324,6 +329,53 @@ fn a_sink_that_does_not_acknowledge_gets_503_and_still_delivers() {
     assert!(logs
         .iter()
         .any(|l| l["message"] == "drained: every accepted event was acknowledged"));
+}
+
+#[test]
+fn each_sink_takes_the_events_its_route_names() {
+    let sink = |name: &str, route: &str| {
+        format!("[[sinks]]\ntype = \"file\"\nname = \"{name}\"\npath = \"{{dir}}/{name}.jsonl\"\n{route}")
+    };
+    let text = config(&format!(
+        "{}{}{}",
+        sink("all", ""),
+        sink(
+            "no-voice",
+            "[sinks.route]\nexclude = [\"vadNotification\"]\n"
+        ),
+        sink("voice", "[sinks.route]\ninclude = [\"vadNotification\"]\n"),
+    ));
+    let bridge = BridgeProcess::start(&text);
+    let (seed, count) = (13, 600);
+    let report = summary(webhook_simulator(
+        &bridge.webhook_url(),
+        seed,
+        count,
+        10,
+        &["--rate", "0"],
+    ));
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    let wanted = expected(seed, 8, count);
+    let voice = wanted
+        .values()
+        .flatten()
+        .filter(|(kind, _)| kind == "vadNotification")
+        .count();
+    let total: usize = wanted.values().map(Vec::len).sum();
+    assert!(voice > 0 && voice < total, "the scenario has both kinds");
+    let types = |name: &str| -> Vec<String> {
+        read_events(&bridge.dir().join(format!("{name}.jsonl")))
+            .iter()
+            .map(|event| event["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    wait_until("every sink has its events", || {
+        types("all").len() == total
+            && types("no-voice").len() == total - voice
+            && types("voice").len() == voice
+    });
+    assert!(types("voice").iter().all(|t| t == "vadNotification"));
+    assert!(types("no-voice").iter().all(|t| t != "vadNotification"));
 }
 
 #[test]
