@@ -88,6 +88,11 @@ pub struct WebhookConfig {
     pub secret: Option<Secret>,
     /// A file holding the signing secret. Env: `FISHJAM_WEBHOOK_SECRET_FILE`.
     pub secret_file: Option<PathBuf>,
+    /// Accept webhooks without a signature, when no secret is set. Off by
+    /// default: the listener would take anyone's bodies as Fishjam's. With a
+    /// secret, every webhook must be signed whatever this says.
+    #[serde(default)]
+    pub allow_unsigned: bool,
     /// Largest body accepted; larger ones get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -225,8 +230,13 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
-    /// A directory for the disk spool; without it there is no spool and a
-    /// full pipeline answers 503.
+    /// Whether bodies the sinks cannot take at once are kept on disk. Off,
+    /// a full pipeline answers 503, and Fishjam may never send that
+    /// notification again.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The spool's directory; by default `spool` in the state directory
+    /// (`default_path`). After `Config::load`, set whenever `enabled` is.
     pub path: Option<PathBuf>,
     /// Cap on the spool's files; beyond it bodies are refused (webhooks get
     /// 503 with Retry-After, the notifier stops reading) and counted.
@@ -248,7 +258,27 @@ pub struct SpoolConfig {
 }
 
 impl SpoolConfig {
+    /// `spool` in the state directory: `$STATE_DIRECTORY` (set by systemd's
+    /// `StateDirectory=` and by the container image), else
+    /// `$XDG_STATE_HOME/fishjam-bridge`, else `~/.local/state/fishjam-bridge`.
+    pub fn default_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+        let set = |name: &str| env(name).filter(|value| !value.is_empty());
+        let state = if let Some(dirs) = set("STATE_DIRECTORY") {
+            // systemd lists several directories separated by ':' when the
+            // unit names several; the first is this service's.
+            PathBuf::from(dirs.split(':').next().unwrap_or(&dirs))
+        } else if let Some(xdg) = set("XDG_STATE_HOME") {
+            PathBuf::from(xdg).join("fishjam-bridge")
+        } else {
+            PathBuf::from(set("HOME")?).join(".local/state/fishjam-bridge")
+        };
+        Some(state.join("spool"))
+    }
+
     pub fn options(&self) -> Option<crate::spool::Options> {
+        if !self.enabled {
+            return None;
+        }
         Some(crate::spool::Options {
             dir: self.path.clone()?,
             max_bytes: self.max_bytes,
@@ -313,6 +343,14 @@ impl Config {
         let mut config: Config = Config::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::one(format!("invalid configuration: {e}")))?;
         config.resolve_secret_files(read_file)?;
+        if config.spool.enabled && config.spool.path.is_none() {
+            config.spool.path = Some(SpoolConfig::default_path(env).ok_or_else(|| {
+                ConfigError::one(
+                    "spool.path: no state directory (STATE_DIRECTORY, XDG_STATE_HOME and HOME \
+                     are unset); set spool.path, or spool.enabled = false to run without a spool",
+                )
+            })?);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -384,8 +422,18 @@ impl Config {
                     self.webhook.path
                 ));
             }
-            if matches!(&self.webhook.secret, Some(s) if s.expose().is_empty()) {
-                problems.push("webhook.secret is set but empty".to_owned());
+            match (&self.webhook.secret, self.webhook.allow_unsigned) {
+                (Some(secret), _) if secret.expose().is_empty() => {
+                    problems.push("webhook.secret is set but empty".to_owned())
+                }
+                (None, false) => problems.push(
+                    "webhook.secret is not set: set it to the webhook secret from the Fishjam \
+                     dashboard (FISHJAM_WEBHOOK_SECRET, or webhook.secret_file), or set \
+                     webhook.allow_unsigned = true to accept unsigned webhooks from anyone who \
+                     reaches webhook.listen"
+                        .to_owned(),
+                ),
+                _ => {}
             }
             if self.webhook.max_body_bytes_in_flight < self.webhook.max_body_bytes {
                 problems.push(format!(
@@ -469,7 +517,7 @@ impl Config {
                 problems.push(format!("notifier.ca_file: {problem}"));
             }
         }
-        if self.spool.path.is_some() {
+        if self.spool.enabled {
             if self.webhook.enabled && self.spool.engage_after >= self.webhook.ack_timeout {
                 problems.push(format!(
                     "spool.engage_after ({}) must be shorter than webhook.ack_timeout ({})",
@@ -550,7 +598,15 @@ impl Config {
         line("webhook.enabled", self.webhook.enabled.to_string());
         line("webhook.listen", self.webhook.listen.to_string());
         line("webhook.path", format!("{:?}", self.webhook.path));
-        line("webhook.secret", secret(&self.webhook.secret));
+        line(
+            "webhook.secret",
+            match (&self.webhook.secret, self.webhook.allow_unsigned) {
+                (None, true) => {
+                    "not set: unsigned webhooks are accepted (webhook.allow_unsigned)".to_owned()
+                }
+                _ => secret(&self.webhook.secret),
+            },
+        );
         line("webhook.tls", tls(&self.webhook.tls));
         line(
             "webhook.max_body_bytes",
@@ -575,9 +631,9 @@ impl Config {
         );
         line(
             "spool.path",
-            match &self.spool.path {
-                Some(path) => format!("{:?}", path.display().to_string()),
-                None => "off".to_owned(),
+            match (&self.spool.path, self.spool.enabled) {
+                (Some(path), true) => format!("{:?}", path.display().to_string()),
+                _ => "off (spool.enabled = false): a full pipeline answers 503".to_owned(),
             },
         );
         line("spool.max_bytes", self.spool.max_bytes.to_string());
@@ -824,7 +880,17 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Loads `text` with `env` over what a deployment gives: a state
+    /// directory and the webhook secret.
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let deployment = [
+            ("STATE_DIRECTORY", "/var/lib/fishjam-bridge"),
+            ("FISHJAM_WEBHOOK_SECRET", "whsec-deployed"),
+        ];
+        load_exactly(text, &[&deployment[..], env].concat())
+    }
+
+    fn load_exactly(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -892,6 +958,66 @@ mod tests {
         assert!(text.contains("fishjam.id is required"), "{text}");
         assert!(text.contains("webhook.path"), "{text}");
         assert!(text.contains("webhook.max_events_per_body"), "{text}");
+    }
+
+    #[test]
+    fn the_spool_is_on_by_default_in_the_state_directory() {
+        let path = |env: &[(&str, &str)]| {
+            load_exactly(
+                "[fishjam]\nid = \"x\"\n[webhook]\nallow_unsigned = true\n",
+                env,
+            )
+            .map(|c| c.spool.options().map(|o| o.dir))
+        };
+        assert_eq!(
+            path(&[("STATE_DIRECTORY", "/var/lib/a:/var/lib/b"), ("HOME", "/home/u")]).unwrap(),
+            Some(PathBuf::from("/var/lib/a/spool")),
+            "systemd's own directory comes first"
+        );
+        assert_eq!(
+            path(&[("XDG_STATE_HOME", "/x"), ("HOME", "/home/u")]).unwrap(),
+            Some(PathBuf::from("/x/fishjam-bridge/spool"))
+        );
+        assert_eq!(
+            path(&[("HOME", "/home/u")]).unwrap(),
+            Some(PathBuf::from("/home/u/.local/state/fishjam-bridge/spool"))
+        );
+        let error = path(&[]).unwrap_err().to_string();
+        assert!(
+            error.contains("spool.path") && error.contains("spool.enabled = false"),
+            "{error}"
+        );
+        let off = load_exactly(
+            "[fishjam]\nid = \"x\"\n[webhook]\nallow_unsigned = true\n[spool]\nenabled = false\n",
+            &[],
+        )
+        .unwrap();
+        assert!(off.spool.options().is_none());
+        assert!(off.describe().contains("spool.path = off"));
+    }
+
+    #[test]
+    fn webhooks_are_signed_unless_unsigned_ones_are_allowed() {
+        let env = [("STATE_DIRECTORY", "/s")];
+        let error = load_exactly("[fishjam]\nid = \"x\"\n", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("webhook.secret is not set") && error.contains("allow_unsigned"),
+            "{error}"
+        );
+        let unsigned = load_exactly(
+            "[fishjam]\nid = \"x\"\n[webhook]\nallow_unsigned = true\n",
+            &env,
+        )
+        .unwrap();
+        assert!(unsigned.describe().contains("unsigned webhooks are accepted"));
+        // Without webhook ingress there is nothing to sign.
+        load_exactly(
+            "[fishjam]\nid = \"x\"\nmanagement_token = \"t\"\n[webhook]\nenabled = false\n[notifier]\nenabled = true\n",
+            &env,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -438,7 +438,8 @@ async fn demo(
 ) -> anyhow::Result<()> {
     let secret = "demo-webhook-secret";
     let mut config = Config::load(
-        "[fishjam]\nid = \"simulator\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        // The demo's events are made up: nothing to keep on disk.
+        "[fishjam]\nid = \"simulator\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[spool]\nenabled = false\n",
         &|_| None,
         &[],
         &|path| std::fs::read_to_string(path),

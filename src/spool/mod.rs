@@ -113,10 +113,13 @@ impl Spool {
     pub fn open(options: &Options) -> anyhow::Result<Arc<Spool>> {
         use anyhow::Context as _;
         let dir = &options.dir;
+        // The spool is on by default: say how to choose another directory,
+        // or none, when the default one cannot be used.
+        let hint = "set spool.path to a directory the bridge may write, or spool.enabled = false";
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("spool.path {}: cannot create", dir.display()))?;
+            .with_context(|| format!("spool.path {}: cannot create ({hint})", dir.display()))?;
         let lock = std::fs::File::create(dir.join("lock"))
-            .with_context(|| format!("spool.path {}: cannot write", dir.display()))?;
+            .with_context(|| format!("spool.path {}: cannot write ({hint})", dir.display()))?;
         lock.try_lock().map_err(|_| {
             anyhow::anyhow!(
                 "spool.path {}: another fishjam-bridge uses this spool; give each its own",

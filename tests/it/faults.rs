@@ -141,6 +141,43 @@ fn a_broker_down_under_load_costs_no_acknowledged_event() {
     );
 }
 
+/// The spool is on by default, in the state directory: a bridge with no
+/// `[spool]` section keeps what it acknowledged while its only sink was down
+/// through `kill -9`, and the next run delivers it.
+#[test]
+fn with_the_defaults_a_killed_bridge_delivers_what_it_acknowledged_while_its_sink_was_down() {
+    let mut server = PrivateNats::start();
+    let stream = unique("FD");
+    let text = nats_sink(
+        &server.url(),
+        &format!("{}.{{kind}}.{{key}}.{{type}}", unique("d")),
+        &format!("mode = \"jetstream\"\n[sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n"),
+    );
+    assert!(!text.contains("[spool]"));
+    let state = tempfile::tempdir().unwrap();
+    let env = [("STATE_DIRECTORY", state.path().to_str().unwrap())];
+    let mut bridge = BridgeProcess::start_with(&text, std::process::Stdio::null(), &env);
+    server.stop();
+    let (seed, count) = (47, 600);
+    let report = summary(load(&bridge, seed, count));
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    assert!(
+        state.path().join("spool").is_dir(),
+        "the spool is in the state directory"
+    );
+    bridge.child.kill().unwrap();
+    bridge.child.wait().unwrap();
+    server.restart();
+    let bridge = BridgeProcess::start_with(&text, std::process::Stdio::null(), &env);
+    assert!(
+        bridge.logged("replaying bodies a previous run accepted"),
+        "the restart replays what the killed bridge had spooled"
+    );
+    wait_settled(&bridge);
+    let duplicates = assert_complete(&stored(&server.url(), &stream), seed, count);
+    eprintln!("default spool through kill -9: {duplicates} duplicate events");
+}
+
 #[test]
 fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event() {
     let mut server = PrivateNats::start();

@@ -411,7 +411,7 @@ fn a_flood_of_voice_activity_never_takes_the_slots_of_lifecycle_events() {
     )
     .replace("[webhook]\n", "[webhook]\nmax_events_per_body = 50\n")
     .replace("ack_timeout = \"2s\"", "ack_timeout = \"100ms\"");
-    let bridge = BridgeProcess::start(&text);
+    let bridge = BridgeProcess::start(&without_spool(&text));
     let url = bridge.webhook_url();
     let vad = |n: usize| {
         batch(

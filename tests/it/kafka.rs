@@ -455,8 +455,9 @@ fn a_missing_topic_is_reported_until_it_exists_and_then_its_records_arrive() {
             .sum("fishjam_bridge_sink_up", &[("sink", "kafka")]),
         0.0
     );
-    // A body that arrives meanwhile is answered 503 (no spool here, and the
-    // sink cannot take it) but kept: its record waits for the topic.
+    // The first body that meets the missing topic waits for the sink and is
+    // answered 503 at ack_timeout (it engages the spool for later ones), but
+    // it is kept: its record waits for the topic.
     assert_eq!(
         post(&bridge.webhook_url(), room_created("room-1"), None).status(),
         503

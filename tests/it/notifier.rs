@@ -146,6 +146,7 @@ fn a_refused_token_stops_the_bridge_at_once() {
     let output = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&path)
+        .env("STATE_DIRECTORY", dir.path())
         .output()
         .unwrap();
     assert!(

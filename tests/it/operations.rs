@@ -82,14 +82,14 @@ fn metrics_hold_every_documented_name() {
     assert_eq!(post(&url, vec![0x12], None).status(), 400);
 
     // A failing bridge: its only sink cannot write, so nothing is acknowledged.
-    let failing = BridgeProcess::start(
+    let failing = BridgeProcess::start(&without_spool(
         &config(
             "[[sinks]]\ntype = \"file\"\npath = \"/dev/full\"\n\
              [pipeline]\nmax_in_flight_events = 2\nretry_initial_backoff = \"10ms\"\nretry_max_backoff = \"50ms\"\n",
         )
         .replace("[webhook]\n", "[webhook]\nmax_events_per_body = 1\n")
         .replace("ack_timeout = \"2s\"", "ack_timeout = \"200ms\""),
-    );
+    ));
     let url = failing.webhook_url();
     assert_eq!(post(&url, room_created("b"), None).status(), 503);
     assert_eq!(post(&url, room_created("c"), None).status(), 503);
@@ -250,7 +250,7 @@ fn check_config_refuses_a_kafka_topic_that_can_render_an_illegal_name() {
 #[test]
 fn example_config_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-    let output = check_config(&example, &[]);
+    let output = check_config(&example, &[("FISHJAM_WEBHOOK_SECRET", "whsec-example")]);
     assert!(output.status.success(), "{output:?}");
 }
 
@@ -298,7 +298,17 @@ fn effective(config: &fishjam_bridge::config::Config) -> String {
 }
 
 fn load(text: &str) -> Result<fishjam_bridge::config::Config, Vec<String>> {
-    let no_env = |_: &str| None;
+    // What a deployment gives the example: a state directory (systemd and
+    // the container image set STATE_DIRECTORY) and the webhook secret, by
+    // the environment unless the text names one.
+    let secret_in_text = text
+        .lines()
+        .any(|line| line.starts_with("secret = ") || line.starts_with("secret_file = "));
+    let no_env = |name: &str| match name {
+        "FISHJAM_WEBHOOK_SECRET" if !secret_in_text => Some("whsec-example".to_owned()),
+        "STATE_DIRECTORY" => Some("/var/lib/fishjam-bridge".to_owned()),
+        _ => None,
+    };
     // Secret files and the like read as a short secret.
     let files = |_: &Path| Ok("a-secret-from-a-file".to_owned());
     fishjam_bridge::config::Config::load(text, &no_env, &[], &files).map_err(|e| e.problems)
@@ -400,6 +410,52 @@ fn the_example_config_states_the_code_defaults() {
     assert!(
         wrong.is_empty(),
         "stated as defaults, but not the code's: {wrong:#?}"
+    );
+}
+
+#[test]
+fn webhook_ingress_without_a_secret_needs_allow_unsigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.toml");
+    let unsigned = config("").replace("allow_unsigned = true\n", "");
+    std::fs::write(&path, &unsigned).unwrap();
+    let output = check_config(&path, &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("webhook.secret is not set") && stderr.contains("webhook.allow_unsigned"),
+        "{stderr}"
+    );
+    // The same file with the secret in the environment, as a deployment gives it.
+    let output = check_config(&path, &[("FISHJAM_WEBHOOK_SECRET", "whsec-x")]);
+    assert!(output.status.success(), "{output:?}");
+    std::fs::write(&path, config("")).unwrap();
+    let output = check_config(&path, &[]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("unsigned webhooks are accepted"),
+        "{output:?}"
+    );
+}
+
+#[test]
+fn a_state_directory_that_cannot_be_written_stops_the_bridge_and_says_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.toml");
+    std::fs::write(&path, config("")).unwrap();
+    // Nothing, not even root, creates a directory under /proc.
+    let output = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("STATE_DIRECTORY", "/proc/fishjam-bridge")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("spool.path /proc/fishjam-bridge/spool: cannot create")
+            && stderr.contains("spool.enabled = false"),
+        "{stderr}"
     );
 }
 

@@ -103,11 +103,17 @@ pub struct BridgeProcess {
     pub dir: tempfile::TempDir,
 }
 
+/// `text` with the spool (on by default) turned off: for tests of what the
+/// bridge answers when nothing durable can take a body.
+pub fn without_spool(text: &str) -> String {
+    format!("{text}\n[spool]\nenabled = false\n")
+}
+
 /// A config with both listeners on port 0 and JSON logs; `extra` is appended.
 pub fn config(extra: &str) -> String {
     format!(
         "[fishjam]\nid = \"test-fishjam\"\n\
-         [webhook]\nlisten = \"127.0.0.1:0\"\nack_timeout = \"2s\"\n\
+         [webhook]\nlisten = \"127.0.0.1:0\"\nack_timeout = \"2s\"\nallow_unsigned = true\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [log]\nformat = \"json\"\nlevel = \"info\"\n{extra}"
     )
@@ -140,6 +146,9 @@ impl BridgeProcess {
             .arg("--addresses-file")
             .arg(&addresses)
             .env_remove("RUST_LOG")
+            // The spool is on by default, in the state directory: each
+            // bridge gets its own, unless the test names one in `env`.
+            .env("STATE_DIRECTORY", dir.path().join("state"))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::piped());
