@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
 //! serves) and `/readyz` (every component that must be up is up, and the
-//! bridge is not shutting down). `/readyz` answers with each check's state,
-//! and under `problems` what a failing check says is wrong.
+//! bridge is not shutting down; see `Readiness`) and `/status` (the same
+//! report, always 200). The report holds each check's state, under
+//! `problems` what a failing check says is wrong, and `ready`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,23 +14,75 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Named readiness checks; ready when all of them are.
-#[derive(Debug, Clone, Default)]
+/// Named readiness checks. `/readyz` answers whether the bridge can take a
+/// webhook durably now: every required check passes, and either every sink
+/// takes events or the spool has room (a broker outage with the spool on
+/// keeps the bridge ready; that is what the spool is for). Informational
+/// checks (the notifier, unless required) are shown and never pull it.
+#[derive(Clone, Default)]
 pub struct Readiness {
     checks: Arc<Mutex<BTreeMap<String, Check>>>,
+    /// Whether the spool can take a body now; set when there is a spool.
+    spool_has_room: Arc<Mutex<Option<SpoolRoom>>>,
+}
+
+type SpoolRoom = Arc<dyn Fn() -> bool + Send + Sync>;
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("checks", &self.checks)
+            .finish()
+    }
+}
+
+/// What a check counts for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Must pass.
+    #[default]
+    Required,
+    /// A sink: must pass, unless the spool has room.
+    Sink,
+    /// Shown, never required.
+    Info,
 }
 
 #[derive(Debug, Clone, Default)]
 struct Check {
+    role: Role,
     ready: bool,
     /// Why it is not ready, when the component knows.
     problem: Option<String>,
 }
 
 impl Readiness {
-    /// Registers a check, not ready yet.
+    /// Registers a required check, not passing yet.
     pub fn register(&self, name: &str) {
-        self.set(name, false);
+        self.register_as(name, Role::Required);
+    }
+
+    /// Registers a check of `role`, not passing yet.
+    pub fn register_as(&self, name: &str, role: Role) {
+        self.checks
+            .lock()
+            .expect("readiness lock is never poisoned")
+            .insert(
+                name.to_owned(),
+                Check {
+                    role,
+                    ..Check::default()
+                },
+            );
+    }
+
+    /// Says whether the spool has room; with it, a sink that is down does
+    /// not make the bridge unready.
+    pub fn set_spool(&self, has_room: impl Fn() -> bool + Send + Sync + 'static) {
+        *self
+            .spool_has_room
+            .lock()
+            .expect("readiness lock is never poisoned") = Some(Arc::new(has_room));
     }
 
     pub fn set(&self, name: &str, ready: bool) {
@@ -38,32 +91,51 @@ impl Readiness {
 
     /// Sets a check with what is wrong, shown by `/readyz` while it fails.
     pub fn set_with_problem(&self, name: &str, ready: bool, problem: Option<String>) {
-        self.checks
+        let mut checks = self
+            .checks
+            .lock()
+            .expect("readiness lock is never poisoned");
+        let check = checks.entry(name.to_owned()).or_default();
+        check.ready = ready;
+        check.problem = problem;
+    }
+
+    fn spool_room(&self) -> Option<bool> {
+        let has_room = self
+            .spool_has_room
             .lock()
             .expect("readiness lock is never poisoned")
-            .insert(name.to_owned(), Check { ready, problem });
+            .clone()?;
+        Some(has_room())
     }
 
     pub fn is_ready(&self) -> bool {
+        let spool_room = self.spool_room().unwrap_or(false);
         self.checks
             .lock()
             .expect("readiness lock is never poisoned")
             .values()
-            .all(|check| check.ready)
+            .all(|check| match check.role {
+                Role::Required => check.ready,
+                Role::Sink => check.ready || spool_room,
+                Role::Info => true,
+            })
     }
 
-    /// The checks that do not pass, by name.
+    /// The required checks and sinks that do not pass, by name.
     pub fn waiting_for(&self) -> Vec<String> {
         self.checks
             .lock()
             .expect("readiness lock is never poisoned")
             .iter()
-            .filter(|(_, check)| !check.ready)
+            .filter(|(_, check)| !check.ready && check.role != Role::Info)
             .map(|(name, _)| name.clone())
             .collect()
     }
 
-    fn report(&self) -> String {
+    /// Whether ready, and every check with its state (and the spool's room,
+    /// and the problems of failing checks) as JSON.
+    fn report(&self) -> (bool, String) {
         let checks = self
             .checks
             .lock()
@@ -80,7 +152,13 @@ impl Readiness {
         if !problems.is_empty() {
             body.insert("problems".to_owned(), serde_json::Value::Object(problems));
         }
-        serde_json::Value::Object(body).to_string()
+        drop(checks);
+        if let Some(room) = self.spool_room() {
+            body.insert("spool_has_room".to_owned(), room.into());
+        }
+        let ready = self.is_ready();
+        body.insert("ready".to_owned(), ready.into());
+        (ready, serde_json::Value::Object(body).to_string())
     }
 }
 
@@ -95,6 +173,7 @@ pub fn router(metrics: PrometheusHandle, readiness: Readiness) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/status", get(status))
         .with_state(AdminState { metrics, readiness })
 }
 
@@ -106,16 +185,21 @@ async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
-    let status = if state.readiness.is_ready() {
+    let (ready, report) = state.readiness.report();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        state.readiness.report(),
-    )
+    (status, [(header::CONTENT_TYPE, "application/json")], report)
+}
+
+/// The same report as `/readyz`, always 200: for people and alerts, which
+/// want to read which sink is down even while the spool keeps the bridge
+/// ready.
+async fn status(State(state): State<AdminState>) -> impl IntoResponse {
+    let (_, report) = state.readiness.report();
+    ([(header::CONTENT_TYPE, "application/json")], report)
 }
 
 #[cfg(test)]
@@ -129,13 +213,42 @@ mod tests {
         readiness.set("running", true);
         readiness.set_with_problem("sink:kafka", false, Some("topic t is missing".into()));
         assert!(!readiness.is_ready());
-        let report: serde_json::Value = serde_json::from_str(&readiness.report()).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&readiness.report().1).unwrap();
         assert_eq!(report["sink:kafka"], false);
         assert_eq!(report["running"], true);
         assert_eq!(report["problems"]["sink:kafka"], "topic t is missing");
         readiness.set("sink:kafka", true);
-        let report: serde_json::Value = serde_json::from_str(&readiness.report()).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&readiness.report().1).unwrap();
         assert_eq!(report.get("problems"), None);
         assert!(readiness.is_ready());
+    }
+
+    #[test]
+    fn a_sink_that_is_down_keeps_the_bridge_ready_while_the_spool_has_room() {
+        let readiness = Readiness::default();
+        readiness.register("running");
+        readiness.set("running", true);
+        readiness.register_as("sink:nats", Role::Sink);
+        readiness.register_as("notifier", Role::Info);
+        assert!(
+            !readiness.is_ready(),
+            "no spool: a sink that is down counts"
+        );
+        let room = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let has_room = room.clone();
+        readiness.set_spool(move || has_room.load(std::sync::atomic::Ordering::Relaxed));
+        let (ready, report) = readiness.report();
+        assert!(ready, "{report}");
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert_eq!(report["sink:nats"], false);
+        assert_eq!(report["notifier"], false);
+        assert_eq!(report["spool_has_room"], true);
+        room.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(!readiness.is_ready(), "a full spool takes nothing more");
+        readiness.set("sink:nats", true);
+        assert!(readiness.is_ready(), "the sinks take events");
+        readiness.set("running", false);
+        assert!(!readiness.is_ready(), "shutting down");
+        assert_eq!(readiness.waiting_for(), ["running"]);
     }
 }

@@ -138,8 +138,11 @@ pub struct NotifierConfig {
     /// (`GET /validate`) at start-up; refused credentials stop the bridge.
     #[serde(default = "yes")]
     pub check_credentials: bool,
-    /// Whether /readyz waits for the notifier to be subscribed.
-    #[serde(default = "yes")]
+    /// Whether /readyz waits for the notifier to be subscribed. Off by
+    /// default: readiness says whether a webhook can be taken, and the
+    /// notifier being down must not take the webhook fallback with it; its
+    /// state is in /status either way.
+    #[serde(default)]
     pub required_for_readiness: bool,
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
     pub connect_timeout: Duration,
@@ -970,7 +973,11 @@ mod tests {
             .map(|c| c.spool.options().map(|o| o.dir))
         };
         assert_eq!(
-            path(&[("STATE_DIRECTORY", "/var/lib/a:/var/lib/b"), ("HOME", "/home/u")]).unwrap(),
+            path(&[
+                ("STATE_DIRECTORY", "/var/lib/a:/var/lib/b"),
+                ("HOME", "/home/u")
+            ])
+            .unwrap(),
             Some(PathBuf::from("/var/lib/a/spool")),
             "systemd's own directory comes first"
         );
@@ -1011,7 +1018,9 @@ mod tests {
             &env,
         )
         .unwrap();
-        assert!(unsigned.describe().contains("unsigned webhooks are accepted"));
+        assert!(unsigned
+            .describe()
+            .contains("unsigned webhooks are accepted"));
         // Without webhook ingress there is nothing to sign.
         load_exactly(
             "[fishjam]\nid = \"x\"\nmanagement_token = \"t\"\n[webhook]\nenabled = false\n[notifier]\nenabled = true\n",

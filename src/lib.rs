@@ -186,6 +186,20 @@ pub async fn start(
         .options()
         .map(|options| spool::Spool::open(&options))
         .transpose()?;
+    if let Some(spool) = &spool {
+        // With room for the largest body the bridge takes, a webhook can be
+        // taken durably whatever the sinks do.
+        let spool = spool.clone();
+        let largest = [
+            (config.webhook.enabled, config.webhook.max_body_bytes),
+            (config.notifier.enabled, config.notifier.max_frame_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(enabled, bytes)| enabled.then_some(bytes as u64))
+        .max()
+        .unwrap_or(0);
+        readiness.set_spool(move || spool.has_room(largest));
+    }
     let admission = Admission::new(fanout, spool.clone());
     let lane_options = LaneOptions {
         max_batch: config.pipeline.max_batch,
@@ -297,9 +311,15 @@ pub async fn start(
                 .transpose()
                 .context("notifier.ca_file")?,
         };
-        if config.notifier.required_for_readiness {
-            readiness.register(sources::notifier::CHECK);
-        }
+        // Shown in /readyz and /status either way; required only when asked.
+        readiness.register_as(
+            sources::notifier::CHECK,
+            if config.notifier.required_for_readiness {
+                admin::Role::Required
+            } else {
+                admin::Role::Info
+            },
+        );
         telemetry::notifier_registered();
         tasks.spawn(source.run(shutdown.clone()));
     }

@@ -1,5 +1,5 @@
 //! The service manager's notification protocol (`sd_notify`): `READY=1` once
-//! every readiness check passes, `STATUS=` with what the bridge waits for,
+//! the bridge is ready as `/readyz` says, `STATUS=` with what it waits for,
 //! `WATCHDOG=1` at half the interval systemd asks for, `STOPPING=1` when the
 //! drain begins. Without `NOTIFY_SOCKET` (not under systemd `Type=notify`)
 //! nothing is sent.
@@ -100,7 +100,9 @@ pub async fn run(notifier: Notifier, readiness: Readiness, shutdown: Cancellatio
                 } else {
                     format!("waiting for: {}", waiting.join(", "))
                 };
-                if waiting.is_empty() && !ready_sent {
+                // Ready as /readyz is (a sink may still be connecting while
+                // the spool takes bodies); the status names what is not up.
+                if readiness.is_ready() && !ready_sent {
                     notifier.send(&format!("READY=1\nSTATUS={status}"));
                     ready_sent = true;
                     last_status = status;

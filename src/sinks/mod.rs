@@ -294,7 +294,9 @@ impl SinkHealth {
             state: Arc::new(std::sync::atomic::AtomicU8::new(UNKNOWN)),
             problem: Arc::default(),
         };
-        health.readiness.register(&health.check());
+        health
+            .readiness
+            .register_as(&health.check(), crate::admin::Role::Sink);
         telemetry::sink_registered(name);
         health
     }

@@ -200,6 +200,11 @@ impl Spool {
         }
     }
 
+    /// Whether a body of `bytes` would fit now.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.bytes.load(Ordering::Acquire) + bytes <= self.max_bytes
+    }
+
     /// Engages the spool from outside the gate (a webhook waited too long).
     pub fn engage_now(&self, why: &'static str) {
         let mut gate = self.gate();

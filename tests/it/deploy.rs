@@ -111,7 +111,11 @@ fn the_kubernetes_base_renders_valid_and_consistent() {
         assert!(line.contains("kind ServiceMonitor"), "{report}");
     }
 
-    let deployment = find(&documents, "Deployment");
+    let deployment = find(&documents, "StatefulSet");
+    // The spool outlives the pod: a volume claim per replica, mounted at the
+    // state directory the image and the environment name.
+    let claim = &deployment["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"], "state");
     let pod = &deployment["spec"]["template"];
     let container = &pod["spec"]["containers"][0];
     let service = find(&documents, "Service");
@@ -168,6 +172,18 @@ fn the_kubernetes_base_renders_valid_and_consistent() {
             )
         })
         .collect();
+    let state_mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "state")
+        .expect("the claim is mounted")["mountPath"]
+        .as_str()
+        .unwrap();
+    assert!(
+        env.contains(&("STATE_DIRECTORY".to_owned(), state_mount.to_owned())),
+        "the spool is on the claim: {env:?}"
+    );
     let secrets_mount = container["volumeMounts"]
         .as_array()
         .unwrap()

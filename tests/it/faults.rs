@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fishjam_bridge::core::proto::{server_message as sm, Content, ServerMessage};
 use serde_json::Value;
 
 use crate::nats::{nats_sink, stored, PrivateNats};
@@ -278,4 +279,64 @@ fn a_full_spool_refuses_with_503_and_loses_nothing() {
         bridge.metrics().sum("fishjam_bridge_spool_bytes", &[]) < 8192.0 * 2.0
     });
     eprintln!("full spool: {refused_503} answers 503, {duplicates} duplicate events");
+}
+
+/// `/readyz` says whether a webhook can be taken durably: with the only
+/// broker down it stays 200 while the spool has room (Kubernetes keeps
+/// sending webhooks to the pod, which is what the spool is for), and turns
+/// 503 once the spool cannot take the largest body; `/status` names the sink
+/// that is down all along.
+#[test]
+fn readiness_follows_whether_a_webhook_can_be_taken_durably() {
+    let mut server = PrivateNats::start();
+    let spool = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[spool]\npath = \"{}\"\nmax_bytes = 65536\nsegment_bytes = 8192\nengage_after = \"100ms\"\n",
+        nats_sink(&server.url(), &format!("{}.{{key}}", unique("r")), ""),
+        spool.path().display()
+    )
+    .replace("[webhook]\n", "[webhook]\nmax_body_bytes = 16384\n")
+        + "[pipeline]\nretry_max_backoff = \"200ms\"\n";
+    let bridge = BridgeProcess::start(&text);
+    let readyz = || {
+        let response = reqwest::blocking::get(format!("http://{}/readyz", bridge.admin)).unwrap();
+        let status = response.status().as_u16();
+        let body: Value = serde_json::from_str(&response.text().unwrap()).unwrap();
+        (status, body)
+    };
+    server.stop();
+    // Each body about 8 KiB (60 rooms, each id 128 bytes: a subject must
+    // stay under the server's control line): a few fit in the spool.
+    let body = |n: usize| {
+        let room = |i: usize| ServerMessage {
+            content: Some(Content::RoomCreated(sm::RoomCreated {
+                room_id: format!("{n:04}-{i:03}-{}", "r".repeat(119)),
+            })),
+        };
+        batch((0..60).map(room).collect())
+    };
+    let mut answers = Vec::new();
+    let mut n = 0;
+    wait_until("the sink seen down", || {
+        answers.push(post(&bridge.webhook_url(), body(n), None).status().as_u16());
+        n += 1;
+        readyz().1["sink:nats"] == false
+    });
+    let (status, report) = readyz();
+    assert_eq!(status, 200, "the spool has room: {report}");
+    assert_eq!(report["spool_has_room"], true);
+    let shown = reqwest::blocking::get(format!("http://{}/status", bridge.admin))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(shown.contains("\"sink:nats\":false"), "{shown}");
+    wait_until("the spool full", || {
+        answers.push(post(&bridge.webhook_url(), body(n), None).status().as_u16());
+        n += 1;
+        readyz().0 == 503
+    });
+    assert_eq!(readyz().1["spool_has_room"], false);
+    assert!(answers.contains(&200), "bodies were spooled: {answers:?}");
+    server.restart();
+    wait_until("ready again once the broker is back", || readyz().0 == 200);
 }

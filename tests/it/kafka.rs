@@ -442,12 +442,17 @@ fn a_missing_topic_is_reported_until_it_exists_and_then_its_records_arrive() {
         &[],
     );
     wait_until("/readyz names the missing topic", || {
-        let (status, body) = readiness(&bridge);
-        status == 503
+        let (_, body) = readiness(&bridge);
+        body["sink:kafka"] == false
             && body["problems"]["sink:kafka"]
                 .as_str()
                 .is_some_and(|problem| problem.contains(&topic))
     });
+    assert_eq!(
+        readiness(&bridge).0,
+        200,
+        "the spool has room: webhooks can still be taken"
+    );
     assert!(bridge.logged(&topic), "the log names the missing topic");
     assert_eq!(
         bridge
@@ -463,7 +468,9 @@ fn a_missing_topic_is_reported_until_it_exists_and_then_its_records_arrive() {
         503
     );
     create_topic(&broker.bootstrap, &topic, 1);
-    wait_until("ready once the topic exists", || bridge.is_ready());
+    wait_until("the sink up once the topic exists", || {
+        bridge.check("sink:kafka") == Some(true)
+    });
     assert_eq!(readiness(&bridge).1.get("problems"), None);
     assert_eq!(
         post(&bridge.webhook_url(), room_created("room-2"), None).status(),

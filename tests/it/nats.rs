@@ -652,9 +652,10 @@ fn core_nats_with_a_wrong_token_is_not_ready_and_says_why() {
     wait_until("the sink says the server refused it", || {
         bridge.logged("Authorization Violation")
     });
-    assert!(
-        !bridge.is_ready(),
-        "a refused sink keeps the bridge unready"
+    assert_eq!(
+        bridge.check("sink:nats"),
+        Some(false),
+        "a refused sink is down"
     );
 }
 
@@ -799,7 +800,7 @@ fn an_existing_streams_settings_are_brought_to_the_configuration() {
     wait_until("the refusal logged", || {
         bridge.logged("NATS cannot change them on a stream")
     });
-    assert!(!bridge.is_ready());
+    assert_eq!(bridge.check("sink:nats"), Some(false));
     assert_eq!(
         settings().storage,
         async_nats::jetstream::stream::StorageType::File

@@ -73,7 +73,9 @@ fn in_order_within_rooms(wanted: &ByKey, stored: &ByKey) {
 
 pub fn notifier_config(port: u16, token: &str) -> String {
     config(
-        "[notifier]\nenabled = true\nbackoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n\
+        // Ready means subscribed here: the tests start sending then.
+        "[notifier]\nenabled = true\nrequired_for_readiness = true\n\
+         backoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n\
          [[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
     )
     .replace(
@@ -705,4 +707,29 @@ fn a_fishjam_behind_a_private_ca_is_trusted_through_ca_file() {
     let bridge = BridgeProcess::start(&trusting);
     wait_until("the play over wss", || delivered(&bridge).len() >= 50);
     assert!(by_key(&delivered(&bridge)) == by_key(&scenario(61, 50)));
+}
+
+/// A notifier that cannot reach Fishjam does not take webhook ingress with
+/// it: `/readyz` stays 200 (webhooks can be taken), and `/readyz` and
+/// `/status` show the notifier as not subscribed. (It used to be 503 even with
+/// `required_for_readiness = false`, which was read only at registration.)
+#[test]
+fn a_notifier_that_is_down_leaves_the_webhook_ready() {
+    let port = free_port(); // nothing listens: Fishjam is unreachable
+    let text = notifier_config(port, TOKEN).replace("required_for_readiness = true\n", "");
+    let bridge = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    wait_until("ready without the notifier", || bridge.is_ready());
+    let status: Value = serde_json::from_str(
+        &reqwest::blocking::get(format!("http://{}/status", bridge.admin))
+            .unwrap()
+            .text()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["notifier"], false, "{status}");
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(
+        post(&bridge.webhook_url(), room_created("r"), None).status(),
+        200
+    );
 }

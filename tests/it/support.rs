@@ -207,6 +207,13 @@ impl BridgeProcess {
         format!("http://{}/webhook", self.webhook)
     }
 
+    /// The state of one check, as `/status` reports it (`None`: no such check).
+    pub fn check(&self, name: &str) -> Option<bool> {
+        let url = format!("http://{}/status", self.admin);
+        let text = reqwest::blocking::get(url).ok()?.text().ok()?;
+        serde_json::from_str::<Value>(&text).ok()?[name].as_bool()
+    }
+
     pub fn is_ready(&self) -> bool {
         let url = format!("http://{}/readyz", self.admin);
         reqwest::blocking::get(url).is_ok_and(|r| r.status() == 200)
