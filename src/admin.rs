@@ -122,6 +122,19 @@ impl Readiness {
             })
     }
 
+    /// What the check `name` says is wrong, while it fails.
+    pub fn problem(&self, name: &str) -> Option<String> {
+        let checks = self
+            .checks
+            .lock()
+            .expect("readiness lock is never poisoned");
+        let check = checks.get(name)?;
+        if check.ready {
+            return None;
+        }
+        check.problem.clone()
+    }
+
     /// The required checks and sinks that do not pass, by name.
     pub fn waiting_for(&self) -> Vec<String> {
         self.checks

@@ -18,6 +18,7 @@ pub mod fanout;
 pub mod fishjam;
 pub mod lane;
 pub mod listener;
+pub mod probe;
 pub mod reconcile;
 pub mod settings;
 pub mod simulator;

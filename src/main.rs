@@ -76,6 +76,14 @@ enum Command {
     CheckConfig {
         #[arg(long, short, env = "FISHJAM_BRIDGE_CONFIG")]
         config: Option<PathBuf>,
+        /// Also reach every sink and, with the notifier on, Fishjam, as the
+        /// bridge would at start-up; one line per target. Exit status 69 when
+        /// any cannot be reached.
+        #[arg(long)]
+        connect: bool,
+        /// How long each target may take, with --connect.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Decode one webhook body or notifier frame and print its events, one JSON per line.
     Decode {
@@ -183,7 +191,11 @@ struct SimulateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => check_config(config),
+        Command::CheckConfig {
+            config,
+            connect,
+            timeout,
+        } => check_config(config, connect.then_some(timeout)),
         Command::Decode {
             input_format,
             fishjam_id,
@@ -242,14 +254,37 @@ fn config_failed(error: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-fn check_config(path: Option<PathBuf>) -> ExitCode {
-    match Config::from_process(path.as_deref()) {
-        Ok(config) => {
-            print!("{}", config.describe());
-            println!("configuration is valid");
-            ExitCode::SUCCESS
+/// Validates (and with `connect`, reaches every target within it). Exit
+/// status: 0, 64 for an invalid configuration, 69 for a target that cannot
+/// be reached (EX_UNAVAILABLE), so that systemd's `ExecStartPre` and an init
+/// container can tell them apart.
+fn check_config(path: Option<PathBuf>, connect: Option<Duration>) -> ExitCode {
+    let config = match Config::from_process(path.as_deref()) {
+        Ok(config) => config,
+        Err(error) => return config_failed(&error),
+    };
+    print!("{}", config.describe());
+    println!("configuration is valid");
+    let Some(timeout) = connect else {
+        return ExitCode::SUCCESS;
+    };
+    let outcomes = runtime().block_on(fishjam_bridge::probe::run(&config, timeout));
+    let mut failed = 0;
+    for outcome in &outcomes {
+        match &outcome.result {
+            Ok(reached) => println!("ok      {}: {reached}", outcome.target),
+            Err(why) => {
+                failed += 1;
+                println!("failed  {}: {why}", outcome.target);
+            }
         }
-        Err(error) => config_failed(&error),
+    }
+    if failed == 0 {
+        println!("every target answered");
+        ExitCode::SUCCESS
+    } else {
+        println!("{failed} of {} targets failed", outcomes.len());
+        ExitCode::from(69)
     }
 }
 

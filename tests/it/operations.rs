@@ -476,3 +476,70 @@ fn check_config_refuses_a_route_name_that_is_no_event_type() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_connect_reaches_every_target_and_says_which_failed() {
+    let fishjam_port = free_port();
+    let _fishjam = notifier::simulator(fishjam_port, 1, 1);
+    let stopped = free_port(); // a NATS that is not running
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.toml");
+    let connect = |nats: &str, amqp_password: &str, token: &str| {
+        let text = config(&format!(
+            "[notifier]\nenabled = true\n\
+             [[sinks]]\ntype = \"nats\"\nurl = \"{nats}\"\n\
+             [[sinks]]\ntype = \"amqp\"\nurl = \"amqp://guest:{amqp_password}@127.0.0.1:5672/%2f\"\n\
+             exchange = \"{}\"\n",
+            unique("probe")
+        ))
+        .replace(
+            "id = \"test-fishjam\"",
+            &format!("id = \"http://127.0.0.1:{fishjam_port}\"\nmanagement_token = \"{token}\""),
+        );
+        std::fs::write(&path, text).unwrap();
+        let output = std::process::Command::new(BIN)
+            .args(["check-config", "--connect", "--timeout", "5s", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    // Every target up and the credentials right.
+    let (code, stdout) = connect("nats://127.0.0.1:4222", "guest", notifier::TOKEN);
+    assert_eq!(code, Some(0), "{stdout}");
+    for line in [
+        "ok      sinks[0] nats",
+        "ok      sinks[1] amqp",
+        "ok      fishjam",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    assert!(stdout.contains("every target answered"), "{stdout}");
+    // NATS stopped, a wrong RabbitMQ password, a wrong Fishjam token: each
+    // named on its own line, with its cause, and no password printed.
+    let (code, stdout) = connect(
+        &format!("nats://127.0.0.1:{stopped}"),
+        "hunter2",
+        "wrong-token",
+    );
+    assert_eq!(code, Some(69), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "failed  sinks[0] nats: cannot connect to nats://127.0.0.1:{stopped}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("failed  sinks[1] amqp: cannot connect to 127.0.0.1:5672 vhost"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("failed  fishjam: Fishjam refused the credentials"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 of 3 targets failed"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
