@@ -108,7 +108,10 @@ const HEADER_NAMES: [&str; 7] = [
 /// after the sink acknowledged it.
 pub async fn bridge(sink: &str, count: usize, metrics: PrometheusHandle) -> f64 {
     let text = format!(
-        "[fishjam]\nid = \"bench\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = false\n{sink}"
+        // Unsigned, as the load is; without the spool, so that these figures
+        // measure the pipeline alone (bench/compare runs the default).
+        "[fishjam]\nid = \"bench\"\n[webhook]\nlisten = \"127.0.0.1:0\"\nallow_unsigned = true\n\
+         [spool]\nenabled = false\n[admin]\nenabled = false\n{sink}"
     );
     let config = Config::load(&text, &|_| None, &[], &|p| std::fs::read_to_string(p)).unwrap();
     let shutdown = CancellationToken::new();
