@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use fishjam_bridge::config::{Config, ConfigError, Secret};
+use fishjam_bridge::config::{Config, ConfigError};
 use fishjam_bridge::core::event::Source;
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::webhook::WebhookTarget;
@@ -472,15 +472,18 @@ async fn demo(
     seed: u64,
 ) -> anyhow::Result<()> {
     let secret = "demo-webhook-secret";
-    let mut config = Config::load(
-        // The demo's events are made up: nothing to keep on disk.
-        "[fishjam]\nid = \"simulator\"\n[webhook]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[spool]\nenabled = false\n",
+    // Signed as Fishjam signs; the demo's events are made up: nothing to keep
+    // on disk.
+    let config = Config::load(
+        &format!(
+            "[fishjam]\nid = \"simulator\"\n[webhook]\nlisten = \"127.0.0.1:0\"\nsecret = \"{secret}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[spool]\nenabled = false\n"
+        ),
         &|_| None,
         &[],
         &|path| std::fs::read_to_string(path),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    config.webhook.secret = Some(Secret::new(secret));
     let metrics = telemetry::install_metrics()?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());

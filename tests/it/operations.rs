@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use serde_json::Value;
+
 use crate::notifier;
 use crate::support::*;
 
@@ -542,4 +544,27 @@ fn check_config_connect_reaches_every_target_and_says_which_failed() {
     );
     assert!(stdout.contains("3 of 3 targets failed"), "{stdout}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
+}
+
+/// The README's first command: the simulator into the bridge, events on
+/// stdout. (A default that the demo's own configuration did not meet once
+/// stopped it before its first event, and no test ran it.)
+#[test]
+fn the_demo_prints_events_and_exits_zero() {
+    let output = std::process::Command::new(BIN)
+        .args(["demo", "--duration", "2s", "--rate", "50"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line one JSON event"))
+        .collect();
+    assert!(events.len() >= 10, "{} events", events.len());
+    assert!(events.iter().all(|e| e["source"] == "webhook"));
 }
