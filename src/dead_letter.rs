@@ -74,3 +74,97 @@ fn append(path: &std::path::Path, line: &[u8]) -> std::io::Result<()> {
     file.write_all(line)?;
     file.sync_data()
 }
+
+/// What a dead-letter file holds: its entries by sink and reason, and the
+/// lines that are not dead letters (1-based), which are reported, not skipped
+/// in silence.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    pub groups: std::collections::BTreeMap<(String, String), Group>,
+    pub unreadable: Vec<usize>,
+}
+
+/// The dead letters of one sink and reason.
+#[derive(Debug, Default, PartialEq)]
+pub struct Group {
+    pub count: usize,
+    /// Event types and how many of each.
+    pub types: std::collections::BTreeMap<String, usize>,
+    /// `dead_lettered_at` of the first and the last entry, as written.
+    pub first: String,
+    pub last: String,
+}
+
+/// Reads a dead-letter file's text.
+pub fn summarize(text: &str) -> Summary {
+    let mut summary = Summary::default();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: Option<(String, String, String, String)> =
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| {
+                    Some((
+                        v["sink"].as_str()?.to_owned(),
+                        v["reason"].as_str()?.to_owned(),
+                        v["dead_lettered_at"].as_str()?.to_owned(),
+                        v["event"]["type"].as_str()?.to_owned(),
+                    ))
+                });
+        let Some((sink, reason, at, event_type)) = entry else {
+            summary.unreadable.push(index + 1);
+            continue;
+        };
+        let group = summary.groups.entry((sink, reason)).or_default();
+        if group.count == 0 {
+            group.first = at.clone();
+        }
+        group.count += 1;
+        group.last = at;
+        *group.types.entry(event_type).or_default() += 1;
+    }
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_summed_by_sink_and_reason_and_bad_lines_are_named() {
+        let entry = |sink: &str, reason: &str, at: &str, event_type: &str| {
+            format!(
+                "{{\"sink\":\"{sink}\",\"reason\":\"{reason}\",\"dead_lettered_at\":\"{at}\",\"event\":{{\"type\":\"{event_type}\"}}}}"
+            )
+        };
+        let text = [
+            entry(
+                "nats",
+                "too large",
+                "2026-12-01T10:00:00Z",
+                "peerMetadataUpdated",
+            ),
+            "not json".to_owned(),
+            entry("nats", "too large", "2026-12-01T11:00:00Z", "trackAdded"),
+            String::new(),
+            entry(
+                "kafka",
+                "too large",
+                "2026-12-01T12:00:00Z",
+                "peerMetadataUpdated",
+            ),
+            "{\"sink\":\"nats\"}".to_owned(),
+        ]
+        .join("\n");
+        let summary = summarize(&text);
+        assert_eq!(summary.unreadable, [2, 6]);
+        assert_eq!(summary.groups.len(), 2);
+        let nats = &summary.groups[&("nats".to_owned(), "too large".to_owned())];
+        assert_eq!(nats.count, 2);
+        assert_eq!(nats.first, "2026-12-01T10:00:00Z");
+        assert_eq!(nats.last, "2026-12-01T11:00:00Z");
+        assert_eq!(nats.types["trackAdded"], 1);
+    }
+}

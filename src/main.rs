@@ -101,6 +101,11 @@ enum Command {
     /// peers, and post webhooks; optionally play simulated room lifecycles.
     Simulate(Box<SimulateArgs>),
     /// Run the simulator into a bridge that prints events on stdout, until Ctrl-C.
+    /// Read a dead-letter file (`pipeline.dead_letter_path`).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     Demo {
         /// Stop after this long (e.g. 10s); default: until Ctrl-C.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -216,6 +221,9 @@ fn main() -> ExitCode {
             telemetry::init_logging(LogFormat::Text, "info");
             report(runtime().block_on(simulate(*args)))
         }
+        Command::DeadLetters {
+            action: DeadLetterAction::List { file },
+        } => list_dead_letters(&file),
         Command::Demo {
             duration,
             rate,
@@ -226,6 +234,51 @@ fn main() -> ExitCode {
             report(runtime().block_on(demo(duration, rate, rooms, seed)))
         }
     }
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// What the file holds, by sink and reason: how many, of which event
+    /// types, first and last.
+    List { file: PathBuf },
+}
+
+/// Prints the summary; exit status 65 (EX_DATAERR) when a line is not a
+/// dead letter, 66 (EX_NOINPUT) when the file cannot be read.
+fn list_dead_letters(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("fishjam-bridge: cannot read {}: {error}", file.display());
+            return ExitCode::from(66);
+        }
+    };
+    let summary = fishjam_bridge::dead_letter::summarize(&text);
+    let total: usize = summary.groups.values().map(|g| g.count).sum();
+    println!("{}: {total} entries", file.display());
+    for ((sink, reason), group) in &summary.groups {
+        let types: Vec<String> = group
+            .types
+            .iter()
+            .map(|(event_type, count)| format!("{event_type} {count}"))
+            .collect();
+        println!(
+            "sink {sink}: {} ({}), {} to {}: {reason}",
+            group.count,
+            types.join(", "),
+            group.first,
+            group.last
+        );
+    }
+    if summary.unreadable.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let lines: Vec<String> = summary.unreadable.iter().map(usize::to_string).collect();
+    eprintln!(
+        "fishjam-bridge: not dead letters (a sink, a reason, a time and an event each): lines {}",
+        lines.join(", ")
+    );
+    ExitCode::from(65)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

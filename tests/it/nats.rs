@@ -483,6 +483,22 @@ fn an_event_over_max_payload_is_dead_lettered_and_its_room_goes_on() {
     );
     assert_eq!(letters[0]["event"]["type"], "peerMetadataUpdated");
     assert_eq!(letters[0]["event"]["data"]["peerId"], "dl-peer");
+    // What the person on call reads of it.
+    let listed = Command::new(BIN)
+        .args(["dead-letters", "list"])
+        .arg(bridge.dir().join("dead-letters.jsonl"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        text.lines().next().unwrap().ends_with(": 1 entries"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sink nats: 1 (peerMetadataUpdated 1)") && text.contains("max_payload"),
+        "{text}"
+    );
     let metrics = bridge.metrics();
     assert_eq!(
         metrics.sum("fishjam_bridge_dead_letters_total", &[("sink", "nats")]),
