@@ -110,16 +110,14 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
-        let spool_room = self.spool_room().unwrap_or(false);
-        self.checks
-            .lock()
-            .expect("readiness lock is never poisoned")
-            .values()
-            .all(|check| match check.role {
-                Role::Required => check.ready,
-                Role::Sink => check.ready || spool_room,
-                Role::Info => true,
-            })
+        let spool_room = self.spool_room();
+        all_pass(
+            &self
+                .checks
+                .lock()
+                .expect("readiness lock is never poisoned"),
+            spool_room,
+        )
     }
 
     /// What the check `name` says is wrong, while it fails.
@@ -149,10 +147,12 @@ impl Readiness {
     /// Whether ready, and every check with its state (and the spool's room,
     /// and the problems of failing checks) as JSON.
     fn report(&self) -> (bool, String) {
+        let spool_room = self.spool_room();
         let checks = self
             .checks
             .lock()
             .expect("readiness lock is never poisoned");
+        let ready = all_pass(&checks, spool_room);
         let mut body: serde_json::Map<String, serde_json::Value> = checks
             .iter()
             .map(|(name, check)| (name.clone(), serde_json::Value::Bool(check.ready)))
@@ -165,14 +165,22 @@ impl Readiness {
         if !problems.is_empty() {
             body.insert("problems".to_owned(), serde_json::Value::Object(problems));
         }
-        drop(checks);
-        if let Some(room) = self.spool_room() {
+        if let Some(room) = spool_room {
             body.insert("spool_has_room".to_owned(), room.into());
         }
-        let ready = self.is_ready();
         body.insert("ready".to_owned(), ready.into());
         (ready, serde_json::Value::Object(body).to_string())
     }
+}
+
+/// Every required check passes, and every sink does or the spool has room.
+fn all_pass(checks: &BTreeMap<String, Check>, spool_room: Option<bool>) -> bool {
+    let spool_room = spool_room.unwrap_or(false);
+    checks.values().all(|check| match check.role {
+        Role::Required => check.ready,
+        Role::Sink => check.ready || spool_room,
+        Role::Info => true,
+    })
 }
 
 #[derive(Clone)]

@@ -411,6 +411,19 @@ impl Config {
         }
     }
 
+    /// The largest body an enabled source may take: a webhook body or a
+    /// notifier frame.
+    pub fn largest_body(&self) -> u64 {
+        [
+            (self.webhook.enabled, self.webhook.max_body_bytes),
+            (self.notifier.enabled, self.notifier.max_frame_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(enabled, bytes)| enabled.then_some(bytes as u64))
+        .max()
+        .unwrap_or(0)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if self.fishjam.id.trim().is_empty() {
@@ -528,15 +541,7 @@ impl Config {
                     humantime::format_duration(self.webhook.ack_timeout)
                 ));
             }
-            let largest = [
-                (self.webhook.enabled, self.webhook.max_body_bytes),
-                (self.notifier.enabled, self.notifier.max_frame_bytes),
-            ]
-            .iter()
-            .filter(|(enabled, _)| *enabled)
-            .map(|(_, bytes)| *bytes as u64)
-            .max()
-            .unwrap_or(0);
+            let largest = self.largest_body();
             if self.spool.max_bytes < self.spool.segment_bytes.max(largest) * 2 {
                 problems.push(format!(
                     "spool.max_bytes ({}) must hold at least two segments (spool.segment_bytes {}) and two of the largest bodies ({largest} bytes)",

@@ -191,14 +191,7 @@ pub async fn start(
         // With room for the largest body the bridge takes, a webhook can be
         // taken durably whatever the sinks do.
         let spool = spool.clone();
-        let largest = [
-            (config.webhook.enabled, config.webhook.max_body_bytes),
-            (config.notifier.enabled, config.notifier.max_frame_bytes),
-        ]
-        .into_iter()
-        .filter_map(|(enabled, bytes)| enabled.then_some(bytes as u64))
-        .max()
-        .unwrap_or(0);
+        let largest = config.largest_body();
         readiness.set_spool(move || spool.has_room(largest));
     }
     let admission = Admission::new(fanout, spool.clone());

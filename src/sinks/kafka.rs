@@ -255,7 +255,7 @@ impl KafkaConfig {
     pub fn describe(&self) -> String {
         format!(
             "bootstrap {}, topic {:?}, compression {}, security {}, sasl user {}",
-            crate::settings::masked_url(&self.bootstrap_servers),
+            self.target(),
             self.topic,
             self.compression.as_str(),
             self.security_protocol.as_str(),

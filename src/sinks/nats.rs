@@ -236,7 +236,7 @@ impl NatsConfig {
         };
         format!(
             "url {}, subject {:?}, mode {:?}, auth {auth}, tls required {}",
-            crate::settings::masked_url(&self.url),
+            self.target(),
             self.subject,
             self.mode,
             self.tls.required
