@@ -365,29 +365,20 @@ struct Topics {
 }
 
 impl Topics {
-    /// Which of the wanted topics the cluster does not have; `None` when the
-    /// cluster cannot be asked.
-    async fn missing(&self, producer: &FutureProducer<BridgeContext>) -> Option<Vec<String>> {
-        let probe = producer.clone();
-        let timeout = self.timeout;
-        let metadata =
-            tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
-                .await
-                .ok()?
-                .ok()?;
+    /// Which of the wanted topics `metadata` (the whole cluster's) does not
+    /// list.
+    fn missing(&self, metadata: &rdkafka::metadata::Metadata) -> Vec<String> {
         let existing: std::collections::HashSet<&str> = metadata
             .topics()
             .iter()
             .filter(|topic| topic.error().is_none())
             .map(|topic| topic.name())
             .collect();
-        Some(
-            self.wanted
-                .iter()
-                .filter(|name| !existing.contains(name.as_str()))
-                .cloned()
-                .collect(),
-        )
+        self.wanted
+            .iter()
+            .filter(|name| !existing.contains(name.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// Creates `missing` as configured; what could not be created stays
@@ -439,13 +430,18 @@ impl Topics {
         left
     }
 
-    /// Looks once: creates what is missing when configured, and says what
-    /// is still missing in the log (when it changed) and in readiness.
+    /// Looks once at the cluster: see `settle`. A cluster that cannot be
+    /// asked changes nothing: the connection's own health says so.
     async fn check(&self, producer: &FutureProducer<BridgeContext>, reported: &mut Vec<String>) {
-        let Some(mut missing) = self.missing(producer).await else {
-            // Unreachable: the connection's own health says so.
-            return;
-        };
+        if let Ok(metadata) = fetch_metadata(producer, self.timeout).await {
+            self.settle(&metadata, reported).await;
+        }
+    }
+
+    /// Creates what `metadata` lacks when configured, and says what is still
+    /// missing in the log (when it changed) and in readiness.
+    async fn settle(&self, metadata: &rdkafka::metadata::Metadata, reported: &mut Vec<String>) {
+        let mut missing = self.missing(metadata);
         if let (false, Some(create)) = (missing.is_empty(), self.create) {
             missing = self.create(create, missing).await;
         }
@@ -484,35 +480,34 @@ impl KafkaSink {
         let name = config.name.clone().unwrap_or_else(|| "kafka".to_owned());
         let topic =
             Template::parse(&config.topic, &[]).map_err(|e| SinkError::Config(e.to_string()))?;
-        let producer: FutureProducer<BridgeContext> = config
-            .client_config()
+        let client_config = config.client_config();
+        let producer: FutureProducer<BridgeContext> = client_config
             .create_with_context(BridgeContext {
                 health: health.clone(),
             })
             .map_err(|e| SinkError::Config(e.to_string()))?;
         // Creating a producer does not contact the cluster: ask for metadata
         // once, so that a wrong address is reported at start-up.
-        let probe = producer.clone();
         let timeout = config.message_timeout.min(Duration::from_secs(10));
-        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
+        let metadata = fetch_metadata(&producer, timeout)
             .await
-            .map_err(|e| SinkError::connect(config.target(), e))?
             .map_err(|e| SinkError::connect(config.target(), e))?;
-        // Then whether its topics exist (a broker with auto-creation off, as
-        // most production clusters are, would hold their records forever),
-        // now and from time to time while the sink lives.
+        // The same answer says whether its topics exist (a broker with
+        // auto-creation off, as most production clusters are, would hold
+        // their records forever); asked again from time to time while the
+        // sink lives.
         let topics = Topics {
             sink: name.clone(),
             wanted: topic.names().map_err(|_| {
                 SinkError::Config(format!("topic {:?} renders open names", config.topic))
             })?,
             create: config.create_topic,
-            config: config.client_config(),
+            config: client_config,
             timeout,
             health,
         };
         let mut reported = Vec::new();
-        topics.check(&producer, &mut reported).await;
+        topics.settle(&metadata, &mut reported).await;
         let watched = producer.clone();
         let topics_watch = tokio::spawn(async move {
             loop {
@@ -625,6 +620,19 @@ impl KafkaSink {
             ))),
         }
     }
+}
+
+/// The whole cluster's metadata, asked on a blocking thread (librdkafka
+/// blocks its caller until the answer or `timeout`).
+async fn fetch_metadata(
+    producer: &FutureProducer<BridgeContext>,
+    timeout: Duration,
+) -> Result<rdkafka::metadata::Metadata, Box<dyn std::error::Error + Send + Sync>> {
+    let producer = producer.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+            .await??,
+    )
 }
 
 fn classify(error: KafkaError, timeout: Duration) -> SinkError {
