@@ -231,18 +231,21 @@ fn check_config_names_the_bad_key_and_hides_secrets() {
     assert_eq!(output.status.code(), Some(64));
 }
 
-#[test]
-fn check_config_refuses_a_kafka_topic_that_can_render_an_illegal_name() {
+/// What `check-config` says on stderr of a configuration `text` it refuses.
+fn refusal(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridge.toml");
-    std::fs::write(
-        &path,
-        config("[[sinks]]\ntype = \"kafka\"\ntopic = \"fishjam.{key}\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&path, text).unwrap();
     let output = check_config(&path, &[]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_config_refuses_a_kafka_topic_that_can_render_an_illegal_name() {
+    let stderr = refusal(&config(
+        "[[sinks]]\ntype = \"kafka\"\ntopic = \"fishjam.{key}\"\n",
+    ));
     assert!(
         stderr.contains("sinks[0].topic: {key} can render names Kafka refuses"),
         "{stderr}"
@@ -463,16 +466,9 @@ fn a_state_directory_that_cannot_be_written_stops_the_bridge_and_says_what_to_se
 
 #[test]
 fn check_config_refuses_a_route_name_that_is_no_event_type() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bridge.toml");
-    std::fs::write(
-        &path,
-        config("[[sinks]]\ntype = \"stdout\"\n[sinks.route]\ninclude = [\"voiceActivity\"]\n"),
-    )
-    .unwrap();
-    let output = check_config(&path, &[]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refusal(&config(
+        "[[sinks]]\ntype = \"stdout\"\n[sinks.route]\ninclude = [\"voiceActivity\"]\n",
+    ));
     assert!(
         stderr.contains("sinks[0].route: \"voiceActivity\" is not an event type"),
         "{stderr}"
