@@ -280,6 +280,10 @@ pub struct SinkHealth {
     /// What else keeps the sink from taking events; also held while the
     /// readiness check is written, so the last writer writes the latest.
     problem: Arc<std::sync::Mutex<Option<String>>>,
+    /// Whether `Sink::connect` has finished: a client's own connection
+    /// event comes before what connecting sets up (a JetStream stream, a
+    /// Kafka topic check), and must not make the sink up before that.
+    established: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const UNKNOWN: u8 = 0;
@@ -293,6 +297,7 @@ impl SinkHealth {
             readiness,
             state: Arc::new(std::sync::atomic::AtomicU8::new(UNKNOWN)),
             problem: Arc::default(),
+            established: Arc::default(),
         };
         health
             .readiness
@@ -319,6 +324,16 @@ impl SinkHealth {
         self.publish(&self.problem.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// The sink's connect has finished: from now on the connection's state
+    /// says whether it is up.
+    fn establish(&self) {
+        let problem = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        self.established
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.state.store(UP, std::sync::atomic::Ordering::Release);
+        self.publish(&problem);
+    }
+
     /// Says what else keeps the sink from taking events (`None`: nothing).
     pub fn set_problem(&self, problem: Option<String>) {
         let mut current = self.problem.lock().unwrap_or_else(|e| e.into_inner());
@@ -330,7 +345,8 @@ impl SinkHealth {
     }
 
     fn publish(&self, problem: &Option<String>) {
-        let connected = self.state.load(std::sync::atomic::Ordering::Acquire) == UP;
+        let connected = self.established.load(std::sync::atomic::Ordering::Acquire)
+            && self.state.load(std::sync::atomic::Ordering::Acquire) == UP;
         let up = connected && problem.is_none();
         self.readiness
             .set_with_problem(&self.check(), up, problem.clone());
@@ -411,7 +427,7 @@ impl Sink {
                 kafka::KafkaSink::connect(c, health.clone()).await?,
             )),
         };
-        health.set(true);
+        health.establish();
         Ok(sink)
     }
 
@@ -443,5 +459,26 @@ impl Publish for Sink {
             Sink::Amqp(s) => s.publish(batch).await,
             Sink::Kafka(s) => s.publish(batch).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sink_is_up_only_once_its_connect_has_finished() {
+        let readiness = Readiness::default();
+        let health = SinkHealth::new("nats", readiness.clone());
+        // The client's own "connected" event, while the sink still sets up
+        // its stream: not up yet.
+        health.set(true);
+        assert_eq!(readiness.waiting_for(), ["sink:nats"]);
+        health.establish();
+        assert!(readiness.waiting_for().is_empty());
+        health.set(false);
+        assert_eq!(readiness.waiting_for(), ["sink:nats"]);
+        health.set(true);
+        assert!(readiness.waiting_for().is_empty(), "a reconnect counts");
     }
 }
