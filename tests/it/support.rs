@@ -219,12 +219,27 @@ impl BridgeProcess {
         reqwest::blocking::get(url).is_ok_and(|r| r.status() == 200)
     }
 
+    /// Waits until `/readyz` answers 200 and every sink is connected: with
+    /// the spool (on by default) the bridge is ready before its sinks are,
+    /// and the tests look at the brokers (a JetStream stream the sink
+    /// creates, say) as soon as it has started.
     fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
             let url = format!("http://{}/readyz", self.admin);
             if let Ok(response) = reqwest::blocking::get(url) {
-                if response.status() == 200 {
+                let ready = response.status() == 200;
+                let sinks_up = response.text().ok().and_then(|text| {
+                    let report: Value = serde_json::from_str(&text).ok()?;
+                    Some(
+                        report
+                            .as_object()?
+                            .iter()
+                            .filter(|(name, _)| name.starts_with("sink:"))
+                            .all(|(_, up)| up == true),
+                    )
+                });
+                if ready && sinks_up == Some(true) {
                     return;
                 }
             }
