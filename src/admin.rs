@@ -24,9 +24,12 @@ pub struct Readiness {
     checks: Arc<Mutex<BTreeMap<String, Check>>>,
     /// Whether the spool can take a body now; set when there is a spool.
     spool_has_room: Arc<Mutex<Option<SpoolRoom>>>,
+    /// Reports shown beside the checks, by key (each sink's lag).
+    details: Arc<Mutex<BTreeMap<String, Detail>>>,
 }
 
 type SpoolRoom = Arc<dyn Fn() -> bool + Send + Sync>;
+type Detail = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,6 +86,19 @@ impl Readiness {
             .spool_has_room
             .lock()
             .expect("readiness lock is never poisoned") = Some(Arc::new(has_room));
+    }
+
+    /// Shows what `detail` says under `key` in every report; it never
+    /// changes readiness.
+    pub fn set_detail(
+        &self,
+        key: &str,
+        detail: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+    ) {
+        self.details
+            .lock()
+            .expect("readiness lock is never poisoned")
+            .insert(key.to_owned(), Arc::new(detail));
     }
 
     pub fn set(&self, name: &str, ready: bool) {
@@ -148,6 +164,17 @@ impl Readiness {
     /// and the problems of failing checks) as JSON.
     fn report(&self) -> (bool, String) {
         let spool_room = self.spool_room();
+        let details: Vec<(String, Detail)> = self
+            .details
+            .lock()
+            .expect("readiness lock is never poisoned")
+            .iter()
+            .map(|(key, detail)| (key.clone(), detail.clone()))
+            .collect();
+        let details: Vec<(String, serde_json::Value)> = details
+            .into_iter()
+            .map(|(key, detail)| (key, detail()))
+            .collect();
         let checks = self
             .checks
             .lock()
@@ -168,6 +195,7 @@ impl Readiness {
         if let Some(room) = spool_room {
             body.insert("spool_has_room".to_owned(), room.into());
         }
+        body.extend(details);
         body.insert("ready".to_owned(), ready.into());
         (ready, serde_json::Value::Object(body).to_string())
     }
@@ -242,6 +270,12 @@ mod tests {
         let report: serde_json::Value = serde_json::from_str(&readiness.report().1).unwrap();
         assert_eq!(report.get("problems"), None);
         assert!(readiness.is_ready());
+        // A detail is shown and changes nothing.
+        readiness.set_detail("lag", || serde_json::json!({"kafka": {"events": 3}}));
+        let (ready, report) = readiness.report();
+        let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+        assert!(ready);
+        assert_eq!(report["lag"]["kafka"]["events"], 3);
     }
 
     #[test]

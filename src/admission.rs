@@ -129,6 +129,12 @@ impl Admission {
                 Err(refused) => return Err(back(refused.body, record, refused.reason.into())),
             }
         };
+        // Deduplication and room activity see the body now, in the order
+        // the gate gives, as dispatch would; the replay leaves out what
+        // was dropped.
+        let mut record = record;
+        record.events = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+        record.skips = self.fanout.observe_spooled(&messages);
         match spool.append(&mut gate, record.clone()) {
             Ok(durable) => Ok(Accepted::Spooled(
                 durable,
@@ -140,6 +146,19 @@ impl Admission {
             )),
             Err(error) => Err(back(messages, record, error.into())),
         }
+    }
+
+    /// Appends to the spool a body fan-out already holds, whose sinks are
+    /// too slow to answer its source in time: once on disk it is safe
+    /// whatever they do. Its events are replayed with the ids they were
+    /// given, so a sink that did take it sees the same events twice.
+    pub fn spool_late(&self, mut record: NewRecord, events: usize) -> Result<Durable, SpoolError> {
+        let Some(spool) = &self.spool else {
+            return Err(SpoolError::Io("no spool".into()));
+        };
+        record.events = u32::try_from(events).unwrap_or(u32::MAX);
+        let mut gate = spool.gate();
+        spool.append(&mut gate, record)
     }
 
     /// Takes `body`, waiting for room: in fan-out without a spool; with one,
@@ -351,7 +370,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spooled_bodies_follow_earlier_ones_in_order_then_the_spool_disengages() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&test_options(dir.path())).unwrap();
+        let spool = Spool::open(&test_options(dir.path()), &[Arc::from("a")]).unwrap();
         let (admission, mut lanes, in_flight) = admitting(2, LIMIT, &spool);
 
         assert!(matches!(
@@ -368,6 +387,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let replayer = tokio::spawn(replay(
             spool.clone(),
+            0,
             admission.fanout().clone(),
             in_flight.clone(),
             Arc::from("test"),
@@ -394,7 +414,7 @@ mod tests {
         replayer.await.unwrap();
         spool.close().await;
         let recovered = log::recover(dir.path()).unwrap();
-        assert_eq!((recovered.watermark, recovered.pending), (2, 0));
+        assert_eq!((recovered.watermark, recovered.pending()), (2, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,7 +424,7 @@ mod tests {
             max_bytes: 300,
             ..test_options(dir.path())
         };
-        let spool = Spool::open(&small).unwrap();
+        let spool = Spool::open(&small, &[Arc::from("a")]).unwrap();
         let (admission, _lanes, _) = admitting(2, LIMIT, &spool);
         // The first body fills the pipeline, whose sink never acknowledges.
         assert!(matches!(
@@ -435,11 +455,12 @@ mod tests {
 
         // The next run replays each spooled event once, with its id, even
         // with a bound too small for a whole body (it goes in parts).
-        let spool = Spool::open(&small).unwrap();
+        let spool = Spool::open(&small, &[Arc::from("a")]).unwrap();
         let (admission, mut lanes, in_flight) = admitting(1, LIMIT, &spool);
         let shutdown = CancellationToken::new();
         let replayer = tokio::spawn(replay(
             spool.clone(),
+            0,
             admission.fanout().clone(),
             in_flight,
             Arc::from("test"),
@@ -466,7 +487,7 @@ mod tests {
             max_bytes: 1,
             ..test_options(dir.path())
         };
-        let spool = Spool::open(&none).unwrap();
+        let spool = Spool::open(&none, &[Arc::from("a")]).unwrap();
         let (admission, mut lanes, in_flight) = admitting(2, LIMIT, &spool);
         admission.offer(body(&["r0", "r0"])).unwrap();
         // A notifier frame meets the full pipeline and the full spool: it
@@ -477,6 +498,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let replayer = tokio::spawn(replay(
             spool.clone(),
+            0,
             admission.fanout().clone(),
             in_flight,
             Arc::from("test"),
@@ -495,7 +517,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_bursty_body_waits_for_its_slots_with_a_spool_as_without() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&test_options(dir.path())).unwrap();
+        let spool = Spool::open(&test_options(dir.path()), &[Arc::from("a")]).unwrap();
         let limit = BurstyLimit {
             max_in_flight: 1,
             when_full: WhenFull::Wait,
@@ -512,5 +534,90 @@ mod tests {
                 .expect("the waited body's event reaches the sink");
         assert!(seen.is_some());
         waiting.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sink_that_takes_nothing_holds_back_neither_the_other_sink_nor_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(
+            &test_options(dir.path()),
+            &[Arc::from("fast"), Arc::from("stuck")],
+        )
+        .unwrap();
+        let (fanout, mut lanes, in_flight) = Fanout::new(
+            &[SinkSpec::all("fast", 1), SinkSpec::all("stuck", 1)],
+            2,
+            LIMIT,
+            None,
+        );
+        let admission = Admission::new(fanout, Some(spool.clone()));
+        let shutdown = CancellationToken::new();
+        let replayers: Vec<_> = (0..2)
+            .map(|sink| {
+                tokio::spawn(replay(
+                    spool.clone(),
+                    sink,
+                    admission.fanout().clone(),
+                    in_flight.clone(),
+                    Arc::from("test"),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        let mut stuck = lanes.pop().unwrap().pop().unwrap();
+        let mut fast = lanes.pop().unwrap().pop().unwrap();
+        // The stuck sink takes two events and never acknowledges them:
+        // its bound is full, the spool engages, and every later body is
+        // answered once on disk.
+        let mut offered = Vec::new();
+        for i in 0..20 {
+            let body = body(&[&format!("r{i}")]);
+            offered.extend(ids(&body));
+            match admission.offer(body).unwrap() {
+                Accepted::Receipt(_) => {}
+                spooled => durable(spooled).await,
+            }
+        }
+        // The fast sink gets every event, in order, at once.
+        let seen = tokio::time::timeout(Duration::from_secs(30), take(&mut fast, 20))
+            .await
+            .expect("the fast sink is not held back");
+        assert_eq!(seen.iter().map(|e| e.id).collect::<Vec<_>>(), offered);
+        let held: Vec<_> = [stuck.recv().await.unwrap(), stuck.recv().await.unwrap()].into();
+        assert_eq!(in_flight.of(0), 0, "the fast sink holds nothing");
+        assert_eq!(in_flight.of(1), 2, "the stuck sink holds its bound");
+        // The stuck sink's cursor stays behind the fast one's.
+        let lag = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let lag = spool.lag();
+                if lag[0].bodies == 0 {
+                    return lag;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the fast sink acknowledges every spooled body");
+        assert_eq!(lag[1].cursor, 0);
+        assert_eq!(lag[1].events, 18, "{lag:?}");
+        assert!(lag[0].cursor >= 18);
+        // Once the stuck sink takes its events, it catches up, in order,
+        // and the spool disengages.
+        for part in &held {
+            part.acknowledge();
+        }
+        drop(held);
+        let mut rest = vec![];
+        while rest.len() < 18 {
+            let part = stuck.recv().await.unwrap();
+            part.acknowledge();
+            rest.extend(part.messages().map(|m| m.event.id));
+        }
+        assert_eq!(rest, offered[2..]);
+        spool.disengaged().await;
+        shutdown.cancel();
+        for replayer in replayers {
+            replayer.await.unwrap();
+        }
     }
 }

@@ -22,9 +22,13 @@ pub fn retain_new(dedup: &mut Deduplicator, messages: &mut Vec<Message>) {
     let now = Instant::now();
     let before = messages.len();
     messages.retain(|message| dedup.admit(&message.event, now));
-    let dropped = before - messages.len();
-    if dropped > 0 {
-        telemetry::duplicates_dropped(dropped);
+    dropped(dedup, before - messages.len());
+}
+
+/// Reports that `count` deliveries were dropped, and what the window holds.
+pub fn dropped(dedup: &Deduplicator, count: usize) {
+    if count > 0 {
+        telemetry::duplicates_dropped(count);
     }
     telemetry::dedup_entries(dedup.len());
 }

@@ -19,6 +19,7 @@
 //! Every admission that fails hands the messages back (`Refused`), so a
 //! caller can always wait and try again with the same body.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -70,13 +71,18 @@ impl Completion {
     }
 }
 
-/// An admitted body, shared by its parts: its messages and its slots in the
-/// bound, held until the last part is dropped.
+/// An admitted body, shared by its parts.
 #[derive(Debug)]
 struct Admitted {
     messages: Vec<Message>,
     completion: Arc<Completion>,
-    _permit: OwnedSemaphorePermit,
+}
+
+/// A part's slots in its sink's bound: freed when the part is dropped, so
+/// each sink's bound counts only what that sink still holds.
+#[derive(Debug)]
+struct Slots {
+    _events: OwnedSemaphorePermit,
     _bursty: Option<OwnedSemaphorePermit>,
 }
 
@@ -86,6 +92,7 @@ pub struct Part {
     body: Arc<Admitted>,
     /// Indices into the body's messages; `None` when the part is all of them.
     indices: Option<Box<[u32]>>,
+    _slots: Slots,
 }
 
 impl Part {
@@ -131,9 +138,11 @@ impl Receipt {
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
-    #[error("the pipeline holds its maximum of events in flight")]
+    #[error("a sink holds its maximum of events in flight")]
     Full,
-    #[error("the pipeline holds its maximum of bursty events (voice activity, metadata updates) in flight")]
+    #[error(
+        "a sink holds its maximum of bursty events (voice activity, metadata updates) in flight"
+    )]
     BurstyFull,
     #[error("more events than the pipeline can ever hold at once")]
     TooLarge,
@@ -154,40 +163,94 @@ impl<B, E> Refused<B, E> {
     }
 }
 
-/// How full the pipeline is; shared with the sink lanes, which report it.
+/// One sink's bound: its slots for events and for bursty events, and when
+/// it last delivered.
+#[derive(Debug)]
+struct Bound {
+    events: Arc<Semaphore>,
+    bursty: Arc<Semaphore>,
+    /// When the sink last delivered a batch, in milliseconds after `epoch`.
+    progressed: AtomicU64,
+}
+
+/// How full each sink's bound is; shared with the sink lanes, which report
+/// progress.
 #[derive(Debug, Clone)]
 pub struct InFlight {
-    permits: Arc<Semaphore>,
+    bounds: Arc<[Bound]>,
+    /// Of each sink.
     capacity: usize,
-    /// When a sink last delivered a batch, in milliseconds after `epoch`.
-    progressed: Arc<AtomicU64>,
     epoch: Instant,
 }
 
 impl InFlight {
+    /// Events held, summed over the sinks (an event two sinks take counts
+    /// once for each).
     pub fn current(&self) -> usize {
-        self.capacity - self.permits.available_permits()
+        (0..self.bounds.len()).map(|sink| self.of(sink)).sum()
     }
 
+    /// Events sink `sink` holds.
+    pub fn of(&self, sink: usize) -> usize {
+        self.capacity - self.bounds[sink].events.available_permits()
+    }
+
+    /// The bound of each sink.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
+    /// Reports the events in the fullest sink's bound.
     pub fn report(&self) {
-        telemetry::pipeline_in_flight(self.current());
+        let fullest = (0..self.bounds.len()).map(|sink| self.of(sink)).max();
+        telemetry::pipeline_in_flight(fullest.unwrap_or(0));
     }
 
-    /// A sink delivered a batch.
-    pub fn progressed(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.progressed.store(now, Ordering::Relaxed);
-        self.report();
+    /// The handle sink `sink`'s lanes report progress with.
+    pub fn sink(&self, sink: usize) -> SinkProgress {
+        SinkProgress {
+            in_flight: self.clone(),
+            sink,
+        }
     }
 
-    /// How long since a sink last delivered anything.
-    pub fn since_progress(&self) -> std::time::Duration {
-        let last = std::time::Duration::from_millis(self.progressed.load(Ordering::Relaxed));
+    /// How long since sink `sink` last delivered anything.
+    pub fn since_progress(&self, sink: usize) -> std::time::Duration {
+        let last = self.bounds[sink].progressed.load(Ordering::Relaxed);
+        let last = std::time::Duration::from_millis(last);
         self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Whether every sink is moving: it holds nothing, or at most half of
+    /// its bound and it delivered within `within`.
+    pub fn moving(&self, within: std::time::Duration) -> bool {
+        (0..self.bounds.len()).all(|sink| {
+            let held = self.of(sink);
+            held == 0 || (held <= self.capacity / 2 && self.since_progress(sink) < within)
+        })
+    }
+}
+
+/// What one sink's lanes report their progress through.
+#[derive(Debug, Clone)]
+pub struct SinkProgress {
+    in_flight: InFlight,
+    sink: usize,
+}
+
+impl SinkProgress {
+    /// The sink delivered a batch.
+    pub fn progressed(&self) {
+        self.took_work();
+        self.in_flight.report();
+    }
+
+    /// A lane of the sink finished its last batch and took the next.
+    pub fn took_work(&self) {
+        let now = self.in_flight.epoch.elapsed().as_millis() as u64;
+        self.in_flight.bounds[self.sink]
+            .progressed
+            .store(now, Ordering::Relaxed);
     }
 }
 
@@ -242,14 +305,42 @@ struct SinkLanes {
     lanes: Vec<mpsc::UnboundedSender<Part>>,
 }
 
-/// The sending side, cloned into admission and the spool's replayer.
+/// A sink's slots taken for one submission: for its events, and for its
+/// bursty events; `None` where it takes none.
+#[derive(Debug, Default)]
+struct SinkSlots {
+    events: Option<OwnedSemaphorePermit>,
+    bursty: Option<OwnedSemaphorePermit>,
+}
+
+/// The slots one submission took, by sink index: inline for the first few
+/// sinks, so admitting a body allocates nothing for them.
+#[derive(Debug, Default)]
+struct Taken {
+    first: [SinkSlots; 4],
+    more: Vec<SinkSlots>,
+}
+
+impl Taken {
+    fn at(&mut self, sink: usize) -> &mut SinkSlots {
+        match sink.checked_sub(self.first.len()) {
+            None => &mut self.first[sink],
+            Some(more) => {
+                if self.more.len() <= more {
+                    self.more.resize_with(more + 1, SinkSlots::default);
+                }
+                &mut self.more[more]
+            }
+        }
+    }
+}
+
+/// The sending side, cloned into admission and the spool's replayers.
 /// Dropping every clone closes the lanes, which is how the sinks learn that
 /// the sources have stopped.
 #[derive(Debug, Clone)]
 pub struct Fanout {
     in_flight: InFlight,
-    /// Slots of bursty events, taken beside their slot in `in_flight`.
-    bursty: Arc<Semaphore>,
     bursty_limit: BurstyLimit,
     /// With both sources on: checked and updated under its lock together
     /// with the dispatch to the lanes, so that the first delivery of each
@@ -257,12 +348,14 @@ pub struct Fanout {
     dedup: Option<Arc<Mutex<Deduplicator>>>,
     /// Sees each event once, after deduplication.
     activity: Arc<Mutex<Activity>>,
-    /// `[sink][lane]`. The lanes themselves are unbounded: the semaphore bounds them.
+    /// `[sink][lane]`. The lanes themselves are unbounded: each sink's
+    /// bound limits them.
     lanes: Arc<Vec<SinkLanes>>,
 }
 
 impl Fanout {
-    /// A fan-out to `sinks`. Returns the receivers as `[sink][lane]`.
+    /// A fan-out to `sinks`, each with its own bound of `capacity` events.
+    /// Returns the receivers as `[sink][lane]`.
     pub fn new(
         sinks: &[SinkSpec],
         capacity: usize,
@@ -270,9 +363,15 @@ impl Fanout {
         dedup: Option<Deduplicator>,
     ) -> (Fanout, Vec<Vec<LaneReceiver>>, InFlight) {
         let in_flight = InFlight {
-            permits: Arc::new(Semaphore::new(capacity)),
+            bounds: sinks
+                .iter()
+                .map(|_| Bound {
+                    events: Arc::new(Semaphore::new(capacity)),
+                    bursty: Arc::new(Semaphore::new(bursty_limit.max_in_flight)),
+                    progressed: AtomicU64::new(0),
+                })
+                .collect(),
             capacity,
-            progressed: Arc::default(),
             epoch: Instant::now(),
         };
         telemetry::pipeline_capacity(capacity);
@@ -294,13 +393,21 @@ impl Fanout {
         telemetry::bursty_registered();
         let fanout = Fanout {
             in_flight: in_flight.clone(),
-            bursty: Arc::new(Semaphore::new(bursty_limit.max_in_flight)),
             bursty_limit,
             dedup: dedup.map(|d| Arc::new(Mutex::new(d))),
             activity: Arc::default(),
             lanes: Arc::new(senders),
         };
         (fanout, receivers, in_flight)
+    }
+
+    /// The names of the sinks, in their order.
+    pub fn sink_names(&self) -> Vec<Arc<str>> {
+        self.lanes.iter().map(|sink| sink.name.clone()).collect()
+    }
+
+    fn all(&self) -> Range<usize> {
+        0..self.lanes.len()
     }
 
     /// The most events a submission may hold and always be admitted.
@@ -337,8 +444,66 @@ impl Fanout {
             .learn(rooms);
     }
 
-    /// Admits all of `messages` or none, without waiting: `Full` when the
-    /// bound would be passed, `BurstyFull` when the bursty slots would.
+    /// What dispatch does before the lanes, for a body that goes to the
+    /// spool instead: returns the indices of the events the other source
+    /// already delivered (the replay leaves them out) and counts the rest
+    /// in the room activity. Called under the spool's gate, which keeps the
+    /// order that dispatch's lock keeps for the others.
+    pub fn observe_spooled(&self, messages: &[Message]) -> Box<[u32]> {
+        let mut skips = Vec::new();
+        if let Some(dedup) = &self.dedup {
+            let mut dedup = dedup.lock().expect("the deduplicator never panics");
+            let now = Instant::now();
+            for (i, message) in messages.iter().enumerate() {
+                if !dedup.admit(&message.event, now) {
+                    skips.push(i as u32);
+                }
+            }
+            dedup::dropped(&dedup, skips.len());
+        }
+        let mut skipped = skips.iter().peekable();
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .observe(messages.iter().enumerate().filter_map(|(i, m)| {
+                if skipped.peek() == Some(&&(i as u32)) {
+                    skipped.next();
+                    None
+                } else {
+                    Some(&m.event)
+                }
+            }));
+        skips.into_boxed_slice()
+    }
+
+    /// Counts in the room activity events replayed from a spool that a
+    /// previous run accepted (this run has not seen them).
+    pub fn observe_recovered(&self, messages: &[Message]) {
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .observe(messages.iter().map(|m| &m.event));
+    }
+
+    /// How many of `messages` sink `sink` takes, and how many of those are
+    /// bursty.
+    fn counts(&self, sink: usize, messages: &[Message]) -> (usize, usize) {
+        let route = self.lanes[sink].route;
+        let mut taken = 0;
+        let mut bursty = 0;
+        for message in messages {
+            let event_type = message.event.event_type;
+            if route.takes_all() || route.takes(event_type) {
+                taken += 1;
+                bursty += usize::from(event_type.is_bursty());
+            }
+        }
+        (taken, bursty)
+    }
+
+    /// Admits all of `messages` to every sink, or none, without waiting:
+    /// `Full` when a sink's bound would be passed, `BurstyFull` when its
+    /// bursty slots would.
     pub fn try_admit(
         &self,
         messages: Vec<Message>,
@@ -348,28 +513,75 @@ impl Fanout {
         if let Err(reason) = self.fits(&messages) {
             return Err(Refused::new(messages, reason));
         }
-        let permit = match self
-            .in_flight
-            .permits
-            .clone()
-            .try_acquire_many_owned(messages.len() as u32)
-        {
-            Ok(permit) => permit,
-            Err(TryAcquireError::NoPermits) => {
-                return Err(Refused::new(messages, SubmitError::Full))
+        let mut taken = Taken::default();
+        for sink in self.all() {
+            let (count, _) = self.counts(sink, &messages);
+            if count == 0 {
+                continue;
             }
-            Err(TryAcquireError::Closed) => {
-                return Err(Refused::new(messages, SubmitError::Closed))
+            let bound = &self.in_flight.bounds[sink];
+            match bound.events.clone().try_acquire_many_owned(count as u32) {
+                Ok(permit) => taken.at(sink).events = Some(permit),
+                Err(TryAcquireError::NoPermits) => {
+                    return Err(Refused::new(messages, SubmitError::Full))
+                }
+                Err(TryAcquireError::Closed) => {
+                    return Err(Refused::new(messages, SubmitError::Closed))
+                }
             }
-        };
-        let (messages, bursty) = self.try_bursty_slots(messages)?;
-        Ok(self.dispatch(messages, permit, bursty, source, received, None))
+        }
+        let messages = self.try_bursty_slots(messages, self.all(), &mut taken)?;
+        Ok(self.dispatch(messages, self.all(), taken, true, source, received, None))
     }
 
-    /// Admits all of `messages`, waiting for room in the bound; runs
-    /// `on_acknowledged` once every sink acknowledged every event.
+    /// Admits all of `messages` to every sink, waiting for room in their
+    /// bounds; runs `on_acknowledged` once every sink acknowledged every
+    /// event.
     pub async fn admit(
         &self,
+        messages: Vec<Message>,
+        source: Source,
+        received: Instant,
+        on_acknowledged: Option<OnAcknowledged>,
+    ) -> Result<Receipt, Refused<Vec<Message>>> {
+        self.admit_in(
+            self.all(),
+            true,
+            messages,
+            source,
+            received,
+            on_acknowledged,
+        )
+        .await
+    }
+
+    /// Admits all of `messages` to sink `sink` alone, waiting for room in
+    /// its bound, with no deduplication nor room activity (a spooled body,
+    /// which had both when it was spooled); runs `on_acknowledged` once the
+    /// sink acknowledged every event it takes.
+    pub async fn admit_to(
+        &self,
+        sink: usize,
+        messages: Vec<Message>,
+        source: Source,
+        on_acknowledged: Option<OnAcknowledged>,
+    ) -> Result<Receipt, Refused<Vec<Message>>> {
+        let received = Instant::now();
+        self.admit_in(
+            sink..sink + 1,
+            false,
+            messages,
+            source,
+            received,
+            on_acknowledged,
+        )
+        .await
+    }
+
+    async fn admit_in(
+        &self,
+        sinks: Range<usize>,
+        observe: bool,
         messages: Vec<Message>,
         source: Source,
         received: Instant,
@@ -378,105 +590,127 @@ impl Fanout {
         if let Err(reason) = self.fits(&messages) {
             return Err(Refused::new(messages, reason));
         }
-        let (messages, bursty) = match self.bursty_limit.when_full {
-            WhenFull::Shed => self.try_bursty_slots(messages)?,
-            WhenFull::Wait => match bursty_count(&messages) {
-                0 => (messages, None),
-                wanted => match self.bursty.clone().acquire_many_owned(wanted as u32).await {
-                    Ok(slots) => (messages, Some(slots)),
-                    Err(_) => return Err(Refused::new(messages, SubmitError::Closed)),
-                },
-            },
+        // Sinks are waited for in their order, so two waiting submissions
+        // can never hold each other's slots.
+        let mut taken = Taken::default();
+        let messages = match self.bursty_limit.when_full {
+            WhenFull::Shed => self.try_bursty_slots(messages, sinks.clone(), &mut taken)?,
+            WhenFull::Wait => {
+                for sink in sinks.clone() {
+                    let (_, wanted) = self.counts(sink, &messages);
+                    if wanted == 0 {
+                        continue;
+                    }
+                    let slots = self.in_flight.bounds[sink].bursty.clone();
+                    match slots.acquire_many_owned(wanted as u32).await {
+                        Ok(slots) => taken.at(sink).bursty = Some(slots),
+                        Err(_) => return Err(Refused::new(messages, SubmitError::Closed)),
+                    }
+                }
+                messages
+            }
         };
-        let permit = match self
-            .in_flight
-            .permits
-            .clone()
-            .acquire_many_owned(messages.len() as u32)
-            .await
-        {
-            Ok(permit) => permit,
-            Err(_) => return Err(Refused::new(messages, SubmitError::Closed)),
-        };
-        Ok(self.dispatch(messages, permit, bursty, source, received, on_acknowledged))
+        for sink in sinks.clone() {
+            let (count, _) = self.counts(sink, &messages);
+            if count == 0 {
+                continue;
+            }
+            let slots = self.in_flight.bounds[sink].events.clone();
+            match slots.acquire_many_owned(count as u32).await {
+                Ok(permit) => taken.at(sink).events = Some(permit),
+                Err(_) => return Err(Refused::new(messages, SubmitError::Closed)),
+            }
+        }
+        Ok(self.dispatch(
+            messages,
+            sinks,
+            taken,
+            observe,
+            source,
+            received,
+            on_acknowledged,
+        ))
     }
 
-    /// Waits until `wanted` bursty slots are free at once (they may be
+    /// Waits until every sink has `wanted` bursty slots free (they may be
     /// taken again before the caller tries).
     pub async fn bursty_room(&self, wanted: usize) {
         let wanted = wanted.min(self.bursty_limit.max_in_flight) as u32;
-        let _ = self.bursty.acquire_many(wanted).await;
+        for bound in self.in_flight.bounds.iter() {
+            let _ = bound.bursty.acquire_many(wanted).await;
+        }
     }
 
-    /// Takes the slots of the bursty messages without waiting; with `Shed`,
-    /// drops the oldest of them for which no slot is free.
-    #[allow(clippy::type_complexity)]
+    /// Takes into `taken`, in each of `sinks`, the slots of the bursty
+    /// messages it takes, without waiting; with `Shed`, drops the oldest of
+    /// them for which a sink has no slot free.
     fn try_bursty_slots(
         &self,
         mut messages: Vec<Message>,
-    ) -> Result<(Vec<Message>, Option<OwnedSemaphorePermit>), Refused<Vec<Message>>> {
-        let wanted = bursty_count(&messages);
-        if wanted == 0 {
-            return Ok((messages, None));
-        }
+        sinks: Range<usize>,
+        taken: &mut Taken,
+    ) -> Result<Vec<Message>, Refused<Vec<Message>>> {
         loop {
-            let take = match self.bursty_limit.when_full {
-                WhenFull::Wait => wanted,
-                WhenFull::Shed => wanted.min(self.bursty.available_permits()),
-            };
-            if take == 0 {
-                shed_oldest_bursty(&mut messages, wanted);
-                return Ok((messages, None));
-            }
-            match self.bursty.clone().try_acquire_many_owned(take as u32) {
-                Ok(permit) => {
-                    shed_oldest_bursty(&mut messages, wanted - take);
-                    return Ok((messages, Some(permit)));
+            let mut short = None;
+            for sink in sinks.clone() {
+                let (_, wanted) = self.counts(sink, &messages);
+                if wanted == 0 {
+                    continue;
                 }
-                Err(TryAcquireError::NoPermits) => {
-                    if self.bursty_limit.when_full == WhenFull::Wait {
-                        return Err(Refused::new(messages, SubmitError::BurstyFull));
+                let slots = &self.in_flight.bounds[sink].bursty;
+                match slots.clone().try_acquire_many_owned(wanted as u32) {
+                    Ok(permit) => taken.at(sink).bursty = Some(permit),
+                    Err(TryAcquireError::NoPermits) => {
+                        short = Some((sink, wanted - wanted.min(slots.available_permits())));
+                        break;
                     }
-                    // Another body took the free slots meanwhile: count again.
-                }
-                Err(TryAcquireError::Closed) => {
-                    return Err(Refused::new(messages, SubmitError::Closed))
+                    Err(TryAcquireError::Closed) => {
+                        return Err(Refused::new(messages, SubmitError::Closed))
+                    }
                 }
             }
+            let Some((sink, excess)) = short else {
+                return Ok(messages);
+            };
+            for sink in sinks.clone() {
+                taken.at(sink).bursty = None;
+            }
+            if self.bursty_limit.when_full == WhenFull::Wait {
+                return Err(Refused::new(messages, SubmitError::BurstyFull));
+            }
+            // Shed what this sink has no slot for, then count again: other
+            // bodies may have taken slots meanwhile.
+            let route = self.lanes[sink].route;
+            shed_oldest_bursty(&mut messages, excess.max(1), |event_type| {
+                route.takes_all() || route.takes(event_type)
+            });
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &self,
         mut messages: Vec<Message>,
-        mut permit: OwnedSemaphorePermit,
-        mut bursty: Option<OwnedSemaphorePermit>,
+        sinks: Range<usize>,
+        mut taken: Taken,
+        observe: bool,
         source: Source,
         received: Instant,
         on_acknowledged: Option<OnAcknowledged>,
     ) -> Receipt {
-        let mut dedup = self
-            .dedup
-            .as_ref()
-            .map(|d| d.lock().expect("the deduplicator never panics"));
+        let mut dedup = match &self.dedup {
+            Some(dedup) if observe => Some(dedup.lock().expect("the deduplicator never panics")),
+            _ => None,
+        };
         if let Some(dedup) = dedup.as_mut() {
             dedup::retain_new(dedup, &mut messages);
         }
-        // Slots of shed or duplicate messages go back at once.
-        let surplus = permit.num_permits() - messages.len();
-        if surplus > 0 {
-            drop(permit.split(surplus));
+        if observe {
+            self.activity
+                .lock()
+                .expect("room activity never panics")
+                .observe(messages.iter().map(|m| &m.event));
         }
-        if let Some(slots) = bursty.as_mut() {
-            let surplus = slots.num_permits() - bursty_count(&messages);
-            if surplus > 0 {
-                drop(slots.split(surplus));
-            }
-        }
-        self.activity
-            .lock()
-            .expect("room activity never panics")
-            .observe(messages.iter().map(|m| &m.event));
         let completion = Arc::new(Completion {
             remaining: AtomicUsize::new(0),
             done: Notify::new(),
@@ -488,7 +722,7 @@ impl Fanout {
             completion.complete();
             return Receipt(completion);
         }
-        let (plan, taken) = self.plan(&messages);
+        let (plan, per_sink) = self.plan(&messages, sinks.clone());
         if plan.is_empty() {
             // No sink takes any of these events.
             completion.complete();
@@ -498,18 +732,39 @@ impl Fanout {
         let body = Arc::new(Admitted {
             messages,
             completion: completion.clone(),
-            _permit: permit,
-            _bursty: bursty,
         });
-        for (sink, taken) in self.lanes.iter().zip(taken) {
-            sink.metrics.queued(taken as f64);
+        for (sink, events) in sinks.clone().zip(per_sink) {
+            self.lanes[sink].metrics.queued(events as f64);
         }
         for (sink, lane, indices) in plan {
-            let sink = &self.lanes[sink];
+            // Each part carries its own share of the sink's slots; what is
+            // left over (shed or duplicate messages) goes back below.
+            let (len, bursty_in_part) = match &indices {
+                None => (body.messages.len(), bursty_count(&body.messages)),
+                Some(indices) => (
+                    indices.len(),
+                    indices
+                        .iter()
+                        .filter(|&&i| body.messages[i as usize].event.event_type.is_bursty())
+                        .count(),
+                ),
+            };
+            let share = |slots: &mut Option<OwnedSemaphorePermit>, n: usize| {
+                slots
+                    .as_mut()
+                    .and_then(|slots| slots.split(n))
+                    .expect("a sink's slots cover its parts")
+            };
             let part = Part {
                 body: body.clone(),
                 indices,
+                _slots: Slots {
+                    _events: share(&mut taken.at(sink).events, len),
+                    _bursty: (bursty_in_part > 0)
+                        .then(|| share(&mut taken.at(sink).bursty, bursty_in_part)),
+                },
             };
+            let sink = &self.lanes[sink];
             if sink.lanes[lane].send(part).is_err() {
                 // The lane's task ended: only at shutdown, after the sources.
                 tracing::error!(sink = %sink.name, "sink lane closed while sources still run");
@@ -524,12 +779,17 @@ impl Fanout {
     /// and how many messages each sink takes (its route may leave some out).
     /// Each part's indices are allocated once, at their exact size.
     #[allow(clippy::type_complexity)]
-    fn plan(&self, messages: &[Message]) -> (Vec<(usize, usize, Option<Box<[u32]>>)>, Vec<usize>) {
+    fn plan(
+        &self,
+        messages: &[Message],
+        sinks: Range<usize>,
+    ) -> (Vec<(usize, usize, Option<Box<[u32]>>)>, Vec<usize>) {
         let hashes: Vec<u64> = messages.iter().map(|m| key_hash(m.event.key())).collect();
-        let mut plan = Vec::with_capacity(self.lanes.len());
-        let mut taken = Vec::with_capacity(self.lanes.len());
+        let mut plan = Vec::with_capacity(sinks.len());
+        let mut taken = Vec::with_capacity(sinks.len());
         let mut sizes = Vec::new();
-        for (sink, SinkLanes { lanes, route, .. }) in self.lanes.iter().enumerate() {
+        for sink in sinks {
+            let SinkLanes { lanes, route, .. } = &self.lanes[sink];
             let count = lanes.len() as u64;
             let lane_of = |hash: &u64| (hash % count) as usize;
             let takes = |i: usize| route.takes_all() || route.takes(messages[i].event.event_type);
@@ -577,12 +837,16 @@ pub fn bursty_count(messages: &[Message]) -> usize {
         .count()
 }
 
-/// Drops the first `excess` bursty messages, keeping the latest state of
-/// each burst; counted by type.
-fn shed_oldest_bursty(messages: &mut Vec<Message>, excess: usize) {
+/// Drops the first `excess` bursty messages of the types `of` says,
+/// keeping the latest state of each burst; counted by type.
+fn shed_oldest_bursty(
+    messages: &mut Vec<Message>,
+    excess: usize,
+    of: impl Fn(crate::core::event::EventType) -> bool,
+) {
     let mut left = excess;
     messages.retain(|m| {
-        if left > 0 && m.event.event_type.is_bursty() {
+        if left > 0 && m.event.event_type.is_bursty() && of(m.event.event_type) {
             left -= 1;
             telemetry::shed(m.event.event_type);
             false

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::backoff::Backoff;
 use crate::core::event::Message;
 use crate::dead_letter::DeadLetters;
-use crate::fanout::{InFlight, LaneReceiver, Part};
+use crate::fanout::{LaneReceiver, Part, SinkProgress};
 use crate::sinks::{Publish, PublishError, SinkError};
 use crate::telemetry;
 
@@ -33,19 +33,22 @@ pub async fn run_lane<S: Publish>(
     sink: Arc<S>,
     mut lane: LaneReceiver,
     options: LaneOptions,
-    in_flight: InFlight,
+    progress: SinkProgress,
 ) {
     let metrics = telemetry::SinkMetrics::new(sink.name());
     let mut parts = Vec::new();
     // Parts are received a few at a time: a part can hold a whole body.
     let receive = options.max_batch.max(1);
     while lane.recv_many(&mut parts, receive).await > 0 {
+        // A lane that was idle starts its clock here: what the sink holds
+        // is late from now on, not from its last delivery long ago.
+        progress.took_work();
         let count: usize = parts.iter().map(Part::len).sum();
         metrics.queued(-(count as f64));
         deliver(&*sink, &parts, &options, &metrics).await;
-        // Dropping the parts frees their slots once every sink is done with them.
+        // Dropping the parts frees their slots in this sink's bound.
         parts.clear();
-        in_flight.progressed();
+        progress.progressed();
     }
 }
 
@@ -263,7 +266,7 @@ mod tests {
         let receipts = admitted(&fanout, bodies).await;
         drop(fanout);
         let lane = lanes.pop().unwrap().pop().unwrap();
-        run_lane(sink, lane, options(max_batch, dead), in_flight.clone()).await;
+        run_lane(sink, lane, options(max_batch, dead), in_flight.sink(0)).await;
         for receipt in receipts {
             receipt.acknowledged().await;
         }
@@ -358,7 +361,7 @@ mod tests {
             sink.clone(),
             lane,
             options(10, DeadLetters::default()),
-            in_flight,
+            in_flight.sink(0),
         ));
         // The first body is done after the first call, while "c" waits.
         receipts[0].acknowledged().await;
@@ -383,7 +386,7 @@ mod tests {
             sink.clone(),
             lane,
             options(1, DeadLetters::default()),
-            in_flight.clone(),
+            in_flight.sink(0),
         )
         .await;
         assert_eq!(sink.stored_keys(), ["a", "b", "c"]);

@@ -16,6 +16,7 @@ pub mod dead_letter;
 pub mod dedup;
 pub mod fanout;
 pub mod fishjam;
+pub mod lag;
 pub mod lane;
 pub mod listener;
 pub mod probe;
@@ -185,7 +186,7 @@ pub async fn start(
     let spool = config
         .spool
         .options()
-        .map(|options| spool::Spool::open(&options))
+        .map(|options| spool::Spool::open(&options, &fanout.sink_names()))
         .transpose()?;
     if let Some(spool) = &spool {
         // With room for the largest body the bridge takes, a webhook can be
@@ -202,10 +203,10 @@ pub async fn start(
         dead_letters: dead_letter::DeadLetters::new(config.pipeline.dead_letter_path.clone()),
     };
     let sink_tasks = TaskTracker::new();
-    for (sink_config, sink_lanes) in config.sinks.iter().cloned().zip(lanes) {
+    for (index, (sink_config, sink_lanes)) in config.sinks.iter().cloned().zip(lanes).enumerate() {
         let health = SinkHealth::new(sink_config.name(), readiness.clone());
         let options = lane_options.clone();
-        let in_flight = in_flight.clone();
+        let progress = in_flight.sink(index);
         let retry = Backoff::new(
             config.pipeline.retry_initial_backoff,
             config.pipeline.retry_max_backoff,
@@ -218,7 +219,7 @@ pub async fn start(
                     sink.clone(),
                     lane,
                     options.clone(),
-                    in_flight.clone(),
+                    progress.clone(),
                 ));
             }
             lane_tasks.close();
@@ -318,14 +319,29 @@ pub async fn start(
         tasks.spawn(source.run(shutdown.clone()));
     }
     if let Some(spool) = &spool {
-        tasks.spawn(spool::replay(
-            spool.clone(),
-            admission.fanout().clone(),
-            in_flight.clone(),
-            fishjam_id.clone(),
-            shutdown.clone(),
-        ));
+        for sink in 0..config.sinks.len() {
+            tasks.spawn(spool::replay(
+                spool.clone(),
+                sink,
+                admission.fanout().clone(),
+                in_flight.clone(),
+                fishjam_id.clone(),
+                shutdown.clone(),
+            ));
+        }
     }
+    let lag = lag::Lag::new(
+        admission.fanout().sink_names(),
+        in_flight.clone(),
+        spool.clone(),
+    );
+    // Exported once now, so that every series exists from the start.
+    lag.export();
+    readiness.set_detail("lag", {
+        let lag = lag.clone();
+        move || lag.report()
+    });
+    tasks.spawn(lag.clone().run(shutdown.clone()));
     tasks.close();
     // From here on only the sources hold the fan-out: when they stop, the
     // lanes close and the sinks drain.

@@ -88,9 +88,9 @@ metrics! {
     PIPELINE_SHED: Counter "fishjam_bridge_pipeline_shed_events_total" ["event_type"]
         "Bursty events (voice activity, metadata updates) dropped because their slots were full, with bursty_when_full = shed; by event type.";
     PIPELINE_IN_FLIGHT: Gauge "fishjam_bridge_pipeline_events_in_flight" []
-        "Events accepted and not yet acknowledged by every sink.";
+        "Events in the fullest sink's bound: accepted and not yet acknowledged by that sink.";
     PIPELINE_CAPACITY: Gauge "fishjam_bridge_pipeline_capacity_events" []
-        "The configured bound on events in flight.";
+        "The configured bound on events in flight, of each sink.";
     ACK_LATENCY: Histogram "fishjam_bridge_ack_latency_seconds" ["source"]
         "From receiving a body to every sink acknowledging all its events.";
     ACK_TIMEOUTS: Counter "fishjam_bridge_ack_timeouts_total" ["source"]
@@ -163,6 +163,14 @@ metrics! {
         "Spool entries found torn or unreadable when the spool was opened (cut off, never replayed).";
     SPOOL_SYNC: Histogram "fishjam_bridge_spool_write_duration_seconds" []
         "Time to write (and, with spool.fsync, sync) one batch of spooled bodies.";
+    SPOOL_CURSOR: Gauge "fishjam_bridge_spool_cursor" ["sink"]
+        "The sequence number below which a sink acknowledged every spooled body.";
+    SINK_LAG_EVENTS: Gauge "fishjam_bridge_sink_lag_events" ["sink"]
+        "Events accepted that a sink has not acknowledged: in the spool behind its cursor, and in its bound.";
+    SINK_LAG_BYTES: Gauge "fishjam_bridge_sink_lag_bytes" ["sink"]
+        "Bytes of the spooled bodies a sink has not acknowledged.";
+    SINK_LAG_SECONDS: Gauge "fishjam_bridge_sink_lag_seconds" ["sink"]
+        "Age of the oldest spooled body a sink has not acknowledged or, with none, how long it has held events without delivering; 0 when it holds nothing.";
     KAFKA_QUEUE: Gauge "fishjam_bridge_kafka_queue_messages" ["sink"]
         "Records in librdkafka's local queue (from its statistics, every 5 s).";
     KAFKA_BROKER_RTT: Gauge "fishjam_bridge_kafka_broker_rtt_seconds" ["sink", "broker"]
@@ -485,6 +493,16 @@ pub fn spool_refused(source: Source) {
 /// Bodies the spool could not write (a disk error); refused with 503.
 pub fn spool_failed(source: Source) {
     counter!(SPOOL_BODIES, "op" => "failed", "source" => source.as_str()).increment(1);
+}
+
+/// How far sink `sink` is behind; `cursor` with a spool.
+pub fn sink_lag(sink: &str, events: u64, bytes: u64, seconds: f64, cursor: Option<u64>) {
+    gauge!(SINK_LAG_EVENTS, "sink" => sink.to_owned()).set(events as f64);
+    gauge!(SINK_LAG_BYTES, "sink" => sink.to_owned()).set(bytes as f64);
+    gauge!(SINK_LAG_SECONDS, "sink" => sink.to_owned()).set(seconds);
+    if let Some(cursor) = cursor {
+        gauge!(SPOOL_CURSOR, "sink" => sink.to_owned()).set(cursor as f64);
+    }
 }
 
 pub fn spool_synced(took: Duration) {

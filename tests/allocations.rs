@@ -138,7 +138,7 @@ fn allocations_per_event_through_admission_fan_out_and_a_sink_stay_at_their_figu
                     sink.clone(),
                     lane,
                     options.clone(),
-                    in_flight.clone(),
+                    in_flight.sink(0),
                 ))
             })
             .collect();
@@ -147,6 +147,8 @@ fn allocations_per_event_through_admission_fan_out_and_a_sink_stay_at_their_figu
             source: Source::Webhook,
             received_at: SystemTime::now(),
             id_seed: n as u64,
+            events: 0,
+            skips: Box::default(),
             body: bytes::Bytes::from_static(b"body"),
         };
         let mut receipts = Vec::with_capacity(BODIES);

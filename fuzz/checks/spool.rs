@@ -45,6 +45,8 @@ pub fn check(data: &[u8]) {
             source: Source::Webhook,
             received_at: SystemTime::UNIX_EPOCH,
             id_seed: 7,
+            events: 1,
+            skips: Box::default(),
             body: marker.clone(),
         }])
         .unwrap();

@@ -5,13 +5,17 @@
 //! entry torn by a crash or a power loss is found when the log is opened,
 //! counted and cut off, and never replayed as garbage.
 //!
-//! Two kinds of entries: a body as a source received it (with the sequence
-//! number the log gave it and what its events need to be rebuilt with the
-//! same ids), and a watermark, which says that every body below it was
-//! acknowledged by every sink. A segment whose bodies are all below the
-//! watermark is deleted; each new segment starts with the current watermark,
-//! so the newest one is never lost with the segments before it.
+//! Three kinds of entries: a body as a source received it (with the sequence
+//! number the log gave it, what its events need to be rebuilt with the same
+//! ids, how many events it holds and which of them were duplicates dropped
+//! on admission); a sink's cursor, which says that one sink acknowledged
+//! every body below it; and the watermark, the least of the cursors: every
+//! body below it was acknowledged by every sink. A segment whose bodies are
+//! all below the watermark is deleted; each new segment starts with the
+//! watermark and every cursor, so the newest ones are never lost with the
+//! segments before it.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -22,10 +26,15 @@ use bytes::Bytes;
 use crate::core::event::Source;
 
 const HEADER: usize = 8;
-const KIND_BODY: u8 = 1;
+/// A body as the first version wrote it: no event count, no skips.
+const KIND_BODY_V1: u8 = 1;
 const KIND_WATERMARK: u8 = 2;
+const KIND_BODY: u8 = 3;
+const KIND_CURSOR: u8 = 4;
 /// Fixed part of a body entry after the kind: seq, source, received_at, id seed.
 const BODY_FIXED: usize = 8 + 1 + 8 + 8;
+/// What a body entry of `KIND_BODY` adds after that: events, skips.
+const BODY_COUNTS: usize = 4 + 4;
 const SUFFIX: &str = ".spool";
 
 /// One body as its source received it.
@@ -36,6 +45,12 @@ pub struct Record {
     pub received_at: SystemTime,
     /// What the events' ids are derived from, so a replay rebuilds the same ids.
     pub id_seed: u64,
+    /// How many events the body held when it was admitted (0 when the
+    /// version that wrote it did not say).
+    pub events: u32,
+    /// The indices of its events that were dropped as duplicates when it
+    /// was admitted, ascending: a replay leaves them out.
+    pub skips: Box<[u32]>,
     pub body: Bytes,
 }
 
@@ -45,21 +60,26 @@ pub struct NewRecord {
     pub source: Source,
     pub received_at: SystemTime,
     pub id_seed: u64,
+    pub events: u32,
+    pub skips: Box<[u32]>,
     pub body: Bytes,
 }
 
 impl NewRecord {
     /// Bytes the entry takes on disk.
     pub fn entry_len(&self) -> u64 {
-        (HEADER + 1 + BODY_FIXED + self.body.len()) as u64
+        (HEADER + 1 + BODY_FIXED + BODY_COUNTS + 4 * self.skips.len() + self.body.len()) as u64
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Body(Record),
-    /// Every body with a smaller sequence number is acknowledged.
+    /// Every body with a smaller sequence number is acknowledged by every sink.
     Watermark(u64),
+    /// Every body with a smaller sequence number is acknowledged by the sink
+    /// of this name.
+    Cursor(String, u64),
 }
 
 fn source_code(source: Source) -> u8 {
@@ -107,11 +127,22 @@ pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
             out.push(source_code(record.source));
             out.extend_from_slice(&nanos(record.received_at).to_le_bytes());
             out.extend_from_slice(&record.id_seed.to_le_bytes());
+            out.extend_from_slice(&record.events.to_le_bytes());
+            let skips = u32::try_from(record.skips.len()).expect("fewer skips than events");
+            out.extend_from_slice(&skips.to_le_bytes());
+            for skip in &record.skips {
+                out.extend_from_slice(&skip.to_le_bytes());
+            }
             out.extend_from_slice(&record.body);
         }),
         Entry::Watermark(seq) => frame(out, |out| {
             out.push(KIND_WATERMARK);
             out.extend_from_slice(&seq.to_le_bytes());
+        }),
+        Entry::Cursor(sink, seq) => frame(out, |out| {
+            out.push(KIND_CURSOR);
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(sink.as_bytes());
         }),
     }
 }
@@ -120,22 +151,48 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
 }
 
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
+}
+
 /// The entry in `content` (kind and payload, CRC already checked), or None
 /// when this version cannot read it.
 fn parse(content: Vec<u8>) -> Option<Entry> {
-    match *content.first()? {
-        KIND_BODY if content.len() > BODY_FIXED => {
+    let kind = *content.first()?;
+    match kind {
+        KIND_BODY | KIND_BODY_V1 if content.len() > BODY_FIXED => {
             let mut body = Bytes::from(content);
             let fixed = body.split_to(1 + BODY_FIXED);
+            let (events, skips) = if kind == KIND_BODY {
+                if body.len() < BODY_COUNTS {
+                    return None;
+                }
+                let counts = body.split_to(BODY_COUNTS);
+                let skips = u32_at(&counts, 4) as usize;
+                if body.len() < skips.checked_mul(4)? {
+                    return None;
+                }
+                let list = body.split_to(4 * skips);
+                let skips = (0..skips).map(|i| u32_at(&list, 4 * i)).collect();
+                (u32_at(&counts, 0), skips)
+            } else {
+                (0, Box::default())
+            };
             Some(Entry::Body(Record {
                 seq: u64_at(&fixed, 1),
                 source: source_of(fixed[9])?,
                 received_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(u64_at(&fixed, 10)),
                 id_seed: u64_at(&fixed, 18),
+                events,
+                skips,
                 body,
             }))
         }
         KIND_WATERMARK if content.len() == 9 => Some(Entry::Watermark(u64_at(&content, 1))),
+        KIND_CURSOR if content.len() > 9 => Some(Entry::Cursor(
+            String::from_utf8(content[9..].to_vec()).ok()?,
+            u64_at(&content, 1),
+        )),
         _ => None,
     }
 }
@@ -230,17 +287,36 @@ pub struct Segment {
     pub max_seq: Option<u64>,
 }
 
+/// A body in the log not yet acknowledged by every sink, as recovery found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub seq: u64,
+    /// 0 when the version that wrote it did not say.
+    pub events: u32,
+    pub bytes: u64,
+    pub received_at: SystemTime,
+}
+
 /// What opening the log found.
 #[derive(Debug)]
 pub struct Recovered {
     /// Oldest first; the last one is where appends go on.
     pub segments: Vec<Segment>,
     pub watermark: u64,
+    /// Each sink's cursor, by the sink's name, as last recorded.
+    pub cursors: BTreeMap<String, u64>,
     pub next_seq: u64,
-    /// Bodies at or above the watermark: to be replayed.
-    pub pending: u64,
+    /// Bodies at or above the watermark, in order: to be replayed.
+    pub held: Vec<Held>,
     /// Entries cut off as torn (at most one per segment) or unreadable.
     pub torn: u64,
+}
+
+impl Recovered {
+    /// Bodies at or above the watermark.
+    pub fn pending(&self) -> u64 {
+        self.held.len() as u64
+    }
 }
 
 /// Scans the log in `dir`: cuts a torn tail off the newest segment (so
@@ -250,22 +326,33 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     let ids = segment_ids(dir)?;
     let mut segments = Vec::new();
     let mut watermark = 0;
+    let mut cursors = BTreeMap::new();
     let mut next_seq = 0;
     let mut torn = 0;
-    let mut seqs = Vec::new();
+    let mut held = Vec::new();
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(dir, id);
         let len = std::fs::metadata(&path)?.len();
         let mut reader = SegmentReader::open(&path, 0)?;
         let mut max_seq = None;
         let end = loop {
+            let at = reader.offset;
             match reader.next(len)? {
                 Next::Entry(Entry::Body(record)) => {
                     max_seq = Some(record.seq);
                     next_seq = next_seq.max(record.seq.saturating_add(1));
-                    seqs.push(record.seq);
+                    held.push(Held {
+                        seq: record.seq,
+                        events: record.events,
+                        bytes: reader.offset - at,
+                        received_at: record.received_at,
+                    });
                 }
                 Next::Entry(Entry::Watermark(seq)) => watermark = watermark.max(seq),
+                Next::Entry(Entry::Cursor(sink, seq)) => {
+                    let cursor = cursors.entry(sink).or_insert(seq);
+                    *cursor = (*cursor).max(seq);
+                }
                 Next::Unreadable => torn += 1,
                 Next::End => break len,
                 Next::Torn { offset } => {
@@ -293,11 +380,16 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     for segment in segments.drain(..keep_from) {
         std::fs::remove_file(segment_path(dir, segment.id))?;
     }
+    held.retain(|h| h.seq >= watermark);
+    for cursor in cursors.values_mut() {
+        *cursor = (*cursor).max(watermark);
+    }
     Ok(Recovered {
         segments,
         watermark,
+        cursors,
         next_seq: next_seq.max(watermark),
-        pending: seqs.iter().filter(|&&seq| seq >= watermark).count() as u64,
+        held,
         torn,
     })
 }
@@ -318,13 +410,16 @@ pub struct Writer {
     closed: Vec<Segment>,
     next_seq: u64,
     watermark: u64,
+    cursors: BTreeMap<String, u64>,
     segment_bytes: u64,
     fsync: bool,
     scratch: Vec<u8>,
 }
 
 impl Writer {
-    /// Continues the log `recover` left in `dir` (or starts one).
+    /// Continues the log `recover` left in `dir` (or starts one), keeping
+    /// the cursors of `recovered` (a caller may have changed them to the
+    /// sinks it has).
     pub fn open(
         dir: &Path,
         recovered: &Recovered,
@@ -339,7 +434,7 @@ impl Writer {
                     .open(segment_path(dir, current.id))?,
                 current,
             ),
-            None => Self::create(dir, 0, recovered.watermark)?,
+            None => Self::create(dir, 0, recovered.watermark, &recovered.cursors)?,
         };
         Ok(Writer {
             dir: dir.to_owned(),
@@ -348,15 +443,21 @@ impl Writer {
             closed,
             next_seq: recovered.next_seq,
             watermark: recovered.watermark,
+            cursors: recovered.cursors.clone(),
             segment_bytes: segment_bytes.max(1),
             fsync,
             scratch: Vec::new(),
         })
     }
 
-    /// A new segment that starts with the current watermark, its directory
-    /// entry synced so that the file outlives a power loss.
-    fn create(dir: &Path, id: u64, watermark: u64) -> io::Result<(File, Segment)> {
+    /// A new segment that starts with the current watermark and cursors,
+    /// its directory entry synced so that the file outlives a power loss.
+    fn create(
+        dir: &Path,
+        id: u64,
+        watermark: u64,
+        cursors: &BTreeMap<String, u64>,
+    ) -> io::Result<(File, Segment)> {
         let path = segment_path(dir, id);
         let mut file = OpenOptions::new()
             .create_new(true)
@@ -364,6 +465,9 @@ impl Writer {
             .open(&path)?;
         let mut head = Vec::new();
         encode(&Entry::Watermark(watermark), &mut head);
+        for (sink, seq) in cursors {
+            encode(&Entry::Cursor(sink.clone(), *seq), &mut head);
+        }
         file.write_all(&head)?;
         file.sync_all()?;
         File::open(dir)?.sync_all()?;
@@ -404,6 +508,8 @@ impl Writer {
                     source: record.source,
                     received_at: record.received_at,
                     id_seed: record.id_seed,
+                    events: record.events,
+                    skips: record.skips.clone(),
                     body: record.body.clone(),
                 }),
                 &mut self.scratch,
@@ -433,7 +539,12 @@ impl Writer {
 
     fn roll(&mut self) -> io::Result<()> {
         self.file.sync_all()?;
-        let (file, segment) = Self::create(&self.dir, self.current.id + 1, self.watermark)?;
+        let (file, segment) = Self::create(
+            &self.dir,
+            self.current.id + 1,
+            self.watermark,
+            &self.cursors,
+        )?;
         self.file = file;
         self.closed
             .push(std::mem::replace(&mut self.current, segment));
@@ -463,6 +574,27 @@ impl Writer {
         Ok(freed)
     }
 
+    /// Records that the sink `sink` acknowledged every body below `seq`.
+    pub fn cursor(&mut self, sink: &str, seq: u64) -> io::Result<()> {
+        match self.cursors.get_mut(sink) {
+            Some(cursor) if *cursor >= seq => return Ok(()),
+            Some(cursor) => *cursor = seq,
+            None => {
+                self.cursors.insert(sink.to_owned(), seq);
+            }
+        }
+        self.scratch.clear();
+        encode(&Entry::Cursor(sink.to_owned(), seq), &mut self.scratch);
+        self.file.write_all(&self.scratch)?;
+        self.current.len += self.scratch.len() as u64;
+        Ok(())
+    }
+
+    /// The sequence number the next body appended gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Bodies in the log not known to be acknowledged.
     pub fn pending(&self) -> u64 {
         self.next_seq.saturating_sub(self.watermark)
@@ -483,6 +615,8 @@ mod tests {
             source: Source::Webhook,
             received_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789),
             id_seed: 42,
+            events: 1,
+            skips: Box::default(),
             body: Bytes::copy_from_slice(body),
         }
     }
@@ -510,16 +644,24 @@ mod tests {
             source: Source::Notifier,
             received_at: record(b"").received_at,
             id_seed: u64::MAX,
+            events: 3,
+            skips: Box::new([0, 2]),
             body: Bytes::from_static(b"\x0a\x03abc"),
         });
+        let cursor = Entry::Cursor("kafka-main".into(), 12);
         let mut bytes = Vec::new();
         encode(&entry, &mut bytes);
+        encode(&cursor, &mut bytes);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x");
         std::fs::write(&path, &bytes).unwrap();
         let mut reader = SegmentReader::open(&path, 0).unwrap();
         match reader.next(bytes.len() as u64).unwrap() {
             Next::Entry(read) => assert_eq!(read, entry),
+            other => panic!("{other:?}"),
+        }
+        match reader.next(bytes.len() as u64).unwrap() {
+            Next::Entry(read) => assert_eq!(read, cursor),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
@@ -590,8 +732,39 @@ mod tests {
         drop(writer);
         let recovered = recover(dir.path()).unwrap();
         assert_eq!(recovered.watermark, 3);
-        assert_eq!(recovered.pending, 2);
+        assert_eq!(recovered.pending(), 2);
         assert_eq!(recovered.next_seq, 5);
         assert_eq!(bodies(dir.path()), [(3, vec![3]), (4, vec![4])]);
+    }
+
+    #[test]
+    fn each_sinks_cursor_survives_the_segments_it_was_written_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let recovered = recover(dir.path()).unwrap();
+        let mut writer = Writer::open(dir.path(), &recovered, 1, true).unwrap();
+        for i in 0..4u8 {
+            writer.append(&[record(&[i])]).unwrap();
+        }
+        writer.cursor("fast", 4).unwrap();
+        writer.cursor("slow", 1).unwrap();
+        // An older cursor never moves one back.
+        writer.cursor("fast", 2).unwrap();
+        writer.watermark(1).unwrap();
+        // The next segment starts with both cursors; the old ones go.
+        writer.append(&[record(&[4])]).unwrap();
+        writer.cursor("slow", 2).unwrap();
+        writer.watermark(2).unwrap();
+        drop(writer);
+        let recovered = recover(dir.path()).unwrap();
+        assert_eq!(recovered.watermark, 2);
+        assert_eq!(
+            recovered.cursors,
+            BTreeMap::from([("fast".to_owned(), 4), ("slow".to_owned(), 2)])
+        );
+        assert_eq!(
+            recovered.held.iter().map(|h| h.seq).collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
+        assert!(recovered.held.iter().all(|h| h.events == 1 && h.bytes > 0));
     }
 }

@@ -13,20 +13,25 @@
 //! to the pipeline. Nothing can overtake the spool: the engaged flag is
 //! checked and the body appended (or admitted) under one lock.
 //!
-//! A body stays in the log until every sink acknowledged its events: the
-//! watermark moves over a contiguous run of acknowledged bodies, and the
-//! segments below it are deleted. After a crash, everything from the
-//! watermark on is replayed; events are rebuilt from the body with the same
-//! ids (`Origin::id_seed`), so a replayed event that was already published
-//! arrives again with the same id.
+//! Each sink reads the log on its own (`replay` runs once per sink), with
+//! its own bound in fan-out, so a sink that is down or slow falls behind in
+//! the log while the others keep publishing at the rate bodies arrive. Each
+//! sink's cursor moves over the contiguous run of bodies it acknowledged and
+//! is written to the log; the watermark, the least cursor, says which
+//! segments every sink is done with, and those are deleted. The spool
+//! disengages once every sink has caught up. After a crash, each sink
+//! replays from its own cursor; events are rebuilt from the body with the
+//! same ids (`Origin::id_seed`), so a replayed event that was already
+//! published arrives again with the same id. Duplicates that deduplication
+//! dropped when the body was spooled are recorded with it and stay out.
 
 pub mod log;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +40,7 @@ use crate::core::event::Message;
 use crate::core::normalize::{normalize_body, Origin};
 use crate::fanout::{Fanout, InFlight};
 use crate::telemetry;
-use log::{Entry, NewRecord, Next, Position, SegmentReader};
+use log::{Entry, Held, NewRecord, Next, Position, SegmentReader};
 
 /// How the spool is set up (`[spool]`).
 #[derive(Debug, Clone)]
@@ -60,22 +65,102 @@ pub enum SpoolError {
 
 enum Command {
     Append(NewRecord, oneshot::Sender<Result<(), SpoolError>>),
+    Cursor(usize, u64),
     Watermark(u64),
     Close(oneshot::Sender<()>),
 }
 
-/// What the lock guards: how many bodies sent to the log the replayer has
-/// not submitted yet. Whether the spool is engaged (`Spool::engaged`) is
-/// read and changed only while it is held.
+/// What the lock guards: for each sink, how many bodies sent to the log its
+/// replayer has not submitted yet. Whether the spool is engaged
+/// (`Spool::engaged`) is read and changed only while it is held.
 #[derive(Debug)]
 pub struct Gate {
-    outstanding: u64,
+    outstanding: Vec<u64>,
 }
 
+/// Where one sink is in the log.
 #[derive(Debug)]
-struct Watermark {
+struct Cursor {
+    /// Every body below it is acknowledged by this sink.
     next: u64,
+    /// Acknowledged bodies above `next`.
     acknowledged: BTreeSet<u64>,
+    /// Below it, the sink's replayer has submitted every body.
+    submitted: u64,
+}
+
+/// Each sink's cursor, and the bodies in the log some sink has not
+/// acknowledged, oldest first, with running totals for the lag.
+#[derive(Debug)]
+struct Progress {
+    cursors: Vec<Cursor>,
+    /// The least cursor.
+    watermark: u64,
+    held: VecDeque<Counted>,
+    /// Events and bytes of every body ever held, for the running totals.
+    events_total: u64,
+    bytes_total: u64,
+}
+
+/// A held body with the events and bytes of the held bodies before it.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    body: Held,
+    events_before: u64,
+    bytes_before: u64,
+}
+
+/// How far one sink is behind in the spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// Every body below it is acknowledged by the sink.
+    pub cursor: u64,
+    pub bodies: u64,
+    pub events: u64,
+    pub bytes: u64,
+    /// Age of the oldest body the sink has not acknowledged.
+    pub oldest: Option<Duration>,
+}
+
+impl Progress {
+    fn push(&mut self, body: Held) {
+        self.held.push_back(Counted {
+            body,
+            events_before: self.events_total,
+            bytes_before: self.bytes_total,
+        });
+        // A body from a version that did not count its events counts as one.
+        self.events_total += u64::from(body.events.max(1));
+        self.bytes_total += body.bytes;
+    }
+
+    /// Forgets the bodies every sink acknowledged.
+    fn forget_below(&mut self, seq: u64) {
+        while self.held.front().is_some_and(|c| c.body.seq < seq) {
+            self.held.pop_front();
+        }
+    }
+
+    fn lag(&self, sink: usize, now: SystemTime) -> Lag {
+        let cursor = self.cursors[sink].next;
+        let from = self.held.partition_point(|c| c.body.seq < cursor);
+        let Some(oldest) = self.held.get(from) else {
+            return Lag {
+                cursor,
+                ..Lag::default()
+            };
+        };
+        Lag {
+            cursor,
+            bodies: (self.held.len() - from) as u64,
+            events: self.events_total - oldest.events_before,
+            bytes: self.bytes_total - oldest.bytes_before,
+            oldest: Some(
+                now.duration_since(oldest.body.received_at)
+                    .unwrap_or_default(),
+            ),
+        }
+    }
 }
 
 pub struct Spool {
@@ -91,9 +176,13 @@ pub struct Spool {
     /// Whether bodies go to the log; watched by those who wait for the spool
     /// to empty.
     engaged: watch::Sender<bool>,
-    watermark: Mutex<Watermark>,
-    /// Where the replayer starts: the first segment left after recovery.
+    /// The sinks, in fan-out's order; their cursors are written by name.
+    sinks: Vec<Arc<str>>,
+    progress: Mutex<Progress>,
+    /// Where the replayers start: the first segment left after recovery.
     first_segment: u64,
+    /// The first body this run appended: those below came from a previous run.
+    first_of_this_run: u64,
     engage_after: Duration,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -108,9 +197,11 @@ impl std::fmt::Debug for Spool {
 pub type Durable = oneshot::Receiver<Result<(), SpoolError>>;
 
 impl Spool {
-    /// Opens (or creates) the spool in `options.dir`, recovering what a
-    /// previous run left: the bodies from the watermark on will be replayed.
-    pub fn open(options: &Options) -> anyhow::Result<Arc<Spool>> {
+    /// Opens (or creates) the spool in `options.dir` for `sinks`,
+    /// recovering what a previous run left: each sink replays the bodies
+    /// from its cursor on (a sink the log does not know yet, from the
+    /// watermark).
+    pub fn open(options: &Options, sinks: &[Arc<str>]) -> anyhow::Result<Arc<Spool>> {
         use anyhow::Context as _;
         let dir = &options.dir;
         // The spool is on by default: say how to choose another directory,
@@ -126,8 +217,24 @@ impl Spool {
                 dir.display()
             )
         })?;
-        let recovered = log::recover(dir)
+        let mut recovered = log::recover(dir)
             .with_context(|| format!("spool.path {}: cannot read the spool", dir.display()))?;
+        // Only the sinks of this run have cursors from now on.
+        recovered.cursors = sinks
+            .iter()
+            .map(|sink| {
+                let at = recovered.cursors.get(&**sink).copied();
+                (sink.to_string(), at.unwrap_or(recovered.watermark))
+            })
+            .collect();
+        let starts: Vec<u64> = sinks
+            .iter()
+            .map(|sink| recovered.cursors[&**sink])
+            .collect();
+        let outstanding: Vec<u64> = starts
+            .iter()
+            .map(|start| recovered.held.iter().filter(|h| h.seq >= *start).count() as u64)
+            .collect();
         let writer = log::Writer::open(dir, &recovered, options.segment_bytes, options.fsync)
             .with_context(|| format!("spool.path {}: cannot write", dir.display()))?;
         if recovered.torn > 0 {
@@ -136,9 +243,9 @@ impl Spool {
                 "spool: entries torn by a crash were cut off (they were never acknowledged)"
             );
         }
-        if recovered.pending > 0 {
+        if recovered.pending() > 0 {
             tracing::info!(
-                bodies = recovered.pending,
+                bodies = recovered.pending(),
                 "spool: replaying bodies a previous run accepted and did not deliver"
             );
         }
@@ -146,24 +253,38 @@ impl Spool {
         telemetry::spool_bytes(writer.bytes());
         let (durable_tx, durable) = watch::channel(writer.position());
         let (to_writer, commands) = std::sync::mpsc::channel();
-        let engaged = recovered.pending > 0;
+        let engaged = outstanding.iter().any(|n| *n > 0);
         telemetry::spool_engaged(engaged);
+        let mut progress = Progress {
+            cursors: starts
+                .iter()
+                .map(|start| Cursor {
+                    next: *start,
+                    acknowledged: BTreeSet::new(),
+                    submitted: *start,
+                })
+                .collect(),
+            watermark: starts.iter().copied().min().unwrap_or(recovered.watermark),
+            held: VecDeque::new(),
+            events_total: 0,
+            bytes_total: 0,
+        };
+        for held in &recovered.held {
+            progress.push(*held);
+        }
         let spool = Arc::new(Spool {
             dir: dir.clone(),
-            gate: Mutex::new(Gate {
-                outstanding: recovered.pending,
-            }),
+            gate: Mutex::new(Gate { outstanding }),
             to_writer,
             bytes: AtomicU64::new(writer.bytes()),
             max_bytes: options.max_bytes,
             space: Notify::new(),
             durable,
             engaged: watch::Sender::new(engaged),
-            watermark: Mutex::new(Watermark {
-                next: recovered.watermark,
-                acknowledged: BTreeSet::new(),
-            }),
+            sinks: sinks.to_vec(),
+            progress: Mutex::new(progress),
             first_segment: recovered.segments.first().map_or(0, |s| s.id),
+            first_of_this_run: recovered.next_seq,
             engage_after: options.engage_after,
             writer: Mutex::new(None),
         });
@@ -226,7 +347,9 @@ impl Spool {
             self.bytes.fetch_sub(len, Ordering::AcqRel);
             return Err(SpoolError::Io("the spool writer stopped".into()));
         }
-        gate.outstanding += 1;
+        for outstanding in &mut gate.outstanding {
+            *outstanding += 1;
+        }
         Ok(durable)
     }
 
@@ -241,21 +364,38 @@ impl Spool {
         let _ = engaged.wait_for(|engaged| !engaged).await;
     }
 
-    /// Every sink acknowledged the events of body `seq`.
-    fn acknowledged(&self, seq: u64) {
-        let mut watermark = self.watermark.lock().expect("never poisoned");
-        if seq < watermark.next {
+    /// Sink `sink` acknowledged the events of body `seq`.
+    fn acknowledged(&self, sink: usize, seq: u64) {
+        let mut progress = self.progress.lock().expect("never poisoned");
+        let cursor = &mut progress.cursors[sink];
+        if seq < cursor.next {
             return;
         }
-        watermark.acknowledged.insert(seq);
-        let before = watermark.next;
-        while watermark.acknowledged.first() == Some(&watermark.next) {
-            watermark.acknowledged.pop_first();
-            watermark.next += 1;
+        cursor.acknowledged.insert(seq);
+        let before = cursor.next;
+        while cursor.acknowledged.first() == Some(&cursor.next) {
+            cursor.acknowledged.pop_first();
+            cursor.next += 1;
         }
-        if watermark.next != before {
-            let _ = self.to_writer.send(Command::Watermark(watermark.next));
+        if cursor.next == before {
+            return;
         }
+        let _ = self.to_writer.send(Command::Cursor(sink, cursor.next));
+        let least = progress.cursors.iter().map(|c| c.next).min();
+        if let Some(least) = least.filter(|least| *least > progress.watermark) {
+            progress.watermark = least;
+            progress.forget_below(least);
+            let _ = self.to_writer.send(Command::Watermark(least));
+        }
+    }
+
+    /// How far each sink is behind in the spool, in fan-out's order.
+    pub fn lag(&self) -> Vec<Lag> {
+        let progress = self.progress.lock().expect("never poisoned");
+        let now = SystemTime::now();
+        (0..self.sinks.len())
+            .map(|sink| progress.lag(sink, now))
+            .collect()
     }
 
     /// Writes the last watermark and stops the writer; what is still in
@@ -280,6 +420,7 @@ fn run_writer(
 ) {
     let mut records = Vec::new();
     let mut answers = Vec::new();
+    let mut cursors: Vec<Option<u64>> = vec![None; spool.sinks.len()];
     while let Ok(first) = commands.recv() {
         let mut watermark = None;
         let mut close = None;
@@ -292,6 +433,7 @@ fn run_writer(
                     records.push(record);
                     answers.push(done);
                 }
+                Command::Cursor(sink, seq) => cursors[sink] = Some(seq),
                 Command::Watermark(seq) => watermark = Some(seq),
                 Command::Close(done) => close = Some(done),
             }
@@ -304,9 +446,21 @@ fn run_writer(
         if !records.is_empty() {
             let started = Instant::now();
             let batch: u64 = records.iter().map(NewRecord::entry_len).sum();
+            let first_seq = writer.next_seq();
             match writer.append(&records) {
                 Ok(()) => {
                     reserved = batch;
+                    {
+                        let mut progress = spool.progress.lock().expect("never poisoned");
+                        for (seq, record) in (first_seq..).zip(&records) {
+                            progress.push(Held {
+                                seq,
+                                events: record.events,
+                                bytes: record.entry_len(),
+                                received_at: record.received_at,
+                            });
+                        }
+                    }
                     telemetry::spool_synced(started.elapsed());
                     for record in &records {
                         telemetry::spool_written(record.source);
@@ -319,7 +473,9 @@ fn run_writer(
                 Err(error) => {
                     tracing::error!(error = %error, bodies = records.len(), "spool: append failed; the bodies are refused");
                     spool.bytes.fetch_sub(batch, Ordering::AcqRel);
-                    spool.gate().outstanding -= records.len() as u64;
+                    for outstanding in &mut spool.gate().outstanding {
+                        *outstanding -= records.len() as u64;
+                    }
                     for record in &records {
                         telemetry::spool_failed(record.source);
                     }
@@ -329,6 +485,13 @@ fn run_writer(
                 }
             }
             records.clear();
+        }
+        for (sink, seq) in cursors.iter_mut().enumerate() {
+            if let Some(seq) = seq.take() {
+                if let Err(error) = writer.cursor(&spool.sinks[sink], seq) {
+                    tracing::error!(error = %error, sink = %spool.sinks[sink], "spool: cannot record a sink's cursor");
+                }
+            }
         }
         if let Some(seq) = watermark {
             match writer.watermark(seq) {
@@ -365,11 +528,13 @@ fn run_writer(
     }
 }
 
-/// Reads the log from where recovery left it and submits each body to the
-/// pipeline in order, until `shutdown`. What it had not submitted by then
-/// stays in the log for the next run.
+/// Reads the log for sink `sink` from its cursor and submits each body to
+/// that sink in order, until `shutdown`. What it had not submitted by then
+/// stays in the log for the next run. Each sink has its own, so one that
+/// is slow holds back no other.
 pub async fn replay(
     spool: Arc<Spool>,
+    sink: usize,
     fanout: Fanout,
     in_flight: InFlight,
     fishjam_id: Arc<str>,
@@ -379,7 +544,13 @@ pub async fn replay(
     let mut segment = spool.first_segment;
     // The open segment and, once it is closed, its length.
     let mut reader: Option<(SegmentReader, Option<u64>)> = None;
-    let mut expected = spool.watermark.lock().expect("never poisoned").next;
+    let mut expected = spool.progress.lock().expect("never poisoned").cursors[sink].next;
+    let replay = Replay {
+        spool: &spool,
+        sink,
+        fanout: &fanout,
+        fishjam_id: &fishjam_id,
+    };
     loop {
         let end = *durable.borrow_and_update();
         if reader.is_none() {
@@ -413,18 +584,19 @@ pub async fn replay(
             Ok(Next::Entry(Entry::Body(record))) if record.seq >= expected => {
                 // Bodies lost to a torn segment are no longer waited for.
                 for missing in expected..record.seq {
-                    spool.acknowledged(missing);
+                    spool.acknowledged(sink, missing);
                 }
                 expected = record.seq + 1;
                 let seq = record.seq;
                 let submitted = tokio::select! {
-                    submitted = submit(&spool, &fanout, &fishjam_id, record) => submitted,
+                    submitted = replay.submit(record) => submitted,
                     () = shutdown.cancelled() => return,
                 };
                 if !submitted {
-                    spool.acknowledged(seq);
+                    spool.acknowledged(sink, seq);
                 }
-                spool.gate().outstanding -= 1;
+                spool.progress.lock().expect("never poisoned").cursors[sink].submitted = expected;
+                spool.gate().outstanding[sink] -= 1;
             }
             Ok(Next::Entry(_) | Next::Unreadable) => {}
             Ok(next @ (Next::End | Next::Torn { .. })) if segment < end.segment => {
@@ -440,15 +612,20 @@ pub async fn replay(
             }
             Ok(Next::End | Next::Torn { .. }) => {
                 {
-                    // Caught up: everything spooled was submitted and
-                    // delivered, and the sinks are moving.
-                    let delivered =
-                        spool.watermark.lock().expect("never poisoned").next >= expected;
-                    let moving = in_flight.current() == 0
-                        || (in_flight.current() <= in_flight.capacity() / 2
-                            && in_flight.since_progress() < spool.engage_after);
+                    // Caught up, this sink and every other: everything
+                    // spooled was submitted and delivered, and the sinks
+                    // are moving.
+                    let delivered = spool
+                        .progress
+                        .lock()
+                        .expect("never poisoned")
+                        .cursors
+                        .iter()
+                        .all(|cursor| cursor.next >= cursor.submitted);
+                    let moving = in_flight.moving(spool.engage_after);
                     let gate = spool.gate();
-                    if spool.is_engaged(&gate) && gate.outstanding == 0 && delivered && moving {
+                    let submitted = gate.outstanding.iter().all(|n| *n == 0);
+                    if spool.is_engaged(&gate) && submitted && delivered && moving {
                         spool.engaged.send_replace(false);
                         telemetry::spool_engaged(false);
                         tracing::info!("spool disengaged: the sinks caught up");
@@ -478,58 +655,84 @@ fn segment_len(dir: &Path, segment: u64) -> u64 {
     std::fs::metadata(log::segment_path(dir, segment)).map_or(0, |m| m.len())
 }
 
-/// Rebuilds a body's events and waits until the pipeline takes them; the
-/// body is acknowledged in the log once every sink has them. False when
-/// there is nothing to submit.
-async fn submit(
-    spool: &Arc<Spool>,
-    fanout: &Fanout,
-    fishjam_id: &Arc<str>,
-    record: log::Record,
-) -> bool {
-    let origin = Origin {
-        source: record.source,
-        received_at: record.received_at,
-        fishjam_id: fishjam_id.clone(),
-        id_seed: record.id_seed,
-    };
-    let events = match normalize_body(&record.body, &origin) {
-        Ok(normalized) => normalized.events,
-        Err(error) => {
-            // It decoded when it was spooled and its CRC holds: a bug.
-            tracing::error!(error = %error, seq = record.seq, "spool: a spooled body no longer decodes; dropped");
-            return false;
-        }
-    };
-    telemetry::spool_replayed(record.source);
-    let seq = record.seq;
-    // A body spooled under a larger bound than this run's goes in parts, in
-    // order; it is acknowledged in the log when the last part is.
-    let size = fanout.largest_submission().max(1);
-    let mut parts: Vec<Vec<_>> = Vec::new();
-    let mut events = events.into_iter().map(Message::new).peekable();
-    while events.peek().is_some() || parts.is_empty() {
-        parts.push(events.by_ref().take(size).collect());
-    }
-    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(parts.len()));
-    for part in parts {
-        let on_acknowledged = {
-            let (spool, remaining) = (spool.clone(), remaining.clone());
-            Box::new(move || {
-                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    spool.acknowledged(seq);
-                }
-            })
+/// What one sink's replayer submits with.
+struct Replay<'a> {
+    spool: &'a Arc<Spool>,
+    sink: usize,
+    fanout: &'a Fanout,
+    fishjam_id: &'a Arc<str>,
+}
+
+impl Replay<'_> {
+    /// Rebuilds a body's events (without the duplicates dropped when it was
+    /// spooled) and waits until the sink takes them; the body is
+    /// acknowledged in the sink's cursor once it has them. False when there
+    /// is nothing to submit.
+    async fn submit(&self, record: log::Record) -> bool {
+        let origin = Origin {
+            source: record.source,
+            received_at: record.received_at,
+            fishjam_id: self.fishjam_id.clone(),
+            id_seed: record.id_seed,
         };
-        if let Err(refused) = fanout
-            .admit(part, record.source, Instant::now(), Some(on_acknowledged))
-            .await
-        {
-            tracing::error!(error = %refused.reason, seq, "spool: the pipeline refused a spooled body");
-            return false;
+        let events = match normalize_body(&record.body, &origin) {
+            Ok(normalized) => normalized.events,
+            Err(error) => {
+                // It decoded when it was spooled and its CRC holds: a bug.
+                tracing::error!(error = %error, seq = record.seq, "spool: a spooled body no longer decodes; dropped");
+                return false;
+            }
+        };
+        let seq = record.seq;
+        let mut skips = record.skips.iter().peekable();
+        let messages: Vec<Message> = events
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let skip = skips.peek() == Some(&&(*i as u32));
+                if skip {
+                    skips.next();
+                }
+                !skip
+            })
+            .map(|(_, event)| Message::new(event))
+            .collect();
+        if self.sink == 0 {
+            telemetry::spool_replayed(record.source);
+            // This run has not seen what a previous one spooled.
+            if seq < self.spool.first_of_this_run {
+                self.fanout.observe_recovered(&messages);
+            }
         }
+        // A body spooled under a larger bound than this run's goes in
+        // parts, in order; it is acknowledged when the last part is.
+        let size = self.fanout.largest_submission().max(1);
+        let mut parts: Vec<Vec<_>> = Vec::new();
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() || parts.is_empty() {
+            parts.push(messages.by_ref().take(size).collect());
+        }
+        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(parts.len()));
+        for part in parts {
+            let on_acknowledged = {
+                let (spool, remaining, sink) = (self.spool.clone(), remaining.clone(), self.sink);
+                Box::new(move || {
+                    if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        spool.acknowledged(sink, seq);
+                    }
+                })
+            };
+            if let Err(refused) = self
+                .fanout
+                .admit_to(self.sink, part, record.source, Some(on_acknowledged))
+                .await
+            {
+                tracing::error!(error = %refused.reason, seq, "spool: the pipeline refused a spooled body");
+                return false;
+            }
+        }
+        true
     }
-    true
 }
 
 /// A body ready for the log, from what a source received.
@@ -538,6 +741,8 @@ pub fn record(origin: &Origin, body: bytes::Bytes) -> NewRecord {
         source: origin.source,
         received_at: origin.received_at,
         id_seed: origin.id_seed,
+        events: 0,
+        skips: Box::default(),
         body,
     }
 }
@@ -561,8 +766,8 @@ mod tests {
     #[test]
     fn a_second_bridge_cannot_use_the_same_spool() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Spool::open(&test_options(dir.path())).unwrap();
-        let error = Spool::open(&test_options(dir.path()))
+        let _first = Spool::open(&test_options(dir.path()), &[Arc::from("a")]).unwrap();
+        let error = Spool::open(&test_options(dir.path()), &[Arc::from("a")])
             .unwrap_err()
             .to_string();
         assert!(

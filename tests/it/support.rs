@@ -510,16 +510,28 @@ pub fn by_key<'a>(events: impl IntoIterator<Item = &'a Value>) -> ByKey {
 /// room's events must appear in order: every expected sequence is a
 /// subsequence of what was stored for its key.
 pub fn assert_each_room_complete_in_order(wanted: &ByKey, stored: &ByKey) {
+    if let Some(problem) = incomplete_or_out_of_order(wanted, stored) {
+        panic!("{problem}");
+    }
+}
+
+/// What `assert_each_room_complete_in_order` would fail with, if anything.
+pub fn incomplete_or_out_of_order(wanted: &ByKey, stored: &ByKey) -> Option<String> {
     for (key, events) in wanted {
         let held = stored.get(key).map(Vec::as_slice).unwrap_or_default();
         let mut rest = held.iter();
-        assert!(
-            events.iter().all(|event| rest.any(|h| h == event)),
-            "every event of {key}, in order: {} expected, {} stored",
-            events.len(),
-            held.len()
-        );
+        if let Some(missing) = events.iter().position(|event| !rest.any(|h| h == event)) {
+            return Some(format!(
+                "every event of {key}, in order: {} expected, {} stored; the {}th expected, {:?}, is not there after the ones before it\nstored: {:?}",
+                events.len(),
+                held.len(),
+                missing + 1,
+                events[missing],
+                held.iter().map(|(t, _)| t).collect::<Vec<_>>()
+            ));
+        }
     }
+    None
 }
 
 /// A private CA and a certificate for 127.0.0.1 that it signed, made with
