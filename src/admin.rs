@@ -2,17 +2,25 @@
 //! serves) and `/readyz` (every component that must be up is up, and the
 //! bridge is not shutting down; see `Readiness`) and `/status` (the same
 //! report, always 200). The report holds each check's state, under
-//! `problems` what a failing check says is wrong, and `ready`.
+//! `problems` what a failing check says is wrong, and `ready`. With
+//! `admin.tap`, `/tap` streams live events (`tap.rs`) as JSON lines.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::tap::{self, Tap};
+use crate::telemetry;
 
 /// Named readiness checks. `/readyz` answers whether the bridge can take a
 /// webhook durably now: every required check passes, and either every sink
@@ -215,15 +223,91 @@ fn all_pass(checks: &BTreeMap<String, Check>, spool_room: Option<bool>) -> bool 
 struct AdminState {
     metrics: PrometheusHandle,
     readiness: Readiness,
+    tap: Option<Tap>,
 }
 
-pub fn router(metrics: PrometheusHandle, readiness: Readiness) -> Router {
-    Router::new()
+/// The admin routes; `/tap` only with `tap`.
+pub fn router(metrics: PrometheusHandle, readiness: Readiness, tap: Option<Tap>) -> Router {
+    let router = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/status", get(status))
-        .with_state(AdminState { metrics, readiness })
+        .route("/status", get(status));
+    let router = if tap.is_some() {
+        router.route("/tap", get(tap_events))
+    } else {
+        router
+    };
+    router.with_state(AdminState {
+        metrics,
+        readiness,
+        tap,
+    })
+}
+
+/// A quiet tap still sends an empty line this often, so that the
+/// listener's idle timeout never closes it.
+const TAP_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// Counts a tap client while its stream lives.
+struct TapClient;
+
+impl TapClient {
+    fn new() -> TapClient {
+        telemetry::tap_clients(1.0);
+        TapClient
+    }
+}
+
+impl Drop for TapClient {
+    fn drop(&mut self) {
+        telemetry::tap_clients(-1.0);
+    }
+}
+
+/// `/tap?room=&type=&source=`: the events that pass the filter, one JSON
+/// object per line, and `{"tap":{"dropped":N}}` when this client fell
+/// behind and lost N events.
+async fn tap_events(
+    State(state): State<AdminState>,
+    Query(filter): Query<tap::Filter>,
+) -> axum::response::Response {
+    let Some(tap) = state.tap else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let filter = match filter.check() {
+        Ok(filter) => filter,
+        Err(problem) => return (StatusCode::BAD_REQUEST, format!("{problem}\n")).into_response(),
+    };
+    let client = (tap.subscribe(), filter, TapClient::new());
+    let lines = futures_util::stream::unfold(client, |(mut events, filter, client)| async move {
+        loop {
+            let line = match tokio::time::timeout(TAP_HEARTBEAT, events.recv()).await {
+                Err(_) => Bytes::from_static(b"\n"),
+                Ok(Ok(event)) if filter.passes(&event) => {
+                    let mut line = Vec::with_capacity(event.json.len() + 1);
+                    line.extend_from_slice(&event.json);
+                    line.push(b'\n');
+                    Bytes::from(line)
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(RecvError::Lagged(lost))) => {
+                    telemetry::tap_dropped(lost);
+                    Bytes::from(format!("{{\"tap\":{{\"dropped\":{lost}}}}}\n"))
+                }
+                Ok(Err(RecvError::Closed)) => return None,
+            };
+            return Some((
+                Ok::<_, std::convert::Infallible>(line),
+                (events, filter, client),
+            ));
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::core::event::{Event, Message, Source};
 use crate::fanout::{bursty_count, Fanout, Receipt, Refused, SubmitError};
 use crate::spool::log::NewRecord;
-use crate::spool::{Durable, Spool, SpoolError};
+use crate::spool::{Durable, Spool, SpoolError, Ticket};
 
 /// One body from a source: its events, each serialized once, and the body
 /// as received, for the spool.
@@ -55,6 +55,10 @@ pub enum AdmissionError {
 pub enum Accepted {
     /// Into fan-out: safe once the receipt completes.
     Receipt(Receipt),
+    /// Into fan-out, a webhook body with a spool: safe once the receipt
+    /// completes or, if the spool engages meanwhile, once the ticket says
+    /// it is on disk.
+    Waiting(Receipt, Ticket),
     /// Into the spool: safe once it is on disk. The body comes along, so
     /// that a failed write can still be answered or tried again.
     Spooled(Durable, Body),
@@ -116,6 +120,15 @@ impl Admission {
             messages
         } else {
             match self.fanout.try_admit(messages, source, received) {
+                // A webhook is answered once its body is safe: if the spool
+                // engages before the sinks have it, it goes to disk. With
+                // deduplication the body in fan-out may have lost events
+                // the spooled one would bring back; the other source has
+                // those.
+                Ok(receipt) if source == Source::Webhook && !self.fanout.deduplicates() => {
+                    let ticket = spool.hold(&mut gate, record, receipt.clone());
+                    return Ok(Accepted::Waiting(receipt, ticket));
+                }
                 Ok(receipt) => return Ok(Accepted::Receipt(receipt)),
                 Err(Refused {
                     body,
@@ -129,13 +142,20 @@ impl Admission {
                 Err(refused) => return Err(back(refused.body, record, refused.reason.into())),
             }
         };
+        // Room first, for the body with every event skipped at worst:
+        // what deduplication records below must not be refused after.
+        let worst = record.entry_len() + 4 * messages.len() as u64;
+        let room = match spool.reserve(&mut gate, worst, source) {
+            Ok(room) => room,
+            Err(error) => return Err(back(messages, record, error.into())),
+        };
         // Deduplication and room activity see the body now, in the order
         // the gate gives, as dispatch would; the replay leaves out what
         // was dropped.
         let mut record = record;
         record.events = u32::try_from(messages.len()).unwrap_or(u32::MAX);
         record.skips = self.fanout.observe_spooled(&messages);
-        match spool.append(&mut gate, record.clone()) {
+        match spool.append_reserved(&mut gate, room, record.clone()) {
             Ok(durable) => Ok(Accepted::Spooled(
                 durable,
                 Body {
@@ -146,19 +166,6 @@ impl Admission {
             )),
             Err(error) => Err(back(messages, record, error.into())),
         }
-    }
-
-    /// Appends to the spool a body fan-out already holds, whose sinks are
-    /// too slow to answer its source in time: once on disk it is safe
-    /// whatever they do. Its events are replayed with the ids they were
-    /// given, so a sink that did take it sees the same events twice.
-    pub fn spool_late(&self, mut record: NewRecord, events: usize) -> Result<Durable, SpoolError> {
-        let Some(spool) = &self.spool else {
-            return Err(SpoolError::Io("no spool".into()));
-        };
-        record.events = u32::try_from(events).unwrap_or(u32::MAX);
-        let mut gate = spool.gate();
-        spool.append(&mut gate, record)
     }
 
     /// Takes `body`, waiting for room: in fan-out without a spool; with one,
@@ -192,7 +199,7 @@ impl Admission {
         let mut body = body;
         loop {
             body = match self.offer(body) {
-                Ok(Accepted::Receipt(_)) => return Ok(()),
+                Ok(Accepted::Receipt(_) | Accepted::Waiting(..)) => return Ok(()),
                 Ok(Accepted::Spooled(durable, body)) => match durable.await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(error)) => {
@@ -375,7 +382,7 @@ mod tests {
 
         assert!(matches!(
             admission.offer(body(&["r1"])).unwrap(),
-            Accepted::Receipt(_)
+            Accepted::Receipt(_) | Accepted::Waiting(..)
         ));
         // Two more events do not fit: the spool engages and takes the body.
         let b = body(&["r1", "r2"]);
@@ -407,7 +414,7 @@ mod tests {
         spool.disengaged().await;
         assert!(matches!(
             admission.offer(body(&["r3"])).unwrap(),
-            Accepted::Receipt(_)
+            Accepted::Receipt(_) | Accepted::Waiting(..)
         ));
         assert_eq!(take(lane, 1).await.len(), 1);
         shutdown.cancel();
@@ -429,7 +436,7 @@ mod tests {
         // The first body fills the pipeline, whose sink never acknowledges.
         assert!(matches!(
             admission.offer(body(&["r0", "r0"])).unwrap(),
-            Accepted::Receipt(_)
+            Accepted::Receipt(_) | Accepted::Waiting(..)
         ));
         let mut spooled = Vec::new();
         let mut refused = 0;
@@ -574,7 +581,7 @@ mod tests {
             let body = body(&[&format!("r{i}")]);
             offered.extend(ids(&body));
             match admission.offer(body).unwrap() {
-                Accepted::Receipt(_) => {}
+                Accepted::Receipt(_) | Accepted::Waiting(..) => {}
                 spooled => durable(spooled).await,
             }
         }
@@ -615,6 +622,71 @@ mod tests {
         }
         assert_eq!(rest, offered[2..]);
         spool.disengaged().await;
+        shutdown.cancel();
+        for replayer in replayers {
+            replayer.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_held_when_the_spool_engages_is_spooled_first_and_sent_to_no_sink_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(
+            &test_options(dir.path()),
+            &[Arc::from("fast"), Arc::from("stuck")],
+        )
+        .unwrap();
+        let (fanout, mut lanes, in_flight) = Fanout::new(
+            &[SinkSpec::all("fast", 1), SinkSpec::all("stuck", 1)],
+            10,
+            LIMIT,
+            None,
+        );
+        let admission = Admission::new(fanout, Some(spool.clone()));
+        let mut stuck = lanes.pop().unwrap().pop().unwrap();
+        let mut fast = lanes.pop().unwrap().pop().unwrap();
+        // A webhook body in fan-out; the fast sink has it, the stuck one not.
+        let held = body(&["r1"]);
+        let held_ids = ids(&held);
+        let Accepted::Waiting(receipt, ticket) = admission.offer(held).unwrap() else {
+            panic!("a webhook body with a spool is held with a ticket");
+        };
+        assert_eq!(take(&mut fast, 1).await[0].id, held_ids[0]);
+        assert!(ticket.spooled().is_none(), "not spooled while not engaged");
+        // The spool engages (a webhook waited): the held body goes to the
+        // log first, then the next body.
+        spool.engage_now("test");
+        ticket.spooled().expect("spooled").await.unwrap().unwrap();
+        let next = body(&["r1"]);
+        let next_ids = ids(&next);
+        durable(admission.offer(next).unwrap()).await;
+        let shutdown = CancellationToken::new();
+        let replayers: Vec<_> = (0..2)
+            .map(|sink| {
+                tokio::spawn(replay(
+                    spool.clone(),
+                    sink,
+                    admission.fanout().clone(),
+                    in_flight.clone(),
+                    Arc::from("test"),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        // The fast sink gets only what it did not have.
+        assert_eq!(take(&mut fast, 1).await[0].id, next_ids[0]);
+        // The stuck sink gets the held body once, from fan-out, then the next.
+        let seen = take(&mut stuck, 2).await;
+        assert_eq!(
+            seen.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [held_ids[0], next_ids[0]]
+        );
+        receipt.acknowledged().await;
+        spool.disengaged().await;
+        let lag = spool.lag();
+        assert_eq!((lag[0].cursor, lag[1].cursor), (2, 2));
+        assert!(fast.try_recv().is_err(), "nothing more for the fast sink");
+        drop(ticket);
         shutdown.cancel();
         for replayer in replayers {
             replayer.await.unwrap();

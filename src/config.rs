@@ -303,6 +303,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Serve HTTPS with this certificate (re-read when its files change).
     pub tls: Option<ServerTlsConfig>,
+    /// Serve live events at `/tap` (`fishjam-bridge tap`); off, as events
+    /// carry peer metadata.
+    #[serde(default)]
+    pub tap: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -520,6 +524,11 @@ impl Config {
         if self.pipeline.max_in_flight_events == 0 {
             problems.push("pipeline.max_in_flight_events must be at least 1".to_owned());
         }
+        if self.admin.tap && !self.admin.enabled {
+            problems.push(
+                "admin.tap needs admin.enabled: /tap is served by the admin listener".to_owned(),
+            );
+        }
         for (key, tls) in [
             ("webhook.tls", &self.webhook.tls),
             ("admin.tls", &self.admin.tls),
@@ -650,6 +659,14 @@ impl Config {
         line("admin.enabled", self.admin.enabled.to_string());
         line("admin.listen", self.admin.listen.to_string());
         line("admin.tls", tls(&self.admin.tls));
+        line(
+            "admin.tap",
+            if self.admin.tap {
+                "on: /tap shows live events, peer metadata included".to_owned()
+            } else {
+                "off".to_owned()
+            },
+        );
         for (index, sink) in self.sinks.iter().enumerate() {
             line(&format!("sinks[{index}]"), sink.describe());
         }

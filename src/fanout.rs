@@ -20,7 +20,7 @@
 //! caller can always wait and try again with the same body.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -30,6 +30,7 @@ use crate::activity::{Activity, KnownRooms};
 use crate::core::event::{Message, Source};
 use crate::core::route::Filter;
 use crate::dedup::{self, Deduplicator};
+use crate::tap::Tap;
 use crate::telemetry;
 
 /// Run once every sink acknowledged every event of a submission.
@@ -39,10 +40,17 @@ pub type OnAcknowledged = Box<dyn FnOnce() + Send>;
 struct Completion {
     remaining: AtomicUsize,
     done: Notify,
+    /// Parts still unacknowledged of each of the first `TRACKED` sinks,
+    /// for a spool replay that must know whether one sink has the body.
+    of_sink: [AtomicU32; TRACKED],
+    sink_done: Notify,
     source: Source,
     received: Instant,
     on_acknowledged: Mutex<Option<OnAcknowledged>>,
 }
+
+/// Sinks whose acknowledgement of a body `Receipt::acknowledged_by` can tell.
+const TRACKED: usize = 4;
 
 impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,7 +62,12 @@ impl std::fmt::Debug for Completion {
 }
 
 impl Completion {
-    fn acknowledge_part(&self) {
+    fn acknowledge_part(&self, sink: usize) {
+        if let Some(parts) = self.of_sink.get(sink) {
+            if parts.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.sink_done.notify_waiters();
+            }
+        }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             telemetry::acknowledged(self.source, self.received.elapsed());
             self.complete();
@@ -92,6 +105,8 @@ pub struct Part {
     body: Arc<Admitted>,
     /// Indices into the body's messages; `None` when the part is all of them.
     indices: Option<Box<[u32]>>,
+    /// The sink's index in fan-out.
+    sink: usize,
     _slots: Slots,
 }
 
@@ -120,15 +135,39 @@ impl Part {
 
     /// Called by a lane once every message of the part is safe with its sink.
     pub fn acknowledge(&self) {
-        self.body.completion.acknowledge_part();
+        self.body.completion.acknowledge_part(self.sink);
     }
 }
 
 /// Completes when every sink acknowledged every event of one submission.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Receipt(Arc<Completion>);
 
 impl Receipt {
+    pub fn is_acknowledged(&self) -> bool {
+        self.0.remaining.load(Ordering::Acquire) == 0
+    }
+
+    /// Waits until sink `sink` acknowledged every event of the submission
+    /// it takes; None for a sink past the first few, which is not tracked.
+    pub fn acknowledged_by(
+        &self,
+        sink: usize,
+    ) -> Option<impl std::future::Future<Output = ()> + '_> {
+        let parts = self.0.of_sink.get(sink)?;
+        Some(async move {
+            loop {
+                let done = self.0.sink_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if parts.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+    }
+
     pub async fn acknowledged(&self) {
         while self.0.remaining.load(Ordering::Acquire) != 0 {
             self.0.done.notified().await;
@@ -351,6 +390,8 @@ pub struct Fanout {
     /// `[sink][lane]`. The lanes themselves are unbounded: each sink's
     /// bound limits them.
     lanes: Arc<Vec<SinkLanes>>,
+    /// Shown each event as it is accepted, after deduplication.
+    tap: Option<Tap>,
 }
 
 impl Fanout {
@@ -397,8 +438,22 @@ impl Fanout {
             dedup: dedup.map(|d| Arc::new(Mutex::new(d))),
             activity: Arc::default(),
             lanes: Arc::new(senders),
+            tap: None,
         };
         (fanout, receivers, in_flight)
+    }
+
+    /// Whether duplicates of the other source are dropped.
+    pub fn deduplicates(&self) -> bool {
+        self.dedup.is_some()
+    }
+
+    /// Shows every event to `tap` as it is accepted.
+    pub fn with_tap(self, tap: Tap) -> Fanout {
+        Fanout {
+            tap: Some(tap),
+            ..self
+        }
     }
 
     /// The names of the sinks, in their order.
@@ -461,18 +516,24 @@ impl Fanout {
             }
             dedup::dropped(&dedup, skips.len());
         }
-        let mut skipped = skips.iter().peekable();
-        self.activity
-            .lock()
-            .expect("room activity never panics")
-            .observe(messages.iter().enumerate().filter_map(|(i, m)| {
+        let kept = || {
+            let mut skipped = skips.iter().peekable();
+            messages.iter().enumerate().filter_map(move |(i, m)| {
                 if skipped.peek() == Some(&&(i as u32)) {
                     skipped.next();
                     None
                 } else {
-                    Some(&m.event)
+                    Some(m)
                 }
-            }));
+            })
+        };
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .observe(kept().map(|m| &m.event));
+        if let Some(tap) = &self.tap {
+            tap.publish(kept());
+        }
         skips.into_boxed_slice()
     }
 
@@ -710,10 +771,15 @@ impl Fanout {
                 .lock()
                 .expect("room activity never panics")
                 .observe(messages.iter().map(|m| &m.event));
+            if let Some(tap) = &self.tap {
+                tap.publish(&messages);
+            }
         }
         let completion = Arc::new(Completion {
             remaining: AtomicUsize::new(0),
             done: Notify::new(),
+            of_sink: Default::default(),
+            sink_done: Notify::new(),
             source,
             received,
             on_acknowledged: Mutex::new(on_acknowledged),
@@ -727,6 +793,11 @@ impl Fanout {
             // No sink takes any of these events.
             completion.complete();
             return Receipt(completion);
+        }
+        for (sink, _, _) in &plan {
+            if let Some(parts) = completion.of_sink.get(*sink) {
+                parts.fetch_add(1, Ordering::Relaxed);
+            }
         }
         completion.remaining.store(plan.len(), Ordering::Release);
         let body = Arc::new(Admitted {
@@ -758,6 +829,7 @@ impl Fanout {
             let part = Part {
                 body: body.clone(),
                 indices,
+                sink,
                 _slots: Slots {
                     _events: share(&mut taken.at(sink).events, len),
                     _bursty: (bursty_in_part > 0)

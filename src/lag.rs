@@ -1,6 +1,7 @@
-//! How far each sink is behind: the events it has not acknowledged (in the
-//! spool behind its cursor, and in its bound in memory), the bytes of those
-//! spooled, and how long the oldest has waited. Exported as metrics every
+//! How far each sink is behind: the events it has not acknowledged (spooled
+//! behind its cursor, or held in its bound in memory, whichever is more:
+//! counted per body, so events its route leaves out count too), the bytes
+//! of those spooled, and how long the oldest has waited. Exported as metrics every
 //! second and shown under `lag` in `/readyz` and `/status`, so the sink
 //! that holds a spool up is named.
 
@@ -55,8 +56,10 @@ impl Lag {
                     Duration::ZERO
                 };
                 let oldest = spooled.and_then(|lag| lag.oldest).unwrap_or(in_memory);
+                // What a replay submitted is both behind the cursor and in
+                // the bound: the larger of the two, not their sum.
                 let lag = SinkLag {
-                    events: held + spooled.map_or(0, |lag| lag.events),
+                    events: held.max(spooled.map_or(0, |lag| lag.events)),
                     bytes: spooled.map_or(0, |lag| lag.bytes),
                     seconds: oldest.as_secs_f64(),
                     cursor: spooled.map(|lag| lag.cursor),

@@ -27,6 +27,7 @@ pub mod sinks;
 pub mod sources;
 pub mod spool;
 pub mod systemd;
+pub mod tap;
 pub mod telemetry;
 pub mod tls;
 
@@ -130,12 +131,14 @@ pub async fn start(
     let fatal = Fatal::default();
     let tasks = TaskTracker::new();
 
+    telemetry::tap_registered();
+    let tap = (config.admin.enabled && config.admin.tap).then(tap::Tap::default);
     let admin_addr = if config.admin.enabled {
         let listener = tokio::net::TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("cannot bind admin.listen {}", config.admin.listen))?;
         let addr = listener.local_addr()?;
-        let router = admin::router(metrics, readiness.clone());
+        let router = admin::router(metrics, readiness.clone(), tap.clone());
         let tls = acceptor("admin.tls", &config.admin.tls)?;
         // Scrapes and probes: a few connections, never a flood.
         let limits = listener::Limits {
@@ -182,6 +185,10 @@ pub async fn start(
         },
         dedup,
     );
+    let fanout = match tap {
+        Some(tap) => fanout.with_tap(tap),
+        None => fanout,
+    };
     telemetry::spool_registered();
     let spool = config
         .spool

@@ -100,12 +100,29 @@ enum Command {
     /// Act as Fishjam: serve the notifier WebSocket and the REST API for rooms and
     /// peers, and post webhooks; optionally play simulated room lifecycles.
     Simulate(Box<SimulateArgs>),
-    /// Run the simulator into a bridge that prints events on stdout, until Ctrl-C.
     /// Read a dead-letter file (`pipeline.dead_letter_path`).
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Print the events a running bridge accepts, live, as JSON lines
+    /// (needs `admin.tap = true` in its configuration). A line on stderr
+    /// says when this client read too slowly and events were skipped.
+    Tap {
+        /// The bridge's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// Only the events of this room.
+        #[arg(long)]
+        room: Option<String>,
+        /// Only events of this type (docs/events.md), such as peerConnected.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only events from this source: webhook, notifier or reconciled.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Run the simulator into a bridge that prints events on stdout, until Ctrl-C.
     Demo {
         /// Stop after this long (e.g. 10s); default: until Ctrl-C.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -224,6 +241,21 @@ fn main() -> ExitCode {
         Command::DeadLetters {
             action: DeadLetterAction::List { file },
         } => list_dead_letters(&file),
+        Command::Tap {
+            admin,
+            room,
+            event_type,
+            source,
+        } => {
+            let filter = [("room", room), ("type", event_type), ("source", source)];
+            match runtime().block_on(tap(&admin, &filter)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("fishjam-bridge: {error:#}");
+                    ExitCode::from(69)
+                }
+            }
+        }
         Command::Demo {
             duration,
             rate,
@@ -279,6 +311,58 @@ fn list_dead_letters(file: &std::path::Path) -> ExitCode {
         lines.join(", ")
     );
     ExitCode::from(65)
+}
+
+/// Streams `/tap` of the bridge at `admin` to stdout until the bridge ends
+/// it (or the user does, with Ctrl-C).
+async fn tap(admin: &str, filter: &[(&str, Option<String>)]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let query: Vec<(&str, &str)> = filter
+        .iter()
+        .filter_map(|(key, value)| Some((*key, value.as_deref()?)))
+        .collect();
+    let url = format!("{}/tap", admin.trim_end_matches('/'));
+    let mut response = reqwest::Client::new()
+        .get(&url)
+        .query(&query)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    match response.status() {
+        reqwest::StatusCode::OK => {}
+        reqwest::StatusCode::NOT_FOUND => {
+            anyhow::bail!("{url}: not served; the bridge serves /tap only with admin.tap = true")
+        }
+        status => {
+            let why = response.text().await.unwrap_or_default();
+            anyhow::bail!("{url}: {status}: {}", why.trim());
+        }
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = response.chunk().await.context("the tap stream broke")? {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = &line[..line.len() - 1];
+            if line.is_empty() {
+                continue; // the bridge's keep-alive
+            }
+            if line.starts_with(b"{\"tap\":") {
+                let notice: serde_json::Value = serde_json::from_slice(line)?;
+                eprintln!(
+                    "fishjam-bridge: {} events skipped: this tap read more slowly than they came",
+                    notice["tap"]["dropped"]
+                );
+                continue;
+            }
+            stdout.write_all(line)?;
+            stdout.write_all(b"\n")?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> tokio::runtime::Runtime {

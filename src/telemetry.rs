@@ -158,15 +158,19 @@ metrics! {
     SPOOL_ENGAGED: Gauge "fishjam_bridge_spool_engaged" []
         "1 while bodies go to the disk spool instead of straight to the sinks.";
     SPOOL_BODIES: Counter "fishjam_bridge_spool_bodies_total" ["op", "source"]
-        "Bodies written to the spool, replayed from it, refused because it was full, or failed to write, by op and source.";
+        "Bodies written to the spool, replayed from it (passed on to the sinks; a body fan-out still held when the spool engaged is not sent again), refused because it was full, or failed to write, by op and source.";
     SPOOL_TORN: Counter "fishjam_bridge_spool_torn_entries_total" []
         "Spool entries found torn or unreadable when the spool was opened (cut off, never replayed).";
     SPOOL_SYNC: Histogram "fishjam_bridge_spool_write_duration_seconds" []
         "Time to write (and, with spool.fsync, sync) one batch of spooled bodies.";
+    TAP_CLIENTS: Gauge "fishjam_bridge_tap_clients" []
+        "Clients reading /tap (fishjam-bridge tap) now.";
+    TAP_DROPPED: Counter "fishjam_bridge_tap_dropped_events_total" []
+        "Events a /tap client lost because it read too slowly (the pipeline never waits for it).";
     SPOOL_CURSOR: Gauge "fishjam_bridge_spool_cursor" ["sink"]
         "The sequence number below which a sink acknowledged every spooled body.";
     SINK_LAG_EVENTS: Gauge "fishjam_bridge_sink_lag_events" ["sink"]
-        "Events accepted that a sink has not acknowledged: in the spool behind its cursor, and in its bound.";
+        "Events accepted that a sink has not acknowledged: spooled behind its cursor, or in its bound, whichever is more.";
     SINK_LAG_BYTES: Gauge "fishjam_bridge_sink_lag_bytes" ["sink"]
         "Bytes of the spooled bodies a sink has not acknowledged.";
     SINK_LAG_SECONDS: Gauge "fishjam_bridge_sink_lag_seconds" ["sink"]
@@ -493,6 +497,19 @@ pub fn spool_refused(source: Source) {
 /// Bodies the spool could not write (a disk error); refused with 503.
 pub fn spool_failed(source: Source) {
     counter!(SPOOL_BODIES, "op" => "failed", "source" => source.as_str()).increment(1);
+}
+
+pub fn tap_registered() {
+    gauge!(TAP_CLIENTS).set(0.0);
+    counter!(TAP_DROPPED).increment(0);
+}
+
+pub fn tap_clients(delta: f64) {
+    gauge!(TAP_CLIENTS).increment(delta);
+}
+
+pub fn tap_dropped(events: u64) {
+    counter!(TAP_DROPPED).increment(events);
 }
 
 /// How far sink `sink` is behind; `cursor` with a spool.

@@ -23,7 +23,7 @@ use crate::core::event::Source;
 use crate::core::normalize::{normalize_body, Origin};
 use crate::core::signature;
 use crate::fanout::SubmitError;
-use crate::spool::Spool;
+use crate::spool::{Spool, Ticket};
 use crate::telemetry;
 
 /// Seconds a sender should wait after a 503 for a full pipeline.
@@ -165,16 +165,17 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
     telemetry::body_normalized(Source::Webhook, &normalized);
     let count = normalized.events.len();
     let record = crate::spool::record(&origin, body);
-    // Kept (a reference to the same bytes) in case the sinks are too slow
-    // and the body has to be spooled after all.
-    let late = state.engage_spool.as_ref().map(|_| record.clone());
     let body = admission::Body::new(normalized.events, record, received);
     let offered = state.admission.offer(body);
     // The body stays in hand (and in the budget) until the spool has it on disk.
-    let receipt = match offered {
+    let (receipt, ticket) = match offered {
         Ok(Accepted::Receipt(receipt)) => {
             drop(body_room);
-            receipt
+            (receipt, None)
+        }
+        Ok(Accepted::Waiting(receipt, ticket)) => {
+            drop(body_room);
+            (receipt, Some(ticket))
         }
         Ok(Accepted::Spooled(durable, body)) => {
             let written = durable.await;
@@ -217,24 +218,13 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             Ok(()) => return ok(count, false),
             Err(_) => spool.engage_now("a webhook waited spool.engage_after for the sinks"),
         }
-        // A sink may be down for longer than Fishjam waits, and Fishjam may
-        // never send this body again: shortly before ack_timeout it goes to
-        // the spool as well, and is answered once it is on disk. The sinks
-        // that took it already get it twice, with the same event ids; so
-        // this waits as long as it can first.
-        if let Some(record) = late {
-            let margin = LATE_SPOOL_MARGIN.min(state.ack_timeout / 4);
-            let last_moment = state.ack_timeout.saturating_sub(margin);
-            if let Ok(()) =
-                tokio::time::timeout(last_moment.saturating_sub(waited), &mut acknowledged).await
-            {
-                return ok(count, false);
-            }
-            waited = waited.max(last_moment);
-            if let Ok(durable) = state.admission.spool_late(record, count) {
-                if let Ok(Ok(())) = durable.await {
-                    return ok(count, true);
-                }
+        // Engaging the spool appended every body still waiting for the
+        // sinks, this one among them (unless the spool is full): answered
+        // once it is on disk, since Fishjam may never send it again. A sink
+        // that takes it meanwhile gets it twice, with the same event ids.
+        if let Some(durable) = ticket.as_ref().and_then(Ticket::spooled) {
+            if let Ok(Ok(())) = durable.await {
+                return ok(count, true);
             }
         }
     }
@@ -254,10 +244,6 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         }
     }
 }
-
-/// How long before `webhook.ack_timeout` (at most a quarter of it) a body
-/// the sinks still hold is spooled as well: time for the spool's write.
-const LATE_SPOOL_MARGIN: Duration = Duration::from_millis(500);
 
 fn ok(count: usize, spooled: bool) -> Response {
     let body = if spooled {

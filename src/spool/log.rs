@@ -557,11 +557,10 @@ impl Writer {
         if seq <= self.watermark {
             return Ok(0);
         }
-        self.watermark = seq;
         self.scratch.clear();
         encode(&Entry::Watermark(seq), &mut self.scratch);
-        self.file.write_all(&self.scratch)?;
-        self.current.len += self.scratch.len() as u64;
+        self.write_entry()?;
+        self.watermark = seq;
         let mut freed = 0;
         while let Some(oldest) = self.closed.first() {
             if oldest.max_seq.is_some_and(|max| max >= seq) {
@@ -576,16 +575,24 @@ impl Writer {
 
     /// Records that the sink `sink` acknowledged every body below `seq`.
     pub fn cursor(&mut self, sink: &str, seq: u64) -> io::Result<()> {
-        match self.cursors.get_mut(sink) {
-            Some(cursor) if *cursor >= seq => return Ok(()),
-            Some(cursor) => *cursor = seq,
-            None => {
-                self.cursors.insert(sink.to_owned(), seq);
-            }
+        if self.cursors.get(sink).is_some_and(|cursor| *cursor >= seq) {
+            return Ok(());
         }
         self.scratch.clear();
         encode(&Entry::Cursor(sink.to_owned(), seq), &mut self.scratch);
-        self.file.write_all(&self.scratch)?;
+        self.write_entry()?;
+        self.cursors.insert(sink.to_owned(), seq);
+        Ok(())
+    }
+
+    /// Writes the entry in `scratch` (not synced: what it records is
+    /// written again if lost). On error, whatever part reached the file is
+    /// cut off, so the next append follows a whole entry.
+    fn write_entry(&mut self) -> io::Result<()> {
+        if let Err(error) = self.file.write_all(&self.scratch) {
+            let _ = self.file.set_len(self.current.len);
+            return Err(error);
+        }
         self.current.len += self.scratch.len() as u64;
         Ok(())
     }

@@ -27,7 +27,7 @@
 
 pub mod log;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,9 +36,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::event::Message;
+use crate::core::event::{Message, Source};
 use crate::core::normalize::{normalize_body, Origin};
-use crate::fanout::{Fanout, InFlight};
+use crate::fanout::{Fanout, InFlight, Receipt};
 use crate::telemetry;
 use log::{Entry, Held, NewRecord, Next, Position, SegmentReader};
 
@@ -71,11 +71,54 @@ enum Command {
 }
 
 /// What the lock guards: for each sink, how many bodies sent to the log its
-/// replayer has not submitted yet. Whether the spool is engaged
+/// replayer has not submitted yet, and the webhook bodies in fan-out whose
+/// answer waits for the sinks. Whether the spool is engaged
 /// (`Spool::engaged`) is read and changed only while it is held.
 #[derive(Debug)]
 pub struct Gate {
     outstanding: Vec<u64>,
+    waiting: BTreeMap<u64, Waiting>,
+    next_ticket: u64,
+}
+
+/// A body fan-out holds while its source waits for the answer: appended to
+/// the log when the spool engages, before anything else is, so that it can
+/// be answered from disk.
+#[derive(Debug)]
+struct Waiting {
+    record: NewRecord,
+    receipt: Receipt,
+    /// Once appended: when it is on disk.
+    spooled: Option<Durable>,
+}
+
+/// A body in the log that fan-out also holds.
+#[derive(Debug)]
+struct Copy {
+    receipt: Receipt,
+    /// Replayers that have not read it yet.
+    readers: usize,
+}
+
+/// A body's place among those waiting; dropped when its source has its
+/// answer.
+#[derive(Debug)]
+pub struct Ticket {
+    spool: Arc<Spool>,
+    id: u64,
+}
+
+impl Ticket {
+    /// When the body is on disk, if the spool engaged and took it.
+    pub fn spooled(&self) -> Option<Durable> {
+        self.spool.gate().waiting.get_mut(&self.id)?.spooled.take()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.spool.gate().waiting.remove(&self.id);
+    }
 }
 
 /// Where one sink is in the log.
@@ -178,6 +221,10 @@ pub struct Spool {
     engaged: watch::Sender<bool>,
     /// The sinks, in fan-out's order; their cursors are written by name.
     sinks: Vec<Arc<str>>,
+    /// Bodies appended when the spool engaged while fan-out held them, by
+    /// id seed: a replayer waits for its sink to acknowledge the body it
+    /// already has instead of sending a copy.
+    copies: Mutex<HashMap<u64, Copy>>,
     progress: Mutex<Progress>,
     /// Where the replayers start: the first segment left after recovery.
     first_segment: u64,
@@ -195,6 +242,11 @@ impl std::fmt::Debug for Spool {
 
 /// Resolves once a spooled body is on disk.
 pub type Durable = oneshot::Receiver<Result<(), SpoolError>>;
+
+/// Bytes of the spool reserved for a body about to be appended.
+#[derive(Debug)]
+#[must_use]
+pub struct Room(u64);
 
 impl Spool {
     /// Opens (or creates) the spool in `options.dir` for `sinks`,
@@ -274,7 +326,11 @@ impl Spool {
         }
         let spool = Arc::new(Spool {
             dir: dir.clone(),
-            gate: Mutex::new(Gate { outstanding }),
+            gate: Mutex::new(Gate {
+                outstanding,
+                waiting: BTreeMap::new(),
+                next_ticket: 0,
+            }),
             to_writer,
             bytes: AtomicU64::new(writer.bytes()),
             max_bytes: options.max_bytes,
@@ -282,6 +338,7 @@ impl Spool {
             durable,
             engaged: watch::Sender::new(engaged),
             sinks: sinks.to_vec(),
+            copies: Mutex::default(),
             progress: Mutex::new(progress),
             first_segment: recovered.segments.first().map_or(0, |s| s.id),
             first_of_this_run: recovered.next_seq,
@@ -297,6 +354,12 @@ impl Spool {
                 run_writer(writer, commands, &shared, durable_tx);
             })?;
         *spool.writer.lock().expect("never poisoned") = Some(handle);
+        // A sink that is no longer configured may have held the watermark
+        // back: the segments only it needed can go now.
+        let least = spool.progress.lock().expect("never poisoned").watermark;
+        if least > recovered.watermark {
+            let _ = spool.to_writer.send(Command::Watermark(least));
+        }
         Ok(spool)
     }
 
@@ -310,14 +373,68 @@ impl Spool {
         *self.engaged.borrow()
     }
 
-    /// From now on, bodies go to the log until the replayer has caught up.
-    pub fn engage(&self, _gate: &mut Gate, why: &'static str) {
+    /// From now on, bodies go to the log until the replayers have caught
+    /// up. The bodies still waiting for the sinks go first, in the order
+    /// they were admitted, so that each can be answered from disk and no
+    /// later body of their rooms is ahead of them in the log.
+    pub fn engage(&self, gate: &mut Gate, why: &'static str) {
         if !self.engaged.send_replace(true) {
             telemetry::spool_engaged(true);
             tracing::warn!(
                 why,
                 "spool engaged: bodies are kept on disk until the sinks catch up"
             );
+        }
+        let ids: Vec<u64> = gate
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.spooled.is_none() && !w.receipt.is_acknowledged())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let (record, receipt) = {
+                let waiting = &gate.waiting[&id];
+                (waiting.record.clone(), waiting.receipt.clone())
+            };
+            // Known before a replayer can read it.
+            let seed = record.id_seed;
+            let readers = self.sinks.len();
+            let copy = Copy { receipt, readers };
+            self.copies
+                .lock()
+                .expect("never poisoned")
+                .insert(seed, copy);
+            match self.append(gate, record) {
+                Ok(durable) => {
+                    if let Some(waiting) = gate.waiting.get_mut(&id) {
+                        waiting.spooled = Some(durable);
+                    }
+                }
+                // Full: it waits for the sinks, as without a spool.
+                Err(_) => {
+                    self.copies.lock().expect("never poisoned").remove(&seed);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Keeps `record`, a body fan-out has just admitted, until the ticket
+    /// is dropped: if the spool engages meanwhile, the body is appended.
+    pub fn hold(self: &Arc<Self>, gate: &mut Gate, record: NewRecord, receipt: Receipt) -> Ticket {
+        let id = gate.next_ticket;
+        gate.next_ticket += 1;
+        gate.waiting.insert(
+            id,
+            Waiting {
+                record,
+                receipt,
+                spooled: None,
+            },
+        );
+        Ticket {
+            spool: self.clone(),
+            id,
         }
     }
 
@@ -334,14 +451,40 @@ impl Spool {
 
     /// Sends `record` to the log; the answer says when it is on disk.
     pub fn append(&self, gate: &mut Gate, record: NewRecord) -> Result<Durable, SpoolError> {
-        let len = record.entry_len();
-        let source = record.source;
-        let reserved = self.bytes.fetch_add(len, Ordering::AcqRel) + len;
+        let room = self.reserve(gate, record.entry_len(), record.source)?;
+        self.append_reserved(gate, room, record)
+    }
+
+    /// Takes `bytes` of the spool's room for a body of `source` about to be
+    /// appended, so that what is done before the append (deduplication)
+    /// is never undone by a full spool.
+    pub fn reserve(
+        &self,
+        _gate: &mut Gate,
+        bytes: u64,
+        source: Source,
+    ) -> Result<Room, SpoolError> {
+        let reserved = self.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if reserved > self.max_bytes {
-            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
             telemetry::spool_refused(source);
             return Err(SpoolError::Full);
         }
+        Ok(Room(bytes))
+    }
+
+    /// Sends `record` to the log in `room` reserved for it (at least its
+    /// length; the rest goes back).
+    pub fn append_reserved(
+        &self,
+        gate: &mut Gate,
+        room: Room,
+        record: NewRecord,
+    ) -> Result<Durable, SpoolError> {
+        let len = record.entry_len();
+        debug_assert!(len <= room.0, "a record fits the room reserved for it");
+        self.bytes
+            .fetch_sub(room.0.saturating_sub(len), Ordering::AcqRel);
         let (done, durable) = oneshot::channel();
         if self.to_writer.send(Command::Append(record, done)).is_err() {
             self.bytes.fetch_sub(len, Ordering::AcqRel);
@@ -387,6 +530,19 @@ impl Spool {
             progress.forget_below(least);
             let _ = self.to_writer.send(Command::Watermark(least));
         }
+    }
+
+    /// The receipt of the body with `seed` if fan-out holds it too; each
+    /// replayer asks once, the last one forgets it.
+    fn copy_of(&self, seed: u64) -> Option<Receipt> {
+        let mut copies = self.copies.lock().expect("never poisoned");
+        let copy = copies.get_mut(&seed)?;
+        copy.readers -= 1;
+        let receipt = copy.receipt.clone();
+        if copy.readers == 0 {
+            copies.remove(&seed);
+        }
+        Some(receipt)
     }
 
     /// How far each sink is behind in the spool, in fan-out's order.
@@ -588,12 +744,31 @@ pub async fn replay(
                 }
                 expected = record.seq + 1;
                 let seq = record.seq;
-                let submitted = tokio::select! {
-                    submitted = replay.submit(record) => submitted,
-                    () = shutdown.cancelled() => return,
-                };
-                if !submitted {
-                    spool.acknowledged(sink, seq);
+                let copy = spool.copy_of(record.id_seed);
+                match copy
+                    .as_ref()
+                    .and_then(|receipt| receipt.acknowledged_by(sink))
+                {
+                    // Fan-out holds this body for the sink already: it is
+                    // acknowledged when the sink has that, not sent twice.
+                    Some(acknowledged) => {
+                        if sink == 0 {
+                            telemetry::spool_replayed(record.source);
+                        }
+                        tokio::select! {
+                            () = acknowledged => spool.acknowledged(sink, seq),
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
+                    None => {
+                        let submitted = tokio::select! {
+                            submitted = replay.submit(record) => submitted,
+                            () = shutdown.cancelled() => return,
+                        };
+                        if !submitted {
+                            spool.acknowledged(sink, seq);
+                        }
+                    }
                 }
                 spool.progress.lock().expect("never poisoned").cursors[sink].submitted = expected;
                 spool.gate().outstanding[sink] -= 1;
@@ -615,6 +790,9 @@ pub async fn replay(
                     // Caught up, this sink and every other: everything
                     // spooled was submitted and delivered, and the sinks
                     // are moving.
+                    // The gate first: nothing is appended or submitted
+                    // while this is decided.
+                    let gate = spool.gate();
                     let delivered = spool
                         .progress
                         .lock()
@@ -623,7 +801,6 @@ pub async fn replay(
                         .iter()
                         .all(|cursor| cursor.next >= cursor.submitted);
                     let moving = in_flight.moving(spool.engage_after);
-                    let gate = spool.gate();
                     let submitted = gate.outstanding.iter().all(|n| *n == 0);
                     if spool.is_engaged(&gate) && submitted && delivered && moving {
                         spool.engaged.send_replace(false);
@@ -774,5 +951,55 @@ mod tests {
             error.contains("another fishjam-bridge uses this spool"),
             "{error}"
         );
+    }
+
+    fn record(n: u8) -> NewRecord {
+        NewRecord {
+            source: crate::core::event::Source::Webhook,
+            received_at: SystemTime::now(),
+            id_seed: u64::from(n),
+            events: 1,
+            skips: Box::default(),
+            body: bytes::Bytes::from(vec![n]),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_sink_resumes_from_its_own_cursor_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = [Arc::from("fast"), Arc::from("slow")];
+        let spool = Spool::open(&test_options(dir.path()), &sinks).unwrap();
+        for n in 0..5 {
+            let durable = spool.append(&mut spool.gate(), record(n)).unwrap();
+            durable.await.unwrap().unwrap();
+        }
+        // The fast sink has every body, the slow one the first two.
+        for seq in 0..5 {
+            spool.acknowledged(0, seq);
+        }
+        spool.acknowledged(1, 1);
+        spool.acknowledged(1, 0);
+        let lag = spool.lag();
+        assert_eq!((lag[0].cursor, lag[0].bodies), (5, 0));
+        assert_eq!((lag[1].cursor, lag[1].bodies, lag[1].events), (2, 3, 3));
+        assert!(lag[1].bytes > 0 && lag[1].oldest.is_some());
+        spool.close().await;
+        drop(spool);
+
+        // Reopened, each sink starts where it was; a sink the log does not
+        // know starts at the watermark, and one no longer configured is
+        // forgotten.
+        let sinks = [Arc::from("slow"), Arc::from("fast"), Arc::from("new")];
+        let spool = Spool::open(&test_options(dir.path()), &sinks).unwrap();
+        let lag = spool.lag();
+        assert_eq!(lag[0].cursor, 2, "slow");
+        assert_eq!(lag[1].cursor, 5, "fast");
+        assert_eq!(lag[2].cursor, 2, "new, from the watermark");
+        assert_eq!(spool.gate().outstanding, [3, 0, 3]);
+        assert!(spool.is_engaged(&spool.gate()), "bodies wait for replay");
+        spool.close().await;
+        let recovered = log::recover(dir.path()).unwrap();
+        assert_eq!(recovered.watermark, 2);
+        assert_eq!(recovered.held.len(), 3);
     }
 }

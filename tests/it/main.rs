@@ -14,5 +14,6 @@ mod operations;
 mod sdk;
 mod secrets;
 mod support;
+mod tap;
 mod tls;
 mod webhook;

@@ -1,0 +1,158 @@
+//! `fishjam-bridge tap` against a running bridge: the filters, a client
+//! that does not read, and the endpoint's absence when tap is off.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn with_tap(text: &str) -> String {
+    text.replace("[admin]\n", "[admin]\ntap = true\n")
+}
+
+fn tap_clients(bridge: &BridgeProcess) -> f64 {
+    bridge.metrics().sum("fishjam_bridge_tap_clients", &[])
+}
+
+#[test]
+fn a_filtered_tap_prints_exactly_the_matching_events() {
+    let mut bridge = BridgeProcess::start(&with_tap(&config(
+        "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
+    )));
+    // A room of the scenario with peers connecting in it.
+    let (seed, count) = (7, 2000);
+    let wanted = expected(seed, 8, count);
+    let room = wanted
+        .iter()
+        .find(|(_, events)| events.iter().filter(|(t, _)| t == "peerConnected").count() >= 2)
+        .map(|(room, _)| room.clone())
+        .expect("a room where peers connect");
+    let tap = Killed(
+        Command::new(BIN)
+            .args(["tap", "--admin", &format!("http://{}", bridge.admin)])
+            .args(["--room", &room, "--type", "peerConnected"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the tap client connected", || tap_clients(&bridge) == 1.0);
+    let report = summary(webhook_simulator(
+        &bridge.webhook_url(),
+        seed,
+        count,
+        10,
+        &[],
+    ));
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    let file = bridge.dir().join("events.jsonl");
+    wait_until("every event in the file", || {
+        read_events(&file).len() >= count
+    });
+    // The bridge ends the stream when it stops: what the tap printed is all
+    // it will ever print.
+    assert!(bridge.terminate().success());
+    let mut tap = tap;
+    let mut printed = String::new();
+    tap.0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut printed)
+        .unwrap();
+    let tapped: Vec<Value> = printed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let matching: Vec<Value> = read_events(&file)
+        .into_iter()
+        .filter(|e| e["type"] == "peerConnected" && e["data"]["roomId"] == room.as_str())
+        .collect();
+    assert!(matching.len() >= 2);
+    let ids = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&tapped), ids(&matching));
+}
+
+#[test]
+fn a_tap_client_that_does_not_read_slows_nothing_and_is_told_what_it_lost() {
+    let bridge = BridgeProcess::start(&with_tap(&config(
+        "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
+    )));
+    // A client that asks for every event and then reads nothing.
+    let mut stalled = TcpStream::connect(bridge.admin).unwrap();
+    stalled
+        .write_all(b"GET /tap HTTP/1.1\r\nhost: bridge\r\n\r\n")
+        .unwrap();
+    wait_until("the tap client connected", || tap_clients(&bridge) == 1.0);
+    let count = 80_000;
+    let report = summary(webhook_simulator(
+        &bridge.webhook_url(),
+        11,
+        count,
+        50,
+        &["--rate", "0"],
+    ));
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    // Every event reached the sink: the tap held nothing back.
+    let received = bridge
+        .metrics()
+        .sum("fishjam_bridge_events_received_total", &[]);
+    wait_until("every event acknowledged", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_events_acknowledged_total", &[])
+            >= received
+    });
+    // Reading at last, the client finds how many it lost in its stream.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let marker = b"{\"tap\":{\"dropped\":";
+    let mut seen = Vec::new();
+    let mut buffer = vec![0; 1 << 16];
+    while !seen.windows(marker.len()).any(|w| w == marker) {
+        let n = stalled.read(&mut buffer).expect("the stream goes on");
+        assert!(n > 0, "the stream ended before saying what was lost");
+        // Keep only a tail long enough to hold the marker across reads.
+        seen.extend_from_slice(&buffer[..n]);
+        let keep = seen.len().saturating_sub(1 << 16);
+        seen.drain(..keep);
+    }
+    let dropped = bridge
+        .metrics()
+        .sum("fishjam_bridge_tap_dropped_events_total", &[]);
+    assert!(dropped > 0.0, "what the client lost is counted");
+}
+
+#[test]
+fn without_admin_tap_there_is_no_tap() {
+    let bridge = BridgeProcess::start(&config("[[sinks]]\ntype = \"stdout\"\n"));
+    let response = reqwest::blocking::get(format!("http://{}/tap", bridge.admin)).unwrap();
+    assert_eq!(response.status(), 404);
+    let output = Command::new(BIN)
+        .args(["tap", "--admin", &format!("http://{}", bridge.admin)])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(69));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("admin.tap = true"), "{said}");
+    // An unknown type is refused by name.
+    let tapping = BridgeProcess::start(&with_tap(&config("[[sinks]]\ntype = \"stdout\"\n")));
+    let output = Command::new(BIN)
+        .args(["tap", "--admin", &format!("http://{}", tapping.admin)])
+        .args(["--type", "roomMade"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(69));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("roomMade"), "{said}");
+}
