@@ -137,8 +137,18 @@ impl Admission {
                     spool.engage(&mut gate, "the pipeline is full");
                     body
                 }
-                // A flood of voice activity must not put lifecycle events
-                // behind it in the spool: it waits, as without a spool.
+                // Bursty slots full because a sink has stopped: the spool
+                // takes the body, so the other sinks go on.
+                Err(Refused {
+                    body,
+                    reason: SubmitError::BurstyFull,
+                }) if !self.fanout.sinks_moving(spool.engage_after()) => {
+                    spool.engage(&mut gate, "a sink that stopped holds its bursty slots");
+                    body
+                }
+                // A flood of voice activity into sinks that keep up must
+                // not put lifecycle events behind it in the spool: it
+                // waits, as without a spool.
                 Err(refused) => return Err(back(refused.body, record, refused.reason.into())),
             }
         };
@@ -691,5 +701,68 @@ mod tests {
         for replayer in replayers {
             replayer.await.unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bursty_slots_held_by_a_sink_that_stopped_send_voice_activity_to_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let quick = Options {
+            engage_after: Duration::from_millis(20),
+            ..test_options(dir.path())
+        };
+        let spool = Spool::open(&quick, &[Arc::from("fast"), Arc::from("stuck")]).unwrap();
+        let limit = BurstyLimit {
+            max_in_flight: 1,
+            when_full: WhenFull::Wait,
+        };
+        let (fanout, mut lanes, in_flight) = Fanout::new(
+            &[SinkSpec::all("fast", 1), SinkSpec::all("stuck", 1)],
+            10,
+            limit,
+            None,
+        );
+        let admission = Admission::new(fanout, Some(spool.clone()));
+        let mut stuck = lanes.pop().unwrap().pop().unwrap();
+        let mut fast = lanes.pop().unwrap().pop().unwrap();
+        admission.offer(vad_body("r")).unwrap();
+        take(&mut fast, 1).await;
+        let _held = stuck.recv().await.unwrap();
+        // While the stuck sink still counts as moving, a flood of voice
+        // activity waits, as without a spool.
+        let early = admission.offer(vad_body("r"));
+        if let Err(refused) = &early {
+            assert_eq!(
+                refused.reason,
+                AdmissionError::Pipeline(SubmitError::BurstyFull)
+            );
+        }
+        drop(early);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while admission.fanout().sinks_moving(quick.engage_after) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a sink that delivers nothing stops counting as moving");
+        // Once it has stopped, the spool takes the body and the fast sink
+        // gets it from there.
+        let next = vad_body("r");
+        let next_ids = ids(&next);
+        durable(admission.offer(next).unwrap()).await;
+        let shutdown = CancellationToken::new();
+        let replayer = tokio::spawn(replay(
+            spool.clone(),
+            0,
+            admission.fanout().clone(),
+            in_flight.clone(),
+            Arc::from("test"),
+            shutdown.clone(),
+        ));
+        let seen = tokio::time::timeout(Duration::from_secs(30), take_until(&mut fast, &next_ids))
+            .await
+            .expect("the fast sink is not held back");
+        assert!(seen.is_some());
+        shutdown.cancel();
+        replayer.await.unwrap();
     }
 }

@@ -443,6 +443,11 @@ impl Fanout {
         (fanout, receivers, in_flight)
     }
 
+    /// Whether every sink is moving (`InFlight::moving`).
+    pub fn sinks_moving(&self, within: std::time::Duration) -> bool {
+        self.in_flight.moving(within)
+    }
+
     /// Whether duplicates of the other source are dropped.
     pub fn deduplicates(&self) -> bool {
         self.dedup.is_some()

@@ -368,6 +368,12 @@ impl Spool {
         self.gate.lock().expect("the spool gate never panics")
     }
 
+    /// How long the sinks may go without delivering before they count as
+    /// stuck (`spool.engage_after`).
+    pub fn engage_after(&self) -> Duration {
+        self.engage_after
+    }
+
     /// Whether bodies go to the log; `_gate` shows the lock is held.
     pub fn is_engaged(&self, _gate: &Gate) -> bool {
         *self.engaged.borrow()
