@@ -867,7 +867,21 @@ impl Replay<'_> {
             }
         };
         let seq = record.seq;
-        let mut skips = record.skips.iter().peekable();
+        // Skips name events by position: a body that no longer normalizes
+        // to as many events as when it was spooled keeps them all.
+        let counted = record.events as usize;
+        let skips: &[u32] = if counted != 0 && counted != events.len() {
+            tracing::warn!(
+                seq,
+                spooled = counted,
+                now = events.len(),
+                "spool: a body normalizes to another number of events than when it was spooled; its duplicates are kept"
+            );
+            &[]
+        } else {
+            &record.skips
+        };
+        let mut skips = skips.iter().peekable();
         let messages: Vec<Message> = events
             .into_iter()
             .enumerate()
