@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -134,6 +136,72 @@ fn seal(bootstrap: &str, topic: &str, partitions: i32) {
             .payload("{}");
         rt.block_on(producer.send(record, Duration::from_secs(10)))
             .unwrap();
+    }
+}
+
+/// A consumer that reads `topic` from the start while the test runs:
+/// librdkafka's mock cluster drops a partition's oldest records once its
+/// log is long, so what arrived is counted as it arrives, not read back at
+/// the end.
+struct Tail {
+    records: Arc<Mutex<Vec<Record>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tail {
+    fn start(bootstrap: &str, topic: &str, partitions: i32) -> Tail {
+        let consumer = consumer(bootstrap);
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (records, stop) = (records.clone(), stop.clone());
+            move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                        records.lock().unwrap().push(record(&message));
+                    }
+                }
+            }
+        });
+        Tail {
+            records,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every record that arrived, once the consumer has read up to each
+    /// partition's high watermark now.
+    fn all(mut self, bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
+        let watermarks = consumer(bootstrap);
+        let high: Vec<i64> = (0..partitions)
+            .map(|p| {
+                watermarks
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        wait_until("the tail read every partition to its end", || {
+            let records = self.records.lock().unwrap();
+            (0..partitions).all(|p| {
+                high[p as usize] == 0
+                    || records
+                        .iter()
+                        .any(|r| r.0 == p && r.4 + 1 >= high[p as usize])
+            })
+        });
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.records.lock().unwrap())
     }
 }
 
@@ -313,6 +381,7 @@ fn injected_broker_faults_lose_no_acknowledged_event() {
         &topic,
         "message_timeout = \"2s\"\n",
     ));
+    let tail = Tail::start(&bootstrap, &topic, 3);
     let url = bridge.webhook_url();
     let simulator =
         std::thread::spawn(move || simulate(&url, 71, 1500, &["--rate", "500", "--retries", "60"]));
@@ -344,7 +413,7 @@ fn injected_broker_faults_lose_no_acknowledged_event() {
             .sum("fishjam_bridge_pipeline_events_in_flight", &[])
             == 0.0
     });
-    let records = read_all(&bootstrap, &topic, 3);
+    let records = tail.all(&bootstrap, &topic, 3);
     // Every delivery report the bridge acknowledged names a record the
     // broker holds. A report without an offset (-1001) answers a retry the
     // broker recognised as a duplicate of a record it already stored.
