@@ -2,7 +2,8 @@
 //! broker, invalid for it): a JSON line in `pipeline.dead_letter_path`, with
 //! the sink and the reason, written and synced before the event counts as
 //! done, so it never blocks its room and is never lost silently. Without a
-//! path, the whole event is logged at error level instead.
+//! path, the whole event is logged at error level instead. `redrive.rs`
+//! publishes them again.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -66,13 +67,27 @@ fn line(sink: &str, reason: &str, job: &Message) -> Vec<u8> {
     line
 }
 
+/// Appends `line` under a shared lock: `dead-letters redrive` rewrites the
+/// file under an exclusive one, and a file it replaced between this open and
+/// the lock is opened again, so no line goes to a file that is gone.
 fn append(path: &std::path::Path, line: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(line)?;
-    file.sync_data()
+    use std::os::unix::fs::MetadataExt as _;
+    loop {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        file.lock_shared()?;
+        let opened = file.metadata()?;
+        let replaced = std::fs::metadata(path)
+            .map(|now| (now.dev(), now.ino()) != (opened.dev(), opened.ino()))
+            .unwrap_or(true);
+        if replaced {
+            continue;
+        }
+        file.write_all(line)?;
+        return file.sync_data();
+    }
 }
 
 /// What a dead-letter file holds: its entries by sink and reason, and the

@@ -21,6 +21,7 @@ pub mod lane;
 pub mod listener;
 pub mod probe;
 pub mod reconcile;
+pub mod redrive;
 pub mod settings;
 pub mod simulator;
 pub mod sinks;

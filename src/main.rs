@@ -241,6 +241,15 @@ fn main() -> ExitCode {
         Command::DeadLetters {
             action: DeadLetterAction::List { file },
         } => list_dead_letters(&file),
+        Command::DeadLetters {
+            action:
+                DeadLetterAction::Redrive {
+                    file,
+                    config,
+                    sink,
+                    timeout,
+                },
+        } => redrive_dead_letters(&file, config, sink.as_deref(), timeout),
         Command::Tap {
             admin,
             room,
@@ -273,6 +282,20 @@ enum DeadLetterAction {
     /// What the file holds, by sink and reason: how many, of which event
     /// types, first and last.
     List { file: PathBuf },
+    /// Publish the dead letters again, each through the configured sink that
+    /// refused it, with its original event id; what a sink acknowledges
+    /// leaves the file, the rest stays. Exit status 69 when some are left.
+    Redrive {
+        file: PathBuf,
+        #[arg(long, short, env = "FISHJAM_BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only the dead letters of this sink.
+        #[arg(long)]
+        sink: Option<String>,
+        /// How long connecting to a sink, and each batch, may take.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// Prints the summary; exit status 65 (EX_DATAERR) when a line is not a
@@ -363,6 +386,51 @@ async fn tap(admin: &str, filter: &[(&str, Option<String>)]) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Publishes the dead letters again and says, per sink, what was sent and
+/// what is left.
+fn redrive_dead_letters(
+    file: &std::path::Path,
+    config: Option<PathBuf>,
+    only: Option<&str>,
+    timeout: Duration,
+) -> ExitCode {
+    let config = match Config::from_process(config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => return config_failed(&error),
+    };
+    telemetry::init_logging(LogFormat::Text, "warn");
+    let outcomes = match runtime().block_on(fishjam_bridge::redrive::redrive(
+        &config, file, only, timeout,
+    )) {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            eprintln!("fishjam-bridge: {error:#}");
+            return ExitCode::from(66);
+        }
+    };
+    if outcomes.is_empty() {
+        println!("{}: no dead letter to send again", file.display());
+    }
+    let mut left = 0;
+    for outcome in &outcomes {
+        left += outcome.left;
+        match &outcome.problem {
+            None => println!(
+                "sink {}: {} sent again, acknowledged, removed from the file",
+                outcome.sink, outcome.sent
+            ),
+            Some(problem) => println!(
+                "sink {}: {} sent again, {} left in the file: {problem}",
+                outcome.sink, outcome.sent, outcome.left
+            ),
+        }
+    }
+    if left > 0 {
+        return ExitCode::from(69);
+    }
+    ExitCode::SUCCESS
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -641,3 +641,167 @@ impl Serialize for Hyphenated {
         serializer.serialize_str(self.0.hyphenated().encode_lower(&mut buffer))
     }
 }
+
+/// The names the bridge writes for enum values it maps (track types, voice
+/// activity and recording statuses), to read them back as `Data` holds them.
+const ENUM_NAMES: &[&str] = &[
+    "unspecified",
+    "video",
+    "audio",
+    "silence",
+    "speech",
+    "active",
+    "finished",
+    "available",
+    "failed",
+];
+
+/// The paths under which `unmapped_enums` keeps raw numbers.
+const UNMAPPED_PATHS: &[&str] = &[
+    "peerType",
+    "status",
+    "track.type",
+    "audioTrack.type",
+    "videoTrack.type",
+];
+
+fn known(name: &str, names: &'static [&'static str]) -> Option<&'static str> {
+    names.iter().copied().find(|known| *known == name)
+}
+
+impl Event {
+    /// An event read back from the JSON the bridge wrote for it (a dead
+    /// letter, to publish it again): the same event, so that serializing it
+    /// gives the same JSON. Anything the bridge could not have written is
+    /// an error that names the key.
+    pub fn from_json(json: &[u8]) -> Result<Event, String> {
+        use serde_json::Value;
+        let value: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let text = |v: &Value, key: &str| -> Result<String, String> {
+            v.get(key)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{key}: missing, or not a string"))
+        };
+        let optional = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+        let name = text(&value, "type")?;
+        let event_type = EventType::from_name(&name)
+            .ok_or_else(|| format!("type: {name:?} is not an event type"))?;
+        let id = Uuid::parse_str(&text(&value, "id")?).map_err(|e| format!("id: {e}"))?;
+        let name = text(&value, "source")?;
+        let source = Source::ALL
+            .into_iter()
+            .find(|source| source.as_str() == name)
+            .ok_or_else(|| format!("source: {name:?} is not a source"))?;
+        let received_at = humantime::parse_rfc3339(&text(&value, "received_at")?)
+            .map_err(|e| format!("received_at: {e}"))?;
+        let fishjam_id = Arc::from(text(&value, "fishjam_id")?);
+        let d = value.get("data").ok_or("data: missing")?;
+        let peer_type = |d: &Value| optional(d, "peerType").and_then(|n| PeerType::from_name(&n));
+        let status = |d: &Value| optional(d, "status").and_then(|n| known(&n, ENUM_NAMES));
+        let track = |t: Option<&Value>| -> Result<Option<Track>, String> {
+            t.map(|t| {
+                Ok(Track {
+                    id: text(t, "id")?,
+                    track_type: optional(t, "type").and_then(|n| known(&n, ENUM_NAMES)),
+                    metadata: text(t, "metadata")?,
+                })
+            })
+            .transpose()
+        };
+        use EventType as T;
+        let data = match event_type {
+            T::RoomCreated | T::RoomDeleted | T::RoomCrashed => Data::Room(RoomData {
+                room_id: text(d, "roomId")?,
+            }),
+            T::PeerAdded | T::PeerDeleted | T::PeerConnected | T::PeerDisconnected => {
+                Data::Peer(PeerData {
+                    room_id: text(d, "roomId")?,
+                    peer_id: text(d, "peerId")?,
+                    peer_type: peer_type(d),
+                })
+            }
+            T::PeerMetadataUpdated => Data::PeerMetadata(PeerMetadataData {
+                room_id: text(d, "roomId")?,
+                peer_id: text(d, "peerId")?,
+                metadata: text(d, "metadata")?,
+                peer_type: peer_type(d),
+            }),
+            T::PeerCrashed => Data::PeerCrashed(PeerCrashedData {
+                room_id: text(d, "roomId")?,
+                peer_id: text(d, "peerId")?,
+                reason: text(d, "reason")?,
+                peer_type: peer_type(d),
+            }),
+            T::StreamerConnected | T::StreamerDisconnected => Data::Streamer(StreamerData {
+                stream_id: text(d, "streamId")?,
+                streamer_id: text(d, "streamerId")?,
+            }),
+            T::ViewerConnected | T::ViewerDisconnected => Data::Viewer(ViewerData {
+                stream_id: text(d, "streamId")?,
+                viewer_id: text(d, "viewerId")?,
+            }),
+            T::TrackAdded | T::TrackRemoved | T::TrackMetadataUpdated => Data::Track(TrackData {
+                room_id: text(d, "roomId")?,
+                peer_id: optional(d, "peerId"),
+                component_id: optional(d, "componentId"),
+                track: track(d.get("track"))?,
+            }),
+            T::TrackForwarding => Data::TrackForwarding(TrackForwardingData {
+                room_id: text(d, "roomId")?,
+                peer_id: text(d, "peerId")?,
+                composition_url: text(d, "compositionUrl")?,
+                input_id: text(d, "inputId")?,
+                audio_track: track(d.get("audioTrack"))?,
+                video_track: track(d.get("videoTrack"))?,
+            }),
+            T::TrackForwardingRemoved => Data::TrackForwardingRemoved(TrackForwardingRemovedData {
+                room_id: text(d, "roomId")?,
+                peer_id: text(d, "peerId")?,
+                composition_url: text(d, "compositionUrl")?,
+                input_id: text(d, "inputId")?,
+            }),
+            T::VadNotification => Data::Vad(VadData {
+                room_id: text(d, "roomId")?,
+                peer_id: text(d, "peerId")?,
+                track_id: text(d, "trackId")?,
+                status: status(d),
+            }),
+            T::ChannelAdded | T::ChannelRemoved => Data::Channel(ChannelData {
+                room_id: text(d, "roomId")?,
+                peer_id: optional(d, "peerId"),
+                component_id: optional(d, "componentId"),
+                channel_id: text(d, "channelId")?,
+            }),
+            T::RecordingStatusChanged => Data::Recording(RecordingData {
+                recording_id: text(d, "recordingId")?,
+                status: status(d),
+                metadata: text(d, "metadata")?,
+            }),
+        };
+        let mut unmapped_enums = Vec::new();
+        if let Some(unmapped) = value.get("unmapped_enums") {
+            let unmapped = unmapped
+                .as_object()
+                .ok_or("unmapped_enums: not an object")?;
+            for (path, number) in unmapped {
+                let path = known(path, UNMAPPED_PATHS)
+                    .ok_or_else(|| format!("unmapped_enums: {path:?} is not a path"))?;
+                let number = number
+                    .as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .ok_or_else(|| format!("unmapped_enums.{path}: not a number"))?;
+                unmapped_enums.push((path, number));
+            }
+        }
+        Ok(Event {
+            id,
+            event_type,
+            source,
+            received_at,
+            fishjam_id,
+            data,
+            unmapped_enums,
+        })
+    }
+}

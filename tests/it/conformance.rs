@@ -294,3 +294,48 @@ fn the_schema_names_the_version_the_bridge_writes() {
         fishjam_bridge::core::event::SCHEMA_VERSION.to_string()
     );
 }
+
+/// What a dead letter is published again from: each event read back from
+/// its JSON is the same event, byte for byte once serialized again. Over
+/// every vector (unknown enum values included) and a long scenario.
+#[test]
+fn every_event_reads_back_from_its_json() {
+    use fishjam_bridge::core::event::Event;
+    use fishjam_bridge::simulator::scenario::Scenario;
+    use prost::Message as _;
+    let vectors = vectors();
+    let mut bodies: Vec<Vec<u8>> = vectors["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| hex::decode(case["hex"].as_str().unwrap()).unwrap())
+        .collect();
+    bodies.extend(Scenario::new(5, 6).take(5000).map(|m| m.encode_to_vec()));
+    let mut read = 0;
+    for body in bodies {
+        let Ok(normalized) = normalize_body(&body, &origin()) else {
+            continue;
+        };
+        for event in normalized.events {
+            let json = event.to_json();
+            let back = Event::from_json(&json)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json)));
+            assert_eq!(
+                String::from_utf8(back.to_json()).unwrap(),
+                String::from_utf8(json).unwrap()
+            );
+            read += 1;
+        }
+    }
+    assert!(read > 5000, "{read} events read back");
+    for (json, problem) in [
+        (r#"{"id":"x"}"#, "type"),
+        (
+            r#"{"type":"roomMade","id":"0190b5ce-0000-7000-8000-000000000000"}"#,
+            "roomMade",
+        ),
+    ] {
+        let error = Event::from_json(json.as_bytes()).unwrap_err();
+        assert!(error.contains(problem), "{error}");
+    }
+}

@@ -827,3 +827,95 @@ fn an_existing_streams_settings_are_brought_to_the_configuration() {
         context.delete_stream(&stream).await.unwrap();
     });
 }
+
+/// An event over a server's max_payload is a dead letter; once a server
+/// takes larger messages, `dead-letters redrive` publishes it there once,
+/// with its original id, and it leaves the file.
+#[test]
+fn a_dead_letter_is_sent_again_once_the_limit_allows_it_and_leaves_the_file() {
+    use fishjam_bridge::core::proto::server_message as sm;
+    use fishjam_bridge::core::proto::{Content, ServerMessage};
+    let rt = runtime();
+    let _context = rt.enter();
+    let small = ConfiguredNats::start("max_payload: 65536");
+    let prefix = unique("rd");
+    let subject = format!("{prefix}.{{key}}.{{type}}");
+    let bridge = BridgeProcess::start(&nats_sink(&small.url(), &subject, "").replace(
+        "[log]\n",
+        "[pipeline]\ndead_letter_path = \"{dir}/dead-letters.jsonl\"\n[log]\n",
+    ));
+    let body = ServerMessage {
+        content: Some(Content::PeerMetadataUpdated(sm::PeerMetadataUpdated {
+            room_id: "rd-room".into(),
+            peer_id: "rd-peer".into(),
+            metadata: format!("\"{}\"", "m".repeat(100_000)),
+            peer_type: 1,
+        })),
+    };
+    use prost::Message as _;
+    assert_eq!(
+        post(&bridge.webhook_url(), body.encode_to_vec(), None).status(),
+        200
+    );
+    let file = bridge.dir().join("dead-letters.jsonl");
+    wait_until("the event is a dead letter", || {
+        read_events(&file).len() == 1
+    });
+    let id = read_events(&file)[0]["event"]["id"].clone();
+
+    // A server with the limit raised, and a configuration whose sink of the
+    // same name publishes there.
+    let large = ConfiguredNats::start("max_payload: 1048576");
+    let (client, mut subscription) =
+        rt.block_on(async { subscribed(&large.url(), format!("{prefix}.>")).await });
+    let config = bridge.dir().join("redrive.toml");
+    std::fs::write(&config, nats_sink(&large.url(), &subject, "")).unwrap();
+    let redrive = || {
+        let output = Command::new(BIN)
+            .args(["dead-letters", "redrive"])
+            .arg(&file)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let said = redrive();
+    assert!(said.contains("sink nats: 1 sent again"), "{said}");
+    let message = rt
+        .block_on(async { tokio::time::timeout(WAIT, subscription.next()).await })
+        .expect("the dead letter arrives")
+        .unwrap();
+    let event: Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(event["id"], id, "with its original id");
+    assert_eq!(event["data"]["peerId"], "rd-peer");
+    assert_eq!(
+        message
+            .headers
+            .as_ref()
+            .unwrap()
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .unwrap()
+            .as_str(),
+        id.as_str().unwrap()
+    );
+    assert!(read_events(&file).is_empty(), "it left the file");
+
+    // Nothing is left to send: a second redrive sends nothing, and the next
+    // message on the subject is one the test publishes after it.
+    let said = redrive();
+    assert!(said.contains("no dead letter"), "{said}");
+    rt.block_on(async {
+        client
+            .publish(format!("{prefix}.marker"), "after".into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let next = tokio::time::timeout(WAIT, subscription.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.subject.as_str(), format!("{prefix}.marker"));
+    });
+}
