@@ -31,6 +31,7 @@ pub mod systemd;
 pub mod tap;
 pub mod telemetry;
 pub mod tls;
+pub mod top;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -121,6 +121,23 @@ enum Command {
         /// Only events from this source: webhook, notifier or reconciled.
         #[arg(long)]
         source: Option<String>,
+        /// PEM certificates to trust beside the platform's, for an admin
+        /// listener served with TLS under a private CA.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// A live view of a running bridge, from its admin listener: rates,
+    /// sinks, lag, the spool and the notifier. q quits, p pauses, s sorts.
+    Top {
+        /// The bridge's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin: String,
+        /// How often to read it.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        every: Duration,
+        /// PEM certificates to trust beside the platform's, as for tap.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Run the simulator into a bridge that prints events on stdout, until Ctrl-C.
     Demo {
@@ -255,15 +272,30 @@ fn main() -> ExitCode {
             room,
             event_type,
             source,
+            ca_file,
         } => {
             let filter = [("room", room), ("type", event_type), ("source", source)];
-            match runtime().block_on(tap(&admin, &filter)) {
+            let tapped = admin_client(ca_file.as_deref(), None)
+                .and_then(|client| runtime().block_on(tap(&client, &admin, &filter)));
+            match tapped {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("fishjam-bridge: {error:#}");
                     ExitCode::from(69)
                 }
             }
+        }
+        Command::Top {
+            admin,
+            every,
+            ca_file,
+        } => {
+            let timeout = every.max(Duration::from_secs(2));
+            report(
+                admin_client(ca_file.as_deref(), Some(timeout)).and_then(|client| {
+                    runtime().block_on(fishjam_bridge::top::run(&client, &admin, every))
+                }),
+            )
         }
         Command::Demo {
             duration,
@@ -336,9 +368,32 @@ fn list_dead_letters(file: &std::path::Path) -> ExitCode {
     ExitCode::from(65)
 }
 
+/// A client for a bridge's admin listener, trusting `ca_file` beside the
+/// platform's roots, each request within `timeout` when given.
+fn admin_client(
+    ca_file: Option<&std::path::Path>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    if let Some(path) = ca_file {
+        let roots = fishjam_bridge::tls::ExtraRoots::load(path)?;
+        for certificate in roots.reqwest()? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    Ok(builder.build()?)
+}
+
 /// Streams `/tap` of the bridge at `admin` to stdout until the bridge ends
 /// it (or the user does, with Ctrl-C).
-async fn tap(admin: &str, filter: &[(&str, Option<String>)]) -> anyhow::Result<()> {
+async fn tap(
+    client: &reqwest::Client,
+    admin: &str,
+    filter: &[(&str, Option<String>)],
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::io::Write as _;
     let query: Vec<(&str, &str)> = filter
@@ -346,7 +401,7 @@ async fn tap(admin: &str, filter: &[(&str, Option<String>)]) -> anyhow::Result<(
         .filter_map(|(key, value)| Some((*key, value.as_deref()?)))
         .collect();
     let url = format!("{}/tap", admin.trim_end_matches('/'));
-    let mut response = reqwest::Client::new()
+    let mut response = client
         .get(&url)
         .query(&query)
         .send()

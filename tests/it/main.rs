@@ -16,4 +16,5 @@ mod secrets;
 mod support;
 mod tap;
 mod tls;
+mod top;
 mod webhook;

@@ -46,7 +46,7 @@ fn a_filtered_tap_prints_exactly_the_matching_events() {
         seed,
         count,
         10,
-        &[],
+        &["--rate", "0"],
     ));
     assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
     let file = bridge.dir().join("events.jsonl");
@@ -155,4 +155,55 @@ fn without_admin_tap_there_is_no_tap() {
     assert_eq!(output.status.code(), Some(69));
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("roomMade"), "{said}");
+}
+
+#[test]
+fn tap_reads_an_admin_listener_served_with_tls_under_a_private_ca() {
+    use std::io::BufRead;
+    let certificates = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = private_ca(certificates.path());
+    let tls = format!(
+        "[admin.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let text =
+        with_tap(&config("[[sinks]]\ntype = \"stdout\"\n")).replace("[log]\n", &(tls + "[log]\n"));
+    let bridge = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    let mut tap = Killed(
+        Command::new(BIN)
+            .args(["tap", "--admin", &format!("https://{}", bridge.admin)])
+            .arg("--ca-file")
+            .arg(&ca)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines, printed) = std::sync::mpsc::channel();
+    let stdout = tap.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    // Bodies are posted until the tap, once connected, prints one.
+    let deadline = std::time::Instant::now() + WAIT;
+    let event: Value = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tap printed nothing"
+        );
+        let _ = reqwest::blocking::Client::new()
+            .post(bridge.webhook_url())
+            .header("content-type", "application/x-protobuf")
+            .body(room_created("over-tls"))
+            .send();
+        if let Ok(line) = printed.recv_timeout(Duration::from_millis(200)) {
+            break serde_json::from_str(&line).unwrap();
+        }
+    };
+    assert_eq!(event["data"]["roomId"], "over-tls");
 }
