@@ -121,6 +121,8 @@ metrics! {
         "Notifier sessions that ended: connect_failed, auth_rejected, handshake_failed, silent (no frame or pong within notifier.idle_timeout), closed_by_server, io_error.";
     NOTIFIER_BACKOFF: Gauge "fishjam_bridge_notifier_backoff_seconds" []
         "The last delay before reconnecting.";
+    NOTIFIER_SESSION_START: Gauge "fishjam_bridge_notifier_session_start_timestamp_seconds" []
+        "When the notifier's current session reached subscribed (Unix seconds); 0 while there is none.";
     NOTIFIER_LAST_MESSAGE: Gauge "fishjam_bridge_notifier_last_message_timestamp_seconds" []
         "Unix time of the last frame or pong from Fishjam.";
     NOTIFIER_PAUSED: Histogram "fishjam_bridge_notifier_pause_seconds" []
@@ -558,9 +560,14 @@ pub fn notifier_state(state: &'static str) {
 
 pub fn notifier_connected() {
     counter!(NOTIFIER_CONNECTS).increment(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!(NOTIFIER_SESSION_START).set(now.as_secs_f64());
 }
 
 pub fn notifier_disconnected(reason: &'static str) {
+    gauge!(NOTIFIER_SESSION_START).set(0.0);
     counter!(NOTIFIER_DISCONNECTS, "reason" => reason).increment(1);
 }
 
@@ -632,6 +639,7 @@ pub fn notifier_registered() {
     counter!(RECONCILED_EVENTS, "event_type" => "roomCreated").increment(0);
     gauge!(NOTIFIER_BACKOFF).set(0.0);
     gauge!(NOTIFIER_LAST_MESSAGE).set(0.0);
+    gauge!(NOTIFIER_SESSION_START).set(0.0);
     for reason in [
         "connect_failed",
         "auth_rejected",

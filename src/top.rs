@@ -371,7 +371,16 @@ impl View {
                 } else {
                     "nothing heard yet".to_owned()
                 };
-                lines.push(Line::from(format!("notifier {state}, {gap}")));
+                let start = self.gauge(
+                    "fishjam_bridge_notifier_session_start_timestamp_seconds",
+                    &[],
+                );
+                let session = if start > 0.0 {
+                    format!(" for {:.0} s", (now - start).max(0.0))
+                } else {
+                    String::new()
+                };
+                lines.push(Line::from(format!("notifier {state}{session}, {gap}")));
                 lines.push(Line::from(format!(
                     "  connects {:.0}, disconnects {:.0}",
                     self.gauge("fishjam_bridge_notifier_connects_total", &[]),

@@ -129,6 +129,16 @@ fn notifications_arrive_in_order_from_the_socket() {
         metrics.sum("fishjam_bridge_notifier_connects_total", &[]),
         1.0
     );
+    // When the session began, for `top`: within the last minute.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = metrics.sum(
+        "fishjam_bridge_notifier_session_start_timestamp_seconds",
+        &[],
+    );
+    assert!(started <= now && now - started < 60.0, "{started} {now}");
     let _ = fishjam.kill();
     let _ = fishjam.wait();
 }
