@@ -30,7 +30,7 @@ impl Body {
     /// outside any lock admission takes.
     pub fn new(events: Vec<Event>, record: NewRecord, received: Instant) -> Body {
         Body {
-            messages: events.into_iter().map(Message::new).collect(),
+            messages: Message::all(events),
             record,
             received,
         }

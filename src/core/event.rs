@@ -514,6 +514,37 @@ impl Message {
         let json = event.to_json_bytes();
         Message { event, json }
     }
+
+    /// The messages of one body's events, their JSON written one after
+    /// another into one buffer that they share: one allocation per body
+    /// instead of one per event. The buffer lives as long as the last of
+    /// them, which is as long as the body does.
+    pub fn all(events: Vec<Event>) -> Vec<Message> {
+        if events.len() < 2 {
+            return events.into_iter().map(Message::new).collect();
+        }
+        let mut buffer = Vec::with_capacity(events.len() * 384);
+        let mut ends = Vec::with_capacity(events.len());
+        for event in &events {
+            serde_json::to_writer(&mut buffer, event).expect("an event always serializes");
+            ends.push(buffer.len());
+        }
+        // A guess far above the need is not kept for the body's life.
+        if buffer.capacity() > buffer.len() + buffer.len() / 2 {
+            buffer.shrink_to_fit();
+        }
+        let shared = bytes::Bytes::from(buffer);
+        let mut start = 0;
+        events
+            .into_iter()
+            .zip(ends)
+            .map(|(event, end)| {
+                let json = shared.slice(start..end);
+                start = end;
+                Message { event, json }
+            })
+            .collect()
+    }
 }
 
 /// New time-ordered event id.

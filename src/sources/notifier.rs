@@ -310,7 +310,7 @@ impl NotifierSource {
         slice: &[crate::core::event::Event],
     ) -> Result<(), crate::admission::AdmissionError> {
         let direct = || async {
-            let messages = slice.iter().cloned().map(event::Message::new).collect();
+            let messages = event::Message::all(slice.to_vec());
             self.admission
                 .submit_events(messages, Source::Reconciled)
                 .await

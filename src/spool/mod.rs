@@ -882,7 +882,7 @@ impl Replay<'_> {
             &record.skips
         };
         let mut skips = skips.iter().peekable();
-        let messages: Vec<Message> = events
+        let kept: Vec<_> = events
             .into_iter()
             .enumerate()
             .filter(|(i, _)| {
@@ -892,8 +892,9 @@ impl Replay<'_> {
                 }
                 !skip
             })
-            .map(|(_, event)| Message::new(event))
+            .map(|(_, event)| event)
             .collect();
+        let messages = Message::all(kept);
         if self.sink == 0 {
             telemetry::spool_replayed(record.source);
             // This run has not seen what a previous one spooled.
