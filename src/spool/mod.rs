@@ -230,6 +230,10 @@ pub struct Spool {
     first_segment: u64,
     /// The first body this run appended: those below came from a previous run.
     first_of_this_run: u64,
+    /// The sink whose replay starts furthest back: it reads every body the
+    /// log holds, in order, so it counts them and shows what a previous run
+    /// left to the room activity.
+    observer: usize,
     engage_after: Duration,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -342,6 +346,11 @@ impl Spool {
             progress: Mutex::new(progress),
             first_segment: recovered.segments.first().map_or(0, |s| s.id),
             first_of_this_run: recovered.next_seq,
+            observer: starts
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, start)| **start)
+                .map_or(0, |(sink, _)| sink),
             engage_after: options.engage_after,
             writer: Mutex::new(None),
         });
@@ -758,7 +767,7 @@ pub async fn replay(
                     // Fan-out holds this body for the sink already: it is
                     // acknowledged when the sink has that, not sent twice.
                     Some(acknowledged) => {
-                        if sink == 0 {
+                        if sink == spool.observer {
                             telemetry::spool_replayed(record.source);
                         }
                         tokio::select! {
@@ -895,7 +904,7 @@ impl Replay<'_> {
             .map(|(_, event)| event)
             .collect();
         let messages = Message::all(kept);
-        if self.sink == 0 {
+        if self.sink == self.spool.observer {
             telemetry::spool_replayed(record.source);
             // This run has not seen what a previous one spooled.
             if seq < self.spool.first_of_this_run {
