@@ -54,7 +54,9 @@ impl Tap {
                 event_type: event.event_type,
                 source: event.source,
                 room: event.data.room_id().map(str::to_owned),
-                json: message.json.clone(),
+                // A copy: a slice would keep its whole body's buffer in the
+                // ring for as long as a slow client lags.
+                json: Bytes::copy_from_slice(&message.json),
             }));
         }
     }
