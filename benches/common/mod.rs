@@ -93,9 +93,10 @@ pub fn messages(count: usize) -> Vec<Message> {
         .collect()
 }
 
-const HEADER_NAMES: [&str; 7] = [
+const HEADER_NAMES: [&str; 8] = [
     "Content-Type",
     "Nats-Msg-Id",
+    "Fishjam-Schema-Version",
     "Fishjam-Event-Type",
     "Fishjam-Room-Id",
     "Fishjam-Stream-Id",
