@@ -667,6 +667,8 @@ mod tests {
         // log first, then the next body.
         spool.engage_now("test");
         ticket.spooled().expect("spooled").await.unwrap().unwrap();
+        // Engaging again (another webhook waited) appends nothing twice.
+        spool.engage_now("again");
         let next = body(&["r1"]);
         let next_ids = ids(&next);
         durable(admission.offer(next).unwrap()).await;

@@ -88,7 +88,9 @@ pub struct Gate {
 struct Waiting {
     record: NewRecord,
     receipt: Receipt,
-    /// Once appended: when it is on disk.
+    /// Appended to the log: never twice.
+    appended: bool,
+    /// When it is on disk, until its source takes it.
     spooled: Option<Durable>,
 }
 
@@ -403,7 +405,7 @@ impl Spool {
         let ids: Vec<u64> = gate
             .waiting
             .iter()
-            .filter(|(_, w)| w.spooled.is_none() && !w.receipt.is_acknowledged())
+            .filter(|(_, w)| !w.appended && !w.receipt.is_acknowledged())
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -422,6 +424,7 @@ impl Spool {
             match self.append(gate, record) {
                 Ok(durable) => {
                     if let Some(waiting) = gate.waiting.get_mut(&id) {
+                        waiting.appended = true;
                         waiting.spooled = Some(durable);
                     }
                 }
@@ -444,6 +447,7 @@ impl Spool {
             Waiting {
                 record,
                 receipt,
+                appended: false,
                 spooled: None,
             },
         );
