@@ -556,7 +556,7 @@ impl KafkaSink {
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        deliveries.push(delivery);
+                        deliveries.push((delivery, *job));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -580,16 +580,20 @@ impl KafkaSink {
     /// last record was handed over.
     async fn settle(
         &self,
-        deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+        deliveries: Vec<(rdkafka::producer::DeliveryFuture, &Message)>,
         failure: Option<SinkError>,
     ) -> Result<(), PublishError> {
         let mut settlement = Settlement::default();
-        for report in futures_util::future::join_all(deliveries).await {
+        let (futures, jobs): (Vec<_>, Vec<_>) = deliveries.into_iter().unzip();
+        let reports = futures_util::future::join_all(futures).await;
+        for (report, job) in reports.into_iter().zip(jobs) {
             settlement.record(match report {
                 Ok(Ok(delivery)) => {
                     tracing::trace!(
                         partition = delivery.partition,
                         offset = delivery.offset,
+                        event_id = %job.event.id,
+                        key = job.event.key(),
                         "kafka delivered"
                     );
                     Ok(())

@@ -38,11 +38,20 @@ fn spooled(nats: &str, stream: &str, spool: &Path, extra: &str) -> String {
 
 /// Waits until the bridge has nothing in its spool or pipeline.
 fn wait_settled(bridge: &BridgeProcess) {
-    wait_until("the spool and the pipeline are empty", || {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
         let metrics = bridge.metrics();
-        metrics.sum("fishjam_bridge_spool_engaged", &[]) == 0.0
-            && metrics.sum("fishjam_bridge_pipeline_events_in_flight", &[]) == 0.0
-    });
+        let engaged = metrics.sum("fishjam_bridge_spool_engaged", &[]);
+        let in_flight = metrics.sum("fishjam_bridge_pipeline_events_in_flight", &[]);
+        if engaged == 0.0 && in_flight == 0.0 {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let status = http_get(&format!("http://{}/status", bridge.admin));
+            panic!("the spool and the pipeline are not empty: engaged {engaged}, in flight {in_flight}, status {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Asserts that every expected event is stored, each room in order, and
