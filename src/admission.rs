@@ -289,6 +289,43 @@ mod tests {
         )
     }
 
+    /// The spool replays of the first `sinks` sinks, until stopped.
+    struct Replaying {
+        shutdown: CancellationToken,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Replaying {
+        fn start(
+            spool: &Arc<Spool>,
+            admission: &Admission,
+            in_flight: &InFlight,
+            sinks: usize,
+        ) -> Replaying {
+            let shutdown = CancellationToken::new();
+            let tasks = (0..sinks)
+                .map(|sink| {
+                    tokio::spawn(replay(
+                        spool.clone(),
+                        sink,
+                        admission.fanout().clone(),
+                        in_flight.clone(),
+                        Arc::from("test"),
+                        shutdown.clone(),
+                    ))
+                })
+                .collect();
+            Replaying { shutdown, tasks }
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            for task in self.tasks {
+                task.await.unwrap();
+            }
+        }
+    }
+
     fn body_of(content: Content, source: Source) -> Body {
         let bytes = ServerMessage {
             content: Some(content),
@@ -401,15 +438,7 @@ mod tests {
         // Engaged, even a body that would fit goes behind the spooled one.
         durable(admission.offer(body(&["r1"])).unwrap()).await;
 
-        let shutdown = CancellationToken::new();
-        let replayer = tokio::spawn(replay(
-            spool.clone(),
-            0,
-            admission.fanout().clone(),
-            in_flight.clone(),
-            Arc::from("test"),
-            shutdown.clone(),
-        ));
+        let replaying = Replaying::start(&spool, &admission, &in_flight, 1);
         let lane = &mut lanes[0][0];
         let seen = take(lane, 4).await;
         assert_eq!(
@@ -427,8 +456,7 @@ mod tests {
             Accepted::Receipt(_) | Accepted::Waiting(..)
         ));
         assert_eq!(take(lane, 1).await.len(), 1);
-        shutdown.cancel();
-        replayer.await.unwrap();
+        replaying.stop().await;
         spool.close().await;
         let recovered = log::recover(dir.path()).unwrap();
         assert_eq!((recovered.watermark, recovered.pending()), (2, 0));
@@ -474,15 +502,7 @@ mod tests {
         // with a bound too small for a whole body (it goes in parts).
         let spool = Spool::open(&small, &[Arc::from("a")]).unwrap();
         let (admission, mut lanes, in_flight) = admitting(1, LIMIT, &spool);
-        let shutdown = CancellationToken::new();
-        let replayer = tokio::spawn(replay(
-            spool.clone(),
-            0,
-            admission.fanout().clone(),
-            in_flight,
-            Arc::from("test"),
-            shutdown.clone(),
-        ));
+        let replaying = Replaying::start(&spool, &admission, &in_flight, 1);
         drop(admission);
         let replayed = tokio::time::timeout(
             Duration::from_secs(30),
@@ -492,8 +512,7 @@ mod tests {
         .expect("every spooled event is replayed");
         assert_eq!(replayed.iter().map(|e| e.id).collect::<Vec<_>>(), spooled);
         spool.disengaged().await;
-        shutdown.cancel();
-        replayer.await.unwrap();
+        replaying.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,23 +531,14 @@ mod tests {
         let waited = body(&["waited"]);
         let ids = ids(&waited);
         let waiting = spawn_waiting(&admission, waited);
-        let shutdown = CancellationToken::new();
-        let replayer = tokio::spawn(replay(
-            spool.clone(),
-            0,
-            admission.fanout().clone(),
-            in_flight,
-            Arc::from("test"),
-            shutdown.clone(),
-        ));
+        let replaying = Replaying::start(&spool, &admission, &in_flight, 1);
         let seen =
             tokio::time::timeout(Duration::from_secs(30), take_until(&mut lanes[0][0], &ids))
                 .await
                 .expect("the waited body's event reaches the sink");
         assert_eq!(seen.map(|e| room(&e)).as_deref(), Some("waited"));
         waiting.await.unwrap().unwrap();
-        shutdown.cancel();
-        replayer.await.unwrap();
+        replaying.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,19 +578,7 @@ mod tests {
             None,
         );
         let admission = Admission::new(fanout, Some(spool.clone()));
-        let shutdown = CancellationToken::new();
-        let replayers: Vec<_> = (0..2)
-            .map(|sink| {
-                tokio::spawn(replay(
-                    spool.clone(),
-                    sink,
-                    admission.fanout().clone(),
-                    in_flight.clone(),
-                    Arc::from("test"),
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
+        let replaying = Replaying::start(&spool, &admission, &in_flight, 2);
         let mut stuck = lanes.pop().unwrap().pop().unwrap();
         let mut fast = lanes.pop().unwrap().pop().unwrap();
         // The stuck sink takes two events and never acknowledges them:
@@ -632,10 +630,7 @@ mod tests {
         }
         assert_eq!(rest, offered[2..]);
         spool.disengaged().await;
-        shutdown.cancel();
-        for replayer in replayers {
-            replayer.await.unwrap();
-        }
+        replaying.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,19 +667,7 @@ mod tests {
         let next = body(&["r1"]);
         let next_ids = ids(&next);
         durable(admission.offer(next).unwrap()).await;
-        let shutdown = CancellationToken::new();
-        let replayers: Vec<_> = (0..2)
-            .map(|sink| {
-                tokio::spawn(replay(
-                    spool.clone(),
-                    sink,
-                    admission.fanout().clone(),
-                    in_flight.clone(),
-                    Arc::from("test"),
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
+        let replaying = Replaying::start(&spool, &admission, &in_flight, 2);
         // The fast sink gets only what it did not have.
         assert_eq!(take(&mut fast, 1).await[0].id, next_ids[0]);
         // The stuck sink gets the held body once, from fan-out, then the next.
@@ -699,10 +682,7 @@ mod tests {
         assert_eq!((lag[0].cursor, lag[1].cursor), (2, 2));
         assert!(fast.try_recv().is_err(), "nothing more for the fast sink");
         drop(ticket);
-        shutdown.cancel();
-        for replayer in replayers {
-            replayer.await.unwrap();
-        }
+        replaying.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -751,20 +731,11 @@ mod tests {
         let next = vad_body("r");
         let next_ids = ids(&next);
         durable(admission.offer(next).unwrap()).await;
-        let shutdown = CancellationToken::new();
-        let replayer = tokio::spawn(replay(
-            spool.clone(),
-            0,
-            admission.fanout().clone(),
-            in_flight.clone(),
-            Arc::from("test"),
-            shutdown.clone(),
-        ));
+        let replaying = Replaying::start(&spool, &admission, &in_flight, 1);
         let seen = tokio::time::timeout(Duration::from_secs(30), take_until(&mut fast, &next_ids))
             .await
             .expect("the fast sink is not held back");
         assert!(seen.is_some());
-        shutdown.cancel();
-        replayer.await.unwrap();
+        replaying.stop().await;
     }
 }

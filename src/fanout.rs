@@ -952,7 +952,6 @@ fn lane_of(key: &str, lanes: usize) -> usize {
 pub(crate) mod tests {
     use super::*;
     use crate::core::event::*;
-    use std::time::SystemTime;
 
     const NO_BURSTY_LIMIT: BurstyLimit = BurstyLimit {
         max_in_flight: 100,
@@ -960,17 +959,7 @@ pub(crate) mod tests {
     };
 
     pub(crate) fn event(room: &str) -> Event {
-        Event {
-            id: new_event_id(SystemTime::now()),
-            event_type: EventType::RoomCreated,
-            source: Source::Webhook,
-            received_at: SystemTime::now(),
-            fishjam_id: Arc::from("test"),
-            data: Data::Room(RoomData {
-                room_id: room.to_owned(),
-            }),
-            unmapped_enums: Vec::new(),
-        }
+        Event::room_created_for_test(room)
     }
 
     fn vad(room: &str) -> Event {

@@ -128,21 +128,10 @@ impl Checked {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::event::{new_event_id, Data, Event, RoomData};
-    use std::time::SystemTime;
+    use crate::core::event::Event;
 
     fn event(room: &str) -> Event {
-        Event {
-            id: new_event_id(SystemTime::now()),
-            event_type: EventType::RoomCreated,
-            source: Source::Webhook,
-            received_at: SystemTime::now(),
-            fishjam_id: Arc::from("test"),
-            data: Data::Room(RoomData {
-                room_id: room.to_owned(),
-            }),
-            unmapped_enums: Vec::new(),
-        }
+        Event::room_created_for_test(room)
     }
 
     fn messages(events: Vec<Event>) -> Vec<Message> {

@@ -836,3 +836,21 @@ impl Event {
         })
     }
 }
+
+#[cfg(test)]
+impl Event {
+    /// A `roomCreated` of `room` from a webhook, for tests elsewhere.
+    pub(crate) fn room_created_for_test(room: &str) -> Event {
+        Event {
+            id: new_event_id(SystemTime::now()),
+            event_type: EventType::RoomCreated,
+            source: Source::Webhook,
+            received_at: SystemTime::now(),
+            fishjam_id: Arc::from("test"),
+            data: Data::Room(RoomData {
+                room_id: room.to_owned(),
+            }),
+            unmapped_enums: Vec::new(),
+        }
+    }
+}

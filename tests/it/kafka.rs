@@ -151,14 +151,7 @@ struct Tail {
 
 impl Tail {
     fn start(bootstrap: &str, topic: &str, partitions: i32) -> Tail {
-        let consumer = consumer(bootstrap);
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&assignment).unwrap();
+        let consumer = from_beginning(bootstrap, topic, partitions);
         let records = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::spawn({
@@ -207,6 +200,20 @@ impl Tail {
 
 /// (partition, key, headers, event, offset)
 type Record = (i32, String, HashMap<String, String>, Value, i64);
+
+/// A consumer of its own group assigned every partition of `topic` from
+/// its start.
+fn from_beginning(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
+    let consumer = consumer(bootstrap);
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    consumer
+}
 
 /// A consumer of its own group, committing nothing.
 fn consumer(bootstrap: &str) -> BaseConsumer {
@@ -275,14 +282,7 @@ fn record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 /// Every record of `topic`, read from the beginning of each partition until
 /// `count` arrived, as (partition, key, headers, event).
 fn read_topic(bootstrap: &str, topic: &str, partitions: i32, count: usize) -> Vec<Record> {
-    let consumer = consumer(bootstrap);
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    let consumer = from_beginning(bootstrap, topic, partitions);
     let mut records = Vec::with_capacity(count);
     let deadline = std::time::Instant::now() + WAIT;
     while records.len() < count {
