@@ -340,6 +340,14 @@ pub fn webhook_simulator(url: &str, seed: u64, count: usize, batch: usize, args:
         .unwrap()
 }
 
+/// Plays `count` notifications (seed `seed`, `batch` per body) as fast as
+/// the bridge answers, and asserts that every body was accepted.
+pub fn play_all(url: &str, seed: u64, count: usize, batch: usize) -> Value {
+    let report = summary(webhook_simulator(url, seed, count, batch, &["--rate", "0"]));
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    report
+}
+
 /// Waits for a webhook simulator to finish; its report (one JSON object).
 pub fn summary(child: Child) -> Value {
     let output = child.wait_with_output().unwrap();
