@@ -645,7 +645,8 @@ fn lag(bridge: &BridgeProcess) -> Value {
     status["lag"].clone()
 }
 
-/// Kafka and NATS JetStream, and NATS stopped for 30 s under webhook load:
+/// Kafka and NATS JetStream, and NATS stopped under webhook load (6 s in
+/// the suite, 30 s in the soak: scripts/soak-scenarios):
 /// Kafka keeps receiving what arrives within a second, no webhook is
 /// refused (the spool holds what NATS has not taken, behind NATS's own
 /// cursor), and once NATS is back both hold every event, each room in order.
@@ -687,14 +688,18 @@ fn a_nats_outage_holds_back_neither_kafka_nor_the_webhooks() {
         let metrics = bridge.metrics();
         acknowledged(&metrics, "kafka") >= 300.0 && acknowledged(&metrics, "nats") >= 300.0
     });
+    // Six seconds show what thirty do (Kafka keeps up from the second
+    // second on, NATS's cursor stays behind); the soak keeps NATS away for
+    // the half minute.
+    let outage = Duration::from_secs(if soak() { 30 } else { 6 });
     nats.stop();
     let stopped = std::time::Instant::now();
-    // Sampled every quarter of a second for the 30 s of the outage: what
-    // the webhooks brought and what Kafka acknowledged.
+    // Sampled every quarter of a second for the outage: what the webhooks
+    // brought and what Kafka acknowledged.
     let mut samples: Vec<(Duration, f64, f64)> = Vec::new();
     let mut first_lag = None;
     let mut last_lag = Value::Null;
-    while stopped.elapsed() < Duration::from_secs(30) {
+    while stopped.elapsed() < outage {
         let metrics = bridge.metrics();
         let received = metrics.sum(
             "fishjam_bridge_events_received_total",
@@ -723,8 +728,9 @@ fn a_nats_outage_holds_back_neither_kafka_nor_the_webhooks() {
     }
     let (_, arrived, _) = samples.last().unwrap();
     let (_, before, _) = samples.first().unwrap();
+    // At least half the offered 500 a second went on arriving.
     assert!(
-        arrived - before >= 5_000.0,
+        arrived - before >= 250.0 * outage.as_secs_f64(),
         "the load went on: {before} then {arrived}"
     );
     // Each sink's place in the spool was reported while NATS was down:
