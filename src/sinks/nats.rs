@@ -585,32 +585,39 @@ async fn connect_client(
     name: &str,
     health: &SinkHealth,
 ) -> Result<async_nats::Client, SinkError> {
-    let addresses = config
-        .addresses()
-        .map_err(|e| SinkError::Config(e.to_string()))?;
+    let options = connect_options(config, name).await?.event_callback({
+        let health = health.clone();
+        move |event| {
+            let health = health.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => health.set(true),
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        tracing::warn!(sink = %health.name(), %event, "NATS connection lost");
+                        health.set(false)
+                    }
+                    other => {
+                        tracing::info!(sink = %health.name(), event = %other, "NATS event")
+                    }
+                }
+            }
+        }
+    });
+    connect_with(config, options).await
+}
+
+/// The async-nats options for a sink's servers: its name, timeout,
+/// credentials and TLS, reconnecting forever. Shared with the election's
+/// lease store, which reaches the same servers as the sink it names.
+pub async fn connect_options(
+    config: &NatsConfig,
+    name: &str,
+) -> Result<async_nats::ConnectOptions, SinkError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("fishjam-bridge/{name}"))
         .connection_timeout(config.timeout)
         // Reconnect forever: a broker outage must not end the sink.
-        .max_reconnects(None)
-        .event_callback({
-            let health = health.clone();
-            move |event| {
-                let health = health.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => health.set(true),
-                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
-                            tracing::warn!(sink = %health.name(), %event, "NATS connection lost");
-                            health.set(false)
-                        }
-                        other => {
-                            tracing::info!(sink = %health.name(), event = %other, "NATS event")
-                        }
-                    }
-                }
-            }
-        });
+        .max_reconnects(None);
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
         options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
@@ -635,12 +642,21 @@ async fn connect_client(
     if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
-    let client = options
+    Ok(options)
+}
+
+/// Connects with `options` to the sink's servers.
+pub async fn connect_with(
+    config: &NatsConfig,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, SinkError> {
+    let addresses = config
+        .addresses()
+        .map_err(|e| SinkError::Config(e.to_string()))?;
+    options
         .connect(addresses)
         .await
-        .map_err(|e| SinkError::connect(config.target(), e))?;
-
-    Ok(client)
+        .map_err(|e| SinkError::connect(config.target(), e))
 }
 
 /// The bridge's own publish connection for core NATS.
