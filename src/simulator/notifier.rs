@@ -58,13 +58,40 @@ struct Hub {
     forwarded: AtomicU64,
     /// Sessions that subscribed.
     sessions: AtomicU64,
+    /// Each subscribed session, in the order they subscribed: a test of
+    /// several bridges checks that two never listened at the same moment.
+    log: std::sync::Mutex<Vec<SessionRecord>>,
+    /// Notifications published so far; held while one is published and
+    /// while a session subscribes, so a session knows the index of the
+    /// first notification it is sent.
+    published: std::sync::Mutex<u64>,
+}
+
+/// One subscribed session: when it subscribed and ended (Unix
+/// microseconds, `None` while open) and which notifications it was sent.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct SessionRecord {
+    /// The index (from 0, over the whole play) of the first notification
+    /// sent to this session; it was sent the next `forwarded` ones.
+    pub first: u64,
+    pub subscribed_us: u64,
+    pub ended_us: Option<u64>,
+    pub forwarded: u64,
 }
 
 /// What the notifier has done so far (`GET /simulator/stats`).
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct HubStats {
     pub forwarded: u64,
     pub sessions: u64,
+    pub session_log: Vec<SessionRecord>,
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
 }
 
 impl NotifierHub {
@@ -87,14 +114,18 @@ impl NotifierHub {
                 drop_every,
                 forwarded: AtomicU64::new(0),
                 sessions: AtomicU64::new(0),
+                log: Default::default(),
+                published: Default::default(),
             }),
         }
     }
 
     /// Sends one notification to every subscribed connection.
     pub fn publish(&self, frame: Bytes) {
+        let mut published = self.inner.published.lock().expect("never poisoned");
         // No subscriber is not an error: Fishjam, too, drops what nobody hears.
         let _ = self.inner.frames.send(frame);
+        *published += 1;
     }
 
     /// Waits until at least `count` connections are subscribed.
@@ -113,6 +144,7 @@ impl NotifierHub {
         HubStats {
             forwarded: self.inner.forwarded.load(Ordering::SeqCst),
             sessions: self.inner.sessions.load(Ordering::SeqCst),
+            session_log: self.inner.log.lock().expect("never poisoned").clone(),
         }
     }
 
@@ -195,6 +227,8 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
     let mut revocations = hub.inner.revocations.subscribe();
     revocations.mark_unchanged();
     let mut drop_at: Option<tokio::time::Instant> = None;
+    // This session's place in the log, once subscribed.
+    let mut logged: Option<usize> = None;
     let result = loop {
         if hub
             .inner
@@ -214,9 +248,21 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
                             content: Some(Content::SubscribeRequest(request)),
                         }) if request.event_type == EventType::ServerNotification as i32 => {
                             if frames.is_none() {
+                                let published = hub.inner.published.lock().expect("never poisoned");
                                 frames = Some(hub.inner.frames.subscribe());
+                                let first = *published;
+                                drop(published);
                                 hub.inner.subscribers.send_modify(|n| *n += 1);
                                 hub.inner.sessions.fetch_add(1, Ordering::SeqCst);
+                                let mut log = hub.inner.log.lock().expect("never poisoned");
+                                logged = Some(log.len());
+                                log.push(SessionRecord {
+                                    first,
+                                    subscribed_us: unix_us(),
+                                    ended_us: None,
+                                    forwarded: 0,
+                                });
+                                drop(log);
                                 if let Some(after) = hub.inner.drop_every {
                                     drop_at = Some(tokio::time::Instant::now() + after);
                                 }
@@ -270,6 +316,11 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
     };
     if frames.is_some() {
         hub.inner.subscribers.send_modify(|n| *n -= 1);
+    }
+    if let Some(index) = logged {
+        let mut log = hub.inner.log.lock().expect("never poisoned");
+        log[index].ended_us = Some(unix_us());
+        log[index].forwarded = forwarded;
     }
     drop(result);
 }
