@@ -32,6 +32,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("FISHJAM_WEBHOOK_SECRET", "webhook.secret"),
     ("FISHJAM_WEBHOOK_SECRET_FILE", "webhook.secret_file"),
+    ("FISHJAM_BRIDGE_IDENTITY", "election.identity"),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +44,8 @@ pub struct Config {
     pub webhook: WebhookConfig,
     #[serde(default)]
     pub notifier: NotifierConfig,
+    #[serde(default)]
+    pub election: ElectionConfig,
     #[serde(default)]
     pub dedup: DedupConfig,
     #[serde(default)]
@@ -179,6 +182,103 @@ pub struct NotifierConfig {
     /// check and the reconciliation).
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Which replica of a fleet holds the notifier (`election.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectionConfig {
+    /// `none` (one bridge: it holds the notifier) or `nats` (a lease in a
+    /// JetStream key-value bucket, on the servers of a NATS sink).
+    #[serde(default)]
+    pub backend: ElectionBackend,
+    /// This replica's name in the lease and in `/readyz`. Env:
+    /// `FISHJAM_BRIDGE_IDENTITY`; default: `$POD_NAME`, else `$HOSTNAME`,
+    /// else the host's name, with the process id.
+    pub identity: Option<String>,
+    /// How long a lease lasts without renewal: after a holder dies, another
+    /// replica is subscribed within about this long.
+    #[serde(default = "default_lease_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// How often the holder renews and the others try to take over; at
+    /// most a third of `ttl`.
+    #[serde(default = "default_lease_renew", deserialize_with = "duration")]
+    pub renew_every: Duration,
+    #[serde(default)]
+    pub nats: ElectionNatsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElectionBackend {
+    #[default]
+    None,
+    Nats,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectionNatsConfig {
+    /// The NATS sink whose servers, credentials and TLS the lease uses;
+    /// default: the only NATS sink.
+    pub sink: Option<String>,
+    /// The key-value bucket; its `max_age` is set to `election.ttl`.
+    #[serde(default = "default_lease_bucket")]
+    pub bucket: String,
+    /// Copies of the bucket in a JetStream cluster (1, 3 or 5): with 3, the
+    /// lease survives the loss of one server.
+    #[serde(default = "default_lease_replicas")]
+    pub replicas: usize,
+}
+
+impl Default for ElectionConfig {
+    fn default() -> ElectionConfig {
+        ElectionConfig {
+            backend: ElectionBackend::None,
+            identity: None,
+            ttl: default_lease_ttl(),
+            renew_every: default_lease_renew(),
+            nats: ElectionNatsConfig::default(),
+        }
+    }
+}
+
+impl Default for ElectionNatsConfig {
+    fn default() -> ElectionNatsConfig {
+        ElectionNatsConfig {
+            sink: None,
+            bucket: default_lease_bucket(),
+            replicas: default_lease_replicas(),
+        }
+    }
+}
+
+impl ElectionConfig {
+    /// The NATS sink the lease uses: the one named, or the only one.
+    pub fn nats_sink<'a>(
+        &self,
+        sinks: &'a [SinkConfig],
+    ) -> Result<&'a crate::sinks::nats::NatsConfig, String> {
+        let nats: Vec<_> = sinks
+            .iter()
+            .filter_map(|sink| match sink {
+                SinkConfig::Nats(config) => Some((sink.name(), &**config)),
+                _ => None,
+            })
+            .collect();
+        match &self.nats.sink {
+            Some(name) => nats
+                .iter()
+                .find(|(sink, _)| sink == name)
+                .map(|(_, config)| *config)
+                .ok_or_else(|| format!("election.nats.sink: no NATS sink is named {name:?}")),
+            None => match nats.as_slice() {
+                [(_, config)] => Ok(config),
+                [] => Err("election.backend = \"nats\" needs a NATS sink for its servers".to_owned()),
+                _ => Err("election.nats.sink: name the NATS sink whose servers hold the lease (there are several)".to_owned()),
+            },
+        }
+    }
 }
 
 /// With both sources on, how notifications delivered both ways are matched.
@@ -561,6 +661,30 @@ impl Config {
                 problems.push("spool.segment_bytes must be at least 1".to_owned());
             }
         }
+        if self.election.backend != ElectionBackend::None {
+            if !self.notifier.enabled {
+                problems.push(
+                    "election.backend is set but notifier.enabled is not: the election decides which replica holds the notifier".to_owned(),
+                );
+            }
+            if self.election.renew_every.is_zero()
+                || self.election.renew_every * 3 > self.election.ttl
+            {
+                problems.push(format!(
+                    "election.renew_every ({}) must be more than zero and at most a third of election.ttl ({})",
+                    humantime::format_duration(self.election.renew_every),
+                    humantime::format_duration(self.election.ttl)
+                ));
+            }
+        }
+        if self.election.backend == ElectionBackend::Nats {
+            if let Err(problem) = self.election.nats_sink(&self.sinks) {
+                problems.push(problem);
+            }
+            if ![1, 3, 5].contains(&self.election.nats.replicas) {
+                problems.push("election.nats.replicas must be 1, 3 or 5".to_owned());
+            }
+        }
         if self.pipeline.lanes == 0 {
             problems.push("pipeline.lanes must be at least 1".to_owned());
         }
@@ -656,6 +780,19 @@ impl Config {
         line("spool.max_bytes", self.spool.max_bytes.to_string());
         line("spool.fsync", self.spool.fsync.to_string());
         line("notifier.enabled", self.notifier.enabled.to_string());
+        line(
+            "election",
+            match self.election.backend {
+                ElectionBackend::None => "none: this bridge holds the notifier".to_owned(),
+                ElectionBackend::Nats => format!(
+                    "nats (bucket {:?}, {} replica(s), ttl {}, renew every {})",
+                    self.election.nats.bucket,
+                    self.election.nats.replicas,
+                    humantime::format_duration(self.election.ttl),
+                    humantime::format_duration(self.election.renew_every)
+                ),
+            },
+        );
         line("admin.enabled", self.admin.enabled.to_string());
         line("admin.listen", self.admin.listen.to_string());
         line("admin.tls", tls(&self.admin.tls));
@@ -780,6 +917,18 @@ fn default_ack_timeout() -> Duration {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_lease_renew() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_lease_bucket() -> String {
+    "fishjam_bridge_leases".to_owned()
+}
+fn default_lease_replicas() -> usize {
+    1
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -937,6 +1086,44 @@ mod tests {
         let text = include_str!("../config.example.toml");
         let config = load(text, &[]).unwrap();
         assert!(!config.sinks.is_empty());
+    }
+
+    #[test]
+    fn an_election_is_checked_against_the_notifier_and_the_sinks() {
+        let notifier =
+            "[fishjam]\nid = \"x\"\nmanagement_token = \"t\"\n[notifier]\nenabled = true\n";
+        let problems = |text: &str| load(text, &[]).unwrap_err().problems.join("\n");
+        // No NATS sink to hold the lease, and too slow a beat for the TTL.
+        let text = format!(
+            "{notifier}[election]\nbackend = \"nats\"\nttl = \"3s\"\nrenew_every = \"2s\"\n"
+        );
+        let found = problems(&text);
+        assert!(found.contains("needs a NATS sink"), "{found}");
+        assert!(found.contains("at most a third of election.ttl"), "{found}");
+        // Two NATS sinks: the lease's must be named, and exist.
+        let two = "[[sinks]]\ntype = \"nats\"\nname = \"a\"\nsubject = \"a\"\n\
+                   [[sinks]]\ntype = \"nats\"\nname = \"b\"\nsubject = \"b\"\n";
+        let found = problems(&format!("{notifier}[election]\nbackend = \"nats\"\n{two}"));
+        assert!(found.contains("name the NATS sink"), "{found}");
+        let found = problems(&format!(
+            "{notifier}[election]\nbackend = \"nats\"\n[election.nats]\nsink = \"c\"\n{two}"
+        ));
+        assert!(found.contains("no NATS sink is named \"c\""), "{found}");
+        let config = load(
+            &format!(
+                "{notifier}[election]\nbackend = \"nats\"\n[election.nats]\nsink = \"b\"\n{two}"
+            ),
+            &[("FISHJAM_BRIDGE_IDENTITY", "pod-7")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.election.nats_sink(&config.sinks).unwrap().subject,
+            "b"
+        );
+        assert_eq!(config.election.identity.as_deref(), Some("pod-7"));
+        // Without the notifier there is nothing to elect.
+        let found = problems("[fishjam]\nid = \"x\"\n[election]\nbackend = \"nats\"\n[[sinks]]\ntype = \"nats\"\nsubject = \"a\"\n");
+        assert!(found.contains("notifier.enabled is not"), "{found}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod core;
 pub mod dead_letter;
 pub mod dedup;
+pub mod election;
 pub mod fanout;
 pub mod fishjam;
 pub mod lag;
@@ -314,6 +315,7 @@ pub async fn start(
                 .map(tls::ExtraRoots::rustls)
                 .transpose()
                 .context("notifier.ca_file")?,
+            leadership: elect(&config, fishjam_id.clone(), &readiness, &tasks, &shutdown)?,
         };
         // Shown in /readyz and /status either way; required only when asked.
         readiness.register_as(
@@ -382,6 +384,66 @@ pub async fn start(
         fatal,
         task,
     })
+}
+
+/// The notifier's leadership: always held without an election; with one,
+/// followed from a lease store opened in the background (the store being
+/// unreachable at start-up must not stop the webhooks).
+fn elect(
+    config: &Config,
+    fishjam_id: Arc<str>,
+    readiness: &Readiness,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<election::Leadership> {
+    let backend = match config.election.backend {
+        config::ElectionBackend::None => return Ok(election::Leadership::always()),
+        config::ElectionBackend::Nats => "nats",
+    };
+    let identity = election::identity(config.election.identity.as_deref());
+    let timing = election::Timing {
+        ttl: config.election.ttl,
+        renew_every: config.election.renew_every,
+    };
+    let (leadership, status, elector) = election::elector(backend, identity.clone(), timing);
+    readiness.set_detail("election", move || {
+        serde_json::to_value(
+            &*status
+                .lock()
+                .expect("election status lock is never poisoned"),
+        )
+        .unwrap_or_default()
+    });
+    let sink = config
+        .election
+        .nats_sink(&config.sinks)
+        .map_err(anyhow::Error::msg)?
+        .clone();
+    let settings = config.election.clone();
+    let shutdown = shutdown.clone();
+    tracing::info!(%identity, backend, "following the notifier election");
+    tasks.spawn(async move {
+        let mut retry = Backoff::new(std::time::Duration::from_millis(200), timing.renew_every);
+        let store = loop {
+            let opened = tokio::select! {
+                opened = election::nats::connect(&sink, &settings, &fishjam_id, &identity) => opened,
+                _ = shutdown.cancelled() => return,
+            };
+            match opened {
+                Ok(store) => break store,
+                Err(error) => {
+                    let delay = retry.next_delay();
+                    tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "cannot open the notifier lease; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        };
+        elector.hold(store, shutdown).await
+    });
+    Ok(leadership)
 }
 
 async fn connect_sink(config: &sinks::SinkConfig, health: &SinkHealth, mut retry: Backoff) -> Sink {

@@ -114,11 +114,11 @@ metrics! {
     SINK_RECONNECTS: Counter "fishjam_bridge_sink_reconnects_total" ["sink"]
         "Connections a sink opened again after losing one.";
     NOTIFIER_STATE: Gauge "fishjam_bridge_notifier_state" ["state"]
-        "1 for the notifier's current state (connecting, authenticating, subscribed, backoff), 0 for the others.";
+        "1 for the notifier's current state (connecting, authenticating, subscribed, backoff, standby: another replica holds the lease), 0 for the others.";
     NOTIFIER_CONNECTS: Counter "fishjam_bridge_notifier_connects_total" []
         "Notifier sessions that reached subscribed.";
     NOTIFIER_DISCONNECTS: Counter "fishjam_bridge_notifier_disconnects_total" ["reason"]
-        "Notifier sessions that ended: connect_failed, auth_rejected, handshake_failed, silent (no frame or pong within notifier.idle_timeout), closed_by_server, io_error.";
+        "Notifier sessions that ended: connect_failed, auth_rejected, handshake_failed, silent (no frame or pong within notifier.idle_timeout), closed_by_server, io_error, lease_lost (another replica holds the notifier now).";
     NOTIFIER_BACKOFF: Gauge "fishjam_bridge_notifier_backoff_seconds" []
         "The last delay before reconnecting.";
     NOTIFIER_SESSION_START: Gauge "fishjam_bridge_notifier_session_start_timestamp_seconds" []
@@ -133,6 +133,14 @@ metrics! {
         "Time the notifier was not listening: from start-up, or the end of a session, to the next subscription.";
     RECONCILIATIONS: Counter "fishjam_bridge_reconciliations_total" ["result"]
         "Reads of Fishjam's rooms after a (re)connect: ok, failed.";
+    ELECTION_HOLDER: Gauge "fishjam_bridge_election_holder" []
+        "1 while this replica holds the notifier lease (election.backend), else 0.";
+    ELECTION_TRANSITIONS: Counter "fishjam_bridge_election_transitions_total" ["to"]
+        "Changes of this replica's part in the election: to holder, to follower.";
+    ELECTION_RENEWALS: Counter "fishjam_bridge_election_renewals_total" []
+        "Renewals of the notifier lease by this replica.";
+    ELECTION_WITHOUT_HOLDER: Gauge "fishjam_bridge_election_without_holder_seconds" []
+        "Time since this replica last saw a holder of the notifier lease (itself or another); 0 while it sees one.";
     RECONCILED_EVENTS: Counter "fishjam_bridge_reconciled_events_total" ["event_type"]
         "Events published with source reconciled: changes Fishjam made while the notifier was away.";
     DUPLICATES_DROPPED: Counter "fishjam_bridge_duplicates_dropped_total" []
@@ -549,7 +557,42 @@ pub fn kafka_statistics(sink: &str, statistics: &rdkafka::statistics::Statistics
     }
 }
 
-const NOTIFIER_STATES: &[&str] = &["connecting", "authenticating", "subscribed", "backoff"];
+/// The election started: not holding, no transition yet.
+pub fn election_started() {
+    gauge!(ELECTION_HOLDER).set(0.0);
+    gauge!(ELECTION_WITHOUT_HOLDER).set(0.0);
+    for to in ["holder", "follower"] {
+        counter!(ELECTION_TRANSITIONS, "to" => to).increment(0);
+    }
+    counter!(ELECTION_RENEWALS).increment(0);
+}
+
+/// This replica became the holder (`true`) or stopped being it.
+pub fn election_role(holder: bool) {
+    gauge!(ELECTION_HOLDER).set(if holder { 1.0 } else { 0.0 });
+    let to = if holder { "holder" } else { "follower" };
+    counter!(ELECTION_TRANSITIONS, "to" => to).increment(1);
+    if holder {
+        gauge!(ELECTION_WITHOUT_HOLDER).set(0.0);
+    }
+}
+
+pub fn election_renewed() {
+    counter!(ELECTION_RENEWALS).increment(1);
+}
+
+/// How long ago this replica last saw a holder (start-up counts as seen).
+pub fn election_without_holder(since_seen: Duration) {
+    gauge!(ELECTION_WITHOUT_HOLDER).set(since_seen.as_secs_f64());
+}
+
+const NOTIFIER_STATES: &[&str] = &[
+    "connecting",
+    "authenticating",
+    "subscribed",
+    "backoff",
+    "standby",
+];
 
 pub fn notifier_state(state: &'static str) {
     for candidate in NOTIFIER_STATES {
@@ -647,6 +690,7 @@ pub fn notifier_registered() {
         "silent",
         "closed_by_server",
         "io_error",
+        "lease_lost",
     ] {
         counter!(NOTIFIER_DISCONNECTS, "reason" => reason).increment(0);
     }

@@ -32,10 +32,15 @@ use crate::core::event::Source;
 use crate::core::normalize::{normalize_body, Origin};
 use crate::core::proto::server_message::{self as sm, EventType};
 use crate::core::proto::{Content, ServerMessage};
+use crate::election::Leadership;
 use crate::telemetry;
 
 /// The readiness check this source keeps.
 pub const CHECK: &str = "notifier";
+
+/// How long a stopping notifier waits for Fishjam to close the socket,
+/// delivering what arrives meanwhile.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,8 @@ pub enum SessionError {
     Closed(String),
     #[error("connection lost: {0}")]
     Io(String),
+    #[error("another replica holds the notifier now")]
+    LeaseLost,
 }
 
 impl SessionError {
@@ -63,6 +70,7 @@ impl SessionError {
             SessionError::Silent(_) => "silent",
             SessionError::Closed(_) => "closed_by_server",
             SessionError::Io(_) => "io_error",
+            SessionError::LeaseLost => "lease_lost",
         }
     }
 }
@@ -80,6 +88,9 @@ pub struct NotifierSource {
     pub rest: reqwest::Client,
     /// With `notifier.ca_file`: the TLS configuration that trusts it.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether this replica may hold the socket now (always, without an
+    /// election).
+    pub leadership: Leadership,
 }
 
 impl NotifierSource {
@@ -100,12 +111,38 @@ impl NotifierSource {
         // from the end of each session.
         let mut gap_since = Instant::now();
         let mut first = true;
+        let mut leadership = self.leadership.clone();
         loop {
+            if !leadership.is_held() {
+                // Another replica holds the notifier: this one stands by,
+                // which is as ready as it should be.
+                telemetry::notifier_state("standby");
+                self.readiness.set(CHECK, true);
+                tokio::select! {
+                    _ = leadership.acquired() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                tracing::info!("notifier lease taken; connecting");
+                // Another replica may have held it until now: what it saw
+                // last is not known here, so the gap is reconciled as after
+                // a reconnect.
+                first = false;
+            }
             let started = Instant::now();
-            let ended = tokio::select! {
-                ended = self.session(gap_since, &mut first) => ended,
-                _ = shutdown.cancelled() => return,
-            };
+            let ended = self
+                .session(gap_since, &mut first, &shutdown, &mut leadership)
+                .await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(SessionError::LeaseLost) = ended {
+                // Closed (and drained) before the lease can run out in the
+                // store: no backoff, this replica stands by.
+                tracing::warn!("notifier lease lost; socket closed");
+                telemetry::notifier_disconnected(SessionError::LeaseLost.reason());
+                gap_since = Instant::now();
+                continue;
+            }
             gap_since = Instant::now();
             self.readiness.set(CHECK, false);
             telemetry::notifier_state("backoff");
@@ -164,9 +201,15 @@ impl NotifierSource {
         }
     }
 
-    /// One connection, from connect to its end. Never returns Ok: a session
-    /// ends only by an error or by being dropped at shutdown.
-    async fn session(&self, gap_since: Instant, first: &mut bool) -> Result<(), SessionError> {
+    /// One connection, from connect to its end. Returns Ok only at
+    /// shutdown, once the socket was closed and drained.
+    async fn session(
+        &self,
+        gap_since: Instant,
+        first: &mut bool,
+        shutdown: &CancellationToken,
+        leadership: &mut Leadership,
+    ) -> Result<(), SessionError> {
         telemetry::notifier_state("connecting");
         let config = WebSocketConfig::default()
             .max_message_size(Some(self.config.max_frame_bytes))
@@ -178,8 +221,12 @@ impl NotifierSource {
             true,
             connector,
         );
-        let (mut socket, _) = tokio::time::timeout(self.config.connect_timeout, connect)
-            .await
+        // Until subscribed, nothing is on its way: a shutdown just goes.
+        let connected = tokio::select! {
+            connected = tokio::time::timeout(self.config.connect_timeout, connect) => connected,
+            stop = stopped(shutdown, leadership) => return stop.ended(),
+        };
+        let (mut socket, _) = connected
             .map_err(|_| SessionError::Connect("timed out".to_owned()))?
             .map_err(|e| SessionError::Connect(e.to_string()))?;
 
@@ -202,9 +249,11 @@ impl NotifierSource {
             .await?;
             expect(&mut socket, Phase::Subscribing).await
         };
-        tokio::time::timeout(self.config.handshake_timeout, handshake)
-            .await
-            .map_err(|_| SessionError::Handshake("no answer in time".to_owned()))??;
+        let handshake = tokio::select! {
+            handshake = tokio::time::timeout(self.config.handshake_timeout, handshake) => handshake,
+            stop = stopped(shutdown, leadership) => return stop.ended(),
+        };
+        handshake.map_err(|_| SessionError::Handshake("no answer in time".to_owned()))??;
         telemetry::notifier_state("subscribed");
         telemetry::notifier_connected();
         self.readiness.set(CHECK, true);
@@ -214,7 +263,12 @@ impl NotifierSource {
         // Subscribed first, then read Fishjam's rooms: a change after the
         // snapshot arrives on the socket, one before it is in the snapshot.
         if self.config.reconcile {
-            self.reconcile(std::mem::take(first)).await;
+            tokio::select! {
+                _ = self.reconcile(std::mem::take(first)) => {}
+                stop = stopped(shutdown, leadership) => {
+                    return self.close_and_drain(&mut socket, stop.drain(leadership)).await.and(stop.ended());
+                }
+            }
         }
 
         let mut ping = tokio::time::interval(self.config.ping_interval);
@@ -262,8 +316,46 @@ impl NotifierSource {
                         .await
                         .map_err(|e| SessionError::Io(e.to_string()))?;
                 }
+                stop = stopped(shutdown, leadership) => {
+                    return self.close_and_drain(&mut socket, stop.drain(leadership)).await.and(stop.ended());
+                }
             }
         }
+    }
+
+    /// At shutdown or when the lease is lost: asks Fishjam to close the
+    /// socket and delivers what it sent before it read the request, for up
+    /// to `limit`. Notifications already on their way are not lost by a
+    /// graceful stop or a handover, and the next holder of the notifier
+    /// takes over once this socket is closed.
+    async fn close_and_drain(
+        &self,
+        socket: &mut Socket,
+        limit: Duration,
+    ) -> Result<(), SessionError> {
+        let close = Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bridge stopping".into(),
+        }));
+        let drain = async {
+            socket.send(close).await.ok()?;
+            while let Some(Ok(frame)) = socket.next().await {
+                if let Step::Deliver(_) = on_frame(Phase::Subscribed, &Frame::of(&frame)) {
+                    let Message::Binary(body) = &frame else {
+                        unreachable!("only a binary frame is delivered")
+                    };
+                    self.deliver(body.clone()).await;
+                }
+            }
+            Some(())
+        };
+        if tokio::time::timeout(limit, drain).await.is_err() {
+            tracing::warn!(
+                timeout_ms = limit.as_millis() as u64,
+                "Fishjam did not close the notifier in time; stopping"
+            );
+        }
+        Ok(())
     }
 
     /// Compares Fishjam's rooms with what the bridge knows and publishes the
@@ -367,6 +459,37 @@ impl NotifierSource {
                 "notifier events refused by the pipeline"
             ),
         }
+    }
+}
+
+/// Why a session stops from the bridge's side.
+enum Stop {
+    Shutdown,
+    LeaseLost,
+}
+
+impl Stop {
+    /// How long the socket may drain: at shutdown `DRAIN`; with the lease
+    /// lost, only what the lease's margin leaves.
+    fn drain(&self, leadership: &Leadership) -> Duration {
+        match self {
+            Stop::Shutdown => DRAIN,
+            Stop::LeaseLost => leadership.drain(),
+        }
+    }
+
+    fn ended(&self) -> Result<(), SessionError> {
+        match self {
+            Stop::Shutdown => Ok(()),
+            Stop::LeaseLost => Err(SessionError::LeaseLost),
+        }
+    }
+}
+
+async fn stopped(shutdown: &CancellationToken, leadership: &mut Leadership) -> Stop {
+    tokio::select! {
+        _ = shutdown.cancelled() => Stop::Shutdown,
+        _ = leadership.lost() => Stop::LeaseLost,
     }
 }
 

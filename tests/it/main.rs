@@ -4,6 +4,7 @@ mod amqp;
 mod architecture;
 mod conformance;
 mod deploy;
+mod election;
 mod faults;
 mod fuzzing;
 mod hostile;

@@ -85,7 +85,7 @@ pub fn notifier_config(port: u16, token: &str) -> String {
 }
 
 /// The scenario's notifications as events, in order.
-fn scenario(seed: u64, count: usize) -> Vec<Value> {
+pub fn scenario(seed: u64, count: usize) -> Vec<Value> {
     let origin = Origin {
         source: Source::Notifier,
         received_at: SystemTime::now(),

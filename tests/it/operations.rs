@@ -61,8 +61,9 @@ fn metrics_hold_every_documented_name() {
         kafka.bootstrap_servers(),
         n = rand::random::<u32>()
     );
+    // It also follows an election (the only holder), for its metrics.
     let healthy = BridgeProcess::start(&format!(
-        "{}{every_sink}",
+        "{}{every_sink}[election]\nbackend = \"nats\"\n",
         notifier::notifier_config(port, notifier::TOKEN)
     ));
     wait_until("the notifier's events", || {

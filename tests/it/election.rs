@@ -1,0 +1,394 @@
+//! A fleet of bridges electing the notifier's holder through a lease in a
+//! JetStream key-value bucket: on a three-node nats-server cluster, the
+//! holder killed (and a NATS node with it) is replaced within the lease's
+//! time to live plus its renew interval, and two bridges never listen at
+//! the same moment; a rolling restart hands the notifier over with nothing
+//! that was sent lost or repeated.
+
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::notifier::{scenario, TOKEN};
+use crate::support::*;
+
+/// The lease's timing in these tests: a failover within 3 s + 1 s.
+const TTL: Duration = Duration::from_secs(3);
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+const SEED: u64 = 5;
+
+/// nats-server processes clustered on loopback, each with JetStream.
+struct Cluster {
+    nodes: Vec<Option<ConfiguredNats>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    fn start(size: usize) -> Cluster {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let dirs: Vec<_> = (0..size).map(|_| tempfile::tempdir().unwrap()).collect();
+        let name = unique("c");
+        let nodes = (0..size)
+            .map(|i| {
+                let others: Vec<String> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, port)| format!("\"nats-route://127.0.0.1:{port}\""))
+                    .collect();
+                Some(ConfiguredNats::start(&format!(
+                    "server_name: n{i}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: {name}, listen: \"127.0.0.1:{}\", routes: [{}] }}\n",
+                    dirs[i].path().display(),
+                    routes[i],
+                    others.join(", ")
+                )))
+            })
+            .collect();
+        let cluster = Cluster { nodes, _dirs: dirs };
+        // JetStream answers once the cluster has elected its meta leader.
+        let url = cluster.url();
+        wait_until("the JetStream cluster elects its leader", || {
+            runtime().block_on(async {
+                let Ok(client) = async_nats::connect(url.as_str()).await else {
+                    return false;
+                };
+                // Without a meta leader the API does not answer (or says so).
+                match client.request("$JS.API.INFO", "".into()).await {
+                    Ok(reply) => !String::from_utf8_lossy(&reply.payload).contains("\"error\""),
+                    Err(_) => false,
+                }
+            })
+        });
+        cluster
+    }
+
+    /// The first live node's URL.
+    fn url(&self) -> String {
+        self.nodes.iter().flatten().next().unwrap().url()
+    }
+
+    /// Every live node's URL, comma-separated, as the bridge's `url` takes them.
+    fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().flatten().map(|n| n.url()).collect();
+        urls.join(",")
+    }
+
+    fn kill(&mut self, node: usize) {
+        drop(self.nodes[node].take());
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A bridge of the fleet: the notifier on the simulator at `port`, the
+/// lease and the events in JetStream on `nats`, replicated `replicas` times.
+fn fleet_member(port: u16, nats: &str, stream: &str, name: &str, replicas: usize) -> String {
+    let prefix = stream.to_lowercase();
+    config(&format!(
+        "[notifier]\nenabled = true\nbackoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n\
+         [election]\nbackend = \"nats\"\nidentity = \"{name}\"\nttl = \"{}ms\"\nrenew_every = \"{}ms\"\n\
+         [election.nats]\nreplicas = {replicas}\n\
+         [[sinks]]\ntype = \"nats\"\nurl = \"{nats}\"\nmode = \"jetstream\"\n\
+         subject = \"{prefix}.{{kind}}.{{key}}.{{type}}\"\n\
+         [sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\nreplicas = {replicas}\n",
+        TTL.as_millis(),
+        RENEW_EVERY.as_millis(),
+    ))
+    .replace(
+        "id = \"test-fishjam\"",
+        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"{TOKEN}\""),
+    )
+}
+
+/// The simulated Fishjam: notifications at 200 a second once a bridge
+/// subscribed, for longer than any test here runs.
+fn fishjam(port: u16) -> Killed {
+    simulated_fishjam(
+        port,
+        &[
+            "--management-token",
+            TOKEN,
+            "--wait-for-subscribers",
+            "1",
+            "--rooms",
+            "6",
+            "--seed",
+            &SEED.to_string(),
+            "--rate",
+            "200",
+            "--duration",
+            "600s",
+        ],
+        Stdio::null(),
+    )
+}
+
+/// What the simulator's notifier has done: `sessions`, `forwarded` and
+/// `session_log`.
+fn stats(port: u16) -> Value {
+    serde_json::from_str(&http_get(&format!(
+        "http://127.0.0.1:{port}/simulator/stats"
+    )))
+    .unwrap()
+}
+
+fn session_log(port: u16) -> Vec<Value> {
+    stats(port)["session_log"].as_array().unwrap().clone()
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The bridges that say they hold the lease.
+fn holders(bridges: &[Option<BridgeProcess>]) -> Vec<usize> {
+    bridges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, bridge)| {
+            let bridge = bridge.as_ref()?;
+            (bridge.metrics().sum("fishjam_bridge_election_holder", &[]) == 1.0).then_some(i)
+        })
+        .collect()
+}
+
+/// Waits until exactly one bridge holds the lease and a session is open;
+/// the holder's index.
+fn settled_holder(bridges: &[Option<BridgeProcess>], port: u16) -> usize {
+    let mut holder = None;
+    wait_until("one bridge holds the notifier and listens", || {
+        let now = holders(bridges);
+        let open = session_log(port)
+            .iter()
+            .any(|session| session["ended_us"].is_null());
+        holder = (now.len() == 1 && open).then(|| now[0]);
+        holder.is_some()
+    });
+    holder.unwrap()
+}
+
+/// SIGKILLs the holder under load; how long until another bridge's session
+/// subscribed, and the index of the session that was open when it died.
+fn kill_the_holder(bridges: &mut [Option<BridgeProcess>], port: u16) -> (Duration, usize) {
+    // A holder whose lease store answers: it renewed twice since found (a
+    // NATS node just lost may first cost the lease its leader).
+    let renewals = |bridge: &BridgeProcess| {
+        let metrics = bridge.metrics();
+        (
+            metrics.sum("fishjam_bridge_election_holder", &[]) == 1.0,
+            metrics.sum("fishjam_bridge_election_renewals_total", &[]),
+        )
+    };
+    let holder = loop {
+        let holder = settled_holder(bridges, port);
+        let bridge = bridges[holder].as_ref().unwrap();
+        let (_, before) = renewals(bridge);
+        let mut held = true;
+        wait_until("the holder renews its lease", || {
+            let (holds, now) = renewals(bridge);
+            held = holds;
+            !holds || now >= before + 2.0
+        });
+        if held {
+            break holder;
+        }
+    };
+    let before = stats(port)["forwarded"].as_u64().unwrap();
+    wait_until("the holder is sent notifications", || {
+        stats(port)["forwarded"].as_u64().unwrap() >= before + 100
+    });
+    let log = session_log(port);
+    let open = log.iter().position(|s| s["ended_us"].is_null()).unwrap();
+    let killed_at = now_us();
+    drop(bridges[holder].take());
+    let mut next = None;
+    wait_until("another bridge subscribes", || {
+        next = session_log(port)
+            .iter()
+            .find(|s| s["subscribed_us"].as_u64().unwrap() > killed_at)
+            .map(|s| s["subscribed_us"].as_u64().unwrap());
+        next.is_some()
+    });
+    (Duration::from_micros(next.unwrap() - killed_at), open)
+}
+
+/// No two sessions were open at the same moment, and every one has ended.
+fn assert_one_at_a_time(log: &[Value]) {
+    for pair in log.windows(2) {
+        let ended = pair[0]["ended_us"].as_u64().expect("every session ended");
+        let next = pair[1]["subscribed_us"].as_u64().unwrap();
+        assert!(ended <= next, "two bridges listened at once: {pair:?}");
+    }
+}
+
+/// Per key (the bridge keeps each room's order, not one order across
+/// rooms), the notifier's events in `stored` are each session's
+/// notifications of that key in the order they were sent, session after
+/// session: all of them, except that a session in `killed` may lack a tail
+/// (what its bridge had read and not yet published when it died). Nothing
+/// else is there. Returns how many events each killed session lacks.
+fn assert_sessions_delivered(stored: &[Value], log: &[Value], killed: &[usize]) -> Vec<usize> {
+    let end = log
+        .iter()
+        .map(|s| s["first"].as_u64().unwrap() + s["forwarded"].as_u64().unwrap())
+        .max()
+        .unwrap_or(0) as usize;
+    let all = scenario(SEED, end);
+    // One event per notification in this scenario's mix, checked here so a
+    // change to it cannot shift the indices silently.
+    assert_eq!(all.len(), end, "one event per notification");
+    let heard = by_key(stored.iter().filter(|event| event["source"] == "notifier"));
+    let mut lacking = vec![0; killed.len()];
+    for (key, events) in &heard {
+        let mut heard = events.iter().peekable();
+        for (index, session) in log.iter().enumerate() {
+            let first = session["first"].as_u64().unwrap() as usize;
+            let forwarded = session["forwarded"].as_u64().unwrap() as usize;
+            let sent: Vec<_> = by_key(&all[first..first + forwarded])
+                .remove(key)
+                .unwrap_or_default();
+            let matched = sent
+                .iter()
+                .take_while(|wanted| heard.next_if(|event| event == wanted).is_some())
+                .count();
+            match killed.iter().position(|k| *k == index) {
+                Some(k) => lacking[k] += sent.len() - matched,
+                None => assert_eq!(
+                    matched,
+                    sent.len(),
+                    "{key}: session {index} ({session}) was sent {} events of it, {matched} are in the stream in order; next in the stream {:?}",
+                    sent.len(),
+                    heard.peek()
+                ),
+            }
+        }
+        let extra: Vec<_> = heard.collect();
+        assert!(
+            extra.is_empty(),
+            "{key}: events no session was sent: {extra:?}"
+        );
+    }
+    // A key none of whose events arrived is missing from `heard`.
+    for (index, session) in log.iter().enumerate() {
+        if killed.contains(&index) {
+            continue;
+        }
+        let first = session["first"].as_u64().unwrap() as usize;
+        let forwarded = session["forwarded"].as_u64().unwrap() as usize;
+        for key in by_key(&all[first..first + forwarded]).keys() {
+            assert!(
+                heard.contains_key(key),
+                "{key}: sent in session {index}, not in the stream"
+            );
+        }
+    }
+    lacking
+}
+
+#[test]
+fn a_killed_holder_is_replaced_within_the_lease_and_two_never_listen_at_once() {
+    let mut cluster = Cluster::start(3);
+    let port = free_port();
+    let _fishjam = fishjam(port);
+    let stream = unique("EL");
+    let nats = cluster.urls();
+    let mut bridges: Vec<Option<BridgeProcess>> = (0..3)
+        .map(|i| {
+            Some(BridgeProcess::start(&fleet_member(
+                port,
+                &nats,
+                &stream,
+                &format!("bridge-{i}"),
+                3,
+            )))
+        })
+        .collect();
+    let bound = TTL + RENEW_EVERY;
+    let (first, killed_first) = kill_the_holder(&mut bridges, port);
+    assert!(first <= bound, "failover took {first:?}");
+    // The same with one NATS node gone: the lease and the stream have their
+    // other two copies.
+    cluster.kill(0);
+    let (second, killed_second) = kill_the_holder(&mut bridges, port);
+    assert!(
+        second <= bound,
+        "failover with a NATS node down took {second:?}"
+    );
+    // The last bridge stops cleanly: its session ends, and what it read is
+    // published before it exits.
+    let last = settled_holder(&bridges, port);
+    assert!(bridges[last].as_mut().unwrap().terminate().success());
+    let log = session_log(port);
+    assert_one_at_a_time(&log);
+    let stored = crate::nats::stored(&cluster.url(), &stream);
+    let lacking = assert_sessions_delivered(&stored, &log, &[killed_first, killed_second]);
+    eprintln!(
+        "failover {first:?} and {second:?} (NATS node down); sessions {}; lost with the killed holders: {lacking:?}",
+        log.len()
+    );
+    // What a killed holder loses is what it had read and not published, or
+    // what was still in its socket: a moment's notifications, not more.
+    assert!(lacking.iter().all(|lost| *lost <= 200), "{lacking:?}");
+}
+
+#[test]
+fn a_rolling_restart_hands_the_notifier_over_with_nothing_lost_or_repeated() {
+    let nats = crate::nats::PrivateNats::start();
+    let port = free_port();
+    let _fishjam = fishjam(port);
+    let stream = unique("RR");
+    let member = |name: &str| fleet_member(port, &nats.url(), &stream, name, 1);
+    let mut bridges = vec![
+        Some(BridgeProcess::start(&member("a"))),
+        Some(BridgeProcess::start(&member("b"))),
+    ];
+    // Stop the holder and start it again, then stop the other (which took
+    // over): each stop hands the notifier over.
+    for _ in 0..2 {
+        let holder = settled_holder(&bridges, port);
+        let stopped_at = now_us();
+        assert!(bridges[holder].as_mut().unwrap().terminate().success());
+        // The released lease is taken at once, not after the TTL.
+        wait_until_within("the other bridge subscribes", RENEW_EVERY * 3, || {
+            session_log(port)
+                .iter()
+                .any(|s| s["subscribed_us"].as_u64().unwrap() > stopped_at)
+        });
+        bridges[holder] = Some(BridgeProcess::start(&member(["a", "b"][holder])));
+    }
+    for bridge in bridges.iter_mut().flatten() {
+        assert!(bridge.terminate().success());
+    }
+    let log = session_log(port);
+    assert!(log.len() >= 3, "{log:?}");
+    assert_one_at_a_time(&log);
+    let stored = crate::nats::stored(&nats.url(), &stream);
+    assert_sessions_delivered(&stored, &log, &[]);
+    let gaps: Vec<u64> = log
+        .windows(2)
+        .map(|pair| {
+            (pair[1]["subscribed_us"].as_u64().unwrap() - pair[0]["ended_us"].as_u64().unwrap())
+                / 1000
+        })
+        .collect();
+    eprintln!(
+        "rolling restart: {} sessions, gaps between them (ms): {gaps:?}",
+        log.len()
+    );
+    // The follower heard the release: it did not wait for its next beat.
+    assert!(
+        gaps.iter().all(|gap| *gap < RENEW_EVERY.as_millis() as u64),
+        "{gaps:?}"
+    );
+}
