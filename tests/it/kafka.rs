@@ -363,8 +363,45 @@ fn a_consumer_sees_every_event_once_keyed_by_room_in_order() {
     assert_eq!(seen, expected(61, 8, 500), "every event, in room order");
 }
 
+/// librdkafka's mock cluster, taking a broker down, closes its listening
+/// socket and binds the port again at once; when another socket took the
+/// port in between, it aborts the whole process (rdkafka_mock.c: "Failed
+/// to-create mock broker listener"), which a loaded suite met once in many
+/// runs. The faults run in a child process of this test binary, so such an
+/// abort ends only the child, and that one cause is run again once; any
+/// other failure fails the test.
 #[test]
 fn injected_broker_faults_lose_no_acknowledged_event() {
+    for attempt in 1..=2 {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kafka::injected_broker_faults_in_a_child_process",
+                "--ignored",
+                "--nocapture",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() && said.contains("1 passed") {
+            return;
+        }
+        if attempt == 1 && said.contains("Failed to-create mock broker listener") {
+            eprintln!("the mock cluster aborted binding a broker's port again; running once more");
+            continue;
+        }
+        panic!("{said}");
+    }
+}
+
+#[test]
+#[ignore = "run in a child process by injected_broker_faults_lose_no_acknowledged_event"]
+fn injected_broker_faults_in_a_child_process() {
     // One replica per partition: a broker that goes down makes its
     // partitions unavailable (what the bridge must ride out), where a
     // replicated mock topic would also lose the records of a failed leader.
