@@ -188,8 +188,9 @@ pub struct NotifierConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ElectionConfig {
-    /// `none` (one bridge: it holds the notifier) or `nats` (a lease in a
-    /// JetStream key-value bucket, on the servers of a NATS sink).
+    /// `none` (one bridge: it holds the notifier), `nats` (a lease in a
+    /// JetStream key-value bucket, on the servers of a NATS sink) or
+    /// `kubernetes` (a `coordination.k8s.io/v1` Lease).
     #[serde(default)]
     pub backend: ElectionBackend,
     /// This replica's name in the lease and in `/readyz`. Env:
@@ -206,6 +207,8 @@ pub struct ElectionConfig {
     pub renew_every: Duration,
     #[serde(default)]
     pub nats: ElectionNatsConfig,
+    #[serde(default)]
+    pub kubernetes: ElectionKubernetesConfig,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -214,6 +217,39 @@ pub enum ElectionBackend {
     #[default]
     None,
     Nats,
+    Kubernetes,
+}
+
+/// The Lease, and how to reach the API server: by default as the pod's
+/// service account (`/var/run/secrets/kubernetes.io/serviceaccount`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectionKubernetesConfig {
+    /// The Lease's name.
+    #[serde(default = "default_lease_name")]
+    pub lease: String,
+    /// Default: the pod's own namespace.
+    pub namespace: Option<String>,
+    /// Default: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub api_url: Option<String>,
+    /// A bearer token, read again before each request. Default: the service
+    /// account's token.
+    pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) the API server's certificate is checked
+    /// against, beside the platform's roots. Default: the service account's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ElectionKubernetesConfig {
+    fn default() -> ElectionKubernetesConfig {
+        ElectionKubernetesConfig {
+            lease: default_lease_name(),
+            namespace: None,
+            api_url: None,
+            token_file: None,
+            ca_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,6 +275,7 @@ impl Default for ElectionConfig {
             ttl: default_lease_ttl(),
             renew_every: default_lease_renew(),
             nats: ElectionNatsConfig::default(),
+            kubernetes: ElectionKubernetesConfig::default(),
         }
     }
 }
@@ -661,21 +698,25 @@ impl Config {
                 problems.push("spool.segment_bytes must be at least 1".to_owned());
             }
         }
-        if self.election.backend != ElectionBackend::None {
-            if !self.notifier.enabled {
-                problems.push(
-                    "election.backend is set but notifier.enabled is not: the election decides which replica holds the notifier".to_owned(),
-                );
-            }
-            if self.election.renew_every.is_zero()
-                || self.election.renew_every * 3 > self.election.ttl
-            {
-                problems.push(format!(
-                    "election.renew_every ({}) must be more than zero and at most a third of election.ttl ({})",
-                    humantime::format_duration(self.election.renew_every),
-                    humantime::format_duration(self.election.ttl)
-                ));
-            }
+        // Checked even with the notifier off, when the election is not run:
+        // a deployment may set it for when the notifier is turned on.
+        if self.election.backend != ElectionBackend::None
+            && (self.election.renew_every.is_zero()
+                || self.election.renew_every * 3 > self.election.ttl)
+        {
+            problems.push(format!(
+                "election.renew_every ({}) must be more than zero and at most a third of election.ttl ({})",
+                humantime::format_duration(self.election.renew_every),
+                humantime::format_duration(self.election.ttl)
+            ));
+        }
+        if self.election.backend == ElectionBackend::Kubernetes
+            && (self.election.ttl < Duration::from_secs(1) || self.election.ttl.subsec_nanos() != 0)
+        {
+            problems.push(format!(
+                "election.ttl ({}) must be whole seconds with the kubernetes backend (a Lease's leaseDurationSeconds)",
+                humantime::format_duration(self.election.ttl)
+            ));
         }
         if self.election.backend == ElectionBackend::Nats {
             if let Err(problem) = self.election.nats_sink(&self.sinks) {
@@ -788,6 +829,12 @@ impl Config {
                     "nats (bucket {:?}, {} replica(s), ttl {}, renew every {})",
                     self.election.nats.bucket,
                     self.election.nats.replicas,
+                    humantime::format_duration(self.election.ttl),
+                    humantime::format_duration(self.election.renew_every)
+                ),
+                ElectionBackend::Kubernetes => format!(
+                    "kubernetes (lease {:?}, ttl {}, renew every {})",
+                    self.election.kubernetes.lease,
                     humantime::format_duration(self.election.ttl),
                     humantime::format_duration(self.election.renew_every)
                 ),
@@ -926,6 +973,9 @@ fn default_lease_renew() -> Duration {
 }
 fn default_lease_bucket() -> String {
     "fishjam_bridge_leases".to_owned()
+}
+fn default_lease_name() -> String {
+    "fishjam-bridge-notifier".to_owned()
 }
 fn default_lease_replicas() -> usize {
     1
@@ -1121,9 +1171,11 @@ mod tests {
             "b"
         );
         assert_eq!(config.election.identity.as_deref(), Some("pod-7"));
-        // Without the notifier there is nothing to elect.
-        let found = problems("[fishjam]\nid = \"x\"\n[election]\nbackend = \"nats\"\n[[sinks]]\ntype = \"nats\"\nsubject = \"a\"\n");
-        assert!(found.contains("notifier.enabled is not"), "{found}");
+        // The Lease's duration is whole seconds.
+        let found = problems(&format!(
+            "{notifier}[election]\nbackend = \"kubernetes\"\nttl = \"2500ms\"\nrenew_every = \"500ms\"\n"
+        ));
+        assert!(found.contains("whole seconds"), "{found}");
     }
 
     #[test]

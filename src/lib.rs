@@ -399,6 +399,7 @@ fn elect(
     let backend = match config.election.backend {
         config::ElectionBackend::None => return Ok(election::Leadership::always()),
         config::ElectionBackend::Nats => "nats",
+        config::ElectionBackend::Kubernetes => "kubernetes",
     };
     let identity = election::identity(config.election.identity.as_deref());
     let timing = election::Timing {
@@ -414,36 +415,72 @@ fn elect(
         )
         .unwrap_or_default()
     });
-    let sink = config
-        .election
-        .nats_sink(&config.sinks)
-        .map_err(anyhow::Error::msg)?
-        .clone();
-    let settings = config.election.clone();
-    let shutdown = shutdown.clone();
     tracing::info!(%identity, backend, "following the notifier election");
-    tasks.spawn(async move {
-        let mut retry = Backoff::new(std::time::Duration::from_millis(200), timing.renew_every);
-        let store = loop {
-            let opened = tokio::select! {
-                opened = election::nats::connect(&sink, &settings, &fishjam_id, &identity) => opened,
-                _ = shutdown.cancelled() => return,
-            };
-            match opened {
-                Ok(store) => break store,
-                Err(error) => {
-                    let delay = retry.next_delay();
-                    tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "cannot open the notifier lease; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
+    let shutdown = shutdown.clone();
+    match config.election.backend {
+        config::ElectionBackend::None => unreachable!("returned above"),
+        config::ElectionBackend::Nats => {
+            let sink = config
+                .election
+                .nats_sink(&config.sinks)
+                .map_err(anyhow::Error::msg)?
+                .clone();
+            let settings = config.election.clone();
+            tasks.spawn(async move {
+                let open = || election::nats::connect(&sink, &settings, &fishjam_id, &identity);
+                if let Some(store) = open_store(open, timing.renew_every, &shutdown).await {
+                    elector.hold(store, shutdown).await
+                }
+            });
+        }
+        config::ElectionBackend::Kubernetes => {
+            let settings = config.election.kubernetes.clone();
+            tasks.spawn(async move {
+                let open = || async {
+                    let target =
+                        election::kubernetes::Target::from_settings(&settings, timing.renew_every)?;
+                    Ok(election::kubernetes::KubeLease::new(
+                        target, &identity, timing.ttl,
+                    ))
+                };
+                if let Some(store) = open_store(open, timing.renew_every, &shutdown).await {
+                    elector.hold(store, shutdown).await
+                }
+            });
+        }
+    }
+    Ok(leadership)
+}
+
+/// Opens a lease store, trying again with backoff until it opens or
+/// shutdown (`None`).
+async fn open_store<S, F, Fut>(
+    open: F,
+    cap: std::time::Duration,
+    shutdown: &CancellationToken,
+) -> Option<S>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<S, election::LeaseError>>,
+{
+    let mut retry = Backoff::new(std::time::Duration::from_millis(200), cap);
+    loop {
+        let opened = tokio::select! {
+            opened = open() => opened,
+            _ = shutdown.cancelled() => return None,
+        };
+        match opened {
+            Ok(store) => return Some(store),
+            Err(error) => {
+                let delay = retry.next_delay();
+                tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "cannot open the notifier lease; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
                 }
             }
-        };
-        elector.hold(store, shutdown).await
-    });
-    Ok(leadership)
+        }
+    }
 }
 
 async fn connect_sink(config: &sinks::SinkConfig, health: &SinkHealth, mut retry: Backoff) -> Sink {

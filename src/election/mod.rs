@@ -15,6 +15,7 @@
 //! the lease expire earlier (it stamped the renewal after that start), so
 //! the notifier socket is closed before any other replica can take over.
 
+pub mod kubernetes;
 pub mod nats;
 
 use std::future::Future;

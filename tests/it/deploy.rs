@@ -124,6 +124,38 @@ fn the_kubernetes_base_renders_valid_and_consistent() {
     let config_map = find(&documents, "ConfigMap");
     let secret = find(&documents, "Secret");
 
+    // The pod runs as a service account allowed the notifier's Lease and
+    // nothing else, and elects the notifier's holder through it.
+    let account = find(&documents, "ServiceAccount");
+    let role = find(&documents, "Role");
+    let binding = find(&documents, "RoleBinding");
+    assert_eq!(
+        pod["spec"]["serviceAccountName"],
+        account["metadata"]["name"]
+    );
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], true);
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }])
+    );
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": account["metadata"]["name"]}])
+    );
+    assert!(container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|var| var["name"] == "FISHJAM_BRIDGE__ELECTION__BACKEND"
+            && var["value"] == "kubernetes"));
+    assert_eq!(deployment["spec"]["replicas"], 2);
+
     // The selectors pick the pods.
     let pod_labels = pod["metadata"]["labels"].as_object().unwrap();
     let selects = |selector: &Value| {

@@ -32,7 +32,7 @@ fn simulator_with(port: u16, seed: u64, count: usize, extra: &[&str]) -> Killed 
 
 /// `simulate` serving on `port` with `TOKEN`, six rooms, holding its play
 /// until a client subscribed; `args` says the rest.
-fn simulate(port: u16, args: &[&str], stdout: Stdio) -> Killed {
+pub fn simulate(port: u16, args: &[&str], stdout: Stdio) -> Killed {
     let mut all = vec![
         "--management-token",
         TOKEN,
