@@ -429,6 +429,19 @@ mod tests {
         (leadership, status, elector.hold(store, shutdown))
     }
 
+    /// Runs an election over `store` until this replica took the lease and
+    /// lost it again: how long it held it, and its leadership then.
+    async fn held_for(store: Scripted) -> (Duration, Leadership, Arc<Mutex<Status>>) {
+        let shutdown = CancellationToken::new();
+        let (mut leadership, status, task) = start(store, TIMING, "me".to_owned(), shutdown);
+        tokio::spawn(task);
+        leadership.acquired().await;
+        let taken = Instant::now();
+        assert_eq!(status.lock().unwrap().role, "holder");
+        leadership.lost().await;
+        (taken.elapsed(), leadership, status)
+    }
+
     const TIMING: Timing = Timing {
         ttl: Duration::from_secs(10),
         renew_every: Duration::from_secs(2),
@@ -455,16 +468,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_holder_that_cannot_renew_stops_before_its_lease_runs_out() {
         let (store, _) = scripted(vec![Ok(Attempt::Held)], vec![Renewal::Ok, Renewal::Fail]);
-        let shutdown = CancellationToken::new();
-        let (mut leadership, status, task) =
-            start(store, TIMING, "me".to_owned(), shutdown.clone());
-        let started = Instant::now();
-        tokio::spawn(task);
-        leadership.acquired().await;
-        assert_eq!(status.lock().unwrap().role, "holder");
-        leadership.lost().await;
+        let (held_for, leadership, status) = held_for(store).await;
         // Renewed at +2 s; the lease is valid until 2 + 10 - 2 = 10 s.
-        let held_for = started.elapsed();
         assert!(
             held_for <= Duration::from_secs(10) && held_for >= Duration::from_millis(9_900),
             "{held_for:?}"
@@ -472,36 +477,23 @@ mod tests {
         assert_eq!(status.lock().unwrap().role, "follower");
         // Nobody else can hold it yet: the socket may drain for half the margin.
         assert_eq!(leadership.drain(), TIMING.margin() / 2);
-        shutdown.cancel();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_renewal_that_hangs_is_given_up_at_the_deadline() {
         let (store, _) = scripted(vec![Ok(Attempt::Held)], vec![Renewal::Hang]);
-        let shutdown = CancellationToken::new();
-        let (mut leadership, _, task) = start(store, TIMING, "me".to_owned(), shutdown.clone());
-        let started = Instant::now();
-        tokio::spawn(task);
-        leadership.acquired().await;
-        leadership.lost().await;
-        assert!(started.elapsed() <= TIMING.ttl - TIMING.margin());
-        shutdown.cancel();
+        let (held_for, _, _) = held_for(store).await;
+        assert!(held_for <= TIMING.ttl - TIMING.margin());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_renewal_ends_holding_at_once() {
         let (store, _) = scripted(vec![Ok(Attempt::Held)], vec![Renewal::Ok, Renewal::Lost]);
-        let shutdown = CancellationToken::new();
-        let (mut leadership, _, task) = start(store, TIMING, "me".to_owned(), shutdown.clone());
-        let started = Instant::now();
-        tokio::spawn(task);
-        leadership.acquired().await;
-        leadership.lost().await;
+        let (held_for, leadership, _) = held_for(store).await;
         // The second renewal, at +4 s, was refused.
-        assert_eq!(started.elapsed(), Duration::from_secs(4));
+        assert_eq!(held_for, Duration::from_secs(4));
         // Another replica holds it: the socket closes without draining.
         assert_eq!(leadership.drain(), Duration::ZERO);
-        shutdown.cancel();
     }
 
     /// A follower tries again when the holder's lease can have run out.
