@@ -190,6 +190,16 @@ fn kill_the_holder(bridges: &mut [Option<BridgeProcess>], port: u16) -> (Duratio
             metrics.sum("fishjam_bridge_election_renewals_total", &[]),
         )
     };
+    // Every follower's store answers too: it saw the holder on its last
+    // beat (one whose NATS server was just killed reconnects first).
+    wait_until("every bridge sees the holder", || {
+        bridges.iter().flatten().all(|bridge| {
+            bridge
+                .metrics()
+                .sum("fishjam_bridge_election_without_holder_seconds", &[])
+                < 0.5
+        })
+    });
     let holder = loop {
         let holder = settled_holder(bridges, port);
         let bridge = bridges[holder].as_ref().unwrap();
@@ -559,6 +569,31 @@ fn a_kubernetes_lease_survives_a_conflict_and_moves_when_renewals_fail() {
         })
         .collect();
     let holder = settled_holder(&bridges, port);
+    // /readyz names the holder on both replicas (the follower once it has
+    // read the Lease since the holder took it).
+    let named = |index: usize, bridge: &BridgeProcess| {
+        let report: Value =
+            serde_json::from_str(&http_get(&format!("http://{}/readyz", bridge.admin))).unwrap();
+        let role = if index == holder {
+            "holder"
+        } else {
+            "follower"
+        };
+        report["election"]
+            == serde_json::json!({
+                "backend": "kubernetes",
+                "identity": names[index],
+                "role": role,
+                "holder": names[holder],
+            })
+    };
+    wait_until("/readyz names the holder", || {
+        bridges
+            .iter()
+            .flatten()
+            .enumerate()
+            .all(|(index, bridge)| named(index, bridge))
+    });
     let renewals = |bridge: &BridgeProcess| {
         bridge
             .metrics()
