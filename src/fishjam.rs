@@ -45,9 +45,7 @@ pub fn rest_client(
 ) -> Result<reqwest::Client, FishjamError> {
     let mut builder = reqwest::Client::builder().timeout(timeout);
     if let Some(roots) = extra_roots {
-        for certificate in roots.reqwest().map_err(FishjamError::Roots)? {
-            builder = builder.add_root_certificate(certificate);
-        }
+        builder = roots.trusted_by(builder).map_err(FishjamError::Roots)?;
     }
     builder.build().map_err(FishjamError::Client)
 }

@@ -379,10 +379,7 @@ fn admin_client(
         builder = builder.timeout(timeout);
     }
     if let Some(path) = ca_file {
-        let roots = fishjam_bridge::tls::ExtraRoots::load(path)?;
-        for certificate in roots.reqwest()? {
-            builder = builder.add_root_certificate(certificate);
-        }
+        builder = fishjam_bridge::tls::ExtraRoots::load(path)?.trusted_by(builder)?;
     }
     Ok(builder.build()?)
 }

@@ -79,6 +79,17 @@ impl ExtraRoots {
     pub fn reqwest(&self) -> Result<Vec<reqwest::Certificate>, TlsError> {
         reqwest::Certificate::from_pem_bundle(&self.pem).map_err(|e| TlsError::Ca(e.into()))
     }
+
+    /// `builder` trusting these certificates beside the platform's roots.
+    pub fn trusted_by(
+        &self,
+        mut builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, TlsError> {
+        for certificate in self.reqwest()? {
+            builder = builder.add_root_certificate(certificate);
+        }
+        Ok(builder)
+    }
 }
 
 /// A rustls client configuration trusting the platform's roots and, when

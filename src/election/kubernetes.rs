@@ -88,14 +88,9 @@ impl Target {
         });
         let mut builder = reqwest::Client::builder().timeout(timeout);
         if let Some(path) = &ca_file {
-            let roots = crate::tls::ExtraRoots::load(path)
+            builder = crate::tls::ExtraRoots::load(path)
+                .and_then(|roots| roots.trusted_by(builder))
                 .map_err(|e| store(format!("election.kubernetes.ca_file: {e}")))?;
-            for certificate in roots
-                .reqwest()
-                .map_err(|e| store(format!("election.kubernetes.ca_file: {e}")))?
-            {
-                builder = builder.add_root_certificate(certificate);
-            }
         }
         let client = builder
             .build()
