@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
-use super::{Attempt, LeaseError, LeaseStore};
+use super::{holder_value, identity_in, Attempt, LeaseError, LeaseStore};
 
 /// Where a pod finds its service account.
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -92,9 +92,7 @@ impl Target {
                 .and_then(|roots| roots.trusted_by(builder))
                 .map_err(|e| store(format!("election.kubernetes.ca_file: {e}")))?;
         }
-        let client = builder
-            .build()
-            .map_err(|e| store(crate::telemetry::Chain(&e).to_string()))?;
+        let client = builder.build().map_err(|e| LeaseError::store(&e))?;
         Ok(Target {
             lease_url: format!(
                 "{api}/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{}",
@@ -172,21 +170,11 @@ fn micro_time(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(at).to_string()
 }
 
-/// The identity part of a `holderIdentity` (this bridge writes
-/// `<identity> <number>`; another writer's is shown whole).
-fn shown(holder: &str) -> String {
-    holder
-        .rsplit_once(' ')
-        .map_or(holder, |(identity, _)| identity)
-        .to_owned()
-}
-
 impl KubeLease {
     pub fn new(target: Target, identity: &str, ttl: Duration) -> KubeLease {
-        let nonce: u64 = rand::random();
         KubeLease {
             target,
-            holder: format!("{identity} {nonce:016x}"),
+            holder: holder_value(identity),
             ttl,
             held: None,
         }
@@ -261,7 +249,7 @@ async fn body(response: reqwest::Response) -> Result<Value, LeaseError> {
 }
 
 fn failed(error: reqwest::Error) -> LeaseError {
-    LeaseError::Store(crate::telemetry::Chain(&error).to_string())
+    LeaseError::store(&error)
 }
 
 async fn refused(method: &str, status: u16, response: reqwest::Response) -> LeaseError {
@@ -299,7 +287,7 @@ impl LeaseStore for KubeLease {
         };
         if !free {
             return Ok(Attempt::Taken {
-                holder: shown(seen.holder.as_deref().unwrap_or_default()),
+                holder: identity_in(seen.holder.as_deref().unwrap_or_default()).to_owned(),
                 free_in: seen
                     .expires
                     .map(|expires| expires.duration_since(now).unwrap_or_default()),
@@ -337,9 +325,10 @@ impl LeaseStore for KubeLease {
             ));
         }
         self.held = None;
-        Err(LeaseError::Lost(
-            holder.map_or_else(|| "nobody".to_owned(), |h| shown(&h)),
-        ))
+        Err(LeaseError::Lost(holder.map_or_else(
+            || "nobody".to_owned(),
+            |h| identity_in(&h).to_owned(),
+        )))
     }
 
     async fn release(&mut self) -> Result<(), LeaseError> {
@@ -373,7 +362,7 @@ mod tests {
             "renewTime": "2026-12-02T07:10:53.123456Z",
         }});
         let seen = seen(&lease);
-        assert_eq!(shown(seen.holder.as_deref().unwrap()), "pod-1");
+        assert_eq!(identity_in(seen.holder.as_deref().unwrap()), "pod-1");
         assert_eq!(
             micro_time(seen.expires.unwrap()),
             "2026-12-02T07:11:03.123456Z"

@@ -52,6 +52,29 @@ pub enum LeaseError {
     Store(String),
 }
 
+impl LeaseError {
+    /// A store's error, with its causes on one line.
+    fn store(error: &(dyn std::error::Error + 'static)) -> LeaseError {
+        LeaseError::Store(telemetry::Chain(error).to_string())
+    }
+}
+
+/// What a store records as the lease's holder: this replica's identity and
+/// a number drawn at start, so that a take whose answer was lost (the lease
+/// names a holder, but is it this process?) is told from another replica
+/// with the same identity.
+fn holder_value(identity: &str) -> String {
+    let nonce: u64 = rand::random();
+    format!("{identity} {nonce:016x}")
+}
+
+/// The identity in a holder value (another writer's is shown whole).
+fn identity_in(holder: &str) -> &str {
+    holder
+        .rsplit_once(' ')
+        .map_or(holder, |(identity, _)| identity)
+}
+
 /// A store of one lease. Each call is a single round trip; `hold` decides
 /// when to call, and gives up on a call that outlives the lease.
 pub trait LeaseStore: Send + 'static {

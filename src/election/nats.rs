@@ -27,7 +27,7 @@ use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self};
 use bytes::Bytes;
 
-use super::{Attempt, LeaseError, LeaseStore};
+use super::{holder_value, identity_in, Attempt, LeaseError, LeaseStore};
 
 /// Where the lease lives and for how long.
 pub struct NatsLease {
@@ -105,7 +105,6 @@ impl NatsLease {
             .subscribe(announce.clone())
             .await
             .map_err(|e| failed(&e))?;
-        let nonce: u64 = rand::random();
         Ok(NatsLease {
             client,
             announce,
@@ -113,7 +112,7 @@ impl NatsLease {
             context,
             store,
             key,
-            value: Bytes::from(format!("{identity} {nonce:016x}")),
+            value: Bytes::from(holder_value(identity)),
             ttl,
             revision: None,
         })
@@ -136,12 +135,9 @@ pub async fn connect(
     fishjam_id: &str,
     identity: &str,
 ) -> Result<NatsLease, LeaseError> {
-    let store = |e: &(dyn std::error::Error + 'static)| {
-        LeaseError::Store(crate::telemetry::Chain(e).to_string())
-    };
     let options = crate::sinks::nats::connect_options(sink, "election")
         .await
-        .map_err(|e| store(&e))?
+        .map_err(|e| LeaseError::store(&e))?
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Disconnected | async_nats::Event::Closed => {
@@ -152,7 +148,7 @@ pub async fn connect(
         });
     let client = crate::sinks::nats::connect_with(sink, options)
         .await
-        .map_err(|e| store(&e))?;
+        .map_err(|e| LeaseError::store(&e))?;
     NatsLease::open(
         client,
         &election.nats.bucket,
@@ -166,11 +162,7 @@ pub async fn connect(
 
 /// The identity part of a lease value.
 fn holder(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
-    match text.rsplit_once(' ') {
-        Some((identity, _)) => identity.to_owned(),
-        None => text.into_owned(),
-    }
+    identity_in(&String::from_utf8_lossy(value)).to_owned()
 }
 
 impl LeaseStore for NatsLease {
@@ -181,17 +173,13 @@ impl LeaseStore for NatsLease {
                 return Ok(Attempt::Held);
             }
             Err(error) if error.kind() == CreateErrorKind::AlreadyExists => error,
-            Err(error) => {
-                return Err(LeaseError::Store(
-                    crate::telemetry::Chain(&error).to_string(),
-                ))
-            }
+            Err(error) => return Err(LeaseError::store(&error)),
         };
         let entry = self
             .store
             .entry(&self.key)
             .await
-            .map_err(|e| LeaseError::Store(crate::telemetry::Chain(&e).to_string()))?;
+            .map_err(|e| LeaseError::store(&e))?;
         match entry {
             Some(entry) if entry.operation == Operation::Put && entry.value == self.value => {
                 self.adopt(entry.revision).await
@@ -235,9 +223,7 @@ impl LeaseStore for NatsLease {
                 };
                 Err(LeaseError::Lost(holder))
             }
-            Err(error) => Err(LeaseError::Store(
-                crate::telemetry::Chain(&error).to_string(),
-            )),
+            Err(error) => Err(LeaseError::store(&error)),
         }
     }
 
@@ -250,12 +236,12 @@ impl LeaseStore for NatsLease {
             .context
             .get_stream(&self.store.stream_name)
             .await
-            .map_err(|e| LeaseError::Store(crate::telemetry::Chain(&e).to_string()))?;
+            .map_err(|e| LeaseError::store(&e))?;
         stream
             .purge()
             .filter(subject)
             .await
-            .map_err(|e| LeaseError::Store(crate::telemetry::Chain(&e).to_string()))?;
+            .map_err(|e| LeaseError::store(&e))?;
         // The followers try at once; one that misses this tries on its beat.
         let announced = self
             .client
