@@ -218,6 +218,22 @@ impl KubeLease {
         }
     }
 
+    /// Writes the Lease `base` (as read; `None`: there is none yet) as held
+    /// by this replica from `now`: created or replaced, so that when another
+    /// write came first (409) the lease is another replica's.
+    async fn take(&mut self, base: Option<&Value>, now: SystemTime) -> Result<Attempt, LeaseError> {
+        match self.write(&self.taken(base, now), base.is_none()).await? {
+            Some(written) => {
+                self.held = Some(written);
+                Ok(Attempt::Held)
+            }
+            None => Ok(Attempt::Taken {
+                holder: "another replica (its write came first)".to_owned(),
+                free_in: None,
+            }),
+        }
+    }
+
     /// `base` (the Lease as read, or nothing) held by this replica from now.
     fn taken(&self, base: Option<&Value>, now: SystemTime) -> Value {
         let transitions = base
@@ -265,16 +281,7 @@ impl LeaseStore for KubeLease {
     async fn acquire(&mut self) -> Result<Attempt, LeaseError> {
         let now = SystemTime::now();
         let Some(lease) = self.get().await? else {
-            return match self.write(&self.taken(None, now), true).await? {
-                Some(written) => {
-                    self.held = Some(written);
-                    Ok(Attempt::Held)
-                }
-                None => Ok(Attempt::Taken {
-                    holder: "another replica (it created the lease first)".to_owned(),
-                    free_in: None,
-                }),
-            };
+            return self.take(None, now).await;
         };
         let seen = seen(&lease);
         let free = match (&seen.holder, seen.expires) {
@@ -293,16 +300,7 @@ impl LeaseStore for KubeLease {
                     .map(|expires| expires.duration_since(now).unwrap_or_default()),
             });
         }
-        match self.write(&self.taken(Some(&lease), now), false).await? {
-            Some(written) => {
-                self.held = Some(written);
-                Ok(Attempt::Held)
-            }
-            None => Ok(Attempt::Taken {
-                holder: "another replica (its takeover came first)".to_owned(),
-                free_in: None,
-            }),
-        }
+        self.take(Some(&lease), now).await
     }
 
     async fn renew(&mut self) -> Result<(), LeaseError> {
