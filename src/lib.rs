@@ -428,9 +428,7 @@ fn elect(
             let settings = config.election.clone();
             tasks.spawn(async move {
                 let open = || election::nats::connect(&sink, &settings, &fishjam_id, &identity);
-                if let Some(store) = open_store(open, timing.renew_every, &shutdown).await {
-                    elector.hold(store, shutdown).await
-                }
+                elector.open_and_hold(open, shutdown).await
             });
         }
         config::ElectionBackend::Kubernetes => {
@@ -443,44 +441,11 @@ fn elect(
                         target, &identity, timing.ttl,
                     ))
                 };
-                if let Some(store) = open_store(open, timing.renew_every, &shutdown).await {
-                    elector.hold(store, shutdown).await
-                }
+                elector.open_and_hold(open, shutdown).await
             });
         }
     }
     Ok(leadership)
-}
-
-/// Opens a lease store, trying again with backoff until it opens or
-/// shutdown (`None`).
-async fn open_store<S, F, Fut>(
-    open: F,
-    cap: std::time::Duration,
-    shutdown: &CancellationToken,
-) -> Option<S>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<S, election::LeaseError>>,
-{
-    let mut retry = Backoff::new(std::time::Duration::from_millis(200), cap);
-    loop {
-        let opened = tokio::select! {
-            opened = open() => opened,
-            _ = shutdown.cancelled() => return None,
-        };
-        match opened {
-            Ok(store) => return Some(store),
-            Err(error) => {
-                let delay = retry.next_delay();
-                tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "cannot open the notifier lease; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-            }
-        }
-    }
 }
 
 async fn connect_sink(config: &sinks::SinkConfig, health: &SinkHealth, mut retry: Backoff) -> Sink {

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::telemetry;
 
 /// What one try to take the lease found.
@@ -218,9 +219,34 @@ pub fn elector(
 }
 
 impl Elector {
-    /// Follows and holds the lease in `store` until `shutdown`.
-    pub async fn hold<S: LeaseStore>(self, store: S, shutdown: CancellationToken) {
-        hold(store, self, shutdown).await
+    /// Opens the lease store with `open`, trying again with backoff (an
+    /// unreachable store at start-up must not stop the bridge), then
+    /// follows and holds the lease until `shutdown`.
+    pub async fn open_and_hold<S, F, Fut>(self, open: F, shutdown: CancellationToken)
+    where
+        S: LeaseStore,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<S, LeaseError>>,
+    {
+        let mut retry = Backoff::new(Duration::from_millis(200), self.timing.renew_every);
+        let store = loop {
+            let opened = tokio::select! {
+                opened = open() => opened,
+                _ = shutdown.cancelled() => return,
+            };
+            match opened {
+                Ok(store) => break store,
+                Err(error) => {
+                    let delay = retry.next_delay();
+                    tracing::warn!(error = %error, delay_ms = delay.as_millis() as u64, "cannot open the notifier lease; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        };
+        self.hold(store, shutdown).await
     }
 }
 
@@ -249,97 +275,100 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
-/// The election loop: follow until the lease is free, hold it while it can
-/// be renewed in time, and release it at shutdown.
-async fn hold<S: LeaseStore>(mut store: S, elector: Elector, shutdown: CancellationToken) {
-    let Elector {
-        holding,
-        drain_ms,
-        status,
-        identity,
-        timing,
-    } = elector;
-    let set = |role: &'static str, holder: Option<String>| {
-        let mut status = status
-            .lock()
-            .expect("election status lock is never poisoned");
-        status.role = role;
-        status.holder = holder;
-    };
-    // When a holder was last seen (this replica or another; start-up
-    // counts as seen): the time without one is exported, and alerted on
-    // across the fleet.
-    let mut holder_seen = Instant::now();
-    loop {
-        let sent = Instant::now();
-        let attempt = tokio::select! {
-            attempt = tokio::time::timeout(timing.renew_every, store.acquire()) => attempt,
-            _ = shutdown.cancelled() => return,
+impl Elector {
+    /// The election loop over `store`: follow until the lease is free, hold
+    /// it while it can be renewed in time, and release it at shutdown.
+    pub async fn hold<S: LeaseStore>(self, mut store: S, shutdown: CancellationToken) {
+        let Elector {
+            holding,
+            drain_ms,
+            status,
+            identity,
+            timing,
+        } = self;
+        let set = |role: &'static str, holder: Option<String>| {
+            let mut status = status
+                .lock()
+                .expect("election status lock is never poisoned");
+            status.role = role;
+            status.holder = holder;
         };
-        let wait = match attempt {
-            Ok(Ok(Attempt::Held)) => {
-                set("holder", Some(identity.clone()));
-                holding.send_replace(true);
-                telemetry::election_role(true);
-                tracing::info!(identity = %identity, backend = store.backend(), "holding the notifier lease");
-                let ended =
-                    renew_while_valid(&mut store, timing, timing.valid_until(sent), &holding).await;
-                // Draining the socket is safe only while no other replica
-                // can hold the lease.
-                let drain = match &ended {
-                    Ended::Lost(LeaseError::Store(_)) => timing.margin() / 2,
-                    _ => Duration::ZERO,
-                };
-                drain_ms.store(drain.as_millis() as u64, Ordering::SeqCst);
-                holding.send_replace(false);
-                telemetry::election_role(false);
-                set("follower", None);
-                holder_seen = Instant::now();
-                match ended {
-                    Ended::Released => {
-                        // The notifier has let go of the socket (it drops
-                        // its `Leadership` as it stops): the lease can go
-                        // to the next holder at once.
-                        match store.release().await {
-                            Ok(()) => tracing::info!("notifier lease released"),
-                            Err(error) => {
-                                tracing::warn!(error = %error, "could not release the notifier lease; it runs out by itself")
+        // When a holder was last seen (this replica or another; start-up
+        // counts as seen): the time without one is exported, and alerted on
+        // across the fleet.
+        let mut holder_seen = Instant::now();
+        loop {
+            let sent = Instant::now();
+            let attempt = tokio::select! {
+                attempt = tokio::time::timeout(timing.renew_every, store.acquire()) => attempt,
+                _ = shutdown.cancelled() => return,
+            };
+            let wait = match attempt {
+                Ok(Ok(Attempt::Held)) => {
+                    set("holder", Some(identity.clone()));
+                    holding.send_replace(true);
+                    telemetry::election_role(true);
+                    tracing::info!(identity = %identity, backend = store.backend(), "holding the notifier lease");
+                    let ended =
+                        renew_while_valid(&mut store, timing, timing.valid_until(sent), &holding)
+                            .await;
+                    // Draining the socket is safe only while no other replica
+                    // can hold the lease.
+                    let drain = match &ended {
+                        Ended::Lost(LeaseError::Store(_)) => timing.margin() / 2,
+                        _ => Duration::ZERO,
+                    };
+                    drain_ms.store(drain.as_millis() as u64, Ordering::SeqCst);
+                    holding.send_replace(false);
+                    telemetry::election_role(false);
+                    set("follower", None);
+                    holder_seen = Instant::now();
+                    match ended {
+                        Ended::Released => {
+                            // The notifier has let go of the socket (it drops
+                            // its `Leadership` as it stops): the lease can go
+                            // to the next holder at once.
+                            match store.release().await {
+                                Ok(()) => tracing::info!("notifier lease released"),
+                                Err(error) => {
+                                    tracing::warn!(error = %error, "could not release the notifier lease; it runs out by itself")
+                                }
                             }
+                            return;
                         }
-                        return;
-                    }
-                    Ended::Lost(error) => {
-                        tracing::warn!(error = %error, "notifier lease lost; following");
-                        timing.renew_every
+                        Ended::Lost(error) => {
+                            tracing::warn!(error = %error, "notifier lease lost; following");
+                            timing.renew_every
+                        }
                     }
                 }
+                Ok(Ok(Attempt::Taken { holder, free_in })) => {
+                    holder_seen = Instant::now();
+                    set("follower", Some(holder));
+                    // Try again when the holder's lease can have run out, but no
+                    // later than the next beat.
+                    free_in.map_or(timing.renew_every, |free_in| {
+                        free_in.min(timing.renew_every) + Duration::from_millis(20)
+                    })
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error, "cannot ask for the notifier lease");
+                    timing.renew_every
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        timeout_ms = timing.renew_every.as_millis() as u64,
+                        "the lease store did not answer in time"
+                    );
+                    Duration::ZERO
+                }
+            };
+            telemetry::election_without_holder(holder_seen.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = store.released() => {}
+                _ = shutdown.cancelled() => return,
             }
-            Ok(Ok(Attempt::Taken { holder, free_in })) => {
-                holder_seen = Instant::now();
-                set("follower", Some(holder));
-                // Try again when the holder's lease can have run out, but no
-                // later than the next beat.
-                free_in.map_or(timing.renew_every, |free_in| {
-                    free_in.min(timing.renew_every) + Duration::from_millis(20)
-                })
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, "cannot ask for the notifier lease");
-                timing.renew_every
-            }
-            Err(_) => {
-                tracing::warn!(
-                    timeout_ms = timing.renew_every.as_millis() as u64,
-                    "the lease store did not answer in time"
-                );
-                Duration::ZERO
-            }
-        };
-        telemetry::election_without_holder(holder_seen.elapsed());
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = store.released() => {}
-            _ = shutdown.cancelled() => return,
         }
     }
 }
