@@ -14,7 +14,11 @@
 //! are counted in the event counters but not in the gauges, and a warning
 //! says so. No room or peer id ever becomes a label.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// foldhash, not the standard SipHash: every room and peer event looks its
+// room up here, and the ids come from Fishjam, not from an attacker.
+use foldhash::HashMap;
 
 use crate::core::event::{Data, Event, EventType, PeerType};
 use crate::telemetry;
@@ -230,7 +234,7 @@ impl Activity {
             if !self.has_space(1) {
                 return None;
             }
-            self.rooms.insert(room_id.to_owned(), HashMap::new());
+            self.rooms.insert(room_id.to_owned(), HashMap::default());
             self.tracked += 1;
         }
         self.rooms.get_mut(room_id)

@@ -299,18 +299,51 @@ pub fn tls_handshake_failed(listener: &'static str, reason: &'static str) {
     counter!(TLS_HANDSHAKE_FAILURES, "listener" => listener, "reason" => reason).increment(1);
 }
 
-/// A room or peer lifecycle event, published once.
+/// The `peer_type` labels of room activity: what a peer lifecycle event
+/// names (or `unknown`), and what rooms, streamers and viewers count under.
+pub const PEER_TYPE_LABELS: [&str; 8] = [
+    "unspecified",
+    "webrtc",
+    "agent",
+    "vapi",
+    "unknown",
+    "none",
+    "streamer",
+    "viewer",
+];
+
+const PEER_TYPE_LABEL_COUNT: usize = PEER_TYPE_LABELS.len();
+
+fn peer_type_index(label: &str) -> usize {
+    PEER_TYPE_LABELS
+        .iter()
+        .position(|known| *known == label)
+        .expect("a peer_type label from PEER_TYPE_LABELS")
+}
+
+/// Room or peer lifecycle events, published once, through a handle per
+/// type and label resolved on first use (as `events_received`).
 pub fn room_events(event_type: EventType, peer_type: &'static str, count: u64) {
-    counter!(ROOM_EVENTS, "event_type" => event_type.as_str(), "peer_type" => peer_type)
+    static HANDLES: [[OnceLock<Counter>; PEER_TYPE_LABEL_COUNT]; EVENT_TYPES] =
+        [const { [const { OnceLock::new() }; PEER_TYPE_LABEL_COUNT] }; EVENT_TYPES];
+    HANDLES[event_type.index()][peer_type_index(peer_type)]
+        .get_or_init(
+            || counter!(ROOM_EVENTS, "event_type" => event_type.as_str(), "peer_type" => peer_type),
+        )
         .increment(count);
 }
 
 pub fn rooms_known(rooms: usize) {
-    gauge!(ROOMS).set(rooms as f64);
+    static HANDLE: OnceLock<Gauge> = OnceLock::new();
+    HANDLE.get_or_init(|| gauge!(ROOMS)).set(rooms as f64);
 }
 
 pub fn peers_connected(peer_type: &'static str, peers: usize) {
-    gauge!(PEERS_CONNECTED, "peer_type" => peer_type).set(peers as f64);
+    static HANDLES: [OnceLock<Gauge>; PEER_TYPE_LABEL_COUNT] =
+        [const { OnceLock::new() }; PEER_TYPE_LABEL_COUNT];
+    HANDLES[peer_type_index(peer_type)]
+        .get_or_init(|| gauge!(PEERS_CONNECTED, "peer_type" => peer_type))
+        .set(peers as f64);
 }
 
 /// Counts what one body carried: its events (one increment per event type
