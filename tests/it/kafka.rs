@@ -725,9 +725,9 @@ fn a_nats_outage_holds_back_neither_kafka_nor_the_webhooks() {
         let metrics = bridge.metrics();
         acknowledged(&metrics, "kafka") >= 300.0 && acknowledged(&metrics, "nats") >= 300.0
     });
-    // Six seconds show what thirty do (Kafka keeps up from the second
-    // second on, NATS's cursor stays behind); the soak keeps NATS away for
-    // the half minute.
+    // Six seconds show what thirty do (Kafka stays within two seconds of
+    // the webhooks from the third second on, NATS's cursor stays behind);
+    // the soak keeps NATS away for the half minute.
     let outage = Duration::from_secs(if soak() { 30 } else { 6 });
     nats.stop();
     let stopped = std::time::Instant::now();
@@ -750,17 +750,20 @@ fn a_nats_outage_holds_back_neither_kafka_nor_the_webhooks() {
         last_lag = lag;
         std::thread::sleep(Duration::from_millis(250));
     }
-    // From two seconds into the outage on, Kafka has acknowledged at least
-    // what had arrived a second before.
-    for (at, _, kafka) in samples.iter().filter(|s| s.0 >= Duration::from_secs(2)) {
+    // From three seconds into the outage on, Kafka has acknowledged at least
+    // what had arrived two seconds before. A Kafka held back by NATS would
+    // stall for the whole outage; two seconds, not one, because a loaded
+    // two-core host running the suite in parallel once put Kafka 80 ms
+    // behind the one-second mark.
+    for (at, _, kafka) in samples.iter().filter(|s| s.0 >= Duration::from_secs(3)) {
         let (_, arrived, _) = samples
             .iter()
             .rev()
-            .find(|s| s.0 + Duration::from_secs(1) <= *at)
+            .find(|s| s.0 + Duration::from_secs(2) <= *at)
             .unwrap();
         assert!(
             kafka >= arrived,
-            "{at:?} into the outage Kafka had {kafka} events, while {arrived} had arrived a second before"
+            "{at:?} into the outage Kafka had {kafka} events, while {arrived} had arrived two seconds before"
         );
     }
     let (_, arrived, _) = samples.last().unwrap();
