@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use foldhash::HashMap;
 
 use crate::core::event::{Data, Event, EventType, PeerType};
-use crate::telemetry;
+use crate::telemetry::{self, PeerTypeLabel};
 
 /// Rooms and connected peers tracked at most, together.
 pub const MAX_TRACKED: usize = 1_000_000;
@@ -35,8 +35,8 @@ pub struct KnownPeer {
 }
 
 /// The `peer_type` label of a peer: its type, or `unknown`.
-fn peer_label(peer_type: Option<PeerType>) -> &'static str {
-    peer_type.map_or("unknown", PeerType::as_str)
+fn peer_label(peer_type: Option<PeerType>) -> PeerTypeLabel {
+    peer_type.map_or(PeerTypeLabel::Unknown, PeerTypeLabel::Peer)
 }
 
 /// Room id to its peers (peer id to what is known of it), sorted.
@@ -47,7 +47,7 @@ pub struct Activity {
     /// Room id to its peers.
     rooms: HashMap<String, HashMap<String, KnownPeer>>,
     /// Connected peers by peer type, for the gauge.
-    connected: HashMap<&'static str, usize>,
+    connected: HashMap<PeerTypeLabel, usize>,
     tracked: usize,
     full_warned: bool,
 }
@@ -57,7 +57,7 @@ impl Activity {
     pub fn observe<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
         let mut changed = false;
         // Counted once per body and label pair, not once per event.
-        let mut counts: Vec<(EventType, &'static str, u64)> = Vec::new();
+        let mut counts: Vec<(EventType, PeerTypeLabel, u64)> = Vec::new();
         for event in events {
             if let Some(label) = lifecycle_label(event) {
                 match counts
@@ -81,7 +81,7 @@ impl Activity {
     fn report(&self) {
         telemetry::rooms_known(self.rooms.len());
         for (peer_type, count) in &self.connected {
-            telemetry::peers_connected(peer_type, *count);
+            telemetry::peers_connected(*peer_type, *count);
         }
     }
 
@@ -255,7 +255,7 @@ impl Activity {
     }
 
     fn disconnected(&mut self, peer_type: Option<PeerType>) {
-        if let Some(count) = self.connected.get_mut(peer_label(peer_type)) {
+        if let Some(count) = self.connected.get_mut(&peer_label(peer_type)) {
             *count = count.saturating_sub(1);
         }
     }
@@ -263,12 +263,12 @@ impl Activity {
 
 /// The `peer_type` label of a room or peer lifecycle event, or None for the
 /// other events.
-fn lifecycle_label(event: &Event) -> Option<&'static str> {
+fn lifecycle_label(event: &Event) -> Option<PeerTypeLabel> {
     use EventType::*;
     match event.event_type {
-        RoomCreated | RoomDeleted | RoomCrashed => Some("none"),
-        StreamerConnected | StreamerDisconnected => Some("streamer"),
-        ViewerConnected | ViewerDisconnected => Some("viewer"),
+        RoomCreated | RoomDeleted | RoomCrashed => Some(PeerTypeLabel::None),
+        StreamerConnected | StreamerDisconnected => Some(PeerTypeLabel::Streamer),
+        ViewerConnected | ViewerDisconnected => Some(PeerTypeLabel::Viewer),
         // An enum value the SDK cannot name is kept in the event, not here.
         PeerAdded | PeerDeleted | PeerConnected | PeerDisconnected | PeerCrashed => {
             Some(peer_label(event_peer_type(event)))

@@ -17,7 +17,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::core::decode::{DecodeError, Skipped};
-use crate::core::event::{EventType, Source};
+use crate::core::event::{EventType, PeerType, Source};
 use crate::core::normalize::Normalized;
 
 /// An error and its causes on one line, "what failed: why: why", for logs:
@@ -299,37 +299,53 @@ pub fn tls_handshake_failed(listener: &'static str, reason: &'static str) {
     counter!(TLS_HANDSHAKE_FAILURES, "listener" => listener, "reason" => reason).increment(1);
 }
 
-/// The `peer_type` labels of room activity: what a peer lifecycle event
-/// names (or `unknown`), and what rooms, streamers and viewers count under.
-pub const PEER_TYPE_LABELS: [&str; 8] = [
-    "unspecified",
-    "webrtc",
-    "agent",
-    "vapi",
-    "unknown",
-    "none",
-    "streamer",
-    "viewer",
-];
+/// The `peer_type` label of room activity: a peer's type (or `unknown`
+/// when this version cannot name it), or what rooms, streamers and viewers
+/// count under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerTypeLabel {
+    Peer(PeerType),
+    Unknown,
+    None,
+    Streamer,
+    Viewer,
+}
 
-const PEER_TYPE_LABEL_COUNT: usize = PEER_TYPE_LABELS.len();
+impl PeerTypeLabel {
+    const COUNT: usize = PeerType::ALL.len() + 4;
 
-fn peer_type_index(label: &str) -> usize {
-    PEER_TYPE_LABELS
-        .iter()
-        .position(|known| *known == label)
-        .expect("a peer_type label from PEER_TYPE_LABELS")
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerTypeLabel::Peer(peer_type) => peer_type.as_str(),
+            PeerTypeLabel::Unknown => "unknown",
+            PeerTypeLabel::None => "none",
+            PeerTypeLabel::Streamer => "streamer",
+            PeerTypeLabel::Viewer => "viewer",
+        }
+    }
+
+    /// Its position in the handle tables below.
+    fn index(self) -> usize {
+        let others = PeerType::ALL.len();
+        match self {
+            PeerTypeLabel::Peer(peer_type) => peer_type.index(),
+            PeerTypeLabel::Unknown => others,
+            PeerTypeLabel::None => others + 1,
+            PeerTypeLabel::Streamer => others + 2,
+            PeerTypeLabel::Viewer => others + 3,
+        }
+    }
 }
 
 /// Room or peer lifecycle events, published once, through a handle per
 /// type and label resolved on first use (as `events_received`).
-pub fn room_events(event_type: EventType, peer_type: &'static str, count: u64) {
-    static HANDLES: [[OnceLock<Counter>; PEER_TYPE_LABEL_COUNT]; EVENT_TYPES] =
-        [const { [const { OnceLock::new() }; PEER_TYPE_LABEL_COUNT] }; EVENT_TYPES];
-    HANDLES[event_type.index()][peer_type_index(peer_type)]
-        .get_or_init(
-            || counter!(ROOM_EVENTS, "event_type" => event_type.as_str(), "peer_type" => peer_type),
-        )
+pub fn room_events(event_type: EventType, peer_type: PeerTypeLabel, count: u64) {
+    static HANDLES: [[OnceLock<Counter>; PeerTypeLabel::COUNT]; EVENT_TYPES] =
+        [const { [const { OnceLock::new() }; PeerTypeLabel::COUNT] }; EVENT_TYPES];
+    HANDLES[event_type.index()][peer_type.index()]
+        .get_or_init(|| {
+            counter!(ROOM_EVENTS, "event_type" => event_type.as_str(), "peer_type" => peer_type.as_str())
+        })
         .increment(count);
 }
 
@@ -338,11 +354,11 @@ pub fn rooms_known(rooms: usize) {
     HANDLE.get_or_init(|| gauge!(ROOMS)).set(rooms as f64);
 }
 
-pub fn peers_connected(peer_type: &'static str, peers: usize) {
-    static HANDLES: [OnceLock<Gauge>; PEER_TYPE_LABEL_COUNT] =
-        [const { OnceLock::new() }; PEER_TYPE_LABEL_COUNT];
-    HANDLES[peer_type_index(peer_type)]
-        .get_or_init(|| gauge!(PEERS_CONNECTED, "peer_type" => peer_type))
+pub fn peers_connected(peer_type: PeerTypeLabel, peers: usize) {
+    static HANDLES: [OnceLock<Gauge>; PeerTypeLabel::COUNT] =
+        [const { OnceLock::new() }; PeerTypeLabel::COUNT];
+    HANDLES[peer_type.index()]
+        .get_or_init(|| gauge!(PEERS_CONNECTED, "peer_type" => peer_type.as_str()))
         .set(peers as f64);
 }
 
@@ -741,4 +757,31 @@ pub fn duplicates_dropped(count: usize) {
 
 pub fn dedup_entries(count: usize) {
     gauge!(DEDUP_ENTRIES).set(count as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_peer_type_label_has_a_handle_slot_of_its_own() {
+        let mut labels: Vec<PeerTypeLabel> =
+            PeerType::ALL.into_iter().map(PeerTypeLabel::Peer).collect();
+        labels.extend([
+            PeerTypeLabel::Unknown,
+            PeerTypeLabel::None,
+            PeerTypeLabel::Streamer,
+            PeerTypeLabel::Viewer,
+        ]);
+        let mut slots: Vec<usize> = labels.iter().map(|label| label.index()).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (0..PeerTypeLabel::COUNT).collect::<Vec<_>>());
+        let names: std::collections::BTreeSet<&str> =
+            labels.iter().map(|label| label.as_str()).collect();
+        assert_eq!(
+            names.len(),
+            PeerTypeLabel::COUNT,
+            "each label names one series"
+        );
+    }
 }

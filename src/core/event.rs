@@ -94,6 +94,11 @@ impl PeerType {
         PeerType::Vapi,
     ];
 
+    /// Its position in `ALL`, for tables indexed by peer type.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PeerType::Unspecified => "unspecified",
