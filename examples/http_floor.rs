@@ -34,6 +34,7 @@ async fn main() {
     let mode = args.next();
     let normalize = mode.is_some();
     let sink = match mode.as_deref() {
+        None | Some("--normalize") => None,
         Some("--publish") => {
             let url = args.next().expect(usage);
             let config: NatsConfig = toml::from_str(&format!(
@@ -47,7 +48,7 @@ async fn main() {
                     .expect("NATS is up"),
             ))
         }
-        _ => None,
+        Some(_) => panic!("{usage}"),
     };
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
     println!("listening on {}", listener.local_addr().unwrap());
