@@ -421,6 +421,80 @@ mod tests {
         durable.await.unwrap().unwrap();
     }
 
+    /// Whether a webhook body that `offer` took would be answered 2xx
+    /// within `limit`, by the rule `sources/webhook.rs` answers with: every
+    /// sink acknowledged it, or it is on disk.
+    async fn answered(accepted: Accepted, limit: Duration) -> bool {
+        let safe = async {
+            match accepted {
+                Accepted::Receipt(receipt) => receipt.acknowledged().await,
+                Accepted::Waiting(receipt, ticket) => loop {
+                    if receipt.is_acknowledged() {
+                        return;
+                    }
+                    if let Some(durable) = ticket.spooled() {
+                        if let Ok(Ok(())) = durable.await {
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                },
+                Accepted::Spooled(durable, _) => {
+                    if !matches!(durable.await, Ok(Ok(()))) {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(limit, safe).await.is_ok()
+    }
+
+    /// With both sources on, a webhook whose events the notifier delivered
+    /// first may be answered 2xx only if those events survive a crash: the
+    /// notifier's copy only in fan-out's memory is not enough.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_of_duplicates_answered_2xx_survives_a_crash() {
+        use crate::dedup::Deduplicator;
+        let dir = tempfile::tempdir().unwrap();
+        let room_created = || {
+            Content::RoomCreated(RoomCreated {
+                room_id: "r1".to_owned(),
+            })
+        };
+        let answered_2xx = {
+            let spool = Spool::open(&test_options(dir.path()), &[Arc::from("a")]).unwrap();
+            let dedup = Deduplicator::new(Duration::from_secs(60), 100);
+            let (fanout, mut lanes, _) =
+                Fanout::new(&[SinkSpec::all("a", 1)], 10, LIMIT, Some(dedup));
+            let admission = Admission::new(fanout, Some(spool.clone()));
+            // The notifier's copy reaches the sink, which never acknowledges it.
+            admission
+                .offer_waiting(body_of(room_created(), Source::Notifier))
+                .await
+                .unwrap();
+            let _held = lanes[0][0].recv().await.unwrap();
+            // Fishjam posts the same notification as a webhook.
+            let accepted = admission
+                .offer(body_of(room_created(), Source::Webhook))
+                .unwrap();
+            let answered_2xx = answered(accepted, Duration::from_secs(1)).await;
+            // The bridge is killed: what is not on disk is gone.
+            spool.close().await;
+            answered_2xx
+        };
+        if !answered_2xx {
+            return;
+        }
+        let spool = Spool::open(&test_options(dir.path()), &[Arc::from("a")]).unwrap();
+        let (admission, mut lanes, in_flight) = admitting(10, LIMIT, &spool);
+        let replaying = Replaying::start(&spool, &admission, &in_flight, 1);
+        let replayed = tokio::time::timeout(Duration::from_secs(5), take(&mut lanes[0][0], 1))
+            .await
+            .expect("a webhook answered 2xx is delivered after a crash");
+        assert_eq!(room(&replayed[0]), "r1");
+        replaying.stop().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spooled_bodies_follow_earlier_ones_in_order_then_the_spool_disengages() {
         let dir = tempfile::tempdir().unwrap();

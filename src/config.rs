@@ -425,6 +425,7 @@ impl SpoolConfig {
             segment_bytes: self.segment_bytes,
             fsync: self.fsync,
             engage_after: self.engage_after,
+            faults: crate::spool::log::Faults::default(),
         })
     }
 }

@@ -155,6 +155,10 @@ mod tests {
         Fail(usize, fn() -> SinkError),
         /// Waits until the test releases it, then takes the whole batch.
         Stall,
+        /// Stores the batch's message at this index, then fails the whole
+        /// batch: a JetStream stream that stored a later message whose ack
+        /// was lost while an earlier one was not stored.
+        StoreOnly(usize),
     }
 
     /// A sink that answers from a script (then takes everything) and
@@ -176,6 +180,17 @@ mod tests {
                 calls: Mutex::default(),
                 stored: Mutex::default(),
             })
+        }
+
+        /// Keeps `messages`, dropping an id it holds already, as
+        /// JetStream's `Nats-Msg-Id` window does.
+        fn store<'a>(&self, messages: impl Iterator<Item = &'a Message>) {
+            let mut stored = self.stored.lock().unwrap();
+            for message in messages {
+                if stored.iter().all(|e| e.id != message.event.id) {
+                    stored.push(message.event.clone());
+                }
+            }
         }
 
         fn stored_keys(&self) -> Vec<String> {
@@ -205,6 +220,13 @@ mod tests {
                 .pop_front()
                 .unwrap_or(Answer::All);
             let (taken, error) = match answer {
+                Answer::StoreOnly(n) => {
+                    self.store(batch.get(n).into_iter().copied());
+                    return Err(PublishError {
+                        acknowledged: 0,
+                        error: SinkError::Timeout,
+                    });
+                }
                 Answer::All => (batch.len(), None),
                 Answer::Stall => {
                     self.release.acquire().await.unwrap().forget();
@@ -212,10 +234,7 @@ mod tests {
                 }
                 Answer::Fail(n, error) => (n.min(batch.len()), Some(error())),
             };
-            self.stored
-                .lock()
-                .unwrap()
-                .extend(batch[..taken].iter().map(|m| m.event.clone()));
+            self.store(batch[..taken].iter().copied());
             match error {
                 None => Ok(()),
                 Some(error) => Err(PublishError {
@@ -295,6 +314,44 @@ mod tests {
                 vec!["c", "d", "e"],
                 vec!["c", "d", "e"],
             ]
+        );
+    }
+
+    /// A sink that stored a later event of a room and failed an earlier one
+    /// must never end up holding the later one first: the lane never has
+    /// two unacknowledged events of one room in flight.
+    #[tokio::test]
+    async fn a_room_stays_in_order_when_a_sink_stores_a_later_event_and_fails_an_earlier_one() {
+        let sink = FakeSink::answering([Answer::StoreOnly(1)]);
+        let (fanout, mut lanes, in_flight) =
+            Fanout::new(&[SinkSpec::all("fake", 1)], 100, LIMIT, None);
+        let events = vec![event("a"), event("a"), event("b")];
+        let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+        let receipt = fanout
+            .admit(
+                messages(events),
+                crate::core::event::Source::Webhook,
+                Instant::now(),
+                None,
+            )
+            .await
+            .unwrap();
+        drop(fanout);
+        let lane = lanes.pop().unwrap().pop().unwrap();
+        run_lane(
+            sink.clone(),
+            lane,
+            options(10, DeadLetters::default()),
+            in_flight.sink(0),
+        )
+        .await;
+        receipt.acknowledged().await;
+        let stored: Vec<_> = sink.stored.lock().unwrap().iter().map(|e| e.id).collect();
+        let first_a = stored.iter().position(|id| *id == ids[0]).unwrap();
+        let second_a = stored.iter().position(|id| *id == ids[1]).unwrap();
+        assert!(
+            first_a < second_a,
+            "room a's events were stored out of order: {stored:?}, sent {ids:?}"
         );
     }
 

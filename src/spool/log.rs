@@ -401,6 +401,41 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// A file operation of the writer that a test can make fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    /// Creating the next segment, after its file exists.
+    Roll,
+    /// Writing appended bodies.
+    Write,
+    /// Syncing them.
+    Sync,
+}
+
+/// Failures armed for the writer's next operations of a kind, so that
+/// tests (and the model of the delivery core) can see what a failing disk
+/// does to the log. A clone shares them; the default fails nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Faults(std::sync::Arc<std::sync::Mutex<Vec<FileOp>>>);
+
+impl Faults {
+    /// The next `op` fails once.
+    pub fn fail_next(&self, op: FileOp) {
+        self.0.lock().expect("never poisoned").push(op);
+    }
+
+    fn check(&self, op: FileOp) -> io::Result<()> {
+        let mut armed = self.0.lock().expect("never poisoned");
+        match armed.iter().position(|o| *o == op) {
+            Some(at) => {
+                armed.remove(at);
+                Err(io::Error::other(format!("injected failure of {op:?}")))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// The appending end of the log. Used from one thread.
 pub struct Writer {
     dir: PathBuf,
@@ -414,6 +449,7 @@ pub struct Writer {
     segment_bytes: u64,
     fsync: bool,
     scratch: Vec<u8>,
+    faults: Faults,
 }
 
 impl Writer {
@@ -434,7 +470,13 @@ impl Writer {
                     .open(segment_path(dir, current.id))?,
                 current,
             ),
-            None => Self::create(dir, 0, recovered.watermark, &recovered.cursors)?,
+            None => Self::create(
+                dir,
+                0,
+                recovered.watermark,
+                &recovered.cursors,
+                &Faults::default(),
+            )?,
         };
         Ok(Writer {
             dir: dir.to_owned(),
@@ -447,7 +489,13 @@ impl Writer {
             segment_bytes: segment_bytes.max(1),
             fsync,
             scratch: Vec::new(),
+            faults: Faults::default(),
         })
+    }
+
+    /// The writer with `faults` armed by a test.
+    pub fn with_faults(self, faults: Faults) -> Writer {
+        Writer { faults, ..self }
     }
 
     /// A new segment that starts with the current watermark and cursors,
@@ -457,12 +505,14 @@ impl Writer {
         id: u64,
         watermark: u64,
         cursors: &BTreeMap<String, u64>,
+        faults: &Faults,
     ) -> io::Result<(File, Segment)> {
         let path = segment_path(dir, id);
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(&path)?;
+        faults.check(FileOp::Roll)?;
         let mut head = Vec::new();
         encode(&Entry::Watermark(watermark), &mut head);
         for (sink, seq) in cursors {
@@ -516,8 +566,10 @@ impl Writer {
             );
             seq = seq.saturating_add(1);
         }
-        let written = self.file.write_all(&self.scratch).and_then(|()| {
+        let written = self.faults.check(FileOp::Write).and_then(|()| {
+            self.file.write_all(&self.scratch)?;
             if self.fsync {
+                self.faults.check(FileOp::Sync)?;
                 self.file.sync_data()
             } else {
                 Ok(())
@@ -544,6 +596,7 @@ impl Writer {
             self.current.id + 1,
             self.watermark,
             &self.cursors,
+            &self.faults,
         )?;
         self.file = file;
         self.closed
@@ -717,6 +770,40 @@ mod tests {
                 (0, b"first".to_vec()),
                 (1, b"second".to_vec()),
                 (2, b"after".to_vec())
+            ]
+        );
+    }
+
+    /// A roll that fails after the next segment's file exists (a full disk
+    /// while its head is written) must not stop every later append.
+    #[test]
+    fn a_failed_roll_leaves_the_log_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let recovered = recover(dir.path()).unwrap();
+        let faults = Faults::default();
+        // Tiny segments: every append after the first rolls to a new one.
+        let mut writer = Writer::open(dir.path(), &recovered, 1, true)
+            .unwrap()
+            .with_faults(faults.clone());
+        writer.append(&[record(b"a")]).unwrap();
+        faults.fail_next(FileOp::Roll);
+        assert!(writer.append(&[record(b"b")]).is_err());
+        writer.append(&[record(b"c")]).unwrap();
+        writer.append(&[record(b"d")]).unwrap();
+        // A failed write or sync leaves it usable too.
+        faults.fail_next(FileOp::Write);
+        assert!(writer.append(&[record(b"e")]).is_err());
+        faults.fail_next(FileOp::Sync);
+        assert!(writer.append(&[record(b"f")]).is_err());
+        writer.append(&[record(b"g")]).unwrap();
+        drop(writer);
+        assert_eq!(
+            bodies(dir.path()),
+            [
+                (0, b"a".to_vec()),
+                (1, b"c".to_vec()),
+                (2, b"d".to_vec()),
+                (3, b"g".to_vec())
             ]
         );
     }

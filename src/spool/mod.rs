@@ -52,6 +52,8 @@ pub struct Options {
     /// How long the sinks may go without delivering before the spool
     /// counts them as stuck.
     pub engage_after: Duration,
+    /// Failures a test arms for the log's files; none in a real run.
+    pub faults: log::Faults,
 }
 
 /// Why a body could not be spooled.
@@ -294,7 +296,8 @@ impl Spool {
             .map(|start| recovered.held.iter().filter(|h| h.seq >= *start).count() as u64)
             .collect();
         let writer = log::Writer::open(dir, &recovered, options.segment_bytes, options.fsync)
-            .with_context(|| format!("spool.path {}: cannot write", dir.display()))?;
+            .with_context(|| format!("spool.path {}: cannot write", dir.display()))?
+            .with_faults(options.faults.clone());
         if recovered.torn > 0 {
             tracing::warn!(
                 torn = recovered.torn,
@@ -967,6 +970,7 @@ pub(crate) fn test_options(dir: &Path) -> Options {
         segment_bytes: 256,
         fsync: true,
         engage_after: Duration::from_secs(1),
+        faults: log::Faults::default(),
     }
 }
 
@@ -996,6 +1000,139 @@ mod tests {
             skips: Box::default(),
             body: bytes::Bytes::from(vec![n]),
         }
+    }
+
+    /// The id seeds of the bodies in the log in `dir`, in log order.
+    fn logged_seeds(dir: &Path) -> Vec<u64> {
+        let mut seeds = Vec::new();
+        for segment in log::segment_ids(dir).unwrap() {
+            let mut reader = SegmentReader::open(&log::segment_path(dir, segment), 0).unwrap();
+            while let Next::Entry(entry) = reader.next(segment_len(dir, segment)).unwrap() {
+                if let Entry::Body(record) = entry {
+                    seeds.push(record.id_seed);
+                }
+            }
+        }
+        seeds
+    }
+
+    /// A body fan-out holds for a webhook that did not fit the spool when
+    /// it engaged must never be appended later, behind a body of its room
+    /// that arrived after it: a replay after a crash would publish the
+    /// later one first.
+    #[tokio::test]
+    async fn a_held_body_that_did_not_fit_is_never_appended_behind_a_later_body() {
+        use crate::fanout::tests::{event, messages};
+        use crate::fanout::{BurstyLimit, SinkSpec, WhenFull};
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&test_options(dir.path()), &[Arc::from("a")]).unwrap();
+        let limit = BurstyLimit {
+            max_in_flight: 10,
+            when_full: WhenFull::Wait,
+        };
+        let (fanout, _lanes, _) = Fanout::new(&[SinkSpec::all("a", 1)], 10, limit, None);
+        let receipt = fanout
+            .try_admit(
+                messages(vec![event("r1")]),
+                crate::core::event::Source::Webhook,
+                Instant::now(),
+            )
+            .unwrap();
+        let ticket = spool.hold(&mut spool.gate(), record(1), receipt);
+        // The spool is full when it engages: the held body waits for the
+        // sinks, as without a spool.
+        let free = spool.bytes.swap(spool.max_bytes, Ordering::AcqRel);
+        spool.engage_now("test");
+        assert!(ticket.spooled().is_none(), "no room for it");
+        spool.bytes.store(free, Ordering::Release);
+        // A later body of its room is spooled, then the spool engages again.
+        let later = spool.append(&mut spool.gate(), record(2)).unwrap();
+        later.await.unwrap().unwrap();
+        spool.engage_now("again");
+        if let Some(durable) = ticket.spooled() {
+            durable.await.unwrap().unwrap();
+        }
+        spool.close().await;
+        let seeds = logged_seeds(dir.path());
+        assert!(
+            seeds.iter().position(|s| *s == 1) < seeds.iter().position(|s| *s == 2),
+            "the held body is in the log behind the later one: {seeds:?}"
+        );
+    }
+
+    /// Held webhook bodies appended when the spool engages are replayed to
+    /// no sink that fan-out already gave them to, however many sinks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_body_reaches_each_of_six_sinks_once() {
+        use crate::core::proto::{server_message::RoomCreated, Content, ServerMessage};
+        use crate::fanout::{BurstyLimit, SinkSpec, WhenFull};
+        use prost::Message as _;
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<Arc<str>> = (0..6).map(|n| Arc::from(format!("s{n}"))).collect();
+        let spool = Spool::open(&test_options(dir.path()), &names).unwrap();
+        let limit = BurstyLimit {
+            max_in_flight: 10,
+            when_full: WhenFull::Wait,
+        };
+        let specs: Vec<_> = names.iter().map(|n| SinkSpec::all(n, 1)).collect();
+        let (fanout, lanes, in_flight) = Fanout::new(&specs, 10, limit, None);
+        let bytes = ServerMessage {
+            content: Some(Content::RoomCreated(RoomCreated {
+                room_id: "r1".to_owned(),
+            })),
+        }
+        .encode_to_vec();
+        let origin = Origin::now(crate::core::event::Source::Webhook, Arc::from("test"));
+        let events = normalize_body(&bytes, &origin).unwrap().events;
+        let held_id = events[0].id;
+        let receipt = fanout
+            .try_admit(Message::all(events), origin.source, Instant::now())
+            .unwrap();
+        let held = super::record(&origin, bytes.into());
+        let ticket = spool.hold(&mut spool.gate(), held, receipt.clone());
+        spool.engage_now("test");
+        ticket.spooled().expect("spooled").await.unwrap().unwrap();
+        let shutdown = CancellationToken::new();
+        let replays: Vec<_> = (0..names.len())
+            .map(|sink| {
+                tokio::spawn(replay(
+                    spool.clone(),
+                    sink,
+                    fanout.clone(),
+                    in_flight.clone(),
+                    Arc::from("test"),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        // Every sink acknowledges what it is given, until the spool is
+        // done with the held body.
+        let mut seen = vec![0; names.len()];
+        let mut lanes: Vec<_> = lanes.into_iter().map(|mut l| l.pop().unwrap()).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(receipt.is_acknowledged() && spool.lag().iter().all(|l| l.cursor == 1)) {
+            assert!(Instant::now() < deadline, "the held body is acknowledged");
+            for (sink, lane) in lanes.iter_mut().enumerate() {
+                while let Ok(part) = lane.try_recv() {
+                    part.acknowledge();
+                    seen[sink] += part.messages().filter(|m| m.event.id == held_id).count();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // What a replay may still have sent arrives before its cursor moves.
+        for (sink, lane) in lanes.iter_mut().enumerate() {
+            while let Ok(part) = lane.try_recv() {
+                part.acknowledge();
+                seen[sink] += part.messages().filter(|m| m.event.id == held_id).count();
+            }
+        }
+        assert_eq!(seen, [1; 6], "each sink gets the held body once");
+        shutdown.cancel();
+        for task in replays {
+            task.await.unwrap();
+        }
+        drop(ticket);
     }
 
     #[tokio::test]
