@@ -512,15 +512,22 @@ impl Writer {
             .create_new(true)
             .append(true)
             .open(&path)?;
-        faults.check(FileOp::Roll)?;
         let mut head = Vec::new();
         encode(&Entry::Watermark(watermark), &mut head);
         for (sink, seq) in cursors {
             encode(&Entry::Cursor(sink.clone(), *seq), &mut head);
         }
-        file.write_all(&head)?;
-        file.sync_all()?;
-        File::open(dir)?.sync_all()?;
+        let written = faults
+            .check(FileOp::Roll)
+            .and_then(|()| file.write_all(&head))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| File::open(dir)?.sync_all());
+        if let Err(error) = written {
+            // A half-made segment would stand in the way of every later
+            // roll (`create_new`): the next append tries again from scratch.
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
         Ok((
             file,
             Segment {
