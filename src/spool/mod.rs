@@ -90,8 +90,10 @@ pub struct Gate {
 struct Waiting {
     record: NewRecord,
     receipt: Receipt,
-    /// Appended to the log: never twice.
-    appended: bool,
+    /// Appended to the log, or passed over when it did not fit: never
+    /// appended twice, nor later, behind a body of its room that came
+    /// after it (a replay would publish that one first).
+    settled: bool,
     /// When it is on disk, until its source takes it.
     spooled: Option<Durable>,
 }
@@ -408,7 +410,7 @@ impl Spool {
         let ids: Vec<u64> = gate
             .waiting
             .iter()
-            .filter(|(_, w)| !w.appended && !w.receipt.is_acknowledged())
+            .filter(|(_, w)| !w.settled && !w.receipt.is_acknowledged())
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -427,13 +429,17 @@ impl Spool {
             match self.append(gate, record) {
                 Ok(durable) => {
                     if let Some(waiting) = gate.waiting.get_mut(&id) {
-                        waiting.appended = true;
+                        waiting.settled = true;
                         waiting.spooled = Some(durable);
                     }
                 }
-                // Full: it waits for the sinks, as without a spool.
+                // Full: it and every body held after it wait for the sinks,
+                // as without a spool, from now on.
                 Err(_) => {
                     self.copies.lock().expect("never poisoned").remove(&seed);
+                    for (_, waiting) in gate.waiting.range_mut(id..) {
+                        waiting.settled = true;
+                    }
                     break;
                 }
             }
@@ -450,7 +456,7 @@ impl Spool {
             Waiting {
                 record,
                 receipt,
-                appended: false,
+                settled: false,
                 spooled: None,
             },
         );
