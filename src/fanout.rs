@@ -40,17 +40,19 @@ pub type OnAcknowledged = Box<dyn FnOnce() + Send>;
 struct Completion {
     remaining: AtomicUsize,
     done: Notify,
-    /// Parts still unacknowledged of each of the first `TRACKED` sinks,
-    /// for a spool replay that must know whether one sink has the body.
-    of_sink: [AtomicU32; TRACKED],
+    /// Parts still unacknowledged of each sink, for a spool replay that
+    /// must know whether one sink has the body: inline for the first
+    /// `INLINE` sinks, so that a body allocates nothing for them.
+    of_sink: [AtomicU32; INLINE],
+    of_more_sinks: Box<[AtomicU32]>,
     sink_done: Notify,
     source: Source,
     received: Instant,
     on_acknowledged: Mutex<Option<OnAcknowledged>>,
 }
 
-/// Sinks whose acknowledgement of a body `Receipt::acknowledged_by` can tell.
-const TRACKED: usize = 4;
+/// Sinks whose parts a completion counts without allocating.
+const INLINE: usize = 4;
 
 impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,11 +64,17 @@ impl std::fmt::Debug for Completion {
 }
 
 impl Completion {
+    /// The unacknowledged parts of sink `sink`.
+    fn parts_of(&self, sink: usize) -> &AtomicU32 {
+        match sink.checked_sub(INLINE) {
+            None => &self.of_sink[sink],
+            Some(more) => &self.of_more_sinks[more],
+        }
+    }
+
     fn acknowledge_part(&self, sink: usize) {
-        if let Some(parts) = self.of_sink.get(sink) {
-            if parts.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.sink_done.notify_waiters();
-            }
+        if self.parts_of(sink).fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sink_done.notify_waiters();
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             telemetry::acknowledged(self.source, self.received.elapsed());
@@ -149,13 +157,10 @@ impl Receipt {
     }
 
     /// Waits until sink `sink` acknowledged every event of the submission
-    /// it takes; None for a sink past the first few, which is not tracked.
-    pub fn acknowledged_by(
-        &self,
-        sink: usize,
-    ) -> Option<impl std::future::Future<Output = ()> + '_> {
-        let parts = self.0.of_sink.get(sink)?;
-        Some(async move {
+    /// it takes.
+    pub fn acknowledged_by(&self, sink: usize) -> impl std::future::Future<Output = ()> + '_ {
+        let parts = self.0.parts_of(sink);
+        async move {
             loop {
                 let done = self.0.sink_done.notified();
                 tokio::pin!(done);
@@ -165,7 +170,7 @@ impl Receipt {
                 }
                 done.await;
             }
-        })
+        }
     }
 
     pub async fn acknowledged(&self) {
@@ -784,6 +789,9 @@ impl Fanout {
             remaining: AtomicUsize::new(0),
             done: Notify::new(),
             of_sink: Default::default(),
+            of_more_sinks: (INLINE..self.lanes.len())
+                .map(|_| AtomicU32::new(0))
+                .collect(),
             sink_done: Notify::new(),
             source,
             received,
@@ -800,9 +808,7 @@ impl Fanout {
             return Receipt(completion);
         }
         for (sink, _, _) in &plan {
-            if let Some(parts) = completion.of_sink.get(*sink) {
-                parts.fetch_add(1, Ordering::Relaxed);
-            }
+            completion.parts_of(*sink).fetch_add(1, Ordering::Relaxed);
         }
         completion.remaining.store(plan.len(), Ordering::Release);
         let body = Arc::new(Admitted {

@@ -773,10 +773,7 @@ pub async fn replay(
                 expected = record.seq + 1;
                 let seq = record.seq;
                 let copy = spool.copy_of(record.id_seed);
-                match copy
-                    .as_ref()
-                    .and_then(|receipt| receipt.acknowledged_by(sink))
-                {
+                match copy.as_ref().map(|receipt| receipt.acknowledged_by(sink)) {
                     // Fan-out holds this body for the sink already: it is
                     // acknowledged when the sink has that, not sent twice.
                     Some(acknowledged) => {
