@@ -74,6 +74,7 @@ async fn deliver<S: Publish>(
     let mut done = 0;
     let mut backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
     let max_batch = options.max_batch.max(1);
+    let mut rooms = foldhash::HashSet::default();
     loop {
         // Acknowledge the parts whose messages are all done.
         while next_end.is_some_and(|end| end <= done) {
@@ -84,7 +85,12 @@ async fn deliver<S: Publish>(
         if done == messages.len() {
             return;
         }
-        let pending = &messages[done..messages.len().min(done + max_batch)];
+        let end = if sink.stores_prefixes() {
+            messages.len().min(done + max_batch)
+        } else {
+            distinct_rooms_end(&messages, done, max_batch, &mut rooms)
+        };
+        let pending = &messages[done..end];
         let started = Instant::now();
         match sink.publish(pending).await {
             Ok(()) => {
@@ -135,6 +141,24 @@ async fn deliver<S: Publish>(
             }
         }
     }
+}
+
+/// Where the batch that starts at `from` ends: at most `max_batch`
+/// messages, cut before the first that repeats a key (room) of the batch,
+/// so that no room has two messages unacknowledged at once.
+fn distinct_rooms_end(
+    messages: &[&Message],
+    from: usize,
+    max_batch: usize,
+    rooms: &mut foldhash::HashSet<u64>,
+) -> usize {
+    use std::hash::BuildHasher;
+    rooms.clear();
+    let hasher = foldhash::fast::FixedState::default();
+    let last = messages.len().min(from + max_batch);
+    (from..last)
+        .find(|&i| !rooms.insert(hasher.hash_one(messages[i].event.key())))
+        .unwrap_or(last)
 }
 
 #[cfg(test)]

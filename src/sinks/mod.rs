@@ -162,6 +162,18 @@ pub trait Publish: Send + Sync {
     /// Publishes `batch` in order and returns once the destination holds
     /// all of it, or says how many from the start it holds.
     fn publish(&self, batch: &[&Message]) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Whether a failed batch leaves stored at most a run from its start.
+    /// True where messages go in order over one stream (core NATS, files)
+    /// or the broker stores a partition only in sequence (Kafka's
+    /// idempotent producer). Where the broker answers each message on its
+    /// own (JetStream, RabbitMQ), a later message of a room can be stored
+    /// while an earlier one failed, and a retry would store the earlier one
+    /// after it: the lane then never has two messages of one room
+    /// unacknowledged at once.
+    fn stores_prefixes(&self) -> bool {
+        false
+    }
 }
 
 /// A connected sink.
@@ -449,6 +461,14 @@ impl Publish for Sink {
             Sink::Nats(s) => s.name(),
             Sink::Amqp(s) => s.name(),
             Sink::Kafka(s) => s.name(),
+        }
+    }
+
+    fn stores_prefixes(&self) -> bool {
+        match self {
+            Sink::Stdout(_) | Sink::Kafka(_) => true,
+            Sink::Nats(s) => s.is_core(),
+            Sink::Amqp(_) => false,
         }
     }
 

@@ -383,6 +383,11 @@ impl NatsSink {
         &self.name
     }
 
+    /// Core NATS: one connection that the server reads in order.
+    pub fn is_core(&self) -> bool {
+        matches!(self.transport, Transport::Core(_))
+    }
+
     pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
         match &self.transport {
             Transport::Core(wire) => self.publish_core(wire, jobs).await,
