@@ -121,15 +121,19 @@ impl Admission {
         } else {
             match self.fanout.try_admit(messages, source, received) {
                 // A webhook is answered once its body is safe: if the spool
-                // engages before the sinks have it, it goes to disk. With
-                // deduplication the body in fan-out may have lost events
-                // the spooled one would bring back; the other source has
-                // those.
-                Ok(receipt) if source == Source::Webhook && !self.fanout.deduplicates() => {
+                // engages before the sinks have it, it goes to disk (whole:
+                // a replay after a crash brings back the events
+                // deduplication dropped from it too).
+                Ok(receipt) if source == Source::Webhook => {
                     let ticket = spool.hold(&mut gate, record, receipt.clone());
                     return Ok(Accepted::Waiting(receipt, ticket));
                 }
-                Ok(receipt) => return Ok(Accepted::Receipt(receipt)),
+                // What the notifier read is on disk before a crash can
+                // take it, and before a webhook that repeats it is answered.
+                Ok(receipt) => {
+                    spool.log_copy(&mut gate, record, &receipt);
+                    return Ok(Accepted::Receipt(receipt));
+                }
                 Err(Refused {
                     body,
                     reason: SubmitError::Full,

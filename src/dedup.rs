@@ -7,7 +7,10 @@
 //! duplicate and is dropped. Counts are kept per source, so two identical
 //! notifications from the same source (a peer muted twice) are both kept.
 //! Memory is bounded: the window holds at most `max_entries` contents, the
-//! oldest go first. Pure and synchronous; the pipeline holds it.
+//! oldest go first. Each delivery is recorded with what carries it (`T`:
+//! fan-out records the body's receipt), so that the delivery a duplicate
+//! stands for can be waited for. Pure and synchronous; the pipeline holds
+//! it.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -17,16 +20,31 @@ use std::time::{Duration, Instant};
 use crate::core::event::{Event, Message, Source};
 use crate::telemetry;
 
-/// Keeps in `events` only those the other source has not delivered yet.
-pub fn retain_new(dedup: &mut Deduplicator, messages: &mut Vec<Message>) {
+/// Keeps in `messages` only those the other source has not delivered yet,
+/// recording them as carried by `carrier`; returns what carries the first
+/// copies of those dropped.
+pub fn retain_new<T: Clone>(
+    dedup: &mut Deduplicator<T>,
+    messages: &mut Vec<Message>,
+    carrier: &T,
+) -> Vec<T> {
     let now = Instant::now();
-    let before = messages.len();
-    messages.retain(|message| dedup.admit(&message.event, now));
-    dropped(dedup, before - messages.len());
+    let mut originals = Vec::new();
+    messages.retain(
+        |message| match dedup.duplicate_of(&message.event, now, carrier) {
+            None => true,
+            Some(original) => {
+                originals.push(original);
+                false
+            }
+        },
+    );
+    dropped(dedup, originals.len());
+    originals
 }
 
 /// Reports that `count` deliveries were dropped, and what the window holds.
-pub fn dropped(dedup: &Deduplicator, count: usize) {
+pub fn dropped<T: Clone>(dedup: &Deduplicator<T>, count: usize) {
     if count > 0 {
         telemetry::duplicates_dropped(count);
     }
@@ -34,11 +52,12 @@ pub fn dropped(dedup: &Deduplicator, count: usize) {
 }
 
 #[derive(Debug)]
-pub struct Deduplicator {
+pub struct Deduplicator<T = ()> {
     window: Duration,
     max_entries: usize,
-    /// Unmatched deliveries per content, by source, as sequence numbers.
-    entries: HashMap<u64, Pending>,
+    /// Unmatched deliveries per content, by source, as sequence numbers
+    /// with what carries each.
+    entries: HashMap<u64, Pending<T>>,
     /// Every delivery recorded, oldest first, to expire them; a delivery
     /// matched since is skipped when its turn comes.
     order: VecDeque<(Instant, u64, Source, u64)>,
@@ -47,14 +66,23 @@ pub struct Deduplicator {
     next: u64,
 }
 
-#[derive(Debug, Default)]
-struct Pending {
-    webhook: VecDeque<u64>,
-    notifier: VecDeque<u64>,
+#[derive(Debug)]
+struct Pending<T> {
+    webhook: VecDeque<(u64, T)>,
+    notifier: VecDeque<(u64, T)>,
 }
 
-impl Pending {
-    fn of(&mut self, source: Source) -> &mut VecDeque<u64> {
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending {
+            webhook: VecDeque::new(),
+            notifier: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Pending<T> {
+    fn of(&mut self, source: Source) -> &mut VecDeque<(u64, T)> {
         match source {
             Source::Webhook => &mut self.webhook,
             _ => &mut self.notifier,
@@ -66,8 +94,8 @@ impl Pending {
     }
 }
 
-impl Deduplicator {
-    pub fn new(window: Duration, max_entries: usize) -> Deduplicator {
+impl<T: Clone> Deduplicator<T> {
+    pub fn new(window: Duration, max_entries: usize) -> Deduplicator<T> {
         Deduplicator {
             window,
             max_entries: max_entries.max(1),
@@ -78,35 +106,36 @@ impl Deduplicator {
         }
     }
 
-    /// Whether `event` should be published: false for the second delivery of
-    /// a notification the other source already delivered.
-    pub fn admit(&mut self, event: &Event, now: Instant) -> bool {
+    /// None when `event` should be published (it is recorded, carried by
+    /// `carrier`); for the second delivery of a notification the other
+    /// source already delivered, what carries that first delivery.
+    pub fn duplicate_of(&mut self, event: &Event, now: Instant, carrier: &T) -> Option<T> {
         let (source, other) = match event.source {
             Source::Webhook => (Source::Webhook, Source::Notifier),
             Source::Notifier => (Source::Notifier, Source::Webhook),
             // Only the two Fishjam paths can deliver the same notification.
-            Source::Reconciled | Source::Decode => return true,
+            Source::Reconciled | Source::Decode => return None,
         };
         self.expire(now);
         let key = content_hash(event);
         let pending = self.entries.entry(key).or_default();
-        if pending.of(other).pop_front().is_some() {
+        if let Some((_, original)) = pending.of(other).pop_front() {
             if pending.is_empty() {
                 self.entries.remove(&key);
             }
             self.held -= 1;
-            return false;
+            return Some(original);
         }
         let sequence = self.next;
         self.next += 1;
-        pending.of(source).push_back(sequence);
+        pending.of(source).push_back((sequence, carrier.clone()));
         self.order.push_back((now, key, source, sequence));
         self.held += 1;
         // Matched deliveries leave records behind in `order`; both are bounded.
         while self.held > self.max_entries || self.order.len() > 2 * self.max_entries {
             self.forget_oldest();
         }
-        true
+        None
     }
 
     /// Unmatched deliveries held.
@@ -135,7 +164,7 @@ impl Deduplicator {
             return;
         };
         let queue = pending.of(source);
-        if queue.front() == Some(&sequence) {
+        if queue.front().is_some_and(|(first, _)| *first == sequence) {
             queue.pop_front();
             self.held -= 1;
             if pending.is_empty() {
@@ -174,6 +203,12 @@ mod tests {
         }
     }
 
+    impl Deduplicator<()> {
+        fn admit(&mut self, event: &Event, now: Instant) -> bool {
+            self.duplicate_of(event, now, &()).is_none()
+        }
+    }
+
     #[test]
     fn the_second_path_is_dropped_and_same_source_repeats_are_kept() {
         let mut dedup = Deduplicator::new(Duration::from_secs(60), 100);
@@ -192,6 +227,20 @@ mod tests {
         assert!(
             dedup.admit(&event("b", Source::Notifier), now),
             "a third one is new"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_names_what_carries_the_first_copy() {
+        let mut dedup = Deduplicator::new(Duration::from_secs(60), 100);
+        let now = Instant::now();
+        assert_eq!(
+            dedup.duplicate_of(&event("a", Source::Notifier), now, &1),
+            None
+        );
+        assert_eq!(
+            dedup.duplicate_of(&event("a", Source::Webhook), now, &2),
+            Some(1)
         );
     }
 

@@ -20,7 +20,7 @@
 //! caller can always wait and try again with the same body.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,13 +39,20 @@ pub type OnAcknowledged = Box<dyn FnOnce() + Send>;
 /// How many parts of one body are still unacknowledged, and who waits.
 struct Completion {
     remaining: AtomicUsize,
-    done: Notify,
     /// Parts still unacknowledged of each sink, for a spool replay that
     /// must know whether one sink has the body: inline for the first
     /// `INLINE` sinks, so that a body allocates nothing for them.
     of_sink: [AtomicU32; INLINE],
     of_more_sinks: Box<[AtomicU32]>,
-    sink_done: Notify,
+    /// Notified (every waiter) whenever a sink finished its parts, the
+    /// body completed, or its copy in the spool became durable.
+    changed: Notify,
+    /// A copy of the body is on its way to the spool's log (`LOGGED`), or
+    /// synced there (`DURABLE`): a crash no longer loses its events.
+    logged: AtomicU8,
+    /// For a webhook body: the bodies that carried the first copies of the
+    /// events deduplication dropped from it. Its answer waits for them too.
+    after: std::sync::OnceLock<Box<[Receipt]>>,
     source: Source,
     received: Instant,
     on_acknowledged: Mutex<Option<OnAcknowledged>>,
@@ -53,6 +60,9 @@ struct Completion {
 
 /// Sinks whose parts a completion counts without allocating.
 const INLINE: usize = 4;
+
+const LOGGED: u8 = 1;
+const DURABLE: u8 = 2;
 
 impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,7 +84,7 @@ impl Completion {
 
     fn acknowledge_part(&self, sink: usize) {
         if self.parts_of(sink).fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.sink_done.notify_waiters();
+            self.changed.notify_waiters();
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             telemetry::acknowledged(self.source, self.received.elapsed());
@@ -87,8 +97,31 @@ impl Completion {
         if let Some(callback) = callback {
             callback();
         }
-        // notify_one keeps a permit if nobody waits yet, so no wake-up is lost.
-        self.done.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    /// Whether every sink acknowledged the body's own events.
+    fn is_complete(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether the body's own events are safe: acknowledged, or on disk.
+    fn is_safe(&self) -> bool {
+        self.is_complete() || self.logged.load(Ordering::Acquire) == DURABLE
+    }
+
+    /// Waits until `ready` holds; `ready` is read after each change.
+    async fn until(&self, ready: impl Fn(&Completion) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so no change between is missed.
+            changed.as_mut().enable();
+            if ready(self) {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 
@@ -152,32 +185,65 @@ impl Part {
 pub struct Receipt(Arc<Completion>);
 
 impl Receipt {
+    /// Whether the submission is safe: every sink acknowledged its events,
+    /// and the events deduplication dropped from it are safe in the bodies
+    /// that carried their first copies.
     pub fn is_acknowledged(&self) -> bool {
-        self.0.remaining.load(Ordering::Acquire) == 0
+        self.0.is_complete() && self.originals().iter().all(|r| r.0.is_safe())
     }
 
     /// Waits until sink `sink` acknowledged every event of the submission
     /// it takes.
     pub fn acknowledged_by(&self, sink: usize) -> impl std::future::Future<Output = ()> + '_ {
-        let parts = self.0.parts_of(sink);
-        async move {
-            loop {
-                let done = self.0.sink_done.notified();
-                tokio::pin!(done);
-                done.as_mut().enable();
-                if parts.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                done.await;
-            }
+        self.0
+            .until(move |c| c.parts_of(sink).load(Ordering::Acquire) == 0)
+    }
+
+    /// Waits until `is_acknowledged` holds.
+    pub async fn acknowledged(&self) {
+        self.0.until(Completion::is_complete).await;
+        for original in self.originals() {
+            original.0.until(Completion::is_safe).await;
         }
     }
 
-    pub async fn acknowledged(&self) {
-        while self.0.remaining.load(Ordering::Acquire) != 0 {
-            self.0.done.notified().await;
-        }
+    fn originals(&self) -> &[Receipt] {
+        self.0.after.get().map_or(&[], |after| after)
     }
+
+    /// A copy of the body is on its way to the spool's log, ahead of every
+    /// body appended after this call.
+    pub fn logged(&self) {
+        self.0.logged.store(LOGGED, Ordering::Release);
+    }
+
+    /// The copy is synced: the events are safe from a crash.
+    pub fn durable(&self) {
+        self.0.logged.store(DURABLE, Ordering::Release);
+        self.0.changed.notify_waiters();
+    }
+
+    /// The copy could not be written: the events are only in memory.
+    pub fn not_logged(&self) {
+        self.0.logged.store(0, Ordering::Release);
+    }
+
+    /// Whether a copy of the body is in the log, or on its way there.
+    pub fn is_logged(&self) -> bool {
+        self.0.logged.load(Ordering::Acquire) != 0
+    }
+}
+
+/// What carries a delivery deduplication recorded: what the second copy of
+/// a notification, dropped, stands for.
+#[derive(Debug, Clone)]
+pub enum Carrier {
+    /// A body appended to the spool, or one whose source waits for no
+    /// answer that depends on it.
+    Logged,
+    /// A body in fan-out: safe once acknowledged, or once its copy in the
+    /// spool is durable.
+    Body(Receipt),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -389,7 +455,7 @@ pub struct Fanout {
     /// With both sources on: checked and updated under its lock together
     /// with the dispatch to the lanes, so that the first delivery of each
     /// notification reaches the lanes in the order it was admitted.
-    dedup: Option<Arc<Mutex<Deduplicator>>>,
+    dedup: Option<Arc<Mutex<Deduplicator<Carrier>>>>,
     /// Sees each event once, after deduplication.
     activity: Arc<Mutex<Activity>>,
     /// `[sink][lane]`. The lanes themselves are unbounded: each sink's
@@ -406,7 +472,7 @@ impl Fanout {
         sinks: &[SinkSpec],
         capacity: usize,
         bursty_limit: BurstyLimit,
-        dedup: Option<Deduplicator>,
+        dedup: Option<Deduplicator<Carrier>>,
     ) -> (Fanout, Vec<Vec<LaneReceiver>>, InFlight) {
         let in_flight = InFlight {
             bounds: sinks
@@ -520,7 +586,14 @@ impl Fanout {
             let mut dedup = dedup.lock().expect("the deduplicator never panics");
             let now = Instant::now();
             for (i, message) in messages.iter().enumerate() {
-                if !dedup.admit(&message.event, now) {
+                // Left out of the replay only where the first copy outlives
+                // a crash: logged ahead of this body, or acknowledged.
+                let skip = match dedup.duplicate_of(&message.event, now, &Carrier::Logged) {
+                    None => false,
+                    Some(Carrier::Logged) => true,
+                    Some(Carrier::Body(first)) => first.0.is_complete() || first.is_logged(),
+                };
+                if skip {
                     skips.push(i as u32);
                 }
             }
@@ -769,12 +842,38 @@ impl Fanout {
         received: Instant,
         on_acknowledged: Option<OnAcknowledged>,
     ) -> Receipt {
+        let completion = Arc::new(Completion {
+            remaining: AtomicUsize::new(0),
+            of_sink: Default::default(),
+            of_more_sinks: (INLINE..self.lanes.len())
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            changed: Notify::new(),
+            logged: AtomicU8::new(0),
+            after: std::sync::OnceLock::new(),
+            source,
+            received,
+            on_acknowledged: Mutex::new(on_acknowledged),
+        });
         let mut dedup = match &self.dedup {
             Some(dedup) if observe => Some(dedup.lock().expect("the deduplicator never panics")),
             _ => None,
         };
         if let Some(dedup) = dedup.as_mut() {
-            dedup::retain_new(dedup, &mut messages);
+            let carrier = Carrier::Body(Receipt(completion.clone()));
+            let originals = dedup::retain_new(dedup, &mut messages, &carrier);
+            // A webhook's answer says its events are safe: those dropped
+            // are safe only once their first copies are.
+            let after: Box<[Receipt]> = originals
+                .into_iter()
+                .filter_map(|original| match original {
+                    Carrier::Body(receipt) if source == Source::Webhook => Some(receipt),
+                    _ => None,
+                })
+                .collect();
+            if !after.is_empty() {
+                let _ = completion.after.set(after);
+            }
         }
         if observe {
             self.activity
@@ -785,18 +884,6 @@ impl Fanout {
                 tap.publish(&messages);
             }
         }
-        let completion = Arc::new(Completion {
-            remaining: AtomicUsize::new(0),
-            done: Notify::new(),
-            of_sink: Default::default(),
-            of_more_sinks: (INLINE..self.lanes.len())
-                .map(|_| AtomicU32::new(0))
-                .collect(),
-            sink_done: Notify::new(),
-            source,
-            received,
-            on_acknowledged: Mutex::new(on_acknowledged),
-        });
         if messages.is_empty() {
             completion.complete();
             return Receipt(completion);
@@ -1201,6 +1288,39 @@ pub(crate) mod tests {
         );
         parts[3].acknowledge();
         receipt.acknowledged().await;
+    }
+
+    /// Without a spool, a webhook whose events the notifier delivered first
+    /// is acknowledged only once the notifier's copy is.
+    #[tokio::test]
+    async fn a_webhook_of_duplicates_waits_for_the_first_copy() {
+        use futures_util::FutureExt;
+        let dedup = Deduplicator::new(std::time::Duration::from_secs(60), 100);
+        let (fanout, mut lanes, _) =
+            Fanout::new(&[SinkSpec::all("a", 1)], 10, NO_BURSTY_LIMIT, Some(dedup));
+        let first = Event {
+            source: Source::Notifier,
+            ..event("r")
+        };
+        let again = Event {
+            source: Source::Webhook,
+            id: event("r").id,
+            ..first.clone()
+        };
+        let notifier = fanout
+            .try_admit(messages(vec![first]), Source::Notifier, Instant::now())
+            .unwrap();
+        let webhook = fanout
+            .try_admit(messages(vec![again]), Source::Webhook, Instant::now())
+            .unwrap();
+        let part = lanes[0][0].recv().await.unwrap();
+        assert!(lanes[0][0].try_recv().is_err(), "the duplicate is dropped");
+        assert!(!webhook.is_acknowledged());
+        assert!(webhook.acknowledged().now_or_never().is_none());
+        part.acknowledge();
+        notifier.acknowledged().await;
+        assert!(webhook.is_acknowledged());
+        webhook.acknowledged().await;
     }
 
     #[test]

@@ -66,10 +66,30 @@ pub enum SpoolError {
 }
 
 enum Command {
-    Append(NewRecord, oneshot::Sender<Result<(), SpoolError>>),
+    Append(NewRecord, Done),
     Cursor(usize, u64),
     Watermark(u64),
     Close(oneshot::Sender<()>),
+}
+
+/// Who learns that an append is on disk, or failed.
+enum Done {
+    /// The source that waits to answer.
+    Answer(oneshot::Sender<Result<(), SpoolError>>),
+    /// The receipt of a body fan-out holds, whose copy this is.
+    Copy(Receipt),
+}
+
+impl Done {
+    fn send(self, written: Result<(), SpoolError>) {
+        match (self, written) {
+            (Done::Answer(answer), written) => {
+                let _ = answer.send(written);
+            }
+            (Done::Copy(receipt), Ok(())) => receipt.durable(),
+            (Done::Copy(receipt), Err(_)) => receipt.not_logged(),
+        }
+    }
 }
 
 /// What the lock guards: for each sink, how many bodies sent to the log its
@@ -431,6 +451,7 @@ impl Spool {
                     if let Some(waiting) = gate.waiting.get_mut(&id) {
                         waiting.settled = true;
                         waiting.spooled = Some(durable);
+                        waiting.receipt.logged();
                     }
                 }
                 // Full: it and every body held after it wait for the sinks,
@@ -509,11 +530,22 @@ impl Spool {
         room: Room,
         record: NewRecord,
     ) -> Result<Durable, SpoolError> {
+        let (done, durable) = oneshot::channel();
+        self.send_append(gate, room, record, Done::Answer(done))?;
+        Ok(durable)
+    }
+
+    fn send_append(
+        &self,
+        gate: &mut Gate,
+        room: Room,
+        record: NewRecord,
+        done: Done,
+    ) -> Result<(), SpoolError> {
         let len = record.entry_len();
         debug_assert!(len <= room.0, "a record fits the room reserved for it");
         self.bytes
             .fetch_sub(room.0.saturating_sub(len), Ordering::AcqRel);
-        let (done, durable) = oneshot::channel();
         if self.to_writer.send(Command::Append(record, done)).is_err() {
             self.bytes.fetch_sub(len, Ordering::AcqRel);
             return Err(SpoolError::Io("the spool writer stopped".into()));
@@ -521,7 +553,38 @@ impl Spool {
         for outstanding in &mut gate.outstanding {
             *outstanding += 1;
         }
-        Ok(durable)
+        Ok(())
+    }
+
+    /// Appends a copy of `record`, a body fan-out has just admitted with
+    /// `receipt` from a source that waits for no answer (the notifier, the
+    /// reconciliation), so that a crash does not lose what it had read:
+    /// the replays wait for their sinks to acknowledge the body instead of
+    /// sending it again, and after a crash each replays it from its
+    /// cursor. The receipt says when the copy is durable. With the spool
+    /// full, the body stays in memory alone, as without a spool.
+    pub fn log_copy(&self, gate: &mut Gate, record: NewRecord, receipt: &Receipt) {
+        let Ok(room) = self.reserve(gate, record.entry_len(), record.source) else {
+            return;
+        };
+        // Known before a replayer can read it.
+        let seed = record.id_seed;
+        let copy = Copy {
+            receipt: receipt.clone(),
+            readers: self.sinks.len(),
+        };
+        self.copies
+            .lock()
+            .expect("never poisoned")
+            .insert(seed, copy);
+        receipt.logged();
+        if self
+            .send_append(gate, room, record, Done::Copy(receipt.clone()))
+            .is_err()
+        {
+            self.copies.lock().expect("never poisoned").remove(&seed);
+            receipt.not_logged();
+        }
     }
 
     /// Waits until the log may have room again (or a second has passed).
@@ -651,7 +714,7 @@ fn run_writer(
                     }
                     durable.send_replace(writer.position());
                     for done in answers.drain(..) {
-                        let _ = done.send(Ok(()));
+                        done.send(Ok(()));
                     }
                 }
                 Err(error) => {
@@ -663,8 +726,16 @@ fn run_writer(
                     for record in &records {
                         telemetry::spool_failed(record.source);
                     }
-                    for done in answers.drain(..) {
-                        let _ = done.send(Err(SpoolError::Io(error.to_string())));
+                    for (done, record) in answers.drain(..).zip(&records) {
+                        if let Done::Copy(_) = done {
+                            // Never to be read: the replays need not wait.
+                            spool
+                                .copies
+                                .lock()
+                                .expect("never poisoned")
+                                .remove(&record.id_seed);
+                        }
+                        done.send(Err(SpoolError::Io(error.to_string())));
                     }
                 }
             }
