@@ -37,6 +37,8 @@ pub async fn run_lane<S: Publish>(
 ) {
     let metrics = telemetry::SinkMetrics::new(sink.name());
     let mut parts = Vec::new();
+    // The rooms of a batch, kept from one batch to the next for its room.
+    let mut rooms = foldhash::HashSet::default();
     // Parts are received a few at a time: a part can hold a whole body.
     let receive = options.max_batch.max(1);
     while lane.recv_many(&mut parts, receive).await > 0 {
@@ -45,7 +47,7 @@ pub async fn run_lane<S: Publish>(
         progress.took_work();
         let count: usize = parts.iter().map(Part::len).sum();
         metrics.queued(-(count as f64));
-        deliver(&*sink, &parts, &options, &metrics).await;
+        deliver(&*sink, &parts, &options, &metrics, &mut rooms).await;
         // Dropping the parts frees their slots in this sink's bound.
         parts.clear();
         progress.progressed();
@@ -61,6 +63,7 @@ async fn deliver<S: Publish>(
     parts: &[Part],
     options: &LaneOptions,
     metrics: &telemetry::SinkMetrics,
+    rooms: &mut foldhash::HashSet<u64>,
 ) {
     let mut messages: Vec<&Message> = Vec::with_capacity(parts.iter().map(Part::len).sum());
     messages.extend(parts.iter().flat_map(Part::messages));
@@ -74,7 +77,6 @@ async fn deliver<S: Publish>(
     let mut done = 0;
     let mut backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
     let max_batch = options.max_batch.max(1);
-    let mut rooms = foldhash::HashSet::default();
     loop {
         // Acknowledge the parts whose messages are all done.
         while next_end.is_some_and(|end| end <= done) {
@@ -88,7 +90,7 @@ async fn deliver<S: Publish>(
         let end = if sink.stores_prefixes() {
             messages.len().min(done + max_batch)
         } else {
-            distinct_rooms_end(&messages, done, max_batch, &mut rooms)
+            distinct_rooms_end(&messages, done, max_batch, rooms)
         };
         let pending = &messages[done..end];
         let started = Instant::now();

@@ -337,25 +337,38 @@ impl NotifierSource {
             code: CloseCode::Normal,
             reason: "bridge stopping".into(),
         }));
-        let drain = async {
-            socket.send(close).await.ok()?;
-            while let Some(Ok(frame)) = socket.next().await {
-                if let Step::Deliver(_) = on_frame(Phase::Subscribed, &Frame::of(&frame)) {
-                    let Message::Binary(body) = &frame else {
-                        unreachable!("only a binary frame is delivered")
-                    };
-                    self.deliver(body.clone()).await;
-                }
-            }
-            Some(())
+        let deadline = tokio::time::Instant::now() + limit;
+        let timed_out = match tokio::time::timeout_at(deadline, socket.send(close)).await {
+            Ok(Ok(())) => self.drain_until(socket, deadline).await,
+            Ok(Err(_)) => false,
+            Err(_) => true,
         };
-        if tokio::time::timeout(limit, drain).await.is_err() {
+        if timed_out {
             tracing::warn!(
                 timeout_ms = limit.as_millis() as u64,
                 "Fishjam did not close the notifier in time; stopping"
             );
         }
         Ok(())
+    }
+
+    /// Delivers what the socket brings until it ends; true when `deadline`
+    /// came first. Only reading is bounded: a frame read is delivered
+    /// whole, whatever the time, since Fishjam will not send it again.
+    async fn drain_until(&self, socket: &mut Socket, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(_) => return false,
+                Err(_) => return true,
+            };
+            if let Step::Deliver(_) = on_frame(Phase::Subscribed, &Frame::of(&frame)) {
+                let Message::Binary(body) = &frame else {
+                    unreachable!("only a binary frame is delivered")
+                };
+                self.deliver(body.clone()).await;
+            }
+        }
     }
 
     /// Compares Fishjam's rooms with what the bridge knows and publishes the
