@@ -130,6 +130,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Bridge> {
     let readiness = Readiness::default();
+    let refresh = admin::Refresh::default();
     readiness.register("running");
     let fatal = Fatal::default();
     let tasks = TaskTracker::new();
@@ -141,7 +142,7 @@ pub async fn start(
             .await
             .with_context(|| format!("cannot bind admin.listen {}", config.admin.listen))?;
         let addr = listener.local_addr()?;
-        let router = admin::router(metrics, readiness.clone(), tap.clone());
+        let router = admin::router(metrics, readiness.clone(), tap.clone(), refresh.clone());
         let tls = acceptor("admin.tls", &config.admin.tls)?;
         // Scrapes and probes: a few connections, never a flood.
         let limits = listener::Limits {
