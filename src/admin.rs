@@ -341,6 +341,7 @@ async fn tap_events(
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    state.refresh.run();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

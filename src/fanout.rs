@@ -349,10 +349,11 @@ pub struct SinkProgress {
 }
 
 impl SinkProgress {
-    /// The sink delivered a batch.
+    /// The sink delivered a batch. (The gauge of events in flight is read
+    /// off the bounds at each scrape: a lane that wrote it here could write
+    /// an older reading after a newer one.)
     pub fn progressed(&self) {
         self.took_work();
-        self.in_flight.report();
     }
 
     /// A lane of the sink finished its last batch and took the next.
@@ -941,7 +942,6 @@ impl Fanout {
             }
         }
         drop(dedup);
-        self.in_flight.report();
         Receipt(completion)
     }
 

@@ -85,8 +85,9 @@ impl Lag {
         serde_json::Value::Object(sinks.collect())
     }
 
-    /// Sets the lag metrics to what they are now.
+    /// Sets the lag metrics, and the events in flight, to what they are now.
     pub fn export(&self) {
+        self.in_flight.report();
         for (name, lag) in self.measure() {
             telemetry::sink_lag(&name, lag.events, lag.bytes, lag.seconds, lag.cursor);
         }

@@ -347,8 +347,13 @@ pub async fn start(
         in_flight.clone(),
         spool.clone(),
     );
-    // Exported once now, so that every series exists from the start.
+    // Exported once now, so that every series exists from the start, and
+    // before every scrape.
     lag.export();
+    refresh.add({
+        let lag = lag.clone();
+        move || lag.export()
+    });
     readiness.set_detail("lag", {
         let lag = lag.clone();
         move || lag.report()
