@@ -859,3 +859,35 @@ impl Event {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recording(metadata: &str) -> Event {
+        Event {
+            event_type: EventType::RecordingStatusChanged,
+            data: Data::Recording(RecordingData {
+                recording_id: "rec".to_owned(),
+                status: Some("active"),
+                metadata: metadata.to_owned(),
+            }),
+            ..Event::room_created_for_test("r")
+        }
+    }
+
+    /// Metadata with a number no double holds is valid JSON that strict
+    /// parsers refuse: the event must stay readable by them.
+    #[test]
+    fn metadata_with_a_number_out_of_a_doubles_range_is_not_embedded() {
+        let json = recording(r#"{"role":5e64994}"#).to_json();
+        let value: serde_json::Value =
+            serde_json::from_slice(&json).expect("strict parsers read the event");
+        assert_eq!(value["data"]["metadata"], r#"{"role":5e64994}"#);
+        assert!(value.get("metadata_json").is_none());
+        // Metadata every parser reads is still embedded.
+        let json = recording(r#"{"role":5e64,"n":[-1e308,12345678901234567890]}"#).to_json();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["metadata_json"]["metadata"]["role"], 5e64);
+    }
+}
