@@ -81,6 +81,8 @@ metrics! {
         "Bodies or frames that are not a valid ServerMessage, by source and reason.";
     STRINGS_MENDED: Counter "fishjam_bridge_strings_mended_total" ["source"]
         "String fields that held invalid UTF-8, published with U+FFFD in place of each invalid sequence, as the official SDK decodes them.";
+    METADATA_UNEMBEDDED: Counter "fishjam_bridge_metadata_not_embedded_total" ["source"]
+        "Metadata strings that look like JSON but hold what not every parser reads (a number no double holds, invalid JSON), published as text without metadata_json.";
     WEBHOOK_REQUESTS: Counter "fishjam_bridge_webhook_requests_total" ["status"]
         "Webhook requests answered, by HTTP status.";
     PIPELINE_REJECTED: Counter "fishjam_bridge_pipeline_rejected_events_total" ["source"]
@@ -373,6 +375,20 @@ pub fn body_normalized(source: Source, normalized: &Normalized) {
             source = source.as_str(),
             strings = mended_strings,
             "invalid UTF-8 in a string field, published with U+FFFD in its place"
+        );
+    }
+    let unembedded: usize = normalized
+        .events
+        .iter()
+        .filter(|event| event.data.has_metadata())
+        .map(|event| event.data.unembedded_metadata())
+        .sum();
+    if unembedded > 0 {
+        counter!(METADATA_UNEMBEDDED, "source" => source.as_str()).increment(unembedded as u64);
+        tracing::warn!(
+            source = source.as_str(),
+            strings = unembedded,
+            "metadata that looks like JSON but not every parser reads it; published as text only"
         );
     }
     let mut per_type = [(0u64, 0u64); EVENT_TYPES];

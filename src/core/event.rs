@@ -458,6 +458,25 @@ impl Data {
     }
 }
 
+impl Data {
+    /// Whether the payload has metadata strings (without collecting them).
+    pub fn has_metadata(&self) -> bool {
+        matches!(
+            self,
+            Data::PeerMetadata(_) | Data::Recording(_) | Data::Track(_) | Data::TrackForwarding(_)
+        )
+    }
+
+    /// Metadata strings that look like JSON but are kept as text alone,
+    /// since not every consumer could read them embedded.
+    pub fn unembedded_metadata(&self) -> usize {
+        self.metadata()
+            .into_iter()
+            .filter(|(_, text)| looks_like_json(text) && embeddable(text).is_none())
+            .count()
+    }
+}
+
 impl Event {
     pub fn room_id(&self) -> Option<&str> {
         self.data.room_id()
@@ -646,15 +665,81 @@ fn received_at_text(at: SystemTime) -> Arc<str> {
 
 /// Metadata strings that hold a JSON object or array, by path in `data`.
 /// A bare string or number is left alone: it is not worth a second copy.
+/// Only what every consumer can read is embedded: a number no IEEE double
+/// holds (`5e64994`) is valid JSON that strict parsers refuse, and one
+/// peer's metadata must not make its whole event unreadable; such a string
+/// is kept as text alone (`Data::unembedded_metadata` counts them).
 fn parsed_metadata(data: &Data) -> Vec<(&'static str, &serde_json::value::RawValue)> {
     data.metadata()
         .into_iter()
-        .filter(|(_, text)| {
-            let trimmed = text.trim_start();
-            trimmed.starts_with('{') || trimmed.starts_with('[')
-        })
-        .filter_map(|(path, text)| Some((path, serde_json::from_str(text).ok()?)))
+        .filter(|(_, text)| looks_like_json(text))
+        .filter_map(|(path, text)| Some((path, embeddable(text)?)))
         .collect()
+}
+
+fn looks_like_json(text: &str) -> bool {
+    let trimmed = text.trim_start();
+    trimmed.starts_with('{') || trimmed.starts_with('[')
+}
+
+/// `text` as raw JSON when every number in it fits a double.
+fn embeddable(text: &str) -> Option<&serde_json::value::RawValue> {
+    serde_json::from_str::<Readable>(text).ok()?;
+    serde_json::from_str(text).ok()
+}
+
+/// A JSON value read as a parser with IEEE doubles reads it: numbers are
+/// read as numbers (serde_json refuses one out of range), nothing is kept.
+struct Readable;
+
+impl<'de> serde::Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Readable, D::Error> {
+        deserializer.deserialize_any(ReadableVisitor)
+    }
+}
+
+struct ReadableVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ReadableVisitor {
+    type Value = Readable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Readable, E> {
+        if value.is_finite() {
+            Ok(Readable)
+        } else {
+            Err(E::custom("a number no double holds"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_unit<E>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, Readable>()?
+            .is_some()
+        {}
+        Ok(Readable)
+    }
 }
 
 struct PathMap<'a, V>(&'a [(&'static str, V)]);

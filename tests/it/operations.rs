@@ -49,7 +49,7 @@ fn metrics_hold_every_documented_name() {
     assert_eq!(documented, table, "docs/metrics.md and telemetry::METRICS");
 
     // A healthy bridge with both sources: events, skips, unmapped enums, a
-    // mended string, a decode failure.
+    // mended string, metadata not embedded, a decode failure.
     // Every sink type is configured, so each one's metrics are exported.
     let port = free_port();
     let mut fishjam = notifier::simulator(port, 5, 20);
@@ -82,6 +82,11 @@ fn metrics_hold_every_documented_name() {
     // room_created whose id is not UTF-8: mended, counted.
     let mended = vec![0x0a, 0x03, 0x0a, 0x01, 0xff];
     assert_eq!(post(&url, mended, None).status(), 200);
+    // recordingStatusChanged whose metadata holds a number no double
+    // holds: published with the text alone, counted.
+    let unreadable =
+        hex::decode("9202190a0372656310011a107b22726f6c65223a356536343939347d").unwrap();
+    assert_eq!(post(&url, unreadable, None).status(), 200);
     assert_eq!(post(&url, vec![0x12], None).status(), 400);
 
     // A failing bridge: its only sink cannot write, so nothing is acknowledged.
