@@ -425,6 +425,46 @@ mod tests {
         durable.await.unwrap().unwrap();
     }
 
+    /// A webhook whose voice activity finds the bursty slots full while the
+    /// sinks keep up is taken by the spool: a 503 is only for a spool
+    /// that cannot take the body, since Fishjam does not post it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_meeting_full_bursty_slots_is_spooled_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&test_options(dir.path()), &[Arc::from("a")]).unwrap();
+        let limit = BurstyLimit {
+            max_in_flight: 1,
+            when_full: WhenFull::Wait,
+        };
+        let (admission, mut lanes, _) = admitting(10, limit, &spool);
+        admission.offer(vad_body("r")).unwrap();
+        let _held = lanes[0][0].recv().await.unwrap();
+        let vad = VadNotification {
+            room_id: "r".to_owned(),
+            peer_id: "p".to_owned(),
+            track_id: "t".to_owned(),
+            status: 2,
+        };
+        let batch = NotificationBatch {
+            notifications: vec![
+                ServerMessage {
+                    content: Some(Content::RoomCreated(RoomCreated {
+                        room_id: "r".to_owned(),
+                    })),
+                },
+                ServerMessage {
+                    content: Some(Content::VadNotification(vad)),
+                },
+            ],
+        };
+        let webhook = body_of(Content::NotificationBatch(batch), Source::Webhook);
+        let accepted = admission
+            .offer(webhook)
+            .map_err(|refused| refused.reason)
+            .expect("the spool has room for the body");
+        assert!(answered(accepted, Duration::from_secs(5)).await);
+    }
+
     /// Whether a webhook body that `offer` took would be answered 2xx
     /// within `limit`, by the rule `sources/webhook.rs` answers with: every
     /// sink acknowledged it, or it is on disk.
