@@ -150,9 +150,18 @@ impl Admission {
                     spool.engage(&mut gate, "a sink that stopped holds its bursty slots");
                     body
                 }
-                // A flood of voice activity into sinks that keep up must
-                // not put lifecycle events behind it in the spool: it
-                // waits, as without a spool.
+                // A webhook is never posted again: while the spool has
+                // room it takes the body rather than a 503.
+                Err(Refused {
+                    body,
+                    reason: SubmitError::BurstyFull,
+                }) if source == Source::Webhook => {
+                    spool.engage(&mut gate, "a webhook's bursty events found their slots full");
+                    body
+                }
+                // A flood of voice activity from the notifier into sinks
+                // that keep up waits for its slots, which stops reading the
+                // socket (backpressure), as without a spool.
                 Err(refused) => return Err(back(refused.body, record, refused.reason.into())),
             }
         };
