@@ -156,7 +156,10 @@ impl Admission {
                     body,
                     reason: SubmitError::BurstyFull,
                 }) if source == Source::Webhook => {
-                    spool.engage(&mut gate, "a webhook's bursty events found their slots full");
+                    spool.engage(
+                        &mut gate,
+                        "a webhook's bursty events found their slots full",
+                    );
                     body
                 }
                 // A flood of voice activity from the notifier into sinks

@@ -912,3 +912,97 @@ fn a_dead_letter_is_sent_again_once_the_limit_allows_it_and_leaves_the_file() {
         assert_eq!(next.subject.as_str(), format!("{prefix}.marker"));
     });
 }
+
+/// A subject the bridge's user may not publish to: core NATS answers
+/// `-ERR 'Permissions Violation ...'` for that message alone and delivers
+/// the rest of the batch. The refused event is dead-lettered and its
+/// room goes on; nothing else of the batch is published again and again.
+#[test]
+fn a_subject_the_user_may_not_publish_to_is_dead_lettered_and_the_rest_goes_on() {
+    use fishjam_bridge::core::proto::server_message as sm;
+    use fishjam_bridge::core::proto::{Content, ServerMessage};
+    let rt = runtime();
+    let _context = rt.enter();
+    let prefix = unique("perm");
+    let server = ConfiguredNats::start(&format!(
+        "authorization {{ users = [\n\
+         {{ user: bridge, password: pw, permissions: {{ publish: {{ deny: [\"{prefix}.*.roomDeleted\"] }} }} }},\n\
+         {{ user: reader, password: pw }}\n] }}"
+    ));
+    let (_client, mut subscription) = rt.block_on(subscribed_with(
+        async_nats::ConnectOptions::with_user_and_password("reader".into(), "pw".into()),
+        &server.url(),
+        format!("{prefix}.>"),
+    ));
+    let bridge = BridgeProcess::start(
+        &nats_sink(
+            &server.url(),
+            &format!("{prefix}.{{key}}.{{type}}"),
+            "user = \"bridge\"\npassword = \"pw\"\n",
+        )
+        .replace(
+            "[log]\n",
+            "[pipeline]\ndead_letter_path = \"{dir}/dead-letters.jsonl\"\nretry_initial_backoff = \"10ms\"\nretry_max_backoff = \"20ms\"\n[log]\n",
+        ),
+    );
+    let message = |content| ServerMessage {
+        content: Some(content),
+    };
+    let body = batch(vec![
+        message(Content::RoomCreated(sm::RoomCreated {
+            room_id: "p1".into(),
+        })),
+        message(Content::RoomDeleted(sm::RoomDeleted {
+            room_id: "p1".into(),
+        })),
+        message(Content::RoomCreated(sm::RoomCreated {
+            room_id: "p2".into(),
+        })),
+    ]);
+    assert_eq!(post(&bridge.webhook_url(), body, None).status(), 200);
+    wait_until("the refused event is dead-lettered", || {
+        bridge.dir().join("dead-letters.jsonl").exists()
+            && !read_events(&bridge.dir().join("dead-letters.jsonl")).is_empty()
+    });
+    // A last event of the first room comes after whatever its lane sent.
+    assert_eq!(
+        post(&bridge.webhook_url(), room_created("p1"), None).status(),
+        200
+    );
+    let seen: Vec<String> = rt.block_on(async {
+        let mut seen = Vec::new();
+        loop {
+            let message = tokio::time::timeout(WAIT, subscription.next())
+                .await
+                .expect("the room's events arrive")
+                .unwrap();
+            seen.push(message.subject.to_string());
+            if seen
+                .iter()
+                .filter(|s| s.ends_with("p1.roomCreated"))
+                .count()
+                == 2
+            {
+                return seen;
+            }
+        }
+    });
+    let p2 = format!("{prefix}.p2.roomCreated");
+    assert_eq!(
+        seen.iter().filter(|s| **s == p2).count(),
+        1,
+        "each allowed event once: {seen:?}"
+    );
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let letters = read_events(&bridge.dir().join("dead-letters.jsonl"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["event"]["type"], "roomDeleted");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Permissions Violation"),
+        "{}",
+        letters[0]["reason"]
+    );
+}
