@@ -474,19 +474,45 @@ impl NatsSink {
         }
         if !frames.is_empty() {
             frames.extend_from_slice(nats_wire::PING);
-            if let Err(error) = wire.publish(&frames).await {
-                self.health.set(false);
-                return Err(PublishError {
-                    acknowledged: 0,
-                    error: match error {
-                        nats_wire::WireError::Timeout => SinkError::Timeout,
-                        other => SinkError::publish(other),
-                    },
-                });
-            }
+            let denied = match wire.publish(&frames).await {
+                Ok(denied) => denied,
+                Err(error) => {
+                    self.health.set(false);
+                    return Err(PublishError {
+                        acknowledged: 0,
+                        error: match error {
+                            nats_wire::WireError::Timeout => SinkError::Timeout,
+                            other => SinkError::publish(other),
+                        },
+                    });
+                }
+            };
             self.health.set(true);
+            if let Some(error) = self.first_denied(jobs, &denied) {
+                return Err(error);
+            }
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// The first message of `jobs` to a subject in `denied`, refused for
+    /// good: the lane dead-letters it and publishes again from the next
+    /// (what followed it in the batch may arrive twice).
+    fn first_denied(&self, jobs: &[&Message], denied: &[String]) -> Option<PublishError> {
+        if denied.is_empty() {
+            return None;
+        }
+        let mut subject = String::with_capacity(128);
+        jobs.iter().enumerate().find_map(|(index, job)| {
+            subject.clear();
+            self.subject.render_into(&job.event, &mut subject);
+            denied.contains(&subject).then(|| PublishError {
+                acknowledged: index,
+                error: SinkError::Rejected(format!(
+                    "the server refused it: Permissions Violation for Publish to \"{subject}\""
+                )),
+            })
+        })
     }
 
     async fn publish_jetstream(

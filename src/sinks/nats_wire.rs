@@ -214,22 +214,24 @@ impl Connection {
         };
         match connection.until_pong().await {
             Err(WireError::Server(message)) => Err(WireError::Refused(message)),
-            other => other.map(|()| connection),
+            other => other.map(|_| connection),
         }
     }
 
     /// Writes `frames` (whole messages and a final PING) and returns at the
-    /// PONG that answers it.
-    async fn publish(&mut self, frames: &[u8]) -> Result<(), WireError> {
+    /// PONG that answers it, with the subjects the server refused to take
+    /// a message for (the user may not publish there).
+    async fn publish(&mut self, frames: &[u8]) -> Result<Vec<String>, WireError> {
         self.io.write_all(frames).await?;
         self.io.flush().await?;
         self.until_pong().await
     }
 
-    async fn until_pong(&mut self) -> Result<(), WireError> {
+    async fn until_pong(&mut self) -> Result<Vec<String>, WireError> {
+        let mut refused = Vec::new();
         loop {
             match self.lines.next(&mut self.io).await? {
-                Op::Pong => return Ok(()),
+                Op::Pong => return Ok(refused),
                 Op::Ping => {
                     self.io.write_all(b"PONG\r\n").await?;
                     self.io.flush().await?;
@@ -242,10 +244,21 @@ impl Connection {
                     self.lame_duck |= info.ldm;
                 }
                 Op::Ok => {}
-                Op::Err(message) => return Err(WireError::Server(message)),
+                // The server refuses that one message and goes on with the
+                // rest of the batch, on the same connection.
+                Op::Err(message) => match denied_subject(&message) {
+                    Some(subject) => refused.push(subject.to_owned()),
+                    None => return Err(WireError::Server(message)),
+                },
             }
         }
     }
+}
+
+/// The subject of a `Permissions Violation for Publish to "subject"` error.
+fn denied_subject(message: &str) -> Option<&str> {
+    let quoted = message.strip_prefix("Permissions Violation for Publish to ")?;
+    Some(quoted.trim_matches('"'))
 }
 
 fn info(json: &str) -> Result<Info, WireError> {
@@ -395,15 +408,16 @@ impl Wire {
     }
 
     /// Writes `frames` (messages framed by `frame`, then `PING`) on one
-    /// connection and returns once the server has handled all of them.
-    pub async fn publish(&self, frames: &[u8]) -> Result<(), WireError> {
+    /// connection and returns once the server has handled all of them,
+    /// with the subjects it refused a message for (all others it took).
+    pub async fn publish(&self, frames: &[u8]) -> Result<Vec<String>, WireError> {
         let mut connection = match self.reusable() {
             Some(connection) => connection,
             None => self.open().await?,
         };
         let timeout = self.options.timeout;
         match tokio::time::timeout(timeout, connection.publish(frames)).await {
-            Ok(Ok(())) => {
+            Ok(Ok(refused)) => {
                 self.max_payload
                     .store(connection.max_payload, Ordering::Relaxed);
                 if connection.lame_duck {
@@ -412,7 +426,7 @@ impl Wire {
                     connection.idle_since = Instant::now();
                     self.idle.lock().expect("never poisoned").push(connection);
                 }
-                Ok(())
+                Ok(refused)
             }
             Ok(Err(error)) => Err(error),
             Err(_) => Err(WireError::Timeout),
