@@ -859,3 +859,27 @@ fn a_nats_outage_holds_back_neither_kafka_nor_the_webhooks() {
     let stored = crate::nats::stored(&nats.url(), &stream);
     assert_each_room_complete_in_order(&wanted, &by_key(&stored));
 }
+
+/// A fatal error of the idempotent producer (here the cluster refuses it a
+/// producer id) leaves librdkafka's client refusing every record for good:
+/// the sink makes a new producer, and the events are delivered.
+#[test]
+fn a_producer_with_a_fatal_error_is_made_anew() {
+    let (cluster, bootstrap, topic) = mock_topic(1, "fishjam-fatal", 1);
+    cluster.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
+    );
+    let bridge = BridgeProcess::start(&kafka_sink(
+        &bootstrap,
+        &topic,
+        "message_timeout = \"2s\"\n",
+    ));
+    assert_eq!(
+        post(&bridge.webhook_url(), room_created("fatal"), None).status(),
+        200
+    );
+    let records = read_topic(&bootstrap, &topic, 1, 1);
+    assert_eq!(records[0].3["data"]["roomId"], "fatal");
+    assert!(bridge.logged("a new producer"), "the sink says what it did");
+}
