@@ -335,7 +335,11 @@ impl ClientContext for BridgeContext {
 
 pub struct KafkaSink {
     name: String,
-    producer: FutureProducer<BridgeContext>,
+    /// Replaced by a new one after a fatal error (`renew`).
+    producer: std::sync::RwLock<FutureProducer<BridgeContext>>,
+    /// What a new producer is made from.
+    client_config: rdkafka::ClientConfig,
+    health: SinkHealth,
     topic: Template,
     cloudevents: cloudevents::Mode,
     timeout: Duration,
@@ -481,11 +485,7 @@ impl KafkaSink {
         let topic =
             Template::parse(&config.topic, &[]).map_err(|e| SinkError::Config(e.to_string()))?;
         let client_config = config.client_config();
-        let producer: FutureProducer<BridgeContext> = client_config
-            .create_with_context(BridgeContext {
-                health: health.clone(),
-            })
-            .map_err(|e| SinkError::Config(e.to_string()))?;
+        let producer = new_producer(&client_config, &health)?;
         // Creating a producer does not contact the cluster: ask for metadata
         // once, so that a wrong address is reported at start-up.
         let timeout = config.message_timeout.min(Duration::from_secs(10));
@@ -502,9 +502,9 @@ impl KafkaSink {
                 SinkError::Config(format!("topic {:?} renders open names", config.topic))
             })?,
             create: config.create_topic,
-            config: client_config,
+            config: client_config.clone(),
             timeout,
-            health,
+            health: health.clone(),
         };
         let mut reported = Vec::new();
         topics.settle(&metadata, &mut reported).await;
@@ -519,7 +519,9 @@ impl KafkaSink {
         Ok(KafkaSink {
             name,
             topics_watch,
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            client_config,
+            health,
             topic,
             cloudevents: config.cloudevents,
             timeout: config.message_timeout,
@@ -531,6 +533,42 @@ impl KafkaSink {
     }
 
     pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
+        let producer = self.producer.read().expect("never poisoned").clone();
+        let published = self.publish_with(&producer, jobs).await;
+        if published.is_err() {
+            self.renew_if_fatal(&producer);
+        }
+        published
+    }
+
+    /// After a fatal error (a fenced or refused idempotent producer)
+    /// librdkafka refuses every record for good: the next batch goes
+    /// through a new producer, with a new producer id.
+    fn renew_if_fatal(&self, failed: &FutureProducer<BridgeContext>) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.producer.write().expect("never poisoned");
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            // Another lane renewed it already.
+            return;
+        }
+        match new_producer(&self.client_config, &self.health) {
+            Ok(renewed) => {
+                tracing::error!(sink = %self.name, error = %code, reason, "kafka producer failed for good; a new producer takes over and its records are published again");
+                *current = renewed;
+            }
+            Err(error) => {
+                tracing::error!(sink = %self.name, error = %telemetry::Chain(&error), "kafka producer failed for good and a new one cannot be made; retrying");
+            }
+        }
+    }
+
+    async fn publish_with(
+        &self,
+        producer: &FutureProducer<BridgeContext>,
+        jobs: &[&Message],
+    ) -> Result<(), PublishError> {
         let mut deliveries = Vec::with_capacity(jobs.len());
         for job in jobs {
             let topic = self.topic.render(&job.event);
@@ -554,7 +592,7 @@ impl KafkaSink {
                 .payload(&payload[..])
                 .headers(headers.expect("headers are always rebuilt"));
             loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => {
                         deliveries.push((delivery, *job));
                         break;
@@ -610,13 +648,14 @@ impl KafkaSink {
 
     /// Flushes what librdkafka still holds, within `grace`.
     pub async fn close(&self) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
+        let producer = self.producer.read().expect("never poisoned").clone();
         let grace = self.timeout;
         // flush blocks its thread until delivered or timed out.
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(grace))
+        let flushing = producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || flushing.flush(grace))
             .await
             .map_err(SinkError::publish)?;
-        let left = self.producer.in_flight_count();
+        let left = producer.in_flight_count();
         match flushed {
             Ok(()) => Ok(()),
             Err(error) => Err(SinkError::publish(format!(
@@ -624,6 +663,17 @@ impl KafkaSink {
             ))),
         }
     }
+}
+
+fn new_producer(
+    config: &rdkafka::ClientConfig,
+    health: &SinkHealth,
+) -> Result<FutureProducer<BridgeContext>, SinkError> {
+    config
+        .create_with_context(BridgeContext {
+            health: health.clone(),
+        })
+        .map_err(|e| SinkError::Config(e.to_string()))
 }
 
 /// The whole cluster's metadata, asked on a blocking thread (librdkafka

@@ -881,5 +881,8 @@ fn a_producer_with_a_fatal_error_is_made_anew() {
     );
     let records = read_topic(&bootstrap, &topic, 1, 1);
     assert_eq!(records[0].3["data"]["roomId"], "fatal");
-    assert!(bridge.logged("a new producer"), "the sink says what it did");
+    assert!(
+        bridge.logged("a new producer takes over"),
+        "the sink says what it did"
+    );
 }
