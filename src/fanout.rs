@@ -1323,6 +1323,47 @@ pub(crate) mod tests {
         webhook.acknowledged().await;
     }
 
+    /// A part keeps its whole body in memory: a sink whose route takes a
+    /// few of a body's events and stalls must count all of them against
+    /// its bound, or memory grows past it.
+    #[tokio::test]
+    async fn a_stalled_sink_with_a_narrow_route_pins_no_more_than_its_bound() {
+        let only_voice = SinkSpec {
+            route: Filter::new(&["vadNotification".to_owned()], &[]).unwrap(),
+            ..SinkSpec::all("voice", 1)
+        };
+        let capacity = 20;
+        let (fanout, mut lanes, _) = Fanout::new(
+            &[SinkSpec::all("all", 1), only_voice],
+            capacity,
+            NO_BURSTY_LIMIT,
+            None,
+        );
+        let mut stalled = Vec::new();
+        for _ in 0..100 {
+            let mut body = vec![vad("r")];
+            body.extend((0..9).map(|_| event("r")));
+            if fanout
+                .try_admit(messages(body), Source::Webhook, Instant::now())
+                .is_err()
+            {
+                break;
+            }
+            // The first sink keeps up; the voice sink holds what it gets.
+            while let Ok(part) = lanes[0][0].try_recv() {
+                part.acknowledge();
+            }
+            while let Ok(part) = lanes[1][0].try_recv() {
+                stalled.push(part);
+            }
+        }
+        let pinned: usize = stalled.iter().map(|p| p.body.messages.len()).sum();
+        assert!(
+            pinned <= capacity,
+            "{pinned} events held in memory by a sink bounded to {capacity}"
+        );
+    }
+
     #[test]
     fn a_room_always_uses_one_lane() {
         assert_eq!(lane_of("room-1", 8), lane_of("room-1", 8));
