@@ -138,6 +138,10 @@ struct Admitted {
 struct Slots {
     _events: OwnedSemaphorePermit,
     _bursty: Option<OwnedSemaphorePermit>,
+    /// The slots of the body's events the sink's route leaves out, which
+    /// its parts keep in memory all the same: shared by the sink's parts,
+    /// freed with the last of them.
+    _pinned: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 /// The messages of one body that go to one lane of one sink, in order.
@@ -630,6 +634,22 @@ impl Fanout {
             .observe(messages.iter().map(|m| &m.event));
     }
 
+    /// The slots sink `sink` needs in its bound for `messages`: all of
+    /// them if it takes any, since its parts keep the whole body in memory
+    /// until it acknowledged them.
+    fn pinned(&self, sink: usize, messages: &[Message]) -> usize {
+        let route = self.lanes[sink].route;
+        let takes_any = route.takes_all()
+            || messages
+                .iter()
+                .any(|message| route.takes(message.event.event_type));
+        if takes_any {
+            messages.len()
+        } else {
+            0
+        }
+    }
+
     /// How many of `messages` sink `sink` takes, and how many of those are
     /// bursty.
     fn counts(&self, sink: usize, messages: &[Message]) -> (usize, usize) {
@@ -660,7 +680,7 @@ impl Fanout {
         }
         let mut taken = Taken::default();
         for sink in self.all() {
-            let (count, _) = self.counts(sink, &messages);
+            let count = self.pinned(sink, &messages);
             if count == 0 {
                 continue;
             }
@@ -756,7 +776,7 @@ impl Fanout {
             }
         };
         for sink in sinks.clone() {
-            let (count, _) = self.counts(sink, &messages);
+            let count = self.pinned(sink, &messages);
             if count == 0 {
                 continue;
             }
@@ -903,9 +923,18 @@ impl Fanout {
             messages,
             completion: completion.clone(),
         });
+        let mut pinned: Vec<Option<Arc<OwnedSemaphorePermit>>> = Vec::new();
         for (sink, events) in sinks.clone().zip(per_sink) {
             self.lanes[sink].metrics.queued(events as f64);
+            let left_out = body.messages.len() - events;
+            pinned.push(
+                (events > 0 && left_out > 0)
+                    .then(|| taken.at(sink).events.as_mut()?.split(left_out))
+                    .flatten()
+                    .map(Arc::new),
+            );
         }
+        let first_sink = sinks.start;
         for (sink, lane, indices) in plan {
             // Each part carries its own share of the sink's slots; what is
             // left over (shed or duplicate messages) goes back below.
@@ -933,6 +962,7 @@ impl Fanout {
                     _events: share(&mut taken.at(sink).events, len),
                     _bursty: (bursty_in_part > 0)
                         .then(|| share(&mut taken.at(sink).bursty, bursty_in_part)),
+                    _pinned: pinned[sink - first_sink].clone(),
                 },
             };
             let sink = &self.lanes[sink];

@@ -23,7 +23,7 @@ use crate::core::event::Source;
 use crate::core::normalize::{normalize_body, Origin};
 use crate::core::signature;
 use crate::fanout::SubmitError;
-use crate::spool::{Spool, Ticket};
+use crate::spool::Spool;
 use crate::telemetry;
 
 /// Seconds a sender should wait after a 503 for a full pipeline.
@@ -173,10 +173,9 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             drop(body_room);
             (receipt, None)
         }
-        Ok(Accepted::Waiting(receipt, ticket)) => {
-            drop(body_room);
-            (receipt, Some(ticket))
-        }
+        // The spool keeps the body's bytes with the ticket, to append it if
+        // it engages: still in hand, in the budget, until the answer.
+        Ok(Accepted::Waiting(receipt, ticket)) => (receipt, Some((ticket, body_room))),
         Ok(Accepted::Spooled(durable, body)) => {
             let written = durable.await;
             drop(body);
@@ -222,7 +221,7 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         // sinks, this one among them (unless the spool is full): answered
         // once it is on disk, since Fishjam may never send it again. A sink
         // that takes it meanwhile gets it twice, with the same event ids.
-        if let Some(durable) = ticket.as_ref().and_then(Ticket::spooled) {
+        if let Some(durable) = ticket.as_ref().and_then(|(ticket, _)| ticket.spooled()) {
             if let Ok(Ok(())) = durable.await {
                 return ok(count, true);
             }
