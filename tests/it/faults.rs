@@ -151,6 +151,53 @@ fn a_broker_down_under_load_costs_no_acknowledged_event() {
     );
 }
 
+/// JetStream's server killed (SIGKILL) and started again, again and again,
+/// under webhook load: a publish can then fail while a later one of the
+/// same batch was stored. Every acknowledged notification is in the stream
+/// once, each room in the order it arrived.
+#[test]
+fn a_jetstream_server_killed_again_and_again_keeps_every_room_in_order() {
+    let mut server = PrivateNats::start();
+    let spool = tempfile::tempdir().unwrap();
+    let stream = unique("FR");
+    let bridge = BridgeProcess::start(&spooled(&server.url(), &stream, spool.path(), ""));
+    let (seed, count, kills) = if soak() {
+        (53, 30_000, 20)
+    } else {
+        (53, 6_000, 4)
+    };
+    let simulator = load(&bridge, seed, count);
+    let acknowledged = || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_events_acknowledged_total", &[])
+    };
+    let failed = || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_sink_events_failed_total", &[])
+    };
+    for _ in 0..kills {
+        let before = acknowledged();
+        wait_until("events stored since the last kill", || {
+            acknowledged() >= before + 300.0
+        });
+        let failures = failed();
+        server.stop();
+        wait_until("a publish fails with the server gone", || {
+            failed() > failures
+        });
+        server.restart();
+    }
+    let report = summary(simulator);
+    assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    wait_settled(&bridge);
+    let duplicates = assert_complete(&stored(&server.url(), &stream), seed, count);
+    eprintln!(
+        "{kills} server kills: {duplicates} duplicate events (bodies sent again after a 503)"
+    );
+}
+
 /// The spool is on by default, in the state directory: a bridge with no
 /// `[spool]` section keeps what it acknowledged while its only sink was down
 /// through `kill -9`, and the next run delivers it.
