@@ -396,3 +396,76 @@ fn readiness_follows_whether_a_webhook_can_be_taken_durably() {
     server.restart();
     wait_until("ready again once the broker is back", || readyz().0 == 200);
 }
+
+/// What the notifier read is on disk before a crash can take it: with its
+/// only sink paused (SIGSTOP), so that everything read is held in memory,
+/// the bridge is killed (SIGKILL) and started again on its spool, and every
+/// notification it had read is in the stream, each room in order.
+#[test]
+fn a_killed_notifier_holder_delivers_what_it_had_read_after_a_restart() {
+    use crate::notifier::{notifier_config, scenario, simulate, TOKEN};
+    let seed = 61;
+    let port = free_port();
+    let _fishjam = simulate(
+        port,
+        &[
+            "--seed",
+            &seed.to_string(),
+            "--rate",
+            "200",
+            "--duration",
+            "600s",
+        ],
+        std::process::Stdio::null(),
+    );
+    let server = PrivateNats::start();
+    let spool = tempfile::tempdir().unwrap();
+    let stream = unique("FN");
+    let sink = format!(
+        "[[sinks]]\ntype = \"nats\"\nurl = \"{}\"\nmode = \"jetstream\"\n\
+         subject = \"{}.{{kind}}.{{key}}.{{type}}\"\ntimeout = \"2s\"\n\
+         [sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n",
+        server.url(),
+        unique("n")
+    );
+    let text = format!(
+        "{}\n[spool]\npath = \"{}\"\n",
+        notifier_config(port, TOKEN).replace(
+            "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
+            &sink
+        ),
+        spool.path().display()
+    );
+    let mut bridge = BridgeProcess::start(&text);
+    let read = |bridge: &BridgeProcess| {
+        bridge.metrics().sum(
+            "fishjam_bridge_events_received_total",
+            &[("source", "notifier")],
+        )
+    };
+    wait_until("notifications read", || read(&bridge) >= 100.0);
+    server.pause();
+    let before = read(&bridge);
+    wait_until("notifications read while the sink is paused", || {
+        read(&bridge) >= before + 100.0
+    });
+    let read_then = read(&bridge);
+    wait_until("what was read is written to the spool", || {
+        bridge.metrics().sum(
+            "fishjam_bridge_spool_bodies_total",
+            &[("op", "written"), ("source", "notifier")],
+        ) >= read_then
+    });
+    bridge.child.kill().unwrap();
+    bridge.child.wait().unwrap();
+    server.resume();
+    let bridge = BridgeProcess::start(&text);
+    wait_settled(&bridge);
+    let stored = crate::nats::stored(&server.url(), &stream);
+    let heard: Vec<&Value> = stored
+        .iter()
+        .filter(|event| event["source"] == "notifier")
+        .collect();
+    let sent = scenario(seed, read_then as usize);
+    assert_each_room_complete_in_order(&by_key(&sent), &by_key(heard));
+}

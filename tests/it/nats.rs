@@ -298,6 +298,16 @@ impl PrivateNats {
         self.stop();
         self.child = Self::spawn(self.port, self.dir.path());
     }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is
+    /// answered, until `resume` (SIGCONT).
+    pub fn pause(&self) {
+        succeed(Command::new("kill").args(["-STOP", &self.child.id().to_string()]));
+    }
+
+    pub fn resume(&self) {
+        succeed(Command::new("kill").args(["-CONT", &self.child.id().to_string()]));
+    }
 }
 
 impl Drop for PrivateNats {
