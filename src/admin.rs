@@ -224,7 +224,9 @@ fn all_pass(checks: &BTreeMap<String, Check>, spool_room: Option<bool>) -> bool 
 /// scrape shows the state at that moment, never the last value some task
 /// happened to write.
 #[derive(Clone, Default)]
-pub struct Refresh(Arc<Mutex<Vec<Box<dyn Fn() + Send + Sync>>>>);
+pub struct Refresh(Arc<Mutex<Vec<Update>>>);
+
+type Update = Box<dyn Fn() + Send + Sync>;
 
 impl Refresh {
     /// Runs `update` before every scrape from now on.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::core::event::{Event, Message, Source};
-use crate::fanout::{bursty_count, Fanout, Receipt, Refused, SubmitError};
+use crate::fanout::{bursty_count, Fanout, LogWrite, Receipt, Refused, SubmitError};
 use crate::spool::log::NewRecord;
 use crate::spool::{Durable, Spool, SpoolError, Ticket};
 
@@ -115,6 +115,9 @@ impl Admission {
         if let Err(reason) = self.fanout.fits(&messages) {
             return Err(back(messages, record, reason.into()));
         }
+        // What a replay of the whole body publishes (and the lag counts).
+        let mut record = record;
+        record.events = u32::try_from(messages.len()).unwrap_or(u32::MAX);
         let mut gate = spool.gate();
         let messages = if spool.is_engaged(&gate) {
             messages
@@ -180,8 +183,9 @@ impl Admission {
         // was dropped.
         let mut record = record;
         record.events = u32::try_from(messages.len()).unwrap_or(u32::MAX);
-        record.skips = self.fanout.observe_spooled(&messages);
-        match spool.append_reserved(&mut gate, room, record.clone()) {
+        let write = LogWrite::default();
+        record.skips = self.fanout.observe_spooled(&messages, &write);
+        match spool.append_reserved(&mut gate, room, record.clone(), write) {
             Ok(durable) => Ok(Accepted::Spooled(
                 durable,
                 Body {

@@ -20,19 +20,21 @@ use std::time::{Duration, Instant};
 use crate::core::event::{Event, Message, Source};
 use crate::telemetry;
 
-/// Keeps in `messages` only those the other source has not delivered yet,
-/// recording them as carried by `carrier`; returns what carries the first
-/// copies of those dropped.
+/// Keeps in `messages` only those the other source has not delivered yet
+/// (or whose first copy `lost` says is gone), recording them as carried by
+/// `carrier`; returns what carries the first copies of those dropped.
 pub fn retain_new<T: Clone>(
     dedup: &mut Deduplicator<T>,
     messages: &mut Vec<Message>,
     carrier: &T,
+    lost: impl Fn(&T) -> bool,
 ) -> Vec<T> {
     let now = Instant::now();
     let mut originals = Vec::new();
     messages.retain(
         |message| match dedup.duplicate_of(&message.event, now, carrier) {
             None => true,
+            Some(original) if lost(&original) => true,
             Some(original) => {
                 originals.push(original);
                 false

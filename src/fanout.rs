@@ -53,6 +53,13 @@ struct Completion {
     /// For a webhook body: the bodies that carried the first copies of the
     /// events deduplication dropped from it. Its answer waits for them too.
     after: std::sync::OnceLock<Box<[Receipt]>>,
+    /// Called with a sink's index once that sink acknowledged every part
+    /// of the body it was given (a copy in the spool moves that sink's
+    /// cursor so, whether or not a replay is still reading). A lock, not
+    /// a `OnceLock`: it orders the hook's setting against the parts'
+    /// counts, so that either the setter or the last acknowledgement sees
+    /// the other.
+    sink_done: Mutex<Option<SinkDone>>,
     source: Source,
     received: Instant,
     on_acknowledged: Mutex<Option<OnAcknowledged>>,
@@ -60,6 +67,9 @@ struct Completion {
 
 /// Sinks whose parts a completion counts without allocating.
 const INLINE: usize = 4;
+
+/// What runs when one sink is done with a body (`Receipt::on_sink_done`).
+pub type SinkDone = Arc<dyn Fn(usize) + Send + Sync>;
 
 const LOGGED: u8 = 1;
 const DURABLE: u8 = 2;
@@ -85,6 +95,10 @@ impl Completion {
     fn acknowledge_part(&self, sink: usize) {
         if self.parts_of(sink).fetch_sub(1, Ordering::AcqRel) == 1 {
             self.changed.notify_waiters();
+            let hook = self.sink_done.lock().expect("never poisoned").clone();
+            if let Some(hook) = hook {
+                hook(sink);
+            }
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             telemetry::acknowledged(self.source, self.received.elapsed());
@@ -197,10 +211,37 @@ impl Receipt {
     }
 
     /// Waits until sink `sink` acknowledged every event of the submission
-    /// it takes.
-    pub fn acknowledged_by(&self, sink: usize) -> impl std::future::Future<Output = ()> + '_ {
-        self.0
-            .until(move |c| c.parts_of(sink).load(Ordering::Acquire) == 0)
+    /// it takes, and the first copies of those deduplication dropped from
+    /// it are safe with that sink too: acknowledged by it, or on disk (ahead
+    /// of this body in the log).
+    pub async fn acknowledged_by(&self, sink: usize) {
+        let done = move |c: &Completion| c.parts_of(sink).load(Ordering::Acquire) == 0;
+        self.0.until(done).await;
+        for original in self.originals() {
+            let safe = move |c: &Completion| done(c) || c.logged.load(Ordering::Acquire) == DURABLE;
+            original.0.until(safe).await;
+        }
+    }
+
+    /// Runs `hook` with each sink's index (of `sinks`) once that sink
+    /// acknowledged its parts of the body: at once for a sink that is done
+    /// already; possibly twice for one that finishes meanwhile. Only for a
+    /// body without first copies elsewhere (`after`), whose sinks are done
+    /// with it when they acknowledged its own parts.
+    pub fn on_sink_done(&self, hook: SinkDone, sinks: usize) {
+        debug_assert!(self.originals().is_empty());
+        *self.0.sink_done.lock().expect("never poisoned") = Some(hook.clone());
+        for sink in 0..sinks {
+            if self.0.parts_of(sink).load(Ordering::Acquire) == 0 {
+                hook(sink);
+            }
+        }
+    }
+
+    /// Whether the body's own events are all it stands for (no events
+    /// dropped as copies of a body that is not yet safe).
+    pub fn has_no_originals(&self) -> bool {
+        self.originals().is_empty()
     }
 
     /// Waits until `is_acknowledged` holds.
@@ -242,12 +283,36 @@ impl Receipt {
 /// a notification, dropped, stands for.
 #[derive(Debug, Clone)]
 pub enum Carrier {
-    /// A body appended to the spool, or one whose source waits for no
-    /// answer that depends on it.
-    Logged,
+    /// A body appended to the spool (ahead of every later append), unless
+    /// its write failed.
+    Logged(LogWrite),
     /// A body in fan-out: safe once acknowledged, or once its copy in the
     /// spool is durable.
     Body(Receipt),
+}
+
+impl Carrier {
+    /// Whether the first copy is gone: a body whose write to the spool
+    /// failed (its source was answered 503, or waits to offer it again).
+    /// A copy of it is then no duplicate.
+    fn is_lost(&self) -> bool {
+        matches!(self, Carrier::Logged(write) if write.has_failed())
+    }
+}
+
+/// Whether a body sent to the spool's writer was written; the writer says
+/// when it was not.
+#[derive(Debug, Clone, Default)]
+pub struct LogWrite(Arc<std::sync::atomic::AtomicBool>);
+
+impl LogWrite {
+    pub fn failed(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -585,17 +650,18 @@ impl Fanout {
     /// already delivered (the replay leaves them out) and counts the rest
     /// in the room activity. Called under the spool's gate, which keeps the
     /// order that dispatch's lock keeps for the others.
-    pub fn observe_spooled(&self, messages: &[Message]) -> Box<[u32]> {
+    pub fn observe_spooled(&self, messages: &[Message], write: &LogWrite) -> Box<[u32]> {
         let mut skips = Vec::new();
         if let Some(dedup) = &self.dedup {
             let mut dedup = dedup.lock().expect("the deduplicator never panics");
             let now = Instant::now();
+            let carrier = Carrier::Logged(write.clone());
             for (i, message) in messages.iter().enumerate() {
                 // Left out of the replay only where the first copy outlives
                 // a crash: logged ahead of this body, or acknowledged.
-                let skip = match dedup.duplicate_of(&message.event, now, &Carrier::Logged) {
+                let skip = match dedup.duplicate_of(&message.event, now, &carrier) {
                     None => false,
-                    Some(Carrier::Logged) => true,
+                    Some(Carrier::Logged(first)) => !first.has_failed(),
                     Some(Carrier::Body(first)) => first.0.is_complete() || first.is_logged(),
                 };
                 if skip {
@@ -872,6 +938,7 @@ impl Fanout {
             changed: Notify::new(),
             logged: AtomicU8::new(0),
             after: std::sync::OnceLock::new(),
+            sink_done: Mutex::new(None),
             source,
             received,
             on_acknowledged: Mutex::new(on_acknowledged),
@@ -882,7 +949,7 @@ impl Fanout {
         };
         if let Some(dedup) = dedup.as_mut() {
             let carrier = Carrier::Body(Receipt(completion.clone()));
-            let originals = dedup::retain_new(dedup, &mut messages, &carrier);
+            let originals = dedup::retain_new(dedup, &mut messages, &carrier, Carrier::is_lost);
             // A webhook's answer says its events are safe: those dropped
             // are safe only once their first copies are.
             let after: Box<[Receipt]> = originals

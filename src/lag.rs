@@ -29,6 +29,10 @@ pub struct Lag {
     sinks: Arc<[Arc<str>]>,
     in_flight: InFlight,
     spool: Option<Arc<Spool>>,
+    /// Held while the gauges are read and set: the second-by-second export
+    /// and a scrape's must not interleave, or the older reading could be
+    /// the one set last.
+    exporting: Arc<std::sync::Mutex<()>>,
 }
 
 impl Lag {
@@ -38,6 +42,7 @@ impl Lag {
             sinks: sinks.into(),
             in_flight,
             spool,
+            exporting: Arc::default(),
         }
     }
 
@@ -87,6 +92,7 @@ impl Lag {
 
     /// Sets the lag metrics, and the events in flight, to what they are now.
     pub fn export(&self) {
+        let _exporting = self.exporting.lock().expect("never poisoned");
         self.in_flight.report();
         for (name, lag) in self.measure() {
             telemetry::sink_lag(&name, lag.events, lag.bytes, lag.seconds, lag.cursor);

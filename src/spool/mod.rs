@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::event::{Message, Source};
 use crate::core::normalize::{normalize_body, Origin};
-use crate::fanout::{Fanout, InFlight, Receipt};
+use crate::fanout::{Fanout, InFlight, LogWrite, Receipt};
 use crate::telemetry;
 use log::{Entry, Held, NewRecord, Next, Position, SegmentReader};
 
@@ -57,7 +57,7 @@ pub struct Options {
 }
 
 /// Why a body could not be spooled.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpoolError {
     #[error("the spool is full (spool.max_bytes)")]
     Full,
@@ -74,21 +74,74 @@ enum Command {
 
 /// Who learns that an append is on disk, or failed.
 enum Done {
-    /// The source that waits to answer.
-    Answer(oneshot::Sender<Result<(), SpoolError>>),
-    /// The receipt of a body fan-out holds, whose copy this is.
+    /// A spooled body's source, waiting to answer; what deduplication
+    /// recorded the body as, to be told if the write fails.
+    Answer(oneshot::Sender<Result<(), SpoolError>>, Option<LogWrite>),
+    /// A webhook body fan-out holds, appended when the spool engaged (or
+    /// ahead of a copy): its source waits to answer from disk.
+    Held(oneshot::Sender<Result<(), SpoolError>>, Receipt),
+    /// A copy of a body fan-out holds, from a source that waits for no
+    /// answer.
     Copy(Receipt),
 }
 
 impl Done {
-    fn send(self, written: Result<(), SpoolError>) {
-        match (self, written) {
-            (Done::Answer(answer), written) => {
-                let _ = answer.send(written);
+    /// The body is on disk as `seq`: a body fan-out holds moves each sink's
+    /// cursor as soon as that sink acknowledged it, whether or not its
+    /// replay still runs (at shutdown the replays stop before the lanes
+    /// have drained).
+    fn written(self, spool: &Arc<Spool>, seq: u64) {
+        let receipt = match self {
+            Done::Answer(answer, _) => {
+                let _ = answer.send(Ok(()));
+                return;
             }
-            (Done::Copy(receipt), Ok(())) => receipt.durable(),
-            (Done::Copy(receipt), Err(_)) => receipt.not_logged(),
+            Done::Held(answer, receipt) => {
+                let _ = answer.send(Ok(()));
+                receipt
+            }
+            Done::Copy(receipt) => {
+                receipt.durable();
+                receipt
+            }
+        };
+        if receipt.has_no_originals() {
+            let spool = Arc::downgrade(spool);
+            let sinks = spool.upgrade().map_or(0, |s| s.sinks.len());
+            receipt.on_sink_done(
+                Arc::new(move |sink| {
+                    if let Some(spool) = spool.upgrade() {
+                        spool.acknowledged(sink, seq);
+                    }
+                }),
+                sinks,
+            );
         }
+    }
+
+    /// The body is not on disk: what relied on it being there must not.
+    fn failed(self, spool: &Spool, seed: u64, error: &SpoolError) {
+        match self {
+            Done::Answer(answer, write) => {
+                if let Some(write) = write {
+                    write.failed();
+                }
+                let _ = answer.send(Err(error.clone()));
+            }
+            Done::Held(answer, receipt) => {
+                receipt.not_logged();
+                spool.copies.lock().expect("never poisoned").remove(&seed);
+                let _ = answer.send(Err(error.clone()));
+            }
+            Done::Copy(receipt) => {
+                receipt.not_logged();
+                spool.copies.lock().expect("never poisoned").remove(&seed);
+            }
+        }
+    }
+
+    fn is_copy(&self) -> bool {
+        matches!(self, Done::Copy(_))
     }
 }
 
@@ -251,6 +304,8 @@ pub struct Spool {
     /// id seed: a replayer waits for its sink to acknowledge the body it
     /// already has instead of sending a copy.
     copies: Mutex<HashMap<u64, Copy>>,
+    /// Bytes of copies sent to the writer and not yet written.
+    copies_unwritten: AtomicU64,
     progress: Mutex<Progress>,
     /// Where the replayers start: the first segment left after recovery.
     first_segment: u64,
@@ -269,6 +324,11 @@ impl std::fmt::Debug for Spool {
         f.debug_struct("Spool").field("dir", &self.dir).finish()
     }
 }
+
+/// The most bytes of copies (`Spool::log_copy`) that wait in memory for
+/// the writer: a disk that stalls must not make memory grow to the spool's
+/// size.
+const COPY_BACKLOG: u64 = 16 << 20;
 
 /// Resolves once a spooled body is on disk.
 pub type Durable = oneshot::Receiver<Result<(), SpoolError>>;
@@ -370,6 +430,7 @@ impl Spool {
             engaged: watch::Sender::new(engaged),
             sinks: sinks.to_vec(),
             copies: Mutex::default(),
+            copies_unwritten: AtomicU64::new(0),
             progress: Mutex::new(progress),
             first_segment: recovered.segments.first().map_or(0, |s| s.id),
             first_of_this_run: recovered.next_seq,
@@ -427,6 +488,14 @@ impl Spool {
                 "spool engaged: bodies are kept on disk until the sinks catch up"
             );
         }
+        self.append_held(gate);
+    }
+
+    /// Appends the webhook bodies fan-out holds for their answer that the
+    /// sinks have not all acknowledged, in the order they arrived, to be
+    /// answered from disk; before anything else goes to the log, so that
+    /// nothing later of their rooms is ahead of them there.
+    fn append_held(&self, gate: &mut Gate) {
         let ids: Vec<u64> = gate
             .waiting
             .iter()
@@ -438,26 +507,29 @@ impl Spool {
                 let waiting = &gate.waiting[&id];
                 (waiting.record.clone(), waiting.receipt.clone())
             };
-            // Known before a replayer can read it.
             let seed = record.id_seed;
-            let readers = self.sinks.len();
-            let copy = Copy { receipt, readers };
-            self.copies
-                .lock()
-                .expect("never poisoned")
-                .insert(seed, copy);
-            match self.append(gate, record) {
+            let appended = self
+                .reserve(gate, record.entry_len(), record.source)
+                .and_then(|room| {
+                    // Known before a replayer can read it.
+                    self.remember_copy(seed, &receipt);
+                    receipt.logged();
+                    let (done, durable) = oneshot::channel();
+                    self.send_append(gate, room, record, Done::Held(done, receipt.clone()))?;
+                    Ok(durable)
+                });
+            match appended {
                 Ok(durable) => {
                     if let Some(waiting) = gate.waiting.get_mut(&id) {
                         waiting.settled = true;
                         waiting.spooled = Some(durable);
-                        waiting.receipt.logged();
                     }
                 }
                 // Full: it and every body held after it wait for the sinks,
                 // as without a spool, from now on.
                 Err(_) => {
                     self.copies.lock().expect("never poisoned").remove(&seed);
+                    receipt.not_logged();
                     for (_, waiting) in gate.waiting.range_mut(id..) {
                         waiting.settled = true;
                     }
@@ -501,7 +573,9 @@ impl Spool {
     /// Sends `record` to the log; the answer says when it is on disk.
     pub fn append(&self, gate: &mut Gate, record: NewRecord) -> Result<Durable, SpoolError> {
         let room = self.reserve(gate, record.entry_len(), record.source)?;
-        self.append_reserved(gate, room, record)
+        let (done, durable) = oneshot::channel();
+        self.send_append(gate, room, record, Done::Answer(done, None))?;
+        Ok(durable)
     }
 
     /// Takes `bytes` of the spool's room for a body of `source` about to be
@@ -523,15 +597,16 @@ impl Spool {
     }
 
     /// Sends `record` to the log in `room` reserved for it (at least its
-    /// length; the rest goes back).
+    /// length; the rest goes back); `write` is told if the write fails.
     pub fn append_reserved(
         &self,
         gate: &mut Gate,
         room: Room,
         record: NewRecord,
+        write: LogWrite,
     ) -> Result<Durable, SpoolError> {
         let (done, durable) = oneshot::channel();
-        self.send_append(gate, room, record, Done::Answer(done))?;
+        self.send_append(gate, room, record, Done::Answer(done, Some(write)))?;
         Ok(durable)
     }
 
@@ -560,15 +635,43 @@ impl Spool {
     /// `receipt` from a source that waits for no answer (the notifier, the
     /// reconciliation), so that a crash does not lose what it had read:
     /// the replays wait for their sinks to acknowledge the body instead of
-    /// sending it again, and after a crash each replays it from its
-    /// cursor. The receipt says when the copy is durable. With the spool
-    /// full, the body stays in memory alone, as without a spool.
+    /// sending it again, each sink's cursor moves once it has it, and after
+    /// a crash each replays it from its cursor. The receipt says when the
+    /// copy is durable. The webhook bodies held for their answer go first,
+    /// so that the log keeps each room's order. Copies take at most half of
+    /// the spool (a sink stuck on one must not leave no room for the bodies
+    /// that need the spool) and wait in memory for the writer only so much
+    /// (`COPY_BACKLOG`); past either, the body stays in memory alone, as
+    /// without a spool.
     pub fn log_copy(&self, gate: &mut Gate, record: NewRecord, receipt: &Receipt) {
-        let Ok(room) = self.reserve(gate, record.entry_len(), record.source) else {
+        let len = record.entry_len();
+        let unwritten = self.copies_unwritten.load(Ordering::Acquire);
+        if self.bytes.load(Ordering::Acquire) + len > self.max_bytes / 2
+            || unwritten + len > COPY_BACKLOG
+        {
+            telemetry::spool_copy_skipped(record.source);
+            return;
+        }
+        self.append_held(gate);
+        let Ok(room) = self.reserve(gate, len, record.source) else {
             return;
         };
         // Known before a replayer can read it.
         let seed = record.id_seed;
+        self.remember_copy(seed, receipt);
+        receipt.logged();
+        self.copies_unwritten.fetch_add(len, Ordering::AcqRel);
+        if self
+            .send_append(gate, room, record, Done::Copy(receipt.clone()))
+            .is_err()
+        {
+            self.copies_unwritten.fetch_sub(len, Ordering::AcqRel);
+            self.copies.lock().expect("never poisoned").remove(&seed);
+            receipt.not_logged();
+        }
+    }
+
+    fn remember_copy(&self, seed: u64, receipt: &Receipt) {
         let copy = Copy {
             receipt: receipt.clone(),
             readers: self.sinks.len(),
@@ -577,14 +680,6 @@ impl Spool {
             .lock()
             .expect("never poisoned")
             .insert(seed, copy);
-        receipt.logged();
-        if self
-            .send_append(gate, room, record, Done::Copy(receipt.clone()))
-            .is_err()
-        {
-            self.copies.lock().expect("never poisoned").remove(&seed);
-            receipt.not_logged();
-        }
     }
 
     /// Waits until the log may have room again (or a second has passed).
@@ -659,10 +754,93 @@ impl Spool {
     }
 }
 
+/// Writes one batch of appends and tells each body's side how it went;
+/// returns the bytes written. After a failure it also fails every append
+/// already queued behind the batch, under the gate: those were decided
+/// (what deduplication left out of them) while the failed bodies counted
+/// as on their way to disk. The other commands it took off the queue
+/// meanwhile are returned.
+fn write_batch(
+    writer: &mut log::Writer,
+    records: &mut Vec<NewRecord>,
+    answers: &mut Vec<Done>,
+    spool: &Arc<Spool>,
+    durable: &watch::Sender<Position>,
+    commands: &std::sync::mpsc::Receiver<Command>,
+) -> (u64, Vec<Command>) {
+    let started = Instant::now();
+    let batch: u64 = records.iter().map(NewRecord::entry_len).sum();
+    let copies: u64 = (records.iter().zip(answers.iter()))
+        .filter(|(_, done)| done.is_copy())
+        .map(|(record, _)| record.entry_len())
+        .sum();
+    spool.copies_unwritten.fetch_sub(copies, Ordering::AcqRel);
+    let first_seq = writer.next_seq();
+    let error = match writer.append(records) {
+        Ok(()) => {
+            {
+                let mut progress = spool.progress.lock().expect("never poisoned");
+                for (seq, record) in (first_seq..).zip(records.iter()) {
+                    progress.push(Held {
+                        seq,
+                        events: record.events,
+                        bytes: record.entry_len(),
+                        received_at: record.received_at,
+                    });
+                }
+            }
+            telemetry::spool_synced(started.elapsed());
+            for record in records.iter() {
+                telemetry::spool_written(record.source);
+            }
+            durable.send_replace(writer.position());
+            for (seq, done) in (first_seq..).zip(answers.drain(..)) {
+                done.written(spool, seq);
+            }
+            records.clear();
+            return (batch, Vec::new());
+        }
+        Err(error) => SpoolError::Io(error.to_string()),
+    };
+    tracing::error!(error = %error, bodies = records.len(), "spool: append failed; the bodies are refused");
+    let mut gate = spool.gate();
+    let mut others = Vec::new();
+    let queued =
+        std::iter::from_fn(|| commands.try_recv().ok()).filter_map(|command| match command {
+            Command::Append(record, done) => Some((record, done)),
+            other => {
+                others.push(other);
+                None
+            }
+        });
+    let in_batch = records.len();
+    let failed: Vec<_> = records
+        .drain(..)
+        .zip(answers.drain(..))
+        .chain(queued)
+        .collect();
+    for (index, (record, done)) in failed.into_iter().enumerate() {
+        spool.bytes.fetch_sub(record.entry_len(), Ordering::AcqRel);
+        // The batch's copies were counted out before the write.
+        if done.is_copy() && index >= in_batch {
+            spool
+                .copies_unwritten
+                .fetch_sub(record.entry_len(), Ordering::AcqRel);
+        }
+        for outstanding in &mut gate.outstanding {
+            *outstanding -= 1;
+        }
+        telemetry::spool_failed(record.source);
+        done.failed(spool, record.id_seed, &error);
+    }
+    drop(gate);
+    (0, others)
+}
+
 fn run_writer(
     mut writer: log::Writer,
     commands: std::sync::mpsc::Receiver<Command>,
-    spool: &Spool,
+    spool: &Arc<Spool>,
     durable: watch::Sender<Position>,
 ) {
     let mut records = Vec::new();
@@ -691,55 +869,23 @@ fn run_writer(
         let before = writer.bytes();
         let mut reserved = 0;
         if !records.is_empty() {
-            let started = Instant::now();
-            let batch: u64 = records.iter().map(NewRecord::entry_len).sum();
-            let first_seq = writer.next_seq();
-            match writer.append(&records) {
-                Ok(()) => {
-                    reserved = batch;
-                    {
-                        let mut progress = spool.progress.lock().expect("never poisoned");
-                        for (seq, record) in (first_seq..).zip(&records) {
-                            progress.push(Held {
-                                seq,
-                                events: record.events,
-                                bytes: record.entry_len(),
-                                received_at: record.received_at,
-                            });
-                        }
-                    }
-                    telemetry::spool_synced(started.elapsed());
-                    for record in &records {
-                        telemetry::spool_written(record.source);
-                    }
-                    durable.send_replace(writer.position());
-                    for done in answers.drain(..) {
-                        done.send(Ok(()));
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, bodies = records.len(), "spool: append failed; the bodies are refused");
-                    spool.bytes.fetch_sub(batch, Ordering::AcqRel);
-                    for outstanding in &mut spool.gate().outstanding {
-                        *outstanding -= records.len() as u64;
-                    }
-                    for record in &records {
-                        telemetry::spool_failed(record.source);
-                    }
-                    for (done, record) in answers.drain(..).zip(&records) {
-                        if let Done::Copy(_) = done {
-                            // Never to be read: the replays need not wait.
-                            spool
-                                .copies
-                                .lock()
-                                .expect("never poisoned")
-                                .remove(&record.id_seed);
-                        }
-                        done.send(Err(SpoolError::Io(error.to_string())));
-                    }
+            let (written, taken) = write_batch(
+                &mut writer,
+                &mut records,
+                &mut answers,
+                spool,
+                &durable,
+                &commands,
+            );
+            reserved = written;
+            for command in taken {
+                match command {
+                    Command::Cursor(sink, seq) => cursors[sink] = Some(seq),
+                    Command::Watermark(seq) => watermark = Some(seq),
+                    Command::Close(done) => close = Some(done),
+                    Command::Append(..) => unreachable!("write_batch fails every queued append"),
                 }
             }
-            records.clear();
         }
         for (sink, seq) in cursors.iter_mut().enumerate() {
             if let Some(seq) = seq.take() {
@@ -799,7 +945,10 @@ pub async fn replay(
     let mut segment = spool.first_segment;
     // The open segment and, once it is closed, its length.
     let mut reader: Option<(SegmentReader, Option<u64>)> = None;
-    let mut expected = spool.progress.lock().expect("never poisoned").cursors[sink].next;
+    // Where this run's replay starts: the cursor at open. The cursor itself
+    // may have moved on since, over copies the sink acknowledged from
+    // fan-out; those are still read here, to count them submitted.
+    let mut expected = spool.progress.lock().expect("never poisoned").cursors[sink].submitted;
     let replay = Replay {
         spool: &spool,
         sink,
