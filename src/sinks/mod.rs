@@ -164,13 +164,13 @@ pub trait Publish: Send + Sync {
     fn publish(&self, batch: &[&Message]) -> impl Future<Output = Result<(), PublishError>> + Send;
 
     /// Whether a failed batch leaves stored at most a run from its start.
-    /// True where messages go in order over one stream (core NATS, files)
-    /// or the broker stores a partition only in sequence (Kafka's
-    /// idempotent producer). Where the broker answers each message on its
-    /// own (JetStream, RabbitMQ), a later message of a room can be stored
-    /// while an earlier one failed, and a retry would store the earlier one
-    /// after it: the lane then never has two messages of one room
-    /// unacknowledged at once.
+    /// True where messages go in order over one stream (core NATS, files).
+    /// Where the broker answers each message on its own (JetStream,
+    /// RabbitMQ) or the client may drop an earlier one and send later ones
+    /// (Kafka, whose producer skips a record that timed out in its queue),
+    /// a later message of a room can be stored while an earlier one failed,
+    /// and a retry would store the earlier one after it: the lane then never
+    /// has two messages of one room unacknowledged at once.
     fn stores_prefixes(&self) -> bool {
         false
     }
@@ -466,9 +466,12 @@ impl Publish for Sink {
 
     fn stores_prefixes(&self) -> bool {
         match self {
-            Sink::Stdout(_) | Sink::Kafka(_) => true,
+            Sink::Stdout(_) => true,
             Sink::Nats(s) => s.is_core(),
-            Sink::Amqp(_) => false,
+            // librdkafka fails a record that timed out in its queue and
+            // still sends the later ones of its partition (it skips the gap
+            // with a new epoch), so a retry would store it after them.
+            Sink::Amqp(_) | Sink::Kafka(_) => false,
         }
     }
 

@@ -491,6 +491,17 @@ impl NatsSink {
             if let Some(error) = self.first_denied(jobs, &denied) {
                 return Err(error);
             }
+            if !denied.is_empty() {
+                // The server names a subject no message here renders to
+                // (it quotes some characters its own way): which message it
+                // refused is not known, so none counts as published.
+                return Err(PublishError {
+                    acknowledged: 0,
+                    error: SinkError::publish(format!(
+                        "the server refused a message for a permission on {denied:?}"
+                    )),
+                });
+            }
         }
         refused.map_or(Ok(()), Err)
     }
