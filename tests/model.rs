@@ -9,11 +9,14 @@
 //!   every sink whose route takes its events. A duplicate counts as
 //!   delivered when the other source's copy was; a dead letter counts as
 //!   delivered elsewhere.
-//! - `order`: per room and sink, events first appear in the order they were
-//!   admitted.
+//! - `order`: per room and sink, notifications first appear in the order
+//!   they were admitted (a notification both sources carried, by a copy of
+//!   it that reached the sink).
 //! - `bound`: a sink never holds more than its bound, counted by fan-out's
 //!   `InFlight` and, from the sink's side, by what it is still publishing.
-//! - `refused`: no webhook is answered 503 while the spool has room for it.
+//! - `refused`: no webhook is answered 503 while the spool has room for it
+//!   (and for the webhooks held before it that the sinks have not
+//!   acknowledged, which must be in the log first).
 //! - `twice`: within one run, fan-out and the replays hand an event to a
 //!   sink once (a retry is the lane's business, and a crash starts over).
 //! - `stuck`: after recovery, with every sink healthy, everything drains.
@@ -83,7 +86,7 @@ use uuid::Uuid;
 /// How long a failing publish takes, in virtual time.
 const FAIL_LATENCY: Duration = Duration::from_millis(5);
 /// Yields that let every task woken by a step run before the checks.
-const SETTLE_ROUNDS: usize = 16;
+const SETTLE_ROUNDS: usize = 8;
 /// Rounds of 100 ms the recovery may take before it counts as stuck.
 const RECOVERY_ROUNDS: usize = 300;
 /// Violations kept per schedule: the first ones tell the story.
@@ -276,10 +279,11 @@ impl Plan {
             })
             .collect();
         let capacity = rng.random_range(2..=8);
-        let spool_bytes = if avoid.full_spool {
-            1 << 24
-        } else {
-            rng.random_range(400..=3000)
+        // Half the spools hold a few bodies besides their segments' heads.
+        let spool_bytes = match (avoid.full_spool, rng.random_bool(0.5)) {
+            (true, _) => 1 << 24,
+            (false, true) => rng.random_range(250..=700),
+            (false, false) => rng.random_range(700..=4000),
         };
         let engage_after = Duration::from_millis(rng.random_range(20..=200));
         Plan {
@@ -289,7 +293,7 @@ impl Plan {
             max_batch: rng.random_range(1..=4),
             max_body: rng.random_range(1..=capacity.min(4)),
             spool_bytes,
-            segment_bytes: rng.random_range(128..=(spool_bytes / 3).clamp(128, 1024)),
+            segment_bytes: rng.random_range(64..=(spool_bytes / 3).clamp(64, 1024)),
             dedup: (!avoid.dedup && rng.random_bool(0.4)).then(|| rng.random_range(4..=64)),
             engage_after,
             ack_timeout: engage_after + Duration::from_millis(rng.random_range(100..=2000)),
@@ -556,6 +560,9 @@ enum Answer {
 struct Webhook {
     notes: Vec<Note>,
     answer: Answer,
+    /// While in fan-out and unanswered: the spool's room it needs, and
+    /// its receipt.
+    held: Option<(u64, Receipt)>,
 }
 
 /// Counts for the closing figures.
@@ -609,6 +616,9 @@ impl Figures {
 struct Ledger {
     arrivals: HashMap<Uuid, Arrival>,
     next_arrival: u64,
+    /// Order violations reported, as (sink, nonce), so that each is
+    /// reported once.
+    out_of_order: HashSet<(usize, u32)>,
     webhooks: Vec<Webhook>,
     sink_names: Vec<String>,
     /// Per sink: the events fan-out and the replays handed it in this run.
@@ -616,6 +626,8 @@ struct Ledger {
     violations: Vec<Violation>,
     log: Vec<String>,
     figures: Figures,
+    /// Publishes a sink refused for good: each makes a dead letter.
+    refusals: u64,
     epoch: Option<tokio::time::Instant>,
 }
 
@@ -647,6 +659,12 @@ impl Ledger {
             self.next_arrival += 1;
             self.arrivals.insert(*id, Arrival { note: *note, at });
         }
+    }
+
+    /// The notification each of `ids` carries, by nonce.
+    fn nonces(&self, ids: &[Uuid]) -> Vec<u32> {
+        let nonce = |id| self.arrivals.get(id).map_or(u32::MAX, |a| a.note.nonce);
+        ids.iter().map(nonce).collect()
     }
 
     /// The notifications `ids` carry, as `n3 n4`.
@@ -688,6 +706,25 @@ impl Ledger {
         *self.figures.answered.entry(key).or_default() += 1;
         self.note(format!("webhook #{webhook} answered {label}"));
         self.webhooks[webhook].answer = answer;
+        self.webhooks[webhook].held = None;
+    }
+
+    /// The spool's room that the webhooks held before `webhook`, which the
+    /// sinks have not all acknowledged, need: a held body goes to the log
+    /// only behind those (else a crash could replay it before them).
+    fn room_held_before(&self, webhook: usize) -> u64 {
+        let held = self.webhooks[..webhook]
+            .iter()
+            .filter_map(|w| w.held.as_ref());
+        let unacknowledged = held.filter(|(_, receipt)| !receipt.is_acknowledged());
+        unacknowledged.map(|(room, _)| room).sum()
+    }
+
+    /// A crash: no webhook is held any more.
+    fn forget_held(&mut self) {
+        for webhook in &mut self.webhooks {
+            webhook.held = None;
+        }
     }
 }
 
@@ -775,22 +812,24 @@ struct SinkState {
     stored: HashSet<Uuid>,
     /// Notifications that have appeared, by nonce.
     appeared: HashSet<u32>,
-    /// Per room, the latest admission (and its nonce) among the first
-    /// appearances so far.
-    latest: HashMap<u8, (u64, u32)>,
+    /// Event ids in the order they were first stored.
+    sequence: Vec<Uuid>,
     /// Events handed to `publish` and not yet reported safe (or refused).
     publishing: HashSet<Uuid>,
     /// Calls per first event, for the fault of the next one.
     attempts: HashMap<Uuid, u32>,
-    /// Events it refused for good.
-    rejected: HashSet<Uuid>,
+    /// Notifications it refused for good, by nonce: a broker refuses the
+    /// content, whichever copy carries it.
+    rejected: HashSet<u32>,
     stalled: usize,
 }
 
 impl SinkState {
-    /// Where the first event of `ids` that this sink refused for good is.
-    fn refused(&self, ids: &[Uuid]) -> Option<usize> {
-        ids.iter().position(|id| self.rejected.contains(id))
+    /// Where the first of `nonces` that this sink refused for good is.
+    fn refused(&self, nonces: &[u32]) -> Option<usize> {
+        nonces
+            .iter()
+            .position(|nonce| self.rejected.contains(nonce))
     }
 }
 
@@ -819,7 +858,7 @@ impl FakeSink {
                 profile: Profile::Healthy,
                 stored: HashSet::new(),
                 appeared: HashSet::new(),
-                latest: HashMap::new(),
+                sequence: Vec::new(),
                 publishing: HashSet::new(),
                 attempts: HashMap::new(),
                 rejected: HashSet::new(),
@@ -852,7 +891,7 @@ impl FakeSink {
         lock(&self.state).publishing.clear();
     }
 
-    fn begin(&self, ids: &[Uuid]) -> Fault {
+    fn begin(&self, ids: &[Uuid], nonces: &[u32]) -> Fault {
         let mut state = lock(&self.state);
         state.publishing.extend(ids);
         let attempt = state.attempts.entry(ids[0]).or_default();
@@ -863,55 +902,88 @@ impl FakeSink {
         let fault = match Fault::choose(state.profile, draw, ids.len(), self.lost_ack) {
             // A refusal for good is the message's: refused again, whatever
             // else the broker would do.
-            _ if state.refused(ids).is_some() => Fault::Reject(state.refused(ids).unwrap_or(0)),
-            // A message it holds is acknowledged again (a duplicate).
-            Fault::Reject(at) if state.stored.contains(&ids[at]) => Fault::FailAfter(at),
+            _ if state.refused(nonces).is_some() => {
+                Fault::Reject(state.refused(nonces).unwrap_or(0))
+            }
+            // What it holds it does not refuse.
+            Fault::Reject(at) if state.appeared.contains(&nonces[at]) => Fault::FailAfter(at),
             fault => fault,
         };
         if let Fault::Reject(at) = fault {
-            state.rejected.insert(ids[at]);
+            state.rejected.insert(nonces[at]);
         }
+        let refused = matches!(fault, Fault::Reject(_));
         state.stalled += usize::from(fault == Fault::Stall);
         drop(state);
         let mut ledger = lock(&self.ledger);
         ledger.fault(fault.name());
+        ledger.refusals += u64::from(refused);
         let batch = ledger.describe_ids(ids);
         ledger.note(format!("{} publish [{batch}]: {fault:?}", self.name));
         fault
     }
 
     fn store(&self, ids: &[Uuid]) {
+        let nonces = {
+            let mut ledger = lock(&self.ledger);
+            let nonces = ledger.nonces(ids);
+            if nonces.contains(&u32::MAX) {
+                let message = format!("sink {} stored an event never admitted", self.name);
+                ledger.violate(Kind::Harness, message);
+            }
+            nonces
+        };
         let mut state = lock(&self.state);
-        let mut ledger = lock(&self.ledger);
-        for id in ids {
-            if !state.stored.insert(*id) {
-                continue;
-            }
-            let Some(arrival) = ledger.arrivals.get(id).copied() else {
-                ledger.violate(
-                    Kind::Harness,
-                    format!("sink {} stored unknown {id}", self.name),
-                );
-                continue;
-            };
-            let note = arrival.note;
-            if !state.appeared.insert(note.nonce) {
-                continue;
-            }
-            let latest = state
-                .latest
-                .entry(note.room)
-                .or_insert((arrival.at, note.nonce));
-            if latest.0 > arrival.at {
-                let message = format!(
-                    "sink {}, room r{}: n{} (admitted #{}) first appeared after n{} (admitted #{})",
-                    self.name, note.room, note.nonce, arrival.at, latest.1, latest.0
-                );
-                ledger.violate(Kind::Order, message);
-            } else {
-                *latest = (arrival.at, note.nonce);
+        for (id, nonce) in ids.iter().zip(nonces) {
+            if state.stored.insert(*id) {
+                state.sequence.push(*id);
+                state.appeared.insert(nonce);
             }
         }
+    }
+
+    /// Where the notifications of each room first appeared out of the
+    /// order they were admitted in: (nonce, what it should have preceded).
+    ///
+    /// A notification both sources carried was admitted twice; it is in
+    /// order if one of its copies that reached this sink was admitted after
+    /// the notifications that appeared before it (the other copy may have
+    /// been lost in a crash, or dropped as a duplicate of this one). So
+    /// each first appearance takes the earliest such copy.
+    fn out_of_order(&self, ledger: &Ledger) -> Vec<(u32, String)> {
+        let sequence = lock(&self.state).sequence.clone();
+        let mut copies: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut firsts: Vec<Note> = Vec::new();
+        for arrival in sequence.iter().filter_map(|id| ledger.arrivals.get(id)) {
+            let admitted = copies.entry(arrival.note.nonce).or_default();
+            if admitted.is_empty() {
+                firsts.push(arrival.note);
+            }
+            admitted.push(arrival.at);
+        }
+        let mut latest: HashMap<u8, (u64, u32)> = HashMap::new();
+        let mut found = Vec::new();
+        for note in firsts {
+            let before = latest.get(&note.room).copied();
+            let after = |at: &&u64| before.is_none_or(|(latest, _)| **at > latest);
+            match copies[&note.nonce].iter().filter(after).min() {
+                Some(at) => _ = latest.insert(note.room, (*at, note.nonce)),
+                None => {
+                    let (at, nonce) = before.unwrap_or_default();
+                    let admitted = copies[&note.nonce]
+                        .iter()
+                        .min()
+                        .copied()
+                        .unwrap_or_default();
+                    let message = format!(
+                        "sink {}, room r{}: n{} (admitted #{admitted}) first appeared after n{nonce} (admitted #{at})",
+                        self.name, note.room, note.nonce
+                    );
+                    found.push((note.nonce, message));
+                }
+            }
+        }
+        found
     }
 
     /// The lane will count these as done.
@@ -940,12 +1012,13 @@ impl FakeSink {
         })
     }
 
-    async fn stall(&self, ids: &[Uuid]) -> Result<(), PublishError> {
+    async fn stall(&self, ids: &[Uuid], nonces: &[u32]) -> Result<(), PublishError> {
         let mut release = self.release.subscribe();
         let at = *release.borrow_and_update();
         let crashed = Abandoned {
             sink: self,
             ids,
+            nonces,
             armed: true,
         };
         let _ = release.wait_for(|epoch| *epoch > at).await;
@@ -967,13 +1040,14 @@ impl Publish for FakeSink {
         if ids.is_empty() {
             return Ok(());
         }
-        match self.begin(&ids) {
+        let nonces = lock(&self.ledger).nonces(&ids);
+        match self.begin(&ids, &nonces) {
             Fault::Ack => {
                 self.store(&ids);
                 self.settled(&ids);
                 Ok(())
             }
-            Fault::Stall => self.stall(&ids).await,
+            Fault::Stall => self.stall(&ids, &nonces).await,
             Fault::Reject(at) => {
                 self.store(&ids[..at]);
                 self.settled(&ids[..=at]);
@@ -994,6 +1068,7 @@ impl Publish for FakeSink {
 struct Abandoned<'a> {
     sink: &'a FakeSink,
     ids: &'a [Uuid],
+    nonces: &'a [u32],
     armed: bool,
 }
 
@@ -1011,7 +1086,7 @@ impl Drop for Abandoned<'_> {
         let refused = {
             let mut state = lock(&self.sink.state);
             state.stalled -= 1;
-            state.refused(self.ids).unwrap_or(self.ids.len())
+            state.refused(self.nonces).unwrap_or(self.ids.len())
         };
         let kept = (mix(id_bits(self.ids[0]) ^ self.sink.seed) as usize) % (self.ids.len() + 1);
         let kept = kept.min(refused);
@@ -1213,7 +1288,8 @@ impl Handler {
         others_asleep();
         self.spool.engage_now("the model's webhook waited");
         others_asleep();
-        let had_room = self.spool.has_room(self.room_needed);
+        let needed = lock(&self.ledger).room_held_before(self.webhook) + self.room_needed;
+        let had_room = self.spool.has_room(needed);
         if let Some(durable) = ticket.as_ref().and_then(Ticket::spooled) {
             if let Ok(Ok(())) = wait_now(durable) {
                 return self.answered(Answer::Ok {
@@ -1234,8 +1310,9 @@ impl Handler {
                 );
                 if had_room {
                     let message = format!(
-                        "webhook #{} answered 503 after the ack timeout, though the spool had room for its {} bytes when it engaged",
-                        self.webhook, self.room_needed
+                        "webhook #{} answered 503 after the ack timeout, though the spool had room for its {} bytes \
+                         (with the webhooks held before it) when it engaged",
+                        self.webhook, needed
                     );
                     ledger.violate(Kind::Refused, message);
                 }
@@ -1276,6 +1353,8 @@ struct Driver {
     /// more while one waits, as `offer_waiting` does.
     backlog: VecDeque<Frame>,
     run: Option<Run>,
+    /// The sinks' refusals for good that `settle` has waited for.
+    refusals_seen: u64,
 }
 
 /// What a schedule left: its figures, violations and step log.
@@ -1341,6 +1420,7 @@ impl Driver {
             fishjam: Fishjam::default(),
             backlog: VecDeque::new(),
             run: None,
+            refusals_seen: 0,
         }
     }
 
@@ -1366,13 +1446,15 @@ impl Driver {
             let next = self.next_step();
             self.log(format!("step {step}: {next:?}"));
             self.perform(next).await;
-            settle().await;
+            settle(&self.ledger, &mut self.refusals_seen).await;
             self.check_bounds();
+            self.check_order();
             lock(&self.ledger).figures.steps += 1;
         }
         if self.recover().await {
             self.check_delivered();
         }
+        self.check_order();
         if let Some(run) = self.run.take() {
             run.crash(&self.ledger).await;
         }
@@ -1419,7 +1501,11 @@ impl Driver {
         }
         // Frames the notifier read and had not handed over die with it.
         self.backlog.clear();
-        lock(&self.ledger).figures.crashes += 1;
+        {
+            let mut ledger = lock(&self.ledger);
+            ledger.figures.crashes += 1;
+            ledger.forget_held();
+        }
         self.run = Some(Run::start(
             &self.plan,
             &self.dirs,
@@ -1469,6 +1555,7 @@ impl Driver {
             ledger.webhooks.push(Webhook {
                 notes: notes.clone(),
                 answer: Answer::Pending,
+                held: None,
             });
             ledger.figures.webhooks += 1;
             let listed: Vec<String> = notes.iter().map(Note::describe).collect();
@@ -1487,7 +1574,11 @@ impl Driver {
             }
             Err(refused) => return self.refused(webhook, &refused.reason, room_needed),
         };
-        lock(&self.ledger).admit(&copies);
+        {
+            let mut ledger = lock(&self.ledger);
+            ledger.admit(&copies);
+            ledger.webhooks[webhook].held = Some((room_needed, receipt.clone()));
+        }
         let handler = Handler {
             ledger: self.ledger.clone(),
             webhook,
@@ -1545,6 +1636,19 @@ impl Driver {
         }
     }
 
+    /// Each room's notifications first appear at each sink in the order
+    /// they were admitted.
+    fn check_order(&self) {
+        let mut ledger = lock(&self.ledger);
+        for sink in &self.sinks {
+            for (nonce, message) in sink.out_of_order(&ledger) {
+                if ledger.out_of_order.insert((sink.index, nonce)) {
+                    ledger.violate(Kind::Order, message);
+                }
+            }
+        }
+    }
+
     /// Each sink's bound holds at most its capacity, and at least what the
     /// sink is publishing.
     fn check_bounds(&self) {
@@ -1573,7 +1677,7 @@ impl Driver {
         }
         for _ in 0..RECOVERY_ROUNDS {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            settle().await;
+            settle(&self.ledger, &mut self.refusals_seen).await;
             if self.run().quiet() {
                 self.log("recovered: every sink caught up".to_owned());
                 return true;
@@ -1648,13 +1752,19 @@ fn dead_letters(path: &std::path::Path) -> HashSet<(String, u32)> {
 
 /// Lets every task a step woke run, and the threads outside the runtime
 /// finish what it sent them.
-async fn settle() {
+async fn settle(ledger: &Shared, refusals_seen: &mut u64) {
     for _ in 0..SETTLE_ROUNDS {
         tokio::task::yield_now().await;
     }
-    others_asleep();
-    for _ in 0..SETTLE_ROUNDS {
-        tokio::task::yield_now().await;
+    // A refusal for good goes to the dead letters through the blocking
+    // pool: the lane goes on once that thread has written it.
+    let refusals = lock(ledger).refusals;
+    if refusals != *refusals_seen {
+        *refusals_seen = refusals;
+        others_asleep();
+        for _ in 0..SETTLE_ROUNDS {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -1684,11 +1794,13 @@ fn wait_now<F: Future>(future: F) -> F::Output {
 /// writer has written what it was sent and waits for more, and no dead
 /// letter is being written. (Linux: reads each thread's state in /proc.)
 fn others_asleep() {
-    let me = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|path| path.file_name().map(ToOwned::to_owned));
+    thread_local! {
+        static ME: Option<std::ffi::OsString> = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|path| path.file_name().map(ToOwned::to_owned));
+    }
     let started = std::time::Instant::now();
-    while another_runs(me.as_deref()) && started.elapsed() < Duration::from_secs(10) {
+    while ME.with(|me| another_runs(me.as_deref())) && started.elapsed() < Duration::from_secs(10) {
         std::thread::yield_now();
     }
 }
