@@ -30,9 +30,9 @@
 //! `MODEL_STRICT_BURSTY=1` also counts as refused the 503 a webhook of
 //! voice activity gets while its sinks keep up (documented as a wait).
 //!
-//! Determinism: a schedule is a function of its seed. The runtime is
-//! tokio's current-thread one with the clock paused, so time moves only
-//! when every task waits. Two threads are not the runtime's: the spool's
+//! Determinism: what a schedule does is a function of its seed. The
+//! runtime is tokio's current-thread one with the clock paused, so time
+//! moves only when every task waits. Two threads are not the runtime's: the spool's
 //! writer and the blocking pool writing dead letters. Whatever could race
 //! them is done with both asleep (`others_asleep`), and a body sent to the
 //! writer is waited for on the spot (`wait_now`), so the runtime never
@@ -41,8 +41,13 @@
 //! failing publish takes virtual time instead, as a broker's timeout does.
 //! A fake sink picks what to do with a publish from the seed, the sink,
 //! the batch's first event and how often it was tried, not from the order
-//! of calls. (The paused clock needs tokio's `test-util`, which the build
-//! gets today through a dependency, as the election tests do.)
+//! of calls. One order no seed reaches is tokio's own: it wakes a watch's
+//! receivers (the replays) and polls `select!` branches in a random order,
+//! so two plays of a seed may interleave the sinks differently in the
+//! log; a failing seed is played twice and the report says whether the
+//! second play found the same violations. (The paused clock needs tokio's
+//! `test-util`, which the build gets today through a dependency, as the
+//! election tests do.)
 //!
 //! Crashes: every task is aborted, every handle dropped, the spool's
 //! writer stopped once it has written what it was sent (a crash at that
