@@ -580,6 +580,8 @@ struct Figures {
     answered: BTreeMap<String, u64>,
     frames: u64,
     faults: BTreeMap<&'static str, u64>,
+    /// Moments worth counting, as the step log names them.
+    seen: BTreeMap<&'static str, u64>,
 }
 
 impl Figures {
@@ -594,6 +596,9 @@ impl Figures {
         }
         for (fault, n) in &other.faults {
             *self.faults.entry(fault).or_default() += n;
+        }
+        for (what, n) in &other.seen {
+            *self.seen.entry(what).or_default() += n;
         }
     }
 
@@ -610,6 +615,9 @@ impl Figures {
         );
         for (fault, n) in &self.faults {
             out.push_str(&format!("\n    {fault}: {n}"));
+        }
+        for (what, n) in &self.seen {
+            out.push_str(&format!("\n  {what}: {n}"));
         }
         say(&out);
     }
@@ -679,6 +687,10 @@ impl Ledger {
             None => id.to_string(),
         });
         nonces.collect::<Vec<_>>().join(" ")
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.figures.seen.entry(what).or_default() += 1;
     }
 
     fn fault(&mut self, name: &'static str) {
@@ -1302,8 +1314,27 @@ impl Handler {
                 });
             }
         }
+        if ticket.is_some() {
+            let mut ledger = lock(&self.ledger);
+            ledger.count("held webhooks not appended on engaging");
+            ledger.note(format!(
+                "webhook #{} held, not in the log after engaging",
+                self.webhook
+            ));
+        }
         let left = self.ack_timeout.saturating_sub(self.engage_after);
-        match tokio::time::timeout(left, acknowledged).await {
+        let acknowledged = tokio::time::timeout(left, acknowledged).await;
+        // The route asks once; whether a later engage appended the body
+        // after all is worth knowing when reading a log.
+        if ticket.as_ref().and_then(Ticket::spooled).is_some() {
+            let mut ledger = lock(&self.ledger);
+            ledger.count("held webhooks appended by a later engage");
+            ledger.note(format!(
+                "webhook #{} was appended by a later engage",
+                self.webhook
+            ));
+        }
+        match acknowledged {
             Ok(()) => self.answered(Answer::Ok {
                 how: "acknowledged late",
             }),
