@@ -92,7 +92,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How long a failing publish takes, in virtual time.
-const FAIL_LATENCY: Duration = Duration::from_millis(5);
+const FAIL_LATENCY: Duration = Duration::from_millis(20);
 /// Yields that let every task woken by a step run before the checks.
 const SETTLE_ROUNDS: usize = 8;
 /// Rounds of 100 ms the recovery may take before it counts as stuck.
@@ -1036,8 +1036,12 @@ impl FakeSink {
         let mut ledger = lock(&self.ledger);
         ledger.fault(fault.name());
         ledger.refusals += u64::from(refused);
-        let batch = ledger.describe_ids(ids);
-        ledger.note(format!("{} publish [{batch}]: {fault:?}", self.name));
+        // A sink that is down is tried forever: the log keeps a few tries.
+        if tried < 3 || tried % 25 == 0 {
+            let batch = ledger.describe_ids(ids);
+            let name = &self.name;
+            ledger.note(format!("{name} publish [{batch}] (try {tried}): {fault:?}"));
+        }
         fault
     }
 
