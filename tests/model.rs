@@ -1037,7 +1037,7 @@ impl FakeSink {
         ledger.fault(fault.name());
         ledger.refusals += u64::from(refused);
         // A sink that is down is tried forever: the log keeps a few tries.
-        if tried < 3 || tried % 25 == 0 {
+        if tried < 3 || tried.is_multiple_of(25) {
             let batch = ledger.describe_ids(ids);
             let name = &self.name;
             ledger.note(format!("{name} publish [{batch}] (try {tried}): {fault:?}"));
