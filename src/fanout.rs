@@ -491,6 +491,9 @@ struct SinkLanes {
 struct SinkSlots {
     events: Option<OwnedSemaphorePermit>,
     bursty: Option<OwnedSemaphorePermit>,
+    /// The slots of the events the sink's route leaves out, shared by its
+    /// parts (`Slots::_pinned`).
+    pinned: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 /// The slots one submission took, by sink index: inline for the first few
@@ -990,18 +993,18 @@ impl Fanout {
             messages,
             completion: completion.clone(),
         });
-        let mut pinned: Vec<Option<Arc<OwnedSemaphorePermit>>> = Vec::new();
         for (sink, events) in sinks.clone().zip(per_sink) {
             self.lanes[sink].metrics.queued(events as f64);
             let left_out = body.messages.len() - events;
-            pinned.push(
-                (events > 0 && left_out > 0)
-                    .then(|| taken.at(sink).events.as_mut()?.split(left_out))
-                    .flatten()
-                    .map(Arc::new),
-            );
+            if events > 0 && left_out > 0 {
+                let slots = taken.at(sink);
+                slots.pinned = slots
+                    .events
+                    .as_mut()
+                    .and_then(|e| e.split(left_out))
+                    .map(Arc::new);
+            }
         }
-        let first_sink = sinks.start;
         for (sink, lane, indices) in plan {
             // Each part carries its own share of the sink's slots; what is
             // left over (shed or duplicate messages) goes back below.
@@ -1029,7 +1032,7 @@ impl Fanout {
                     _events: share(&mut taken.at(sink).events, len),
                     _bursty: (bursty_in_part > 0)
                         .then(|| share(&mut taken.at(sink).bursty, bursty_in_part)),
-                    _pinned: pinned[sink - first_sink].clone(),
+                    _pinned: taken.at(sink).pinned.clone(),
                 },
             };
             let sink = &self.lanes[sink];
