@@ -37,8 +37,8 @@ pub async fn run_lane<S: Publish>(
 ) {
     let metrics = telemetry::SinkMetrics::new(sink.name());
     let mut parts = Vec::new();
-    // The rooms of a batch, kept from one batch to the next for its room.
-    let mut rooms = foldhash::HashSet::default();
+    // Kept from one delivery to the next for their room.
+    let mut scratch = Scratch::default();
     // Parts are received a few at a time: a part can hold a whole body.
     let receive = options.max_batch.max(1);
     while lane.recv_many(&mut parts, receive).await > 0 {
@@ -47,120 +47,216 @@ pub async fn run_lane<S: Publish>(
         progress.took_work();
         let count: usize = parts.iter().map(Part::len).sum();
         metrics.queued(-(count as f64));
-        deliver(&*sink, &parts, &options, &metrics, &mut rooms).await;
+        deliver(&*sink, &parts, &options, &metrics, &mut scratch).await;
         // Dropping the parts frees their slots in this sink's bound.
         parts.clear();
         progress.progressed();
     }
 }
 
-/// Publishes the messages of `parts` in batches of at most `max_batch`
-/// until every one is acknowledged, acknowledging each part as soon as all
-/// of its messages are. A failure retries from the first unacknowledged
-/// message; messages after it may be published again (same id).
-async fn deliver<S: Publish>(
-    sink: &S,
-    parts: &[Part],
-    options: &LaneOptions,
-    metrics: &telemetry::SinkMetrics,
-    rooms: &mut foldhash::HashSet<u64>,
-) {
-    let mut messages: Vec<&Message> = Vec::with_capacity(parts.iter().map(Part::len).sum());
-    messages.extend(parts.iter().flat_map(Part::messages));
-    // Where each part ends in `messages`.
-    let mut ends = parts.iter().scan(0, |end, part| {
-        *end += part.len();
-        Some(*end)
-    });
-    let mut next_part = 0;
-    let mut next_end = ends.next();
-    let mut done = 0;
-    let mut backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
-    let max_batch = options.max_batch.max(1);
-    loop {
-        // Acknowledge the parts whose messages are all done.
-        while next_end.is_some_and(|end| end <= done) {
-            parts[next_part].acknowledge();
-            next_part += 1;
-            next_end = ends.next();
+/// What one delivery keeps track of, reused from one to the next.
+#[derive(Default)]
+struct Scratch {
+    /// Which messages are safe.
+    done: Vec<bool>,
+    /// The part each message belongs to.
+    part_of: Vec<u32>,
+    /// Each part's messages not yet safe.
+    left: Vec<u32>,
+    /// The messages of the next batch, by index.
+    batch: Vec<usize>,
+    /// The rooms seen while choosing a batch.
+    rooms: foldhash::HashSet<u64>,
+}
+
+/// The messages of one delivery and which of them are safe; acknowledges
+/// each part once all of its messages are.
+struct Delivery<'a> {
+    parts: &'a [Part],
+    messages: Vec<&'a Message>,
+    scratch: &'a mut Scratch,
+    /// Every message before it is safe.
+    first: usize,
+    remaining: usize,
+}
+
+impl<'a> Delivery<'a> {
+    fn new(parts: &'a [Part], scratch: &'a mut Scratch) -> Delivery<'a> {
+        let mut messages: Vec<&Message> = Vec::with_capacity(parts.iter().map(Part::len).sum());
+        messages.extend(parts.iter().flat_map(Part::messages));
+        scratch.done.clear();
+        scratch.done.resize(messages.len(), false);
+        scratch.part_of.clear();
+        scratch.left.clear();
+        for (index, part) in parts.iter().enumerate() {
+            scratch
+                .part_of
+                .extend(std::iter::repeat_n(index as u32, part.len()));
+            scratch.left.push(part.len() as u32);
         }
-        if done == messages.len() {
+        let remaining = messages.len();
+        let delivery = Delivery {
+            parts,
+            messages,
+            scratch,
+            first: 0,
+            remaining,
+        };
+        // A part with no message is done already.
+        for (index, part) in parts.iter().enumerate() {
+            if delivery.scratch.left[index] == 0 {
+                part.acknowledge();
+            }
+        }
+        delivery
+    }
+
+    fn safe(&mut self, message: usize) {
+        if std::mem::replace(&mut self.scratch.done[message], true) {
             return;
         }
-        let end = if sink.stores_prefixes() {
-            messages.len().min(done + max_batch)
-        } else {
-            distinct_rooms_end(&messages, done, max_batch, rooms)
-        };
-        let pending = &messages[done..end];
-        let started = Instant::now();
-        match sink.publish(pending).await {
-            Ok(()) => {
-                metrics.published(pending.len(), started.elapsed());
-                done += pending.len();
-                backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
-            }
-            Err(PublishError {
-                acknowledged,
-                error,
-            }) => {
-                let acknowledged = acknowledged.min(pending.len());
-                if acknowledged > 0 {
-                    metrics.published(acknowledged, started.elapsed());
+        self.remaining -= 1;
+        let part = self.scratch.part_of[message] as usize;
+        self.scratch.left[part] -= 1;
+        if self.scratch.left[part] == 0 {
+            self.parts[part].acknowledge();
+        }
+        while self.scratch.done.get(self.first) == Some(&true) {
+            self.first += 1;
+        }
+    }
+
+    /// Chooses the next batch into `scratch.batch`: the next `max_batch`
+    /// messages in order where the sink stores what it took of a failed
+    /// batch as a prefix; otherwise the first message not yet safe of each
+    /// room, in order, so that no room ever has two unacknowledged at once
+    /// and rooms do not wait for each other.
+    fn choose(&mut self, max_batch: usize, prefix: bool) {
+        use std::hash::BuildHasher;
+        let Scratch {
+            done, batch, rooms, ..
+        } = &mut *self.scratch;
+        batch.clear();
+        if prefix {
+            let last = self.messages.len().min(self.first + max_batch);
+            batch.extend((self.first..last).filter(|&i| !done[i]));
+            return;
+        }
+        rooms.clear();
+        let hasher = foldhash::fast::FixedState::default();
+        // Looked at no further than this: a room with many messages in a
+        // row must not make each batch scan all of them.
+        let last = self.messages.len().min(self.first + 8 * max_batch);
+        let waiting = (self.first..last).zip(&done[self.first..last]);
+        for (index, _) in waiting.filter(|(_, done)| !**done) {
+            let room = hasher.hash_one(self.messages[index].event.key());
+            if rooms.insert(room) {
+                batch.push(index);
+                if batch.len() == max_batch {
+                    break;
                 }
-                done += acknowledged;
-                if let (SinkError::Rejected(reason), Some(refused)) = (&error, messages.get(done)) {
-                    telemetry::sink_failed(sink.name(), error.reason(), 1);
-                    match options
-                        .dead_letters
-                        .store(sink.name(), reason, refused)
-                        .await
-                    {
-                        Ok(()) => {
-                            // Kept: done with it, and on with its room.
-                            done += 1;
-                            continue;
-                        }
-                        Err(failure) => tracing::error!(
-                            sink = sink.name(),
-                            error = %telemetry::Chain(&failure),
-                            "cannot write a dead letter; the event is retried"
-                        ),
-                    }
-                }
-                telemetry::sink_failed(sink.name(), error.reason(), messages.len() - done);
-                telemetry::sink_retry(sink.name());
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    sink = sink.name(),
-                    error = %telemetry::Chain(&error),
-                    attempt = backoff.attempts(),
-                    delay_ms = delay.as_millis() as u64,
-                    pending = messages.len() - done,
-                    "publish failed; retrying"
-                );
-                tokio::time::sleep(delay).await;
             }
         }
     }
 }
 
-/// Where the batch that starts at `from` ends: at most `max_batch`
-/// messages, cut before the first that repeats a key (room) of the batch,
-/// so that no room has two messages unacknowledged at once.
-fn distinct_rooms_end(
-    messages: &[&Message],
-    from: usize,
-    max_batch: usize,
-    rooms: &mut foldhash::HashSet<u64>,
-) -> usize {
-    use std::hash::BuildHasher;
-    rooms.clear();
-    let hasher = foldhash::fast::FixedState::default();
-    let last = messages.len().min(from + max_batch);
-    (from..last)
-        .find(|&i| !rooms.insert(hasher.hash_one(messages[i].event.key())))
-        .unwrap_or(last)
+/// Publishes the messages of `parts` in batches of at most `max_batch`
+/// until every one is acknowledged, acknowledging each part as soon as all
+/// of its messages are. A failure retries from the first unacknowledged
+/// message of each room; messages after it may be published again (same
+/// id), never before it.
+async fn deliver<S: Publish>(
+    sink: &S,
+    parts: &[Part],
+    options: &LaneOptions,
+    metrics: &telemetry::SinkMetrics,
+    scratch: &mut Scratch,
+) {
+    let mut delivery = Delivery::new(parts, scratch);
+    let mut backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
+    let max_batch = options.max_batch.max(1);
+    let prefix = sink.stores_prefixes();
+    // A wave's messages are not side by side; a prefix is published as the
+    // slice it is.
+    let mut wave: Vec<&Message> = Vec::new();
+    while delivery.remaining > 0 {
+        delivery.choose(max_batch, prefix);
+        let chosen = &delivery.scratch.batch;
+        let batch: &[&Message] = match (prefix, chosen.first(), chosen.last()) {
+            (true, Some(&first), Some(&last)) => &delivery.messages[first..=last],
+            _ => {
+                wave.clear();
+                wave.extend(chosen.iter().map(|&i| delivery.messages[i]));
+                &wave
+            }
+        };
+        let started = Instant::now();
+        let sent = batch.len();
+        let failure = match sink.publish(batch).await {
+            Ok(()) => None,
+            Err(PublishError {
+                acknowledged,
+                error,
+            }) => Some((acknowledged.min(sent), error)),
+        };
+        let acknowledged = failure.as_ref().map_or(sent, |(n, _)| *n);
+        if acknowledged > 0 {
+            metrics.published(acknowledged, started.elapsed());
+        }
+        for n in 0..acknowledged {
+            delivery.safe(delivery.scratch.batch[n]);
+        }
+        let Some((_, error)) = failure else {
+            backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
+            continue;
+        };
+        let refused = delivery.scratch.batch.get(acknowledged).copied();
+        if let (SinkError::Rejected(reason), Some(refused)) = (&error, refused) {
+            if dead_letter(sink, options, reason, delivery.messages[refused]).await {
+                // Kept: done with it, and on with its room.
+                delivery.safe(refused);
+                continue;
+            }
+        }
+        telemetry::sink_failed(sink.name(), error.reason(), delivery.remaining);
+        telemetry::sink_retry(sink.name());
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            sink = sink.name(),
+            error = %telemetry::Chain(&error),
+            attempt = backoff.attempts(),
+            delay_ms = delay.as_millis() as u64,
+            pending = delivery.remaining,
+            "publish failed; retrying"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Keeps `message`, which the sink refused for good, as a dead letter;
+/// false when it cannot be kept (then it is retried).
+async fn dead_letter<S: Publish>(
+    sink: &S,
+    options: &LaneOptions,
+    reason: &str,
+    message: &Message,
+) -> bool {
+    telemetry::sink_failed(sink.name(), "rejected", 1);
+    match options
+        .dead_letters
+        .store(sink.name(), reason, message)
+        .await
+    {
+        Ok(()) => true,
+        Err(failure) => {
+            tracing::error!(
+                sink = sink.name(),
+                error = %telemetry::Chain(&failure),
+                "cannot write a dead letter; the event is retried"
+            );
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +475,10 @@ mod tests {
             first_a < second_a,
             "room a's events were stored out of order: {stored:?}, sent {ids:?}"
         );
+        // Each batch takes the first event of each room: b does not wait
+        // for a's second.
+        let calls = sink.calls.lock().unwrap().clone();
+        assert_eq!(calls[0], ["a", "b"]);
     }
 
     #[tokio::test]

@@ -65,6 +65,12 @@ impl Publish for Nowhere {
     async fn publish(&self, _batch: &[&Message]) -> Result<(), PublishError> {
         Ok(())
     }
+
+    // As core NATS and files, the sinks bench/compare measures: a lane
+    // publishes its parts' messages side by side, with no wave to gather.
+    fn stores_prefixes(&self) -> bool {
+        true
+    }
 }
 
 const EVENTS_PER_BODY: usize = 50;
