@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::core::event::{Event, Message, Source};
 use crate::fanout::{bursty_count, Fanout, LogWrite, Receipt, Refused, SubmitError};
 use crate::spool::log::NewRecord;
-use crate::spool::{Durable, Spool, SpoolError, Ticket};
+use crate::spool::{Durable, Gate, Spool, SpoolError, Ticket};
 
 /// One body from a source: its events, each serialized once, and the body
 /// as received, for the spool.
@@ -62,6 +62,13 @@ pub enum Accepted {
     /// Into the spool: safe once it is on disk. The body comes along, so
     /// that a failed write can still be answered or tried again.
     Spooled(Durable, Body),
+}
+
+/// Where a body goes while the spool is not engaged.
+enum Route {
+    Taken(Accepted),
+    ToSpool(Vec<Message>),
+    Refused(Vec<Message>, SubmitError),
 }
 
 /// The way into the pipeline, shared by every source.
@@ -122,79 +129,105 @@ impl Admission {
         let messages = if spool.is_engaged(&gate) {
             messages
         } else {
-            match self.fanout.try_admit(messages, source, received) {
-                // A webhook is answered once its body is safe: if the spool
-                // engages before the sinks have it, it goes to disk (whole:
-                // a replay after a crash brings back the events
-                // deduplication dropped from it too).
-                Ok(receipt) if source == Source::Webhook => {
-                    let ticket = spool.hold(&mut gate, record, receipt.clone());
-                    return Ok(Accepted::Waiting(receipt, ticket));
+            match self.into_fanout(spool, &mut gate, messages, &mut record, received) {
+                Route::Taken(accepted) => return Ok(accepted),
+                Route::ToSpool(messages) => messages,
+                Route::Refused(messages, reason) => {
+                    return Err(back(messages, record, reason.into()))
                 }
-                // What the notifier read is on disk before a crash can
-                // take it, and before a webhook that repeats it is answered.
-                Ok(receipt) => {
-                    spool.log_copy(&mut gate, record, &receipt);
-                    return Ok(Accepted::Receipt(receipt));
-                }
-                Err(Refused {
-                    body,
-                    reason: SubmitError::Full,
-                }) => {
-                    spool.engage(&mut gate, "the pipeline is full");
-                    body
-                }
-                // Bursty slots full because a sink has stopped: the spool
-                // takes the body, so the other sinks go on.
-                Err(Refused {
-                    body,
-                    reason: SubmitError::BurstyFull,
-                }) if !self.fanout.sinks_moving(spool.engage_after()) => {
-                    spool.engage(&mut gate, "a sink that stopped holds its bursty slots");
-                    body
-                }
-                // A webhook is never posted again: while the spool has
-                // room it takes the body rather than a 503.
-                Err(Refused {
-                    body,
-                    reason: SubmitError::BurstyFull,
-                }) if source == Source::Webhook => {
-                    spool.engage(
-                        &mut gate,
-                        "a webhook's bursty events found their slots full",
-                    );
-                    body
-                }
-                // A flood of voice activity from the notifier into sinks
-                // that keep up waits for its slots, which stops reading the
-                // socket (backpressure), as without a spool.
-                Err(refused) => return Err(back(refused.body, record, refused.reason.into())),
             }
         };
-        // Room first, for the body with every event skipped at worst:
-        // what deduplication records below must not be refused after.
-        let worst = record.entry_len() + 4 * messages.len() as u64;
-        let room = match spool.reserve(&mut gate, worst, source) {
-            Ok(room) => room,
-            Err(error) => return Err(back(messages, record, error.into())),
+        let body = Body {
+            messages,
+            record,
+            received,
         };
-        // Deduplication and room activity see the body now, in the order
-        // the gate gives, as dispatch would; the replay leaves out what
-        // was dropped.
-        let mut record = record;
-        record.events = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+        Self::spool_body(&self.fanout, spool, &mut gate, body)
+    }
+
+    /// A body while the spool is not engaged: into fan-out (a webhook held
+    /// with a ticket, another copied to the log); or, where fan-out has no
+    /// room in a way the spool answers, the spool engages and takes it.
+    fn into_fanout(
+        &self,
+        spool: &Arc<Spool>,
+        gate: &mut Gate,
+        messages: Vec<Message>,
+        record: &mut NewRecord,
+        received: Instant,
+    ) -> Route {
+        let source = record.source;
+        let refused = match self.fanout.try_admit(messages, source, received) {
+            // A webhook is answered once its body is safe: if the spool
+            // engages before the sinks have it, it goes to disk (whole: a
+            // replay after a crash brings back the events deduplication
+            // dropped from it too).
+            Ok(receipt) if source == Source::Webhook => {
+                let ticket = spool.hold(gate, record.clone(), receipt.clone());
+                return Route::Taken(Accepted::Waiting(receipt, ticket));
+            }
+            // What the notifier read is on disk before a crash can take
+            // it, and before a webhook that repeats it is answered.
+            Ok(receipt) => {
+                spool.log_copy(gate, record.clone(), &receipt);
+                return Route::Taken(Accepted::Receipt(receipt));
+            }
+            Err(refused) => refused,
+        };
+        let why = match refused.reason {
+            SubmitError::Full => "the pipeline is full",
+            // Bursty slots full because a sink has stopped: the spool takes
+            // the body, so the other sinks go on.
+            SubmitError::BurstyFull if !self.fanout.sinks_moving(spool.engage_after()) => {
+                "a sink that stopped holds its bursty slots"
+            }
+            // A webhook is never posted again: while the spool has room it
+            // takes the body rather than a 503.
+            SubmitError::BurstyFull if source == Source::Webhook => {
+                "a webhook's bursty events found their slots full"
+            }
+            // A flood of voice activity from the notifier into sinks that
+            // keep up waits for its slots, which stops reading the socket
+            // (backpressure), as without a spool.
+            reason => return Route::Refused(refused.body, reason),
+        };
+        spool.engage(gate, why);
+        Route::ToSpool(refused.body)
+    }
+
+    /// Appends `body` to the spool, under the gate: room first, for the
+    /// body with every event skipped at worst (what deduplication records
+    /// must not be refused after); then deduplication and room activity
+    /// see it, in the order the gate gives, as dispatch would, and the
+    /// replay leaves out what was dropped.
+    #[allow(clippy::result_large_err)]
+    fn spool_body(
+        fanout: &Fanout,
+        spool: &Spool,
+        gate: &mut Gate,
+        body: Body,
+    ) -> Result<Accepted, Refused<Body, AdmissionError>> {
+        let worst = body.record.entry_len() + 4 * body.messages.len() as u64;
+        let room = match spool.reserve(gate, worst, body.source()) {
+            Ok(room) => room,
+            Err(error) => return Err(Refused::new(body, error.into())),
+        };
+        let Body {
+            messages,
+            mut record,
+            received,
+        } = body;
         let write = LogWrite::default();
-        record.skips = self.fanout.observe_spooled(&messages, &write);
-        match spool.append_reserved(&mut gate, room, record.clone(), write) {
-            Ok(durable) => Ok(Accepted::Spooled(
-                durable,
-                Body {
-                    messages,
-                    record,
-                    received,
-                },
-            )),
-            Err(error) => Err(back(messages, record, error.into())),
+        record.skips = fanout.observe_spooled(&messages, &write);
+        let appended = spool.append_reserved(gate, room, record.clone(), write);
+        let body = Body {
+            messages,
+            record,
+            received,
+        };
+        match appended {
+            Ok(durable) => Ok(Accepted::Spooled(durable, body)),
+            Err(error) => Err(Refused::new(body, error.into())),
         }
     }
 

@@ -84,6 +84,26 @@ impl std::fmt::Debug for Completion {
 }
 
 impl Completion {
+    fn new(
+        sinks: usize,
+        source: Source,
+        received: Instant,
+        on_acknowledged: Option<OnAcknowledged>,
+    ) -> Arc<Completion> {
+        Arc::new(Completion {
+            remaining: AtomicUsize::new(0),
+            of_sink: Default::default(),
+            of_more_sinks: (INLINE..sinks).map(|_| AtomicU32::new(0)).collect(),
+            changed: Notify::new(),
+            logged: AtomicU8::new(0),
+            after: std::sync::OnceLock::new(),
+            sink_done: Mutex::new(None),
+            source,
+            received,
+            on_acknowledged: Mutex::new(on_acknowledged),
+        })
+    }
+
     /// The unacknowledged parts of sink `sink`.
     fn parts_of(&self, sink: usize) -> &AtomicU32 {
         match sink.checked_sub(INLINE) {
@@ -170,6 +190,38 @@ pub struct Part {
 }
 
 impl Part {
+    /// The part of `body` for `sink` of the messages at `indices` (all of
+    /// them when None), with its share of the sink's slots in `taken`.
+    fn new(
+        body: &Arc<Admitted>,
+        sink: usize,
+        indices: Option<Box<[u32]>>,
+        taken: &mut Taken,
+    ) -> Part {
+        let bursty = |i: &u32| body.messages[*i as usize].event.event_type.is_bursty();
+        let (len, bursty_in_part) = match &indices {
+            None => (body.messages.len(), bursty_count(&body.messages)),
+            Some(indices) => (indices.len(), indices.iter().filter(|i| bursty(i)).count()),
+        };
+        let share = |slots: &mut Option<OwnedSemaphorePermit>, n: usize| {
+            slots
+                .as_mut()
+                .and_then(|slots| slots.split(n))
+                .expect("a sink's slots cover its parts")
+        };
+        let slots = taken.at(sink);
+        Part {
+            body: body.clone(),
+            indices,
+            sink,
+            _slots: Slots {
+                _events: share(&mut slots.events, len),
+                _bursty: (bursty_in_part > 0).then(|| share(&mut slots.bursty, bursty_in_part)),
+                _pinned: slots.pinned.clone(),
+            },
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.indices
             .as_ref()
@@ -932,49 +984,10 @@ impl Fanout {
         received: Instant,
         on_acknowledged: Option<OnAcknowledged>,
     ) -> Receipt {
-        let completion = Arc::new(Completion {
-            remaining: AtomicUsize::new(0),
-            of_sink: Default::default(),
-            of_more_sinks: (INLINE..self.lanes.len())
-                .map(|_| AtomicU32::new(0))
-                .collect(),
-            changed: Notify::new(),
-            logged: AtomicU8::new(0),
-            after: std::sync::OnceLock::new(),
-            sink_done: Mutex::new(None),
-            source,
-            received,
-            on_acknowledged: Mutex::new(on_acknowledged),
-        });
-        let mut dedup = match &self.dedup {
-            Some(dedup) if observe => Some(dedup.lock().expect("the deduplicator never panics")),
-            _ => None,
-        };
-        if let Some(dedup) = dedup.as_mut() {
-            let carrier = Carrier::Body(Receipt(completion.clone()));
-            let originals = dedup::retain_new(dedup, &mut messages, &carrier, Carrier::is_lost);
-            // A webhook's answer says its events are safe: those dropped
-            // are safe only once their first copies are.
-            let after: Box<[Receipt]> = originals
-                .into_iter()
-                .filter_map(|original| match original {
-                    Carrier::Body(receipt) if source == Source::Webhook => Some(receipt),
-                    _ => None,
-                })
-                .collect();
-            if !after.is_empty() {
-                let _ = completion.after.set(after);
-            }
-        }
-        if observe {
-            self.activity
-                .lock()
-                .expect("room activity never panics")
-                .observe(messages.iter().map(|m| &m.event));
-            if let Some(tap) = &self.tap {
-                tap.publish(&messages);
-            }
-        }
+        let completion = Completion::new(self.lanes.len(), source, received, on_acknowledged);
+        // Held until the parts are sent: the first delivery of each
+        // notification reaches the lanes in the order it was admitted.
+        let dedup = self.observe(&mut messages, &completion, observe);
         if messages.is_empty() {
             completion.complete();
             return Receipt(completion);
@@ -1006,35 +1019,7 @@ impl Fanout {
             }
         }
         for (sink, lane, indices) in plan {
-            // Each part carries its own share of the sink's slots; what is
-            // left over (shed or duplicate messages) goes back below.
-            let (len, bursty_in_part) = match &indices {
-                None => (body.messages.len(), bursty_count(&body.messages)),
-                Some(indices) => (
-                    indices.len(),
-                    indices
-                        .iter()
-                        .filter(|&&i| body.messages[i as usize].event.event_type.is_bursty())
-                        .count(),
-                ),
-            };
-            let share = |slots: &mut Option<OwnedSemaphorePermit>, n: usize| {
-                slots
-                    .as_mut()
-                    .and_then(|slots| slots.split(n))
-                    .expect("a sink's slots cover its parts")
-            };
-            let part = Part {
-                body: body.clone(),
-                indices,
-                sink,
-                _slots: Slots {
-                    _events: share(&mut taken.at(sink).events, len),
-                    _bursty: (bursty_in_part > 0)
-                        .then(|| share(&mut taken.at(sink).bursty, bursty_in_part)),
-                    _pinned: taken.at(sink).pinned.clone(),
-                },
-            };
+            let part = Part::new(&body, sink, indices, &mut taken);
             let sink = &self.lanes[sink];
             if sink.lanes[lane].send(part).is_err() {
                 // The lane's task ended: only at shutdown, after the sources.
@@ -1043,6 +1028,50 @@ impl Fanout {
         }
         drop(dedup);
         Receipt(completion)
+    }
+
+    /// Deduplication and room activity for a body about to be dispatched
+    /// (`observe`; a spool replay has had both): drops the events the other
+    /// source delivered first, making a webhook's answer wait for their
+    /// first copies, and shows the rest to room activity and the tap.
+    /// Returns the deduplicator, still locked.
+    fn observe(
+        &self,
+        messages: &mut Vec<Message>,
+        completion: &Arc<Completion>,
+        observe: bool,
+    ) -> Option<std::sync::MutexGuard<'_, Deduplicator<Carrier>>> {
+        if !observe {
+            return None;
+        }
+        let mut dedup = self
+            .dedup
+            .as_ref()
+            .map(|dedup| dedup.lock().expect("the deduplicator never panics"));
+        if let Some(dedup) = dedup.as_mut() {
+            let carrier = Carrier::Body(Receipt(completion.clone()));
+            let originals = dedup::retain_new(dedup, messages, &carrier, Carrier::is_lost);
+            // A webhook's answer says its events are safe: those dropped
+            // are safe only once their first copies are.
+            let after: Box<[Receipt]> = originals
+                .into_iter()
+                .filter_map(|original| match original {
+                    Carrier::Body(receipt) if completion.source == Source::Webhook => Some(receipt),
+                    _ => None,
+                })
+                .collect();
+            if !after.is_empty() {
+                let _ = completion.after.set(after);
+            }
+        }
+        self.activity
+            .lock()
+            .expect("room activity never panics")
+            .observe(messages.iter().map(|m| &m.event));
+        if let Some(tap) = &self.tap {
+            tap.publish(messages.iter());
+        }
+        dedup
     }
 
     /// The parts of a body: (sink, lane, which messages), in sink order,

@@ -226,9 +226,9 @@ fn with_the_defaults_a_killed_bridge_delivers_what_it_acknowledged_while_its_sin
     bridge.child.wait().unwrap();
     server.restart();
     let bridge = BridgeProcess::start_with(&text, std::process::Stdio::null(), &env);
-    assert!(
-        bridge.logged("replaying bodies a previous run accepted"),
-        "the restart replays what the killed bridge had spooled"
+    wait_until(
+        "the restart replays what the killed bridge had spooled",
+        || bridge.logged("replaying bodies a previous run accepted"),
     );
     wait_settled(&bridge);
     let duplicates = assert_complete(&stored(&server.url(), &stream), seed, count);
@@ -272,10 +272,11 @@ fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event() {
         kills.push(at);
         bridge = BridgeProcess::spawn(&text, std::process::Stdio::null(), &[]);
         if broker_down {
-            // The spool is read before the listeners open.
-            assert!(
-                bridge.logged("replaying bodies a previous run accepted"),
-                "the restart replays what the killed bridge had spooled"
+            // The spool is read before the listeners open; its log line
+            // reaches the test's reader of stderr when it does.
+            wait_until(
+                "the restart replays what the killed bridge had spooled",
+                || bridge.logged("replaying bodies a previous run accepted"),
             );
             server.restart();
         }

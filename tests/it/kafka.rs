@@ -624,7 +624,7 @@ fn a_missing_topic_is_reported_until_it_exists_and_then_its_records_arrive() {
         200,
         "the spool has room: webhooks can still be taken"
     );
-    assert!(bridge.logged(&topic), "the log names the missing topic");
+    wait_until("the log names the missing topic", || bridge.logged(&topic));
     assert_eq!(
         bridge
             .metrics()
@@ -672,7 +672,9 @@ fn create_topic_makes_the_missing_topics_the_template_names() {
     );
     let records = read_topic(&broker.bootstrap, &format!("{prefix}.rooms"), 2, 1);
     assert_eq!(records[0].1, "room-1");
-    assert!(bridge.logged("created the Kafka topic"));
+    wait_until("the log says the topic was created", || {
+        bridge.logged("created the Kafka topic")
+    });
 }
 
 /// What `/status` says of each sink's lag.
@@ -881,8 +883,7 @@ fn a_producer_with_a_fatal_error_is_made_anew() {
     );
     let records = read_topic(&bootstrap, &topic, 1, 1);
     assert_eq!(records[0].3["data"]["roomId"], "fatal");
-    assert!(
-        bridge.logged("a new producer takes over"),
-        "the sink says what it did"
-    );
+    wait_until("the sink says what it did", || {
+        bridge.logged("a new producer takes over")
+    });
 }

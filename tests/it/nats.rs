@@ -812,7 +812,10 @@ fn an_existing_streams_settings_are_brought_to_the_configuration() {
     let mut bridge = BridgeProcess::start(&sink("max_age = \"2h\"\nmax_bytes = 1048576\n"));
     let applied = settings();
     assert_eq!((applied.max_age, applied.max_bytes), (2 * hour, 1_048_576));
-    assert!(bridge.logged("JetStream stream settings brought to the configuration"));
+    wait_until(
+        "the log says the stream was brought to the configuration",
+        || bridge.logged("JetStream stream settings brought to the configuration"),
+    );
     assert!(bridge.terminate().success());
     // Storage cannot change on a stream: the sink says why and stays down,
     // and the stream keeps its messages and settings.
