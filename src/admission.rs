@@ -129,7 +129,7 @@ impl Admission {
         let messages = if spool.is_engaged(&gate) {
             messages
         } else {
-            match self.into_fanout(spool, &mut gate, messages, &mut record, received) {
+            match self.route_unengaged(spool, &mut gate, messages, &mut record, received) {
                 Route::Taken(accepted) => return Ok(accepted),
                 Route::ToSpool(messages) => messages,
                 Route::Refused(messages, reason) => {
@@ -148,7 +148,7 @@ impl Admission {
     /// A body while the spool is not engaged: into fan-out (a webhook held
     /// with a ticket, another copied to the log); or, where fan-out has no
     /// room in a way the spool answers, the spool engages and takes it.
-    fn into_fanout(
+    fn route_unengaged(
         &self,
         spool: &Arc<Spool>,
         gate: &mut Gate,
