@@ -233,10 +233,13 @@ impl Admission {
 
     /// Takes `body`, waiting for room: in fan-out without a spool; with one,
     /// in the spool (or for the bursty slots it needs). Returns once the
-    /// body is admitted or on disk; refuses only a body that can never be
-    /// taken, or at shutdown.
+    /// body is admitted (with its receipt) or on disk; refuses only a body
+    /// that can never be taken, or at shutdown.
     #[allow(clippy::result_large_err)]
-    pub async fn offer_waiting(&self, body: Body) -> Result<(), Refused<Body, AdmissionError>> {
+    pub async fn offer_waiting(
+        &self,
+        body: Body,
+    ) -> Result<Option<Receipt>, Refused<Body, AdmissionError>> {
         let Some(spool) = &self.spool else {
             let Body {
                 messages,
@@ -248,7 +251,7 @@ impl Admission {
                 .admit(messages, record.source, received, None)
                 .await
             {
-                Ok(_) => Ok(()),
+                Ok(receipt) => Ok(Some(receipt)),
                 Err(refused) => Err(Refused::new(
                     Body {
                         messages: refused.body,
@@ -262,9 +265,11 @@ impl Admission {
         let mut body = body;
         loop {
             body = match self.offer(body) {
-                Ok(Accepted::Receipt(_) | Accepted::Waiting(..)) => return Ok(()),
+                Ok(Accepted::Receipt(receipt) | Accepted::Waiting(receipt, _)) => {
+                    return Ok(Some(receipt))
+                }
                 Ok(Accepted::Spooled(durable, body)) => match durable.await {
-                    Ok(Ok(())) => return Ok(()),
+                    Ok(Ok(())) => return Ok(None),
                     Ok(Err(error)) => {
                         tracing::error!(error = %error, source = body.source().as_str(), "spool: a body waits for the spool to write again");
                         spool.wait_for_space().await;
@@ -461,7 +466,13 @@ mod tests {
     ) -> tokio::task::JoinHandle<Result<(), AdmissionError>> {
         let mut waiting = Box::pin({
             let admission = admission.clone();
-            async move { admission.offer_waiting(body).await.map_err(|r| r.reason) }
+            async move {
+                admission
+                    .offer_waiting(body)
+                    .await
+                    .map(drop)
+                    .map_err(|r| r.reason)
+            }
         });
         assert!((&mut waiting).now_or_never().is_none(), "the body waits");
         tokio::spawn(waiting)

@@ -317,6 +317,7 @@ pub async fn start(
                 .transpose()
                 .context("notifier.ca_file")?,
             leadership: elect(&config, fishjam_id.clone(), &readiness, &tasks, &shutdown)?,
+            unacknowledged: Default::default(),
         };
         // Shown in /readyz and /status either way; required only when asked.
         readiness.register_as(

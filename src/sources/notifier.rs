@@ -91,6 +91,49 @@ pub struct NotifierSource {
     /// Whether this replica may hold the socket now (always, without an
     /// election).
     pub leadership: Leadership,
+    /// What this replica admitted from the socket and the sinks have not
+    /// acknowledged yet.
+    pub unacknowledged: Unacknowledged,
+}
+
+/// The receipts of the bodies admitted from the socket that the sinks have
+/// not acknowledged yet. A session ends (and, at a handover, the lease goes
+/// to the next holder) only once they are, within the drain's time: the
+/// next holder's events of a room must not reach a sink before this one's.
+#[derive(Debug, Default)]
+pub struct Unacknowledged(std::sync::Mutex<std::collections::VecDeque<crate::fanout::Receipt>>);
+
+impl Unacknowledged {
+    fn push(&self, receipt: crate::fanout::Receipt) {
+        let mut receipts = self.0.lock().expect("never poisoned");
+        while receipts.front().is_some_and(|r| r.is_acknowledged()) {
+            receipts.pop_front();
+        }
+        receipts.push_back(receipt);
+    }
+
+    /// Waits until every receipt is acknowledged; false when `deadline`
+    /// came first.
+    async fn settled_by(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let oldest = {
+                let mut receipts = self.0.lock().expect("never poisoned");
+                while receipts.front().is_some_and(|r| r.is_acknowledged()) {
+                    receipts.pop_front();
+                }
+                receipts.front().cloned()
+            };
+            let Some(oldest) = oldest else {
+                return true;
+            };
+            if tokio::time::timeout_at(deadline, oldest.acknowledged())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
 }
 
 impl NotifierSource {
@@ -343,10 +386,12 @@ impl NotifierSource {
             Ok(Err(_)) => false,
             Err(_) => true,
         };
+        // What was read reaches the sinks before the next holder starts.
+        let timed_out = !self.unacknowledged.settled_by(deadline).await || timed_out;
         if timed_out {
             tracing::warn!(
                 timeout_ms = limit.as_millis() as u64,
-                "Fishjam did not close the notifier in time; stopping"
+                "Fishjam did not close the notifier, or the sinks did not acknowledge what it sent, in time; stopping"
             );
         }
         Ok(())
@@ -437,6 +482,7 @@ impl NotifierSource {
         self.admission
             .offer_waiting(body)
             .await
+            .map(drop)
             .map_err(|refused| refused.reason)
     }
 
@@ -465,7 +511,12 @@ impl NotifierSource {
             received,
         );
         match self.admission.offer_waiting(body).await {
-            Ok(()) => telemetry::notifier_paused(waited.elapsed()),
+            Ok(receipt) => {
+                telemetry::notifier_paused(waited.elapsed());
+                if let Some(receipt) = receipt {
+                    self.unacknowledged.push(receipt);
+                }
+            }
             Err(refused) => tracing::error!(
                 error = %refused.reason,
                 events = refused.body.messages.len(),
