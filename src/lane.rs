@@ -138,7 +138,10 @@ impl<'a> Delivery<'a> {
         } = &mut *self.scratch;
         batch.clear();
         if prefix {
-            let last = self.messages.len().min(self.first + max_batch);
+            let last = self
+                .messages
+                .len()
+                .min(self.first.saturating_add(max_batch));
             batch.extend((self.first..last).filter(|&i| !done[i]));
             return;
         }
@@ -146,7 +149,8 @@ impl<'a> Delivery<'a> {
         let hasher = foldhash::fast::FixedState::default();
         // Looked at no further than this: a room with many messages in a
         // row must not make each batch scan all of them.
-        let last = self.messages.len().min(self.first + 8 * max_batch);
+        let last =
+            (self.messages.len()).min(self.first.saturating_add(max_batch.saturating_mul(8)));
         let waiting = (self.first..last).zip(&done[self.first..last]);
         for (index, _) in waiting.filter(|(_, done)| !**done) {
             let room = hasher.hash_one(self.messages[index].event.key());

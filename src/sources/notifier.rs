@@ -109,6 +109,11 @@ impl Unacknowledged {
         while receipts.front().is_some_and(|r| r.is_acknowledged()) {
             receipts.pop_front();
         }
+        // One body stuck in a slow lane keeps the ones behind it here:
+        // those acknowledged since go whenever the queue has doubled.
+        if receipts.len() >= 64 && receipts.len().is_power_of_two() {
+            receipts.retain(|r| !r.is_acknowledged());
+        }
         receipts.push_back(receipt);
     }
 
@@ -139,6 +144,20 @@ impl Unacknowledged {
 impl NotifierSource {
     /// Holds the notifier until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.hold(&shutdown).await;
+        // However the last session ended (a stop during a reconnect's
+        // backoff too), the lease goes with this source only once the sinks
+        // acknowledged what it read, or the drain's time is up.
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        if !self.unacknowledged.settled_by(deadline).await {
+            tracing::warn!(
+                "the sinks did not acknowledge every notification read in time; stopping"
+            );
+        }
+    }
+
+    async fn hold(&self, shutdown: &CancellationToken) {
+        let shutdown = shutdown.clone();
         if self.config.check_credentials {
             tokio::select! {
                 checked = self.check_credentials() => if let Err(error) = checked {

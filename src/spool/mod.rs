@@ -710,7 +710,19 @@ impl Spool {
             return;
         }
         let _ = self.to_writer.send(Command::Cursor(sink, cursor.next));
-        let least = progress.cursors.iter().map(|c| c.next).min();
+        self.advance_watermark(&mut progress);
+    }
+
+    /// Moves the watermark (below which segments are deleted) to the least
+    /// of what every sink acknowledged and what its replay has read: a
+    /// sink's cursor can run ahead of its replay over copies acknowledged
+    /// from fan-out, and a replay must still read what it counts.
+    fn advance_watermark(&self, progress: &mut Progress) {
+        let least = progress
+            .cursors
+            .iter()
+            .map(|c| c.next.min(c.submitted))
+            .min();
         if let Some(least) = least.filter(|least| *least > progress.watermark) {
             progress.watermark = least;
             progress.forget_below(least);
@@ -1015,7 +1027,11 @@ pub async fn replay(
                         }
                     }
                 }
-                spool.progress.lock().expect("never poisoned").cursors[sink].submitted = expected;
+                {
+                    let mut progress = spool.progress.lock().expect("never poisoned");
+                    progress.cursors[sink].submitted = expected;
+                    spool.advance_watermark(&mut progress);
+                }
                 spool.gate().outstanding[sink] -= 1;
             }
             Ok(Next::Entry(_) | Next::Unreadable) => {}
@@ -1367,7 +1383,11 @@ mod tests {
             let durable = spool.append(&mut spool.gate(), record(n)).unwrap();
             durable.await.unwrap().unwrap();
         }
-        // The fast sink has every body, the slow one the first two.
+        // Both replays read every body (what lets the watermark pass
+        // them); the fast sink has every body, the slow one the first two.
+        for cursor in &mut spool.progress.lock().unwrap().cursors {
+            cursor.submitted = 5;
+        }
         for seq in 0..5 {
             spool.acknowledged(0, seq);
         }
