@@ -426,6 +426,7 @@ impl SpoolConfig {
             fsync: self.fsync,
             engage_after: self.engage_after,
             faults: crate::spool::log::Faults::default(),
+            replay_notifier: true,
         })
     }
 }

@@ -197,7 +197,13 @@ pub async fn start(
     let spool = config
         .spool
         .options()
-        .map(|options| spool::Spool::open(&options, &fanout.sink_names()))
+        .map(|options| {
+            let options = spool::Options {
+                replay_notifier: config.election.backend == config::ElectionBackend::None,
+                ..options
+            };
+            spool::Spool::open(&options, &fanout.sink_names())
+        })
         .transpose()?;
     if let Some(spool) = &spool {
         // With room for the largest body the bridge takes, a webhook can be

@@ -170,7 +170,7 @@ metrics! {
     SPOOL_ENGAGED: Gauge "fishjam_bridge_spool_engaged" []
         "1 while bodies go to the disk spool instead of straight to the sinks.";
     SPOOL_BODIES: Counter "fishjam_bridge_spool_bodies_total" ["op", "source"]
-        "Bodies written to the spool, replayed from it (passed on to the sinks; a body fan-out still held when the spool engaged, or a notifier frame's copy, is not sent again), refused because it was full, failed to write, or (a notifier frame's copy) not copied because copies held half the spool or waited for the disk, by op and source.";
+        "Bodies written to the spool, replayed from it (passed on to the sinks; a body fan-out still held when the spool engaged, or a notifier frame's copy, is not sent again), refused because it was full, failed to write, or (a notifier frame's copy) not copied because copies held half the spool or waited for the disk, or not replayed after a restart in a fleet that elects the notifier's holder, by op and source.";
     SPOOL_TORN: Counter "fishjam_bridge_spool_torn_entries_total" []
         "Spool entries found torn or unreadable when the spool was opened (cut off, never replayed).";
     SPOOL_SYNC: Histogram "fishjam_bridge_spool_write_duration_seconds" []
@@ -536,7 +536,14 @@ pub fn spool_registered() {
     gauge!(SPOOL_MAX_BYTES).set(0.0);
     gauge!(SPOOL_ENGAGED).set(0.0);
     counter!(SPOOL_TORN).increment(0);
-    for op in ["written", "replayed", "refused", "failed", "not_copied"] {
+    for op in [
+        "written",
+        "replayed",
+        "refused",
+        "failed",
+        "not_copied",
+        "not_replayed",
+    ] {
         for source in [Source::Webhook, Source::Notifier] {
             counter!(SPOOL_BODIES, "op" => op, "source" => source.as_str()).increment(0);
         }
@@ -562,6 +569,12 @@ pub fn spool_written(source: Source) {
 
 pub fn spool_replayed(source: Source) {
     counter!(SPOOL_BODIES, "op" => "replayed", "source" => source.as_str()).increment(1);
+}
+
+/// A body a previous run read from the notifier, not replayed: another
+/// replica of the fleet has held the notifier since.
+pub fn spool_not_replayed(source: Source) {
+    counter!(SPOOL_BODIES, "op" => "not_replayed", "source" => source.as_str()).increment(1);
 }
 
 /// A body refused because the spool holds `spool.max_bytes`.

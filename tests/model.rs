@@ -423,6 +423,7 @@ impl Plan {
             // what it holds alone, whatever the machine's load.
             engage_after: Duration::from_secs(3600),
             faults: self.disk.clone(),
+            replay_notifier: true,
         }
     }
 

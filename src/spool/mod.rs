@@ -54,6 +54,11 @@ pub struct Options {
     pub engage_after: Duration,
     /// Failures a test arms for the log's files; none in a real run.
     pub faults: log::Faults,
+    /// Whether what the notifier read in a previous run is replayed: not
+    /// in a fleet that elects the notifier's holder, where another replica
+    /// has held it since and published newer events of those rooms, which
+    /// a late replay would put out of order.
+    pub replay_notifier: bool,
 }
 
 /// Why a body could not be spooled.
@@ -316,6 +321,7 @@ pub struct Spool {
     /// left to the room activity.
     observer: usize,
     engage_after: Duration,
+    replay_notifier: bool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -440,6 +446,7 @@ impl Spool {
                 .min_by_key(|(_, start)| **start)
                 .map_or(0, |(sink, _)| sink),
             engage_after: options.engage_after,
+            replay_notifier: options.replay_notifier,
             writer: Mutex::new(None),
         });
         let shared = spool.clone();
@@ -1107,6 +1114,13 @@ impl Replay<'_> {
     /// acknowledged in the sink's cursor once it has them. False when there
     /// is nothing to submit.
     async fn submit(&self, record: log::Record) -> bool {
+        let earlier_run = record.seq < self.spool.first_of_this_run;
+        if earlier_run && record.source != Source::Webhook && !self.spool.replay_notifier {
+            if self.sink == self.spool.observer {
+                telemetry::spool_not_replayed(record.source);
+            }
+            return false;
+        }
         let origin = Origin {
             source: record.source,
             received_at: record.received_at,
@@ -1210,6 +1224,7 @@ pub(crate) fn test_options(dir: &Path) -> Options {
         fsync: true,
         engage_after: Duration::from_secs(1),
         faults: log::Faults::default(),
+        replay_notifier: true,
     }
 }
 
