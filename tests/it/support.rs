@@ -298,13 +298,23 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:016x}", rand::random::<u64>())
 }
 
-/// A port nothing listens on now (the caller binds it soon after).
+/// A port nothing listens on now (the caller binds it soon after). Drawn
+/// below the kernel's ephemeral ports (32768 and up here), so that neither
+/// an outgoing connection's own port nor a listener on port 0 can take it
+/// in between, and never handed out twice by this process: two private
+/// brokers given one port made one of them fail to start, or a test talk
+/// to the other's.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
 }
 
 /// `simulate --listen 127.0.0.1:<port>` with `args`, returned once it accepts
