@@ -644,11 +644,6 @@ impl Fanout {
         self.in_flight.moving(within)
     }
 
-    /// Whether duplicates of the other source are dropped.
-    pub fn deduplicates(&self) -> bool {
-        self.dedup.is_some()
-    }
-
     /// Shows every event to `tap` as it is accepted.
     pub fn with_tap(self, tap: Tap) -> Fanout {
         Fanout {
