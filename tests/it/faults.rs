@@ -151,6 +151,53 @@ fn a_broker_down_under_load_costs_no_acknowledged_event() {
     );
 }
 
+/// A webhook body held for its sinks keeps its place in
+/// `webhook.max_body_bytes_in_flight` until it is answered: the spool keeps
+/// its bytes, to append it if it engages, so they are still in memory.
+#[test]
+fn a_held_webhook_body_keeps_its_bytes_in_the_budget_until_it_is_answered() {
+    let mut server = PrivateNats::start();
+    let spool = tempfile::tempdir().unwrap();
+    let body = room_created("held");
+    let limit = body.len();
+    // The body waits for the sink (the spool engages only after 50 s), and
+    // the budget has room for one body of its size.
+    let text = spooled(
+        &server.url(),
+        &unique("FH"),
+        spool.path(),
+        "engage_after = \"50s\"\n",
+    )
+    .replace(
+        "ack_timeout = \"2s\"\n",
+        &format!(
+            "ack_timeout = \"60s\"\nmax_body_bytes = {limit}\nmax_body_bytes_in_flight = {limit}\n"
+        ),
+    );
+    let bridge = BridgeProcess::start(&text);
+    server.stop();
+    let url = bridge.webhook_url();
+    let held = {
+        let (url, body) = (url.clone(), body.clone());
+        std::thread::spawn(move || post(&url, body, None).status().as_u16())
+    };
+    wait_until("the first body is held for the sink", || {
+        bridge
+            .metrics()
+            .sum("fishjam_bridge_pipeline_events_in_flight", &[])
+            == 1.0
+    });
+    let refused = post(&url, room_created("hel2"), None);
+    assert_eq!(refused.status().as_u16(), 503);
+    assert!(
+        refused.text().unwrap().contains("max_body_bytes_in_flight"),
+        "refused for the budget"
+    );
+    server.restart();
+    assert_eq!(held.join().unwrap(), 200);
+    assert_eq!(post(&url, room_created("hel3"), None).status().as_u16(), 200);
+}
+
 /// JetStream's server killed (SIGKILL) and started again, again and again,
 /// under webhook load: a publish can then fail while a later one of the
 /// same batch was stored. Every acknowledged notification is in the stream
