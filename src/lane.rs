@@ -224,7 +224,10 @@ async fn deliver<S: Publish>(
         }
         telemetry::sink_failed(sink.name(), error.reason(), delivery.remaining);
         telemetry::sink_retry(sink.name());
-        let delay = backoff.next_delay();
+        // A destination's own `Retry-After` is the least it waits.
+        let delay = backoff
+            .next_delay()
+            .max(error.retry_after().unwrap_or_default());
         tracing::warn!(
             sink = sink.name(),
             error = %telemetry::Chain(&error),
@@ -441,6 +444,21 @@ mod tests {
                 vec!["c", "d", "e"],
             ]
         );
+    }
+
+    /// A destination that asks for a pause (`Retry-After`) is not asked
+    /// again before it, however short the lane's own backoff.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waits_at_least_what_the_destination_asked_for() {
+        let sink = FakeSink::answering([Answer::Fail(0, || SinkError::Throttled {
+            cause: "the receiver answered 429".to_owned(),
+            retry_after: Duration::from_secs(7),
+        })]);
+        let started = tokio::time::Instant::now();
+        run(sink.clone(), &[&["a"]], 10, DeadLetters::default()).await;
+        assert_eq!(sink.stored_keys(), ["a"]);
+        assert_eq!(sink.calls.lock().unwrap().len(), 2);
+        assert!(started.elapsed() >= Duration::from_secs(7));
     }
 
     /// A sink that stored a later event of a room and failed an earlier one

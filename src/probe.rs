@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::admin::Readiness;
 use crate::config::Config;
-use crate::sinks::{Sink, SinkHealth};
+use crate::sinks::{Publish, Sink, SinkHealth};
 use crate::telemetry::Chain;
 
 /// One target and what reaching it gave.

@@ -478,6 +478,50 @@ fn tls_config(tls: &AmqpTlsConfig) -> Result<OwnedTLSConfig, SinkError> {
     })
 }
 
+impl super::SinkKind for AmqpConfig {
+    type Sink = AmqpSink;
+
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn route(&self) -> &super::RouteConfig {
+        &self.route
+    }
+
+    fn lanes(&self, pipeline: usize) -> usize {
+        // RabbitMQ's confirms wait for the queue's storage: more batches in
+        // flight keep it busy (measured in BENCHMARKS.md).
+        self.lanes.unwrap_or(pipeline.max(32))
+    }
+
+    fn validate(&self) -> Vec<String> {
+        AmqpConfig::validate(self)
+    }
+
+    fn describe(&self) -> String {
+        AmqpConfig::describe(self)
+    }
+
+    async fn connect(&self, health: super::SinkHealth) -> Result<AmqpSink, SinkError> {
+        AmqpSink::connect(self, health).await
+    }
+}
+
+impl super::Publish for AmqpSink {
+    fn name(&self) -> &str {
+        AmqpSink::name(self)
+    }
+
+    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
+        AmqpSink::publish(self, batch).await
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        AmqpSink::close(self).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

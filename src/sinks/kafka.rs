@@ -703,6 +703,48 @@ fn classify(error: KafkaError, timeout: Duration) -> SinkError {
     }
 }
 
+impl super::SinkKind for KafkaConfig {
+    type Sink = KafkaSink;
+
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn route(&self) -> &super::RouteConfig {
+        &self.route
+    }
+
+    fn lanes(&self, pipeline: usize) -> usize {
+        self.lanes.unwrap_or(pipeline)
+    }
+
+    fn validate(&self) -> Vec<String> {
+        KafkaConfig::validate(self)
+    }
+
+    fn describe(&self) -> String {
+        KafkaConfig::describe(self)
+    }
+
+    async fn connect(&self, health: super::SinkHealth) -> Result<KafkaSink, SinkError> {
+        KafkaSink::connect(self, health).await
+    }
+}
+
+impl super::Publish for KafkaSink {
+    fn name(&self) -> &str {
+        KafkaSink::name(self)
+    }
+
+    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
+        KafkaSink::publish(self, batch).await
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        KafkaSink::close(self).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,14 +7,11 @@
 //! of a batch are safe and why the rest are not, and the lane (`lane.rs`)
 //! retries them in order.
 
-pub mod amqp;
-pub mod kafka;
-pub mod nats;
-pub mod nats_wire;
-pub mod stdout;
+mod nats_wire;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -24,67 +21,154 @@ use crate::core::event::{Event, Message, SCHEMA_VERSION_TEXT};
 use crate::core::route::{Filter, UnknownName};
 use crate::telemetry;
 
-/// One entry of `[[sinks]]`, chosen by its `type`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SinkConfig {
+/// What the seam needs of a sink's configuration: its common fields, its
+/// checks, and how to connect. `sinks!` makes the rest.
+pub trait SinkKind {
+    /// The connected sink.
+    type Sink: Publish + std::fmt::Debug;
+    /// Name in logs and metrics, when set (default: the `type`).
+    fn name(&self) -> Option<&str>;
+    /// Which events the sink takes.
+    fn route(&self) -> &RouteConfig;
+    /// The sink's lanes: its own `lanes`, else its type's default from
+    /// `pipeline.lanes`.
+    fn lanes(&self, pipeline: usize) -> usize {
+        pipeline
+    }
+    /// Problems with the values, each starting with its key.
+    fn validate(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// What `check-config` prints after the name, without secrets.
+    fn describe(&self) -> String {
+        String::new()
+    }
+    /// Connects; `health` is told when the connection comes and goes.
+    fn connect(
+        &self,
+        health: SinkHealth,
+    ) -> impl Future<Output = Result<Self::Sink, SinkError>> + Send;
+}
+
+/// The list of sinks: each line declares the sink's module and makes it a
+/// `type` of `[[sinks]]`; every dispatch over sinks is generated from it.
+macro_rules! sinks {
+    ($($(#[$doc:meta])* $module:ident::$config:ident as $variant:ident($type:literal $(| $alias:literal)*),)*) => {
+        $(pub mod $module;)*
+
+        /// One entry of `[[sinks]]`, chosen by its `type`.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum SinkConfig {
+            $($(#[$doc])* #[serde(rename = $type $(, alias = $alias)*)] $variant(Box<$module::$config>),)*
+        }
+
+        /// A connected sink.
+        #[derive(Debug)]
+        pub enum Sink {
+            $($variant(Box<<$module::$config as SinkKind>::Sink>),)*
+        }
+
+        impl SinkConfig {
+            /// The sink's name in logs and metric labels.
+            pub fn name(&self) -> &str {
+                match self {
+                    $(SinkConfig::$variant(c) => c.name().unwrap_or($type),)*
+                }
+            }
+
+            /// The sink's `type`.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(SinkConfig::$variant(_) => $type,)*
+                }
+            }
+
+            /// The sink's lanes: its own `lanes`, else the sink type's
+            /// default, else `pipeline.lanes`.
+            pub fn lanes(&self, pipeline_default: usize) -> usize {
+                match self {
+                    $(SinkConfig::$variant(c) => c.lanes(pipeline_default),)*
+                }
+            }
+
+            /// Which events the sink takes.
+            pub fn route(&self) -> &RouteConfig {
+                match self {
+                    $(SinkConfig::$variant(c) => c.route(),)*
+                }
+            }
+
+            fn validate_kind(&self) -> Vec<String> {
+                match self {
+                    $(SinkConfig::$variant(c) => c.validate(),)*
+                }
+            }
+
+            fn describe_kind(&self) -> String {
+                match self {
+                    $(SinkConfig::$variant(c) => c.describe(),)*
+                }
+            }
+
+            async fn connect_kind(&self, health: SinkHealth) -> Result<Sink, SinkError> {
+                Ok(match self {
+                    $(SinkConfig::$variant(c) => Sink::$variant(Box::new(c.connect(health).await?)),)*
+                })
+            }
+        }
+
+        impl Publish for Sink {
+            fn name(&self) -> &str {
+                match self {
+                    $(Sink::$variant(s) => s.name(),)*
+                }
+            }
+
+            fn stores_prefixes(&self) -> bool {
+                match self {
+                    $(Sink::$variant(s) => s.stores_prefixes(),)*
+                }
+            }
+
+            async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
+                match self {
+                    $(Sink::$variant(s) => s.publish(batch).await,)*
+                }
+            }
+
+            async fn close(&self) -> Result<(), SinkError> {
+                match self {
+                    $(Sink::$variant(s) => s.close().await,)*
+                }
+            }
+        }
+    };
+}
+
+sinks! {
     /// JSON lines on standard output.
-    Stdout(stdout::StdoutConfig),
+    stdout::StdoutConfig as Stdout("stdout"),
     /// JSON lines appended to a file.
-    File(stdout::FileConfig),
+    file::FileConfig as File("file"),
     /// NATS, core or JetStream.
-    Nats(Box<nats::NatsConfig>),
+    nats::NatsConfig as Nats("nats"),
     /// RabbitMQ (AMQP 0-9-1) with publisher confirms.
-    #[serde(alias = "rabbitmq")]
-    Amqp(Box<amqp::AmqpConfig>),
+    amqp::AmqpConfig as Amqp("amqp" | "rabbitmq"),
     /// Kafka, keyed by room, acks=all, idempotent.
-    Kafka(Box<kafka::KafkaConfig>),
+    kafka::KafkaConfig as Kafka("kafka"),
 }
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig::Stdout(stdout::StdoutConfig::default())
+        SinkConfig::Stdout(Box::default())
     }
 }
 
 impl SinkConfig {
-    /// The sink's name in logs and metric labels.
-    pub fn name(&self) -> &str {
-        match self {
-            SinkConfig::Stdout(c) => c.name.as_deref().unwrap_or("stdout"),
-            SinkConfig::File(c) => c.name.as_deref().unwrap_or("file"),
-            SinkConfig::Nats(c) => c.name.as_deref().unwrap_or("nats"),
-            SinkConfig::Amqp(c) => c.name.as_deref().unwrap_or("amqp"),
-            SinkConfig::Kafka(c) => c.name.as_deref().unwrap_or("kafka"),
-        }
-    }
-
-    /// The sink's lanes: its own `lanes`, else the sink type's default, else
-    /// `pipeline.lanes`.
-    pub fn lanes(&self, pipeline_default: usize) -> usize {
-        match self {
-            SinkConfig::Stdout(_) | SinkConfig::File(_) => pipeline_default,
-            SinkConfig::Nats(c) if c.mode == nats::NatsMode::Core => {
-                c.lanes.unwrap_or(pipeline_default)
-            }
-            // JetStream acks and RabbitMQ confirms wait for the server's
-            // storage: more batches in flight keep it busy (measured in
-            // BENCHMARKS.md).
-            SinkConfig::Nats(c) => c.lanes.unwrap_or(pipeline_default.max(16)),
-            SinkConfig::Amqp(c) => c.lanes.unwrap_or(pipeline_default.max(32)),
-            SinkConfig::Kafka(c) => c.lanes.unwrap_or(pipeline_default),
-        }
-    }
-
     /// Problems with the values, each starting with its key.
     pub fn validate(&self) -> Vec<String> {
-        let mut problems = match self {
-            SinkConfig::Stdout(_) => Vec::new(),
-            SinkConfig::File(c) => c.validate(),
-            SinkConfig::Nats(c) => c.validate(),
-            SinkConfig::Amqp(c) => c.validate(),
-            SinkConfig::Kafka(c) => c.validate(),
-        };
+        let mut problems = self.validate_kind();
         match self.route().filter() {
             Err(unknown) => problems.push(format!("route: {unknown}")),
             Ok(filter) if filter.takes_none() => {
@@ -95,21 +179,16 @@ impl SinkConfig {
         problems
     }
 
-    /// Which events the sink takes.
-    pub fn route(&self) -> &RouteConfig {
-        match self {
-            SinkConfig::Stdout(c) => &c.route,
-            SinkConfig::File(c) => &c.route,
-            SinkConfig::Nats(c) => &c.route,
-            SinkConfig::Amqp(c) => &c.route,
-            SinkConfig::Kafka(c) => &c.route,
-        }
-    }
-
     /// One line for `check-config`, without secrets.
     pub fn describe(&self) -> String {
         let route = self.route();
-        let mut line = self.describe_sink();
+        let mut line = format!("{} (name {:?}", self.kind(), self.name());
+        let details = self.describe_kind();
+        if !details.is_empty() {
+            line.push_str(", ");
+            line.push_str(&details);
+        }
+        line.push(')');
         if !route.include.is_empty() {
             line.push_str(&format!(", takes only {}", route.include.join(", ")));
         }
@@ -117,21 +196,6 @@ impl SinkConfig {
             line.push_str(&format!(", not {}", route.exclude.join(", ")));
         }
         line
-    }
-
-    fn describe_sink(&self) -> String {
-        match self {
-            SinkConfig::Stdout(_) => format!("stdout (name {:?})", self.name()),
-            SinkConfig::File(c) => format!(
-                "file (name {:?}, path {}, fsync {})",
-                self.name(),
-                c.path.display(),
-                c.fsync
-            ),
-            SinkConfig::Nats(c) => format!("nats (name {:?}, {})", self.name(), c.describe()),
-            SinkConfig::Amqp(c) => format!("amqp (name {:?}, {})", self.name(), c.describe()),
-            SinkConfig::Kafka(c) => format!("kafka (name {:?}, {})", self.name(), c.describe()),
-        }
     }
 }
 
@@ -174,15 +238,11 @@ pub trait Publish: Send + Sync {
     fn stores_prefixes(&self) -> bool {
         false
     }
-}
 
-/// A connected sink.
-#[derive(Debug)]
-pub enum Sink {
-    Stdout(stdout::StdoutSink),
-    Nats(Box<nats::NatsSink>),
-    Amqp(Box<amqp::AmqpSink>),
-    Kafka(Box<kafka::KafkaSink>),
+    /// Flushes what the sink buffers and disconnects.
+    fn close(&self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Why a connect or a publish failed.
@@ -216,6 +276,13 @@ pub enum SinkError {
     /// The broker refused the message for now (a RabbitMQ nack): retried.
     #[error("the broker did not take the message: {0}")]
     Nacked(String),
+    /// The receiver asked for a pause (a 429 or a 503 with `Retry-After`):
+    /// retried, not before `retry_after`.
+    #[error("{cause}; asked to retry after {}s", retry_after.as_secs())]
+    Throttled {
+        cause: String,
+        retry_after: Duration,
+    },
 }
 
 /// What made a sink error: the library's or the OS's error (or a text
@@ -244,6 +311,15 @@ impl SinkError {
             SinkError::Timeout => "timeout",
             SinkError::Rejected(_) => "rejected",
             SinkError::Nacked(_) => "nacked",
+            SinkError::Throttled { .. } => "throttled",
+        }
+    }
+
+    /// How long the destination asked the bridge to wait before a retry.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }
@@ -426,62 +502,9 @@ pub struct PublishError {
 impl Sink {
     /// Connects; `health` is told when the connection comes and goes.
     pub async fn connect(config: &SinkConfig, health: SinkHealth) -> Result<Sink, SinkError> {
-        let sink = match config {
-            SinkConfig::Stdout(c) => Sink::Stdout(stdout::StdoutSink::connect_stdout(c)),
-            SinkConfig::File(c) => Sink::Stdout(stdout::StdoutSink::connect_file(c).await?),
-            SinkConfig::Nats(c) => {
-                Sink::Nats(Box::new(nats::NatsSink::connect(c, health.clone()).await?))
-            }
-            SinkConfig::Amqp(c) => {
-                Sink::Amqp(Box::new(amqp::AmqpSink::connect(c, health.clone()).await?))
-            }
-            SinkConfig::Kafka(c) => Sink::Kafka(Box::new(
-                kafka::KafkaSink::connect(c, health.clone()).await?,
-            )),
-        };
+        let sink = config.connect_kind(health.clone()).await?;
         health.establish();
         Ok(sink)
-    }
-
-    /// Flushes what the sink buffers and disconnects.
-    pub async fn close(&self) -> Result<(), SinkError> {
-        match self {
-            Sink::Stdout(s) => s.close().await,
-            Sink::Nats(s) => s.close().await,
-            Sink::Amqp(s) => s.close().await,
-            Sink::Kafka(s) => s.close().await,
-        }
-    }
-}
-
-impl Publish for Sink {
-    fn name(&self) -> &str {
-        match self {
-            Sink::Stdout(s) => s.name(),
-            Sink::Nats(s) => s.name(),
-            Sink::Amqp(s) => s.name(),
-            Sink::Kafka(s) => s.name(),
-        }
-    }
-
-    fn stores_prefixes(&self) -> bool {
-        match self {
-            Sink::Stdout(_) => true,
-            Sink::Nats(s) => s.is_core(),
-            // librdkafka fails a record that timed out in its queue and
-            // still sends the later ones of its partition (it skips the gap
-            // with a new epoch), so a retry would store it after them.
-            Sink::Amqp(_) | Sink::Kafka(_) => false,
-        }
-    }
-
-    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
-        match self {
-            Sink::Stdout(s) => s.publish(batch).await,
-            Sink::Nats(s) => s.publish(batch).await,
-            Sink::Amqp(s) => s.publish(batch).await,
-            Sink::Kafka(s) => s.publish(batch).await,
-        }
     }
 }
 

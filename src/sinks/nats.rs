@@ -808,6 +808,57 @@ async fn ensure_stream(
     Ok(())
 }
 
+impl super::SinkKind for NatsConfig {
+    type Sink = NatsSink;
+
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn route(&self) -> &super::RouteConfig {
+        &self.route
+    }
+
+    fn lanes(&self, pipeline: usize) -> usize {
+        // JetStream acks wait for the server's storage: more batches in flight
+        // keep it busy (measured in BENCHMARKS.md).
+        match self.mode {
+            NatsMode::Core => self.lanes.unwrap_or(pipeline),
+            NatsMode::Jetstream => self.lanes.unwrap_or(pipeline.max(16)),
+        }
+    }
+
+    fn validate(&self) -> Vec<String> {
+        NatsConfig::validate(self)
+    }
+
+    fn describe(&self) -> String {
+        NatsConfig::describe(self)
+    }
+
+    async fn connect(&self, health: super::SinkHealth) -> Result<NatsSink, SinkError> {
+        NatsSink::connect(self, health).await
+    }
+}
+
+impl super::Publish for NatsSink {
+    fn name(&self) -> &str {
+        NatsSink::name(self)
+    }
+
+    fn stores_prefixes(&self) -> bool {
+        self.is_core()
+    }
+
+    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
+        NatsSink::publish(self, batch).await
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        NatsSink::close(self).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

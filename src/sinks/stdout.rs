@@ -5,12 +5,11 @@
 //! reading standard output therefore stops acknowledgements, and webhooks
 //! answer 503, rather than the bridge buffering without bound.
 
-use std::path::PathBuf;
-
 use serde::Deserialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
+use super::file::FileConfig;
 use super::{PublishError, SinkError};
 use crate::core::event::Message;
 
@@ -22,31 +21,6 @@ pub struct StdoutConfig {
     /// Which events this sink takes (default: all).
     #[serde(default)]
     pub route: super::RouteConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// Name in logs and metrics; default `file`.
-    pub name: Option<String>,
-    /// File to append to; created if missing.
-    pub path: PathBuf,
-    /// Sync the file to disk before acknowledging a batch.
-    #[serde(default)]
-    pub fsync: bool,
-    /// Which events this sink takes (default: all).
-    #[serde(default)]
-    pub route: super::RouteConfig,
-}
-
-impl FileConfig {
-    pub fn validate(&self) -> Vec<String> {
-        if self.path.as_os_str().is_empty() {
-            vec!["path must not be empty".to_owned()]
-        } else {
-            Vec::new()
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -173,20 +147,36 @@ async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::
     writer.flush().await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl super::SinkKind for StdoutConfig {
+    type Sink = StdoutSink;
 
-    #[tokio::test]
-    async fn a_device_closes_cleanly_even_with_fsync() {
-        let sink = StdoutSink::connect_file(&FileConfig {
-            name: None,
-            path: PathBuf::from("/dev/null"),
-            fsync: true,
-            route: Default::default(),
-        })
-        .await
-        .unwrap();
-        sink.close().await.unwrap();
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn route(&self) -> &super::RouteConfig {
+        &self.route
+    }
+
+    async fn connect(&self, _health: super::SinkHealth) -> Result<StdoutSink, SinkError> {
+        Ok(StdoutSink::connect_stdout(self))
+    }
+}
+
+impl super::Publish for StdoutSink {
+    fn name(&self) -> &str {
+        StdoutSink::name(self)
+    }
+
+    fn stores_prefixes(&self) -> bool {
+        true
+    }
+
+    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
+        StdoutSink::publish(self, batch).await
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        StdoutSink::close(self).await
     }
 }
