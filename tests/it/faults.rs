@@ -195,7 +195,10 @@ fn a_held_webhook_body_keeps_its_bytes_in_the_budget_until_it_is_answered() {
     );
     server.restart();
     assert_eq!(held.join().unwrap(), 200);
-    assert_eq!(post(&url, room_created("hel3"), None).status().as_u16(), 200);
+    assert_eq!(
+        post(&url, room_created("hel3"), None).status().as_u16(),
+        200
+    );
 }
 
 /// JetStream's server killed (SIGKILL) and started again, again and again,
