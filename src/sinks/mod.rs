@@ -157,6 +157,8 @@ sinks! {
     amqp::AmqpConfig as Amqp("amqp" | "rabbitmq"),
     /// Kafka, keyed by room, acks=all, idempotent.
     kafka::KafkaConfig as Kafka("kafka"),
+    /// HTTP POSTs signed with Standard Webhooks.
+    http::HttpConfig as Http("http"),
 }
 
 impl Default for SinkConfig {

@@ -8,6 +8,7 @@ mod election;
 mod faults;
 mod fuzzing;
 mod hostile;
+mod http;
 mod kafka;
 mod nats;
 mod notifier;

@@ -36,7 +36,7 @@ fn installed(language: &str, pins: &str) -> Option<PathBuf> {
 
 /// A Python with the pinned SDK: the installed one, or a fresh virtual
 /// environment in `scratch`.
-fn python_with_sdk(scratch: &Path) -> PathBuf {
+pub fn python_with_sdk(scratch: &Path) -> PathBuf {
     if let Some(venv) = installed("python", "requirements.txt") {
         return venv.join("bin/python");
     }
