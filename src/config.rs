@@ -567,87 +567,127 @@ impl Config {
         .unwrap_or(0)
     }
 
+    /// Checks every section and reports every problem at once. The sections
+    /// are checked in a fixed order, so the problems always come out in the
+    /// same order.
     fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        self.validate_fishjam(&mut problems);
+        self.validate_webhook(&mut problems);
+        self.validate_notifier(&mut problems);
+        self.validate_sources(&mut problems);
+        self.validate_pipeline_bounds(&mut problems);
+        self.validate_admin(&mut problems);
+        self.validate_tls_files(&mut problems);
+        self.validate_spool(&mut problems);
+        self.validate_election(&mut problems);
+        self.validate_pipeline_delivery(&mut problems);
+        self.validate_sinks(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    fn validate_fishjam(&self, problems: &mut Vec<String>) {
         if self.fishjam.id.trim().is_empty() {
             problems.push(
                 "fishjam.id is required: the Fishjam id from the dashboard or a self-hosted Fishjam's URL (or set FISHJAM_ID)".to_owned(),
             );
         }
-        if self.webhook.enabled {
-            if !self.webhook.path.starts_with('/') {
-                problems.push(format!(
-                    "webhook.path must start with '/': got {:?}",
-                    self.webhook.path
-                ));
-            }
-            match (&self.webhook.secret, self.webhook.allow_unsigned) {
-                (Some(secret), _) if secret.expose().is_empty() => {
-                    problems.push("webhook.secret is set but empty".to_owned())
-                }
-                (None, false) => problems.push(
-                    "webhook.secret is not set: set it to the webhook secret from the Fishjam \
-                     dashboard (FISHJAM_WEBHOOK_SECRET, or webhook.secret_file), or set \
-                     webhook.allow_unsigned = true to accept unsigned webhooks from anyone who \
-                     reaches webhook.listen"
-                        .to_owned(),
-                ),
-                _ => {}
-            }
-            if self.webhook.max_body_bytes_in_flight < self.webhook.max_body_bytes {
-                problems.push(format!(
-                    "webhook.max_body_bytes_in_flight ({}) must be at least webhook.max_body_bytes ({}): a body of the largest size could never be read",
-                    self.webhook.max_body_bytes_in_flight, self.webhook.max_body_bytes
-                ));
-            }
-            if self.webhook.max_body_bytes > u32::MAX as usize {
-                problems.push("webhook.max_body_bytes must be below 4 GiB".to_owned());
-            }
-            if self.webhook.max_connections == 0 {
-                problems.push("webhook.max_connections must be at least 1".to_owned());
-            }
-            if self.webhook.idle_timeout.is_zero() {
-                problems.push("webhook.idle_timeout must be longer than zero".to_owned());
-            }
-            if self.webhook.max_events_per_body == 0 {
-                problems.push("webhook.max_events_per_body must be at least 1".to_owned());
-            }
-            if self.webhook.max_events_per_body > self.pipeline.max_in_flight_events {
-                problems.push(format!(
-                    "webhook.max_events_per_body ({}) must not exceed pipeline.max_in_flight_events ({}): such a body could never be accepted",
-                    self.webhook.max_events_per_body, self.pipeline.max_in_flight_events
-                ));
-            }
-            if self.webhook.ack_timeout.is_zero() {
-                problems.push("webhook.ack_timeout must be longer than zero".to_owned());
-            }
+    }
+
+    /// The webhook listener's keys; none is checked while it is disabled.
+    fn validate_webhook(&self, problems: &mut Vec<String>) {
+        if !self.webhook.enabled {
+            return;
         }
-        if self.notifier.enabled {
-            if self.fishjam.management_token.is_none() {
-                problems.push(
-                    "notifier.enabled needs fishjam.management_token (or FISHJAM_MANAGEMENT_TOKEN)"
-                        .to_owned(),
-                );
-            }
-            if let Err(problem) = crate::fishjam::notifier_url(&self.fishjam.id) {
-                problems.push(format!("fishjam.id: {problem}"));
-            }
-            if self.notifier.ping_interval >= self.notifier.idle_timeout {
-                problems.push(
-                    "notifier.ping_interval must be shorter than notifier.idle_timeout".to_owned(),
-                );
-            }
-            if self.notifier.backoff_initial > self.notifier.backoff_max {
-                problems.push(
-                    "notifier.backoff_initial must not exceed notifier.backoff_max".to_owned(),
-                );
-            }
+        if !self.webhook.path.starts_with('/') {
+            problems.push(format!(
+                "webhook.path must start with '/': got {:?}",
+                self.webhook.path
+            ));
         }
+        match (&self.webhook.secret, self.webhook.allow_unsigned) {
+            (Some(secret), _) if secret.expose().is_empty() => {
+                problems.push("webhook.secret is set but empty".to_owned())
+            }
+            (None, false) => problems.push(
+                "webhook.secret is not set: set it to the webhook secret from the Fishjam \
+                 dashboard (FISHJAM_WEBHOOK_SECRET, or webhook.secret_file), or set \
+                 webhook.allow_unsigned = true to accept unsigned webhooks from anyone who \
+                 reaches webhook.listen"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        if self.webhook.max_body_bytes_in_flight < self.webhook.max_body_bytes {
+            problems.push(format!(
+                "webhook.max_body_bytes_in_flight ({}) must be at least webhook.max_body_bytes ({}): a body of the largest size could never be read",
+                self.webhook.max_body_bytes_in_flight, self.webhook.max_body_bytes
+            ));
+        }
+        if self.webhook.max_body_bytes > u32::MAX as usize {
+            problems.push("webhook.max_body_bytes must be below 4 GiB".to_owned());
+        }
+        if self.webhook.max_connections == 0 {
+            problems.push("webhook.max_connections must be at least 1".to_owned());
+        }
+        if self.webhook.idle_timeout.is_zero() {
+            problems.push("webhook.idle_timeout must be longer than zero".to_owned());
+        }
+        if self.webhook.max_events_per_body == 0 {
+            problems.push("webhook.max_events_per_body must be at least 1".to_owned());
+        }
+        if self.webhook.max_events_per_body > self.pipeline.max_in_flight_events {
+            problems.push(format!(
+                "webhook.max_events_per_body ({}) must not exceed pipeline.max_in_flight_events ({}): such a body could never be accepted",
+                self.webhook.max_events_per_body, self.pipeline.max_in_flight_events
+            ));
+        }
+        if self.webhook.ack_timeout.is_zero() {
+            problems.push("webhook.ack_timeout must be longer than zero".to_owned());
+        }
+    }
+
+    /// The notifier's keys, and what it needs from `fishjam`; none is
+    /// checked while it is disabled.
+    fn validate_notifier(&self, problems: &mut Vec<String>) {
+        if !self.notifier.enabled {
+            return;
+        }
+        if self.fishjam.management_token.is_none() {
+            problems.push(
+                "notifier.enabled needs fishjam.management_token (or FISHJAM_MANAGEMENT_TOKEN)"
+                    .to_owned(),
+            );
+        }
+        if let Err(problem) = crate::fishjam::notifier_url(&self.fishjam.id) {
+            problems.push(format!("fishjam.id: {problem}"));
+        }
+        if self.notifier.ping_interval >= self.notifier.idle_timeout {
+            problems.push(
+                "notifier.ping_interval must be shorter than notifier.idle_timeout".to_owned(),
+            );
+        }
+        if self.notifier.backoff_initial > self.notifier.backoff_max {
+            problems
+                .push("notifier.backoff_initial must not exceed notifier.backoff_max".to_owned());
+        }
+    }
+
+    fn validate_sources(&self, problems: &mut Vec<String>) {
         if !self.webhook.enabled && !self.notifier.enabled {
             problems.push(
                 "enable webhook or notifier (or both): with neither, nothing comes in".to_owned(),
             );
         }
+    }
+
+    /// The pipeline's in-flight bounds, and that the largest webhook body
+    /// fits them.
+    fn validate_pipeline_bounds(&self, problems: &mut Vec<String>) {
         if self.pipeline.max_in_flight_bursty_events == 0 {
             problems.push("pipeline.max_in_flight_bursty_events must be at least 1".to_owned());
         }
@@ -663,11 +703,19 @@ impl Config {
         if self.pipeline.max_in_flight_events == 0 {
             problems.push("pipeline.max_in_flight_events must be at least 1".to_owned());
         }
+    }
+
+    fn validate_admin(&self, problems: &mut Vec<String>) {
         if self.admin.tap && !self.admin.enabled {
             problems.push(
                 "admin.tap needs admin.enabled: /tap is served by the admin listener".to_owned(),
             );
         }
+    }
+
+    /// The listeners' certificates and the notifier's CA file, read now so
+    /// that a missing or broken one is a start-up error.
+    fn validate_tls_files(&self, problems: &mut Vec<String>) {
         for (key, tls) in [
             ("webhook.tls", &self.webhook.tls),
             ("admin.tls", &self.admin.tls),
@@ -681,25 +729,34 @@ impl Config {
                 problems.push(format!("notifier.ca_file: {problem}"));
             }
         }
-        if self.spool.enabled {
-            if self.webhook.enabled && self.spool.engage_after >= self.webhook.ack_timeout {
-                problems.push(format!(
-                    "spool.engage_after ({}) must be shorter than webhook.ack_timeout ({})",
-                    humantime::format_duration(self.spool.engage_after),
-                    humantime::format_duration(self.webhook.ack_timeout)
-                ));
-            }
-            let largest = self.largest_body();
-            if self.spool.max_bytes < self.spool.segment_bytes.max(largest) * 2 {
-                problems.push(format!(
-                    "spool.max_bytes ({}) must hold at least two segments (spool.segment_bytes {}) and two of the largest bodies ({largest} bytes)",
-                    self.spool.max_bytes, self.spool.segment_bytes
-                ));
-            }
-            if self.spool.segment_bytes == 0 {
-                problems.push("spool.segment_bytes must be at least 1".to_owned());
-            }
+    }
+
+    /// The spool's keys; none is checked while it is disabled.
+    fn validate_spool(&self, problems: &mut Vec<String>) {
+        if !self.spool.enabled {
+            return;
         }
+        if self.webhook.enabled && self.spool.engage_after >= self.webhook.ack_timeout {
+            problems.push(format!(
+                "spool.engage_after ({}) must be shorter than webhook.ack_timeout ({})",
+                humantime::format_duration(self.spool.engage_after),
+                humantime::format_duration(self.webhook.ack_timeout)
+            ));
+        }
+        let largest = self.largest_body();
+        if self.spool.max_bytes < self.spool.segment_bytes.max(largest) * 2 {
+            problems.push(format!(
+                "spool.max_bytes ({}) must hold at least two segments (spool.segment_bytes {}) and two of the largest bodies ({largest} bytes)",
+                self.spool.max_bytes, self.spool.segment_bytes
+            ));
+        }
+        if self.spool.segment_bytes == 0 {
+            problems.push("spool.segment_bytes must be at least 1".to_owned());
+        }
+    }
+
+    /// The election's timing and its backend's keys.
+    fn validate_election(&self, problems: &mut Vec<String>) {
         // Checked even with the notifier off, when the election is not run:
         // a deployment may set it for when the notifier is turned on.
         if self.election.backend != ElectionBackend::None
@@ -728,6 +785,10 @@ impl Config {
                 problems.push("election.nats.replicas must be 1, 3 or 5".to_owned());
             }
         }
+    }
+
+    /// How the pipeline hands events to the sinks: lanes, batches, retries.
+    fn validate_pipeline_delivery(&self, problems: &mut Vec<String>) {
         if self.pipeline.lanes == 0 {
             problems.push("pipeline.lanes must be at least 1".to_owned());
         }
@@ -740,6 +801,10 @@ impl Config {
                     .to_owned(),
             );
         }
+    }
+
+    /// At least one sink, each with a name of its own, each valid.
+    fn validate_sinks(&self, problems: &mut Vec<String>) {
         if self.sinks.is_empty() {
             problems.push("sinks: at least one sink is required".to_owned());
         }
@@ -755,30 +820,31 @@ impl Config {
                 problems.push(format!("sinks[{index}].{problem}"));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems })
-        }
     }
 
     /// A description of the effective configuration with secrets masked.
     pub fn describe(&self) -> String {
-        let secret = |s: &Option<Secret>| match s {
-            Some(s) => format!("set ({} bytes)", s.expose().len()),
-            None => "not set".to_owned(),
-        };
-        let tls = |t: &Option<ServerTlsConfig>| match t {
-            Some(t) => format!("cert_file {}", t.cert_file.display()),
-            None => "off".to_owned(),
-        };
         let mut out = String::new();
         let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+        self.describe_fishjam(&mut line);
+        self.describe_webhook(&mut line);
+        self.describe_pipeline(&mut line);
+        self.describe_spool(&mut line);
+        self.describe_notifier(&mut line);
+        self.describe_admin(&mut line);
+        self.describe_sinks(&mut line);
+        out
+    }
+
+    fn describe_fishjam(&self, line: &mut impl FnMut(&str, String)) {
         line("fishjam.id", format!("{:?}", self.fishjam.id));
         line(
             "fishjam.management_token",
-            secret(&self.fishjam.management_token),
+            describe_secret(self.fishjam.management_token.as_ref()),
         );
+    }
+
+    fn describe_webhook(&self, line: &mut impl FnMut(&str, String)) {
         line("webhook.enabled", self.webhook.enabled.to_string());
         line("webhook.listen", self.webhook.listen.to_string());
         line("webhook.path", format!("{:?}", self.webhook.path));
@@ -788,10 +854,10 @@ impl Config {
                 (None, true) => {
                     "not set: unsigned webhooks are accepted (webhook.allow_unsigned)".to_owned()
                 }
-                _ => secret(&self.webhook.secret),
+                _ => describe_secret(self.webhook.secret.as_ref()),
             },
         );
-        line("webhook.tls", tls(&self.webhook.tls));
+        line("webhook.tls", describe_tls(self.webhook.tls.as_ref()));
         line(
             "webhook.max_body_bytes",
             self.webhook.max_body_bytes.to_string(),
@@ -804,6 +870,9 @@ impl Config {
             "webhook.ack_timeout",
             humantime::format_duration(self.webhook.ack_timeout).to_string(),
         );
+    }
+
+    fn describe_pipeline(&self, line: &mut impl FnMut(&str, String)) {
         line(
             "pipeline.max_in_flight_events",
             self.pipeline.max_in_flight_events.to_string(),
@@ -813,6 +882,9 @@ impl Config {
             "pipeline.drain_timeout",
             humantime::format_duration(self.pipeline.drain_timeout).to_string(),
         );
+    }
+
+    fn describe_spool(&self, line: &mut impl FnMut(&str, String)) {
         line(
             "spool.path",
             match (&self.spool.path, self.spool.enabled) {
@@ -822,6 +894,10 @@ impl Config {
         );
         line("spool.max_bytes", self.spool.max_bytes.to_string());
         line("spool.fsync", self.spool.fsync.to_string());
+    }
+
+    /// The notifier, and the election that decides which bridge holds it.
+    fn describe_notifier(&self, line: &mut impl FnMut(&str, String)) {
         line("notifier.enabled", self.notifier.enabled.to_string());
         line(
             "election",
@@ -842,9 +918,12 @@ impl Config {
                 ),
             },
         );
+    }
+
+    fn describe_admin(&self, line: &mut impl FnMut(&str, String)) {
         line("admin.enabled", self.admin.enabled.to_string());
         line("admin.listen", self.admin.listen.to_string());
-        line("admin.tls", tls(&self.admin.tls));
+        line("admin.tls", describe_tls(self.admin.tls.as_ref()));
         line(
             "admin.tap",
             if self.admin.tap {
@@ -853,10 +932,28 @@ impl Config {
                 "off".to_owned()
             },
         );
+    }
+
+    fn describe_sinks(&self, line: &mut impl FnMut(&str, String)) {
         for (index, sink) in self.sinks.iter().enumerate() {
             line(&format!("sinks[{index}]"), sink.describe());
         }
-        out
+    }
+}
+
+/// A secret as `describe` shows it: whether it is set and its length, never
+/// its value.
+fn describe_secret(secret: Option<&Secret>) -> String {
+    match secret {
+        Some(secret) => format!("set ({} bytes)", secret.expose().len()),
+        None => "not set".to_owned(),
+    }
+}
+
+fn describe_tls(tls: Option<&ServerTlsConfig>) -> String {
+    match tls {
+        Some(tls) => format!("cert_file {}", tls.cert_file.display()),
+        None => "off".to_owned(),
     }
 }
 
