@@ -111,202 +111,275 @@ struct Peer {
 }
 
 fn room_script(rng: &mut Rng) -> Vec<ServerMessage> {
-    let room_id = rng.uuid();
-    let mut out = Vec::new();
-    let mut seq = 0u64;
-    let mut next_seq = || {
-        seq += 1;
-        seq
-    };
-    out.push(message(Content::RoomCreated(sm::RoomCreated {
-        room_id: room_id.clone(),
-    })));
-    next_seq();
-    let peer_count = 1 + rng.below(4);
-    let mut peers = Vec::new();
-    for _ in 0..peer_count {
-        let peer_type = if rng.chance(20) {
-            PeerType::Agent
-        } else {
-            PeerType::Webrtc
-        } as i32;
-        let peer = Peer {
-            id: rng.uuid(),
-            peer_type,
-            tracks: Vec::new(),
-        };
-        out.push(message(Content::PeerAdded(sm::PeerAdded {
-            room_id: room_id.clone(),
-            peer_id: peer.id.clone(),
-            peer_type,
-        })));
-        next_seq();
-        peers.push(peer);
-    }
+    let mut script = RoomScript::create(rng);
+    let mut peers = script.add_peers();
     for peer in &mut peers {
-        out.push(message(Content::PeerConnected(sm::PeerConnected {
-            room_id: room_id.clone(),
+        script.connect_peer(peer);
+        script.publish_tracks(peer);
+    }
+    // The middle of the meeting: voice activity and the odd update.
+    script.talk(&mut peers);
+    if script.rng.chance(20) {
+        script.open_and_close_channel(&peers[0]);
+    }
+    if script.rng.chance(10) {
+        script.forward_tracks(&peers[0]);
+    }
+    if script.rng.chance(10) {
+        script.record();
+    }
+    script.end(&peers)
+}
+
+/// One room's script as it is written: its messages so far and the `seq`
+/// of the last one that counts in the room's order.
+struct RoomScript<'a> {
+    rng: &'a mut Rng,
+    room_id: String,
+    out: Vec<ServerMessage>,
+    seq: u64,
+}
+
+impl RoomScript<'_> {
+    /// A new room's script, opening with `roomCreated`.
+    fn create(rng: &mut Rng) -> RoomScript<'_> {
+        let room_id = rng.uuid();
+        let mut script = RoomScript {
+            rng,
+            room_id,
+            out: Vec::new(),
+            seq: 0,
+        };
+        script.push(Content::RoomCreated(sm::RoomCreated {
+            room_id: script.room_id.clone(),
+        }));
+        script.next_seq();
+        script
+    }
+
+    fn push(&mut self, content: Content) {
+        self.out.push(message(content));
+    }
+
+    /// Counts one more message of the room and returns its `seq`.
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// One to four peers, added; now and then an agent.
+    fn add_peers(&mut self) -> Vec<Peer> {
+        let peer_count = 1 + self.rng.below(4);
+        let mut peers = Vec::new();
+        for _ in 0..peer_count {
+            let peer_type = if self.rng.chance(20) {
+                PeerType::Agent
+            } else {
+                PeerType::Webrtc
+            } as i32;
+            let peer = Peer {
+                id: self.rng.uuid(),
+                peer_type,
+                tracks: Vec::new(),
+            };
+            self.push(Content::PeerAdded(sm::PeerAdded {
+                room_id: self.room_id.clone(),
+                peer_id: peer.id.clone(),
+                peer_type,
+            }));
+            self.next_seq();
+            peers.push(peer);
+        }
+        peers
+    }
+
+    /// The peer connects and sets its metadata: a name and a role.
+    fn connect_peer(&mut self, peer: &Peer) {
+        self.push(Content::PeerConnected(sm::PeerConnected {
+            room_id: self.room_id.clone(),
             peer_id: peer.id.clone(),
             peer_type: peer.peer_type,
-        })));
-        next_seq();
-        let name = NAMES[rng.below(NAMES.len() as u64) as usize];
-        let role = ROLES[rng.below(ROLES.len() as u64) as usize];
-        out.push(message(Content::PeerMetadataUpdated(
-            sm::PeerMetadataUpdated {
-                room_id: room_id.clone(),
-                peer_id: peer.id.clone(),
-                metadata: format!(
-                    r#"{{"name":"{name}","role":"{role}","seq":{}}}"#,
-                    next_seq()
-                ),
-                peer_type: peer.peer_type,
-            },
-        )));
-        let kinds: &[(i32, &str)] = if rng.chance(60) {
+        }));
+        self.next_seq();
+        let name = NAMES[self.rng.below(NAMES.len() as u64) as usize];
+        let role = ROLES[self.rng.below(ROLES.len() as u64) as usize];
+        let metadata = format!(
+            r#"{{"name":"{name}","role":"{role}","seq":{}}}"#,
+            self.next_seq()
+        );
+        self.push(Content::PeerMetadataUpdated(sm::PeerMetadataUpdated {
+            room_id: self.room_id.clone(),
+            peer_id: peer.id.clone(),
+            metadata,
+            peer_type: peer.peer_type,
+        }));
+    }
+
+    /// The peer's microphone, and often its camera: the audio track first.
+    fn publish_tracks(&mut self, peer: &mut Peer) {
+        let kinds: &[(i32, &str)] = if self.rng.chance(60) {
             &[(2, "microphone"), (1, "camera")]
         } else {
             &[(2, "microphone")]
         };
         for &(track_type, source) in kinds {
             let track = Track {
-                id: format!("{}:{}", peer.id, rng.uuid()),
+                id: format!("{}:{}", peer.id, self.rng.uuid()),
                 r#type: track_type,
                 metadata: format!(
                     r#"{{"source":"{source}","paused":false,"seq":{}}}"#,
-                    next_seq()
+                    self.next_seq()
                 ),
             };
-            out.push(message(Content::TrackAdded(sm::TrackAdded {
-                room_id: room_id.clone(),
+            self.push(Content::TrackAdded(sm::TrackAdded {
+                room_id: self.room_id.clone(),
                 endpoint_info: Some(sm::track_added::EndpointInfo::PeerId(peer.id.clone())),
                 track: Some(track.clone()),
-            })));
+            }));
             peer.tracks.push(track);
         }
     }
-    // The middle of the meeting: voice activity and the odd update.
-    let talk = 2 + rng.below(10);
-    for _ in 0..talk {
-        let index = rng.below(peers.len() as u64) as usize;
-        let peer = &mut peers[index];
-        let audio = peer.tracks[0].id.clone();
-        for status in [2, 1] {
-            out.push(message(Content::VadNotification(sm::VadNotification {
-                room_id: room_id.clone(),
-                peer_id: peer.id.clone(),
-                track_id: audio.clone(),
-                status,
-            })));
-            next_seq();
-        }
-        if rng.chance(20) {
-            let index = rng.below(peer.tracks.len() as u64) as usize;
-            let track = &mut peer.tracks[index];
-            track.metadata = format!(r#"{{"paused":true,"seq":{}}}"#, next_seq());
-            out.push(message(Content::TrackMetadataUpdated(
-                sm::TrackMetadataUpdated {
-                    room_id: room_id.clone(),
-                    endpoint_info: Some(sm::track_metadata_updated::EndpointInfo::PeerId(
-                        peer.id.clone(),
-                    )),
-                    track: Some(track.clone()),
-                },
-            )));
+
+    /// Peers taking turns to speak, now and then pausing a track.
+    fn talk(&mut self, peers: &mut [Peer]) {
+        let talk = 2 + self.rng.below(10);
+        for _ in 0..talk {
+            let index = self.rng.below(peers.len() as u64) as usize;
+            let peer = &mut peers[index];
+            let audio = peer.tracks[0].id.clone();
+            for status in [2, 1] {
+                self.push(Content::VadNotification(sm::VadNotification {
+                    room_id: self.room_id.clone(),
+                    peer_id: peer.id.clone(),
+                    track_id: audio.clone(),
+                    status,
+                }));
+                self.next_seq();
+            }
+            if self.rng.chance(20) {
+                self.pause_track(peer);
+            }
         }
     }
-    if rng.chance(20) {
-        let peer = &peers[0];
-        let channel_id = rng.uuid();
-        out.push(message(Content::ChannelAdded(sm::ChannelAdded {
-            room_id: room_id.clone(),
+
+    fn pause_track(&mut self, peer: &mut Peer) {
+        let index = self.rng.below(peer.tracks.len() as u64) as usize;
+        let track = &mut peer.tracks[index];
+        track.metadata = format!(r#"{{"paused":true,"seq":{}}}"#, self.next_seq());
+        self.push(Content::TrackMetadataUpdated(sm::TrackMetadataUpdated {
+            room_id: self.room_id.clone(),
+            endpoint_info: Some(sm::track_metadata_updated::EndpointInfo::PeerId(
+                peer.id.clone(),
+            )),
+            track: Some(track.clone()),
+        }));
+    }
+
+    fn open_and_close_channel(&mut self, peer: &Peer) {
+        let channel_id = self.rng.uuid();
+        self.push(Content::ChannelAdded(sm::ChannelAdded {
+            room_id: self.room_id.clone(),
             endpoint_info: Some(sm::channel_added::EndpointInfo::PeerId(peer.id.clone())),
             channel_id: channel_id.clone(),
-        })));
-        out.push(message(Content::ChannelRemoved(sm::ChannelRemoved {
-            room_id: room_id.clone(),
+        }));
+        self.push(Content::ChannelRemoved(sm::ChannelRemoved {
+            room_id: self.room_id.clone(),
             endpoint_info: Some(sm::channel_removed::EndpointInfo::PeerId(peer.id.clone())),
             channel_id,
-        })));
-        next_seq();
-        next_seq();
+        }));
+        self.next_seq();
+        self.next_seq();
     }
-    if rng.chance(10) {
-        let peer = &peers[0];
-        let composition_url = format!("https://composition.example.test/{}", rng.uuid());
-        let input_id = format!("input-{:08x}", rng.next_u64() as u32);
-        out.push(message(Content::TrackForwarding(sm::TrackForwarding {
-            room_id: room_id.clone(),
+
+    /// The peer's tracks forwarded to a composition, then no longer.
+    fn forward_tracks(&mut self, peer: &Peer) {
+        let composition_url = format!("https://composition.example.test/{}", self.rng.uuid());
+        let input_id = format!("input-{:08x}", self.rng.next_u64() as u32);
+        self.push(Content::TrackForwarding(sm::TrackForwarding {
+            room_id: self.room_id.clone(),
             peer_id: peer.id.clone(),
             composition_url: composition_url.clone(),
             input_id: input_id.clone(),
             audio_track: peer.tracks.first().cloned(),
             video_track: peer.tracks.get(1).cloned(),
-        })));
-        out.push(message(Content::TrackForwardingRemoved(
+        }));
+        self.push(Content::TrackForwardingRemoved(
             sm::TrackForwardingRemoved {
-                room_id: room_id.clone(),
+                room_id: self.room_id.clone(),
                 peer_id: peer.id.clone(),
                 composition_url,
                 input_id,
             },
-        )));
-        next_seq();
-        next_seq();
+        ));
+        self.next_seq();
+        self.next_seq();
     }
-    if rng.chance(10) {
-        let recording_id = rng.uuid();
+
+    /// A recording's statuses. A recording is keyed by its own id, so its
+    /// messages carry their place in its script, not in the room's.
+    fn record(&mut self) {
+        let recording_id = self.rng.uuid();
         for (index, status) in [1, 2, 3].into_iter().enumerate() {
-            out.push(message(Content::RecordingStatusChanged(
+            self.push(Content::RecordingStatusChanged(
                 sm::RecordingStatusChanged {
                     recording_id: recording_id.clone(),
                     status,
-                    metadata: format!(r#"{{"room":"{room_id}","seq":{}}}"#, index + 1),
+                    metadata: format!(r#"{{"room":"{}","seq":{}}}"#, self.room_id, index + 1),
                 },
-            )));
+            ));
         }
     }
-    let crash_room = rng.chance(3);
-    for peer in &peers {
+
+    /// The room's end, and the script: now and then the room crashes with
+    /// its peers in it; otherwise every peer leaves and the room is deleted.
+    fn end(mut self, peers: &[Peer]) -> Vec<ServerMessage> {
+        let crash_room = self.rng.chance(3);
         if crash_room {
-            break;
+            let room_id = std::mem::take(&mut self.room_id);
+            self.push(Content::RoomCrashed(sm::RoomCrashed { room_id }));
+        } else {
+            for peer in peers {
+                self.leave(peer);
+            }
+            let room_id = std::mem::take(&mut self.room_id);
+            self.push(Content::RoomDeleted(sm::RoomDeleted { room_id }));
         }
+        self.out
+    }
+
+    /// The peer's tracks removed, then the peer disconnected (now and then
+    /// crashed) and deleted.
+    fn leave(&mut self, peer: &Peer) {
         for track in &peer.tracks {
-            out.push(message(Content::TrackRemoved(sm::TrackRemoved {
-                room_id: room_id.clone(),
+            self.push(Content::TrackRemoved(sm::TrackRemoved {
+                room_id: self.room_id.clone(),
                 endpoint_info: Some(sm::track_removed::EndpointInfo::PeerId(peer.id.clone())),
                 track: Some(track.clone()),
-            })));
-            next_seq();
+            }));
+            self.next_seq();
         }
-        if rng.chance(5) {
-            out.push(message(Content::PeerCrashed(sm::PeerCrashed {
-                room_id: room_id.clone(),
+        if self.rng.chance(5) {
+            self.push(Content::PeerCrashed(sm::PeerCrashed {
+                room_id: self.room_id.clone(),
                 peer_id: peer.id.clone(),
                 reason: "ICE connection failed".to_owned(),
                 peer_type: peer.peer_type,
-            })));
+            }));
         } else {
-            out.push(message(Content::PeerDisconnected(sm::PeerDisconnected {
-                room_id: room_id.clone(),
+            self.push(Content::PeerDisconnected(sm::PeerDisconnected {
+                room_id: self.room_id.clone(),
                 peer_id: peer.id.clone(),
                 peer_type: peer.peer_type,
-            })));
+            }));
         }
-        out.push(message(Content::PeerDeleted(sm::PeerDeleted {
-            room_id: room_id.clone(),
+        self.push(Content::PeerDeleted(sm::PeerDeleted {
+            room_id: self.room_id.clone(),
             peer_id: peer.id.clone(),
             peer_type: peer.peer_type,
-        })));
-        next_seq();
-        next_seq();
+        }));
+        self.next_seq();
+        self.next_seq();
     }
-    if crash_room {
-        out.push(message(Content::RoomCrashed(sm::RoomCrashed { room_id })));
-    } else {
-        out.push(message(Content::RoomDeleted(sm::RoomDeleted { room_id })));
-    }
-    out
 }
 
 fn stream_script(rng: &mut Rng) -> Vec<ServerMessage> {
