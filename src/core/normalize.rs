@@ -81,10 +81,12 @@ pub fn normalize(notification: Notification, origin: &Origin, index: usize) -> E
 
 type Unmapped = Vec<(&'static str, i32)>;
 
+/// The event type and `data` of a notification: one arm per notification
+/// type, in families (room, peer, stream, track, voice, channel,
+/// recording); the functions below build each family's `data`.
 fn payload(notification: Notification, unmapped: &mut Unmapped) -> (EventType, Data) {
     use proto::Content as C;
     use EventType as T;
-    let room = |room_id| Data::Room(RoomData { room_id });
     match notification {
         C::RoomCreated(m) => (T::RoomCreated, room(m.room_id)),
         C::RoomDeleted(m) => (T::RoomDeleted, room(m.room_id)),
@@ -105,140 +107,24 @@ fn payload(notification: Notification, unmapped: &mut Unmapped) -> (EventType, D
             T::PeerDisconnected,
             peer(m.room_id, m.peer_id, m.peer_type, unmapped),
         ),
-        C::PeerCrashed(m) => (
-            T::PeerCrashed,
-            Data::PeerCrashed(PeerCrashedData {
-                room_id: m.room_id,
-                peer_id: m.peer_id,
-                reason: m.reason,
-                peer_type: peer_type(m.peer_type, unmapped),
-            }),
-        ),
-        C::PeerMetadataUpdated(m) => (
-            T::PeerMetadataUpdated,
-            Data::PeerMetadata(PeerMetadataData {
-                room_id: m.room_id,
-                peer_id: m.peer_id,
-                metadata: m.metadata,
-                peer_type: peer_type(m.peer_type, unmapped),
-            }),
-        ),
-        C::StreamerConnected(m) => (
-            T::StreamerConnected,
-            Data::Streamer(StreamerData {
-                stream_id: m.stream_id,
-                streamer_id: m.streamer_id,
-            }),
-        ),
+        C::PeerCrashed(m) => (T::PeerCrashed, peer_crashed(m, unmapped)),
+        C::PeerMetadataUpdated(m) => (T::PeerMetadataUpdated, peer_metadata(m, unmapped)),
+        C::StreamerConnected(m) => (T::StreamerConnected, streamer(m.stream_id, m.streamer_id)),
         C::StreamerDisconnected(m) => (
             T::StreamerDisconnected,
-            Data::Streamer(StreamerData {
-                stream_id: m.stream_id,
-                streamer_id: m.streamer_id,
-            }),
+            streamer(m.stream_id, m.streamer_id),
         ),
-        C::ViewerConnected(m) => (
-            T::ViewerConnected,
-            Data::Viewer(ViewerData {
-                stream_id: m.stream_id,
-                viewer_id: m.viewer_id,
-            }),
-        ),
-        C::ViewerDisconnected(m) => (
-            T::ViewerDisconnected,
-            Data::Viewer(ViewerData {
-                stream_id: m.stream_id,
-                viewer_id: m.viewer_id,
-            }),
-        ),
-        C::TrackAdded(m) => (
-            T::TrackAdded,
-            track_event(
-                m.room_id,
-                endpoint_track_added(m.endpoint_info),
-                m.track,
-                unmapped,
-            ),
-        ),
-        C::TrackRemoved(m) => (
-            T::TrackRemoved,
-            track_event(
-                m.room_id,
-                endpoint_track_removed(m.endpoint_info),
-                m.track,
-                unmapped,
-            ),
-        ),
-        C::TrackMetadataUpdated(m) => (
-            T::TrackMetadataUpdated,
-            track_event(
-                m.room_id,
-                endpoint_track_metadata(m.endpoint_info),
-                m.track,
-                unmapped,
-            ),
-        ),
-        C::TrackForwarding(m) => (
-            T::TrackForwarding,
-            Data::TrackForwarding(TrackForwardingData {
-                room_id: m.room_id,
-                peer_id: m.peer_id,
-                composition_url: m.composition_url,
-                input_id: m.input_id,
-                audio_track: m.audio_track.map(|t| track(t, "audioTrack.type", unmapped)),
-                video_track: m.video_track.map(|t| track(t, "videoTrack.type", unmapped)),
-            }),
-        ),
-        C::TrackForwardingRemoved(m) => (
-            T::TrackForwardingRemoved,
-            Data::TrackForwardingRemoved(TrackForwardingRemovedData {
-                room_id: m.room_id,
-                peer_id: m.peer_id,
-                composition_url: m.composition_url,
-                input_id: m.input_id,
-            }),
-        ),
-        C::VadNotification(m) => (
-            T::VadNotification,
-            Data::Vad(VadData {
-                room_id: m.room_id,
-                peer_id: m.peer_id,
-                track_id: m.track_id,
-                status: mapped(vad_status(m.status), "status", m.status, unmapped),
-            }),
-        ),
-        C::ChannelAdded(m) => {
-            let (peer_id, component_id) = endpoint_channel_added(m.endpoint_info);
-            (
-                T::ChannelAdded,
-                Data::Channel(ChannelData {
-                    room_id: m.room_id,
-                    peer_id,
-                    component_id,
-                    channel_id: m.channel_id,
-                }),
-            )
-        }
-        C::ChannelRemoved(m) => {
-            let (peer_id, component_id) = endpoint_channel_removed(m.endpoint_info);
-            (
-                T::ChannelRemoved,
-                Data::Channel(ChannelData {
-                    room_id: m.room_id,
-                    peer_id,
-                    component_id,
-                    channel_id: m.channel_id,
-                }),
-            )
-        }
-        C::RecordingStatusChanged(m) => (
-            T::RecordingStatusChanged,
-            Data::Recording(RecordingData {
-                recording_id: m.recording_id,
-                status: mapped(recording_status(m.status), "status", m.status, unmapped),
-                metadata: m.metadata,
-            }),
-        ),
+        C::ViewerConnected(m) => (T::ViewerConnected, viewer(m.stream_id, m.viewer_id)),
+        C::ViewerDisconnected(m) => (T::ViewerDisconnected, viewer(m.stream_id, m.viewer_id)),
+        C::TrackAdded(m) => (T::TrackAdded, track_added(m, unmapped)),
+        C::TrackRemoved(m) => (T::TrackRemoved, track_removed(m, unmapped)),
+        C::TrackMetadataUpdated(m) => (T::TrackMetadataUpdated, track_metadata(m, unmapped)),
+        C::TrackForwarding(m) => (T::TrackForwarding, track_forwarding(m, unmapped)),
+        C::TrackForwardingRemoved(m) => (T::TrackForwardingRemoved, track_forwarding_removed(m)),
+        C::VadNotification(m) => (T::VadNotification, vad(m, unmapped)),
+        C::ChannelAdded(m) => (T::ChannelAdded, channel_added(m)),
+        C::ChannelRemoved(m) => (T::ChannelRemoved, channel_removed(m)),
+        C::RecordingStatusChanged(m) => (T::RecordingStatusChanged, recording(m, unmapped)),
         // `decode` hands over notifications only.
         C::Authenticated(_)
         | C::AuthRequest(_)
@@ -254,6 +140,145 @@ fn payload(notification: Notification, unmapped: &mut Unmapped) -> (EventType, D
             unreachable!("decode skips handshake, deprecated and batch contents")
         }
     }
+}
+
+fn room(room_id: String) -> Data {
+    Data::Room(RoomData { room_id })
+}
+
+fn peer(room_id: String, peer_id: String, peer_type_value: i32, unmapped: &mut Unmapped) -> Data {
+    Data::Peer(PeerData {
+        room_id,
+        peer_id,
+        peer_type: peer_type(peer_type_value, unmapped),
+    })
+}
+
+fn peer_crashed(m: sm::PeerCrashed, unmapped: &mut Unmapped) -> Data {
+    Data::PeerCrashed(PeerCrashedData {
+        room_id: m.room_id,
+        peer_id: m.peer_id,
+        reason: m.reason,
+        peer_type: peer_type(m.peer_type, unmapped),
+    })
+}
+
+fn peer_metadata(m: sm::PeerMetadataUpdated, unmapped: &mut Unmapped) -> Data {
+    Data::PeerMetadata(PeerMetadataData {
+        room_id: m.room_id,
+        peer_id: m.peer_id,
+        metadata: m.metadata,
+        peer_type: peer_type(m.peer_type, unmapped),
+    })
+}
+
+fn streamer(stream_id: String, streamer_id: String) -> Data {
+    Data::Streamer(StreamerData {
+        stream_id,
+        streamer_id,
+    })
+}
+
+fn viewer(stream_id: String, viewer_id: String) -> Data {
+    Data::Viewer(ViewerData {
+        stream_id,
+        viewer_id,
+    })
+}
+
+fn track_added(m: sm::TrackAdded, unmapped: &mut Unmapped) -> Data {
+    let endpoint = endpoint_track_added(m.endpoint_info);
+    track_event(m.room_id, endpoint, m.track, unmapped)
+}
+
+fn track_removed(m: sm::TrackRemoved, unmapped: &mut Unmapped) -> Data {
+    let endpoint = endpoint_track_removed(m.endpoint_info);
+    track_event(m.room_id, endpoint, m.track, unmapped)
+}
+
+fn track_metadata(m: sm::TrackMetadataUpdated, unmapped: &mut Unmapped) -> Data {
+    let endpoint = endpoint_track_metadata(m.endpoint_info);
+    track_event(m.room_id, endpoint, m.track, unmapped)
+}
+
+fn track_event(
+    room_id: String,
+    (peer_id, component_id): (Option<String>, Option<String>),
+    track_message: Option<proto::notifications::Track>,
+    unmapped: &mut Unmapped,
+) -> Data {
+    Data::Track(TrackData {
+        room_id,
+        peer_id,
+        component_id,
+        track: track_message.map(|t| track(t, "track.type", unmapped)),
+    })
+}
+
+fn track_forwarding(m: sm::TrackForwarding, unmapped: &mut Unmapped) -> Data {
+    Data::TrackForwarding(TrackForwardingData {
+        room_id: m.room_id,
+        peer_id: m.peer_id,
+        composition_url: m.composition_url,
+        input_id: m.input_id,
+        audio_track: m.audio_track.map(|t| track(t, "audioTrack.type", unmapped)),
+        video_track: m.video_track.map(|t| track(t, "videoTrack.type", unmapped)),
+    })
+}
+
+fn track_forwarding_removed(m: sm::TrackForwardingRemoved) -> Data {
+    Data::TrackForwardingRemoved(TrackForwardingRemovedData {
+        room_id: m.room_id,
+        peer_id: m.peer_id,
+        composition_url: m.composition_url,
+        input_id: m.input_id,
+    })
+}
+
+fn vad(m: sm::VadNotification, unmapped: &mut Unmapped) -> Data {
+    Data::Vad(VadData {
+        room_id: m.room_id,
+        peer_id: m.peer_id,
+        track_id: m.track_id,
+        status: mapped(vad_status(m.status), "status", m.status, unmapped),
+    })
+}
+
+fn channel_added(m: sm::ChannelAdded) -> Data {
+    channel(
+        m.room_id,
+        endpoint_channel_added(m.endpoint_info),
+        m.channel_id,
+    )
+}
+
+fn channel_removed(m: sm::ChannelRemoved) -> Data {
+    channel(
+        m.room_id,
+        endpoint_channel_removed(m.endpoint_info),
+        m.channel_id,
+    )
+}
+
+fn channel(
+    room_id: String,
+    (peer_id, component_id): (Option<String>, Option<String>),
+    channel_id: String,
+) -> Data {
+    Data::Channel(ChannelData {
+        room_id,
+        peer_id,
+        component_id,
+        channel_id,
+    })
+}
+
+fn recording(m: sm::RecordingStatusChanged, unmapped: &mut Unmapped) -> Data {
+    Data::Recording(RecordingData {
+        recording_id: m.recording_id,
+        status: mapped(recording_status(m.status), "status", m.status, unmapped),
+        metadata: m.metadata,
+    })
 }
 
 /// The notification that normalizes to `event`, for the room and peer
@@ -317,14 +342,6 @@ pub fn to_body(events: &[Event]) -> Option<Vec<u8>> {
     )
 }
 
-fn peer(room_id: String, peer_id: String, peer_type_value: i32, unmapped: &mut Unmapped) -> Data {
-    Data::Peer(PeerData {
-        room_id,
-        peer_id,
-        peer_type: peer_type(peer_type_value, unmapped),
-    })
-}
-
 fn peer_type(value: i32, unmapped: &mut Unmapped) -> Option<PeerType> {
     let peer_type = PeerType::from_number(value);
     if peer_type.is_none() {
@@ -380,20 +397,6 @@ fn track(t: proto::notifications::Track, path: &'static str, unmapped: &mut Unma
         id: t.id,
         metadata: t.metadata,
     }
-}
-
-fn track_event(
-    room_id: String,
-    (peer_id, component_id): (Option<String>, Option<String>),
-    track_message: Option<proto::notifications::Track>,
-    unmapped: &mut Unmapped,
-) -> Data {
-    Data::Track(TrackData {
-        room_id,
-        peer_id,
-        component_id,
-        track: track_message.map(|t| track(t, "track.type", unmapped)),
-    })
 }
 
 // Each message has its own generated `EndpointInfo` type with the same two
