@@ -9,6 +9,7 @@
 //! closes the socket with 1003 `operation not allowed`. The server pings on
 //! an interval, as Fishjam does every 30 s.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,8 +185,23 @@ fn close(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+type Tx = futures_util::stream::SplitSink<WebSocket, Message>;
+type Rx = futures_util::stream::SplitStream<WebSocket>;
+
 async fn serve(hub: NotifierHub, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
+    if !authenticate(&hub, &mut tx, &mut rx).await {
+        return;
+    }
+    let mut session = Session::default();
+    let result = session.run(&hub, &mut tx, &mut rx).await;
+    session.end(&hub);
+    drop(result);
+}
+
+/// Reads the client's first frame and answers it as Fishjam does. Returns
+/// whether the client is authenticated and has been told so.
+async fn authenticate(hub: &NotifierHub, tx: &mut Tx, rx: &mut Rx) -> bool {
     let first = tokio::time::timeout(AUTH_TIMEOUT, rx.next()).await;
     let token = match first {
         Ok(Some(Ok(Message::Binary(frame)))) => match ServerMessage::decode(frame) {
@@ -196,133 +212,191 @@ async fn serve(hub: NotifierHub, socket: WebSocket) {
         },
         Ok(Some(Ok(_))) => None,
         // Closed, broken or silent before authenticating.
-        _ => return,
+        _ => return false,
     };
     match token {
         Some(token) if hub.inner.token.matches(&token) => {}
         Some(_) => {
             let _ = tx.send(close(1000, "invalid token")).await;
-            return;
+            return false;
         }
         None => {
             let _ = tx.send(close(1000, "invalid auth request")).await;
-            return;
+            return false;
         }
     }
-    if tx
-        .send(Message::Binary(encode(Content::Authenticated(
-            sm::Authenticated {},
-        ))))
-        .await
-        .is_err()
-    {
-        return;
-    }
+    tx.send(Message::Binary(encode(Content::Authenticated(
+        sm::Authenticated {},
+    ))))
+    .await
+    .is_ok()
+}
 
-    let mut frames: Option<broadcast::Receiver<Bytes>> = None;
-    let mut ping = tokio::time::interval(hub.inner.ping_interval);
-    ping.tick().await;
-    let mut forwarded = 0u64;
-    let mut down = hub.inner.down.subscribe();
-    let mut revocations = hub.inner.revocations.subscribe();
-    revocations.mark_unchanged();
-    let mut drop_at: Option<tokio::time::Instant> = None;
-    // This session's place in the log, once subscribed.
-    let mut logged: Option<usize> = None;
-    let result = loop {
-        if hub
-            .inner
-            .silent_after
-            .is_some_and(|after| forwarded >= after)
-        {
-            // Neither read nor write again: pings go unanswered and nothing
-            // arrives, while the TCP connection stays open.
-            std::future::pending::<()>().await;
-        }
-        tokio::select! {
-            incoming = rx.next() => {
-                let Some(Ok(incoming)) = incoming else { break Ok(()) };
-                match incoming {
-                    Message::Binary(frame) => match ServerMessage::decode(frame) {
-                        Ok(ServerMessage {
-                            content: Some(Content::SubscribeRequest(request)),
-                        }) if request.event_type == EventType::ServerNotification as i32 => {
-                            if frames.is_none() {
-                                let published = hub.inner.published.lock().expect("never poisoned");
-                                frames = Some(hub.inner.frames.subscribe());
-                                let first = *published;
-                                drop(published);
-                                hub.inner.subscribers.send_modify(|n| *n += 1);
-                                hub.inner.sessions.fetch_add(1, Ordering::SeqCst);
-                                let mut log = hub.inner.log.lock().expect("never poisoned");
-                                logged = Some(log.len());
-                                log.push(SessionRecord {
-                                    first,
-                                    subscribed_us: unix_us(),
-                                    ended_us: None,
-                                    forwarded: 0,
-                                });
-                                drop(log);
-                                if let Some(after) = hub.inner.drop_every {
-                                    drop_at = Some(tokio::time::Instant::now() + after);
-                                }
-                            }
-                            let response = encode(Content::SubscribeResponse(sm::SubscribeResponse {
-                                event_type: request.event_type,
-                            }));
-                            if tx.send(Message::Binary(response)).await.is_err() {
-                                break Ok(());
-                            }
-                        }
-                        _ => break tx.send(close(1003, "operation not allowed")).await,
-                    },
-                    Message::Pong(_) | Message::Ping(_) => {}
-                    Message::Close(_) => break Ok(()),
-                    Message::Text(_) => break tx.send(close(1003, "operation not allowed")).await,
-                }
+/// One authenticated connection: what it was sent, and its place in the
+/// hub's counts and log once it subscribes.
+#[derive(Default)]
+struct Session {
+    /// The notifications to forward, once subscribed.
+    frames: Option<broadcast::Receiver<Bytes>>,
+    forwarded: u64,
+    /// When the hub's `drop_every` closes this session.
+    drop_at: Option<tokio::time::Instant>,
+    /// This session's place in the log, once subscribed.
+    logged: Option<usize>,
+}
+
+impl Session {
+    /// Serves the session until it closes; the result of the last write.
+    async fn run(
+        &mut self,
+        hub: &NotifierHub,
+        tx: &mut Tx,
+        rx: &mut Rx,
+    ) -> Result<(), axum::Error> {
+        let mut ping = tokio::time::interval(hub.inner.ping_interval);
+        ping.tick().await;
+        let mut down = hub.inner.down.subscribe();
+        let mut revocations = hub.inner.revocations.subscribe();
+        revocations.mark_unchanged();
+        loop {
+            if hub
+                .inner
+                .silent_after
+                .is_some_and(|after| self.forwarded >= after)
+            {
+                // Neither read nor write again: pings go unanswered and nothing
+                // arrives, while the TCP connection stays open.
+                std::future::pending::<()>().await;
             }
-            frame = next_frame(&mut frames) => match frame {
-                Ok(frame) => {
-                    if tx.send(Message::Binary(frame)).await.is_err() {
+            tokio::select! {
+                incoming = rx.next() => {
+                    let Some(Ok(incoming)) = incoming else { break Ok(()) };
+                    if let ControlFlow::Break(result) = self.answer(hub, tx, incoming).await {
+                        break result;
+                    }
+                }
+                frame = next_frame(&mut self.frames) => {
+                    if let ControlFlow::Break(result) = self.forward(hub, tx, frame).await {
+                        break result;
+                    }
+                }
+                _ = ping.tick() => {
+                    if tx.send(Message::Ping(Bytes::new())).await.is_err() {
                         break Ok(());
                     }
-                    forwarded += 1;
-                    hub.inner.forwarded.fetch_add(1, Ordering::SeqCst);
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "notifier client too slow; closing it");
-                    break tx.send(close(1011, "client too slow")).await;
+                _ = async { drop(down.wait_for(|down| *down).await) } => {
+                    break tx.send(close(1001, "going away")).await;
                 }
-                Err(broadcast::error::RecvError::Closed) => {
-                    break tx.send(close(1001, "server shutting down")).await;
+                _ = revocations.changed() => {
+                    break tx.send(close(1008, "management token revoked")).await;
                 }
-            },
-            _ = ping.tick() => {
-                if tx.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break Ok(());
+                _ = sleep_until(self.drop_at) => {
+                    // A graceful close: every frame written before it arrives.
+                    break tx.send(close(1001, "going away")).await;
                 }
-            }
-            _ = async { drop(down.wait_for(|down| *down).await) } => {
-                break tx.send(close(1001, "going away")).await;
-            }
-            _ = revocations.changed() => {
-                break tx.send(close(1008, "management token revoked")).await;
-            }
-            _ = sleep_until(drop_at) => {
-                // A graceful close: every frame written before it arrives.
-                break tx.send(close(1001, "going away")).await;
             }
         }
-    };
-    if frames.is_some() {
-        hub.inner.subscribers.send_modify(|n| *n -= 1);
     }
-    if let Some(index) = logged {
+
+    /// Answers a client frame after authentication: a subscription to
+    /// server notifications is answered (the first one starts the feed);
+    /// pings and pongs change nothing; anything else ends the session, with
+    /// the result of the last write.
+    async fn answer(
+        &mut self,
+        hub: &NotifierHub,
+        tx: &mut Tx,
+        incoming: Message,
+    ) -> ControlFlow<Result<(), axum::Error>> {
+        match incoming {
+            Message::Binary(frame) => match ServerMessage::decode(frame) {
+                Ok(ServerMessage {
+                    content: Some(Content::SubscribeRequest(request)),
+                }) if request.event_type == EventType::ServerNotification as i32 => {
+                    if self.frames.is_none() {
+                        self.subscribe(hub);
+                    }
+                    let response = encode(Content::SubscribeResponse(sm::SubscribeResponse {
+                        event_type: request.event_type,
+                    }));
+                    if tx.send(Message::Binary(response)).await.is_err() {
+                        return ControlFlow::Break(Ok(()));
+                    }
+                    ControlFlow::Continue(())
+                }
+                _ => ControlFlow::Break(tx.send(close(1003, "operation not allowed")).await),
+            },
+            Message::Pong(_) | Message::Ping(_) => ControlFlow::Continue(()),
+            Message::Close(_) => ControlFlow::Break(Ok(())),
+            Message::Text(_) => {
+                ControlFlow::Break(tx.send(close(1003, "operation not allowed")).await)
+            }
+        }
+    }
+
+    /// Writes one notification to the client. A client too slow for the
+    /// hub's buffer, or the hub shutting down, ends the session, with the
+    /// result of the last write.
+    async fn forward(
+        &mut self,
+        hub: &NotifierHub,
+        tx: &mut Tx,
+        frame: Result<Bytes, broadcast::error::RecvError>,
+    ) -> ControlFlow<Result<(), axum::Error>> {
+        match frame {
+            Ok(frame) => {
+                if tx.send(Message::Binary(frame)).await.is_err() {
+                    return ControlFlow::Break(Ok(()));
+                }
+                self.forwarded += 1;
+                hub.inner.forwarded.fetch_add(1, Ordering::SeqCst);
+                ControlFlow::Continue(())
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "notifier client too slow; closing it");
+                ControlFlow::Break(tx.send(close(1011, "client too slow")).await)
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                ControlFlow::Break(tx.send(close(1001, "server shutting down")).await)
+            }
+        }
+    }
+
+    /// Starts the feed, and counts and logs the session.
+    fn subscribe(&mut self, hub: &NotifierHub) {
+        let published = hub.inner.published.lock().expect("never poisoned");
+        self.frames = Some(hub.inner.frames.subscribe());
+        let first = *published;
+        drop(published);
+        hub.inner.subscribers.send_modify(|n| *n += 1);
+        hub.inner.sessions.fetch_add(1, Ordering::SeqCst);
         let mut log = hub.inner.log.lock().expect("never poisoned");
-        log[index].ended_us = Some(unix_us());
-        log[index].forwarded = forwarded;
+        self.logged = Some(log.len());
+        log.push(SessionRecord {
+            first,
+            subscribed_us: unix_us(),
+            ended_us: None,
+            forwarded: 0,
+        });
+        drop(log);
+        if let Some(after) = hub.inner.drop_every {
+            self.drop_at = Some(tokio::time::Instant::now() + after);
+        }
     }
-    drop(result);
+
+    /// Takes the closed session out of the subscriber count and completes
+    /// its log record.
+    fn end(&self, hub: &NotifierHub) {
+        if self.frames.is_some() {
+            hub.inner.subscribers.send_modify(|n| *n -= 1);
+        }
+        if let Some(index) = self.logged {
+            let mut log = hub.inner.log.lock().expect("never poisoned");
+            log[index].ended_us = Some(unix_us());
+            log[index].forwarded = self.forwarded;
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
