@@ -796,110 +796,70 @@ impl Event {
     /// gives the same JSON. Anything the bridge could not have written is
     /// an error that names the key.
     pub fn from_json(json: &[u8]) -> Result<Event, String> {
-        use serde_json::Value;
-        let value: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-        let text = |v: &Value, key: &str| -> Result<String, String> {
-            v.get(key)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| format!("{key}: missing, or not a string"))
-        };
-        let optional = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-        let name = text(&value, "type")?;
-        let event_type = EventType::from_name(&name)
-            .ok_or_else(|| format!("type: {name:?} is not an event type"))?;
-        let id = Uuid::parse_str(&text(&value, "id")?).map_err(|e| format!("id: {e}"))?;
-        let name = text(&value, "source")?;
-        let source = Source::ALL
+        let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let event_type = parse::event_type(&value)?;
+        let id = parse::id(&value)?;
+        let source = parse::source(&value)?;
+        let received_at = parse::received_at(&value)?;
+        let fishjam_id = Arc::from(parse::text(&value, "fishjam_id")?);
+        let data = parse::data(event_type, value.get("data").ok_or("data: missing")?)?;
+        let unmapped_enums = parse::unmapped_enums(&value)?;
+        Ok(Event {
+            id,
+            event_type,
+            source,
+            received_at,
+            fishjam_id,
+            data,
+            unmapped_enums,
+        })
+    }
+}
+
+/// The keys of an event's JSON, read back for `Event::from_json`: one
+/// function per key of the envelope and one per shape of `data`. Each
+/// error names the key it could not read.
+mod parse {
+    use super::*;
+    use serde_json::Value;
+
+    /// The string under `key`, which the bridge always writes.
+    pub(super) fn text(v: &Value, key: &str) -> Result<String, String> {
+        v.get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{key}: missing, or not a string"))
+    }
+
+    /// The string under `key`, which the bridge leaves out when it has none.
+    fn optional(v: &Value, key: &str) -> Option<String> {
+        v.get(key).and_then(Value::as_str).map(str::to_owned)
+    }
+
+    pub(super) fn event_type(value: &Value) -> Result<EventType, String> {
+        let name = text(value, "type")?;
+        EventType::from_name(&name).ok_or_else(|| format!("type: {name:?} is not an event type"))
+    }
+
+    pub(super) fn id(value: &Value) -> Result<Uuid, String> {
+        Uuid::parse_str(&text(value, "id")?).map_err(|e| format!("id: {e}"))
+    }
+
+    pub(super) fn source(value: &Value) -> Result<Source, String> {
+        let name = text(value, "source")?;
+        Source::ALL
             .into_iter()
             .find(|source| source.as_str() == name)
-            .ok_or_else(|| format!("source: {name:?} is not a source"))?;
-        let received_at = humantime::parse_rfc3339(&text(&value, "received_at")?)
-            .map_err(|e| format!("received_at: {e}"))?;
-        let fishjam_id = Arc::from(text(&value, "fishjam_id")?);
-        let d = value.get("data").ok_or("data: missing")?;
-        let peer_type = |d: &Value| optional(d, "peerType").and_then(|n| PeerType::from_name(&n));
-        let status = |d: &Value| optional(d, "status").and_then(|n| known(&n, ENUM_NAMES));
-        let track = |t: Option<&Value>| -> Result<Option<Track>, String> {
-            t.map(|t| {
-                Ok(Track {
-                    id: text(t, "id")?,
-                    track_type: optional(t, "type").and_then(|n| known(&n, ENUM_NAMES)),
-                    metadata: text(t, "metadata")?,
-                })
-            })
-            .transpose()
-        };
-        use EventType as T;
-        let data = match event_type {
-            T::RoomCreated | T::RoomDeleted | T::RoomCrashed => Data::Room(RoomData {
-                room_id: text(d, "roomId")?,
-            }),
-            T::PeerAdded | T::PeerDeleted | T::PeerConnected | T::PeerDisconnected => {
-                Data::Peer(PeerData {
-                    room_id: text(d, "roomId")?,
-                    peer_id: text(d, "peerId")?,
-                    peer_type: peer_type(d),
-                })
-            }
-            T::PeerMetadataUpdated => Data::PeerMetadata(PeerMetadataData {
-                room_id: text(d, "roomId")?,
-                peer_id: text(d, "peerId")?,
-                metadata: text(d, "metadata")?,
-                peer_type: peer_type(d),
-            }),
-            T::PeerCrashed => Data::PeerCrashed(PeerCrashedData {
-                room_id: text(d, "roomId")?,
-                peer_id: text(d, "peerId")?,
-                reason: text(d, "reason")?,
-                peer_type: peer_type(d),
-            }),
-            T::StreamerConnected | T::StreamerDisconnected => Data::Streamer(StreamerData {
-                stream_id: text(d, "streamId")?,
-                streamer_id: text(d, "streamerId")?,
-            }),
-            T::ViewerConnected | T::ViewerDisconnected => Data::Viewer(ViewerData {
-                stream_id: text(d, "streamId")?,
-                viewer_id: text(d, "viewerId")?,
-            }),
-            T::TrackAdded | T::TrackRemoved | T::TrackMetadataUpdated => Data::Track(TrackData {
-                room_id: text(d, "roomId")?,
-                peer_id: optional(d, "peerId"),
-                component_id: optional(d, "componentId"),
-                track: track(d.get("track"))?,
-            }),
-            T::TrackForwarding => Data::TrackForwarding(TrackForwardingData {
-                room_id: text(d, "roomId")?,
-                peer_id: text(d, "peerId")?,
-                composition_url: text(d, "compositionUrl")?,
-                input_id: text(d, "inputId")?,
-                audio_track: track(d.get("audioTrack"))?,
-                video_track: track(d.get("videoTrack"))?,
-            }),
-            T::TrackForwardingRemoved => Data::TrackForwardingRemoved(TrackForwardingRemovedData {
-                room_id: text(d, "roomId")?,
-                peer_id: text(d, "peerId")?,
-                composition_url: text(d, "compositionUrl")?,
-                input_id: text(d, "inputId")?,
-            }),
-            T::VadNotification => Data::Vad(VadData {
-                room_id: text(d, "roomId")?,
-                peer_id: text(d, "peerId")?,
-                track_id: text(d, "trackId")?,
-                status: status(d),
-            }),
-            T::ChannelAdded | T::ChannelRemoved => Data::Channel(ChannelData {
-                room_id: text(d, "roomId")?,
-                peer_id: optional(d, "peerId"),
-                component_id: optional(d, "componentId"),
-                channel_id: text(d, "channelId")?,
-            }),
-            T::RecordingStatusChanged => Data::Recording(RecordingData {
-                recording_id: text(d, "recordingId")?,
-                status: status(d),
-                metadata: text(d, "metadata")?,
-            }),
-        };
+            .ok_or_else(|| format!("source: {name:?} is not a source"))
+    }
+
+    pub(super) fn received_at(value: &Value) -> Result<SystemTime, String> {
+        humantime::parse_rfc3339(&text(value, "received_at")?)
+            .map_err(|e| format!("received_at: {e}"))
+    }
+
+    /// `unmapped_enums`, which the bridge leaves out when it is empty.
+    pub(super) fn unmapped_enums(value: &Value) -> Result<Vec<(&'static str, i32)>, String> {
         let mut unmapped_enums = Vec::new();
         if let Some(unmapped) = value.get("unmapped_enums") {
             let unmapped = unmapped
@@ -915,15 +875,149 @@ impl Event {
                 unmapped_enums.push((path, number));
             }
         }
-        Ok(Event {
-            id,
-            event_type,
-            source,
-            received_at,
-            fishjam_id,
-            data,
-            unmapped_enums,
+        Ok(unmapped_enums)
+    }
+
+    /// `data` (`d`), read as the shape of its event type.
+    pub(super) fn data(event_type: EventType, d: &Value) -> Result<Data, String> {
+        use EventType as T;
+        match event_type {
+            T::RoomCreated | T::RoomDeleted | T::RoomCrashed => room(d),
+            T::PeerAdded | T::PeerDeleted | T::PeerConnected | T::PeerDisconnected => peer(d),
+            T::PeerMetadataUpdated => peer_metadata(d),
+            T::PeerCrashed => peer_crashed(d),
+            T::StreamerConnected | T::StreamerDisconnected => streamer(d),
+            T::ViewerConnected | T::ViewerDisconnected => viewer(d),
+            T::TrackAdded | T::TrackRemoved | T::TrackMetadataUpdated => track_event(d),
+            T::TrackForwarding => track_forwarding(d),
+            T::TrackForwardingRemoved => track_forwarding_removed(d),
+            T::VadNotification => vad(d),
+            T::ChannelAdded | T::ChannelRemoved => channel(d),
+            T::RecordingStatusChanged => recording(d),
+        }
+    }
+
+    /// A peer type the bridge could name; it leaves out any other.
+    fn peer_type(d: &Value) -> Option<PeerType> {
+        optional(d, "peerType").and_then(|n| PeerType::from_name(&n))
+    }
+
+    /// A voice activity or recording status the bridge could name; it
+    /// leaves out any other.
+    fn status(d: &Value) -> Option<&'static str> {
+        optional(d, "status").and_then(|n| known(&n, ENUM_NAMES))
+    }
+
+    fn track(t: Option<&Value>) -> Result<Option<Track>, String> {
+        t.map(|t| {
+            Ok(Track {
+                id: text(t, "id")?,
+                track_type: optional(t, "type").and_then(|n| known(&n, ENUM_NAMES)),
+                metadata: text(t, "metadata")?,
+            })
         })
+        .transpose()
+    }
+
+    fn room(d: &Value) -> Result<Data, String> {
+        Ok(Data::Room(RoomData {
+            room_id: text(d, "roomId")?,
+        }))
+    }
+
+    fn peer(d: &Value) -> Result<Data, String> {
+        Ok(Data::Peer(PeerData {
+            room_id: text(d, "roomId")?,
+            peer_id: text(d, "peerId")?,
+            peer_type: peer_type(d),
+        }))
+    }
+
+    fn peer_metadata(d: &Value) -> Result<Data, String> {
+        Ok(Data::PeerMetadata(PeerMetadataData {
+            room_id: text(d, "roomId")?,
+            peer_id: text(d, "peerId")?,
+            metadata: text(d, "metadata")?,
+            peer_type: peer_type(d),
+        }))
+    }
+
+    fn peer_crashed(d: &Value) -> Result<Data, String> {
+        Ok(Data::PeerCrashed(PeerCrashedData {
+            room_id: text(d, "roomId")?,
+            peer_id: text(d, "peerId")?,
+            reason: text(d, "reason")?,
+            peer_type: peer_type(d),
+        }))
+    }
+
+    fn streamer(d: &Value) -> Result<Data, String> {
+        Ok(Data::Streamer(StreamerData {
+            stream_id: text(d, "streamId")?,
+            streamer_id: text(d, "streamerId")?,
+        }))
+    }
+
+    fn viewer(d: &Value) -> Result<Data, String> {
+        Ok(Data::Viewer(ViewerData {
+            stream_id: text(d, "streamId")?,
+            viewer_id: text(d, "viewerId")?,
+        }))
+    }
+
+    fn track_event(d: &Value) -> Result<Data, String> {
+        Ok(Data::Track(TrackData {
+            room_id: text(d, "roomId")?,
+            peer_id: optional(d, "peerId"),
+            component_id: optional(d, "componentId"),
+            track: track(d.get("track"))?,
+        }))
+    }
+
+    fn track_forwarding(d: &Value) -> Result<Data, String> {
+        Ok(Data::TrackForwarding(TrackForwardingData {
+            room_id: text(d, "roomId")?,
+            peer_id: text(d, "peerId")?,
+            composition_url: text(d, "compositionUrl")?,
+            input_id: text(d, "inputId")?,
+            audio_track: track(d.get("audioTrack"))?,
+            video_track: track(d.get("videoTrack"))?,
+        }))
+    }
+
+    fn track_forwarding_removed(d: &Value) -> Result<Data, String> {
+        Ok(Data::TrackForwardingRemoved(TrackForwardingRemovedData {
+            room_id: text(d, "roomId")?,
+            peer_id: text(d, "peerId")?,
+            composition_url: text(d, "compositionUrl")?,
+            input_id: text(d, "inputId")?,
+        }))
+    }
+
+    fn vad(d: &Value) -> Result<Data, String> {
+        Ok(Data::Vad(VadData {
+            room_id: text(d, "roomId")?,
+            peer_id: text(d, "peerId")?,
+            track_id: text(d, "trackId")?,
+            status: status(d),
+        }))
+    }
+
+    fn channel(d: &Value) -> Result<Data, String> {
+        Ok(Data::Channel(ChannelData {
+            room_id: text(d, "roomId")?,
+            peer_id: optional(d, "peerId"),
+            component_id: optional(d, "componentId"),
+            channel_id: text(d, "channelId")?,
+        }))
+    }
+
+    fn recording(d: &Value) -> Result<Data, String> {
+        Ok(Data::Recording(RecordingData {
+            recording_id: text(d, "recordingId")?,
+            status: status(d),
+            metadata: text(d, "metadata")?,
+        }))
     }
 }
 
