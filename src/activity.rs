@@ -128,86 +128,19 @@ impl Activity {
         let Some(room_id) = event.data.room_id() else {
             return false;
         };
+        let peer_id = event.data.peer_id();
         match event.event_type {
             EventType::RoomCreated => self.room(room_id).is_some(),
-            EventType::RoomDeleted | EventType::RoomCrashed => {
-                let Some(peers) = self.rooms.remove(room_id) else {
-                    return false;
-                };
-                self.tracked -= 1 + peers.len();
-                for peer in peers.values().filter(|p| p.connected) {
-                    self.disconnected(peer.peer_type);
-                }
-                true
-            }
-            EventType::PeerAdded | EventType::PeerConnected => {
-                let Some(peer_id) = event.data.peer_id() else {
-                    return false;
-                };
+            EventType::RoomDeleted | EventType::RoomCrashed => self.room_ended(room_id),
+            EventType::PeerAdded | EventType::PeerConnected => peer_id.is_some_and(|peer_id| {
                 let connect = event.event_type == EventType::PeerConnected;
-                if let Some(peer) = self
-                    .rooms
-                    .get_mut(room_id)
-                    .and_then(|peers| peers.get_mut(peer_id))
-                {
-                    if !connect || peer.connected {
-                        return false;
-                    }
-                    peer.connected = true;
-                    *self.connected.entry(peer_label(peer_type)).or_default() += 1;
-                    return true;
-                }
-                // A room first seen here takes an entry of its own.
-                let new_room = !self.rooms.contains_key(room_id);
-                if !self.has_space(if new_room { 2 } else { 1 }) {
-                    return false;
-                }
-                let Some(peers) = self.room(room_id) else {
-                    return false;
-                };
-                peers.insert(
-                    peer_id.to_owned(),
-                    KnownPeer {
-                        peer_type,
-                        connected: connect,
-                    },
-                );
-                self.tracked += 1;
-                if connect {
-                    *self.connected.entry(peer_label(peer_type)).or_default() += 1;
-                }
-                true
-            }
+                self.peer_arrived(room_id, peer_id, peer_type, connect)
+            }),
             EventType::PeerDisconnected => {
-                let peer = event
-                    .data
-                    .peer_id()
-                    .and_then(|peer_id| self.rooms.get_mut(room_id)?.get_mut(peer_id));
-                match peer {
-                    Some(peer) if peer.connected => {
-                        peer.connected = false;
-                        let peer_type = peer.peer_type;
-                        self.disconnected(peer_type);
-                        true
-                    }
-                    _ => false,
-                }
+                peer_id.is_some_and(|peer_id| self.peer_disconnected(room_id, peer_id))
             }
             EventType::PeerDeleted | EventType::PeerCrashed => {
-                let removed = event
-                    .data
-                    .peer_id()
-                    .and_then(|peer_id| self.rooms.get_mut(room_id)?.remove(peer_id));
-                match removed {
-                    Some(peer) => {
-                        self.tracked -= 1;
-                        if peer.connected {
-                            self.disconnected(peer.peer_type);
-                        }
-                        true
-                    }
-                    None => false,
-                }
+                peer_id.is_some_and(|peer_id| self.peer_left(room_id, peer_id))
             }
             // Streams and everything inside a peer leave rooms and peers as
             // they are.
@@ -225,6 +158,97 @@ impl Activity {
             | EventType::ChannelAdded
             | EventType::ChannelRemoved
             | EventType::RecordingStatusChanged => false,
+        }
+    }
+
+    /// The room and its peers are gone. Returns whether it was known.
+    fn room_ended(&mut self, room_id: &str) -> bool {
+        let Some(peers) = self.rooms.remove(room_id) else {
+            return false;
+        };
+        self.tracked -= 1 + peers.len();
+        for peer in peers.values().filter(|p| p.connected) {
+            self.disconnected(peer.peer_type);
+        }
+        true
+    }
+
+    /// A peer was added (`connect` false) or connected (`connect` true):
+    /// a new peer is tracked, a known one marked connected. Returns whether
+    /// the known state changed.
+    fn peer_arrived(
+        &mut self,
+        room_id: &str,
+        peer_id: &str,
+        peer_type: Option<PeerType>,
+        connect: bool,
+    ) -> bool {
+        if let Some(peer) = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|peers| peers.get_mut(peer_id))
+        {
+            if !connect || peer.connected {
+                return false;
+            }
+            peer.connected = true;
+            *self.connected.entry(peer_label(peer_type)).or_default() += 1;
+            return true;
+        }
+        // A room first seen here takes an entry of its own.
+        let new_room = !self.rooms.contains_key(room_id);
+        if !self.has_space(if new_room { 2 } else { 1 }) {
+            return false;
+        }
+        let Some(peers) = self.room(room_id) else {
+            return false;
+        };
+        peers.insert(
+            peer_id.to_owned(),
+            KnownPeer {
+                peer_type,
+                connected: connect,
+            },
+        );
+        self.tracked += 1;
+        if connect {
+            *self.connected.entry(peer_label(peer_type)).or_default() += 1;
+        }
+        true
+    }
+
+    /// Returns whether a known, connected peer was marked disconnected.
+    fn peer_disconnected(&mut self, room_id: &str, peer_id: &str) -> bool {
+        let peer = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|peers| peers.get_mut(peer_id));
+        match peer {
+            Some(peer) if peer.connected => {
+                peer.connected = false;
+                let peer_type = peer.peer_type;
+                self.disconnected(peer_type);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The peer was deleted or crashed. Returns whether it was known.
+    fn peer_left(&mut self, room_id: &str, peer_id: &str) -> bool {
+        let removed = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|peers| peers.remove(peer_id));
+        match removed {
+            Some(peer) => {
+                self.tracked -= 1;
+                if peer.connected {
+                    self.disconnected(peer.peer_type);
+                }
+                true
+            }
+            None => false,
         }
     }
 
