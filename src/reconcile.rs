@@ -26,29 +26,10 @@ pub fn differences(
     fishjam_id: &Arc<str>,
     now: SystemTime,
 ) -> Vec<Event> {
-    let mut out = Vec::new();
-    let mut push = |event_type: EventType, data: Data| {
-        out.push(Event {
-            id: new_event_id(now),
-            event_type,
-            source: Source::Reconciled,
-            received_at: now,
-            fishjam_id: fishjam_id.clone(),
-            data,
-            unmapped_enums: Vec::new(),
-        })
-    };
-    let room = |room_id: &str| {
-        Data::Room(RoomData {
-            room_id: room_id.to_owned(),
-        })
-    };
-    let peer = |room_id: &str, peer_id: &str, peer_type: Option<PeerType>| {
-        Data::Peer(PeerData {
-            room_id: room_id.to_owned(),
-            peer_id: peer_id.to_owned(),
-            peer_type,
-        })
+    let mut out = Differences {
+        events: Vec::new(),
+        fishjam_id,
+        now,
     };
     let mut present: BTreeMap<&str, &FishjamRoom> = BTreeMap::new();
     for fishjam_room in fishjam {
@@ -59,7 +40,7 @@ pub fn differences(
         let known_peers = match known.get(*room_id) {
             Some(peers) => peers,
             None => {
-                push(EventType::RoomCreated, room(room_id));
+                out.room(EventType::RoomCreated, room_id);
                 &empty
             }
         };
@@ -68,46 +49,99 @@ pub fn differences(
             .iter()
             .map(|p| (p.id.as_str(), known_peer(p)))
             .collect();
+        out.peers_gone(room_id, known_peers, &now_peers);
+        out.peers_listed(room_id, known_peers, &now_peers);
+    }
+    for room_id in known.keys() {
+        if !present.contains_key(room_id.as_str()) {
+            out.room(EventType::RoomDeleted, room_id);
+        }
+    }
+    out.events
+}
+
+/// The reconciled events of one comparison, as they are found.
+struct Differences<'a> {
+    events: Vec<Event>,
+    fishjam_id: &'a Arc<str>,
+    now: SystemTime,
+}
+
+impl Differences<'_> {
+    fn push(&mut self, event_type: EventType, data: Data) {
+        self.events.push(Event {
+            id: new_event_id(self.now),
+            event_type,
+            source: Source::Reconciled,
+            received_at: self.now,
+            fishjam_id: self.fishjam_id.clone(),
+            data,
+            unmapped_enums: Vec::new(),
+        })
+    }
+
+    fn room(&mut self, event_type: EventType, room_id: &str) {
+        let data = Data::Room(RoomData {
+            room_id: room_id.to_owned(),
+        });
+        self.push(event_type, data);
+    }
+
+    fn peer(
+        &mut self,
+        event_type: EventType,
+        room_id: &str,
+        peer_id: &str,
+        peer_type: Option<PeerType>,
+    ) {
+        let data = Data::Peer(PeerData {
+            room_id: room_id.to_owned(),
+            peer_id: peer_id.to_owned(),
+            peer_type,
+        });
+        self.push(event_type, data);
+    }
+
+    /// Peers known in the room that Fishjam no longer lists: disconnected
+    /// (when they were connected), then deleted.
+    fn peers_gone(
+        &mut self,
+        room_id: &str,
+        known_peers: &BTreeMap<String, KnownPeer>,
+        now_peers: &BTreeMap<&str, KnownPeer>,
+    ) {
         for (peer_id, was) in known_peers {
             if now_peers.contains_key(peer_id.as_str()) {
                 continue;
             }
             if was.connected {
-                push(
-                    EventType::PeerDisconnected,
-                    peer(room_id, peer_id, was.peer_type),
-                );
+                self.peer(EventType::PeerDisconnected, room_id, peer_id, was.peer_type);
             }
-            push(
-                EventType::PeerDeleted,
-                peer(room_id, peer_id, was.peer_type),
-            );
+            self.peer(EventType::PeerDeleted, room_id, peer_id, was.peer_type);
         }
-        for (peer_id, is) in &now_peers {
+    }
+
+    /// Peers Fishjam lists in the room: added when they are new, then
+    /// connected or disconnected when that changed.
+    fn peers_listed(
+        &mut self,
+        room_id: &str,
+        known_peers: &BTreeMap<String, KnownPeer>,
+        now_peers: &BTreeMap<&str, KnownPeer>,
+    ) {
+        for (peer_id, is) in now_peers {
             let was = known_peers.get(*peer_id);
             if was.is_none() {
-                push(EventType::PeerAdded, peer(room_id, peer_id, is.peer_type));
+                self.peer(EventType::PeerAdded, room_id, peer_id, is.peer_type);
             }
             let was_connected = was.is_some_and(|w| w.connected);
             if is.connected && !was_connected {
-                push(
-                    EventType::PeerConnected,
-                    peer(room_id, peer_id, is.peer_type),
-                );
+                self.peer(EventType::PeerConnected, room_id, peer_id, is.peer_type);
             } else if !is.connected && was_connected {
-                push(
-                    EventType::PeerDisconnected,
-                    peer(room_id, peer_id, is.peer_type),
-                );
+                self.peer(EventType::PeerDisconnected, room_id, peer_id, is.peer_type);
             }
         }
     }
-    for room_id in known.keys() {
-        if !present.contains_key(room_id.as_str()) {
-            push(EventType::RoomDeleted, room(room_id));
-        }
-    }
-    out
 }
 
 /// Fishjam's rooms as the bridge keeps what it knows.
