@@ -16,20 +16,26 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::admission::{self, Accepted, Admission, AdmissionError};
 use crate::config::{Secret, WebhookConfig};
 use crate::core::event::Source;
-use crate::core::normalize::{normalize_body, Origin};
+use crate::core::normalize::{normalize_body, Normalized, Origin};
 use crate::core::signature;
-use crate::fanout::SubmitError;
-use crate::spool::Spool;
+use crate::fanout::{Receipt, SubmitError};
+use crate::spool::{Spool, Ticket};
 use crate::telemetry;
 
 /// Seconds a sender should wait after a 503 for a full pipeline.
 const RETRY_AFTER_FULL: &str = "1";
 /// Seconds a sender should wait after the sinks did not acknowledge in time.
 const RETRY_AFTER_TIMEOUT: &str = "5";
+
+/// An answer given before the body's events waited for the sinks: the body
+/// was refused, or the spool answered for it. Boxed, since a `Response` is
+/// too large to return in every `Result`.
+type Early = Box<Response>;
 
 struct WebhookState {
     admission: Admission,
@@ -70,27 +76,56 @@ pub fn router(
 }
 
 async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
-    let response = handle(&state, request).await;
+    let response = handle(&state, request).await.unwrap_or_else(|early| *early);
     telemetry::webhook_answered(response.status().as_u16());
     response
 }
 
-async fn handle(state: &WebhookState, request: Request) -> Response {
+/// The answer to one POST.
+async fn handle(state: &WebhookState, request: Request) -> Result<Response, Early> {
     let (parts, body) = request.into_parts();
-    if let Some(problem) = unsupported_content_type(&parts.headers) {
-        return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem);
+    let declared = check_headers(state, &parts.headers)?;
+    let body_room = reserve_body_room(state, declared)?;
+    let body = read_body(body, state.max_body_bytes, state.request_timeout).await?;
+    let received_at = SystemTime::now();
+    let received = Instant::now();
+    authenticate(state, &parts.headers, &body)?;
+    let (origin, normalized) = decode(state, &body, received_at)?;
+    telemetry::body_normalized(Source::Webhook, &normalized);
+    let count = normalized.events.len();
+    let record = crate::spool::record(&origin, body);
+    let body = admission::Body::new(normalized.events, record, received);
+    let (receipt, ticket) = admit(state, body, count, body_room).await?;
+    Ok(wait_for_sinks(state, receipt, ticket, count).await)
+}
+
+/// Refuses a body the headers already rule out (its type, its encoding or
+/// its declared length); otherwise the declared length, if any.
+fn check_headers(state: &WebhookState, headers: &HeaderMap) -> Result<Option<usize>, Early> {
+    if let Some(problem) = unsupported_content_type(headers) {
+        return Err(Box::new(reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem)));
     }
-    if let Some(problem) = unsupported_encoding(&parts.headers) {
-        return reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, &problem);
+    if let Some(problem) = unsupported_encoding(headers) {
+        return Err(Box::new(reply(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &problem,
+        )));
     }
-    let declared = declared_length(&parts.headers);
+    let declared = declared_length(headers);
     if declared.is_some_and(|len| len > state.max_body_bytes) {
-        return too_large(state.max_body_bytes);
+        return Err(Box::new(too_large(state.max_body_bytes)));
     }
-    // Room for the body among all bodies in hand, reserved before reading
-    // (a body of unknown length may use the whole limit), held until its
-    // events are in the pipeline or the body is on disk: memory for bodies
-    // stays bounded whatever the connections.
+    Ok(declared)
+}
+
+/// Room for the body among all bodies in hand, reserved before reading
+/// (a body of unknown length may use the whole limit), held until its
+/// events are in the pipeline or the body is on disk: memory for bodies
+/// stays bounded whatever the connections.
+fn reserve_body_room(
+    state: &WebhookState,
+    declared: Option<usize>,
+) -> Result<OwnedSemaphorePermit, Early> {
     let reserve = declared.unwrap_or(state.max_body_bytes).max(1);
     let Ok(body_room) = state
         .body_budget
@@ -102,42 +137,52 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             "webhook bodies in hand exceed webhook.max_body_bytes_in_flight",
         );
         retry_after(&mut response, RETRY_AFTER_FULL);
-        return response;
+        return Err(Box::new(response));
     };
-    let body = match read_body(body, state.max_body_bytes, state.request_timeout).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let received_at = SystemTime::now();
-    let received = Instant::now();
+    Ok(body_room)
+}
 
+/// Checks the signature over exactly the bytes read, when a secret is set.
+fn authenticate(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> Result<(), Early> {
     if let Some(secret) = &state.secret {
-        match parts.headers.get(signature::HEADER) {
+        match headers.get(signature::HEADER) {
             None => {
-                return reply(
+                return Err(Box::new(reply(
                     StatusCode::UNAUTHORIZED,
                     "missing x-fishjam-signature-256 header",
-                )
+                )))
             }
             Some(header) => {
-                if !signature::verify(secret.expose().as_bytes(), &body, header.as_bytes()) {
-                    return reply(StatusCode::UNAUTHORIZED, "invalid signature");
+                if !signature::verify(secret.expose().as_bytes(), body, header.as_bytes()) {
+                    return Err(Box::new(reply(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid signature",
+                    )));
                 }
             }
         }
     }
+    Ok(())
+}
 
+/// Decodes and normalizes the body, refusing one that carries more
+/// notifications than `webhook.max_events_per_body`.
+fn decode(
+    state: &WebhookState,
+    body: &[u8],
+    received_at: SystemTime,
+) -> Result<(Origin, Normalized), Early> {
     // Counted on the wire first: decoding allocates for every element, and
     // a 4 MiB body can hold two million empty ones.
-    let elements = crate::core::decode::batch_len(&body);
+    let elements = crate::core::decode::batch_len(body);
     if elements > state.max_events_per_body {
-        return reply(
+        return Err(Box::new(reply(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!(
                 "body carries {elements} notifications; the limit is {}",
                 state.max_events_per_body
             ),
-        );
+        )));
     }
     let origin = Origin {
         source: Source::Webhook,
@@ -145,42 +190,53 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
         fishjam_id: state.fishjam_id.clone(),
         id_seed: rand::random(),
     };
-    let normalized = match normalize_body(&body, &origin) {
+    let normalized = match normalize_body(body, &origin) {
         Ok(normalized) => normalized,
         Err(error) => {
             telemetry::decode_failed(Source::Webhook, &error);
-            return reply(StatusCode::BAD_REQUEST, &format!("{error}"));
+            return Err(Box::new(reply(
+                StatusCode::BAD_REQUEST,
+                &format!("{error}"),
+            )));
         }
     };
     if normalized.events.len() > state.max_events_per_body {
-        return reply(
+        return Err(Box::new(reply(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!(
                 "body carries {} notifications; the limit is {}",
                 normalized.events.len(),
                 state.max_events_per_body
             ),
-        );
+        )));
     }
-    telemetry::body_normalized(Source::Webhook, &normalized);
-    let count = normalized.events.len();
-    let record = crate::spool::record(&origin, body);
-    let body = admission::Body::new(normalized.events, record, received);
+    Ok((origin, normalized))
+}
+
+/// Offers the body to admission. Taken into fan-out, it gives the receipt
+/// to wait on, with the spool's ticket and the body's room when the spool
+/// may still take it over; taken by the spool or refused, the answer.
+async fn admit(
+    state: &WebhookState,
+    body: admission::Body,
+    count: usize,
+    body_room: OwnedSemaphorePermit,
+) -> Result<(Receipt, Option<(Ticket, OwnedSemaphorePermit)>), Early> {
     let offered = state.admission.offer(body);
     // The body stays in hand (and in the budget) until the spool has it on disk.
-    let (receipt, ticket) = match offered {
+    match offered {
         Ok(Accepted::Receipt(receipt)) => {
             drop(body_room);
-            (receipt, None)
+            Ok((receipt, None))
         }
         // The spool keeps the body's bytes with the ticket, to append it if
         // it engages: still in hand, in the budget, until the answer.
-        Ok(Accepted::Waiting(receipt, ticket)) => (receipt, Some((ticket, body_room))),
+        Ok(Accepted::Waiting(receipt, ticket)) => Ok((receipt, Some((ticket, body_room)))),
         Ok(Accepted::Spooled(durable, body)) => {
             let written = durable.await;
             drop(body);
             drop(body_room);
-            return match written {
+            Err(Box::new(match written {
                 Ok(Ok(())) => ok(count, true),
                 Ok(Err(error)) => {
                     let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
@@ -191,7 +247,7 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the bridge is shutting down",
                 ),
-            };
+            }))
         }
         Err(refused) => {
             let error = refused.reason;
@@ -204,9 +260,21 @@ async fn handle(state: &WebhookState, request: Request) -> Response {
             ) {
                 retry_after(&mut response, RETRY_AFTER_FULL);
             }
-            return response;
+            Err(Box::new(response))
         }
-    };
+    }
+}
+
+/// Waits for the sinks to acknowledge the body's events, within
+/// `webhook.ack_timeout`. With a spool, a wait longer than
+/// `spool.engage_after` engages it, and the body is answered once on disk.
+/// `ticket` (with the body's room in the budget) is held until the answer.
+async fn wait_for_sinks(
+    state: &WebhookState,
+    receipt: Receipt,
+    ticket: Option<(Ticket, OwnedSemaphorePermit)>,
+    count: usize,
+) -> Response {
     let acknowledged = receipt.acknowledged();
     tokio::pin!(acknowledged);
     let mut waited = Duration::ZERO;
@@ -294,22 +362,25 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
         .ok()
 }
 
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<bytes::Bytes, Response> {
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<bytes::Bytes, Early> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(error)) => {
             let over_limit = std::error::Error::source(&error)
                 .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
             if over_limit {
-                Err(too_large(limit))
+                Err(Box::new(too_large(limit)))
             } else {
-                Err(reply(StatusCode::BAD_REQUEST, "could not read the body"))
+                Err(Box::new(reply(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the body",
+                )))
             }
         }
-        Err(_) => Err(reply(
+        Err(_) => Err(Box::new(reply(
             StatusCode::REQUEST_TIMEOUT,
             "the body did not arrive in time",
-        )),
+        ))),
     }
 }
 
