@@ -250,6 +250,29 @@ pub struct Lag {
 }
 
 impl Progress {
+    /// Each sink's cursor at its start in `starts`, and the bodies
+    /// `recovered` holds.
+    fn recovered(starts: &[u64], recovered: &log::Recovered) -> Progress {
+        let mut progress = Progress {
+            cursors: starts
+                .iter()
+                .map(|start| Cursor {
+                    next: *start,
+                    acknowledged: BTreeSet::new(),
+                    submitted: *start,
+                })
+                .collect(),
+            watermark: starts.iter().copied().min().unwrap_or(recovered.watermark),
+            held: VecDeque::new(),
+            events_total: 0,
+            bytes_total: 0,
+        };
+        for held in &recovered.held {
+            progress.push(*held);
+        }
+        progress
+    }
+
     fn push(&mut self, body: Held) {
         self.held.push_back(Counted {
             body,
@@ -352,29 +375,8 @@ impl Spool {
     pub fn open(options: &Options, sinks: &[Arc<str>]) -> anyhow::Result<Arc<Spool>> {
         use anyhow::Context as _;
         let dir = &options.dir;
-        // The spool is on by default: say how to choose another directory,
-        // or none, when the default one cannot be used.
-        let hint = "set spool.path to a directory the bridge may write, or spool.enabled = false";
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("spool.path {}: cannot create ({hint})", dir.display()))?;
-        let lock = std::fs::File::create(dir.join("lock"))
-            .with_context(|| format!("spool.path {}: cannot write ({hint})", dir.display()))?;
-        lock.try_lock().map_err(|_| {
-            anyhow::anyhow!(
-                "spool.path {}: another fishjam-bridge uses this spool; give each its own",
-                dir.display()
-            )
-        })?;
-        let mut recovered = log::recover(dir)
-            .with_context(|| format!("spool.path {}: cannot read the spool", dir.display()))?;
-        // Only the sinks of this run have cursors from now on.
-        recovered.cursors = sinks
-            .iter()
-            .map(|sink| {
-                let at = recovered.cursors.get(&**sink).copied();
-                (sink.to_string(), at.unwrap_or(recovered.watermark))
-            })
-            .collect();
+        let lock = lock_dir(dir)?;
+        let recovered = recover(dir, sinks)?;
         let starts: Vec<u64> = sinks
             .iter()
             .map(|sink| recovered.cursors[&**sink])
@@ -386,41 +388,13 @@ impl Spool {
         let writer = log::Writer::open(dir, &recovered, options.segment_bytes, options.fsync)
             .with_context(|| format!("spool.path {}: cannot write", dir.display()))?
             .with_faults(options.faults.clone());
-        if recovered.torn > 0 {
-            tracing::warn!(
-                torn = recovered.torn,
-                "spool: entries torn by a crash were cut off (they were never acknowledged)"
-            );
-        }
-        if recovered.pending() > 0 {
-            tracing::info!(
-                bodies = recovered.pending(),
-                "spool: replaying bodies a previous run accepted and did not deliver"
-            );
-        }
-        telemetry::spool_opened(options.max_bytes, recovered.torn);
+        report_recovery(&recovered, options.max_bytes);
         telemetry::spool_bytes(writer.bytes());
         let (durable_tx, durable) = watch::channel(writer.position());
         let (to_writer, commands) = std::sync::mpsc::channel();
         let engaged = outstanding.iter().any(|n| *n > 0);
         telemetry::spool_engaged(engaged);
-        let mut progress = Progress {
-            cursors: starts
-                .iter()
-                .map(|start| Cursor {
-                    next: *start,
-                    acknowledged: BTreeSet::new(),
-                    submitted: *start,
-                })
-                .collect(),
-            watermark: starts.iter().copied().min().unwrap_or(recovered.watermark),
-            held: VecDeque::new(),
-            events_total: 0,
-            bytes_total: 0,
-        };
-        for held in &recovered.held {
-            progress.push(*held);
-        }
+        let progress = Progress::recovered(&starts, &recovered);
         let spool = Arc::new(Spool {
             dir: dir.clone(),
             gate: Mutex::new(Gate {
@@ -440,24 +414,12 @@ impl Spool {
             progress: Mutex::new(progress),
             first_segment: recovered.segments.first().map_or(0, |s| s.id),
             first_of_this_run: recovered.next_seq,
-            observer: starts
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, start)| **start)
-                .map_or(0, |(sink, _)| sink),
+            observer: furthest_back(&starts),
             engage_after: options.engage_after,
             replay_notifier: options.replay_notifier,
             writer: Mutex::new(None),
         });
-        let shared = spool.clone();
-        let handle = std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || {
-                // The lock file stays locked for as long as the writer runs.
-                let _lock = lock;
-                run_writer(writer, commands, &shared, durable_tx);
-            })?;
-        *spool.writer.lock().expect("never poisoned") = Some(handle);
+        spool.start_writer(writer, commands, durable_tx, lock)?;
         // A sink that is no longer configured may have held the watermark
         // back: the segments only it needed can go now.
         let least = spool.progress.lock().expect("never poisoned").watermark;
@@ -465,6 +427,27 @@ impl Spool {
             let _ = spool.to_writer.send(Command::Watermark(least));
         }
         Ok(spool)
+    }
+
+    /// Starts the thread that writes the log, which keeps the spool's
+    /// `lock` file locked for as long as it runs.
+    fn start_writer(
+        self: &Arc<Self>,
+        writer: log::Writer,
+        commands: std::sync::mpsc::Receiver<Command>,
+        durable_tx: watch::Sender<Position>,
+        lock: std::fs::File,
+    ) -> std::io::Result<()> {
+        let shared = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || {
+                // The lock file stays locked for as long as the writer runs.
+                let _lock = lock;
+                run_writer(writer, commands, &shared, durable_tx);
+            })?;
+        *self.writer.lock().expect("never poisoned") = Some(handle);
+        Ok(())
     }
 
     /// The lock under which a source decides between the pipeline and the log.
@@ -771,6 +754,70 @@ impl Spool {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// Creates the spool's directory and locks its `lock` file, so that no
+/// other bridge uses the same spool; the file stays locked while it is open.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    // The spool is on by default: say how to choose another directory,
+    // or none, when the default one cannot be used.
+    let hint = "set spool.path to a directory the bridge may write, or spool.enabled = false";
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("spool.path {}: cannot create ({hint})", dir.display()))?;
+    let lock = std::fs::File::create(dir.join("lock"))
+        .with_context(|| format!("spool.path {}: cannot write ({hint})", dir.display()))?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "spool.path {}: another fishjam-bridge uses this spool; give each its own",
+            dir.display()
+        )
+    })?;
+    Ok(lock)
+}
+
+/// What a previous run left in the log in `dir`, with a cursor for each of
+/// `sinks` (a sink the log does not know yet starts at the watermark).
+fn recover(dir: &Path, sinks: &[Arc<str>]) -> anyhow::Result<log::Recovered> {
+    use anyhow::Context as _;
+    let mut recovered = log::recover(dir)
+        .with_context(|| format!("spool.path {}: cannot read the spool", dir.display()))?;
+    // Only the sinks of this run have cursors from now on.
+    recovered.cursors = sinks
+        .iter()
+        .map(|sink| {
+            let at = recovered.cursors.get(&**sink).copied();
+            (sink.to_string(), at.unwrap_or(recovered.watermark))
+        })
+        .collect();
+    Ok(recovered)
+}
+
+/// The sink whose replay starts furthest back, of those starting at `starts`.
+fn furthest_back(starts: &[u64]) -> usize {
+    starts
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, start)| **start)
+        .map_or(0, |(sink, _)| sink)
+}
+
+/// Logs and counts what recovery found: entries a crash tore, and bodies
+/// left to replay.
+fn report_recovery(recovered: &log::Recovered, max_bytes: u64) {
+    if recovered.torn > 0 {
+        tracing::warn!(
+            torn = recovered.torn,
+            "spool: entries torn by a crash were cut off (they were never acknowledged)"
+        );
+    }
+    if recovered.pending() > 0 {
+        tracing::info!(
+            bodies = recovered.pending(),
+            "spool: replaying bodies a previous run accepted and did not deliver"
+        );
+    }
+    telemetry::spool_opened(max_bytes, recovered.torn);
 }
 
 /// Writes one batch of appends and tells each body's side how it went;
