@@ -911,10 +911,12 @@ fn run_writer(
 ) {
     let mut records = Vec::new();
     let mut answers = Vec::new();
-    let mut cursors: Vec<Option<u64>> = vec![None; spool.sinks.len()];
+    let mut chores = Chores {
+        cursors: vec![None; spool.sinks.len()],
+        watermark: None,
+        close: None,
+    };
     while let Ok(first) = commands.recv() {
-        let mut watermark = None;
-        let mut close = None;
         let mut next = Some(first);
         // Everything that queued up while the last batch was written goes
         // in one write and one sync.
@@ -924,11 +926,9 @@ fn run_writer(
                     records.push(record);
                     answers.push(done);
                 }
-                Command::Cursor(sink, seq) => cursors[sink] = Some(seq),
-                Command::Watermark(seq) => watermark = Some(seq),
-                Command::Close(done) => close = Some(done),
+                other => chores.note(other),
             }
-            if records.len() < 4096 && close.is_none() {
+            if records.len() < 4096 && chores.close.is_none() {
                 next = commands.try_recv().ok();
             }
         }
@@ -945,54 +945,87 @@ fn run_writer(
             );
             reserved = written;
             for command in taken {
-                match command {
-                    Command::Cursor(sink, seq) => cursors[sink] = Some(seq),
-                    Command::Watermark(seq) => watermark = Some(seq),
-                    Command::Close(done) => close = Some(done),
-                    Command::Append(..) => unreachable!("write_batch fails every queued append"),
-                }
+                chores.note(command);
             }
         }
-        for (sink, seq) in cursors.iter_mut().enumerate() {
+        chores.record(&mut writer, spool);
+        count_other_bytes(spool, before, reserved, writer.bytes());
+        telemetry::spool_bytes(spool.bytes.load(Ordering::Acquire));
+        if let Some(done) = chores.close.take() {
+            close_log(&mut writer, done);
+            return;
+        }
+    }
+}
+
+/// What the writer does beside appending, gathered over one round: the
+/// newest cursor of each sink and the newest watermark it was sent, and a
+/// close.
+struct Chores {
+    cursors: Vec<Option<u64>>,
+    watermark: Option<u64>,
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl Chores {
+    /// Notes a command other than an append: the writer's loop takes
+    /// those, and `write_batch` fails every append it takes off the queue.
+    fn note(&mut self, command: Command) {
+        match command {
+            Command::Cursor(sink, seq) => self.cursors[sink] = Some(seq),
+            Command::Watermark(seq) => self.watermark = Some(seq),
+            Command::Close(done) => self.close = Some(done),
+            Command::Append(..) => unreachable!("write_batch fails every queued append"),
+        }
+    }
+
+    /// Records the cursors and the watermark noted in this round.
+    fn record(&mut self, writer: &mut log::Writer, spool: &Spool) {
+        for (sink, seq) in self.cursors.iter_mut().enumerate() {
             if let Some(seq) = seq.take() {
                 if let Err(error) = writer.cursor(&spool.sinks[sink], seq) {
                     tracing::error!(error = %error, sink = %spool.sinks[sink], "spool: cannot record a sink's cursor");
                 }
             }
         }
-        if let Some(seq) = watermark {
+        if let Some(seq) = self.watermark.take() {
             match writer.watermark(seq) {
                 Ok(freed) if freed > 0 => spool.space.notify_waiters(),
                 Ok(_) => {}
                 Err(error) => tracing::error!(error = %error, "spool: cannot record the watermark"),
             }
         }
-        // The appends were counted when reserved; what else changed on disk
-        // (segment heads, watermarks, deleted segments) is counted here.
-        let after = writer.bytes();
-        if after >= before + reserved {
-            spool
-                .bytes
-                .fetch_add(after - before - reserved, Ordering::AcqRel);
-        } else {
-            spool
-                .bytes
-                .fetch_sub(before + reserved - after, Ordering::AcqRel);
-        }
-        telemetry::spool_bytes(spool.bytes.load(Ordering::Acquire));
-        if let Some(done) = close {
-            match writer.sync() {
-                Ok(()) if writer.pending() > 0 => tracing::info!(
-                    bodies = writer.pending(),
-                    "spool closed; it keeps bodies the sinks have not acknowledged for the next run"
-                ),
-                Ok(()) => tracing::info!("spool closed, empty"),
-                Err(error) => tracing::error!(error = %error, "spool: final sync failed"),
-            }
-            let _ = done.send(());
-            return;
-        }
     }
+}
+
+/// Counts the change in the log's bytes from `before` to `after` a round
+/// that wrote `reserved` bytes of appends.
+fn count_other_bytes(spool: &Spool, before: u64, reserved: u64, after: u64) {
+    // The appends were counted when reserved; what else changed on disk
+    // (segment heads, watermarks, deleted segments) is counted here.
+    if after >= before + reserved {
+        spool
+            .bytes
+            .fetch_add(after - before - reserved, Ordering::AcqRel);
+    } else {
+        spool
+            .bytes
+            .fetch_sub(before + reserved - after, Ordering::AcqRel);
+    }
+}
+
+/// Syncs the log a last time, says what it keeps for the next run, and
+/// tells `done` that the writer stops.
+fn close_log(writer: &mut log::Writer, done: oneshot::Sender<()>) {
+    match writer.sync() {
+        Ok(()) if writer.pending() > 0 => tracing::info!(
+            bodies = writer.pending(),
+            "spool closed; it keeps bodies the sinks have not acknowledged for the next run"
+        ),
+        Ok(()) => tracing::info!("spool closed, empty"),
+        Err(error) => tracing::error!(error = %error, "spool: final sync failed"),
+    }
+    let _ = done.send(());
 }
 
 /// Reads the log for sink `sink` from its cursor and submits each body to
