@@ -28,6 +28,7 @@
 pub mod log;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::event::{Message, Source};
+use crate::core::event::{Event, Message, Source};
 use crate::core::normalize::{normalize_body, Origin};
 use crate::fanout::{Fanout, InFlight, LogWrite, Receipt};
 use crate::telemetry;
@@ -683,6 +684,30 @@ impl Spool {
         let _ = engaged.wait_for(|engaged| !engaged).await;
     }
 
+    /// Disengages the spool if every sink caught up.
+    fn disengage_if_caught_up(&self, in_flight: &InFlight) {
+        // Caught up, this sink and every other: everything
+        // spooled was submitted and delivered, and the sinks
+        // are moving.
+        // The gate first: nothing is appended or submitted
+        // while this is decided.
+        let gate = self.gate();
+        let delivered = self
+            .progress
+            .lock()
+            .expect("never poisoned")
+            .cursors
+            .iter()
+            .all(|cursor| cursor.next >= cursor.submitted);
+        let moving = in_flight.moving(self.engage_after);
+        let submitted = gate.outstanding.iter().all(|n| *n == 0);
+        if self.is_engaged(&gate) && submitted && delivered && moving {
+            self.engaged.send_replace(false);
+            telemetry::spool_engaged(false);
+            tracing::info!("spool disengaged: the sinks caught up");
+        }
+    }
+
     /// Sink `sink` acknowledged the events of body `seq`.
     fn acknowledged(&self, sink: usize, seq: u64) {
         let mut progress = self.progress.lock().expect("never poisoned");
@@ -1040,139 +1065,33 @@ pub async fn replay(
     fishjam_id: Arc<str>,
     shutdown: CancellationToken,
 ) {
-    let mut durable = spool.durable.clone();
-    let mut segment = spool.first_segment;
-    // The open segment and, once it is closed, its length.
-    let mut reader: Option<(SegmentReader, Option<u64>)> = None;
-    // Where this run's replay starts: the cursor at open. The cursor itself
-    // may have moved on since, over copies the sink acknowledged from
-    // fan-out; those are still read here, to count them submitted.
-    let mut expected = spool.progress.lock().expect("never poisoned").cursors[sink].submitted;
     let replay = Replay {
         spool: &spool,
         sink,
         fanout: &fanout,
         fishjam_id: &fishjam_id,
+        in_flight: &in_flight,
+        shutdown: &shutdown,
     };
-    loop {
-        let end = *durable.borrow_and_update();
-        if reader.is_none() {
-            match SegmentReader::open(&log::segment_path(&spool.dir, segment), 0) {
-                Ok(opened) => reader = Some((opened, None)),
-                // Deleted once all its bodies were acknowledged.
-                Err(error)
-                    if error.kind() == std::io::ErrorKind::NotFound && segment < end.segment =>
-                {
-                    segment += 1;
-                    continue;
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, segment, "spool: cannot open a segment; trying again");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        () = shutdown.cancelled() => return,
-                    }
-                }
-            }
-        }
-        let (current, closed_len) = reader.as_mut().expect("opened above");
-        // A closed segment is read to its end; the one being written only
-        // as far as it is durable.
-        let limit = if segment < end.segment {
-            *closed_len.get_or_insert_with(|| segment_len(&spool.dir, segment))
-        } else {
-            end.offset
-        };
-        match current.next(limit) {
-            Ok(Next::Entry(Entry::Body(record))) if record.seq >= expected => {
-                // Bodies lost to a torn segment are no longer waited for.
-                for missing in expected..record.seq {
-                    spool.acknowledged(sink, missing);
-                }
-                expected = record.seq + 1;
-                let seq = record.seq;
-                let copy = spool.copy_of(record.id_seed);
-                match copy.as_ref().map(|receipt| receipt.acknowledged_by(sink)) {
-                    // Fan-out holds this body for the sink already: it is
-                    // acknowledged when the sink has that, not sent twice.
-                    Some(acknowledged) => {
-                        if sink == spool.observer {
-                            telemetry::spool_replayed(record.source);
-                        }
-                        tokio::select! {
-                            () = acknowledged => spool.acknowledged(sink, seq),
-                            () = shutdown.cancelled() => return,
-                        }
-                    }
-                    None => {
-                        let submitted = tokio::select! {
-                            submitted = replay.submit(record) => submitted,
-                            () = shutdown.cancelled() => return,
-                        };
-                        if !submitted {
-                            spool.acknowledged(sink, seq);
-                        }
-                    }
-                }
-                {
-                    let mut progress = spool.progress.lock().expect("never poisoned");
-                    progress.cursors[sink].submitted = expected;
-                    spool.advance_watermark(&mut progress);
-                }
-                spool.gate().outstanding[sink] -= 1;
-            }
-            Ok(Next::Entry(_) | Next::Unreadable) => {}
-            Ok(next @ (Next::End | Next::Torn { .. })) if segment < end.segment => {
-                if let Next::Torn { offset } = next {
-                    tracing::error!(
-                        segment,
-                        offset,
-                        "spool: a torn entry inside the log; the rest of its segment is skipped"
-                    );
-                }
-                segment += 1;
-                reader = None;
-            }
-            Ok(Next::End | Next::Torn { .. }) => {
-                {
-                    // Caught up, this sink and every other: everything
-                    // spooled was submitted and delivered, and the sinks
-                    // are moving.
-                    // The gate first: nothing is appended or submitted
-                    // while this is decided.
-                    let gate = spool.gate();
-                    let delivered = spool
-                        .progress
-                        .lock()
-                        .expect("never poisoned")
-                        .cursors
-                        .iter()
-                        .all(|cursor| cursor.next >= cursor.submitted);
-                    let moving = in_flight.moving(spool.engage_after);
-                    let submitted = gate.outstanding.iter().all(|n| *n == 0);
-                    if spool.is_engaged(&gate) && submitted && delivered && moving {
-                        spool.engaged.send_replace(false);
-                        telemetry::spool_engaged(false);
-                        tracing::info!("spool disengaged: the sinks caught up");
-                    }
-                }
-                let engaged = *spool.engaged.borrow();
-                tokio::select! {
-                    _ = durable.changed() => {}
-                    // Engaged with nothing to read: the pipeline is draining.
-                    () = tokio::time::sleep(Duration::from_millis(50)), if engaged => {}
-                    () = shutdown.cancelled() => return,
-                }
-            }
-            Err(error) => {
-                tracing::error!(error = %error, segment, "spool: cannot read the log; trying again");
-                reader = None;
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        }
+    replay.run().await;
+}
+
+/// What a replay found where its next segment should be.
+enum Opened {
+    /// The segment, to read.
+    Segment(SegmentReader),
+    /// Nothing to read there now: the segment was deleted (the next one
+    /// is tried), or could not be opened (tried again after a pause).
+    Again,
+    /// Shutdown came first.
+    Stopped,
+}
+
+/// Waits a second before a replay tries again; `Break` at shutdown.
+async fn pause(shutdown: &CancellationToken) -> ControlFlow<()> {
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(1)) => ControlFlow::Continue(()),
+        () = shutdown.cancelled() => ControlFlow::Break(()),
     }
 }
 
@@ -1180,15 +1099,158 @@ fn segment_len(dir: &Path, segment: u64) -> u64 {
     std::fs::metadata(log::segment_path(dir, segment)).map_or(0, |m| m.len())
 }
 
-/// What one sink's replayer submits with.
+/// One sink's replayer: what it reads the log and submits with.
 struct Replay<'a> {
     spool: &'a Arc<Spool>,
     sink: usize,
     fanout: &'a Fanout,
     fishjam_id: &'a Arc<str>,
+    in_flight: &'a InFlight,
+    shutdown: &'a CancellationToken,
 }
 
 impl Replay<'_> {
+    /// The replay's loop: reads each segment in turn, as far as it is
+    /// durable, and hands the sink each body it has not had.
+    async fn run(&self) {
+        let spool = self.spool;
+        let mut durable = spool.durable.clone();
+        let mut segment = spool.first_segment;
+        // The open segment and, once it is closed, its length.
+        let mut reader: Option<(SegmentReader, Option<u64>)> = None;
+        // Where this run's replay starts: the cursor at open. The cursor itself
+        // may have moved on since, over copies the sink acknowledged from
+        // fan-out; those are still read here, to count them submitted.
+        let mut expected =
+            spool.progress.lock().expect("never poisoned").cursors[self.sink].submitted;
+        loop {
+            let end = *durable.borrow_and_update();
+            if reader.is_none() {
+                match self.open(&mut segment, end).await {
+                    Opened::Segment(opened) => reader = Some((opened, None)),
+                    Opened::Again => continue,
+                    Opened::Stopped => return,
+                }
+            }
+            let (current, closed_len) = reader.as_mut().expect("opened above");
+            // A closed segment is read to its end; the one being written only
+            // as far as it is durable.
+            let limit = if segment < end.segment {
+                *closed_len.get_or_insert_with(|| segment_len(&spool.dir, segment))
+            } else {
+                end.offset
+            };
+            let step = match current.next(limit) {
+                Ok(Next::Entry(Entry::Body(record))) if record.seq >= expected => {
+                    self.take(record, &mut expected).await
+                }
+                Ok(Next::Entry(_) | Next::Unreadable) => ControlFlow::Continue(()),
+                Ok(next @ (Next::End | Next::Torn { .. })) if segment < end.segment => {
+                    if let Next::Torn { offset } = next {
+                        tracing::error!(
+                            segment,
+                            offset,
+                            "spool: a torn entry inside the log; the rest of its segment is skipped"
+                        );
+                    }
+                    segment += 1;
+                    reader = None;
+                    ControlFlow::Continue(())
+                }
+                Ok(Next::End | Next::Torn { .. }) => self.wait_for_more(&mut durable).await,
+                Err(error) => {
+                    tracing::error!(error = %error, segment, "spool: cannot read the log; trying again");
+                    reader = None;
+                    pause(self.shutdown).await
+                }
+            };
+            if step.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// Opens `segment`, the next the replay reads, moving past it when it
+    /// was deleted before `end`.
+    async fn open(&self, segment: &mut u64, end: Position) -> Opened {
+        match SegmentReader::open(&log::segment_path(&self.spool.dir, *segment), 0) {
+            Ok(opened) => Opened::Segment(opened),
+            // Deleted once all its bodies were acknowledged.
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound && *segment < end.segment =>
+            {
+                *segment += 1;
+                Opened::Again
+            }
+            Err(error) => {
+                let segment = *segment;
+                tracing::error!(error = %error, segment, "spool: cannot open a segment; trying again");
+                match pause(self.shutdown).await {
+                    ControlFlow::Continue(()) => Opened::Again,
+                    ControlFlow::Break(()) => Opened::Stopped,
+                }
+            }
+        }
+    }
+
+    /// Hands the sink `record`, the next body in the log (`expected` is
+    /// where it was expected): submitted, or, when fan-out holds it
+    /// already, waited for until the sink acknowledged it. `Break` at
+    /// shutdown.
+    async fn take(&self, record: log::Record, expected: &mut u64) -> ControlFlow<()> {
+        let (spool, sink) = (self.spool, self.sink);
+        // Bodies lost to a torn segment are no longer waited for.
+        for missing in *expected..record.seq {
+            spool.acknowledged(sink, missing);
+        }
+        *expected = record.seq + 1;
+        let seq = record.seq;
+        let copy = spool.copy_of(record.id_seed);
+        match copy.as_ref().map(|receipt| receipt.acknowledged_by(sink)) {
+            // Fan-out holds this body for the sink already: it is
+            // acknowledged when the sink has that, not sent twice.
+            Some(acknowledged) => {
+                if sink == spool.observer {
+                    telemetry::spool_replayed(record.source);
+                }
+                tokio::select! {
+                    () = acknowledged => spool.acknowledged(sink, seq),
+                    () = self.shutdown.cancelled() => return ControlFlow::Break(()),
+                }
+            }
+            None => {
+                let submitted = tokio::select! {
+                    submitted = self.submit(record) => submitted,
+                    () = self.shutdown.cancelled() => return ControlFlow::Break(()),
+                };
+                if !submitted {
+                    spool.acknowledged(sink, seq);
+                }
+            }
+        }
+        {
+            let mut progress = spool.progress.lock().expect("never poisoned");
+            progress.cursors[sink].submitted = *expected;
+            spool.advance_watermark(&mut progress);
+        }
+        spool.gate().outstanding[sink] -= 1;
+        ControlFlow::Continue(())
+    }
+
+    /// At the end of what is durable: disengages the spool if every sink
+    /// caught up, then waits until more is durable. `Break` at shutdown.
+    async fn wait_for_more(&self, durable: &mut watch::Receiver<Position>) -> ControlFlow<()> {
+        self.spool.disengage_if_caught_up(self.in_flight);
+        let engaged = *self.spool.engaged.borrow();
+        tokio::select! {
+            _ = durable.changed() => {}
+            // Engaged with nothing to read: the pipeline is draining.
+            () = tokio::time::sleep(Duration::from_millis(50)), if engaged => {}
+            () = self.shutdown.cancelled() => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
+    }
+
     /// Rebuilds a body's events (without the duplicates dropped when it was
     /// spooled) and waits until the sink takes them; the body is
     /// acknowledged in the sink's cursor once it has them. False when there
@@ -1201,6 +1263,23 @@ impl Replay<'_> {
             }
             return false;
         }
+        let Some(messages) = self.rebuild(&record) else {
+            return false;
+        };
+        let seq = record.seq;
+        if self.sink == self.spool.observer {
+            telemetry::spool_replayed(record.source);
+            // This run has not seen what a previous one spooled.
+            if seq < self.spool.first_of_this_run {
+                self.fanout.observe_recovered(&messages);
+            }
+        }
+        self.admit_in_parts(messages, record.source, seq).await
+    }
+
+    /// The messages of a spooled body, without the duplicates dropped when
+    /// it was spooled; None when it no longer decodes.
+    fn rebuild(&self, record: &log::Record) -> Option<Vec<Message>> {
         let origin = Origin {
             source: record.source,
             received_at: record.received_at,
@@ -1212,45 +1291,15 @@ impl Replay<'_> {
             Err(error) => {
                 // It decoded when it was spooled and its CRC holds: a bug.
                 tracing::error!(error = %error, seq = record.seq, "spool: a spooled body no longer decodes; dropped");
-                return false;
+                return None;
             }
         };
-        let seq = record.seq;
-        // Skips name events by position: a body that no longer normalizes
-        // to as many events as when it was spooled keeps them all.
-        let counted = record.events as usize;
-        let skips: &[u32] = if counted != 0 && counted != events.len() {
-            tracing::warn!(
-                seq,
-                spooled = counted,
-                now = events.len(),
-                "spool: a body normalizes to another number of events than when it was spooled; its duplicates are kept"
-            );
-            &[]
-        } else {
-            &record.skips
-        };
-        let mut skips = skips.iter().peekable();
-        let kept: Vec<_> = events
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| {
-                let skip = skips.peek() == Some(&&(*i as u32));
-                if skip {
-                    skips.next();
-                }
-                !skip
-            })
-            .map(|(_, event)| event)
-            .collect();
-        let messages = Message::all(kept);
-        if self.sink == self.spool.observer {
-            telemetry::spool_replayed(record.source);
-            // This run has not seen what a previous one spooled.
-            if seq < self.spool.first_of_this_run {
-                self.fanout.observe_recovered(&messages);
-            }
-        }
+        Some(Message::all(without_skips(events, record)))
+    }
+
+    /// Admits `messages`, body `seq` from `source`, to the sink, waiting
+    /// for room; false when the pipeline refused them.
+    async fn admit_in_parts(&self, messages: Vec<Message>, source: Source, seq: u64) -> bool {
         // A body spooled under a larger bound than this run's goes in
         // parts, in order; it is acknowledged when the last part is.
         let size = self.fanout.largest_submission().max(1);
@@ -1271,7 +1320,7 @@ impl Replay<'_> {
             };
             if let Err(refused) = self
                 .fanout
-                .admit_to(self.sink, part, record.source, Some(on_acknowledged))
+                .admit_to(self.sink, part, source, Some(on_acknowledged))
                 .await
             {
                 tracing::error!(error = %refused.reason, seq, "spool: the pipeline refused a spooled body");
@@ -1280,6 +1329,38 @@ impl Replay<'_> {
         }
         true
     }
+}
+
+/// `events`, rebuilt from `record`, without those its skips name.
+fn without_skips(events: Vec<Event>, record: &log::Record) -> Vec<Event> {
+    let seq = record.seq;
+    // Skips name events by position: a body that no longer normalizes
+    // to as many events as when it was spooled keeps them all.
+    let counted = record.events as usize;
+    let skips: &[u32] = if counted != 0 && counted != events.len() {
+        tracing::warn!(
+            seq,
+            spooled = counted,
+            now = events.len(),
+            "spool: a body normalizes to another number of events than when it was spooled; its duplicates are kept"
+        );
+        &[]
+    } else {
+        &record.skips
+    };
+    let mut skips = skips.iter().peekable();
+    events
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            let skip = skips.peek() == Some(&&(*i as u32));
+            if skip {
+                skips.next();
+            }
+            !skip
+        })
+        .map(|(_, event)| event)
+        .collect()
 }
 
 /// A body ready for the log, from what a source received.
