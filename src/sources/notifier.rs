@@ -273,44 +273,12 @@ impl NotifierSource {
         leadership: &mut Leadership,
     ) -> Result<(), SessionError> {
         telemetry::notifier_state("connecting");
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(self.config.max_frame_bytes))
-            .max_frame_size(Some(self.config.max_frame_bytes));
-        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            &self.url,
-            Some(config),
-            true,
-            connector,
-        );
         // Until subscribed, nothing is on its way: a shutdown just goes.
-        let connected = tokio::select! {
-            connected = tokio::time::timeout(self.config.connect_timeout, connect) => connected,
-            stop = stopped(shutdown, leadership) => return stop.ended(),
+        let Some(mut socket) = self.connect(shutdown, leadership).await? else {
+            return Ok(());
         };
-        let (mut socket, _) = connected
-            .map_err(|_| SessionError::Connect("timed out".to_owned()))?
-            .map_err(|e| SessionError::Connect(e.to_string()))?;
-
         telemetry::notifier_state("authenticating");
-        let handshake = async {
-            send(
-                &mut socket,
-                Content::AuthRequest(sm::AuthRequest {
-                    token: self.token.expose().to_owned(),
-                }),
-            )
-            .await?;
-            expect(&mut socket, Phase::Authenticating).await?;
-            send(
-                &mut socket,
-                Content::SubscribeRequest(sm::SubscribeRequest {
-                    event_type: EventType::ServerNotification as i32,
-                }),
-            )
-            .await?;
-            expect(&mut socket, Phase::Subscribing).await
-        };
+        let handshake = self.handshake(&mut socket);
         let handshake = tokio::select! {
             handshake = tokio::time::timeout(self.config.handshake_timeout, handshake) => handshake,
             stop = stopped(shutdown, leadership) => return stop.ended(),
@@ -332,7 +300,66 @@ impl NotifierSource {
                 }
             }
         }
+        self.listen(&mut socket, shutdown, leadership).await
+    }
 
+    /// Connects to the notifier within `notifier.connect_timeout`; None
+    /// when a shutdown came first.
+    async fn connect(
+        &self,
+        shutdown: &CancellationToken,
+        leadership: &mut Leadership,
+    ) -> Result<Option<Socket>, SessionError> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.config.max_frame_bytes))
+            .max_frame_size(Some(self.config.max_frame_bytes));
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            &self.url,
+            Some(config),
+            true,
+            connector,
+        );
+        let connected = tokio::select! {
+            connected = tokio::time::timeout(self.config.connect_timeout, connect) => connected,
+            stop = stopped(shutdown, leadership) => return stop.ended().map(|()| None),
+        };
+        let (socket, _) = connected
+            .map_err(|_| SessionError::Connect("timed out".to_owned()))?
+            .map_err(|e| SessionError::Connect(e.to_string()))?;
+        Ok(Some(socket))
+    }
+
+    /// Authenticates with the management token, then subscribes to server
+    /// notifications.
+    async fn handshake(&self, socket: &mut Socket) -> Result<(), SessionError> {
+        send(
+            socket,
+            Content::AuthRequest(sm::AuthRequest {
+                token: self.token.expose().to_owned(),
+            }),
+        )
+        .await?;
+        expect(socket, Phase::Authenticating).await?;
+        send(
+            socket,
+            Content::SubscribeRequest(sm::SubscribeRequest {
+                event_type: EventType::ServerNotification as i32,
+            }),
+        )
+        .await?;
+        expect(socket, Phase::Subscribing).await
+    }
+
+    /// Reads and delivers notifications, pinging on an interval, until the
+    /// socket ends or stays silent past `notifier.idle_timeout`, or the
+    /// source stops: then the socket is closed and drained.
+    async fn listen(
+        &self,
+        socket: &mut Socket,
+        shutdown: &CancellationToken,
+        leadership: &mut Leadership,
+    ) -> Result<(), SessionError> {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
@@ -379,7 +406,7 @@ impl NotifierSource {
                         .map_err(|e| SessionError::Io(e.to_string()))?;
                 }
                 stop = stopped(shutdown, leadership) => {
-                    return self.close_and_drain(&mut socket, stop.drain(leadership)).await.and(stop.ended());
+                    return self.close_and_drain(socket, stop.drain(leadership)).await.and(stop.ended());
                 }
             }
         }
