@@ -9,7 +9,7 @@
 //! read, and the bridge's appends take the same lock (`dead_letter.rs`) and
 //! reopen the path when it was replaced under them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -54,9 +54,30 @@ pub async fn redrive(
         std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let text = String::from_utf8_lossy(&original);
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let chosen = choose(&lines, only);
+    let mut outcomes = Vec::new();
+    let mut sent_lines = BTreeSet::new();
+    for (name, messages) in chosen {
+        outcomes.push(redrive_sink(config, name, messages, timeout, &mut sent_lines).await);
+    }
+    if !sent_lines.is_empty() {
+        let kept: String = lines
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| !sent_lines.contains(n))
+            .map(|(_, line)| *line)
+            .collect();
+        rewrite(file, original.len(), kept.as_bytes())
+            .with_context(|| format!("cannot rewrite {}", file.display()))?;
+    }
+    Ok(outcomes)
+}
+
+/// The dead letters among `lines` whose events can be read (only those of
+/// the sink `only`, when given), with their line numbers, by sink.
+fn choose(lines: &[&str], only: Option<&str>) -> BTreeMap<String, Vec<(usize, Message)>> {
     // Line numbers to send, by sink.
     let mut chosen: BTreeMap<String, Vec<(usize, Message)>> = BTreeMap::new();
-    let mut outcomes = Vec::new();
     for (number, line) in lines.iter().enumerate() {
         let Ok(entry) = serde_json::from_str::<Entry>(line.trim_end()) else {
             continue;
@@ -77,79 +98,91 @@ pub async fn redrive(
             .or_default()
             .push((number, message));
     }
-    let mut sent_lines = std::collections::BTreeSet::new();
-    for (name, messages) in chosen {
-        let Some(sink_config) = config.sinks.iter().find(|s| s.name() == name) else {
-            outcomes.push(Outcome {
+    chosen
+}
+
+/// Publishes the dead letters of the sink `name` again through the sink
+/// of that name in `config`; adds the lines it acknowledged to
+/// `sent_lines`.
+async fn redrive_sink(
+    config: &Config,
+    name: String,
+    messages: Vec<(usize, Message)>,
+    timeout: Duration,
+    sent_lines: &mut BTreeSet<usize>,
+) -> Outcome {
+    let Some(sink_config) = config.sinks.iter().find(|s| s.name() == name) else {
+        return Outcome {
+            left: messages.len(),
+            sink: name,
+            sent: 0,
+            problem: Some("the configuration has no sink of this name".to_owned()),
+        };
+    };
+    let health = SinkHealth::new(&name, Readiness::default());
+    let sink = match tokio::time::timeout(timeout, Sink::connect(sink_config, health)).await {
+        Ok(Ok(sink)) => sink,
+        Ok(Err(error)) => {
+            return Outcome {
                 left: messages.len(),
                 sink: name,
                 sent: 0,
-                problem: Some("the configuration has no sink of this name".to_owned()),
-            });
-            continue;
-        };
-        let health = SinkHealth::new(&name, Readiness::default());
-        let sink = match tokio::time::timeout(timeout, Sink::connect(sink_config, health)).await {
-            Ok(Ok(sink)) => sink,
+                problem: Some(format!("cannot connect: {}", Chain(&error))),
+            };
+        }
+        Err(_) => {
+            return Outcome {
+                left: messages.len(),
+                sink: name,
+                sent: 0,
+                problem: Some("cannot connect: no answer in time".to_owned()),
+            };
+        }
+    };
+    let batch_size = config.pipeline.max_batch.max(1);
+    let (sent, problem) = publish_batches(&sink, &messages, batch_size, timeout, sent_lines).await;
+    let _ = tokio::time::timeout(timeout, sink.close()).await;
+    Outcome {
+        left: messages.len() - sent,
+        sink: name,
+        sent,
+        problem,
+    }
+}
+
+/// Publishes `messages` through `sink` in batches of `batch_size`, each
+/// within `timeout`, until a batch is not acknowledged whole; adds the
+/// lines acknowledged to `sent_lines`. Returns how many were acknowledged
+/// and why the rest were not.
+async fn publish_batches(
+    sink: &Sink,
+    messages: &[(usize, Message)],
+    batch_size: usize,
+    timeout: Duration,
+    sent_lines: &mut BTreeSet<usize>,
+) -> (usize, Option<String>) {
+    let mut sent = 0;
+    let mut problem = None;
+    for batch in messages.chunks(batch_size) {
+        let refs: Vec<&Message> = batch.iter().map(|(_, m)| m).collect();
+        let acknowledged = match tokio::time::timeout(timeout, sink.publish(&refs)).await {
+            Ok(Ok(())) => batch.len(),
             Ok(Err(error)) => {
-                outcomes.push(Outcome {
-                    left: messages.len(),
-                    sink: name,
-                    sent: 0,
-                    problem: Some(format!("cannot connect: {}", Chain(&error))),
-                });
-                continue;
+                problem = Some(Chain(&error.error).to_string());
+                error.acknowledged
             }
             Err(_) => {
-                outcomes.push(Outcome {
-                    left: messages.len(),
-                    sink: name,
-                    sent: 0,
-                    problem: Some("cannot connect: no answer in time".to_owned()),
-                });
-                continue;
+                problem = Some("no acknowledgement in time".to_owned());
+                0
             }
         };
-        let mut sent = 0;
-        let mut problem = None;
-        for batch in messages.chunks(config.pipeline.max_batch.max(1)) {
-            let refs: Vec<&Message> = batch.iter().map(|(_, m)| m).collect();
-            let acknowledged = match tokio::time::timeout(timeout, sink.publish(&refs)).await {
-                Ok(Ok(())) => batch.len(),
-                Ok(Err(error)) => {
-                    problem = Some(Chain(&error.error).to_string());
-                    error.acknowledged
-                }
-                Err(_) => {
-                    problem = Some("no acknowledgement in time".to_owned());
-                    0
-                }
-            };
-            sent += acknowledged;
-            sent_lines.extend(batch[..acknowledged].iter().map(|(n, _)| *n));
-            if acknowledged < batch.len() {
-                break;
-            }
+        sent += acknowledged;
+        sent_lines.extend(batch[..acknowledged].iter().map(|(n, _)| *n));
+        if acknowledged < batch.len() {
+            break;
         }
-        let _ = tokio::time::timeout(timeout, sink.close()).await;
-        outcomes.push(Outcome {
-            left: messages.len() - sent,
-            sink: name,
-            sent,
-            problem,
-        });
     }
-    if !sent_lines.is_empty() {
-        let kept: String = lines
-            .iter()
-            .enumerate()
-            .filter(|(n, _)| !sent_lines.contains(n))
-            .map(|(_, line)| *line)
-            .collect();
-        rewrite(file, original.len(), kept.as_bytes())
-            .with_context(|| format!("cannot rewrite {}", file.display()))?;
-    }
-    Ok(outcomes)
+    (sent, problem)
 }
 
 /// Replaces `file` with `kept` and whatever was appended after its first
