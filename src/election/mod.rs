@@ -279,20 +279,13 @@ impl Elector {
     /// The election loop over `store`: follow until the lease is free, hold
     /// it while it can be renewed in time, and release it at shutdown.
     pub async fn hold<S: LeaseStore>(self, mut store: S, shutdown: CancellationToken) {
-        let Elector {
-            holding,
-            drain_ms,
-            status,
-            identity,
-            timing,
-        } = self;
-        let set = |role: &'static str, holder: Option<String>| {
-            let mut status = status
-                .lock()
-                .expect("election status lock is never poisoned");
-            status.role = role;
-            status.holder = holder;
-        };
+        self.run(&mut store, &shutdown).await
+    }
+
+    /// The loop of `hold`; the elector, and its `holding` with it, is
+    /// dropped as it ends, before the store.
+    async fn run<S: LeaseStore>(self, store: &mut S, shutdown: &CancellationToken) {
+        let timing = self.timing;
         // When a holder was last seen (this replica or another; start-up
         // counts as seen): the time without one is exported, and alerted on
         // across the fleet.
@@ -305,35 +298,14 @@ impl Elector {
             };
             let wait = match attempt {
                 Ok(Ok(Attempt::Held)) => {
-                    set("holder", Some(identity.clone()));
-                    holding.send_replace(true);
-                    telemetry::election_role(true);
-                    tracing::info!(identity = %identity, backend = store.backend(), "holding the notifier lease");
-                    let ended =
-                        renew_while_valid(&mut store, timing, timing.valid_until(sent), &holding)
-                            .await;
-                    // Draining the socket is safe only while no other replica
-                    // can hold the lease.
-                    let drain = match &ended {
-                        Ended::Lost(LeaseError::Store(_)) => timing.margin() / 2,
-                        _ => Duration::ZERO,
-                    };
-                    drain_ms.store(drain.as_millis() as u64, Ordering::SeqCst);
-                    holding.send_replace(false);
-                    telemetry::election_role(false);
-                    set("follower", None);
+                    let ended = self.lead(store, sent).await;
                     holder_seen = Instant::now();
                     match ended {
                         Ended::Released => {
                             // The notifier has let go of the socket (it drops
                             // its `Leadership` as it stops): the lease can go
                             // to the next holder at once.
-                            match store.release().await {
-                                Ok(()) => tracing::info!("notifier lease released"),
-                                Err(error) => {
-                                    tracing::warn!(error = %error, "could not release the notifier lease; it runs out by itself")
-                                }
-                            }
+                            release(store).await;
                             return;
                         }
                         Ended::Lost(error) => {
@@ -344,7 +316,7 @@ impl Elector {
                 }
                 Ok(Ok(Attempt::Taken { holder, free_in })) => {
                     holder_seen = Instant::now();
-                    set("follower", Some(holder));
+                    self.set("follower", Some(holder));
                     // Try again when the holder's lease can have run out, but no
                     // later than the next beat.
                     free_in.map_or(timing.renew_every, |free_in| {
@@ -369,6 +341,51 @@ impl Elector {
                 _ = store.released() => {}
                 _ = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    /// Holds the lease just taken (by a request sent at `sent`) while it
+    /// is renewed in time, then lets go of it: the notifier learns that it
+    /// no longer holds it, and how long it may drain its socket.
+    async fn lead<S: LeaseStore>(&self, store: &mut S, sent: Instant) -> Ended {
+        let timing = self.timing;
+        self.set("holder", Some(self.identity.clone()));
+        self.holding.send_replace(true);
+        telemetry::election_role(true);
+        tracing::info!(identity = %self.identity, backend = store.backend(), "holding the notifier lease");
+        let ended = renew_while_valid(store, timing, timing.valid_until(sent), &self.holding).await;
+        // Draining the socket is safe only while no other replica
+        // can hold the lease.
+        let drain = match &ended {
+            Ended::Lost(LeaseError::Store(_)) => timing.margin() / 2,
+            _ => Duration::ZERO,
+        };
+        self.drain_ms
+            .store(drain.as_millis() as u64, Ordering::SeqCst);
+        self.holding.send_replace(false);
+        telemetry::election_role(false);
+        self.set("follower", None);
+        ended
+    }
+
+    /// Shows this replica's role and the holder it last saw.
+    fn set(&self, role: &'static str, holder: Option<String>) {
+        let mut status = self
+            .status
+            .lock()
+            .expect("election status lock is never poisoned");
+        status.role = role;
+        status.holder = holder;
+    }
+}
+
+/// Gives the lease up at once; a lease that cannot be released runs out
+/// by itself.
+async fn release<S: LeaseStore>(store: &mut S) {
+    match store.release().await {
+        Ok(()) => tracing::info!("notifier lease released"),
+        Err(error) => {
+            tracing::warn!(error = %error, "could not release the notifier lease; it runs out by itself")
         }
     }
 }
