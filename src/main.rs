@@ -243,18 +243,8 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             addresses_file,
-        } => {
-            let config = match Config::from_process(config.as_deref()) {
-                Ok(config) => config,
-                Err(error) => return config_failed(&error),
-            };
-            telemetry::init_logging(config.log.format, &config.log.level);
-            report(runtime().block_on(run(config, addresses_file)))
-        }
-        Command::Simulate(args) => {
-            telemetry::init_logging(LogFormat::Text, "info");
-            report(runtime().block_on(simulate(*args)))
-        }
+        } => run_bridge(config, addresses_file),
+        Command::Simulate(args) => run_simulator(*args),
         Command::DeadLetters {
             action: DeadLetterAction::List { file },
         } => list_dead_letters(&file),
@@ -275,38 +265,68 @@ fn main() -> ExitCode {
             ca_file,
         } => {
             let filter = [("room", room), ("type", event_type), ("source", source)];
-            let tapped = admin_client(ca_file.as_deref(), None)
-                .and_then(|client| runtime().block_on(tap(&client, &admin, &filter)));
-            match tapped {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("fishjam-bridge: {error:#}");
-                    ExitCode::from(69)
-                }
-            }
+            print_tap(&admin, &filter, ca_file.as_deref())
         }
         Command::Top {
             admin,
             every,
             ca_file,
-        } => {
-            let timeout = every.max(Duration::from_secs(2));
-            report(
-                admin_client(ca_file.as_deref(), Some(timeout)).and_then(|client| {
-                    runtime().block_on(fishjam_bridge::top::run(&client, &admin, every))
-                }),
-            )
-        }
+        } => show_top(&admin, every, ca_file.as_deref()),
         Command::Demo {
             duration,
             rate,
             rooms,
             seed,
-        } => {
-            telemetry::init_logging(LogFormat::Text, "info");
-            report(runtime().block_on(demo(duration, rate, rooms, seed)))
+        } => run_demo(duration, rate, rooms, seed),
+    }
+}
+
+/// `run`: loads the configuration, installs logs, and runs the bridge.
+fn run_bridge(config: Option<PathBuf>, addresses_file: Option<PathBuf>) -> ExitCode {
+    let config = match Config::from_process(config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => return config_failed(&error),
+    };
+    telemetry::init_logging(config.log.format, &config.log.level);
+    report(runtime().block_on(run(config, addresses_file)))
+}
+
+/// `simulate`: acts as Fishjam, logging as text.
+fn run_simulator(args: SimulateArgs) -> ExitCode {
+    telemetry::init_logging(LogFormat::Text, "info");
+    report(runtime().block_on(simulate(args)))
+}
+
+/// `demo`: the simulator into a bridge that prints events, logging as text.
+fn run_demo(duration: Option<Duration>, rate: u64, rooms: usize, seed: u64) -> ExitCode {
+    telemetry::init_logging(LogFormat::Text, "info");
+    report(runtime().block_on(demo(duration, rate, rooms, seed)))
+}
+
+/// `tap`: prints what a running bridge's tap sends, filtered by `filter`.
+fn print_tap(
+    admin: &str,
+    filter: &[(&str, Option<String>)],
+    ca_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let tapped = admin_client(ca_file, None)
+        .and_then(|client| runtime().block_on(tap(&client, admin, filter)));
+    match tapped {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fishjam-bridge: {error:#}");
+            ExitCode::from(69)
         }
     }
+}
+
+/// `top`: a live view of a running bridge, read `every` so often.
+fn show_top(admin: &str, every: Duration, ca_file: Option<&std::path::Path>) -> ExitCode {
+    let timeout = every.max(Duration::from_secs(2));
+    report(
+        admin_client(ca_file, Some(timeout))
+            .and_then(|client| runtime().block_on(fishjam_bridge::top::run(&client, admin, every))),
+    )
 }
 
 #[derive(Subcommand)]
