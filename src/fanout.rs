@@ -570,6 +570,15 @@ impl Taken {
     }
 }
 
+/// Which sinks a submission goes to, and whether deduplication and room
+/// activity see it: a body from a source goes to every sink and is seen; a
+/// spooled body replayed to one sink had both when it was spooled.
+#[derive(Debug)]
+struct Reach {
+    sinks: Range<usize>,
+    observe: bool,
+}
+
 /// The sending side, cloned into admission and the spool's replayers.
 /// Dropping every clone closes the lanes, which is how the sinks learn that
 /// the sources have stopped.
@@ -659,6 +668,15 @@ impl Fanout {
 
     fn all(&self) -> Range<usize> {
         0..self.lanes.len()
+    }
+
+    /// Every sink, with deduplication and room activity: where a body
+    /// from a source goes.
+    fn everywhere(&self) -> Reach {
+        Reach {
+            sinks: self.all(),
+            observe: true,
+        }
     }
 
     /// The most events a submission may hold and always be admitted.
@@ -812,7 +830,7 @@ impl Fanout {
             }
         }
         let messages = self.try_bursty_slots(messages, self.all(), &mut taken)?;
-        Ok(self.dispatch(messages, self.all(), taken, true, source, received, None))
+        Ok(self.dispatch(messages, self.everywhere(), taken, source, received, None))
     }
 
     /// Admits all of `messages` to every sink, waiting for room in their
@@ -826,8 +844,7 @@ impl Fanout {
         on_acknowledged: Option<OnAcknowledged>,
     ) -> Result<Receipt, Refused<Vec<Message>>> {
         self.admit_in(
-            self.all(),
-            true,
+            self.everywhere(),
             messages,
             source,
             received,
@@ -848,21 +865,17 @@ impl Fanout {
         on_acknowledged: Option<OnAcknowledged>,
     ) -> Result<Receipt, Refused<Vec<Message>>> {
         let received = Instant::now();
-        self.admit_in(
-            sink..sink + 1,
-            false,
-            messages,
-            source,
-            received,
-            on_acknowledged,
-        )
-        .await
+        let reach = Reach {
+            sinks: sink..sink + 1,
+            observe: false,
+        };
+        self.admit_in(reach, messages, source, received, on_acknowledged)
+            .await
     }
 
     async fn admit_in(
         &self,
-        sinks: Range<usize>,
-        observe: bool,
+        reach: Reach,
         messages: Vec<Message>,
         source: Source,
         received: Instant,
@@ -875,9 +888,9 @@ impl Fanout {
         // can never hold each other's slots.
         let mut taken = Taken::default();
         let messages = match self.bursty_limit.when_full {
-            WhenFull::Shed => self.try_bursty_slots(messages, sinks.clone(), &mut taken)?,
+            WhenFull::Shed => self.try_bursty_slots(messages, reach.sinks.clone(), &mut taken)?,
             WhenFull::Wait => {
-                for sink in sinks.clone() {
+                for sink in reach.sinks.clone() {
                     let (_, wanted) = self.counts(sink, &messages);
                     if wanted == 0 {
                         continue;
@@ -891,7 +904,7 @@ impl Fanout {
                 messages
             }
         };
-        for sink in sinks.clone() {
+        for sink in reach.sinks.clone() {
             let count = self.pinned(sink, &messages);
             if count == 0 {
                 continue;
@@ -902,15 +915,7 @@ impl Fanout {
                 Err(_) => return Err(Refused::new(messages, SubmitError::Closed)),
             }
         }
-        Ok(self.dispatch(
-            messages,
-            sinks,
-            taken,
-            observe,
-            source,
-            received,
-            on_acknowledged,
-        ))
+        Ok(self.dispatch(messages, reach, taken, source, received, on_acknowledged))
     }
 
     /// Waits until every sink has `wanted` bursty slots free (they may be
@@ -968,13 +973,11 @@ impl Fanout {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &self,
         mut messages: Vec<Message>,
-        sinks: Range<usize>,
+        reach: Reach,
         mut taken: Taken,
-        observe: bool,
         source: Source,
         received: Instant,
         on_acknowledged: Option<OnAcknowledged>,
@@ -982,12 +985,12 @@ impl Fanout {
         let completion = Completion::new(self.lanes.len(), source, received, on_acknowledged);
         // Held until the parts are sent: the first delivery of each
         // notification reaches the lanes in the order it was admitted.
-        let dedup = self.observe(&mut messages, &completion, observe);
+        let dedup = self.observe(&mut messages, &completion, reach.observe);
         if messages.is_empty() {
             completion.complete();
             return Receipt(completion);
         }
-        let (plan, per_sink) = self.plan(&messages, sinks.clone());
+        let (plan, per_sink) = self.plan(&messages, reach.sinks.clone());
         if plan.is_empty() {
             // No sink takes any of these events.
             completion.complete();
@@ -1001,7 +1004,7 @@ impl Fanout {
             messages,
             completion: completion.clone(),
         });
-        for (sink, events) in sinks.clone().zip(per_sink) {
+        for (sink, events) in reach.sinks.clone().zip(per_sink) {
             self.lanes[sink].metrics.queued(events as f64);
             let left_out = body.messages.len() - events;
             if events > 0 && left_out > 0 {
