@@ -12,12 +12,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use fishjam_bridge::admin::systemd;
 use fishjam_bridge::config::{Config, ConfigError};
 use fishjam_bridge::core::event::Source;
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
-use fishjam_bridge::systemd;
 use fishjam_bridge::telemetry::{self, LogFormat};
 
 // glibc's allocator contends between the runtime's threads on the hot path
@@ -323,10 +323,9 @@ fn print_tap(
 /// `top`: a live view of a running bridge, read `every` so often.
 fn show_top(admin: &str, every: Duration, ca_file: Option<&std::path::Path>) -> ExitCode {
     let timeout = every.max(Duration::from_secs(2));
-    report(
-        admin_client(ca_file, Some(timeout))
-            .and_then(|client| runtime().block_on(fishjam_bridge::top::run(&client, admin, every))),
-    )
+    report(admin_client(ca_file, Some(timeout)).and_then(|client| {
+        runtime().block_on(fishjam_bridge::tools::top::run(&client, admin, every))
+    }))
 }
 
 #[derive(Subcommand)]
@@ -360,7 +359,7 @@ fn list_dead_letters(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(66);
         }
     };
-    let summary = fishjam_bridge::dead_letter::summarize(&text);
+    let summary = fishjam_bridge::pipeline::dead_letter::summarize(&text);
     let total: usize = summary.groups.values().map(|g| g.count).sum();
     println!("{}: {total} entries", file.display());
     for ((sink, reason), group) in &summary.groups {
@@ -399,7 +398,7 @@ fn admin_client(
         builder = builder.timeout(timeout);
     }
     if let Some(path) = ca_file {
-        builder = fishjam_bridge::tls::ExtraRoots::load(path)?.trusted_by(builder)?;
+        builder = fishjam_bridge::net::tls::ExtraRoots::load(path)?.trusted_by(builder)?;
     }
     Ok(builder.build()?)
 }
@@ -473,7 +472,7 @@ fn redrive_dead_letters(
         Err(error) => return config_failed(&error),
     };
     telemetry::init_logging(LogFormat::Text, "warn");
-    let outcomes = match runtime().block_on(fishjam_bridge::redrive::redrive(
+    let outcomes = match runtime().block_on(fishjam_bridge::tools::redrive::redrive(
         &config, file, only, timeout,
     )) {
         Ok(outcomes) => outcomes,
@@ -545,7 +544,7 @@ fn check_config(path: Option<PathBuf>, connect: Option<Duration>) -> ExitCode {
     let Some(timeout) = connect else {
         return ExitCode::SUCCESS;
     };
-    let outcomes = runtime().block_on(fishjam_bridge::probe::run(&config, timeout));
+    let outcomes = runtime().block_on(fishjam_bridge::tools::probe::run(&config, timeout));
     let mut failed = 0;
     for outcome in &outcomes {
         match &outcome.result {

@@ -13,14 +13,14 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fishjam_bridge::admission::{Accepted, Admission, Body};
 use fishjam_bridge::core::event::{derived_event_id, RoomData};
 use fishjam_bridge::core::event::{Data, Event, EventType, Message, PeerData, PeerType, Source};
-use fishjam_bridge::dead_letter::DeadLetters;
-use fishjam_bridge::fanout::{BurstyLimit, Fanout, WhenFull};
-use fishjam_bridge::lane::{run_lane, LaneOptions};
+use fishjam_bridge::pipeline::admission::{Accepted, Admission, Body};
+use fishjam_bridge::pipeline::dead_letter::DeadLetters;
+use fishjam_bridge::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
+use fishjam_bridge::pipeline::lane::{run_lane, LaneOptions};
+use fishjam_bridge::pipeline::spool::log::NewRecord;
 use fishjam_bridge::sinks::{Publish, PublishError};
-use fishjam_bridge::spool::log::NewRecord;
 
 struct Counting;
 
@@ -122,7 +122,9 @@ fn allocations_per_event_through_admission_fan_out_and_a_sink_stay_at_their_figu
             when_full: WhenFull::Wait,
         };
         let (fanout, mut lanes, in_flight) = Fanout::new(
-            &[fishjam_bridge::fanout::SinkSpec::all("nowhere", 4)],
+            &[fishjam_bridge::pipeline::fanout::SinkSpec::all(
+                "nowhere", 4,
+            )],
             100_000,
             limit,
             None,

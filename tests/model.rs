@@ -66,7 +66,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, SystemTime};
 
-use fishjam_bridge::admission::{Accepted, Admission, AdmissionError, Body};
 use fishjam_bridge::core::event::{Message, Source};
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::core::proto::server_message::{
@@ -74,16 +73,17 @@ use fishjam_bridge::core::proto::server_message::{
 };
 use fishjam_bridge::core::proto::{Content, ServerMessage};
 use fishjam_bridge::core::route::Filter;
-use fishjam_bridge::dead_letter::DeadLetters;
-use fishjam_bridge::dedup::Deduplicator;
-use fishjam_bridge::fanout::{
+use fishjam_bridge::pipeline::admission::{Accepted, Admission, AdmissionError, Body};
+use fishjam_bridge::pipeline::dead_letter::DeadLetters;
+use fishjam_bridge::pipeline::dedup::Deduplicator;
+use fishjam_bridge::pipeline::fanout::{
     BurstyLimit, Fanout, InFlight, LaneReceiver, Part, Receipt, Refused, SinkSpec, SubmitError,
     WhenFull,
 };
-use fishjam_bridge::lane::{run_lane, LaneOptions};
+use fishjam_bridge::pipeline::lane::{run_lane, LaneOptions};
+use fishjam_bridge::pipeline::spool::log::{Faults, FileOp};
+use fishjam_bridge::pipeline::spool::{self, Options, Spool, SpoolError, Ticket};
 use fishjam_bridge::sinks::{Publish, PublishError, SinkError};
-use fishjam_bridge::spool::log::{Faults, FileOp};
-use fishjam_bridge::spool::{self, Options, Spool, SpoolError, Ticket};
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -9,10 +9,10 @@ use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::Request;
-use fishjam_bridge::admission::Admission;
 use fishjam_bridge::config::{Secret, WebhookConfig};
 use fishjam_bridge::core::signature;
-use fishjam_bridge::fanout::{BurstyLimit, Fanout, WhenFull};
+use fishjam_bridge::pipeline::admission::Admission;
+use fishjam_bridge::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
 use tower::ServiceExt;
 
 const SECRET: &str = "fuzz-secret";
@@ -31,7 +31,7 @@ fn bridge() -> &'static (tokio::runtime::Runtime, axum::Router) {
                 when_full: WhenFull::Wait,
             };
             let (fanout, lanes, _) = Fanout::new(
-                &[fishjam_bridge::fanout::SinkSpec::all("sink", 1)],
+                &[fishjam_bridge::pipeline::fanout::SinkSpec::all("sink", 1)],
                 10_000,
                 bursty,
                 None,

@@ -15,6 +15,7 @@
 //! - `route`: subject, topic and routing-key templates.
 //! - `signature`: the webhook signature.
 
+pub mod address;
 pub mod cloudevents;
 pub mod decode;
 pub mod event;
@@ -22,4 +23,5 @@ pub mod mend;
 pub mod normalize;
 pub mod proto;
 pub mod route;
+pub mod settings;
 pub mod signature;

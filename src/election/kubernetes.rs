@@ -88,7 +88,7 @@ impl Target {
         });
         let mut builder = reqwest::Client::builder().timeout(timeout);
         if let Some(path) = &ca_file {
-            builder = crate::tls::ExtraRoots::load(path)
+            builder = crate::net::tls::ExtraRoots::load(path)
                 .and_then(|roots| roots.trusted_by(builder))
                 .map_err(|e| store(format!("election.kubernetes.ca_file: {e}")))?;
         }

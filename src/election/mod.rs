@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::net::backoff::Backoff;
 use crate::telemetry;
 
 /// What one try to take the lease found.

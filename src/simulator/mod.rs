@@ -134,7 +134,7 @@ pub async fn serve(
         .tls
         .as_ref()
         .map(|(cert, key)| {
-            crate::tls::ServerTlsConfig {
+            crate::net::tls::ServerTlsConfig {
                 cert_file: cert.clone(),
                 key_file: key.clone(),
             }
@@ -154,12 +154,12 @@ pub async fn serve(
     let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     // The simulator stands in for Fishjam in tests and benchmarks: no cap
     // worth reaching, and idle clients are the tests' business.
-    let limits = crate::listener::Limits {
+    let limits = crate::net::listener::Limits {
         max_connections: 1 << 20,
         idle_timeout: Duration::from_secs(24 * 3600),
         handshake_timeout: Duration::from_secs(10),
     };
-    let listener = crate::listener::Listener::new(listener, tls, limits, "simulator")?;
+    let listener = crate::net::listener::Listener::new(listener, tls, limits, "simulator")?;
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -28,7 +28,7 @@ use super::{each_header, payload, PublishError, Settlement, SinkError, SinkHealt
 use crate::core::cloudevents;
 use crate::core::event::Message;
 use crate::core::route::Template;
-use crate::settings::duration;
+use crate::core::settings::duration;
 use crate::telemetry;
 
 #[derive(Debug, Clone, Deserialize)]

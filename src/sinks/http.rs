@@ -24,8 +24,8 @@ use sha2::Sha256;
 use super::{each_header, Cause, PublishError, RouteConfig, Settlement, SinkError, SinkHealth};
 use crate::core::cloudevents;
 use crate::core::event::Message;
-use crate::settings::{duration, masked_url, Secret};
-use crate::tls::ExtraRoots;
+use crate::core::settings::{duration, masked_url, Secret};
+use crate::net::tls::ExtraRoots;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -28,7 +28,7 @@ use super::{each_header, payload, PublishError, Settlement, SinkError, SinkHealt
 use crate::core::cloudevents;
 use crate::core::event::Message;
 use crate::core::route::Template;
-use crate::settings::{duration, Secret};
+use crate::core::settings::{duration, Secret};
 use crate::telemetry;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,7 +249,7 @@ impl KafkaConfig {
 
     /// Where the sink publishes, without credentials.
     pub fn target(&self) -> String {
-        crate::settings::masked_url(&self.bootstrap_servers)
+        crate::core::settings::masked_url(&self.bootstrap_servers)
     }
 
     pub fn describe(&self) -> String {

@@ -26,7 +26,7 @@ use super::{each_header, payload, PublishError, Settlement, SinkError, SinkHealt
 use crate::core::cloudevents;
 use crate::core::event::Message;
 use crate::core::route::Template;
-use crate::settings::{duration, Secret};
+use crate::core::settings::{duration, Secret};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,7 +219,7 @@ impl NatsConfig {
 
     /// Where the sink publishes, without the URL's credentials.
     pub fn target(&self) -> String {
-        crate::settings::masked_url(&self.url)
+        crate::core::settings::masked_url(&self.url)
     }
 
     pub fn describe(&self) -> String {
@@ -722,7 +722,7 @@ async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError
         .cert_file
         .as_deref()
         .zip(config.tls.key_file.as_deref());
-    let tls = crate::tls::client_config(config.tls.ca_file.as_deref(), identity)
+    let tls = crate::net::tls::client_config(config.tls.ca_file.as_deref(), identity)
         .map_err(|e| SinkError::Config(format!("tls: {}", crate::telemetry::Chain(&e))))?;
     let options = nats_wire::Options {
         servers: config.addresses().map_err(SinkError::Config)?,

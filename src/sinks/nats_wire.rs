@@ -35,7 +35,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::settings::Secret;
+use crate::core::settings::Secret;
 
 /// How a connection authenticates.
 #[derive(Debug, Clone)]

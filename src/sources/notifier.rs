@@ -24,8 +24,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
-use crate::admission::{self, Admission};
-use crate::backoff::Backoff;
 use crate::config::{NotifierConfig, Secret};
 use crate::core::event;
 use crate::core::event::Source;
@@ -33,6 +31,8 @@ use crate::core::normalize::{normalize_body, Origin};
 use crate::core::proto::server_message::{self as sm, EventType};
 use crate::core::proto::{Content, ServerMessage};
 use crate::election::Leadership;
+use crate::net::backoff::Backoff;
+use crate::pipeline::admission::{self, Admission};
 use crate::telemetry;
 
 /// The readiness check this source keeps.
@@ -83,7 +83,7 @@ pub struct NotifierSource {
     pub admission: Admission,
     pub readiness: Readiness,
     /// Where a refused credential check is reported.
-    pub fatal: crate::Fatal,
+    pub fatal: crate::sources::Fatal,
     /// For the credential check and the reconciliation.
     pub rest: reqwest::Client,
     /// With `notifier.ca_file`: the TLS configuration that trusts it.
@@ -101,10 +101,12 @@ pub struct NotifierSource {
 /// to the next holder) only once they are, within the drain's time: the
 /// next holder's events of a room must not reach a sink before this one's.
 #[derive(Debug, Default)]
-pub struct Unacknowledged(std::sync::Mutex<std::collections::VecDeque<crate::fanout::Receipt>>);
+pub struct Unacknowledged(
+    std::sync::Mutex<std::collections::VecDeque<crate::pipeline::fanout::Receipt>>,
+);
 
 impl Unacknowledged {
-    fn push(&self, receipt: crate::fanout::Receipt) {
+    fn push(&self, receipt: crate::pipeline::fanout::Receipt) {
         let mut receipts = self.0.lock().expect("never poisoned");
         while receipts.front().is_some_and(|r| r.is_acknowledged()) {
             receipts.pop_front();
@@ -239,10 +241,10 @@ impl NotifierSource {
     /// Asks Fishjam's REST API whether the id and token are valid, as the
     /// SDKs' `FishjamClient.create` does. Refused: an error (the bridge
     /// stops). Unreachable: asked again with backoff, not ready meanwhile.
-    async fn check_credentials(&self) -> Result<(), crate::fishjam::CredentialError> {
+    async fn check_credentials(&self) -> Result<(), crate::sources::fishjam::CredentialError> {
         let mut retry = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         loop {
-            let checked = crate::fishjam::check_credentials(
+            let checked = crate::sources::fishjam::check_credentials(
                 &self.rest,
                 &self.fishjam_id,
                 self.token.expose(),
@@ -253,7 +255,9 @@ impl NotifierSource {
                     tracing::info!("Fishjam accepted the credentials");
                     return Ok(());
                 }
-                Err(error @ crate::fishjam::CredentialError::Refused { .. }) => return Err(error),
+                Err(error @ crate::sources::fishjam::CredentialError::Refused { .. }) => {
+                    return Err(error)
+                }
                 Err(error) => {
                     let delay = retry.next_delay();
                     tracing::warn!(error = %telemetry::Chain(&error), delay_ms = delay.as_millis() as u64, "Fishjam unreachable; not ready, asking again");
@@ -467,7 +471,8 @@ impl NotifierSource {
     /// learned, unless `reconcile_at_start` asks for events.
     async fn reconcile(&self, at_start: bool) {
         let rooms =
-            crate::fishjam::list_rooms(&self.rest, &self.fishjam_id, self.token.expose()).await;
+            crate::sources::fishjam::list_rooms(&self.rest, &self.fishjam_id, self.token.expose())
+                .await;
         let rooms = match rooms {
             Ok(rooms) => rooms,
             Err(error) => return telemetry::reconciled(Err(&error)),
@@ -475,10 +480,10 @@ impl NotifierSource {
         if at_start && !self.config.reconcile_at_start {
             self.admission
                 .fanout()
-                .learn_rooms(crate::reconcile::known_from(&rooms));
+                .learn_rooms(crate::sources::reconcile::known_from(&rooms));
             return telemetry::reconciled(Ok(&[]));
         }
-        let events = crate::reconcile::differences(
+        let events = crate::sources::reconcile::differences(
             &self.admission.fanout().known_rooms(),
             &rooms,
             &self.fishjam_id,
@@ -504,7 +509,7 @@ impl NotifierSource {
     async fn submit_reconciled(
         &self,
         slice: &[crate::core::event::Event],
-    ) -> Result<(), crate::admission::AdmissionError> {
+    ) -> Result<(), crate::pipeline::admission::AdmissionError> {
         let direct = || async {
             let messages = event::Message::all(slice.to_vec());
             self.admission
@@ -522,7 +527,7 @@ impl NotifierSource {
         };
         let body = admission::Body::new(
             normalized.events,
-            crate::spool::record(&origin, body.into()),
+            crate::pipeline::spool::record(&origin, body.into()),
             Instant::now(),
         );
         self.admission
@@ -553,7 +558,7 @@ impl NotifierSource {
         // stops the reading, which is the backpressure on Fishjam.
         let body = admission::Body::new(
             normalized.events,
-            crate::spool::record(&origin, body),
+            crate::pipeline::spool::record(&origin, body),
             received,
         );
         match self.admission.offer_waiting(body).await {

@@ -18,13 +18,13 @@ use axum::routing::post;
 use axum::Router;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::admission::{self, Accepted, Admission, AdmissionError};
 use crate::config::{Secret, WebhookConfig};
 use crate::core::event::Source;
 use crate::core::normalize::{normalize_body, Normalized, Origin};
 use crate::core::signature;
-use crate::fanout::{Receipt, SubmitError};
-use crate::spool::{Spool, Ticket};
+use crate::pipeline::admission::{self, Accepted, Admission, AdmissionError};
+use crate::pipeline::fanout::{Receipt, SubmitError};
+use crate::pipeline::spool::{Spool, Ticket};
 use crate::telemetry;
 
 /// Seconds a sender should wait after a 503 for a full pipeline.
@@ -93,7 +93,7 @@ async fn handle(state: &WebhookState, request: Request) -> Result<Response, Earl
     let (origin, normalized) = decode(state, &body, received_at)?;
     telemetry::body_normalized(Source::Webhook, &normalized);
     let count = normalized.events.len();
-    let record = crate::spool::record(&origin, body);
+    let record = crate::pipeline::spool::record(&origin, body);
     let body = admission::Body::new(normalized.events, record, received);
     let (receipt, ticket) = admit(state, body, count, body_room).await?;
     Ok(wait_for_sinks(state, receipt, ticket, count).await)

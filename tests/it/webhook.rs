@@ -8,10 +8,10 @@ use std::io::Read;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use fishjam_bridge::admission::Admission;
 use fishjam_bridge::config::{Secret, WebhookConfig};
 use fishjam_bridge::core::signature;
-use fishjam_bridge::fanout::{BurstyLimit, Fanout, WhenFull};
+use fishjam_bridge::pipeline::admission::Admission;
+use fishjam_bridge::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
 use fishjam_bridge::sources;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -103,7 +103,7 @@ impl InProcess {
                 when_full: WhenFull::Wait,
             };
             let (fanout, lanes, _) = Fanout::new(
-                &[fishjam_bridge::fanout::SinkSpec::all("sink", 1)],
+                &[fishjam_bridge::pipeline::fanout::SinkSpec::all("sink", 1)],
                 1000,
                 bursty,
                 None,

@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backoff::Backoff;
 use crate::core::event::Message;
-use crate::dead_letter::DeadLetters;
-use crate::fanout::{LaneReceiver, Part, SinkProgress};
+use crate::net::backoff::Backoff;
+use crate::pipeline::dead_letter::DeadLetters;
+use crate::pipeline::fanout::{LaneReceiver, Part, SinkProgress};
 use crate::sinks::{Publish, PublishError, SinkError};
 use crate::telemetry;
 
@@ -270,8 +270,8 @@ async fn dead_letter<S: Publish>(
 mod tests {
     use super::*;
     use crate::core::event::Event;
-    use crate::fanout::tests::{event, messages};
-    use crate::fanout::{BurstyLimit, Fanout, SinkSpec, WhenFull};
+    use crate::pipeline::fanout::tests::{event, messages};
+    use crate::pipeline::fanout::{BurstyLimit, Fanout, SinkSpec, WhenFull};
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
@@ -389,7 +389,10 @@ mod tests {
     };
 
     /// Events of rooms `keys`, admitted as one body each, into a single lane.
-    async fn admitted(fanout: &Fanout, bodies: &[&[&str]]) -> Vec<crate::fanout::Receipt> {
+    async fn admitted(
+        fanout: &Fanout,
+        bodies: &[&[&str]],
+    ) -> Vec<crate::pipeline::fanout::Receipt> {
         let mut receipts = Vec::new();
         for keys in bodies {
             let events = keys.iter().map(|k| event(k)).collect();

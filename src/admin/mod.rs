@@ -5,6 +5,9 @@
 //! `problems` what a failing check says is wrong, and `ready`. With
 //! `admin.tap`, `/tap` streams live events (`tap.rs`) as JSON lines.
 
+pub mod systemd;
+pub mod tap;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +22,7 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::tap::{self, Tap};
+use self::tap::Tap;
 use crate::telemetry;
 
 /// Named readiness checks. `/readyz` answers whether the bridge can take a
@@ -371,52 +374,6 @@ async fn status(State(state): State<AdminState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Two lanes that finish together each report what they read of the
-    /// bound, and the later write can carry the older reading: a scrape
-    /// must show the events in flight now, whatever was written last.
-    #[test]
-    fn a_scrape_shows_the_events_in_flight_now_not_the_last_report() {
-        use crate::fanout::{BurstyLimit, Fanout, SinkSpec, WhenFull};
-        use tower::ServiceExt;
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let scraped = metrics::with_local_recorder(&recorder, || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let limit = BurstyLimit {
-                    max_in_flight: 10,
-                    when_full: WhenFull::Wait,
-                };
-                let (_fanout, _lanes, in_flight) =
-                    Fanout::new(&[SinkSpec::all("a", 2)], 10, limit, None);
-                // Nothing is in flight; a lane's late report says 3.
-                telemetry::pipeline_in_flight(3);
-                let refresh = Refresh::default();
-                refresh.add(move || in_flight.report());
-                let response = router(handle.clone(), Readiness::default(), None, refresh)
-                    .oneshot(
-                        axum::http::Request::get("/metrics")
-                            .body(axum::body::Body::empty())
-                            .unwrap(),
-                    )
-                    .await
-                    .unwrap();
-                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-                    .await
-                    .unwrap();
-                String::from_utf8(body.to_vec()).unwrap()
-            })
-        });
-        let line = scraped
-            .lines()
-            .find(|l| l.starts_with("fishjam_bridge_pipeline_events_in_flight "))
-            .unwrap_or_else(|| panic!("no gauge in {scraped}"));
-        assert_eq!(line, "fishjam_bridge_pipeline_events_in_flight 0");
-    }
 
     #[test]
     fn a_failing_check_shows_its_problem_until_it_passes() {

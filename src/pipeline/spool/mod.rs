@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::event::{Event, Message, Source};
 use crate::core::normalize::{normalize_body, Origin};
-use crate::fanout::{Fanout, InFlight, LogWrite, Receipt};
+use crate::pipeline::fanout::{Fanout, InFlight, LogWrite, Receipt};
 use crate::telemetry;
 use log::{Entry, Held, NewRecord, Next, Position, SegmentReader};
 
@@ -1437,8 +1437,8 @@ mod tests {
     /// later one first.
     #[tokio::test]
     async fn a_held_body_that_did_not_fit_is_never_appended_behind_a_later_body() {
-        use crate::fanout::tests::{event, messages};
-        use crate::fanout::{BurstyLimit, SinkSpec, WhenFull};
+        use crate::pipeline::fanout::tests::{event, messages};
+        use crate::pipeline::fanout::{BurstyLimit, SinkSpec, WhenFull};
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&test_options(dir.path()), &[Arc::from("a")]).unwrap();
         let limit = BurstyLimit {
@@ -1480,7 +1480,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_held_body_reaches_each_of_six_sinks_once() {
         use crate::core::proto::{server_message::RoomCreated, Content, ServerMessage};
-        use crate::fanout::{BurstyLimit, SinkSpec, WhenFull};
+        use crate::pipeline::fanout::{BurstyLimit, SinkSpec, WhenFull};
         use prost::Message as _;
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<Arc<str>> = (0..6).map(|n| Arc::from(format!("s{n}"))).collect();

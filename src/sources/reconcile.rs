@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::activity::{KnownPeer, KnownRooms};
 use crate::core::event::{
     new_event_id, Data, Event, EventType, PeerData, PeerType, RoomData, Source,
 };
-use crate::fishjam::FishjamRoom;
+use crate::pipeline::activity::{KnownPeer, KnownRooms};
+use crate::sources::fishjam::FishjamRoom;
 
 /// The events that bring `known` to what `fishjam` says, in order.
 pub fn differences(
@@ -159,7 +159,7 @@ pub fn known_from(fishjam: &[FishjamRoom]) -> KnownRooms {
         .collect()
 }
 
-fn known_peer(peer: &crate::fishjam::FishjamPeer) -> KnownPeer {
+fn known_peer(peer: &crate::sources::fishjam::FishjamPeer) -> KnownPeer {
     KnownPeer {
         peer_type: peer_type(peer.peer_type.as_deref()),
         connected: peer.status.as_deref() == Some("connected"),
@@ -178,7 +178,7 @@ fn peer_type(name: Option<&str>) -> Option<PeerType> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fishjam::FishjamPeer;
+    use crate::sources::fishjam::FishjamPeer;
 
     #[test]
     fn reconciled_events_normalize_back_from_their_notifications() {

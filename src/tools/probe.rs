@@ -67,14 +67,14 @@ async fn fishjam(config: &Config, timeout: Duration) -> Result<String, String> {
         .notifier
         .ca_file
         .as_deref()
-        .map(crate::tls::ExtraRoots::load)
+        .map(crate::net::tls::ExtraRoots::load)
         .transpose()
         .map_err(|e| Chain(&e).to_string())?;
-    let client =
-        crate::fishjam::rest_client(timeout, roots.as_ref()).map_err(|e| Chain(&e).to_string())?;
+    let client = crate::sources::fishjam::rest_client(timeout, roots.as_ref())
+        .map_err(|e| Chain(&e).to_string())?;
     let checked = tokio::time::timeout(
         timeout,
-        crate::fishjam::check_credentials(&client, &config.fishjam.id, token.expose()),
+        crate::sources::fishjam::check_credentials(&client, &config.fishjam.id, token.expose()),
     )
     .await
     .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?;

@@ -26,11 +26,11 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::activity::{Activity, KnownRooms};
+use crate::admin::tap::Tap;
 use crate::core::event::{Message, Source};
 use crate::core::route::Filter;
-use crate::dedup::{self, Deduplicator};
-use crate::tap::Tap;
+use crate::pipeline::activity::{Activity, KnownRooms};
+use crate::pipeline::dedup::{self, Deduplicator};
 use crate::telemetry;
 
 /// Run once every sink acknowledged every event of a submission.

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::core::event::{Event, Message, Source};
-use crate::fanout::{bursty_count, Fanout, LogWrite, Receipt, Refused, SubmitError};
-use crate::spool::log::NewRecord;
-use crate::spool::{Durable, Gate, Spool, SpoolError, Ticket};
+use crate::pipeline::fanout::{bursty_count, Fanout, LogWrite, Receipt, Refused, SubmitError};
+use crate::pipeline::spool::log::NewRecord;
+use crate::pipeline::spool::{Durable, Gate, Spool, SpoolError, Ticket};
 
 /// One body from a source: its events, each serialized once, and the body
 /// as received, for the spool.
@@ -320,8 +320,8 @@ mod tests {
     use crate::core::normalize::{normalize_body, Origin};
     use crate::core::proto::server_message::{NotificationBatch, RoomCreated, VadNotification};
     use crate::core::proto::{Content, ServerMessage};
-    use crate::fanout::{BurstyLimit, InFlight, LaneReceiver, SinkSpec, WhenFull};
-    use crate::spool::{log, replay, test_options, Options};
+    use crate::pipeline::fanout::{BurstyLimit, InFlight, LaneReceiver, SinkSpec, WhenFull};
+    use crate::pipeline::spool::{log, replay, test_options, Options};
     use futures_util::FutureExt;
     use prost::Message as _;
     use std::time::Duration;
@@ -393,7 +393,7 @@ mod tests {
         let events = normalize_body(&bytes, &origin).unwrap().events;
         Body::new(
             events,
-            crate::spool::record(&origin, bytes.into()),
+            crate::pipeline::spool::record(&origin, bytes.into()),
             Instant::now(),
         )
     }
@@ -558,7 +558,7 @@ mod tests {
     /// notifier's copy only in fan-out's memory is not enough.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_webhook_of_duplicates_answered_2xx_survives_a_crash() {
-        use crate::dedup::Deduplicator;
+        use crate::pipeline::dedup::Deduplicator;
         let dir = tempfile::tempdir().unwrap();
         let room_created = || {
             Content::RoomCreated(RoomCreated {

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::settings::{duration, Secret};
+pub use crate::core::settings::{duration, Secret};
+use crate::net::tls::ServerTlsConfig;
 use crate::sinks::SinkConfig;
 use crate::telemetry::LogFormat;
-use crate::tls::ServerTlsConfig;
 
 /// Prefix of the generic overrides: `FISHJAM_BRIDGE__WEBHOOK__LISTEN=...`
 /// sets `webhook.listen`; `FISHJAM_BRIDGE__SINKS__0__PATH` the first sink's path.
@@ -345,7 +345,7 @@ pub struct PipelineConfig {
     /// 503 and is sent again) or `shed` (the body's oldest bursty events are
     /// dropped and counted; lifecycle events never are).
     #[serde(default)]
-    pub bursty_when_full: crate::fanout::WhenFull,
+    pub bursty_when_full: crate::pipeline::fanout::WhenFull,
     /// Independent lanes per sink; a room always uses the same lane, so its
     /// events stay in order while rooms on other lanes publish in parallel.
     #[serde(default = "default_lanes")]
@@ -415,17 +415,17 @@ impl SpoolConfig {
         Some(state.join("spool"))
     }
 
-    pub fn options(&self) -> Option<crate::spool::Options> {
+    pub fn options(&self) -> Option<crate::pipeline::spool::Options> {
         if !self.enabled {
             return None;
         }
-        Some(crate::spool::Options {
+        Some(crate::pipeline::spool::Options {
             dir: self.path.clone()?,
             max_bytes: self.max_bytes,
             segment_bytes: self.segment_bytes,
             fsync: self.fsync,
             engage_after: self.engage_after,
-            faults: crate::spool::log::Faults::default(),
+            faults: crate::pipeline::spool::log::Faults::default(),
             replay_notifier: true,
         })
     }
@@ -663,7 +663,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        if let Err(problem) = crate::fishjam::notifier_url(&self.fishjam.id) {
+        if let Err(problem) = crate::core::address::notifier_url(&self.fishjam.id) {
             problems.push(format!("fishjam.id: {problem}"));
         }
         if self.notifier.ping_interval >= self.notifier.idle_timeout {
@@ -692,7 +692,7 @@ impl Config {
             problems.push("pipeline.max_in_flight_bursty_events must be at least 1".to_owned());
         }
         if self.webhook.enabled
-            && self.pipeline.bursty_when_full == crate::fanout::WhenFull::Wait
+            && self.pipeline.bursty_when_full == crate::pipeline::fanout::WhenFull::Wait
             && self.webhook.max_events_per_body > self.pipeline.max_in_flight_bursty_events
         {
             problems.push(format!(
@@ -725,7 +725,7 @@ impl Config {
             }
         }
         if let Some(path) = &self.notifier.ca_file {
-            if let Err(problem) = crate::tls::ExtraRoots::load(path) {
+            if let Err(problem) = crate::net::tls::ExtraRoots::load(path) {
                 problems.push(format!("notifier.ca_file: {problem}"));
             }
         }
@@ -1232,7 +1232,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         let config = load(text, &[]).unwrap();
         assert!(!config.sinks.is_empty());
     }

@@ -11,16 +11,18 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+pub use crate::core::address::{base_url, notifier_url, AddressError};
+
 /// What went wrong addressing or asking Fishjam: the id or URL, and the
 /// error under it.
 #[derive(Debug, thiserror::Error)]
 pub enum FishjamError {
-    #[error("{id:?} is {problem}")]
-    Id { id: String, problem: &'static str },
+    #[error(transparent)]
+    Id(#[from] AddressError),
     #[error("cannot build an HTTP client")]
     Client(#[source] reqwest::Error),
     #[error("the extra CA certificates")]
-    Roots(#[source] crate::tls::TlsError),
+    Roots(#[source] crate::net::tls::TlsError),
     #[error("GET {url}")]
     Request {
         url: String,
@@ -41,7 +43,7 @@ pub enum FishjamError {
 /// the platform's root certificates.
 pub fn rest_client(
     timeout: Duration,
-    extra_roots: Option<&crate::tls::ExtraRoots>,
+    extra_roots: Option<&crate::net::tls::ExtraRoots>,
 ) -> Result<reqwest::Client, FishjamError> {
     let mut builder = reqwest::Client::builder().timeout(timeout);
     if let Some(roots) = extra_roots {
@@ -68,41 +70,6 @@ async fn get(
         .await
 }
 
-/// The REST base URL for a fishjam id.
-pub fn base_url(fishjam_id: &str) -> Result<String, FishjamError> {
-    let id = fishjam_id.trim();
-    let refused = |problem| FishjamError::Id {
-        id: id.to_owned(),
-        problem,
-    };
-    if id.is_empty() {
-        return Err(refused("empty: give the Fishjam cloud id or URL"));
-    }
-    if let Some((scheme, rest)) = id.split_once("://") {
-        if !matches!(scheme, "http" | "https") || rest.is_empty() {
-            return Err(refused("not an http(s) URL nor a Fishjam cloud id"));
-        }
-        return Ok(id.trim_end_matches('/').to_owned());
-    }
-    if id.contains(['/', ' ', '?', '#']) {
-        return Err(refused("not a Fishjam cloud id nor an http(s) URL"));
-    }
-    Ok(format!("https://fishjam.io/api/v1/connect/{id}"))
-}
-
-/// The notifier WebSocket URL for a fishjam id.
-pub fn notifier_url(fishjam_id: &str) -> Result<String, FishjamError> {
-    let base = base_url(fishjam_id)?;
-    let websocket = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        unreachable!("base_url returns http(s) URLs only")
-    };
-    Ok(format!("{websocket}/socket/server/websocket"))
-}
-
 /// Why the credentials could not be confirmed.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -121,7 +88,10 @@ pub async fn check_credentials(
     fishjam_id: &str,
     token: &str,
 ) -> Result<(), CredentialError> {
-    let url = format!("{}/validate", base_url(fishjam_id)?);
+    let url = format!(
+        "{}/validate",
+        base_url(fishjam_id).map_err(FishjamError::from)?
+    );
     let response = get(client, &url, token)
         .await
         .map_err(|source| FishjamError::Request {
@@ -170,7 +140,7 @@ pub async fn list_rooms(
     fishjam_id: &str,
     token: &str,
 ) -> Result<Vec<FishjamRoom>, FishjamError> {
-    let url = format!("{}/room", base_url(fishjam_id)?);
+    let url = format!("{}/room", base_url(fishjam_id).map_err(FishjamError::from)?);
     let response = get(client, &url, token)
         .await
         .map_err(|source| FishjamError::Request {

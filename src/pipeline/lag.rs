@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::InFlight;
-use crate::spool::Spool;
+use crate::pipeline::fanout::InFlight;
+use crate::pipeline::spool::Spool;
 use crate::telemetry;
 
 /// One sink's lag at one moment.
