@@ -83,7 +83,7 @@ use fishjam_bridge::pipeline::fanout::{
 use fishjam_bridge::pipeline::lane::{run_lane, LaneOptions};
 use fishjam_bridge::pipeline::spool::log::{Faults, FileOp};
 use fishjam_bridge::pipeline::spool::{self, Options, Spool, SpoolError, Ticket};
-use fishjam_bridge::sinks::{Publish, PublishError, SinkError};
+use fishjam_bridge::sinks::{Publish, PublishError, Settlement, SinkError};
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -888,6 +888,13 @@ enum Fault {
         kept: usize,
         later: usize,
     },
+    /// Stores the first `kept` and the message at `later`, and says so:
+    /// a broker that answers each message on its own, whose answer for
+    /// `kept` was a failure.
+    AnsweredEach {
+        kept: usize,
+        later: usize,
+    },
     /// Waits until the schedule releases it, then takes the batch.
     Stall,
     /// Stores the first `n` and refuses the next for good.
@@ -908,7 +915,11 @@ impl Fault {
             (Profile::Flaky, 70..84) if lost_ack && len >= 2 => {
                 let kept = at(len - 1);
                 let later = kept + 1 + ((draw >> 48) as usize) % (len - kept - 1);
-                Fault::LostAck { kept, later }
+                if (draw >> 56) & 1 == 1 {
+                    Fault::AnsweredEach { kept, later }
+                } else {
+                    Fault::LostAck { kept, later }
+                }
             }
             (Profile::Flaky, 70..84) => Fault::FailAfter(at(len)),
             (Profile::Flaky, 84..90) => Fault::Reject(at(len)),
@@ -922,6 +933,7 @@ impl Fault {
             Fault::FailAll => "fail the batch",
             Fault::FailAfter(_) => "store a prefix, fail the rest",
             Fault::LostAck { .. } => "store a later message, fail an earlier one",
+            Fault::AnsweredEach { .. } => "store a later message and say so, fail an earlier one",
             Fault::Stall => "stall until released",
             Fault::Reject(_) => "reject one for good",
         }
@@ -1135,10 +1147,30 @@ impl FakeSink {
         }
         self.settled(&ids[..kept]);
         tokio::time::sleep(FAIL_LATENCY).await;
-        Err(PublishError {
-            acknowledged: kept,
-            error: SinkError::Timeout,
-        })
+        Err(PublishError::new(kept, SinkError::Timeout))
+    }
+
+    async fn answer_each(
+        &self,
+        ids: &[Uuid],
+        kept: usize,
+        later: usize,
+    ) -> Result<(), PublishError> {
+        self.store(&ids[..kept]);
+        self.store(&ids[later..=later]);
+        self.settled(&ids[..kept]);
+        self.settled(&ids[later..=later]);
+        tokio::time::sleep(FAIL_LATENCY).await;
+        let mut settlement = Settlement::default();
+        for index in 0..ids.len() {
+            let taken = index < kept || index == later;
+            settlement.record(if taken {
+                Ok(())
+            } else {
+                Err(SinkError::Timeout)
+            });
+        }
+        settlement.finish()
     }
 
     async fn stall(&self, ids: &[Uuid], nonces: &[u32]) -> Result<(), PublishError> {
@@ -1180,14 +1212,15 @@ impl Publish for FakeSink {
             Fault::Reject(at) => {
                 self.store(&ids[..at]);
                 self.settled(&ids[..=at]);
-                Err(PublishError {
-                    acknowledged: at,
-                    error: SinkError::Rejected("the model refuses it for good".to_owned()),
-                })
+                Err(PublishError::new(
+                    at,
+                    SinkError::Rejected("the model refuses it for good".to_owned()),
+                ))
             }
             Fault::FailAll => self.fail(&ids, 0, None).await,
             Fault::FailAfter(kept) => self.fail(&ids, kept, None).await,
             Fault::LostAck { kept, later } => self.fail(&ids, kept, Some(later)).await,
+            Fault::AnsweredEach { kept, later } => self.answer_each(&ids, kept, later).await,
         }
     }
 }

@@ -196,38 +196,49 @@ async fn deliver<S: Publish>(
         };
         let started = Instant::now();
         let sent = batch.len();
-        let failure = match sink.publish(batch).await {
-            Ok(()) => None,
-            Err(PublishError {
-                acknowledged,
-                error,
-            }) => Some((acknowledged.min(sent), error)),
-        };
-        let acknowledged = failure.as_ref().map_or(sent, |(n, _)| *n);
-        if acknowledged > 0 {
-            metrics.published(acknowledged, started.elapsed());
-        }
+        let failure = sink.publish(batch).await.err();
+        let acknowledged = failure.as_ref().map_or(sent, |f| f.acknowledged.min(sent));
         for n in 0..acknowledged {
             delivery.safe(delivery.scratch.batch[n]);
         }
-        let Some((_, error)) = failure else {
+        // A wave's others that the sink took: each is the first message not
+        // yet safe of its own room, so its room moves on.
+        let also: &[usize] = match &failure {
+            Some(failure) if !prefix => &failure.also_acknowledged,
+            _ => &[],
+        };
+        let also = also.iter().filter(|&&n| n > acknowledged && n < sent);
+        let mut taken = acknowledged;
+        for &n in also {
+            delivery.safe(delivery.scratch.batch[n]);
+            taken += 1;
+        }
+        if taken > 0 {
+            metrics.published(taken, started.elapsed());
+        }
+        let Some(failure) = failure else {
             backoff = Backoff::new(options.retry_initial_backoff, options.retry_max_backoff);
             continue;
         };
+        let PublishError {
+            error, retry_after, ..
+        } = failure;
         let refused = delivery.scratch.batch.get(acknowledged).copied();
         if let (SinkError::Rejected(reason), Some(refused)) = (&error, refused) {
             if dead_letter(sink, options, reason, delivery.messages[refused]).await {
-                // Kept: done with it, and on with its room.
+                // Kept: done with it, and on with its room; not before a
+                // pause another message's failure asked for.
                 delivery.safe(refused);
+                if let Some(pause) = retry_after {
+                    tokio::time::sleep(pause).await;
+                }
                 continue;
             }
         }
         telemetry::sink_failed(sink.name(), error.reason(), delivery.remaining);
         telemetry::sink_retry(sink.name());
         // A destination's own `Retry-After` is the least it waits.
-        let delay = backoff
-            .next_delay()
-            .max(error.retry_after().unwrap_or_default());
+        let delay = backoff.next_delay().max(retry_after.unwrap_or_default());
         tracing::warn!(
             sink = sink.name(),
             error = %telemetry::Chain(&error),
@@ -288,6 +299,9 @@ mod tests {
         /// batch: a JetStream stream that stored a later message whose ack
         /// was lost while an earlier one was not stored.
         StoreOnly(usize),
+        /// Fails the first message and takes, and says it took, the rest:
+        /// a broker that answers each message on its own.
+        FailFirst,
     }
 
     /// A sink that answers from a script (then takes everything) and
@@ -351,10 +365,7 @@ mod tests {
             let (taken, error) = match answer {
                 Answer::StoreOnly(n) => {
                     self.store(batch.get(n).into_iter().copied());
-                    return Err(PublishError {
-                        acknowledged: 0,
-                        error: SinkError::Timeout,
-                    });
+                    return Err(PublishError::new(0, SinkError::Timeout));
                 }
                 Answer::All => (batch.len(), None),
                 Answer::Stall => {
@@ -362,14 +373,20 @@ mod tests {
                     (batch.len(), None)
                 }
                 Answer::Fail(n, error) => (n.min(batch.len()), Some(error())),
+                Answer::FailFirst => {
+                    let mut settlement = crate::sinks::Settlement::default();
+                    settlement.record(Err(SinkError::Timeout));
+                    for _ in 1..batch.len() {
+                        settlement.record(Ok(()));
+                    }
+                    self.store(batch[1..].iter().copied());
+                    return settlement.finish();
+                }
             };
             self.store(batch[..taken].iter().copied());
             match error {
                 None => Ok(()),
-                Some(error) => Err(PublishError {
-                    acknowledged: taken,
-                    error,
-                }),
+                Some(error) => Err(PublishError::new(taken, error)),
             }
         }
     }
@@ -447,6 +464,24 @@ mod tests {
                 vec!["c", "d", "e"],
             ]
         );
+    }
+
+    /// Where the sink answers each message of a wave on its own, the rooms
+    /// whose message it took move on while the one that failed is retried:
+    /// one room's failure does not make the others publish again.
+    #[tokio::test]
+    async fn a_failed_message_of_a_wave_holds_back_only_its_own_room() {
+        let sink = FakeSink::answering([Answer::FailFirst]);
+        run(
+            sink.clone(),
+            &[&["a", "b", "c"], &["b", "c"]],
+            10,
+            DeadLetters::default(),
+        )
+        .await;
+        let calls = sink.calls.lock().unwrap().clone();
+        assert_eq!(calls, [vec!["a", "b", "c"], vec!["a", "b", "c"]]);
+        assert_eq!(sink.stored_keys(), ["b", "c", "a", "b", "c"]);
     }
 
     /// A destination that asks for a pause (`Retry-After`) is not asked

@@ -260,10 +260,7 @@ impl AmqpSink {
     }
 
     pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
-        let channel = self.channel().await.map_err(|error| PublishError {
-            acknowledged: 0,
-            error,
-        })?;
+        let channel = self.channel().await.map_err(|error| PublishError::new(0, error))?;
         let exchange: ShortString = self.config.exchange.as_str().into();
         let options = BasicPublishOptions {
             mandatory: true,

@@ -74,8 +74,8 @@ fn default_timeout() -> Duration {
 }
 
 /// The longest `Retry-After` honoured: a receiver asking for more waits
-/// this long between tries, so a stray header cannot stall a sink for days.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// this long between tries, since the pause holds every room of the lane.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl HttpConfig {
     pub fn validate(&self) -> Vec<String> {
@@ -100,6 +100,9 @@ impl HttpConfig {
             if let Err(problem) = signing_key(secret.expose()) {
                 problems.push(format!("secret: {problem}"));
             }
+        }
+        if self.lanes == Some(0) {
+            problems.push("lanes must be at least 1".to_owned());
         }
         if self.timeout.is_zero() {
             problems.push("timeout must be more than zero".to_owned());
@@ -244,14 +247,15 @@ impl HttpSink {
 
     pub async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
         match self.batch {
-            Batching::Array => self.post_array(batch).await.map_err(|error| PublishError {
-                acknowledged: 0,
-                error,
-            }),
+            Batching::Array => match self.post_array(batch).await {
+                Ok(()) => Ok(()),
+                
+                Err(error) => Err(PublishError::new(0, error)),
+            },
             Batching::Single => {
                 // The lane's wave holds one message a room: their requests go
-                // out together, and only the run of successes from the
-                // start counts.
+                // out together, and each room whose request was taken moves
+                // on.
                 let answers = futures_util::future::join_all(
                     batch.iter().map(|message| self.post_one(message)),
                 )

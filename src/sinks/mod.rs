@@ -326,22 +326,30 @@ impl SinkError {
     }
 }
 
-/// The outcome of a batch whose messages the broker answers one by one: only
-/// the unbroken run of successes from the start of the batch counts, and the
-/// first failure is the batch's error.
+/// The outcome of a batch whose messages the broker answers one by one: the
+/// unbroken run of successes from the start of the batch, the first
+/// failure as the batch's error, the later messages that succeeded too
+/// (each of another room in a lane's wave) and the longest pause any
+/// failure asked for.
 #[derive(Debug, Default)]
 pub struct Settlement {
+    answered: usize,
     acknowledged: usize,
     failure: Option<SinkError>,
+    also_acknowledged: Vec<usize>,
+    retry_after: Option<Duration>,
 }
 
 impl Settlement {
     /// Records the answer to the next message, in batch order.
     pub fn record(&mut self, answer: Result<(), SinkError>) {
+        let index = self.answered;
+        self.answered += 1;
         match answer {
             Ok(()) if self.failure.is_none() => self.acknowledged += 1,
-            Ok(()) => {}
+            Ok(()) => self.also_acknowledged.push(index),
             Err(error) => {
+                self.retry_after = self.retry_after.max(error.retry_after());
                 self.failure.get_or_insert(error);
             }
         }
@@ -353,6 +361,8 @@ impl Settlement {
             Some(error) => Err(PublishError {
                 acknowledged: self.acknowledged,
                 error,
+                also_acknowledged: self.also_acknowledged,
+                retry_after: self.retry_after,
             }),
         }
     }
@@ -493,12 +503,30 @@ pub fn payload(message: &Message, cloudevents: cloudevents::Mode) -> std::borrow
     }
 }
 
-/// A batch that was not wholly acknowledged: the first `acknowledged` events
-/// are safe, the rest are not.
+/// A batch that was not wholly acknowledged: the first `acknowledged`
+/// events are safe, the rest are not, but for `also_acknowledged`.
 #[derive(Debug)]
 pub struct PublishError {
     pub acknowledged: usize,
     pub error: SinkError,
+    /// Indices past the first failure that the destination took as well.
+    /// Counted only where the sink does not store prefixes: a lane's wave
+    /// holds one message of each room, so each is safe on its own.
+    pub also_acknowledged: Vec<usize>,
+    /// The longest pause the destination asked for with any failure.
+    pub retry_after: Option<Duration>,
+}
+
+impl PublishError {
+    /// The first `acknowledged` messages are safe, and none after them.
+    pub fn new(acknowledged: usize, error: SinkError) -> PublishError {
+        PublishError {
+            retry_after: error.retry_after(),
+            acknowledged,
+            error,
+            also_acknowledged: Vec::new(),
+        }
+    }
 }
 
 impl Sink {

@@ -462,10 +462,7 @@ impl NatsSink {
             let payload = payload(job, self.cloudevents);
             let size = headers.len() + payload.len();
             if max_payload > 0 && size > max_payload {
-                refused = Some(PublishError {
-                    acknowledged: index,
-                    error: over_max_payload(size, max_payload),
-                });
+                refused = Some(PublishError::new(index, over_max_payload(size, max_payload)));
                 break;
             }
             subject.clear();
@@ -478,13 +475,10 @@ impl NatsSink {
                 Ok(denied) => denied,
                 Err(error) => {
                     self.health.set(false);
-                    return Err(PublishError {
-                        acknowledged: 0,
-                        error: match error {
+                    return Err(PublishError::new(0, match error {
                             nats_wire::WireError::Timeout => SinkError::Timeout,
                             other => SinkError::publish(other),
-                        },
-                    });
+                        }));
                 }
             };
             self.health.set(true);
@@ -495,12 +489,9 @@ impl NatsSink {
                 // The server names a subject no message here renders to
                 // (it quotes some characters its own way): which message it
                 // refused is not known, so none counts as published.
-                return Err(PublishError {
-                    acknowledged: 0,
-                    error: SinkError::publish(format!(
+                return Err(PublishError::new(0, SinkError::publish(format!(
                         "the server refused a message for a permission on {denied:?}"
-                    )),
-                });
+                    ))));
             }
         }
         refused.map_or(Ok(()), Err)
@@ -517,12 +508,9 @@ impl NatsSink {
         jobs.iter().enumerate().find_map(|(index, job)| {
             subject.clear();
             self.subject.render_into(&job.event, &mut subject);
-            denied.contains(&subject).then(|| PublishError {
-                acknowledged: index,
-                error: SinkError::Rejected(format!(
+            denied.contains(&subject).then(|| PublishError::new(index, SinkError::Rejected(format!(
                     "the server refused it: Permissions Violation for Publish to \"{subject}\""
-                )),
-            })
+                ))))
         })
     }
 

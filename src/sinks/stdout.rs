@@ -107,14 +107,12 @@ impl StdoutSink {
                 result
             }
         };
-        result.map_err(|source| PublishError {
-            // Nothing counts as written until the whole batch is.
-            acknowledged: 0,
-            error: SinkError::Io {
+        result.map_err(|source| PublishError::new(
+// Nothing counts as written until the whole batch is.
+0, SinkError::Io {
                 doing: format!("cannot write to {}", self.target),
                 source,
-            },
-        })
+            }))
     }
 
     pub async fn close(&self) -> Result<(), SinkError> {
