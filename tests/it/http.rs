@@ -139,6 +139,36 @@ fn a_400_sends_the_event_to_the_dead_letters_and_its_room_goes_on() {
     assert_eq!(letters[0]["event"]["room_id"], "refused-room");
 }
 
+/// In an array the receiver refused, only the event it refuses alone is a
+/// dead letter: the others of its request are taken.
+#[test]
+fn an_array_the_receiver_refuses_costs_only_the_event_it_refuses() {
+    use fishjam_bridge::core::proto::{server_message as sm, Content, ServerMessage};
+    let receiver = Receiver::start(&["--refuse", "refused-room"]);
+    // One lane: the three events go in one request.
+    let bridge = start(&receiver, "http", "batch = \"array\"\nlanes = 1\n");
+    let created = |room: &str| ServerMessage {
+        content: Some(Content::RoomCreated(sm::RoomCreated {
+            room_id: room.to_owned(),
+        })),
+    };
+    let body = batch(vec![
+        created("before"),
+        created("refused-room"),
+        created("after"),
+    ]);
+    assert_eq!(post(&bridge.webhook_url(), body, None).status(), 200);
+    let events = receiver.events();
+    let rooms: Vec<&str> = events
+        .iter()
+        .map(|e| e["room_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rooms, ["before", "after"]);
+    let letters = read_events(&bridge.dir().join("dead-letters.jsonl"));
+    let refused: Vec<&Value> = letters.iter().map(|l| &l["event"]["room_id"]).collect();
+    assert_eq!(refused, ["refused-room"]);
+}
+
 #[test]
 fn a_receiver_behind_a_private_ca_is_reached_over_tls() {
     let certificates = tempfile::tempdir().unwrap();
