@@ -249,7 +249,10 @@ impl HttpSink {
         match self.batch {
             Batching::Array => match self.post_array(batch).await {
                 Ok(()) => Ok(()),
-                
+                // Which event the receiver refused is not known: each goes
+                // alone, in order, so that only what it refuses is a dead
+                // letter.
+                Err(SinkError::Rejected(_)) if batch.len() > 1 => self.post_each_alone(batch).await,
                 Err(error) => Err(PublishError::new(0, error)),
             },
             Batching::Single => {
@@ -267,6 +270,16 @@ impl HttpSink {
                 settlement.finish()
             }
         }
+    }
+
+    /// Each message as an array of one, in order, up to the first failure.
+    async fn post_each_alone(&self, batch: &[&Message]) -> Result<(), PublishError> {
+        for (index, message) in batch.iter().enumerate() {
+            if let Err(error) = self.post_array(std::slice::from_ref(message)).await {
+                return Err(PublishError::new(index, error));
+            }
+        }
+        Ok(())
     }
 
     async fn post_one(&self, message: &Message) -> Result<(), SinkError> {
