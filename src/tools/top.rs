@@ -16,6 +16,8 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 use ratatui::Frame;
 
+use crate::telemetry;
+
 /// One scrape of `/metrics`: each series (name and labels) and its value.
 #[derive(Debug, Default, Clone)]
 pub struct Scrape {
@@ -166,7 +168,7 @@ impl View {
         let sinks_known = self
             .now
             .as_ref()
-            .map_or(0, |(n, _)| n.by("fishjam_bridge_sink_up", "sink").len());
+            .map_or(0, |(n, _)| n.by(telemetry::SINK_UP, "sink").len());
         let [head, top, sinks, bottom] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Length(7),
@@ -201,7 +203,7 @@ impl View {
     }
 
     fn traffic(&self) -> Paragraph<'static> {
-        const RECEIVED: &str = "fishjam_bridge_events_received_total";
+        const RECEIVED: &str = telemetry::EVENTS_RECEIVED;
         let mut lines = vec![Line::from(format!(
             "events/s  {:>10.0}",
             self.rate(RECEIVED, &[])
@@ -212,7 +214,7 @@ impl View {
         let latency = match (&self.before, &self.now) {
             (Some((b, _)), Some((n, _))) => {
                 let q = |q| {
-                    quantile(b, n, "fishjam_bridge_ack_latency_seconds", q)
+                    quantile(b, n, telemetry::ACK_LATENCY, q)
                         .map_or("-".to_owned(), |s| format!("{:.1} ms", s * 1000.0))
                 };
                 format!("ack latency  p50 {}  p99 {}", q(0.5), q(0.99))
@@ -222,15 +224,15 @@ impl View {
         lines.push(Line::from(latency));
         lines.push(Line::from(format!(
             "in flight {:.0} of {:.0} (fullest sink)",
-            self.gauge("fishjam_bridge_pipeline_events_in_flight", &[]),
-            self.gauge("fishjam_bridge_pipeline_capacity_events", &[])
+            self.gauge(telemetry::PIPELINE_IN_FLIGHT, &[]),
+            self.gauge(telemetry::PIPELINE_CAPACITY, &[])
         )));
         Paragraph::new(lines).block(Block::bordered().title("traffic"))
     }
 
     fn answers(&self) -> Paragraph<'static> {
         let mut lines = vec![Line::from("webhook answers/s by status")];
-        let answers = self.rates_by("fishjam_bridge_webhook_requests_total", "status");
+        let answers = self.rates_by(telemetry::WEBHOOK_REQUESTS, "status");
         for (status, rate) in answers {
             let style = if status.starts_with('5') || status.starts_with('4') {
                 Style::default().fg(Color::Red)
@@ -241,8 +243,8 @@ impl View {
         }
         lines.push(Line::from(format!(
             "rooms {:.0}   connected peers {:.0}",
-            self.gauge("fishjam_bridge_rooms", &[]),
-            self.gauge("fishjam_bridge_peers_connected", &[])
+            self.gauge(telemetry::ROOMS, &[]),
+            self.gauge(telemetry::PEERS_CONNECTED, &[])
         )));
         Paragraph::new(lines).block(Block::bordered().title("webhooks and rooms"))
     }
@@ -251,12 +253,12 @@ impl View {
         let names: Vec<String> = self
             .now
             .as_ref()
-            .map(|(n, _)| n.by("fishjam_bridge_sink_up", "sink").into_keys().collect())
+            .map(|(n, _)| n.by(telemetry::SINK_UP, "sink").into_keys().collect())
             .unwrap_or_default();
         let lag = self.status.as_ref().map(|s| s["lag"].clone());
         let rows = names.into_iter().map(|sink| {
             let labels = [("sink", sink.as_str())];
-            let up = self.gauge("fishjam_bridge_sink_up", &labels) > 0.0;
+            let up = self.gauge(telemetry::SINK_UP, &labels) > 0.0;
             let state = if up { "up" } else { "DOWN" };
             let of = |key: &str| {
                 lag.as_ref()
@@ -267,14 +269,8 @@ impl View {
             let row = Row::new(vec![
                 sink.clone(),
                 state.to_owned(),
-                format!(
-                    "{:.0}",
-                    self.rate("fishjam_bridge_sink_events_acknowledged_total", &labels)
-                ),
-                format!(
-                    "{:.0}",
-                    self.gauge("fishjam_bridge_sink_queue_events", &labels)
-                ),
+                format!("{:.0}", self.rate(telemetry::SINK_ACKNOWLEDGED, &labels)),
+                format!("{:.0}", self.gauge(telemetry::SINK_QUEUE, &labels)),
                 of("events"),
                 of("seconds"),
                 of("spool_cursor"),
@@ -314,7 +310,7 @@ impl View {
 
     fn types(&self, room: usize) -> Table<'static> {
         let mut rates: Vec<(String, f64)> = self
-            .rates_by("fishjam_bridge_events_received_total", "event_type")
+            .rates_by(telemetry::EVENTS_RECEIVED, "event_type")
             .into_iter()
             .filter(|(_, rate)| *rate > 0.0 || self.sort_by_name)
             .collect();
@@ -338,12 +334,12 @@ impl View {
     }
 
     fn state(&self) -> Paragraph<'static> {
-        let engaged = self.gauge("fishjam_bridge_spool_engaged", &[]) > 0.0;
-        let max = self.gauge("fishjam_bridge_spool_max_bytes", &[]);
+        let engaged = self.gauge(telemetry::SPOOL_ENGAGED, &[]) > 0.0;
+        let max = self.gauge(telemetry::SPOOL_MAX_BYTES, &[]);
         let mut lines = vec![if max > 0.0 {
             Line::from(format!(
                 "spool {:.1} of {:.0} MiB{}",
-                self.gauge("fishjam_bridge_spool_bytes", &[]) / 1048576.0,
+                self.gauge(telemetry::SPOOL_BYTES, &[]) / 1048576.0,
                 max / 1048576.0,
                 if engaged { ", ENGAGED" } else { "" }
             ))
@@ -353,15 +349,12 @@ impl View {
         let notifier = self
             .now
             .as_ref()
-            .map(|(n, _)| n.by("fishjam_bridge_notifier_state", "state"))
+            .map(|(n, _)| n.by(telemetry::NOTIFIER_STATE, "state"))
             .unwrap_or_default();
         match notifier.iter().find(|(_, v)| **v > 0.0) {
             None => lines.push(Line::from("notifier off")),
             Some((state, _)) => {
-                let last = self.gauge(
-                    "fishjam_bridge_notifier_last_message_timestamp_seconds",
-                    &[],
-                );
+                let last = self.gauge(telemetry::NOTIFIER_LAST_MESSAGE, &[]);
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default()
@@ -371,10 +364,7 @@ impl View {
                 } else {
                     "nothing heard yet".to_owned()
                 };
-                let start = self.gauge(
-                    "fishjam_bridge_notifier_session_start_timestamp_seconds",
-                    &[],
-                );
+                let start = self.gauge(telemetry::NOTIFIER_SESSION_START, &[]);
                 let session = if start > 0.0 {
                     format!(" for {:.0} s", (now - start).max(0.0))
                 } else {
@@ -383,8 +373,8 @@ impl View {
                 lines.push(Line::from(format!("notifier {state}{session}, {gap}")));
                 lines.push(Line::from(format!(
                     "  connects {:.0}, disconnects {:.0}",
-                    self.gauge("fishjam_bridge_notifier_connects_total", &[]),
-                    self.gauge("fishjam_bridge_notifier_disconnects_total", &[])
+                    self.gauge(telemetry::NOTIFIER_CONNECTS, &[]),
+                    self.gauge(telemetry::NOTIFIER_DISCONNECTS, &[])
                 )));
             }
         }
