@@ -670,18 +670,44 @@ pub fn election_without_holder(since_seen: Duration) {
     gauge!(ELECTION_WITHOUT_HOLDER).set(since_seen.as_secs_f64());
 }
 
-const NOTIFIER_STATES: &[&str] = &[
-    "connecting",
-    "authenticating",
-    "subscribed",
-    "backoff",
-    "standby",
-];
+/// Where the notifier's session is, as `fishjam_bridge_notifier_state`
+/// shows it: one series per state, 1 for the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifierState {
+    Connecting,
+    Authenticating,
+    Subscribed,
+    /// Waiting before the next connect.
+    Backoff,
+    /// Another replica holds the notifier.
+    Standby,
+}
 
-pub fn notifier_state(state: &'static str) {
-    for candidate in NOTIFIER_STATES {
-        let value = if *candidate == state { 1.0 } else { 0.0 };
-        gauge!(NOTIFIER_STATE, "state" => *candidate).set(value);
+impl NotifierState {
+    const ALL: [NotifierState; 5] = [
+        NotifierState::Connecting,
+        NotifierState::Authenticating,
+        NotifierState::Subscribed,
+        NotifierState::Backoff,
+        NotifierState::Standby,
+    ];
+
+    /// The `state` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifierState::Connecting => "connecting",
+            NotifierState::Authenticating => "authenticating",
+            NotifierState::Subscribed => "subscribed",
+            NotifierState::Backoff => "backoff",
+            NotifierState::Standby => "standby",
+        }
+    }
+}
+
+pub fn notifier_state(state: NotifierState) {
+    for candidate in NotifierState::ALL {
+        let value = if candidate == state { 1.0 } else { 0.0 };
+        gauge!(NOTIFIER_STATE, "state" => candidate.as_str()).set(value);
     }
 }
 
@@ -756,7 +782,7 @@ pub fn reconciled(
 
 /// Exports the notifier's series at zero from the start.
 pub fn notifier_registered() {
-    notifier_state("connecting");
+    notifier_state(NotifierState::Connecting);
     counter!(NOTIFIER_CONNECTS).increment(0);
     histogram!(NOTIFIER_PAUSED).record(0.0);
     counter!(NOTIFIER_IGNORED).increment(0);

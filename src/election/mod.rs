@@ -123,10 +123,18 @@ impl Timing {
 pub struct Status {
     pub backend: &'static str,
     pub identity: String,
-    /// `holder` or `follower`.
-    pub role: &'static str,
+    pub role: Role,
     /// The holder's identity, as last seen (this replica's own while it holds).
     pub holder: Option<String>,
+}
+
+/// This replica's part: it holds the lease, or follows whoever does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Holder,
+    #[default]
+    Follower,
 }
 
 /// What the notifier follows: whether this replica holds the lease now.
@@ -199,7 +207,7 @@ pub fn elector(
     let status = Arc::new(Mutex::new(Status {
         backend,
         identity: identity.clone(),
-        role: "follower",
+        role: Role::Follower,
         holder: None,
     }));
     telemetry::election_started();
@@ -316,7 +324,7 @@ impl Elector {
                 }
                 Ok(Ok(Attempt::Taken { holder, free_in })) => {
                     holder_seen = Instant::now();
-                    self.set("follower", Some(holder));
+                    self.set(Role::Follower, Some(holder));
                     // Try again when the holder's lease can have run out, but no
                     // later than the next beat.
                     free_in.map_or(timing.renew_every, |free_in| {
@@ -349,7 +357,7 @@ impl Elector {
     /// no longer holds it, and how long it may drain its socket.
     async fn lead<S: LeaseStore>(&self, store: &mut S, sent: Instant) -> Ended {
         let timing = self.timing;
-        self.set("holder", Some(self.identity.clone()));
+        self.set(Role::Holder, Some(self.identity.clone()));
         self.holding.send_replace(true);
         telemetry::election_role(true);
         tracing::info!(identity = %self.identity, backend = store.backend(), "holding the notifier lease");
@@ -364,12 +372,12 @@ impl Elector {
             .store(drain.as_millis() as u64, Ordering::SeqCst);
         self.holding.send_replace(false);
         telemetry::election_role(false);
-        self.set("follower", None);
+        self.set(Role::Follower, None);
         ended
     }
 
     /// Shows this replica's role and the holder it last saw.
-    fn set(&self, role: &'static str, holder: Option<String>) {
+    fn set(&self, role: Role, holder: Option<String>) {
         let mut status = self
             .status
             .lock()
@@ -506,7 +514,7 @@ mod tests {
         tokio::spawn(task);
         leadership.acquired().await;
         let taken = Instant::now();
-        assert_eq!(status.lock().unwrap().role, "holder");
+        assert_eq!(status.lock().unwrap().role, Role::Holder);
         leadership.lost().await;
         (taken.elapsed(), leadership, status)
     }
@@ -543,7 +551,7 @@ mod tests {
             held_for <= Duration::from_secs(10) && held_for >= Duration::from_millis(9_900),
             "{held_for:?}"
         );
-        assert_eq!(status.lock().unwrap().role, "follower");
+        assert_eq!(status.lock().unwrap().role, Role::Follower);
         // Nobody else can hold it yet: the socket may drain for half the margin.
         assert_eq!(leadership.drain(), TIMING.margin() / 2);
     }

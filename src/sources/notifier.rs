@@ -33,7 +33,7 @@ use crate::core::proto::{Content, ServerMessage};
 use crate::election::Leadership;
 use crate::net::backoff::Backoff;
 use crate::pipeline::admission::{self, Admission};
-use crate::telemetry;
+use crate::telemetry::{self, NotifierState};
 
 /// The readiness check this source keeps.
 pub const CHECK: &str = "notifier";
@@ -180,7 +180,7 @@ impl NotifierSource {
             if !leadership.is_held() {
                 // Another replica holds the notifier: this one stands by,
                 // which is as ready as it should be.
-                telemetry::notifier_state("standby");
+                telemetry::notifier_state(NotifierState::Standby);
                 self.readiness.set(CHECK, true);
                 tokio::select! {
                     _ = leadership.acquired() => {}
@@ -209,7 +209,7 @@ impl NotifierSource {
             }
             gap_since = Instant::now();
             self.readiness.set(CHECK, false);
-            telemetry::notifier_state("backoff");
+            telemetry::notifier_state(NotifierState::Backoff);
             let error = match ended {
                 Ok(()) => return,
                 Err(error) => error,
@@ -276,19 +276,19 @@ impl NotifierSource {
         shutdown: &CancellationToken,
         leadership: &mut Leadership,
     ) -> Result<(), SessionError> {
-        telemetry::notifier_state("connecting");
+        telemetry::notifier_state(NotifierState::Connecting);
         // Until subscribed, nothing is on its way: a shutdown just goes.
         let Some(mut socket) = self.connect(shutdown, leadership).await? else {
             return Ok(());
         };
-        telemetry::notifier_state("authenticating");
+        telemetry::notifier_state(NotifierState::Authenticating);
         let handshake = self.handshake(&mut socket);
         let handshake = tokio::select! {
             handshake = tokio::time::timeout(self.config.handshake_timeout, handshake) => handshake,
             stop = stopped(shutdown, leadership) => return stop.ended(),
         };
         handshake.map_err(|_| SessionError::Handshake("no answer in time".to_owned()))??;
-        telemetry::notifier_state("subscribed");
+        telemetry::notifier_state(NotifierState::Subscribed);
         telemetry::notifier_connected();
         self.readiness.set(CHECK, true);
         let gap = gap_since.elapsed();
