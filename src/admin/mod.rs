@@ -32,7 +32,7 @@ use crate::telemetry;
 /// checks (the notifier, unless required) are shown and never pull it.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Arc<Mutex<BTreeMap<String, Check>>>,
+    checks: Arc<Mutex<BTreeMap<String, CheckState>>>,
     /// Whether the spool can take a body now; set when there is a spool.
     spool_has_room: Arc<Mutex<Option<SpoolRoom>>>,
     /// Reports shown beside the checks, by key (each sink's lag).
@@ -50,6 +50,36 @@ impl std::fmt::Debug for Readiness {
     }
 }
 
+/// A readiness check, held by the part it speaks for: only its holder sets
+/// it, and once the holder is gone (the handle dropped) it does not pass.
+#[derive(Debug)]
+pub struct Check {
+    readiness: Readiness,
+    name: Arc<str>,
+}
+
+impl Check {
+    pub fn set(&self, ready: bool) {
+        self.readiness.set_with_problem(&self.name, ready, None);
+    }
+
+    /// Sets the check with what is wrong, shown by `/readyz` while it fails.
+    pub fn set_with_problem(&self, ready: bool, problem: Option<String>) {
+        self.readiness.set_with_problem(&self.name, ready, problem);
+    }
+
+    /// What the check says is wrong, while it fails.
+    pub fn problem(&self) -> Option<String> {
+        self.readiness.problem(&self.name)
+    }
+}
+
+impl Drop for Check {
+    fn drop(&mut self) {
+        self.readiness.set_with_problem(&self.name, false, None);
+    }
+}
+
 /// What a check counts for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Role {
@@ -63,7 +93,7 @@ pub enum Role {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Check {
+struct CheckState {
     role: Role,
     ready: bool,
     /// Why it is not ready, when the component knows.
@@ -72,22 +102,27 @@ struct Check {
 
 impl Readiness {
     /// Registers a required check, not passing yet.
-    pub fn register(&self, name: &str) {
-        self.register_as(name, Role::Required);
+    pub fn register(&self, name: &str) -> Check {
+        self.register_as(name, Role::Required)
     }
 
-    /// Registers a check of `role`, not passing yet.
-    pub fn register_as(&self, name: &str, role: Role) {
+    /// Registers a check of `role`, not passing yet; the part it speaks for
+    /// holds the handle.
+    pub fn register_as(&self, name: &str, role: Role) -> Check {
         self.checks
             .lock()
             .expect("readiness lock is never poisoned")
             .insert(
                 name.to_owned(),
-                Check {
+                CheckState {
                     role,
-                    ..Check::default()
+                    ..CheckState::default()
                 },
             );
+        Check {
+            readiness: self.clone(),
+            name: Arc::from(name),
+        }
     }
 
     /// Says whether the spool has room; with it, a sink that is down does
@@ -112,12 +147,8 @@ impl Readiness {
             .insert(key.to_owned(), Arc::new(detail));
     }
 
-    pub fn set(&self, name: &str, ready: bool) {
-        self.set_with_problem(name, ready, None);
-    }
-
     /// Sets a check with what is wrong, shown by `/readyz` while it fails.
-    pub fn set_with_problem(&self, name: &str, ready: bool, problem: Option<String>) {
+    fn set_with_problem(&self, name: &str, ready: bool, problem: Option<String>) {
         let mut checks = self
             .checks
             .lock()
@@ -148,7 +179,7 @@ impl Readiness {
     }
 
     /// What the check `name` says is wrong, while it fails.
-    pub fn problem(&self, name: &str) -> Option<String> {
+    fn problem(&self, name: &str) -> Option<String> {
         let checks = self
             .checks
             .lock()
@@ -213,7 +244,7 @@ impl Readiness {
 }
 
 /// Every required check passes, and every sink does or the spool has room.
-fn all_pass(checks: &BTreeMap<String, Check>, spool_room: Option<bool>) -> bool {
+fn all_pass(checks: &BTreeMap<String, CheckState>, spool_room: Option<bool>) -> bool {
     let spool_room = spool_room.unwrap_or(false);
     checks.values().all(|check| match check.role {
         Role::Required => check.ready,
@@ -378,15 +409,16 @@ mod tests {
     #[test]
     fn a_failing_check_shows_its_problem_until_it_passes() {
         let readiness = Readiness::default();
-        readiness.register("running");
-        readiness.set("running", true);
-        readiness.set_with_problem("sink:kafka", false, Some("topic t is missing".into()));
+        let running = readiness.register("running");
+        running.set(true);
+        let kafka = readiness.register_as("sink:kafka", Role::Sink);
+        kafka.set_with_problem(false, Some("topic t is missing".into()));
         assert!(!readiness.is_ready());
         let report: serde_json::Value = serde_json::from_str(&readiness.report().1).unwrap();
         assert_eq!(report["sink:kafka"], false);
         assert_eq!(report["running"], true);
         assert_eq!(report["problems"]["sink:kafka"], "topic t is missing");
-        readiness.set("sink:kafka", true);
+        kafka.set(true);
         let report: serde_json::Value = serde_json::from_str(&readiness.report().1).unwrap();
         assert_eq!(report.get("problems"), None);
         assert!(readiness.is_ready());
@@ -401,10 +433,10 @@ mod tests {
     #[test]
     fn a_sink_that_is_down_keeps_the_bridge_ready_while_the_spool_has_room() {
         let readiness = Readiness::default();
-        readiness.register("running");
-        readiness.set("running", true);
-        readiness.register_as("sink:nats", Role::Sink);
-        readiness.register_as("notifier", Role::Info);
+        let running = readiness.register("running");
+        running.set(true);
+        let nats = readiness.register_as("sink:nats", Role::Sink);
+        let _notifier = readiness.register_as("notifier", Role::Info);
         assert!(
             !readiness.is_ready(),
             "no spool: a sink that is down counts"
@@ -420,10 +452,21 @@ mod tests {
         assert_eq!(report["spool_has_room"], true);
         room.store(false, std::sync::atomic::Ordering::Relaxed);
         assert!(!readiness.is_ready(), "a full spool takes nothing more");
-        readiness.set("sink:nats", true);
+        nats.set(true);
         assert!(readiness.is_ready(), "the sinks take events");
-        readiness.set("running", false);
+        running.set(false);
         assert!(!readiness.is_ready(), "shutting down");
+        assert_eq!(readiness.waiting_for(), ["running"]);
+    }
+
+    #[test]
+    fn a_check_whose_holder_is_gone_does_not_pass() {
+        let readiness = Readiness::default();
+        let running = readiness.register("running");
+        running.set(true);
+        assert!(readiness.is_ready());
+        drop(running);
+        assert!(!readiness.is_ready());
         assert_eq!(readiness.waiting_for(), ["running"]);
     }
 }

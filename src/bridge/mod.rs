@@ -86,7 +86,7 @@ pub async fn start(
         tasks: TaskTracker::new(),
         shutdown,
     };
-    wiring.readiness.register("running");
+    let running = wiring.readiness.register("running");
     let refresh = admin::Refresh::default();
     telemetry::tap_registered();
     let tap = (wiring.config.admin.enabled && wiring.config.admin.tap).then(tap::Tap::default);
@@ -107,9 +107,9 @@ pub async fn start(
     // From here on only the sources hold the fan-out: when they stop, the
     // lanes close and the sinks drain.
     drop(admission);
-    wiring.readiness.set("running", true);
+    running.set(true);
     let (readiness, fatal) = (wiring.readiness.clone(), wiring.fatal.clone());
-    let task = tokio::spawn(wiring.shut_down(sink_tasks, in_flight, spool));
+    let task = tokio::spawn(wiring.shut_down(running, sink_tasks, in_flight, spool));
     Ok(Bridge {
         webhook_addr,
         admin_addr,
@@ -205,7 +205,16 @@ impl Wiring {
             fishjam_id: self.fishjam_id.clone(),
             config: config.notifier.clone(),
             admission: admission.clone(),
-            readiness: self.readiness.clone(),
+            // Shown in /readyz and /status either way; required only when
+            // asked.
+            check: self.readiness.register_as(
+                sources::notifier::CHECK,
+                if config.notifier.required_for_readiness {
+                    admin::Role::Required
+                } else {
+                    admin::Role::Info
+                },
+            ),
             fatal: self.fatal.clone(),
             rest: fishjam::rest_client(config.notifier.connect_timeout, extra_roots.as_ref())?,
             tls: extra_roots
@@ -216,15 +225,6 @@ impl Wiring {
             leadership: election::leadership(self)?,
             unacknowledged: Default::default(),
         };
-        // Shown in /readyz and /status either way; required only when asked.
-        self.readiness.register_as(
-            sources::notifier::CHECK,
-            if config.notifier.required_for_readiness {
-                admin::Role::Required
-            } else {
-                admin::Role::Info
-            },
-        );
         telemetry::notifier_registered();
         self.tasks.spawn(source.run(self.shutdown.clone()));
         Ok(())
@@ -276,12 +276,13 @@ impl Wiring {
     /// last watermark.
     async fn shut_down(
         self,
+        running: admin::Check,
         sink_tasks: TaskTracker,
         in_flight: InFlight,
         spool: Option<Arc<Spool>>,
     ) -> anyhow::Result<DrainReport> {
         self.shutdown.cancelled().await;
-        self.readiness.set("running", false);
+        running.set(false);
         tracing::info!(
             in_flight = in_flight.current(),
             "shutting down: sources stop, in-flight events drain"

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::admin::Readiness;
+use crate::admin::{Check, Readiness, Role};
 use crate::core::cloudevents;
 use crate::core::event::{Event, Message, SCHEMA_VERSION_TEXT};
 use crate::core::route::{Filter, UnknownName};
@@ -374,7 +374,7 @@ impl Settlement {
 #[derive(Debug, Clone)]
 pub struct SinkHealth {
     name: Arc<str>,
-    readiness: Readiness,
+    check: Arc<Check>,
     /// The connection: `UNKNOWN`, `UP` or `DOWN`, shared by the clones.
     state: Arc<std::sync::atomic::AtomicU8>,
     /// What else keeps the sink from taking events; also held while the
@@ -392,22 +392,20 @@ const DOWN: u8 = 2;
 
 impl SinkHealth {
     pub fn new(name: &str, readiness: Readiness) -> SinkHealth {
-        let health = SinkHealth {
+        let check = readiness.register_as(&format!("sink:{name}"), Role::Sink);
+        telemetry::sink_registered(name);
+        SinkHealth {
             name: Arc::from(name),
-            readiness,
+            check: Arc::new(check),
             state: Arc::new(std::sync::atomic::AtomicU8::new(UNKNOWN)),
             problem: Arc::default(),
             established: Arc::default(),
-        };
-        health
-            .readiness
-            .register_as(&health.check(), crate::admin::Role::Sink);
-        telemetry::sink_registered(name);
-        health
+        }
     }
 
-    fn check(&self) -> String {
-        format!("sink:{}", self.name)
+    /// What keeps the sink from taking events, while it does not.
+    pub fn problem(&self) -> Option<String> {
+        self.check.problem()
     }
 
     pub fn name(&self) -> &str {
@@ -448,8 +446,7 @@ impl SinkHealth {
         let connected = self.established.load(std::sync::atomic::Ordering::Acquire)
             && self.state.load(std::sync::atomic::Ordering::Acquire) == UP;
         let up = connected && problem.is_none();
-        self.readiness
-            .set_with_problem(&self.check(), up, problem.clone());
+        self.check.set_with_problem(up, problem.clone());
         telemetry::sink_up(&self.name, up);
     }
 }

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Readiness;
+use crate::admin::Check;
 use crate::config::{NotifierConfig, Secret};
 use crate::core::event;
 use crate::core::event::Source;
@@ -81,7 +81,8 @@ pub struct NotifierSource {
     pub fishjam_id: Arc<str>,
     pub config: NotifierConfig,
     pub admission: Admission,
-    pub readiness: Readiness,
+    /// Its readiness check (`CHECK`).
+    pub check: Check,
     /// Where a refused credential check is reported.
     pub fatal: crate::sources::Fatal,
     /// For the credential check and the reconciliation.
@@ -181,7 +182,7 @@ impl NotifierSource {
                 // Another replica holds the notifier: this one stands by,
                 // which is as ready as it should be.
                 telemetry::notifier_state(NotifierState::Standby);
-                self.readiness.set(CHECK, true);
+                self.check.set(true);
                 tokio::select! {
                     _ = leadership.acquired() => {}
                     _ = shutdown.cancelled() => return,
@@ -208,7 +209,7 @@ impl NotifierSource {
                 continue;
             }
             gap_since = Instant::now();
-            self.readiness.set(CHECK, false);
+            self.check.set(false);
             telemetry::notifier_state(NotifierState::Backoff);
             let error = match ended {
                 Ok(()) => return,
@@ -290,7 +291,7 @@ impl NotifierSource {
         handshake.map_err(|_| SessionError::Handshake("no answer in time".to_owned()))??;
         telemetry::notifier_state(NotifierState::Subscribed);
         telemetry::notifier_connected();
-        self.readiness.set(CHECK, true);
+        self.check.set(true);
         let gap = gap_since.elapsed();
         telemetry::notifier_gap(gap);
         tracing::info!(url = %self.url, gap_ms = gap.as_millis() as u64, "notifier subscribed");

@@ -26,9 +26,9 @@ pub async fn run(config: &Config, timeout: Duration) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
     for (index, sink_config) in config.sinks.iter().enumerate() {
         let target = format!("sinks[{index}] {}", sink_config.name());
-        let readiness = Readiness::default();
-        let health = SinkHealth::new(sink_config.name(), readiness.clone());
-        let result = match tokio::time::timeout(timeout, Sink::connect(sink_config, health)).await {
+        let health = SinkHealth::new(sink_config.name(), Readiness::default());
+        let connect = Sink::connect(sink_config, health.clone());
+        let result = match tokio::time::timeout(timeout, connect).await {
             Err(_) => Err(format!(
                 "no answer within {}",
                 humantime::format_duration(timeout)
@@ -37,7 +37,7 @@ pub async fn run(config: &Config, timeout: Duration) -> Vec<Outcome> {
             Ok(Ok(sink)) => {
                 // Connected; what else the sink found wrong (a missing Kafka
                 // topic) is its readiness problem.
-                let problem = readiness.problem(&format!("sink:{}", sink_config.name()));
+                let problem = health.problem();
                 let _ = tokio::time::timeout(timeout, sink.close()).await;
                 match problem {
                     Some(problem) => Err(problem),
