@@ -32,10 +32,135 @@ const RETRY_AFTER_FULL: &str = "1";
 /// Seconds a sender should wait after the sinks did not acknowledge in time.
 const RETRY_AFTER_TIMEOUT: &str = "5";
 
+/// How a POST ends: taken (every event acknowledged, or the body synced in
+/// the spool), or refused.
+#[derive(Debug)]
+enum Answer {
+    Taken { events: usize, spooled: bool },
+    Refused(Refusal),
+}
+
+/// Every answer but a 200, each with its status and `Retry-After`: the
+/// table of docs/webhooks.md is `Refusal::status`.
+#[derive(Debug)]
+enum Refusal {
+    /// A content type other than protobuf's.
+    ContentType,
+    /// A `content-encoding` other than `identity`.
+    Encoding(String),
+    /// Over `webhook.max_body_bytes`.
+    TooLarge {
+        limit: usize,
+    },
+    /// More notifications than `webhook.max_events_per_body`.
+    TooManyNotifications {
+        count: usize,
+        limit: usize,
+    },
+    /// The bodies in hand hold `webhook.max_body_bytes_in_flight`.
+    BodiesInHand,
+    /// The connection failed while the body was read.
+    Unreadable,
+    /// The body did not arrive within `webhook.request_timeout`.
+    TooSlow,
+    MissingSignature,
+    InvalidSignature,
+    /// Not a valid `ServerMessage`.
+    Undecodable(String),
+    /// Nothing of the body was admitted: the pipeline or the spool is full,
+    /// or the spool could not write it.
+    Full(String),
+    /// Nothing of the body was admitted, for another reason.
+    NotAdmitted(String),
+    ShuttingDown,
+    /// The sinks did not acknowledge within `webhook.ack_timeout`; the
+    /// events are still delivered.
+    NotInTime,
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Undecodable(_) | Refusal::Unreadable => StatusCode::BAD_REQUEST,
+            Refusal::MissingSignature | Refusal::InvalidSignature => StatusCode::UNAUTHORIZED,
+            Refusal::TooSlow => StatusCode::REQUEST_TIMEOUT,
+            Refusal::TooLarge { .. } | Refusal::TooManyNotifications { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Refusal::ContentType | Refusal::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::BodiesInHand
+            | Refusal::Full(_)
+            | Refusal::NotAdmitted(_)
+            | Refusal::ShuttingDown
+            | Refusal::NotInTime => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds a sender should wait before it sends the body again.
+    fn retry_after(&self) -> Option<&'static str> {
+        match self {
+            Refusal::BodiesInHand | Refusal::Full(_) => Some(RETRY_AFTER_FULL),
+            Refusal::NotInTime => Some(RETRY_AFTER_TIMEOUT),
+            _ => None,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Refusal::ContentType => "content type must be application/x-protobuf".to_owned(),
+            Refusal::Encoding(encoding) => format!(
+                "content-encoding {encoding} is not supported; send the protobuf body as it is"
+            ),
+            Refusal::TooLarge { limit } => format!("body is larger than {limit} bytes"),
+            Refusal::TooManyNotifications { count, limit } => {
+                format!("body carries {count} notifications; the limit is {limit}")
+            }
+            Refusal::BodiesInHand => {
+                "webhook bodies in hand exceed webhook.max_body_bytes_in_flight".to_owned()
+            }
+            Refusal::Unreadable => "could not read the body".to_owned(),
+            Refusal::TooSlow => "the body did not arrive in time".to_owned(),
+            Refusal::MissingSignature => "missing x-fishjam-signature-256 header".to_owned(),
+            Refusal::InvalidSignature => "invalid signature".to_owned(),
+            Refusal::Undecodable(reason) | Refusal::Full(reason) | Refusal::NotAdmitted(reason) => {
+                reason.clone()
+            }
+            Refusal::ShuttingDown => "the bridge is shutting down".to_owned(),
+            Refusal::NotInTime => "the sinks did not acknowledge in time".to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let refusal = match self {
+            Answer::Taken { events, spooled } => return ok(events, spooled),
+            Answer::Refused(refusal) => refusal,
+        };
+        let mut response = (
+            refusal.status(),
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", refusal.message()),
+        )
+            .into_response();
+        if let Some(seconds) = refusal.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        response
+    }
+}
+
+impl From<Refusal> for Answer {
+    fn from(refusal: Refusal) -> Answer {
+        Answer::Refused(refusal)
+    }
+}
+
 /// An answer given before the body's events waited for the sinks: the body
-/// was refused, or the spool answered for it. Boxed, since a `Response` is
-/// too large to return in every `Result`.
-type Early = Box<Response>;
+/// was refused, or the spool answered for it.
+type Early = Answer;
 
 struct WebhookState {
     admission: Admission,
@@ -76,13 +201,14 @@ pub fn router(
 }
 
 async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
-    let response = handle(&state, request).await.unwrap_or_else(|early| *early);
+    let answer = handle(&state, request).await.unwrap_or_else(|early| early);
+    let response = answer.into_response();
     telemetry::webhook_answered(response.status().as_u16());
     response
 }
 
 /// The answer to one POST.
-async fn handle(state: &WebhookState, request: Request) -> Result<Response, Early> {
+async fn handle(state: &WebhookState, request: Request) -> Result<Answer, Early> {
     let (parts, body) = request.into_parts();
     let declared = check_headers(state, &parts.headers)?;
     let body_room = reserve_body_room(state, declared)?;
@@ -102,18 +228,16 @@ async fn handle(state: &WebhookState, request: Request) -> Result<Response, Earl
 /// Refuses a body the headers already rule out (its type, its encoding or
 /// its declared length); otherwise the declared length, if any.
 fn check_headers(state: &WebhookState, headers: &HeaderMap) -> Result<Option<usize>, Early> {
-    if let Some(problem) = unsupported_content_type(headers) {
-        return Err(Box::new(reply(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem)));
+    if !supported_content_type(headers) {
+        return Err(Refusal::ContentType.into());
     }
-    if let Some(problem) = unsupported_encoding(headers) {
-        return Err(Box::new(reply(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &problem,
-        )));
+    if let Some(encoding) = unsupported_encoding(headers) {
+        return Err(Refusal::Encoding(encoding).into());
     }
     let declared = declared_length(headers);
     if declared.is_some_and(|len| len > state.max_body_bytes) {
-        return Err(Box::new(too_large(state.max_body_bytes)));
+        let limit = state.max_body_bytes;
+        return Err(Refusal::TooLarge { limit }.into());
     }
     Ok(declared)
 }
@@ -132,12 +256,7 @@ fn reserve_body_room(
         .clone()
         .try_acquire_many_owned(u32::try_from(reserve).unwrap_or(u32::MAX))
     else {
-        let mut response = reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "webhook bodies in hand exceed webhook.max_body_bytes_in_flight",
-        );
-        retry_after(&mut response, RETRY_AFTER_FULL);
-        return Err(Box::new(response));
+        return Err(Refusal::BodiesInHand.into());
     };
     Ok(body_room)
 }
@@ -146,18 +265,10 @@ fn reserve_body_room(
 fn authenticate(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> Result<(), Early> {
     if let Some(secret) = &state.secret {
         match headers.get(signature::HEADER) {
-            None => {
-                return Err(Box::new(reply(
-                    StatusCode::UNAUTHORIZED,
-                    "missing x-fishjam-signature-256 header",
-                )))
-            }
+            None => return Err(Refusal::MissingSignature.into()),
             Some(header) => {
                 if !signature::verify(secret.expose().as_bytes(), body, header.as_bytes()) {
-                    return Err(Box::new(reply(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid signature",
-                    )));
+                    return Err(Refusal::InvalidSignature.into());
                 }
             }
         }
@@ -175,14 +286,13 @@ fn decode(
     // Counted on the wire first: decoding allocates for every element, and
     // a 4 MiB body can hold two million empty ones.
     let elements = crate::core::decode::batch_len(body);
-    if elements > state.max_events_per_body {
-        return Err(Box::new(reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "body carries {elements} notifications; the limit is {}",
-                state.max_events_per_body
-            ),
-        )));
+    let limit = state.max_events_per_body;
+    if elements > limit {
+        return Err(Refusal::TooManyNotifications {
+            count: elements,
+            limit,
+        }
+        .into());
     }
     let origin = Origin {
         source: Source::Webhook,
@@ -194,21 +304,12 @@ fn decode(
         Ok(normalized) => normalized,
         Err(error) => {
             telemetry::decode_failed(Source::Webhook, &error);
-            return Err(Box::new(reply(
-                StatusCode::BAD_REQUEST,
-                &format!("{error}"),
-            )));
+            return Err(Refusal::Undecodable(error.to_string()).into());
         }
     };
-    if normalized.events.len() > state.max_events_per_body {
-        return Err(Box::new(reply(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "body carries {} notifications; the limit is {}",
-                normalized.events.len(),
-                state.max_events_per_body
-            ),
-        )));
+    let count = normalized.events.len();
+    if count > limit {
+        return Err(Refusal::TooManyNotifications { count, limit }.into());
     }
     Ok((origin, normalized))
 }
@@ -236,31 +337,27 @@ async fn admit(
             let written = durable.await;
             drop(body);
             drop(body_room);
-            Err(Box::new(match written {
-                Ok(Ok(())) => ok(count, true),
-                Ok(Err(error)) => {
-                    let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
-                    retry_after(&mut response, RETRY_AFTER_FULL);
-                    response
-                }
-                Err(_) => reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the bridge is shutting down",
-                ),
-            }))
+            Err(match written {
+                Ok(Ok(())) => Answer::Taken {
+                    events: count,
+                    spooled: true,
+                },
+                Ok(Err(error)) => Refusal::Full(error.to_string()).into(),
+                Err(_) => Refusal::ShuttingDown.into(),
+            })
         }
         Err(refused) => {
             let error = refused.reason;
             telemetry::pipeline_rejected(Source::Webhook, count);
-            let mut response = reply(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
-            if matches!(
+            let full = matches!(
                 error,
                 AdmissionError::Pipeline(SubmitError::Full | SubmitError::BurstyFull)
                     | AdmissionError::Spool(_)
-            ) {
-                retry_after(&mut response, RETRY_AFTER_FULL);
-            }
-            Err(Box::new(response))
+            );
+            Err(match full {
+                true => Refusal::Full(error.to_string()).into(),
+                false => Refusal::NotAdmitted(error.to_string()).into(),
+            })
         }
     }
 }
@@ -274,7 +371,11 @@ async fn wait_for_sinks(
     receipt: Receipt,
     ticket: Option<(Ticket, OwnedSemaphorePermit)>,
     count: usize,
-) -> Response {
+) -> Answer {
+    let taken = |spooled| Answer::Taken {
+        events: count,
+        spooled,
+    };
     let acknowledged = receipt.acknowledged();
     tokio::pin!(acknowledged);
     let mut waited = Duration::ZERO;
@@ -282,7 +383,7 @@ async fn wait_for_sinks(
         // Slow sinks: later bodies go to the spool rather than queue behind this one.
         waited = *after;
         match tokio::time::timeout(*after, &mut acknowledged).await {
-            Ok(()) => return ok(count, false),
+            Ok(()) => return taken(false),
             Err(_) => spool.engage_now("a webhook waited spool.engage_after for the sinks"),
         }
         // Engaging the spool appended every body still waiting for the
@@ -291,23 +392,18 @@ async fn wait_for_sinks(
         // that takes it meanwhile gets it twice, with the same event ids.
         if let Some(durable) = ticket.as_ref().and_then(|(ticket, _)| ticket.spooled()) {
             if let Ok(Ok(())) = durable.await {
-                return ok(count, true);
+                return taken(true);
             }
         }
     }
     let left = state.ack_timeout.saturating_sub(waited);
     match tokio::time::timeout(left, acknowledged).await {
-        Ok(()) => ok(count, false),
+        Ok(()) => taken(false),
         Err(_) => {
             // The events stay in the pipeline and are still delivered: the
             // 503 only says they were not all safe within the time Fishjam waits.
             telemetry::ack_timed_out(Source::Webhook);
-            let mut response = reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the sinks did not acknowledge in time",
-            );
-            retry_after(&mut response, RETRY_AFTER_TIMEOUT);
-            response
+            Refusal::NotInTime.into()
         }
     }
 }
@@ -328,19 +424,19 @@ fn ok(count: usize, spooled: bool) -> Response {
 
 /// Fishjam sends `application/x-protobuf`; a body without a content type is
 /// read as protobuf too, since the signature already proves its sender.
-fn unsupported_content_type(headers: &HeaderMap) -> Option<&'static str> {
-    let value = headers.get(header::CONTENT_TYPE)?;
+fn supported_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return true;
+    };
     let essence = value
         .to_str()
         .ok()
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase());
-    match essence.as_deref() {
-        Some("application/x-protobuf" | "application/protobuf" | "application/octet-stream") => {
-            None
-        }
-        _ => Some("content type must be application/x-protobuf"),
-    }
+    matches!(
+        essence.as_deref(),
+        Some("application/x-protobuf" | "application/protobuf" | "application/octet-stream")
+    )
 }
 
 /// Fishjam posts plain protobuf; a compressed body would fail to decode
@@ -348,9 +444,7 @@ fn unsupported_content_type(headers: &HeaderMap) -> Option<&'static str> {
 fn unsupported_encoding(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_ENCODING)?;
     let encoding = value.to_str().unwrap_or("?").trim().to_ascii_lowercase();
-    (encoding != "identity" && !encoding.is_empty()).then(|| {
-        format!("content-encoding {encoding} is not supported; send the protobuf body as it is")
-    })
+    (encoding != "identity" && !encoding.is_empty()).then_some(encoding)
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<usize> {
@@ -369,39 +463,11 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<bytes:
             let over_limit = std::error::Error::source(&error)
                 .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
             if over_limit {
-                Err(Box::new(too_large(limit)))
+                Err(Refusal::TooLarge { limit }.into())
             } else {
-                Err(Box::new(reply(
-                    StatusCode::BAD_REQUEST,
-                    "could not read the body",
-                )))
+                Err(Refusal::Unreadable.into())
             }
         }
-        Err(_) => Err(Box::new(reply(
-            StatusCode::REQUEST_TIMEOUT,
-            "the body did not arrive in time",
-        ))),
+        Err(_) => Err(Refusal::TooSlow.into()),
     }
-}
-
-fn too_large(limit: usize) -> Response {
-    reply(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &format!("body is larger than {limit} bytes"),
-    )
-}
-
-fn reply(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{message}\n"),
-    )
-        .into_response()
-}
-
-fn retry_after(response: &mut Response, seconds: &'static str) {
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
 }
