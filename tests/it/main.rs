@@ -9,6 +9,7 @@ mod faults;
 mod fuzzing;
 mod hostile;
 mod http;
+mod logs;
 mod kafka;
 mod nats;
 mod notifier;
