@@ -225,8 +225,13 @@ pub fn init_logging(format: LogFormat, level: &str) {
                 .parse()
                 .expect("a valid directive"),
         );
+    // Colours only for a person at a terminal: journald and log shippers
+    // would store the escape codes around every field.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     // A second init (tests, the demo) is harmless: the first subscriber stays.
     let _ = match format {
