@@ -120,10 +120,12 @@ async fn queue_length(channel: &Channel, queue: &str) -> usize {
         .message_count() as usize
 }
 
-fn amqp_sink(url: &str, exchange: &str, extra: &str) -> String {
-    config(&format!(
-        "[[sinks]]\ntype = \"amqp\"\nurl = \"{url}\"\nexchange = \"{exchange}\"\ntimeout = \"2s\"\n{extra}"
-    ))
+/// An AMQP sink publishing to `exchange` at `url`.
+fn amqp_sink(url: &str, exchange: &str) -> Sink {
+    Sink::new("amqp")
+        .set("url", url)
+        .set("exchange", exchange)
+        .set("timeout", "2s")
 }
 
 fn header<'a>(delivery: &'a lapin::message::Delivery, name: &str) -> Option<&'a str> {
@@ -153,7 +155,7 @@ fn bindings_get_every_event_once_in_room_order_with_properties() {
         let by_type = bound_queue(&channel, &exchange, "rooms.*.peerConnected", false).await;
         (connection, channel, all, by_room, by_type)
     });
-    let bridge = BridgeProcess::start(&amqp_sink(&amqp_url(), &exchange, ""));
+    let bridge = BridgeProcess::start(&Conf::new().sink(amqp_sink(&amqp_url(), &exchange)));
     play_all(&bridge.webhook_url(), 41, 500, 10);
 
     let validator = schema();
@@ -237,7 +239,7 @@ fn an_unroutable_event_is_counted() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _context = rt.enter();
     let exchange = unique("fishjam-unroutable");
-    let bridge = BridgeProcess::start(&amqp_sink(&amqp_url(), &exchange, ""));
+    let bridge = BridgeProcess::start(&Conf::new().sink(amqp_sink(&amqp_url(), &exchange)));
     assert_eq!(
         post(&bridge.webhook_url(), room_created("nobody-listens"), None).status(),
         200
@@ -393,9 +395,11 @@ fn a_broker_restart_loses_no_acknowledged_event() {
     });
     // Without the spool, so that the outage shows as 503s the simulator
     // answers by sending again.
-    let text = amqp_sink(&rabbit.url(), exchange, "")
-        .replace("ack_timeout = \"2s\"", "ack_timeout = \"1s\"");
-    let bridge = BridgeProcess::start(&without_spool(&text));
+    let conf = Conf::new()
+        .webhook("ack_timeout", "1s")
+        .sink(amqp_sink(&rabbit.url(), exchange))
+        .without_spool();
+    let bridge = BridgeProcess::start(&conf);
     // The simulator plays until it is stopped, so that notifications are
     // still arriving however long the node takes to stop and boot again (a
     // fixed count once ran out before the node had stopped: no 503 came).
@@ -481,12 +485,11 @@ fn amqps_with_a_private_ca_gets_every_event() {
         bound_queue(&channel, exchange, "#", true).await
     });
     let ca = rabbit.dir().join("ca.pem");
-    let text = amqp_sink(
+    let sink = amqp_sink(
         &format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f"),
         exchange,
-        &format!("[sinks.tls]\nca_file = \"{}\"\n", ca.display()),
     );
-    let bridge = BridgeProcess::start(&text);
+    let bridge = BridgeProcess::start(&Conf::new().sink(sink.set_in("tls", "ca_file", &ca)));
     for room in ["a", "b", "c"] {
         assert_eq!(
             post(&bridge.webhook_url(), room_created(room), None).status(),

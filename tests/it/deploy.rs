@@ -365,7 +365,7 @@ fn the_bridge_notifies_its_supervisor() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut bridge = BridgeProcess::spawn(
-        &config(""),
+        &Conf::new(),
         Stdio::null(),
         &[
             ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),

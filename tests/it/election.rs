@@ -91,22 +91,38 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A bridge of the fleet: the notifier on the simulator at `port`, the
 /// lease and the events in JetStream on `nats`, replicated `replicas` times.
-fn fleet_member(port: u16, nats: &str, stream: &str, name: &str, replicas: usize) -> String {
+fn fleet_member(port: u16, nats: &str, stream: &str, name: &str, replicas: usize) -> Conf {
     let prefix = stream.to_lowercase();
-    config(&format!(
-        "[notifier]\nenabled = true\nbackoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n\
-         [election]\nbackend = \"nats\"\nidentity = \"{name}\"\nttl = \"{}ms\"\nrenew_every = \"{}ms\"\n\
-         [election.nats]\nreplicas = {replicas}\n\
-         [[sinks]]\ntype = \"nats\"\nurl = \"{nats}\"\nmode = \"jetstream\"\n\
-         subject = \"{prefix}.{{kind}}.{{key}}.{{type}}\"\n\
-         [sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\nreplicas = {replicas}\n",
-        TTL.as_millis(),
-        RENEW_EVERY.as_millis(),
-    ))
-    .replace(
-        "id = \"test-fishjam\"",
-        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"{TOKEN}\""),
-    )
+    notifier_member(port, name)
+        .set("election", "backend", "nats")
+        .set("election", "ttl", format!("{}ms", TTL.as_millis()))
+        .set("election.nats", "replicas", replicas)
+        .sink(
+            Sink::new("nats")
+                .set("url", nats)
+                .set("mode", "jetstream")
+                .set("subject", format!("{prefix}.{{kind}}.{{key}}.{{type}}"))
+                .set_in("stream", "name", stream)
+                .set_in("stream", "storage", "file")
+                .set_in("stream", "replicas", replicas),
+        )
+}
+
+/// A bridge of the fleet named `name`: the notifier on the simulator at
+/// `port`, renewing its lease every `RENEW_EVERY`; the election's backend,
+/// its lease's time to live and the sinks are the caller's.
+fn notifier_member(port: u16, name: &str) -> Conf {
+    Conf::new()
+        .fishjam_at(port, TOKEN)
+        .notifier("enabled", true)
+        .notifier("backoff_initial", "50ms")
+        .notifier("backoff_max", "500ms")
+        .set("election", "identity", name)
+        .set(
+            "election",
+            "renew_every",
+            format!("{}ms", RENEW_EVERY.as_millis()),
+        )
 }
 
 /// The simulated Fishjam: notifications at 200 a second once a bridge
@@ -531,21 +547,18 @@ impl ApiServer {
 
 /// A bridge electing the notifier's holder through the stand-in API server
 /// at `api`, its events in a file.
-fn kube_member(port: u16, api: &ApiServer, token_file: &std::path::Path, name: &str) -> String {
-    config(&format!(
-        "[notifier]\nenabled = true\nbackoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n\
-         [election]\nbackend = \"kubernetes\"\nidentity = \"{name}\"\nttl = \"{}s\"\nrenew_every = \"{}ms\"\n\
-         [election.kubernetes]\napi_url = \"http://{}\"\nnamespace = \"test\"\ntoken_file = \"{}\"\n\
-         [[sinks]]\ntype = \"file\"\npath = \"{{dir}}/events.jsonl\"\n",
-        TTL.as_secs(),
-        RENEW_EVERY.as_millis(),
-        api.addr,
-        token_file.display(),
-    ))
-    .replace(
-        "id = \"test-fishjam\"",
-        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"{TOKEN}\""),
-    )
+fn kube_member(port: u16, api: &ApiServer, token_file: &std::path::Path, name: &str) -> Conf {
+    notifier_member(port, name)
+        .set("election", "backend", "kubernetes")
+        .set("election", "ttl", format!("{}s", TTL.as_secs()))
+        .set(
+            "election.kubernetes",
+            "api_url",
+            format!("http://{}", api.addr),
+        )
+        .set("election.kubernetes", "namespace", "test")
+        .set("election.kubernetes", "token_file", token_file)
+        .sink(Sink::file("{dir}/events.jsonl"))
 }
 
 #[test]

@@ -14,26 +14,17 @@ use std::time::{Duration, Instant};
 use fishjam_bridge::core::proto::{server_message as sm, Content, ServerMessage};
 use serde_json::Value;
 
-use crate::nats::{nats_sink, stored, PrivateNats};
+use crate::nats::{jetstream, nats_sink, stored, PrivateNats};
 use crate::support::*;
 
 const ROOMS: usize = 8;
 
-/// A bridge into the JetStream `stream` with a spool in `spool`; `extra`
-/// goes into `[spool]`.
-fn spooled(nats: &str, stream: &str, spool: &Path, extra: &str) -> String {
-    let prefix = unique("f");
-    format!(
-        "{}\n[spool]\npath = \"{}\"\n{extra}",
-        nats_sink(
-            nats,
-            &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
-            &format!(
-                "mode = \"jetstream\"\n[sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n"
-            ),
-        ),
-        spool.display()
-    )
+/// A bridge into the JetStream `stream` with a spool in `spool`.
+fn spooled(nats: &str, stream: &str, spool: &Path) -> Conf {
+    let subject = format!("{}.{{kind}}.{{key}}.{{type}}", unique("f"));
+    Conf::new()
+        .sink(jetstream(nats_sink(nats, &subject), stream))
+        .spool("path", spool)
 }
 
 /// Waits until the bridge has nothing in its spool or pipeline.
@@ -86,7 +77,7 @@ fn a_broker_down_under_load_costs_no_acknowledged_event() {
     let mut server = PrivateNats::start();
     let spool = tempfile::tempdir().unwrap();
     let stream = unique("FA");
-    let bridge = BridgeProcess::start(&spooled(&server.url(), &stream, spool.path(), ""));
+    let bridge = BridgeProcess::start(&spooled(&server.url(), &stream, spool.path()));
     // What an outage shows (the spool engages, takes the webhooks, replays
     // them all in order once the broker is back) takes seconds; the soak
     // keeps the broker away for half a minute.
@@ -162,19 +153,12 @@ fn a_held_webhook_body_keeps_its_bytes_in_the_budget_until_it_is_answered() {
     let limit = body.len();
     // The body waits for the sink (the spool engages only after 50 s), and
     // the budget has room for one body of its size.
-    let text = spooled(
-        &server.url(),
-        &unique("FH"),
-        spool.path(),
-        "engage_after = \"50s\"\n",
-    )
-    .replace(
-        "ack_timeout = \"2s\"\n",
-        &format!(
-            "ack_timeout = \"60s\"\nmax_body_bytes = {limit}\nmax_body_bytes_in_flight = {limit}\n"
-        ),
-    );
-    let bridge = BridgeProcess::start(&text);
+    let conf = spooled(&server.url(), &unique("FH"), spool.path())
+        .spool("engage_after", "50s")
+        .webhook("ack_timeout", "60s")
+        .webhook("max_body_bytes", limit)
+        .webhook("max_body_bytes_in_flight", limit);
+    let bridge = BridgeProcess::start(&conf);
     server.stop();
     let url = bridge.webhook_url();
     let held = {
@@ -210,7 +194,7 @@ fn a_jetstream_server_killed_again_and_again_keeps_every_room_in_order() {
     let mut server = PrivateNats::start();
     let spool = tempfile::tempdir().unwrap();
     let stream = unique("FR");
-    let bridge = BridgeProcess::start(&spooled(&server.url(), &stream, spool.path(), ""));
+    let bridge = BridgeProcess::start(&spooled(&server.url(), &stream, spool.path()));
     let (seed, count, kills) = if soak() {
         (53, 30_000, 20)
     } else {
@@ -255,15 +239,12 @@ fn a_jetstream_server_killed_again_and_again_keeps_every_room_in_order() {
 fn with_the_defaults_a_killed_bridge_delivers_what_it_acknowledged_while_its_sink_was_down() {
     let mut server = PrivateNats::start();
     let stream = unique("FD");
-    let text = nats_sink(
-        &server.url(),
-        &format!("{}.{{kind}}.{{key}}.{{type}}", unique("d")),
-        &format!("mode = \"jetstream\"\n[sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n"),
-    );
-    assert!(!text.contains("[spool]"));
+    let subject = format!("{}.{{kind}}.{{key}}.{{type}}", unique("d"));
+    let conf = Conf::new().sink(jetstream(nats_sink(&server.url(), &subject), &stream));
+    assert!(!conf.to_string().contains("[spool]"));
     let state = tempfile::tempdir().unwrap();
     let env = [("STATE_DIRECTORY", state.path().to_str().unwrap())];
-    let mut bridge = BridgeProcess::start_with(&text, std::process::Stdio::null(), &env);
+    let mut bridge = BridgeProcess::start_with(&conf, std::process::Stdio::null(), &env);
     server.stop();
     let (seed, count) = (47, 600);
     let report = summary(load(&bridge, seed, count));
@@ -275,7 +256,7 @@ fn with_the_defaults_a_killed_bridge_delivers_what_it_acknowledged_while_its_sin
     bridge.child.kill().unwrap();
     bridge.child.wait().unwrap();
     server.restart();
-    let bridge = BridgeProcess::start_with(&text, std::process::Stdio::null(), &env);
+    let bridge = BridgeProcess::start_with(&conf, std::process::Stdio::null(), &env);
     wait_until(
         "the restart replays what the killed bridge had spooled",
         || bridge.logged("replaying bodies a previous run accepted"),
@@ -291,12 +272,9 @@ fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event() {
     let spool = tempfile::tempdir().unwrap();
     let stream = unique("FK");
     let port = free_port();
-    let text = spooled(&server.url(), &stream, spool.path(), "").replacen(
-        "127.0.0.1:0",
-        &format!("127.0.0.1:{port}"),
-        1,
-    );
-    let mut bridge = BridgeProcess::start(&text);
+    let conf = spooled(&server.url(), &stream, spool.path())
+        .webhook("listen", format!("127.0.0.1:{port}"));
+    let mut bridge = BridgeProcess::start(&conf);
     let (seed, count) = (43, 9000);
     let simulator = load(&bridge, seed, count);
     let mut kills = Vec::new();
@@ -320,7 +298,7 @@ fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event() {
         bridge.child.kill().unwrap();
         bridge.child.wait().unwrap();
         kills.push(at);
-        bridge = BridgeProcess::spawn(&text, std::process::Stdio::null(), &[]);
+        bridge = BridgeProcess::spawn(&conf, std::process::Stdio::null(), &[]);
         if broker_down {
             // The spool is read before the listeners open; its log line
             // reaches the test's reader of stderr when it does.
@@ -344,17 +322,11 @@ fn a_full_spool_refuses_with_503_and_loses_nothing() {
     let spool = tempfile::tempdir().unwrap();
     let stream = unique("FF");
     let max_bytes = 64 * 1024;
-    let text = spooled(
-        &server.url(),
-        &stream,
-        spool.path(),
-        &format!("max_bytes = {max_bytes}\nsegment_bytes = 8192\n"),
-    )
-    .replace(
-        "ack_timeout = \"2s\"\n",
-        "ack_timeout = \"2s\"\nmax_body_bytes = 16384\n",
-    );
-    let bridge = BridgeProcess::start(&text);
+    let conf = spooled(&server.url(), &stream, spool.path())
+        .spool("max_bytes", max_bytes)
+        .spool("segment_bytes", 8192)
+        .webhook("max_body_bytes", 16384);
+    let bridge = BridgeProcess::start(&conf);
     server.stop();
     let (seed, count) = (45, 3000);
     let simulator = load(&bridge, seed, count);
@@ -397,14 +369,16 @@ fn a_full_spool_refuses_with_503_and_loses_nothing() {
 fn readiness_follows_whether_a_webhook_can_be_taken_durably() {
     let mut server = PrivateNats::start();
     let spool = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{}\n[spool]\npath = \"{}\"\nmax_bytes = 65536\nsegment_bytes = 8192\nengage_after = \"100ms\"\n",
-        nats_sink(&server.url(), &format!("{}.{{key}}", unique("r")), ""),
-        spool.path().display()
-    )
-    .replace("[webhook]\n", "[webhook]\nmax_body_bytes = 16384\n")
-        + "[pipeline]\nretry_max_backoff = \"200ms\"\n";
-    let bridge = BridgeProcess::start(&text);
+    let subject = format!("{}.{{key}}", unique("r"));
+    let conf = Conf::new()
+        .webhook("max_body_bytes", 16384)
+        .sink(nats_sink(&server.url(), &subject))
+        .spool("path", spool.path())
+        .spool("max_bytes", 65536)
+        .spool("segment_bytes", 8192)
+        .spool("engage_after", "100ms")
+        .pipeline("retry_max_backoff", "200ms");
+    let bridge = BridgeProcess::start(&conf);
     let readyz = || {
         let response = reqwest::blocking::get(format!("http://{}/readyz", bridge.admin)).unwrap();
         let status = response.status().as_u16();
@@ -454,7 +428,7 @@ fn readiness_follows_whether_a_webhook_can_be_taken_durably() {
 /// notification it had read is in the stream, each room in order.
 #[test]
 fn a_killed_notifier_holder_delivers_what_it_had_read_after_a_restart() {
-    use crate::notifier::{notifier_config, scenario, simulate, TOKEN};
+    use crate::notifier::{notifier_source, scenario, simulate, TOKEN};
     let seed = 61;
     let port = free_port();
     let _fishjam = simulate(
@@ -472,22 +446,11 @@ fn a_killed_notifier_holder_delivers_what_it_had_read_after_a_restart() {
     let server = PrivateNats::start();
     let spool = tempfile::tempdir().unwrap();
     let stream = unique("FN");
-    let sink = format!(
-        "[[sinks]]\ntype = \"nats\"\nurl = \"{}\"\nmode = \"jetstream\"\n\
-         subject = \"{}.{{kind}}.{{key}}.{{type}}\"\ntimeout = \"2s\"\n\
-         [sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n",
-        server.url(),
-        unique("n")
-    );
-    let text = format!(
-        "{}\n[spool]\npath = \"{}\"\n",
-        notifier_config(port, TOKEN).replace(
-            "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
-            &sink
-        ),
-        spool.path().display()
-    );
-    let mut bridge = BridgeProcess::start(&text);
+    let subject = format!("{}.{{kind}}.{{key}}.{{type}}", unique("n"));
+    let conf = notifier_source(port, TOKEN)
+        .sink(jetstream(nats_sink(&server.url(), &subject), &stream))
+        .spool("path", spool.path());
+    let mut bridge = BridgeProcess::start(&conf);
     let read = |bridge: &BridgeProcess| {
         bridge.metrics().sum(
             "fishjam_bridge_events_received_total",
@@ -512,7 +475,7 @@ fn a_killed_notifier_holder_delivers_what_it_had_read_after_a_restart() {
     server.resume();
     // The next run replays the spool while Fishjam keeps sending: the
     // notifications read before the kill arrive among the new ones.
-    let _bridge = BridgeProcess::start(&text);
+    let _bridge = BridgeProcess::start(&conf);
     let sent = by_key(scenario(seed, read_then as usize).iter());
     wait_until(
         "every notification read before the kill in the stream, each room in order",

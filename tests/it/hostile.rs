@@ -78,14 +78,12 @@ fn slowloris(addr: std::net::SocketAddr) -> String {
 
 #[test]
 fn every_bad_input_gets_its_answer_and_the_bridge_keeps_delivering() {
-    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n")
-    .replace(
-        "[webhook]\n",
-        &format!(
-            "[webhook]\nsecret = \"{SECRET}\"\nmax_body_bytes = {MAX_BODY}\nrequest_timeout = \"1s\"\n"
-        ),
-    );
-    let mut bridge = BridgeProcess::start(&text);
+    let conf = Conf::new()
+        .webhook("secret", SECRET)
+        .webhook("max_body_bytes", MAX_BODY)
+        .webhook("request_timeout", "1s")
+        .sink(Sink::file("{dir}/events.jsonl"));
+    let mut bridge = BridgeProcess::start(&conf);
     let url = bridge.webhook_url();
 
     // Acknowledged before the attack.
@@ -225,7 +223,7 @@ fn every_bad_input_gets_its_answer_and_the_bridge_keeps_delivering() {
 
     // With the default body limit, a batch of 100,000 tiny notifications is
     // refused by count (webhook.max_events_per_body).
-    let bridge = BridgeProcess::start(&text.replace(&format!("max_body_bytes = {MAX_BODY}\n"), ""));
+    let bridge = BridgeProcess::start(&conf.unset("webhook", "max_body_bytes"));
     let (status, reason) = send(&bridge.webhook_url(), many, None, &[]);
     assert_eq!(status, 413, "{reason}");
     assert!(reason.contains("100000 notifications"), "{reason}");
@@ -237,11 +235,11 @@ fn every_bad_input_gets_its_answer_and_the_bridge_keeps_delivering() {
 /// then a well-behaved session. The bridge must ride through all of it.
 #[test]
 fn idle_connections_are_closed_and_give_their_place_to_a_webhook() {
-    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n").replace(
-        "ack_timeout = \"2s\"\n",
-        "ack_timeout = \"2s\"\nmax_connections = 3\nidle_timeout = \"1s\"\n",
-    );
-    let bridge = BridgeProcess::start(&text);
+    let conf = Conf::new()
+        .webhook("max_connections", 3)
+        .webhook("idle_timeout", "1s")
+        .sink(Sink::file("{dir}/events.jsonl"));
+    let bridge = BridgeProcess::start(&conf);
     let connections = |bridge: &BridgeProcess| {
         bridge.metrics().sum(
             "fishjam_bridge_listener_connections",
@@ -353,16 +351,16 @@ fn a_misbehaving_notifier_costs_sessions_never_the_bridge() {
         }
     });
 
-    let text = config(
-        "[notifier]\nenabled = true\ncheck_credentials = false\nreconcile = false\n\
-         max_frame_bytes = 1024\nbackoff_initial = \"10ms\"\nbackoff_max = \"50ms\"\n\
-         [[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
-    )
-    .replace(
-        "id = \"test-fishjam\"",
-        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"t\""),
-    );
-    let mut bridge = BridgeProcess::start(&text);
+    let conf = Conf::new()
+        .fishjam_at(port, "t")
+        .notifier("enabled", true)
+        .notifier("check_credentials", false)
+        .notifier("reconcile", false)
+        .notifier("max_frame_bytes", 1024)
+        .notifier("backoff_initial", "10ms")
+        .notifier("backoff_max", "50ms")
+        .sink(Sink::file("{dir}/events.jsonl"));
+    let mut bridge = BridgeProcess::start(&conf);
     let path = bridge.dir().join("events.jsonl");
     wait_until("the well-behaved session's notification", || {
         read_events(&path).len() >= 2
@@ -404,14 +402,17 @@ fn a_misbehaving_notifier_costs_sessions_never_the_bridge() {
 fn a_flood_of_voice_activity_never_takes_the_slots_of_lifecycle_events() {
     // The only sink never acknowledges (every write fails), so what is
     // admitted stays in flight and the bounds fill.
-    let text = config(
-        "[[sinks]]\ntype = \"file\"\npath = \"/dev/full\"\n\
-         [pipeline]\nmax_in_flight_events = 100\nmax_in_flight_bursty_events = 10\n\
-         bursty_when_full = \"shed\"\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \"50ms\"\n",
-    )
-    .replace("[webhook]\n", "[webhook]\nmax_events_per_body = 50\n")
-    .replace("ack_timeout = \"2s\"", "ack_timeout = \"100ms\"");
-    let bridge = BridgeProcess::start(&without_spool(&text));
+    let conf = Conf::new()
+        .webhook("max_events_per_body", 50)
+        .webhook("ack_timeout", "100ms")
+        .sink(Sink::file("/dev/full"))
+        .pipeline("max_in_flight_events", 100)
+        .pipeline("max_in_flight_bursty_events", 10)
+        .pipeline("bursty_when_full", "shed")
+        .pipeline("retry_initial_backoff", "50ms")
+        .pipeline("retry_max_backoff", "50ms")
+        .without_spool();
+    let bridge = BridgeProcess::start(&conf);
     let url = bridge.webhook_url();
     let vad = |n: usize| {
         batch(
@@ -456,13 +457,14 @@ fn a_flood_of_voice_activity_never_takes_the_slots_of_lifecycle_events() {
 
 #[test]
 fn bodies_in_hand_are_bounded_across_connections() {
-    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n").replace(
-        "[webhook]\n",
+    let conf = Conf::new()
+        .webhook("max_body_bytes", 1000)
+        .webhook("max_body_bytes_in_flight", 1000)
         // The slow body below holds the budget until the test lets it go,
         // not until request_timeout (10 s) ends it on a loaded machine.
-        "[webhook]\nmax_body_bytes = 1000\nmax_body_bytes_in_flight = 1000\nrequest_timeout = \"120s\"\n",
-    );
-    let bridge = BridgeProcess::start(&text);
+        .webhook("request_timeout", "120s")
+        .sink(Sink::file("{dir}/events.jsonl"));
+    let bridge = BridgeProcess::start(&conf);
     let url = bridge.webhook_url();
     // `authenticated` is skipped: a body that is accepted with no event.
     let small = || send(&url, vec![0x32, 0x00], None, &[]);
@@ -499,9 +501,7 @@ fn bodies_in_hand_are_bounded_across_connections() {
 fn empty_batch_elements_are_counted_before_decoding() {
     // Two bytes an element: a 4 MiB body would hold two million, and
     // decoding allocates for each, so the limit applies before decoding.
-    let bridge = BridgeProcess::start(&config(
-        "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
-    ));
+    let bridge = BridgeProcess::start(&Conf::new().sink(Sink::file("{dir}/events.jsonl")));
     let empty = ServerMessage { content: None };
     let (status, text) = send(&bridge.webhook_url(), batch(vec![empty; 6000]), None, &[]);
     assert_eq!(status, 413, "{text}");

@@ -63,18 +63,25 @@ impl Receiver {
     }
 }
 
-/// Starts a bridge with an HTTP sink to `receiver` (at `path`, by
-/// `scheme`), whose secret is in a file; `extra` goes into the sink's table.
-fn start(receiver: &Receiver, scheme: &str, extra: &str) -> BridgeProcess {
+/// An HTTP sink to `receiver` (by `scheme`), whose secret is in a file.
+fn http_sink(receiver: &Receiver, scheme: &str) -> Sink {
     let secret = receiver._dir.path().join("secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    BridgeProcess::start(&config(&format!(
-        "[pipeline]\ndead_letter_path = \"{{dir}}/dead-letters.jsonl\"\n\
-         [[sinks]]\ntype = \"http\"\nurl = \"{scheme}://127.0.0.1:{}/events\"\n\
-         secret_file = \"{}\"\n{extra}",
-        receiver.port,
-        secret.display()
-    )))
+    Sink::new("http")
+        .set(
+            "url",
+            format!("{scheme}://127.0.0.1:{}/events", receiver.port),
+        )
+        .set("secret_file", &secret)
+}
+
+/// Starts a bridge with `sink`, its dead letters in a file.
+fn start(sink: Sink) -> BridgeProcess {
+    BridgeProcess::start(
+        &Conf::new()
+            .pipeline("dead_letter_path", "{dir}/dead-letters.jsonl")
+            .sink(sink),
+    )
 }
 
 /// Plays `count` notifications of `seed` and waits until the receiver has
@@ -91,7 +98,7 @@ fn delivered_in_order(bridge: &BridgeProcess, receiver: &Receiver, seed: u64, co
 #[test]
 fn events_reach_a_receiver_signed_and_each_room_in_order() {
     let receiver = Receiver::start(&[]);
-    let bridge = start(&receiver, "http", "");
+    let bridge = start(http_sink(&receiver, "http"));
     delivered_in_order(&bridge, &receiver, 71, 400);
     // One event a request: the receiver saw each id once, as webhook-id.
     let lines = read_events(&receiver.out);
@@ -103,7 +110,7 @@ fn events_reach_a_receiver_signed_and_each_room_in_order() {
 #[test]
 fn batches_as_arrays_reach_a_receiver_through_ten_seconds_of_503s() {
     let receiver = Receiver::start(&["--down-for", "10", "--retry-after", "1"]);
-    let bridge = start(&receiver, "http", "batch = \"array\"\n");
+    let bridge = start(http_sink(&receiver, "http").set("batch", "array"));
     delivered_in_order(&bridge, &receiver, 72, 600);
     assert!(receiver.count("refused") > 0, "the outage was met");
     assert!(
@@ -117,7 +124,7 @@ fn batches_as_arrays_reach_a_receiver_through_ten_seconds_of_503s() {
 #[test]
 fn a_400_sends_the_event_to_the_dead_letters_and_its_room_goes_on() {
     let receiver = Receiver::start(&["--refuse", "refused-room"]);
-    let bridge = start(&receiver, "http", "");
+    let bridge = start(http_sink(&receiver, "http"));
     for room in ["before", "refused-room", "after"] {
         assert_eq!(
             post(&bridge.webhook_url(), room_created(room), None).status(),
@@ -146,7 +153,11 @@ fn an_array_the_receiver_refuses_costs_only_the_event_it_refuses() {
     use fishjam_bridge::core::proto::{server_message as sm, Content, ServerMessage};
     let receiver = Receiver::start(&["--refuse", "refused-room"]);
     // One lane: the three events go in one request.
-    let bridge = start(&receiver, "http", "batch = \"array\"\nlanes = 1\n");
+    let bridge = start(
+        http_sink(&receiver, "http")
+            .set("batch", "array")
+            .set("lanes", 1),
+    );
     let created = |room: &str| ServerMessage {
         content: Some(Content::RoomCreated(sm::RoomCreated {
             room_id: room.to_owned(),
@@ -179,10 +190,6 @@ fn a_receiver_behind_a_private_ca_is_reached_over_tls() {
         "--key",
         key.to_str().unwrap(),
     ]);
-    let bridge = start(
-        &receiver,
-        "https",
-        &format!("ca_file = \"{}\"\n", ca.display()),
-    );
+    let bridge = start(http_sink(&receiver, "https").set("ca_file", &ca));
     delivered_in_order(&bridge, &receiver, 73, 100);
 }

@@ -299,16 +299,19 @@ fn read_topic(bootstrap: &str, topic: &str, partitions: i32, count: usize) -> Ve
     records
 }
 
-/// A Kafka sink; the bridge logs each delivery report (partition, offset),
-/// which the fault test compares with what the topic holds.
-fn kafka_sink(bootstrap: &str, topic: &str, extra: &str) -> String {
-    config(&format!(
-        "[[sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"{topic}\"\n{extra}"
-    ))
-    .replace(
-        "level = \"info\"",
-        "level = \"info,fishjam_bridge::sinks::kafka=trace\"",
-    )
+/// A Kafka sink producing to `topic` on `bootstrap`.
+fn kafka_sink(bootstrap: &str, topic: &str) -> Sink {
+    Sink::new("kafka")
+        .set("bootstrap_servers", bootstrap)
+        .set("topic", topic)
+}
+
+/// A bridge with `sink` that logs each Kafka delivery report (partition,
+/// offset), which the fault test compares with what the topic holds.
+fn kafka_bridge(sink: Sink) -> Conf {
+    Conf::new()
+        .log("level", "info,fishjam_bridge::sinks::kafka=trace")
+        .sink(sink)
 }
 
 fn simulate(url: &str, seed: u64, count: usize, extra: &[&str]) -> Value {
@@ -320,10 +323,8 @@ fn a_consumer_sees_every_event_once_keyed_by_room_in_order() {
     let broker = Broker::start();
     let topic = unique("fishjam-it");
     create_topic(&broker.bootstrap, &topic, 3);
-    let bridge = BridgeProcess::start(&kafka_sink(
-        &broker.bootstrap,
-        &topic,
-        "cloudevents = true\n",
+    let bridge = BridgeProcess::start(&kafka_bridge(
+        kafka_sink(&broker.bootstrap, &topic).set("cloudevents", true),
     ));
     let report = simulate(&bridge.webhook_url(), 61, 500, &["--rate", "0"]);
     assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
@@ -413,10 +414,8 @@ fn injected_broker_faults_in_a_child_process() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 30],
     );
-    let bridge = BridgeProcess::start(&kafka_sink(
-        &bootstrap,
-        &topic,
-        "message_timeout = \"2s\"\n",
+    let bridge = BridgeProcess::start(&kafka_bridge(
+        kafka_sink(&bootstrap, &topic).set("message_timeout", "2s"),
     ));
     let tail = Tail::start(&bootstrap, &topic, 3);
     let url = bridge.webhook_url();
@@ -529,16 +528,9 @@ fn a_record_over_message_max_bytes_is_dead_lettered_and_its_room_goes_on() {
     use fishjam_bridge::core::proto::server_message as sm;
     use fishjam_bridge::core::proto::{Content, ServerMessage};
     let (_cluster, bootstrap, topic) = mock_topic(1, "fishjam-dead", 1);
-    let text = kafka_sink(
-        &bootstrap,
-        &topic,
-        "[sinks.librdkafka]\n\"message.max.bytes\" = \"4000\"\n",
-    )
-    .replace(
-        "[log]\n",
-        "[pipeline]\ndead_letter_path = \"{dir}/dead-letters.jsonl\"\n[log]\n",
-    );
-    let bridge = BridgeProcess::start(&text);
+    let sink = kafka_sink(&bootstrap, &topic).set_in("librdkafka", "message.max.bytes", "4000");
+    let conf = kafka_bridge(sink).pipeline("dead_letter_path", "{dir}/dead-letters.jsonl");
+    let bridge = BridgeProcess::start(&conf);
     let message = |content| ServerMessage {
         content: Some(content),
     };
@@ -578,7 +570,9 @@ fn a_record_over_message_max_bytes_is_dead_lettered_and_its_room_goes_on() {
 #[test]
 fn zstd_compressed_records_read_back_whole() {
     let (_cluster, bootstrap, topic) = mock_topic(1, "fishjam-zstd", 1);
-    let bridge = BridgeProcess::start(&kafka_sink(&bootstrap, &topic, "compression = \"zstd\"\n"));
+    let bridge = BridgeProcess::start(&kafka_bridge(
+        kafka_sink(&bootstrap, &topic).set("compression", "zstd"),
+    ));
     for room in ["z1", "z2", "z3"] {
         assert_eq!(
             post(&bridge.webhook_url(), room_created(room), None).status(),
@@ -608,7 +602,7 @@ fn a_missing_topic_is_reported_until_it_exists_and_then_its_records_arrive() {
     let broker = Broker::start();
     let topic = unique("fishjam-missing");
     let bridge = BridgeProcess::spawn(
-        &kafka_sink(&broker.bootstrap, &topic, ""),
+        &kafka_bridge(kafka_sink(&broker.bootstrap, &topic)),
         Stdio::null(),
         &[],
     );
@@ -661,10 +655,10 @@ fn a_missing_topic_is_reported_until_it_exists_and_then_its_records_arrive() {
 fn create_topic_makes_the_missing_topics_the_template_names() {
     let broker = Broker::start();
     let prefix = unique("fishjam-made");
-    let bridge = BridgeProcess::start(&kafka_sink(
-        &broker.bootstrap,
-        &format!("{prefix}.{{kind}}"),
-        "[sinks.create_topic]\npartitions = 2\nreplication_factor = 1\n",
+    let bridge = BridgeProcess::start(&kafka_bridge(
+        kafka_sink(&broker.bootstrap, &format!("{prefix}.{{kind}}"))
+            .set_in("create_topic", "partitions", 2)
+            .set_in("create_topic", "replication_factor", 1),
     ));
     assert_eq!(
         post(&bridge.webhook_url(), room_created("room-1"), None).status(),
@@ -697,19 +691,16 @@ fn a_nats_outage_holds_back_neither_kafka_nor_the_webhooks() {
     let mut nats = crate::nats::PrivateNats::start();
     let stream = unique("OUTAGE");
     let prefix = unique("out");
-    let text = config(&format!(
-        "[[sinks]]\ntype = \"kafka\"\nname = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{topic}\"\n\
-         [[sinks]]\ntype = \"nats\"\nname = \"nats\"\nurl = \"{}\"\nmode = \"jetstream\"\n\
-         subject = \"{prefix}.{{kind}}.{{key}}.{{type}}\"\n\
-         [sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n",
-        broker.bootstrap,
-        nats.url()
-    ))
-    .replace(
-        "level = \"info\"",
-        "level = \"info,fishjam_bridge::sinks::kafka=trace\"",
+    let conf = kafka_bridge(kafka_sink(&broker.bootstrap, &topic).set("name", "kafka")).sink(
+        Sink::new("nats")
+            .set("name", "nats")
+            .set("url", nats.url())
+            .set("mode", "jetstream")
+            .set("subject", format!("{prefix}.{{kind}}.{{key}}.{{type}}"))
+            .set_in("stream", "name", &stream)
+            .set_in("stream", "storage", "file"),
     );
-    let bridge = BridgeProcess::start(&text);
+    let bridge = BridgeProcess::start(&conf);
     let simulator = webhook_simulator(
         &bridge.webhook_url(),
         61,
@@ -872,10 +863,8 @@ fn a_producer_with_a_fatal_error_is_made_anew() {
         RDKafkaApiKey::InitProducerId,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
     );
-    let bridge = BridgeProcess::start(&kafka_sink(
-        &bootstrap,
-        &topic,
-        "message_timeout = \"2s\"\n",
+    let bridge = BridgeProcess::start(&kafka_bridge(
+        kafka_sink(&bootstrap, &topic).set("message_timeout", "2s"),
     ));
     assert_eq!(
         post(&bridge.webhook_url(), room_created("fatal"), None).status(),

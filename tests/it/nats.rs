@@ -68,10 +68,19 @@ fn next_message(
     })
 }
 
-pub fn nats_sink(url: &str, subject: &str, extra: &str) -> String {
-    config(&format!(
-        "[[sinks]]\ntype = \"nats\"\nurl = \"{url}\"\nsubject = \"{subject}\"\ntimeout = \"2s\"\n{extra}"
-    ))
+/// A NATS sink publishing to `url` on `subject`.
+pub fn nats_sink(url: &str, subject: &str) -> Sink {
+    Sink::new("nats")
+        .set("url", url)
+        .set("subject", subject)
+        .set("timeout", "2s")
+}
+
+/// `sink` publishing into the JetStream stream `stream`, stored in files.
+pub fn jetstream(sink: Sink, stream: &str) -> Sink {
+    sink.set("mode", "jetstream")
+        .set_in("stream", "name", stream)
+        .set_in("stream", "storage", "file")
 }
 
 #[test]
@@ -81,11 +90,10 @@ fn core_subscribers_see_every_event_once_in_room_order() {
     let prefix = unique("it");
     let subscriber = rt.block_on(async { subscribed(&nats_url(), format!("{prefix}.>")).await });
     let (_client, mut subscription) = subscriber;
-    let bridge = BridgeProcess::start(&nats_sink(
+    let bridge = BridgeProcess::start(&Conf::new().sink(nats_sink(
         &nats_url(),
         &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
-        "",
-    ));
+    )));
     play_all(&bridge.webhook_url(), 21, 600, 10);
 
     let messages = rt.block_on(async {
@@ -165,11 +173,12 @@ fn a_room_id_with_dots_lands_on_its_escaped_subject() {
         client.flush().await.unwrap();
         (client, subscription)
     });
-    let bridge = BridgeProcess::start(&nats_sink(
-        &nats_url(),
-        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
-        "cloudevents = true\n",
-    ));
+    let bridge = BridgeProcess::start(
+        &Conf::new().sink(
+            nats_sink(&nats_url(), &format!("{prefix}.{{kind}}.{{key}}.{{type}}"))
+                .set("cloudevents", true),
+        ),
+    );
     assert_eq!(
         post(&bridge.webhook_url(), room_created("room.with.dots"), None).status(),
         200
@@ -197,11 +206,12 @@ fn structured_cloudevents_hold_the_event_and_pass_the_cloudevents_schema() {
     let _context = rt.enter();
     let prefix = unique("it");
     let (_client, mut subscription) = rt.block_on(subscribed(&nats_url(), format!("{prefix}.>")));
-    let bridge = BridgeProcess::start(&nats_sink(
-        &nats_url(),
-        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
-        "cloudevents = \"structured\"\n",
-    ));
+    let bridge = BridgeProcess::start(
+        &Conf::new().sink(
+            nats_sink(&nats_url(), &format!("{prefix}.{{kind}}.{{key}}.{{type}}"))
+                .set("cloudevents", "structured"),
+        ),
+    );
     let cloudevents = validator(
         &serde_json::from_str(include_str!("../cloudevents/cloudevents.schema.json")).unwrap(),
     );
@@ -319,11 +329,7 @@ impl Drop for PrivateNats {
 #[test]
 fn jetstream_stores_every_event_once_through_a_server_restart() {
     let stream = unique("S");
-    every_event_through_a_server_restart(
-        &format!("mode = \"jetstream\"\n[sinks.stream]\nname = \"{stream}\"\nstorage = \"file\"\n"),
-        &stream,
-        None,
-    );
+    every_event_through_a_server_restart(|sink| jetstream(sink, &stream), &stream, None);
 }
 
 #[test]
@@ -331,7 +337,7 @@ fn core_nats_delivers_every_acknowledged_event_through_a_server_restart() {
     // A stream the test creates keeps what the server took, so what the
     // bridge published while no subscriber was back yet is counted too.
     let stream = unique("S");
-    every_event_through_a_server_restart("", &stream, Some(&stream));
+    every_event_through_a_server_restart(|sink| sink, &stream, Some(&stream));
 }
 
 /// Every event in `stream`, in stream order.
@@ -353,8 +359,13 @@ pub fn stored(nats: &str, stream: &str) -> Vec<Value> {
 
 /// Webhook load into a bridge whose NATS server is stopped and started
 /// again; afterwards the stream holds every event once, each room in order.
-/// With `create`, the test creates the stream (core NATS publishes into it).
-fn every_event_through_a_server_restart(sink: &str, stream: &str, create: Option<&str>) {
+/// `sink` makes the bridge's sink what the test wants of it. With `create`,
+/// the test creates the stream (core NATS publishes into it).
+fn every_event_through_a_server_restart(
+    sink: impl FnOnce(Sink) -> Sink,
+    stream: &str,
+    create: Option<&str>,
+) {
     let mut server = PrivateNats::start();
     let prefix = unique("rs");
     let rt = runtime();
@@ -372,15 +383,14 @@ fn every_event_through_a_server_restart(sink: &str, stream: &str, create: Option
                 .unwrap();
         });
     }
-    let text = nats_sink(
-        &server.url(),
-        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
-        sink,
-    )
-    .replace("ack_timeout = \"2s\"", "ack_timeout = \"1s\"");
+    let subject = format!("{prefix}.{{kind}}.{{key}}.{{type}}");
     // Without the spool (tests/it/faults.rs has it): the outage shows as
     // 503s, which the simulator answers by sending again.
-    let bridge = BridgeProcess::start(&without_spool(&text));
+    let conf = Conf::new()
+        .webhook("ack_timeout", "1s")
+        .sink(sink(nats_sink(&server.url(), &subject)))
+        .without_spool();
+    let bridge = BridgeProcess::start(&conf);
     let simulator = webhook_simulator(
         &bridge.webhook_url(),
         31,
@@ -434,11 +444,11 @@ fn an_event_over_max_payload_is_dead_lettered_and_its_room_goes_on() {
     let (client, mut subscription) =
         rt.block_on(async { subscribed(&nats_url(), format!("{prefix}.>")).await });
     let max_payload = client.server_info().max_payload;
+    let subject = format!("{prefix}.{{key}}.{{type}}");
     let bridge = BridgeProcess::start(
-        &nats_sink(&nats_url(), &format!("{prefix}.{{key}}.{{type}}"), "").replace(
-            "[log]\n",
-            "[pipeline]\ndead_letter_path = \"{dir}/dead-letters.jsonl\"\n[log]\n",
-        ),
+        &Conf::new()
+            .pipeline("dead_letter_path", "{dir}/dead-letters.jsonl")
+            .sink(nats_sink(&nats_url(), &subject)),
     );
     let message = |content| ServerMessage {
         content: Some(content),
@@ -580,11 +590,14 @@ fn core_nats_is_acknowledged_by_the_server_not_by_the_kernel() {
         rt.block_on(async { subscribed(&nats_url(), format!("{prefix}.>")).await });
     let proxy = SwallowingProxy::start(&nats_url());
     // Without the spool, which would take the body from the sink.
-    let bridge = BridgeProcess::start(&without_spool(&nats_sink(
-        &proxy.url(),
-        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
-        "",
-    )));
+    let bridge = BridgeProcess::start(
+        &Conf::new()
+            .sink(nats_sink(
+                &proxy.url(),
+                &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
+            ))
+            .without_spool(),
+    );
     // What the bridge writes now reaches its socket but never the server:
     // nothing may be acknowledged.
     proxy.forward.store(false, Ordering::SeqCst);
@@ -607,11 +620,12 @@ fn core_nats_is_acknowledged_by_the_server_not_by_the_kernel() {
     );
 }
 
-/// Posts one roomCreated through a bridge with `sink_auth` and returns the
-/// message a subscriber with `subscriber` options got.
+/// Posts one roomCreated through a bridge whose sink has `sink_auth` (a key
+/// and its value) and checks the message a subscriber with `subscriber`
+/// options got.
 fn one_event_through(
     server: &ConfiguredNats,
-    sink_auth: &str,
+    sink_auth: (&str, &str),
     subscriber: async_nats::ConnectOptions,
 ) {
     let rt = runtime();
@@ -622,11 +636,10 @@ fn one_event_through(
         &server.url(),
         format!("{prefix}.>"),
     ));
-    let bridge = BridgeProcess::start(&nats_sink(
-        &server.url(),
-        &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
-        sink_auth,
-    ));
+    let (key, value) = sink_auth;
+    let subject = format!("{prefix}.{{kind}}.{{key}}.{{type}}");
+    let bridge =
+        BridgeProcess::start(&Conf::new().sink(nats_sink(&server.url(), &subject).set(key, value)));
     assert_eq!(
         post(&bridge.webhook_url(), room_created("authed"), None).status(),
         200
@@ -644,7 +657,7 @@ fn core_nats_authenticates_with_a_token_and_with_an_nkey() {
     let server = ConfiguredNats::start(&format!("authorization {{ token: \"{token}\" }}"));
     one_event_through(
         &server,
-        &format!("token = \"{token}\"\n"),
+        ("token", token),
         async_nats::ConnectOptions::with_token(token.to_owned()),
     );
 
@@ -656,7 +669,7 @@ fn core_nats_authenticates_with_a_token_and_with_an_nkey() {
     ));
     one_event_through(
         &server,
-        &format!("nkey = \"{seed}\"\n"),
+        ("nkey", &seed),
         async_nats::ConnectOptions::with_nkey(seed.clone()),
     );
 }
@@ -665,7 +678,7 @@ fn core_nats_authenticates_with_a_token_and_with_an_nkey() {
 fn core_nats_with_a_wrong_token_is_not_ready_and_says_why() {
     let server = ConfiguredNats::start("authorization { token: \"right\" }");
     let bridge = BridgeProcess::spawn(
-        &nats_sink(&server.url(), "auth.{key}", "token = \"wrong\"\n"),
+        &Conf::new().sink(nats_sink(&server.url(), "auth.{key}").set("token", "wrong")),
         Stdio::null(),
         &[],
     );
@@ -691,11 +704,12 @@ fn headers_are_a_choice_per_sink() {
             client.flush().await.unwrap();
             (client, subscription)
         });
-        let bridge = BridgeProcess::start(&nats_sink(
-            &nats_url(),
-            &format!("{prefix}.{{kind}}.{{key}}.{{type}}"),
-            &format!("headers = \"{choice}\"\n"),
-        ));
+        let bridge = BridgeProcess::start(
+            &Conf::new().sink(
+                nats_sink(&nats_url(), &format!("{prefix}.{{kind}}.{{key}}.{{type}}"))
+                    .set("headers", choice),
+            ),
+        );
         assert_eq!(
             post(&bridge.webhook_url(), room_created("h"), None).status(),
             200
@@ -733,11 +747,10 @@ fn core_nats_moves_to_the_next_server_when_one_goes_lame_duck() {
     let prefix = unique("ldm");
     let (_a, mut on_first) = rt.block_on(subscribed(&first.url(), format!("{prefix}.>")));
     let (_b, mut on_second) = rt.block_on(subscribed(&second.url(), format!("{prefix}.>")));
-    let bridge = BridgeProcess::start(&nats_sink(
+    let bridge = BridgeProcess::start(&Conf::new().sink(nats_sink(
         &format!("{},{}", first.url(), second.url()),
         &format!("{prefix}.{{key}}"),
-        "",
-    ));
+    )));
     let post_one = |n: usize| {
         assert_eq!(
             post(&bridge.webhook_url(), room_created(&format!("r{n}")), None).status(),
@@ -788,12 +801,12 @@ fn core_nats_moves_to_the_next_server_when_one_goes_lame_duck() {
 fn an_existing_streams_settings_are_brought_to_the_configuration() {
     let stream = unique("U");
     let prefix = unique("up");
-    let sink = |settings: &str| {
-        nats_sink(
-            &nats_url(),
-            &format!("{prefix}.{{key}}"),
-            &format!("mode = \"jetstream\"\n[sinks.stream]\nname = \"{stream}\"\n{settings}"),
-        )
+    // `settings` adds the stream's settings to the sink.
+    let sink = |settings: fn(Sink) -> Sink| {
+        let sink = nats_sink(&nats_url(), &format!("{prefix}.{{key}}"))
+            .set("mode", "jetstream")
+            .set_in("stream", "name", &stream);
+        Conf::new().sink(settings(sink))
     };
     let rt = runtime();
     let settings = || {
@@ -805,11 +818,14 @@ fn an_existing_streams_settings_are_brought_to_the_configuration() {
     };
     let hour = Duration::from_secs(3600);
 
-    let mut bridge = BridgeProcess::start(&sink("max_age = \"1h\"\n"));
+    let mut bridge = BridgeProcess::start(&sink(|s| s.set_in("stream", "max_age", "1h")));
     assert_eq!(settings().max_age, hour);
     assert!(bridge.terminate().success());
     // The same stream, configured anew: the bridge applies the change.
-    let mut bridge = BridgeProcess::start(&sink("max_age = \"2h\"\nmax_bytes = 1048576\n"));
+    let mut bridge = BridgeProcess::start(&sink(|s| {
+        s.set_in("stream", "max_age", "2h")
+            .set_in("stream", "max_bytes", 1048576)
+    }));
     let applied = settings();
     assert_eq!((applied.max_age, applied.max_bytes), (2 * hour, 1_048_576));
     wait_until(
@@ -819,7 +835,11 @@ fn an_existing_streams_settings_are_brought_to_the_configuration() {
     assert!(bridge.terminate().success());
     // Storage cannot change on a stream: the sink says why and stays down,
     // and the stream keeps its messages and settings.
-    let bridge = BridgeProcess::spawn(&sink("storage = \"memory\"\n"), Stdio::null(), &[]);
+    let bridge = BridgeProcess::spawn(
+        &sink(|s| s.set_in("stream", "storage", "memory")),
+        Stdio::null(),
+        &[],
+    );
     wait_until("the refusal logged", || {
         bridge.logged("NATS cannot change them on a stream")
     });
@@ -846,10 +866,11 @@ fn a_dead_letter_is_sent_again_once_the_limit_allows_it_and_leaves_the_file() {
     let small = ConfiguredNats::start("max_payload: 65536");
     let prefix = unique("rd");
     let subject = format!("{prefix}.{{key}}.{{type}}");
-    let bridge = BridgeProcess::start(&nats_sink(&small.url(), &subject, "").replace(
-        "[log]\n",
-        "[pipeline]\ndead_letter_path = \"{dir}/dead-letters.jsonl\"\n[log]\n",
-    ));
+    let bridge = BridgeProcess::start(
+        &Conf::new()
+            .pipeline("dead_letter_path", "{dir}/dead-letters.jsonl")
+            .sink(nats_sink(&small.url(), &subject)),
+    );
     let body = ServerMessage {
         content: Some(Content::PeerMetadataUpdated(sm::PeerMetadataUpdated {
             room_id: "rd-room".into(),
@@ -875,7 +896,8 @@ fn a_dead_letter_is_sent_again_once_the_limit_allows_it_and_leaves_the_file() {
     let (client, mut subscription) =
         rt.block_on(async { subscribed(&large.url(), format!("{prefix}.>")).await });
     let config = bridge.dir().join("redrive.toml");
-    std::fs::write(&config, nats_sink(&large.url(), &subject, "")).unwrap();
+    let redrive_conf = Conf::new().sink(nats_sink(&large.url(), &subject));
+    std::fs::write(&config, redrive_conf.to_string()).unwrap();
     let redrive = || {
         let output = Command::new(BIN)
             .args(["dead-letters", "redrive"])
@@ -948,15 +970,15 @@ fn a_subject_the_user_may_not_publish_to_is_dead_lettered_and_the_rest_goes_on()
         format!("{prefix}.>"),
     ));
     let bridge = BridgeProcess::start(
-        &nats_sink(
-            &server.url(),
-            &format!("{prefix}.{{key}}.{{type}}"),
-            "user = \"bridge\"\npassword = \"pw\"\n",
-        )
-        .replace(
-            "[log]\n",
-            "[pipeline]\ndead_letter_path = \"{dir}/dead-letters.jsonl\"\nretry_initial_backoff = \"10ms\"\nretry_max_backoff = \"20ms\"\n[log]\n",
-        ),
+        &Conf::new()
+            .pipeline("dead_letter_path", "{dir}/dead-letters.jsonl")
+            .pipeline("retry_initial_backoff", "10ms")
+            .pipeline("retry_max_backoff", "20ms")
+            .sink(
+                nats_sink(&server.url(), &format!("{prefix}.{{key}}.{{type}}"))
+                    .set("user", "bridge")
+                    .set("password", "pw"),
+            ),
     );
     let message = |content| ServerMessage {
         content: Some(content),

@@ -71,17 +71,21 @@ fn in_order_within_rooms(wanted: &ByKey, stored: &ByKey) {
     }
 }
 
-pub fn notifier_config(port: u16, token: &str) -> String {
-    config(
+/// A bridge whose notifier reads the simulator on `port` with `token`; no
+/// sink yet.
+pub fn notifier_source(port: u16, token: &str) -> Conf {
+    Conf::new()
+        .fishjam_at(port, token)
+        .notifier("enabled", true)
         // Ready means subscribed here: the tests start sending then.
-        "[notifier]\nenabled = true\nrequired_for_readiness = true\n\
-         backoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\n\
-         [[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
-    )
-    .replace(
-        "id = \"test-fishjam\"",
-        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"{token}\""),
-    )
+        .notifier("required_for_readiness", true)
+        .notifier("backoff_initial", "50ms")
+        .notifier("backoff_max", "500ms")
+}
+
+/// `notifier_source`, its events in `{dir}/events.jsonl`.
+pub fn notifier_config(port: u16, token: &str) -> Conf {
+    notifier_source(port, token).sink(Sink::file("{dir}/events.jsonl"))
 }
 
 /// The scenario's notifications as events, in order.
@@ -151,7 +155,7 @@ fn a_refused_token_stops_the_bridge_at_once() {
     let path = dir.path().join("bridge.toml");
     std::fs::write(
         &path,
-        notifier_config(port, "wrong-token").replace("{dir}", dir.path().to_str().unwrap()),
+        notifier_config(port, "wrong-token").text_in(dir.path()),
     )
     .unwrap();
     let started = Instant::now();
@@ -184,9 +188,7 @@ fn the_bridge_reconnects_after_every_drop_and_loses_nothing_sent() {
     // Each simulator process is a Fishjam that restarted empty: without this,
     // the bridge would rightly publish the old rooms' deletion after each
     // reconnect. This test is about what the socket delivers.
-    let bridge = BridgeProcess::start(
-        &notifier_config(port, TOKEN).replace("[notifier]\n", "[notifier]\nreconcile = false\n"),
-    );
+    let bridge = BridgeProcess::start(&notifier_config(port, TOKEN).notifier("reconcile", false));
     let mut wanted = Vec::new();
     for round in 0..5u64 {
         wanted.extend(scenario(100 + round, 100));
@@ -223,11 +225,9 @@ fn with_both_sources_each_notification_is_published_once() {
     // bridge's notifier has subscribed.
     let webhook_url = format!("http://127.0.0.1:{webhook_port}/webhook");
     let mut fishjam = simulator_with(fishjam_port, 91, 300, &["--webhook-url", &webhook_url]);
-    let text = notifier_config(fishjam_port, TOKEN).replace(
-        "listen = \"127.0.0.1:0\"\nack_timeout",
-        &format!("listen = \"127.0.0.1:{webhook_port}\"\nack_timeout"),
-    );
-    let bridge = BridgeProcess::start(&text);
+    let conf =
+        notifier_config(fishjam_port, TOKEN).webhook("listen", format!("127.0.0.1:{webhook_port}"));
+    let bridge = BridgeProcess::start(&conf);
     wait_until("every notification seen twice", || {
         bridge
             .metrics()
@@ -245,11 +245,10 @@ fn with_both_sources_each_notification_is_published_once() {
 fn a_half_open_connection_is_found_within_the_idle_timeout() {
     let port = free_port();
     let mut fishjam = simulator_with(port, 95, 100, &["--go-silent-after", "50"]);
-    let text = notifier_config(port, TOKEN).replace(
-        "[notifier]\nenabled = true\n",
-        "[notifier]\nenabled = true\nping_interval = \"200ms\"\nidle_timeout = \"1s\"\n",
-    );
-    let bridge = BridgeProcess::start(&text);
+    let conf = notifier_config(port, TOKEN)
+        .notifier("ping_interval", "200ms")
+        .notifier("idle_timeout", "1s");
+    let bridge = BridgeProcess::start(&conf);
     let started = Instant::now();
     wait_until("the silent connection given up", || {
         bridge.metrics().sum(
@@ -535,10 +534,8 @@ fn dropped_again_and_again_the_bridge_reconnects_each_time_and_loses_nothing_sen
     );
     // A session that lasted `stable_after` resets the backoff: each
     // reconnect is a first attempt, at most backoff_initial (50 ms) away.
-    let bridge = BridgeProcess::start(&notifier_config(port, TOKEN).replace(
-        "[notifier]\n",
-        &format!("[notifier]\nstable_after = \"{stable_after}\"\n"),
-    ));
+    let bridge =
+        BridgeProcess::start(&notifier_config(port, TOKEN).notifier("stable_after", stable_after));
     let report = play_report(&mut fishjam);
     assert!(
         report["notifications"].as_u64().unwrap() >= rate * duration * 4 / 5,
@@ -633,11 +630,9 @@ fn webhooks_cover_a_notifier_outage_and_nothing_is_missing() {
         ],
         Stdio::piped(),
     );
-    let text = notifier_config(fishjam_port, TOKEN).replace(
-        "listen = \"127.0.0.1:0\"\nack_timeout",
-        &format!("listen = \"127.0.0.1:{webhook_port}\"\nack_timeout"),
-    );
-    let bridge = BridgeProcess::start(&text);
+    let conf =
+        notifier_config(fishjam_port, TOKEN).webhook("listen", format!("127.0.0.1:{webhook_port}"));
+    let bridge = BridgeProcess::start(&conf);
     let outside = Rest::new(fishjam_port);
     wait_until("some notifications both ways", || {
         bridge
@@ -699,22 +694,19 @@ fn a_fishjam_behind_a_private_ca_is_trusted_through_ca_file() {
             key.to_str().unwrap(),
         ],
     );
-    let text = notifier_config(port, TOKEN).replace("http://127.0.0.1", "https://127.0.0.1");
+    let conf =
+        notifier_config(port, TOKEN).set("fishjam", "id", format!("https://127.0.0.1:{port}"));
 
     // The platform's roots do not know the CA: never ready, and the logs
     // say why.
-    let untrusting = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    let untrusting = BridgeProcess::spawn(&conf, Stdio::null(), &[]);
     wait_until("the refused certificate in the logs", || {
         untrusting.logged("UnknownIssuer")
     });
     assert!(!untrusting.is_ready());
     drop(untrusting);
 
-    let trusting = text.replace(
-        "[notifier]\n",
-        &format!("[notifier]\nca_file = \"{}\"\n", ca.display()),
-    );
-    let bridge = BridgeProcess::start(&trusting);
+    let bridge = BridgeProcess::start(&conf.notifier("ca_file", &ca));
     wait_until("the play over wss", || delivered(&bridge).len() >= 50);
     assert!(by_key(&delivered(&bridge)) == by_key(&scenario(61, 50)));
 }
@@ -726,8 +718,8 @@ fn a_fishjam_behind_a_private_ca_is_trusted_through_ca_file() {
 #[test]
 fn a_notifier_that_is_down_leaves_the_webhook_ready() {
     let port = free_port(); // nothing listens: Fishjam is unreachable
-    let text = notifier_config(port, TOKEN).replace("required_for_readiness = true\n", "");
-    let bridge = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    let conf = notifier_config(port, TOKEN).unset("notifier", "required_for_readiness");
+    let bridge = BridgeProcess::spawn(&conf, Stdio::null(), &[]);
     wait_until("ready without the notifier", || bridge.is_ready());
     let status: Value = serde_json::from_str(
         &reqwest::blocking::get(format!("http://{}/status", bridge.admin))

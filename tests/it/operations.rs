@@ -54,18 +54,22 @@ fn metrics_hold_every_documented_name() {
     let port = free_port();
     let mut fishjam = notifier::simulator(port, 5, 20);
     let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let every_sink = format!(
-        "[[sinks]]\ntype = \"nats\"\nsubject = \"metrics-{n}.{{key}}\"\n\
-         [[sinks]]\ntype = \"amqp\"\nexchange = \"metrics-{n}\"\ndeclare_exchange = true\n\
-         [[sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"metrics-{n}\"\n",
-        kafka.bootstrap_servers(),
-        n = rand::random::<u32>()
-    );
-    // It also follows an election (the only holder), for its metrics.
-    let healthy = BridgeProcess::start(&format!(
-        "{}{every_sink}[election]\nbackend = \"nats\"\n",
-        notifier::notifier_config(port, notifier::TOKEN)
-    ));
+    let n = rand::random::<u32>();
+    let conf = notifier::notifier_config(port, notifier::TOKEN)
+        .sink(Sink::new("nats").set("subject", format!("metrics-{n}.{{key}}")))
+        .sink(
+            Sink::new("amqp")
+                .set("exchange", format!("metrics-{n}"))
+                .set("declare_exchange", true),
+        )
+        .sink(
+            Sink::new("kafka")
+                .set("bootstrap_servers", kafka.bootstrap_servers())
+                .set("topic", format!("metrics-{n}")),
+        )
+        // It also follows an election (the only holder), for its metrics.
+        .set("election", "backend", "nats");
+    let healthy = BridgeProcess::start(&conf);
     wait_until("the notifier's events", || {
         healthy.metrics().sum(
             "fishjam_bridge_events_received_total",
@@ -90,14 +94,16 @@ fn metrics_hold_every_documented_name() {
     assert_eq!(post(&url, vec![0x12], None).status(), 400);
 
     // A failing bridge: its only sink cannot write, so nothing is acknowledged.
-    let failing = BridgeProcess::start(&without_spool(
-        &config(
-            "[[sinks]]\ntype = \"file\"\npath = \"/dev/full\"\n\
-             [pipeline]\nmax_in_flight_events = 2\nretry_initial_backoff = \"10ms\"\nretry_max_backoff = \"50ms\"\n",
-        )
-        .replace("[webhook]\n", "[webhook]\nmax_events_per_body = 1\n")
-        .replace("ack_timeout = \"2s\"", "ack_timeout = \"200ms\""),
-    ));
+    let failing = BridgeProcess::start(
+        &Conf::new()
+            .webhook("max_events_per_body", 1)
+            .webhook("ack_timeout", "200ms")
+            .sink(Sink::file("/dev/full"))
+            .pipeline("max_in_flight_events", 2)
+            .pipeline("retry_initial_backoff", "10ms")
+            .pipeline("retry_max_backoff", "50ms")
+            .without_spool(),
+    );
     let url = failing.webhook_url();
     assert_eq!(post(&url, room_created("b"), None).status(), 503);
     assert_eq!(post(&url, room_created("c"), None).status(), 503);
@@ -110,13 +116,13 @@ fn metrics_hold_every_documented_name() {
     // well; the next goes to the spool at once. Both are acknowledged from
     // disk.
     let spooling = BridgeProcess::start(
-        &config(
-            "[[sinks]]\ntype = \"file\"\npath = \"/dev/full\"\n\
-             [pipeline]\nmax_in_flight_events = 1\n\
-             [spool]\npath = \"{dir}/spool\"\nengage_after = \"100ms\"\n",
-        )
-        .replace("[webhook]\n", "[webhook]\nmax_events_per_body = 1\n")
-        .replace("ack_timeout = \"2s\"", "ack_timeout = \"200ms\""),
+        &Conf::new()
+            .webhook("max_events_per_body", 1)
+            .webhook("ack_timeout", "200ms")
+            .sink(Sink::file("/dev/full"))
+            .pipeline("max_in_flight_events", 1)
+            .spool("path", "{dir}/spool")
+            .spool("engage_after", "100ms"),
     );
     let url = spooling.webhook_url();
     let held = post(&url, room_created("s1"), None);
@@ -201,7 +207,7 @@ fn metrics_hold_every_documented_name() {
 
 #[test]
 fn health_and_readiness() {
-    let mut bridge = BridgeProcess::start(&config(""));
+    let mut bridge = BridgeProcess::start(&Conf::new());
     let health = reqwest::blocking::get(format!("http://{}/healthz", bridge.admin)).unwrap();
     assert_eq!(health.status(), 200);
     let ready = reqwest::blocking::get(format!("http://{}/readyz", bridge.admin)).unwrap();
@@ -242,10 +248,10 @@ fn check_config_names_the_bad_key_and_hides_secrets() {
 }
 
 /// What `check-config` says on stderr of a configuration `text` it refuses.
-fn refusal(text: &str) -> String {
+fn refusal(conf: &Conf) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridge.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, conf.to_string()).unwrap();
     let output = check_config(&path, &[]);
     assert!(!output.status.success(), "{output:?}");
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -253,9 +259,7 @@ fn refusal(text: &str) -> String {
 
 #[test]
 fn check_config_refuses_a_kafka_topic_that_can_render_an_illegal_name() {
-    let stderr = refusal(&config(
-        "[[sinks]]\ntype = \"kafka\"\ntopic = \"fishjam.{key}\"\n",
-    ));
+    let stderr = refusal(&Conf::new().sink(Sink::new("kafka").set("topic", "fishjam.{key}")));
     assert!(
         stderr.contains("sinks[0].topic: {key} can render names Kafka refuses"),
         "{stderr}"
@@ -432,8 +436,8 @@ fn the_example_config_states_the_code_defaults() {
 fn webhook_ingress_without_a_secret_needs_allow_unsigned() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridge.toml");
-    let unsigned = config("").replace("allow_unsigned = true\n", "");
-    std::fs::write(&path, &unsigned).unwrap();
+    let unsigned = Conf::new().unset("webhook", "allow_unsigned");
+    std::fs::write(&path, unsigned.to_string()).unwrap();
     let output = check_config(&path, &[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -444,7 +448,7 @@ fn webhook_ingress_without_a_secret_needs_allow_unsigned() {
     // The same file with the secret in the environment, as a deployment gives it.
     let output = check_config(&path, &[("FISHJAM_WEBHOOK_SECRET", "whsec-x")]);
     assert!(output.status.success(), "{output:?}");
-    std::fs::write(&path, config("")).unwrap();
+    std::fs::write(&path, Conf::new().to_string()).unwrap();
     let output = check_config(&path, &[]);
     assert!(output.status.success(), "{output:?}");
     assert!(
@@ -457,7 +461,7 @@ fn webhook_ingress_without_a_secret_needs_allow_unsigned() {
 fn a_state_directory_that_cannot_be_written_stops_the_bridge_and_says_what_to_set() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridge.toml");
-    std::fs::write(&path, config("")).unwrap();
+    std::fs::write(&path, Conf::new().to_string()).unwrap();
     // Nothing, not even root, creates a directory under /proc.
     let output = std::process::Command::new(BIN)
         .args(["run", "--config"])
@@ -476,9 +480,8 @@ fn a_state_directory_that_cannot_be_written_stops_the_bridge_and_says_what_to_se
 
 #[test]
 fn check_config_refuses_a_route_name_that_is_no_event_type() {
-    let stderr = refusal(&config(
-        "[[sinks]]\ntype = \"stdout\"\n[sinks.route]\ninclude = [\"voiceActivity\"]\n",
-    ));
+    let sink = Sink::new("stdout").set_in("route", "include", ["voiceActivity"]);
+    let stderr = refusal(&Conf::new().sink(sink));
     assert!(
         stderr.contains("sinks[0].route: \"voiceActivity\" is not an event type"),
         "{stderr}"
@@ -493,18 +496,19 @@ fn check_config_connect_reaches_every_target_and_says_which_failed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bridge.toml");
     let connect = |nats: &str, amqp_password: &str, token: &str| {
-        let text = config(&format!(
-            "[notifier]\nenabled = true\n\
-             [[sinks]]\ntype = \"nats\"\nurl = \"{nats}\"\n\
-             [[sinks]]\ntype = \"amqp\"\nurl = \"amqp://guest:{amqp_password}@127.0.0.1:5672/%2f\"\n\
-             exchange = \"{}\"\n",
-            unique("probe")
-        ))
-        .replace(
-            "id = \"test-fishjam\"",
-            &format!("id = \"http://127.0.0.1:{fishjam_port}\"\nmanagement_token = \"{token}\""),
-        );
-        std::fs::write(&path, text).unwrap();
+        let conf = Conf::new()
+            .fishjam_at(fishjam_port, token)
+            .notifier("enabled", true)
+            .sink(Sink::new("nats").set("url", nats))
+            .sink(
+                Sink::new("amqp")
+                    .set(
+                        "url",
+                        format!("amqp://guest:{amqp_password}@127.0.0.1:5672/%2f"),
+                    )
+                    .set("exchange", unique("probe")),
+            );
+        std::fs::write(&path, conf.to_string()).unwrap();
         let output = std::process::Command::new(BIN)
             .args(["check-config", "--connect", "--timeout", "5s", "--config"])
             .arg(&path)

@@ -108,10 +108,9 @@ fn last_json_line(output: &Output) -> Value {
 #[test]
 fn the_python_sdk_runs_its_getting_started_flow_into_the_bridge() {
     let bridge = BridgeProcess::start(
-        &config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n").replace(
-            "[webhook]\n",
-            &format!("[webhook]\nsecret = \"{SECRET}\"\n"),
-        ),
+        &Conf::new()
+            .webhook("secret", SECRET)
+            .sink(Sink::file("{dir}/events.jsonl")),
     );
     let (_fishjam, url) = fishjam(&["--webhook-secret", SECRET]);
 

@@ -53,37 +53,52 @@ fn no_secret_reaches_logs_metrics_or_check_config() {
         Stdio::null(),
     );
     let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let text = config(&format!(
-        "[notifier]\nenabled = true\n[pipeline]\ndrain_timeout = \"1s\"\n\
-         [[sinks]]\ntype = \"file\"\npath = \"{{dir}}/events.jsonl\"\n\
-         [[sinks]]\ntype = \"nats\"\nuser = \"bridge\"\npassword = \"{NATS_PASSWORD}\"\n\
-         subject = \"secrets-{n}.{{key}}\"\n\
-         [[sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"secrets\"\n\
-         security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\n\
-         sasl_username = \"bridge\"\nsasl_password = \"{KAFKA_PASSWORD}\"\n\
-         [[sinks]]\ntype = \"nats\"\nname = \"nats-url\"\n\
-         url = \"nats://bridge:{NATS_URL_PASSWORD}@127.0.0.1:4222\"\n\
-         subject = \"secrets-url-{n}.{{key}}\"\n\
-         [[sinks]]\ntype = \"amqp\"\nurl = \"amqp://guest:{AMQP_URL_PASSWORD}@127.0.0.1:5672/%2f\"\n\
-         exchange = \"secrets-{n}\"\n",
-        kafka.bootstrap_servers(),
-        n = rand::random::<u32>()
-    ))
-    .replace(
-        "id = \"test-fishjam\"",
-        &format!("id = \"http://127.0.0.1:{port}\"\nmanagement_token = \"{TOKEN}\""),
-    )
-    .replace(
-        "[webhook]\n",
-        &format!("[webhook]\nsecret = \"{WEBHOOK_SECRET}\"\n"),
-    )
-    .replace("level = \"info\"", "level = \"trace\"")
-    .replace("ack_timeout = \"2s\"", "ack_timeout = \"200ms\"");
-    // Without the spool, the unreachable Kafka sink answers the signed
-    // webhook 503 within the short ack_timeout.
-    let text = without_spool(&text);
+    let n = rand::random::<u32>();
+    let conf = Conf::new()
+        .fishjam_at(port, TOKEN)
+        .webhook("secret", WEBHOOK_SECRET)
+        .webhook("ack_timeout", "200ms")
+        .log("level", "trace")
+        .notifier("enabled", true)
+        .pipeline("drain_timeout", "1s")
+        .sink(Sink::file("{dir}/events.jsonl"))
+        .sink(
+            Sink::new("nats")
+                .set("user", "bridge")
+                .set("password", NATS_PASSWORD)
+                .set("subject", format!("secrets-{n}.{{key}}")),
+        )
+        .sink(
+            Sink::new("kafka")
+                .set("bootstrap_servers", kafka.bootstrap_servers())
+                .set("topic", "secrets")
+                .set("security_protocol", "sasl_plaintext")
+                .set("sasl_mechanism", "PLAIN")
+                .set("sasl_username", "bridge")
+                .set("sasl_password", KAFKA_PASSWORD),
+        )
+        .sink(
+            Sink::new("nats")
+                .set("name", "nats-url")
+                .set(
+                    "url",
+                    format!("nats://bridge:{NATS_URL_PASSWORD}@127.0.0.1:4222"),
+                )
+                .set("subject", format!("secrets-url-{n}.{{key}}")),
+        )
+        .sink(
+            Sink::new("amqp")
+                .set(
+                    "url",
+                    format!("amqp://guest:{AMQP_URL_PASSWORD}@127.0.0.1:5672/%2f"),
+                )
+                .set("exchange", format!("secrets-{n}")),
+        )
+        // Without the spool, the unreachable Kafka sink answers the signed
+        // webhook 503 within the short ack_timeout.
+        .without_spool();
 
-    let mut bridge = BridgeProcess::spawn(&text, Stdio::piped(), &[]);
+    let mut bridge = BridgeProcess::spawn(&conf, Stdio::piped(), &[]);
     wait_until("the notifier's events", || {
         read_events(&bridge.dir().join("events.jsonl")).len() >= 20
     });

@@ -103,41 +103,249 @@ pub struct BridgeProcess {
     pub dir: tempfile::TempDir,
 }
 
-/// `text` with the spool (on by default) turned off: for tests of what the
-/// bridge answers when nothing durable can take a body.
-pub fn without_spool(text: &str) -> String {
-    format!("{text}\n[spool]\nenabled = false\n")
+/// A bridge configuration, built as TOML. `Conf::new()` is the base every
+/// test starts from: both listeners on port 0, JSON logs at `info`,
+/// unsigned webhooks accepted, a 2 s ack timeout, no sink (the bridge's
+/// default, stdout). A value may hold `{dir}`: the bridge's own temporary
+/// directory, which `BridgeProcess::spawn` puts in.
+#[derive(Clone, Debug)]
+pub struct Conf(toml::Table);
+
+impl Conf {
+    pub fn new() -> Conf {
+        Conf(toml::Table::new())
+            .set("fishjam", "id", "test-fishjam")
+            .webhook("listen", "127.0.0.1:0")
+            .webhook("ack_timeout", "2s")
+            .webhook("allow_unsigned", true)
+            .admin("listen", "127.0.0.1:0")
+            .log("format", "json")
+            .log("level", "info")
+    }
+
+    /// `key` in `section` (a table's dotted path: `webhook.tls`) set to `value`.
+    pub fn set(mut self, section: &str, key: &str, value: impl TomlValue) -> Conf {
+        table_at(&mut self.0, section).insert(key.to_owned(), value.toml());
+        self
+    }
+
+    /// `key` left out of `section`, where it was set.
+    pub fn unset(mut self, section: &str, key: &str) -> Conf {
+        let removed = table_at(&mut self.0, section).remove(key);
+        assert!(removed.is_some(), "{section}.{key} is not set");
+        self
+    }
+
+    pub fn webhook(self, key: &str, value: impl TomlValue) -> Conf {
+        self.set("webhook", key, value)
+    }
+
+    pub fn admin(self, key: &str, value: impl TomlValue) -> Conf {
+        self.set("admin", key, value)
+    }
+
+    pub fn log(self, key: &str, value: impl TomlValue) -> Conf {
+        self.set("log", key, value)
+    }
+
+    pub fn notifier(self, key: &str, value: impl TomlValue) -> Conf {
+        self.set("notifier", key, value)
+    }
+
+    pub fn pipeline(self, key: &str, value: impl TomlValue) -> Conf {
+        self.set("pipeline", key, value)
+    }
+
+    pub fn spool(self, key: &str, value: impl TomlValue) -> Conf {
+        self.set("spool", key, value)
+    }
+
+    /// The spool (on by default) turned off: for tests of what the bridge
+    /// answers when nothing durable can take a body.
+    pub fn without_spool(self) -> Conf {
+        self.spool("enabled", false)
+    }
+
+    /// Fishjam is the one at 127.0.0.1:`port` (the simulator), reached
+    /// with `token`.
+    pub fn fishjam_at(self, port: u16, token: &str) -> Conf {
+        self.set("fishjam", "id", format!("http://127.0.0.1:{port}"))
+            .set("fishjam", "management_token", token)
+    }
+
+    /// One more `[[sinks]]` table.
+    pub fn sink(mut self, sink: Sink) -> Conf {
+        let sinks = self
+            .0
+            .entry("sinks")
+            .or_insert_with(|| toml::Value::Array(Vec::new()));
+        let toml::Value::Array(sinks) = sinks else {
+            panic!("sinks is an array of tables");
+        };
+        sinks.push(toml::Value::Table(sink.0));
+        self
+    }
+
+    /// The TOML text with `{dir}` in its values replaced by `dir`.
+    pub fn text_in(&self, dir: &Path) -> String {
+        fn put_dir(value: &mut toml::Value, dir: &str) {
+            match value {
+                toml::Value::String(text) => *text = text.replace("{dir}", dir),
+                toml::Value::Array(items) => items.iter_mut().for_each(|v| put_dir(v, dir)),
+                toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| put_dir(v, dir)),
+                _ => {}
+            }
+        }
+        let mut table = self.0.clone();
+        let dir = dir.to_str().expect("a temporary directory's path is UTF-8");
+        table.iter_mut().for_each(|(_, value)| put_dir(value, dir));
+        table.to_string()
+    }
 }
 
-/// A config with both listeners on port 0 and JSON logs; `extra` is appended.
-pub fn config(extra: &str) -> String {
-    format!(
-        "[fishjam]\nid = \"test-fishjam\"\n\
-         [webhook]\nlisten = \"127.0.0.1:0\"\nack_timeout = \"2s\"\nallow_unsigned = true\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n\
-         [log]\nformat = \"json\"\nlevel = \"info\"\n{extra}"
-    )
+impl Default for Conf {
+    fn default() -> Conf {
+        Conf::new()
+    }
+}
+
+/// The TOML text, `{dir}` as it is.
+impl std::fmt::Display for Conf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The table at `path` (dotted) in `root`, made when missing.
+fn table_at<'a>(root: &'a mut toml::Table, path: &str) -> &'a mut toml::Table {
+    path.split('.').fold(root, |table, name| {
+        match table
+            .entry(name)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(inner) => inner,
+            other => panic!("{name} is {other}, not a table"),
+        }
+    })
+}
+
+/// One sink of a `Conf`: a `[[sinks]]` table.
+#[derive(Clone, Debug)]
+pub struct Sink(toml::Table);
+
+impl Sink {
+    /// A sink of `kind` (its `type`).
+    pub fn new(kind: &str) -> Sink {
+        Sink(toml::Table::new()).set("type", kind)
+    }
+
+    /// A file sink writing to `path`.
+    pub fn file(path: &str) -> Sink {
+        Sink::new("file").set("path", path)
+    }
+
+    /// `key` of the sink set to `value`.
+    pub fn set(mut self, key: &str, value: impl TomlValue) -> Sink {
+        self.0.insert(key.to_owned(), value.toml());
+        self
+    }
+
+    /// `key` in the sink's sub-table `table` (`[sinks.stream]`) set to `value`.
+    pub fn set_in(mut self, table: &str, key: &str, value: impl TomlValue) -> Sink {
+        table_at(&mut self.0, table).insert(key.to_owned(), value.toml());
+        self
+    }
+}
+
+/// What a configuration value can be given as.
+pub trait TomlValue {
+    fn toml(self) -> toml::Value;
+}
+
+impl TomlValue for &str {
+    fn toml(self) -> toml::Value {
+        toml::Value::String(self.to_owned())
+    }
+}
+
+impl TomlValue for String {
+    fn toml(self) -> toml::Value {
+        toml::Value::String(self)
+    }
+}
+
+impl TomlValue for &String {
+    fn toml(self) -> toml::Value {
+        self.as_str().toml()
+    }
+}
+
+impl TomlValue for &Path {
+    fn toml(self) -> toml::Value {
+        self.to_str().expect("a path in a test is UTF-8").toml()
+    }
+}
+
+impl TomlValue for &PathBuf {
+    fn toml(self) -> toml::Value {
+        self.as_path().toml()
+    }
+}
+
+impl TomlValue for bool {
+    fn toml(self) -> toml::Value {
+        toml::Value::Boolean(self)
+    }
+}
+
+impl TomlValue for i64 {
+    fn toml(self) -> toml::Value {
+        toml::Value::Integer(self)
+    }
+}
+
+impl TomlValue for i32 {
+    fn toml(self) -> toml::Value {
+        toml::Value::Integer(self.into())
+    }
+}
+
+impl TomlValue for u32 {
+    fn toml(self) -> toml::Value {
+        toml::Value::Integer(self.into())
+    }
+}
+
+impl TomlValue for usize {
+    fn toml(self) -> toml::Value {
+        toml::Value::Integer(self.try_into().expect("a setting fits in an i64"))
+    }
+}
+
+impl<const N: usize> TomlValue for [&str; N] {
+    fn toml(self) -> toml::Value {
+        toml::Value::Array(self.into_iter().map(TomlValue::toml).collect())
+    }
 }
 
 impl BridgeProcess {
-    /// Starts `run` with `config_text` (`{dir}` is replaced by a fresh temp
-    /// dir) and waits until it is listening and ready.
-    pub fn start(config_text: &str) -> BridgeProcess {
-        Self::start_with(config_text, Stdio::null(), &[])
+    /// Starts `run` with `conf` (`{dir}` is a fresh temp dir) and waits
+    /// until it is listening and ready.
+    pub fn start(conf: &Conf) -> BridgeProcess {
+        Self::start_with(conf, Stdio::null(), &[])
     }
 
-    pub fn start_with(config_text: &str, stdout: Stdio, env: &[(&str, &str)]) -> BridgeProcess {
-        let bridge = Self::spawn(config_text, stdout, env);
+    pub fn start_with(conf: &Conf, stdout: Stdio, env: &[(&str, &str)]) -> BridgeProcess {
+        let bridge = Self::spawn(conf, stdout, env);
         bridge.wait_ready();
         bridge
     }
 
     /// Starts `run` and waits until it is listening, not until it is ready.
-    pub fn spawn(config_text: &str, stdout: Stdio, env: &[(&str, &str)]) -> BridgeProcess {
+    pub fn spawn(conf: &Conf, stdout: Stdio, env: &[(&str, &str)]) -> BridgeProcess {
         let dir = tempfile::tempdir().unwrap();
-        let text = config_text.replace("{dir}", dir.path().to_str().unwrap());
         let path = dir.path().join("bridge.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, conf.text_in(dir.path())).unwrap();
         let addresses = dir.path().join("addresses.json");
         let mut command = Command::new(BIN);
         command

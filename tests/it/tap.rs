@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn with_tap(text: &str) -> String {
-    text.replace("[admin]\n", "[admin]\ntap = true\n")
+/// A bridge with the tap on, its events going to `sink`.
+fn with_tap(sink: Sink) -> Conf {
+    Conf::new().admin("tap", true).sink(sink)
 }
 
 fn tap_clients(bridge: &BridgeProcess) -> f64 {
@@ -20,9 +21,7 @@ fn tap_clients(bridge: &BridgeProcess) -> f64 {
 
 #[test]
 fn a_filtered_tap_prints_exactly_the_matching_events() {
-    let mut bridge = BridgeProcess::start(&with_tap(&config(
-        "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
-    )));
+    let mut bridge = BridgeProcess::start(&with_tap(Sink::file("{dir}/events.jsonl")));
     // A room of the scenario with peers connecting in it.
     let (seed, count) = (7, 2000);
     let wanted = expected(seed, 8, count);
@@ -77,9 +76,7 @@ fn a_filtered_tap_prints_exactly_the_matching_events() {
 
 #[test]
 fn a_tap_client_that_does_not_read_slows_nothing_and_is_told_what_it_lost() {
-    let bridge = BridgeProcess::start(&with_tap(&config(
-        "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n",
-    )));
+    let bridge = BridgeProcess::start(&with_tap(Sink::file("{dir}/events.jsonl")));
     // A client that asks for every event and then reads nothing.
     let mut stalled = TcpStream::connect(bridge.admin).unwrap();
     stalled
@@ -121,7 +118,7 @@ fn a_tap_client_that_does_not_read_slows_nothing_and_is_told_what_it_lost() {
 
 #[test]
 fn without_admin_tap_there_is_no_tap() {
-    let bridge = BridgeProcess::start(&config("[[sinks]]\ntype = \"stdout\"\n"));
+    let bridge = BridgeProcess::start(&Conf::new().sink(Sink::new("stdout")));
     let response = reqwest::blocking::get(format!("http://{}/tap", bridge.admin)).unwrap();
     assert_eq!(response.status(), 404);
     let output = Command::new(BIN)
@@ -132,7 +129,7 @@ fn without_admin_tap_there_is_no_tap() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("admin.tap = true"), "{said}");
     // An unknown type is refused by name.
-    let tapping = BridgeProcess::start(&with_tap(&config("[[sinks]]\ntype = \"stdout\"\n")));
+    let tapping = BridgeProcess::start(&with_tap(Sink::new("stdout")));
     let output = Command::new(BIN)
         .args(["tap", "--admin", &format!("http://{}", tapping.admin)])
         .args(["--type", "roomMade"])
@@ -148,14 +145,10 @@ fn tap_reads_an_admin_listener_served_with_tls_under_a_private_ca() {
     use std::io::BufRead;
     let certificates = tempfile::tempdir().unwrap();
     let [ca, cert, key] = private_ca(certificates.path());
-    let tls = format!(
-        "[admin.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
-    let text =
-        with_tap(&config("[[sinks]]\ntype = \"stdout\"\n")).replace("[log]\n", &(tls + "[log]\n"));
-    let bridge = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    let conf = with_tap(Sink::new("stdout"))
+        .set("admin.tls", "cert_file", &cert)
+        .set("admin.tls", "key_file", &key);
+    let bridge = BridgeProcess::spawn(&conf, Stdio::null(), &[]);
     let mut tap = Killed(
         Command::new(BIN)
             .args(["tap", "--admin", &format!("https://{}", bridge.admin)])

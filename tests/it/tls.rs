@@ -85,22 +85,14 @@ fn webhooks_and_metrics_are_served_over_tls_and_a_renewed_certificate_is_picked_
     );
     std::fs::copy(&cert, &live_cert).unwrap();
     std::fs::copy(&key, &live_key).unwrap();
-    let tls = format!(
-        "[webhook.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        live_cert.display(),
-        live_key.display()
-    );
-    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n")
-        .replace(
-            "ack_timeout = \"2s\"\n",
-            "ack_timeout = \"2s\"\nrequest_timeout = \"1s\"\n",
-        )
-        .replace("[admin]\n", &format!("{tls}[admin]\n"))
-        .replace(
-            "[log]\n",
-            &(tls.replace("webhook.tls", "admin.tls") + "[log]\n"),
-        );
-    let bridge = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    let conf = Conf::new()
+        .webhook("request_timeout", "1s")
+        .set("webhook.tls", "cert_file", &live_cert)
+        .set("webhook.tls", "key_file", &live_key)
+        .set("admin.tls", "cert_file", &live_cert)
+        .set("admin.tls", "key_file", &live_key)
+        .sink(Sink::file("{dir}/events.jsonl"));
+    let bridge = BridgeProcess::spawn(&conf, Stdio::null(), &[]);
     let client = https_client(&ca);
     wait_until("ready, asked over HTTPS", || {
         client
@@ -204,15 +196,18 @@ fn tls_nats(cert: &Path, key: &Path) -> ConfiguredNats {
     ))
 }
 
-fn nats_tls_sink(port: u16, subject: &str, ca: Option<&PathBuf>) -> String {
-    let ca = ca
-        .map(|ca| format!("ca_file = \"{}\"\n", ca.display()))
-        .unwrap_or_default();
-    config(&format!(
-        "[[sinks]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\nsubject = \"{subject}\"\n\
-         timeout = \"2s\"\nuser = \"{NATS_USER}\"\npassword = \"{NATS_PASSWORD}\"\n\
-         [sinks.tls]\nrequired = true\n{ca}"
-    ))
+/// A bridge whose NATS sink reaches the server on `port` over TLS, with
+/// the user and password, trusting `ca` when given.
+fn nats_tls_sink(port: u16, subject: &str, ca: Option<&PathBuf>) -> Conf {
+    let sink = crate::nats::nats_sink(&format!("nats://127.0.0.1:{port}"), subject)
+        .set("user", NATS_USER)
+        .set("password", NATS_PASSWORD)
+        .set_in("tls", "required", true);
+    let sink = match ca {
+        Some(ca) => sink.set_in("tls", "ca_file", ca),
+        None => sink,
+    };
+    Conf::new().sink(sink)
 }
 
 #[test]

@@ -49,11 +49,10 @@ impl Drop for Tmux {
 #[test]
 fn top_shows_the_rates_moving_a_stopped_sink_down_and_gives_the_terminal_back() {
     let mut nats = crate::nats::PrivateNats::start();
-    let bridge = BridgeProcess::start(&crate::nats::nats_sink(
+    let bridge = BridgeProcess::start(&Conf::new().sink(crate::nats::nats_sink(
         &nats.url(),
         &format!("{}.{{kind}}.{{key}}", unique("top")),
-        "",
-    ));
+    )));
     let load = Killed(webhook_simulator(
         &bridge.webhook_url(),
         3,

@@ -20,15 +20,13 @@ use crate::support::*;
 
 const SECRET: &str = "whsec-test-7f3a";
 
-fn file_sink() -> String {
-    "[[sinks]]\ntype = \"file\"\npath = \"{dir}/events.jsonl\"\n".to_owned()
+fn file_sink() -> Sink {
+    Sink::file("{dir}/events.jsonl")
 }
 
-fn with_secret(extra: &str) -> String {
-    config(&format!("{extra}\n{}", file_sink())).replace(
-        "[webhook]\n",
-        &format!("[webhook]\nsecret = \"{SECRET}\"\n"),
-    )
+/// A bridge that takes webhooks signed with `SECRET`, its events in a file.
+fn with_secret() -> Conf {
+    Conf::new().webhook("secret", SECRET).sink(file_sink())
 }
 
 fn simulate(url: &str, seed: u64, count: usize, batch: usize) -> Value {
@@ -38,7 +36,7 @@ fn simulate(url: &str, seed: u64, count: usize, batch: usize) -> Value {
 
 #[test]
 fn signed_single_and_batched_webhooks_arrive_once_in_order() {
-    let bridge = BridgeProcess::start(&with_secret(""));
+    let bridge = BridgeProcess::start(&with_secret());
     let single = simulate(&bridge.webhook_url(), 11, 400, 1);
     let batched = simulate(&bridge.webhook_url(), 12, 600, 25);
     for summary in [&single, &batched] {
@@ -277,9 +275,8 @@ fn a_sink_that_does_not_acknowledge_gets_503_and_still_delivers() {
     // Events go to stdout, which nobody reads until later: once the pipe is
     // full, flushes block and nothing is acknowledged.
     // Without the spool (on by default), which would take these bodies.
-    let text = config("[spool]\nenabled = false\n")
-        .replace("ack_timeout = \"2s\"", "ack_timeout = \"300ms\"");
-    let mut bridge = BridgeProcess::start_with(&text, Stdio::piped(), &[]);
+    let conf = Conf::new().webhook("ack_timeout", "300ms").without_spool();
+    let mut bridge = BridgeProcess::start_with(&conf, Stdio::piped(), &[]);
     let url = bridge.webhook_url();
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -335,19 +332,12 @@ fn a_sink_that_does_not_acknowledge_gets_503_and_still_delivers() {
 
 #[test]
 fn each_sink_takes_the_events_its_route_names() {
-    let sink = |name: &str, route: &str| {
-        format!("[[sinks]]\ntype = \"file\"\nname = \"{name}\"\npath = \"{{dir}}/{name}.jsonl\"\n{route}")
-    };
-    let text = config(&format!(
-        "{}{}{}",
-        sink("all", ""),
-        sink(
-            "no-voice",
-            "[sinks.route]\nexclude = [\"vadNotification\"]\n"
-        ),
-        sink("voice", "[sinks.route]\ninclude = [\"vadNotification\"]\n"),
-    ));
-    let bridge = BridgeProcess::start(&text);
+    let sink = |name: &str| Sink::file(&format!("{{dir}}/{name}.jsonl")).set("name", name);
+    let conf = Conf::new()
+        .sink(sink("all"))
+        .sink(sink("no-voice").set_in("route", "exclude", ["vadNotification"]))
+        .sink(sink("voice").set_in("route", "include", ["vadNotification"]));
+    let bridge = BridgeProcess::start(&conf);
     let (seed, count) = (13, 600);
     play_all(&bridge.webhook_url(), seed, count, 10);
     let wanted = expected(seed, 8, count);
@@ -375,7 +365,7 @@ fn each_sink_takes_the_events_its_route_names() {
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
-    let mut bridge = BridgeProcess::start(&config(&file_sink()));
+    let mut bridge = BridgeProcess::start(&Conf::new().sink(file_sink()));
     for index in 0..50 {
         let response = post(
             &bridge.webhook_url(),
@@ -391,8 +381,8 @@ fn sigterm_drains_and_exits_zero() {
 
 #[test]
 fn a_file_sink_in_a_missing_folder_names_the_path_and_the_os_error() {
-    let text = config("[[sinks]]\ntype = \"file\"\npath = \"{dir}/missing/events.jsonl\"\n");
-    let bridge = BridgeProcess::spawn(&text, Stdio::null(), &[]);
+    let conf = Conf::new().sink(Sink::file("{dir}/missing/events.jsonl"));
+    let bridge = BridgeProcess::spawn(&conf, Stdio::null(), &[]);
     let path = bridge.dir().join("missing/events.jsonl");
     let cause = format!("cannot open {}: No such file or directory", path.display());
     wait_until("the failure logged with its path and cause", || {
