@@ -379,19 +379,19 @@ impl BridgeProcess {
         }
         // The bridge writes the file (whole, by a rename) once both
         // listeners are bound.
-        let deadline = Instant::now() + WAIT;
-        let bound: Value = loop {
+        let pause = Duration::from_millis(10);
+        let bound: Value = wait_for("the bridge listening", WAIT, pause, || {
             if let Ok(text) = std::fs::read_to_string(&addresses) {
-                break serde_json::from_str(&text).unwrap();
+                return Ok(serde_json::from_str(&text).unwrap());
             }
             let exited = child.try_wait().unwrap();
             assert!(
-                exited.is_none() && Instant::now() < deadline,
+                exited.is_none(),
                 "the bridge did not start listening ({exited:?}): {:?}",
                 logs.lock().unwrap()
             );
-            std::thread::sleep(Duration::from_millis(10));
-        };
+            Err(format!("{:?}", logs.lock().unwrap()))
+        });
         let addr = |name: &str| bound[name].as_str().unwrap().parse::<SocketAddr>().unwrap();
         BridgeProcess {
             child,
@@ -432,28 +432,27 @@ impl BridgeProcess {
     /// and the tests look at the brokers (a JetStream stream the sink
     /// creates, say) as soon as it has started.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let url = format!("http://{}/readyz", self.admin);
-            if let Ok(response) = reqwest::blocking::get(url) {
-                let ready = response.status() == 200;
-                let sinks_up = response.text().ok().and_then(|text| {
-                    let report: Value = serde_json::from_str(&text).ok()?;
-                    Some(
-                        report
-                            .as_object()?
-                            .iter()
-                            .filter(|(name, _)| name.starts_with("sink:"))
-                            .all(|(_, up)| up == true),
-                    )
-                });
-                if ready && sinks_up == Some(true) {
-                    return;
-                }
+        let url = format!("http://{}/readyz", self.admin);
+        wait_for("the bridge ready", WAIT, POLL, || {
+            let response = reqwest::blocking::get(&url).map_err(|e| e.to_string())?;
+            let status = response.status();
+            let text = response.text().ok();
+            let sinks_up = text.as_deref().and_then(|text| {
+                let report: Value = serde_json::from_str(text).ok()?;
+                Some(
+                    report
+                        .as_object()?
+                        .iter()
+                        .filter(|(name, _)| name.starts_with("sink:"))
+                        .all(|(_, up)| up == true),
+                )
+            });
+            if status == 200 && sinks_up == Some(true) {
+                Ok(())
+            } else {
+                Err(format!("/readyz answers {status}: {text:?}"))
             }
-            assert!(Instant::now() < deadline, "the bridge never became ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        });
     }
 
     /// The metrics page, parsed.
@@ -466,17 +465,9 @@ impl BridgeProcess {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the bridge did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("the bridge to exit after SIGTERM", WAIT, POLL, || {
+            self.child.try_wait().unwrap().ok_or("it is running")
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -630,6 +621,9 @@ pub fn succeed(command: &mut Command) -> std::process::Output {
     output
 }
 
+/// How long the waits below pause between two looks, unless told.
+pub const POLL: Duration = Duration::from_millis(20);
+
 /// Waits until `condition` holds, polling; fails the test after `WAIT`.
 pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
     wait_until_within(what, WAIT, condition)
@@ -637,10 +631,38 @@ pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
 
 /// `wait_until`, failing after `limit`.
 pub fn wait_until_within(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let outcome = retry(limit, POLL, || if condition() { Ok(()) } else { Err(()) });
+    assert!(outcome.is_ok(), "timed out waiting for {what}");
+}
+
+/// Looks with `attempt` until it finds a value, `pause` apart, and returns
+/// the value; fails the test after `limit`, with what the last look saw
+/// instead.
+pub fn wait_for<T, E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    pause: Duration,
+    attempt: impl FnMut() -> Result<T, E>,
+) -> T {
+    retry(limit, pause, attempt)
+        .unwrap_or_else(|last| panic!("timed out waiting for {what}: {last}"))
+}
+
+/// The loop of the waits: `attempt` until it gives a value, `pause` apart;
+/// after `limit`, what the last attempt gave instead.
+pub fn retry<T, E>(
+    limit: Duration,
+    pause: Duration,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
     let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(last) if Instant::now() >= deadline => return Err(last),
+            Err(_) if pause.is_zero() => {}
+            Err(_) => std::thread::sleep(pause),
+        }
     }
 }
 
