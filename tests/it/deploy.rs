@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -374,17 +374,20 @@ fn the_bridge_notifies_its_supervisor() {
     );
     let mut messages: Vec<String> = Vec::new();
     let mut receive_until = |what: &str, done: &dyn Fn(&[String]) -> bool| {
-        let deadline = Instant::now() + WAIT;
         let mut buffer = [0u8; 4096];
-        while !done(&messages) {
-            assert!(
-                Instant::now() < deadline,
-                "no {what} from the bridge; got {messages:?}"
-            );
+        wait_for(&format!("{what} from the bridge"), WAIT, NO_PAUSE, || {
+            if done(&messages) {
+                return Ok(());
+            }
             if let Ok(n) = socket.recv(&mut buffer) {
                 messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
             }
-        }
+            if done(&messages) {
+                Ok(())
+            } else {
+                Err(format!("got {messages:?}"))
+            }
+        });
     };
     receive_until("READY=1", &|m| m.iter().any(|m| m.starts_with("READY=1\n")));
     receive_until("three watchdog pings", &|m| {

@@ -29,19 +29,19 @@ fn spooled(nats: &str, stream: &str, spool: &Path) -> Conf {
 
 /// Waits until the bridge has nothing in its spool or pipeline.
 fn wait_settled(bridge: &BridgeProcess) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    let outcome = retry(WAIT, POLL, || {
         let metrics = bridge.metrics();
         let engaged = metrics.sum("fishjam_bridge_spool_engaged", &[]);
         let in_flight = metrics.sum("fishjam_bridge_pipeline_events_in_flight", &[]);
         if engaged == 0.0 && in_flight == 0.0 {
-            return;
+            Ok(())
+        } else {
+            Err((engaged, in_flight))
         }
-        if std::time::Instant::now() >= deadline {
-            let status = http_get(&format!("http://{}/status", bridge.admin));
-            panic!("the spool and the pipeline are not empty: engaged {engaged}, in flight {in_flight}, status {status}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    });
+    if let Err((engaged, in_flight)) = outcome {
+        let status = http_get(&format!("http://{}/status", bridge.admin));
+        panic!("the spool and the pipeline are not empty: engaged {engaged}, in flight {in_flight}, status {status}");
     }
 }
 

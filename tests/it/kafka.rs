@@ -245,24 +245,27 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
     }
     consumer.assign(&assignment).unwrap();
     let mut records = Vec::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    while !remaining.is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{topic}: partitions {remaining:?} not read to the end"
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|high| message.offset() + 1 >= *high)
-        {
-            remaining.remove(&message.partition());
+    let what = format!("{topic} read to the end");
+    wait_for(&what, WAIT, NO_PAUSE, || {
+        if remaining.is_empty() {
+            return Ok(());
         }
-        records.push(record(&message));
-    }
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            if remaining
+                .get(&message.partition())
+                .is_some_and(|high| message.offset() + 1 >= *high)
+            {
+                remaining.remove(&message.partition());
+            }
+            records.push(record(&message));
+        }
+        if remaining.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("partitions {remaining:?} not read to the end"))
+        }
+    });
     records
 }
 
@@ -284,18 +287,20 @@ fn record(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 fn read_topic(bootstrap: &str, topic: &str, partitions: i32, count: usize) -> Vec<Record> {
     let consumer = from_beginning(bootstrap, topic, partitions);
     let mut records = Vec::with_capacity(count);
-    let deadline = std::time::Instant::now() + WAIT;
-    while records.len() < count {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{topic}: {} of {count} records arrived",
-            records.len()
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        records.push(record(&message.unwrap()));
-    }
+    let what = format!("{count} records of {topic}");
+    wait_for(&what, WAIT, NO_PAUSE, || {
+        if records.len() >= count {
+            return Ok(());
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            records.push(record(&message.unwrap()));
+        }
+        if records.len() >= count {
+            Ok(())
+        } else {
+            Err(format!("{} of {count} records arrived", records.len()))
+        }
+    });
     records
 }
 
@@ -797,18 +802,15 @@ fn a_nats_outage_holds_back_neither_kafka_nor_the_webhooks() {
     let report = stop_simulator(simulator);
     assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
     let played = report["notifications"].as_u64().unwrap() as usize;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
+    let (limit, pause) = (Duration::from_secs(120), Duration::from_millis(100));
+    wait_for("both sinks to catch up", limit, pause, || {
         let lag = lag(&bridge);
         if lag["kafka"]["events"] == 0 && lag["nats"]["events"] == 0 {
-            break;
+            Ok(())
+        } else {
+            Err(lag)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "both sinks to catch up: {lag}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     assert_eq!(
         bridge.metrics().sum(
             "fishjam_bridge_webhook_requests_total",
@@ -820,34 +822,31 @@ fn a_nats_outage_holds_back_neither_kafka_nor_the_webhooks() {
     // Read again until every room is complete, or say what is missing and
     // which offsets the bridge was told were written.
     seal(&broker.bootstrap, &topic, 3);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let complete = retry(Duration::from_secs(60), Duration::from_millis(200), || {
         let mut kafka = read_all(&broker.bootstrap, &topic, 3);
         kafka.retain(|record| record.1 != "end");
-        let Some(problem) =
-            incomplete_or_out_of_order(&wanted, &by_key(kafka.iter().map(|r| &r.3)))
-        else {
-            break;
-        };
-        if std::time::Instant::now() >= deadline {
-            // Which offsets the bridge was told were written, beside those read.
-            let mut delivered: BTreeMap<i64, i64> = BTreeMap::new();
-            for line in bridge.logs.lock().unwrap().iter() {
-                if line["message"] == "kafka delivered" {
-                    let partition = line["partition"].as_i64().unwrap();
-                    let offset = line["offset"].as_i64().unwrap();
-                    let last = delivered.entry(partition).or_default();
-                    *last = (*last).max(offset);
-                }
-            }
-            let mut read: BTreeMap<i32, i64> = BTreeMap::new();
-            for record in &kafka {
-                let last = read.entry(record.0).or_default();
-                *last = (*last).max(record.4);
-            }
-            panic!("Kafka: {problem}\nlast offsets delivered {delivered:?}, read {read:?}");
+        match incomplete_or_out_of_order(&wanted, &by_key(kafka.iter().map(|r| &r.3))) {
+            None => Ok(()),
+            Some(problem) => Err((problem, kafka)),
         }
-        std::thread::sleep(Duration::from_millis(200));
+    });
+    if let Err((problem, kafka)) = complete {
+        // Which offsets the bridge was told were written, beside those read.
+        let mut delivered: BTreeMap<i64, i64> = BTreeMap::new();
+        for line in bridge.logs.lock().unwrap().iter() {
+            if line["message"] == "kafka delivered" {
+                let partition = line["partition"].as_i64().unwrap();
+                let offset = line["offset"].as_i64().unwrap();
+                let last = delivered.entry(partition).or_default();
+                *last = (*last).max(offset);
+            }
+        }
+        let mut read: BTreeMap<i32, i64> = BTreeMap::new();
+        for record in &kafka {
+            let last = read.entry(record.0).or_default();
+            *last = (*last).max(record.4);
+        }
+        panic!("Kafka: {problem}\nlast offsets delivered {delivered:?}, read {read:?}");
     }
     let stored = crate::nats::stored(&nats.url(), &stream);
     assert_each_room_complete_in_order(&wanted, &by_key(&stored));

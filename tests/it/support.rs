@@ -624,6 +624,10 @@ pub fn succeed(command: &mut Command) -> std::process::Output {
 /// How long the waits below pause between two looks, unless told.
 pub const POLL: Duration = Duration::from_millis(20);
 
+/// No pause between two looks: for a look that waits by itself (a receive
+/// with a timeout).
+pub const NO_PAUSE: Duration = Duration::ZERO;
+
 /// Waits until `condition` holds, polling; fails the test after `WAIT`.
 pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
     wait_until_within(what, WAIT, condition)

@@ -169,20 +169,16 @@ fn tap_reads_an_admin_listener_served_with_tls_under_a_private_ca() {
         }
     });
     // Bodies are posted until the tap, once connected, prints one.
-    let deadline = std::time::Instant::now() + WAIT;
-    let event: Value = loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the tap printed nothing"
-        );
+    let event: Value = wait_for("an event printed by the tap", WAIT, NO_PAUSE, || {
         let _ = reqwest::blocking::Client::new()
             .post(bridge.webhook_url())
             .header("content-type", "application/x-protobuf")
             .body(room_created("over-tls"))
             .send();
-        if let Ok(line) = printed.recv_timeout(Duration::from_millis(200)) {
-            break serde_json::from_str(&line).unwrap();
+        match printed.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => Ok(serde_json::from_str(&line).unwrap()),
+            Err(_) => Err("the tap printed nothing"),
         }
-    };
+    });
     assert_eq!(event["data"]["roomId"], "over-tls");
 }
