@@ -229,10 +229,6 @@ impl AmqpSink {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The open channel, reconnecting first if the last one failed.
     async fn channel(&self) -> Result<Channel, SinkError> {
         let mut slot = self.channel.lock().await;
@@ -257,65 +253,6 @@ impl AmqpSink {
         if self.channel.lock().await.take().is_some() {
             self.health.set(false);
         }
-    }
-
-    pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
-        let channel = self.channel().await.map_err(|error| PublishError::new(0, error))?;
-        let exchange: ShortString = self.config.exchange.as_str().into();
-        let options = BasicPublishOptions {
-            mandatory: true,
-            immediate: false,
-        };
-        let mut confirms = Vec::with_capacity(jobs.len());
-        let mut send_failure = None;
-        for job in jobs {
-            let routing_key: ShortString = self.routing_key.render(&job.event).into();
-            match channel
-                .basic_publish(
-                    exchange.clone(),
-                    routing_key,
-                    options,
-                    &payload(job, self.config.cloudevents),
-                    self.properties(job),
-                )
-                .await
-            {
-                Ok(confirm) => confirms.push(confirm),
-                Err(error) => {
-                    send_failure = Some(SinkError::connect(self.config.target(), error));
-                    break;
-                }
-            }
-        }
-        let settled = tokio::time::timeout(
-            self.config.timeout,
-            futures_util::future::join_all(
-                confirms
-                    .into_iter()
-                    .map(std::future::IntoFuture::into_future),
-            ),
-        )
-        .await;
-        let mut settlement = Settlement::default();
-        match settled {
-            Err(_) => settlement.record(Err(SinkError::Timeout)),
-            Ok(confirmations) => {
-                for confirmation in confirmations {
-                    settlement.record(self.answer(confirmation));
-                }
-            }
-        }
-        if let Some(error) = send_failure {
-            settlement.record(Err(error));
-        }
-        let result = settlement.finish();
-        if let Err(PublishError { error, .. }) = &result {
-            if !matches!(error, SinkError::Rejected(_) | SinkError::Nacked(_)) {
-                // The channel's state is unknown: start again on a new one.
-                self.drop_link().await;
-            }
-        }
-        result
     }
 
     /// What one publisher confirm means for its message.
@@ -375,16 +312,6 @@ impl AmqpSink {
         }
     }
 
-    pub async fn close(&self) -> Result<(), SinkError> {
-        if let Some(link) = self.channel.lock().await.take() {
-            let _ = link.channel.close(200, "bridge shutting down".into()).await;
-            link.connection
-                .close(200, "bridge shutting down".into())
-                .await
-                .map_err(|e| SinkError::connect(self.config.target(), e))?;
-        }
-        Ok(())
-    }
 }
 
 /// Connects, opens a channel in confirm mode and declares the topology.
@@ -507,15 +434,77 @@ impl super::SinkKind for AmqpConfig {
 
 impl super::Publish for AmqpSink {
     fn name(&self) -> &str {
-        AmqpSink::name(self)
+        &self.name
     }
 
-    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
-        AmqpSink::publish(self, batch).await
+    async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
+        let channel = self.channel().await.map_err(|error| PublishError::new(0, error))?;
+        let exchange: ShortString = self.config.exchange.as_str().into();
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let mut confirms = Vec::with_capacity(jobs.len());
+        let mut send_failure = None;
+        for job in jobs {
+            let routing_key: ShortString = self.routing_key.render(&job.event).into();
+            match channel
+                .basic_publish(
+                    exchange.clone(),
+                    routing_key,
+                    options,
+                    &payload(job, self.config.cloudevents),
+                    self.properties(job),
+                )
+                .await
+            {
+                Ok(confirm) => confirms.push(confirm),
+                Err(error) => {
+                    send_failure = Some(SinkError::connect(self.config.target(), error));
+                    break;
+                }
+            }
+        }
+        let settled = tokio::time::timeout(
+            self.config.timeout,
+            futures_util::future::join_all(
+                confirms
+                    .into_iter()
+                    .map(std::future::IntoFuture::into_future),
+            ),
+        )
+        .await;
+        let mut settlement = Settlement::default();
+        match settled {
+            Err(_) => settlement.record(Err(SinkError::Timeout)),
+            Ok(confirmations) => {
+                for confirmation in confirmations {
+                    settlement.record(self.answer(confirmation));
+                }
+            }
+        }
+        if let Some(error) = send_failure {
+            settlement.record(Err(error));
+        }
+        let result = settlement.finish();
+        if let Err(PublishError { error, .. }) = &result {
+            if !matches!(error, SinkError::Rejected(_) | SinkError::Nacked(_)) {
+                // The channel's state is unknown: start again on a new one.
+                self.drop_link().await;
+            }
+        }
+        result
     }
 
     async fn close(&self) -> Result<(), SinkError> {
-        AmqpSink::close(self).await
+        if let Some(link) = self.channel.lock().await.take() {
+            let _ = link.channel.close(200, "bridge shutting down".into()).await;
+            link.connection
+                .close(200, "bridge shutting down".into())
+                .await
+                .map_err(|e| SinkError::connect(self.config.target(), e))?;
+        }
+        Ok(())
     }
 }
 

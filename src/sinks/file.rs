@@ -61,6 +61,7 @@ impl super::SinkKind for FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::Publish;
 
     #[tokio::test]
     async fn a_device_closes_cleanly_even_with_fsync() {

@@ -235,43 +235,6 @@ impl HttpSink {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Whether a failed publish leaves stored at most a run from its start:
-    /// an array is one request, taken whole or not at all.
-    pub fn stores_prefixes(&self) -> bool {
-        self.batch == Batching::Array
-    }
-
-    pub async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
-        match self.batch {
-            Batching::Array => match self.post_array(batch).await {
-                Ok(()) => Ok(()),
-                // Which event the receiver refused is not known: each goes
-                // alone, in order, so that only what it refuses is a dead
-                // letter.
-                Err(SinkError::Rejected(_)) if batch.len() > 1 => self.post_each_alone(batch).await,
-                Err(error) => Err(PublishError::new(0, error)),
-            },
-            Batching::Single => {
-                // The lane's wave holds one message a room: their requests go
-                // out together, and each room whose request was taken moves
-                // on.
-                let answers = futures_util::future::join_all(
-                    batch.iter().map(|message| self.post_one(message)),
-                )
-                .await;
-                let mut settlement = Settlement::default();
-                for answer in answers {
-                    settlement.record(answer);
-                }
-                settlement.finish()
-            }
-        }
-    }
-
     /// Each message as an array of one, in order, up to the first failure.
     async fn post_each_alone(&self, batch: &[&Message]) -> Result<(), PublishError> {
         for (index, message) in batch.iter().enumerate() {
@@ -423,17 +386,41 @@ impl super::SinkKind for HttpConfig {
 
 impl super::Publish for HttpSink {
     fn name(&self) -> &str {
-        HttpSink::name(self)
-    }
-
-    fn stores_prefixes(&self) -> bool {
-        HttpSink::stores_prefixes(self)
+        &self.name
     }
 
     async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
-        HttpSink::publish(self, batch).await
+        match self.batch {
+            Batching::Array => match self.post_array(batch).await {
+                Ok(()) => Ok(()),
+                // Which event the receiver refused is not known: each goes
+                // alone, in order, so that only what it refuses is a dead
+                // letter.
+                Err(SinkError::Rejected(_)) if batch.len() > 1 => self.post_each_alone(batch).await,
+                Err(error) => Err(PublishError::new(0, error)),
+            },
+            Batching::Single => {
+                // The lane's wave holds one message a room: their requests go
+                // out together, and each room whose request was taken moves
+                // on.
+                let answers = futures_util::future::join_all(
+                    batch.iter().map(|message| self.post_one(message)),
+                )
+                .await;
+                let mut settlement = Settlement::default();
+                for answer in answers {
+                    settlement.record(answer);
+                }
+                settlement.finish()
+            }
+        }
     }
 
+    /// Whether a failed publish leaves stored at most a run from its start:
+    /// an array is one request, taken whole or not at all.
+    fn stores_prefixes(&self) -> bool {
+        self.batch == Batching::Array
+    }
 }
 
 #[cfg(test)]

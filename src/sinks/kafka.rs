@@ -528,19 +528,6 @@ impl KafkaSink {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
-        let producer = self.producer.read().expect("never poisoned").clone();
-        let published = self.publish_with(&producer, jobs).await;
-        if published.is_err() {
-            self.renew_if_fatal(&producer);
-        }
-        published
-    }
-
     /// After a fatal error (a fenced or refused idempotent producer)
     /// librdkafka refuses every record for good: the next batch goes
     /// through a new producer, with a new producer id.
@@ -646,23 +633,6 @@ impl KafkaSink {
         settlement.finish()
     }
 
-    /// Flushes what librdkafka still holds, within `grace`.
-    pub async fn close(&self) -> Result<(), SinkError> {
-        let producer = self.producer.read().expect("never poisoned").clone();
-        let grace = self.timeout;
-        // flush blocks its thread until delivered or timed out.
-        let flushing = producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || flushing.flush(grace))
-            .await
-            .map_err(SinkError::publish)?;
-        let left = producer.in_flight_count();
-        match flushed {
-            Ok(()) => Ok(()),
-            Err(error) => Err(SinkError::publish(format!(
-                "{left} records not delivered at shutdown: {error}"
-            ))),
-        }
-    }
 }
 
 fn new_producer(
@@ -733,15 +703,34 @@ impl super::SinkKind for KafkaConfig {
 
 impl super::Publish for KafkaSink {
     fn name(&self) -> &str {
-        KafkaSink::name(self)
+        &self.name
     }
 
-    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
-        KafkaSink::publish(self, batch).await
+    async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
+        let producer = self.producer.read().expect("never poisoned").clone();
+        let published = self.publish_with(&producer, jobs).await;
+        if published.is_err() {
+            self.renew_if_fatal(&producer);
+        }
+        published
     }
 
+    /// Flushes what librdkafka still holds, within `grace`.
     async fn close(&self) -> Result<(), SinkError> {
-        KafkaSink::close(self).await
+        let producer = self.producer.read().expect("never poisoned").clone();
+        let grace = self.timeout;
+        // flush blocks its thread until delivered or timed out.
+        let flushing = producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || flushing.flush(grace))
+            .await
+            .map_err(SinkError::publish)?;
+        let left = producer.in_flight_count();
+        match flushed {
+            Ok(()) => Ok(()),
+            Err(error) => Err(SinkError::publish(format!(
+                "{left} records not delivered at shutdown: {error}"
+            ))),
+        }
     }
 }
 

@@ -379,25 +379,9 @@ impl NatsSink {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Core NATS: one connection that the server reads in order.
     pub fn is_core(&self) -> bool {
         matches!(self.transport, Transport::Core(_))
-    }
-
-    pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
-        match &self.transport {
-            Transport::Core(wire) => self.publish_core(wire, jobs).await,
-            Transport::JetStream { client, context } => {
-                // Read once a batch: the client hands out its whole server
-                // info as a copy.
-                let max_payload = client.server_info().max_payload;
-                self.publish_jetstream(context, max_payload, jobs).await
-            }
-        }
     }
 
     /// The subject and headers of `job`'s message; an error when the message
@@ -569,16 +553,6 @@ impl NatsSink {
         settlement.finish()
     }
 
-    pub async fn close(&self) -> Result<(), SinkError> {
-        match &self.transport {
-            // Every batch was written whole and acknowledged.
-            Transport::Core(wire) => {
-                wire.close();
-                Ok(())
-            }
-            Transport::JetStream { client, .. } => client.flush().await.map_err(SinkError::publish),
-        }
-    }
 }
 
 /// The server would close the connection over such a message, and again
@@ -831,19 +805,34 @@ impl super::SinkKind for NatsConfig {
 
 impl super::Publish for NatsSink {
     fn name(&self) -> &str {
-        NatsSink::name(self)
+        &self.name
     }
 
     fn stores_prefixes(&self) -> bool {
         self.is_core()
     }
 
-    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
-        NatsSink::publish(self, batch).await
+    async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
+        match &self.transport {
+            Transport::Core(wire) => self.publish_core(wire, jobs).await,
+            Transport::JetStream { client, context } => {
+                // Read once a batch: the client hands out its whole server
+                // info as a copy.
+                let max_payload = client.server_info().max_payload;
+                self.publish_jetstream(context, max_payload, jobs).await
+            }
+        }
     }
 
     async fn close(&self) -> Result<(), SinkError> {
-        NatsSink::close(self).await
+        match &self.transport {
+            // Every batch was written whole and acknowledged.
+            Transport::Core(wire) => {
+                wire.close();
+                Ok(())
+            }
+            Transport::JetStream { client, .. } => client.flush().await.map_err(SinkError::publish),
+        }
     }
 }
 

@@ -78,57 +78,6 @@ impl StdoutSink {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
-        let mut lines = Vec::with_capacity(jobs.iter().map(|j| j.json.len() + 1).sum());
-        for job in jobs {
-            lines.extend_from_slice(&job.json);
-            lines.push(b'\n');
-        }
-        let mut output = self.output.lock().await;
-        let result = match &mut *output {
-            Output::Stdout(stdout) => write(stdout, &lines).await,
-            Output::File { file, len, fsync } => {
-                let mut result = write(file, &lines).await;
-                if result.is_ok() && *fsync {
-                    result = synced(file.sync_data().await);
-                }
-                match result {
-                    Ok(()) => *len += lines.len() as u64,
-                    Err(_) => {
-                        // Best effort: if even this fails, the next batch
-                        // fails too and is retried after it.
-                        let _ = file.set_len(*len).await;
-                    }
-                }
-                result
-            }
-        };
-        result.map_err(|source| PublishError::new(
-// Nothing counts as written until the whole batch is.
-0, SinkError::Io {
-                doing: format!("cannot write to {}", self.target),
-                source,
-            }))
-    }
-
-    pub async fn close(&self) -> Result<(), SinkError> {
-        let mut output = self.output.lock().await;
-        let closed = match &mut *output {
-            Output::Stdout(stdout) => stdout.flush().await,
-            Output::File { file, .. } => match file.flush().await {
-                Ok(()) => synced(file.sync_all().await),
-                Err(error) => Err(error),
-            },
-        };
-        closed.map_err(|source| SinkError::Io {
-            doing: format!("cannot flush {}", self.target),
-            source,
-        })
-    }
 }
 
 /// A device or pipe (`/dev/null`, a FIFO) cannot be synced, and has nothing
@@ -163,18 +112,58 @@ impl super::SinkKind for StdoutConfig {
 
 impl super::Publish for StdoutSink {
     fn name(&self) -> &str {
-        StdoutSink::name(self)
+        &self.name
     }
 
     fn stores_prefixes(&self) -> bool {
         true
     }
 
-    async fn publish(&self, batch: &[&Message]) -> Result<(), PublishError> {
-        StdoutSink::publish(self, batch).await
+    async fn publish(&self, jobs: &[&Message]) -> Result<(), PublishError> {
+        let mut lines = Vec::with_capacity(jobs.iter().map(|j| j.json.len() + 1).sum());
+        for job in jobs {
+            lines.extend_from_slice(&job.json);
+            lines.push(b'\n');
+        }
+        let mut output = self.output.lock().await;
+        let result = match &mut *output {
+            Output::Stdout(stdout) => write(stdout, &lines).await,
+            Output::File { file, len, fsync } => {
+                let mut result = write(file, &lines).await;
+                if result.is_ok() && *fsync {
+                    result = synced(file.sync_data().await);
+                }
+                match result {
+                    Ok(()) => *len += lines.len() as u64,
+                    Err(_) => {
+                        // Best effort: if even this fails, the next batch
+                        // fails too and is retried after it.
+                        let _ = file.set_len(*len).await;
+                    }
+                }
+                result
+            }
+        };
+        result.map_err(|source| PublishError::new(
+// Nothing counts as written until the whole batch is.
+0, SinkError::Io {
+                doing: format!("cannot write to {}", self.target),
+                source,
+            }))
     }
 
     async fn close(&self) -> Result<(), SinkError> {
-        StdoutSink::close(self).await
+        let mut output = self.output.lock().await;
+        let closed = match &mut *output {
+            Output::Stdout(stdout) => stdout.flush().await,
+            Output::File { file, .. } => match file.flush().await {
+                Ok(()) => synced(file.sync_all().await),
+                Err(error) => Err(error),
+            },
+        };
+        closed.map_err(|source| SinkError::Io {
+            doing: format!("cannot flush {}", self.target),
+            source,
+        })
     }
 }

@@ -52,22 +52,28 @@ pub fn rest_client(
     builder.build().map_err(FishjamError::Client)
 }
 
-/// `GET url` with the management token, naming the bridge as the SDKs name
-/// themselves.
+/// `GET <base>/<path>` of `fishjam_id` with the management token, naming
+/// the bridge as the SDKs name themselves: the URL asked, and the answer.
 async fn get(
     client: &reqwest::Client,
-    url: &str,
+    fishjam_id: &str,
+    path: &str,
     token: &str,
-) -> Result<reqwest::Response, reqwest::Error> {
-    client
-        .get(url)
+) -> Result<(String, reqwest::Response), FishjamError> {
+    let url = format!("{}/{path}", base_url(fishjam_id)?);
+    let sent = client
+        .get(&url)
         .bearer_auth(token)
         .header(
             "x-fishjam-api-client",
             concat!("fishjam-bridge/", env!("CARGO_PKG_VERSION")),
         )
         .send()
-        .await
+        .await;
+    match sent {
+        Ok(response) => Ok((url, response)),
+        Err(source) => Err(FishjamError::Request { url, source }),
+    }
 }
 
 /// Why the credentials could not be confirmed.
@@ -88,16 +94,7 @@ pub async fn check_credentials(
     fishjam_id: &str,
     token: &str,
 ) -> Result<(), CredentialError> {
-    let url = format!(
-        "{}/validate",
-        base_url(fishjam_id).map_err(FishjamError::from)?
-    );
-    let response = get(client, &url, token)
-        .await
-        .map_err(|source| FishjamError::Request {
-            url: url.clone(),
-            source,
-        })?;
+    let (url, response) = get(client, fishjam_id, "validate", token).await?;
     match response.status() {
         status if status.is_success() => Ok(()),
         status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND) => {
@@ -140,13 +137,7 @@ pub async fn list_rooms(
     fishjam_id: &str,
     token: &str,
 ) -> Result<Vec<FishjamRoom>, FishjamError> {
-    let url = format!("{}/room", base_url(fishjam_id).map_err(FishjamError::from)?);
-    let response = get(client, &url, token)
-        .await
-        .map_err(|source| FishjamError::Request {
-            url: url.clone(),
-            source,
-        })?;
+    let (url, response) = get(client, fishjam_id, "room", token).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(FishjamError::Status { url, status });
