@@ -13,12 +13,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use fishjam_bridge::admin::systemd;
+use fishjam_bridge::admin::tap::Filter;
 use fishjam_bridge::config::{Config, ConfigError};
 use fishjam_bridge::core::event::Source;
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
 use fishjam_bridge::telemetry::{self, LogFormat};
+use fishjam_bridge::tools::{tap, top};
 
 // glibc's allocator contends between the runtime's threads on the hot path
 // (one allocation set per event); mimalloc keeps per-thread heaps.
@@ -264,14 +266,18 @@ fn main() -> ExitCode {
             source,
             ca_file,
         } => {
-            let filter = [("room", room), ("type", event_type), ("source", source)];
-            print_tap(&admin, &filter, ca_file.as_deref())
+            let filter = Filter {
+                room,
+                event_type,
+                source,
+            };
+            tapped(tap::tap(&admin, &filter, ca_file.as_deref()))
         }
         Command::Top {
             admin,
             every,
             ca_file,
-        } => show_top(&admin, every, ca_file.as_deref()),
+        } => report(top::top(&admin, every, ca_file.as_deref())),
         Command::Demo {
             duration,
             rate,
@@ -301,31 +307,6 @@ fn run_simulator(args: SimulateArgs) -> ExitCode {
 fn run_demo(duration: Option<Duration>, rate: u64, rooms: usize, seed: u64) -> ExitCode {
     telemetry::init_logging(LogFormat::Text, "info");
     report(runtime().block_on(demo(duration, rate, rooms, seed)))
-}
-
-/// `tap`: prints what a running bridge's tap sends, filtered by `filter`.
-fn print_tap(
-    admin: &str,
-    filter: &[(&str, Option<String>)],
-    ca_file: Option<&std::path::Path>,
-) -> ExitCode {
-    let tapped = admin_client(ca_file, None)
-        .and_then(|client| runtime().block_on(tap(&client, admin, filter)));
-    match tapped {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("fishjam-bridge: {error:#}");
-            ExitCode::from(69)
-        }
-    }
-}
-
-/// `top`: a live view of a running bridge, read `every` so often.
-fn show_top(admin: &str, every: Duration, ca_file: Option<&std::path::Path>) -> ExitCode {
-    let timeout = every.max(Duration::from_secs(2));
-    report(admin_client(ca_file, Some(timeout)).and_then(|client| {
-        runtime().block_on(fishjam_bridge::tools::top::run(&client, admin, every))
-    }))
 }
 
 #[derive(Subcommand)]
@@ -387,78 +368,6 @@ fn list_dead_letters(file: &std::path::Path) -> ExitCode {
     ExitCode::from(65)
 }
 
-/// A client for a bridge's admin listener, trusting `ca_file` beside the
-/// platform's roots, each request within `timeout` when given.
-fn admin_client(
-    ca_file: Option<&std::path::Path>,
-    timeout: Option<Duration>,
-) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder();
-    if let Some(timeout) = timeout {
-        builder = builder.timeout(timeout);
-    }
-    if let Some(path) = ca_file {
-        builder = fishjam_bridge::net::tls::ExtraRoots::load(path)?.trusted_by(builder)?;
-    }
-    Ok(builder.build()?)
-}
-
-/// Streams `/tap` of the bridge at `admin` to stdout until the bridge ends
-/// it (or the user does, with Ctrl-C).
-async fn tap(
-    client: &reqwest::Client,
-    admin: &str,
-    filter: &[(&str, Option<String>)],
-) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    use std::io::Write as _;
-    let query: Vec<(&str, &str)> = filter
-        .iter()
-        .filter_map(|(key, value)| Some((*key, value.as_deref()?)))
-        .collect();
-    let url = format!("{}/tap", admin.trim_end_matches('/'));
-    let mut response = client
-        .get(&url)
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    match response.status() {
-        reqwest::StatusCode::OK => {}
-        reqwest::StatusCode::NOT_FOUND => {
-            anyhow::bail!("{url}: not served; the bridge serves /tap only with admin.tap = true")
-        }
-        status => {
-            let why = response.text().await.unwrap_or_default();
-            anyhow::bail!("{url}: {status}: {}", why.trim());
-        }
-    }
-    let mut pending: Vec<u8> = Vec::new();
-    let mut stdout = std::io::stdout().lock();
-    while let Some(chunk) = response.chunk().await.context("the tap stream broke")? {
-        pending.extend_from_slice(&chunk);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let line = &line[..line.len() - 1];
-            if line.is_empty() {
-                continue; // the bridge's keep-alive
-            }
-            if line.starts_with(b"{\"tap\":") {
-                let notice: serde_json::Value = serde_json::from_slice(line)?;
-                eprintln!(
-                    "fishjam-bridge: {} events skipped: this tap read more slowly than they came",
-                    notice["tap"]["dropped"]
-                );
-                continue;
-            }
-            stdout.write_all(line)?;
-            stdout.write_all(b"\n")?;
-            stdout.flush()?;
-        }
-    }
-    Ok(())
-}
-
 /// Publishes the dead letters again and says, per sink, what was sent and
 /// what is left.
 fn redrive_dead_letters(
@@ -509,6 +418,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
+}
+
+/// `tap`: 69 when the bridge's tap cannot be reached or read.
+fn tapped(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fishjam-bridge: {error:#}");
+            ExitCode::from(69)
+        }
+    }
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

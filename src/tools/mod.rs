@@ -1,7 +1,46 @@
 //! The operator's commands beside `run`: the terminal view (`top`), the
-//! connection check (`check-config --connect`, `probe`) and sending dead
-//! letters again (`redrive`).
+//! live events (`tap`), the connection check (`check-config --connect`,
+//! `probe`) and sending dead letters again (`redrive`).
 
 pub mod probe;
 pub mod redrive;
+pub mod tap;
 pub mod top;
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::net::tls::{ExtraRoots, TlsError};
+
+/// Why a client for the admin listener cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Roots(#[from] TlsError),
+    #[error(transparent)]
+    Build(#[from] reqwest::Error),
+}
+
+/// A client for a bridge's admin listener (`tap`, `top`), trusting
+/// `ca_file` beside the platform's roots, each request within `timeout`
+/// when given.
+fn admin_client(
+    ca_file: Option<&Path>,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    if let Some(path) = ca_file {
+        builder = ExtraRoots::load(path)?.trusted_by(builder)?;
+    }
+    Ok(builder.build()?)
+}
+
+/// The runtime of a command that talks to the network: the bridge's own
+/// kind (several threads, IO and timers), which `top` needs for
+/// `block_in_place`.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("the tokio runtime starts")
+}
