@@ -19,7 +19,8 @@ use fishjam_bridge::core::event::Source;
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
-use fishjam_bridge::telemetry::{self, LogFormat};
+use fishjam_bridge::telemetry::{self, Chain, LogFormat};
+use fishjam_bridge::tools::dead_letters::{self, ListError, RedriveError};
 use fishjam_bridge::tools::{tap, top};
 
 // glibc's allocator contends between the runtime's threads on the hot path
@@ -249,7 +250,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => run_simulator(*args),
         Command::DeadLetters {
             action: DeadLetterAction::List { file },
-        } => list_dead_letters(&file),
+        } => listed(dead_letters::list(&file)),
         Command::DeadLetters {
             action:
                 DeadLetterAction::Redrive {
@@ -258,7 +259,12 @@ fn main() -> ExitCode {
                     sink,
                     timeout,
                 },
-        } => redrive_dead_letters(&file, config, sink.as_deref(), timeout),
+        } => redriven(dead_letters::redrive(
+            &file,
+            config.as_deref(),
+            sink.as_deref(),
+            timeout,
+        )),
         Command::Tap {
             admin,
             room,
@@ -330,94 +336,40 @@ enum DeadLetterAction {
     },
 }
 
-/// Prints the summary; exit status 65 (EX_DATAERR) when a line is not a
-/// dead letter, 66 (EX_NOINPUT) when the file cannot be read.
-fn list_dead_letters(file: &std::path::Path) -> ExitCode {
-    let text = match std::fs::read_to_string(file) {
-        Ok(text) => text,
-        Err(error) => {
-            eprintln!("fishjam-bridge: cannot read {}: {error}", file.display());
-            return ExitCode::from(66);
-        }
-    };
-    let summary = fishjam_bridge::pipeline::dead_letter::summarize(&text);
-    let total: usize = summary.groups.values().map(|g| g.count).sum();
-    println!("{}: {total} entries", file.display());
-    for ((sink, reason), group) in &summary.groups {
-        let types: Vec<String> = group
-            .types
-            .iter()
-            .map(|(event_type, count)| format!("{event_type} {count}"))
-            .collect();
-        println!(
-            "sink {sink}: {} ({}), {} to {}: {reason}",
-            group.count,
-            types.join(", "),
-            group.first,
-            group.last
-        );
-    }
-    if summary.unreadable.is_empty() {
-        return ExitCode::SUCCESS;
-    }
-    let lines: Vec<String> = summary.unreadable.iter().map(usize::to_string).collect();
-    eprintln!(
-        "fishjam-bridge: not dead letters (a sink, a reason, a time and an event each): lines {}",
-        lines.join(", ")
-    );
-    ExitCode::from(65)
-}
-
-/// Publishes the dead letters again and says, per sink, what was sent and
-/// what is left.
-fn redrive_dead_letters(
-    file: &std::path::Path,
-    config: Option<PathBuf>,
-    only: Option<&str>,
-    timeout: Duration,
-) -> ExitCode {
-    let config = match Config::from_process(config.as_deref()) {
-        Ok(config) => config,
-        Err(error) => return config_failed(&error),
-    };
-    telemetry::init_logging(LogFormat::Text, "warn");
-    let outcomes = match runtime().block_on(fishjam_bridge::tools::redrive::redrive(
-        &config, file, only, timeout,
-    )) {
-        Ok(outcomes) => outcomes,
-        Err(error) => {
-            eprintln!("fishjam-bridge: {error:#}");
-            return ExitCode::from(66);
-        }
-    };
-    if outcomes.is_empty() {
-        println!("{}: no dead letter to send again", file.display());
-    }
-    let mut left = 0;
-    for outcome in &outcomes {
-        left += outcome.left;
-        match &outcome.problem {
-            None => println!(
-                "sink {}: {} sent again, acknowledged, removed from the file",
-                outcome.sink, outcome.sent
-            ),
-            Some(problem) => println!(
-                "sink {}: {} sent again, {} left in the file: {problem}",
-                outcome.sink, outcome.sent, outcome.left
-            ),
-        }
-    }
-    if left > 0 {
-        return ExitCode::from(69);
-    }
-    ExitCode::SUCCESS
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
+}
+
+/// `dead-letters list`: 66 when the file cannot be read, 65 when a line
+/// is not a dead letter.
+fn listed(result: Result<(), ListError>) -> ExitCode {
+    let Err(error) = result else {
+        return ExitCode::SUCCESS;
+    };
+    eprintln!("fishjam-bridge: {}", Chain(&error));
+    ExitCode::from(match error {
+        ListError::Read { .. } => 66,
+        ListError::NotDeadLetters { .. } => EXIT_DATA,
+    })
+}
+
+/// `dead-letters redrive`: 64 for an invalid configuration, 66 when the
+/// file cannot be read or rewritten, 69 when some dead letters are left.
+fn redriven(result: Result<(), RedriveError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RedriveError::Config(error)) => config_failed(&error),
+        Err(RedriveError::File(error)) => {
+            eprintln!("fishjam-bridge: {error:#}");
+            ExitCode::from(66)
+        }
+        // The report on stdout already says, sink by sink, what is left
+        // and why.
+        Err(RedriveError::Left { .. }) => ExitCode::from(69),
+    }
 }
 
 /// `tap`: 69 when the bridge's tap cannot be reached or read.

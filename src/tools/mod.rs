@@ -1,7 +1,9 @@
 //! The operator's commands beside `run`: the terminal view (`top`), the
 //! live events (`tap`), the connection check (`check-config --connect`,
-//! `probe`) and sending dead letters again (`redrive`).
+//! `probe`) and the dead-letter file (`dead_letters`, which sends them
+//! again with `redrive`).
 
+pub mod dead_letters;
 pub mod probe;
 pub mod redrive;
 pub mod tap;
