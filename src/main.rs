@@ -20,6 +20,7 @@ use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
 use fishjam_bridge::telemetry::{self, Chain, LogFormat};
+use fishjam_bridge::tools::check::{self, CheckError};
 use fishjam_bridge::tools::dead_letters::{self, ListError, RedriveError};
 use fishjam_bridge::tools::{tap, top};
 
@@ -237,7 +238,10 @@ fn main() -> ExitCode {
             config,
             connect,
             timeout,
-        } => check_config(config, connect.then_some(timeout)),
+        } => checked(check::check_config(
+            config.as_deref(),
+            connect.then_some(timeout),
+        )),
         Command::Decode {
             input_format,
             fishjam_id,
@@ -343,6 +347,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
+/// `check-config`: 64 for an invalid configuration, 69 for a target that
+/// cannot be reached, so that systemd's `ExecStartPre` and an init
+/// container can tell them apart.
+fn checked(result: Result<(), CheckError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CheckError::Config(error)) => config_failed(&error),
+        // The report on stdout already ends with the count.
+        Err(CheckError::Unreachable { .. }) => ExitCode::from(69),
+    }
+}
+
 /// `dead-letters list`: 66 when the file cannot be read, 65 when a line
 /// is not a dead letter.
 fn listed(result: Result<(), ListError>) -> ExitCode {
@@ -400,40 +416,6 @@ fn config_failed(error: &ConfigError) -> ExitCode {
         eprintln!("  - {problem}");
     }
     ExitCode::from(EXIT_CONFIG)
-}
-
-/// Validates (and with `connect`, reaches every target within it). Exit
-/// status: 0, 64 for an invalid configuration, 69 for a target that cannot
-/// be reached (EX_UNAVAILABLE), so that systemd's `ExecStartPre` and an init
-/// container can tell them apart.
-fn check_config(path: Option<PathBuf>, connect: Option<Duration>) -> ExitCode {
-    let config = match Config::from_process(path.as_deref()) {
-        Ok(config) => config,
-        Err(error) => return config_failed(&error),
-    };
-    print!("{}", config.describe());
-    println!("configuration is valid");
-    let Some(timeout) = connect else {
-        return ExitCode::SUCCESS;
-    };
-    let outcomes = runtime().block_on(fishjam_bridge::tools::probe::run(&config, timeout));
-    let mut failed = 0;
-    for outcome in &outcomes {
-        match &outcome.result {
-            Ok(reached) => println!("ok      {}: {reached}", outcome.target),
-            Err(why) => {
-                failed += 1;
-                println!("failed  {}: {why}", outcome.target);
-            }
-        }
-    }
-    if failed == 0 {
-        println!("every target answered");
-        ExitCode::SUCCESS
-    } else {
-        println!("{failed} of {} targets failed", outcomes.len());
-        ExitCode::from(69)
-    }
 }
 
 fn decode(format: InputFormat, fishjam_id: String, input: PathBuf) -> ExitCode {

@@ -1,8 +1,9 @@
 //! The operator's commands beside `run`: the terminal view (`top`), the
-//! live events (`tap`), the connection check (`check-config --connect`,
-//! `probe`) and the dead-letter file (`dead_letters`, which sends them
+//! live events (`tap`), checking a configuration (`check`, which reaches
+//! the targets with `probe`) and the dead-letter file (`dead_letters`, which sends them
 //! again with `redrive`).
 
+pub mod check;
 pub mod dead_letters;
 pub mod probe;
 pub mod redrive;
