@@ -1,27 +1,24 @@
 //! The `fishjam-bridge` command: parse arguments, load the configuration,
 //! install logs and metrics, run, and map the outcome to an exit code.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use fishjam_bridge::admin::systemd;
 use fishjam_bridge::admin::tap::Filter;
 use fishjam_bridge::config::{Config, ConfigError};
-use fishjam_bridge::core::event::Source;
-use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
 use fishjam_bridge::telemetry::{self, Chain, LogFormat};
 use fishjam_bridge::tools::check::{self, CheckError};
 use fishjam_bridge::tools::dead_letters::{self, ListError, RedriveError};
+use fishjam_bridge::tools::decode::{self, InputFormat, Undecodable};
 use fishjam_bridge::tools::{tap, top};
 
 // glibc's allocator contends between the runtime's threads on the hot path
@@ -159,13 +156,6 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum InputFormat {
-    Raw,
-    Hex,
-    Base64,
-}
-
 #[derive(clap::Args)]
 struct SimulateArgs {
     /// Serve the notifier WebSocket here (e.g. 127.0.0.1:5002).
@@ -246,7 +236,7 @@ fn main() -> ExitCode {
             input_format,
             fishjam_id,
             input,
-        } => decode(input_format, fishjam_id, input),
+        } => decoded(decode::decode(input_format, &fishjam_id, &input)),
         Command::Run {
             config,
             addresses_file,
@@ -359,6 +349,17 @@ fn checked(result: Result<(), CheckError>) -> ExitCode {
     }
 }
 
+/// `decode`: 65 for input that gives no events.
+fn decoded(result: Result<(), Undecodable>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fishjam-bridge decode: {}", Chain(&error));
+            ExitCode::from(EXIT_DATA)
+        }
+    }
+}
+
 /// `dead-letters list`: 66 when the file cannot be read, 65 when a line
 /// is not a dead letter.
 fn listed(result: Result<(), ListError>) -> ExitCode {
@@ -416,62 +417,6 @@ fn config_failed(error: &ConfigError) -> ExitCode {
         eprintln!("  - {problem}");
     }
     ExitCode::from(EXIT_CONFIG)
-}
-
-fn decode(format: InputFormat, fishjam_id: String, input: PathBuf) -> ExitCode {
-    let read = || -> anyhow::Result<Vec<u8>> {
-        let mut raw = Vec::new();
-        if input.as_os_str() == "-" {
-            std::io::stdin().read_to_end(&mut raw)?;
-        } else {
-            raw = std::fs::read(&input)
-                .with_context(|| format!("cannot read {}", input.display()))?;
-        }
-        Ok(match format {
-            InputFormat::Raw => raw,
-            InputFormat::Hex => {
-                let text: String = String::from_utf8_lossy(&raw).split_whitespace().collect();
-                hex::decode(text).context("input is not valid hex")?
-            }
-            InputFormat::Base64 => {
-                use base64::Engine;
-                let text: String = String::from_utf8_lossy(&raw).split_whitespace().collect();
-                base64::engine::general_purpose::STANDARD
-                    .decode(text)
-                    .context("input is not valid base64")?
-            }
-        })
-    };
-    let body = match read() {
-        Ok(body) => body,
-        Err(error) => {
-            eprintln!("fishjam-bridge decode: {error:#}");
-            return ExitCode::from(EXIT_DATA);
-        }
-    };
-    let origin = Origin {
-        source: Source::Decode,
-        received_at: SystemTime::now(),
-        fishjam_id: Arc::from(fishjam_id),
-        id_seed: rand::random(),
-    };
-    match normalize_body(&body, &origin) {
-        Ok(normalized) => {
-            let mut out = std::io::stdout().lock();
-            for event in &normalized.events {
-                let _ = out.write_all(&event.to_json());
-                let _ = out.write_all(b"\n");
-            }
-            for skipped in &normalized.skipped {
-                eprintln!("skipped: {}", skipped.as_str());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("fishjam-bridge decode: {error} ({})", error.reason());
-            ExitCode::from(EXIT_DATA)
-        }
-    }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

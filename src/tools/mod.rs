@@ -1,10 +1,12 @@
 //! The operator's commands beside `run`: the terminal view (`top`), the
 //! live events (`tap`), checking a configuration (`check`, which reaches
-//! the targets with `probe`) and the dead-letter file (`dead_letters`, which sends them
+//! the targets with `probe`), decoding a body (`decode`) and the
+//! dead-letter file (`dead_letters`, which sends them
 //! again with `redrive`).
 
 pub mod check;
 pub mod dead_letters;
+pub mod decode;
 pub mod probe;
 pub mod redrive;
 pub mod tap;
