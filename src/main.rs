@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use fishjam_bridge::admin::systemd;
 use fishjam_bridge::admin::tap::Filter;
-use fishjam_bridge::config::{Config, ConfigError};
+use fishjam_bridge::bridge::run::{self, Demo, RunError};
+use fishjam_bridge::config::ConfigError;
+use fishjam_bridge::net::signal::cancel_on_signal;
 use fishjam_bridge::simulator::webhook::WebhookTarget;
 use fishjam_bridge::simulator::{self, SimulateOptions};
 use fishjam_bridge::telemetry::{self, Chain, LogFormat};
@@ -240,7 +240,7 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             addresses_file,
-        } => run_bridge(config, addresses_file),
+        } => ran(run::run(config.as_deref(), addresses_file.as_deref())),
         Command::Simulate(args) => run_simulator(*args),
         Command::DeadLetters {
             action: DeadLetterAction::List { file },
@@ -283,30 +283,19 @@ fn main() -> ExitCode {
             rate,
             rooms,
             seed,
-        } => run_demo(duration, rate, rooms, seed),
+        } => report(run::demo(Demo {
+            duration,
+            rate,
+            rooms,
+            seed,
+        })),
     }
-}
-
-/// `run`: loads the configuration, installs logs, and runs the bridge.
-fn run_bridge(config: Option<PathBuf>, addresses_file: Option<PathBuf>) -> ExitCode {
-    let config = match Config::from_process(config.as_deref()) {
-        Ok(config) => config,
-        Err(error) => return config_failed(&error),
-    };
-    telemetry::init_logging(config.log.format, &config.log.level);
-    report(runtime().block_on(run(config, addresses_file)))
 }
 
 /// `simulate`: acts as Fishjam, logging as text.
 fn run_simulator(args: SimulateArgs) -> ExitCode {
     telemetry::init_logging(LogFormat::Text, "info");
     report(runtime().block_on(simulate(args)))
-}
-
-/// `demo`: the simulator into a bridge that prints events, logging as text.
-fn run_demo(duration: Option<Duration>, rate: u64, rooms: usize, seed: u64) -> ExitCode {
-    telemetry::init_logging(LogFormat::Text, "info");
-    report(runtime().block_on(demo(duration, rate, rooms, seed)))
 }
 
 #[derive(Subcommand)]
@@ -335,6 +324,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
+}
+
+/// `run`: 64 when the configuration is not valid, 1 for any other failure.
+fn ran(result: Result<(), RunError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Config(error)) => config_failed(&error),
+        Err(RunError::Failed(error)) => report(Err(error)),
+    }
 }
 
 /// `check-config`: 64 for an invalid configuration, 69 for a target that
@@ -419,65 +417,6 @@ fn config_failed(error: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
-fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = terminate => tracing::info!("SIGTERM received"),
-        }
-        token.cancel();
-    });
-}
-
-async fn run(config: Config, addresses_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let metrics = telemetry::install_metrics()?;
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
-    let bridge = fishjam_bridge::start(config, metrics, shutdown.clone()).await?;
-    if let Some(path) = addresses_file {
-        write_addresses(&path, bridge.webhook_addr, bridge.admin_addr)
-            .with_context(|| format!("cannot write --addresses-file {}", path.display()))?;
-    }
-    if let Some(notifier) = systemd::Notifier::from_env() {
-        tokio::spawn(systemd::run(notifier, bridge.readiness.clone(), shutdown));
-    }
-    let drained = bridge.wait().await?;
-    if drained.undelivered > 0 {
-        anyhow::bail!(
-            "{} events were not delivered before the drain timeout",
-            drained.undelivered
-        );
-    }
-    Ok(())
-}
-
-/// Writes the bound addresses beside `path` and renames the file into place,
-/// so that a reader that finds the file finds it whole.
-fn write_addresses(
-    path: &std::path::Path,
-    webhook: Option<SocketAddr>,
-    admin: Option<SocketAddr>,
-) -> std::io::Result<()> {
-    let text = serde_json::json!({
-        "webhook": webhook.map(|a| a.to_string()),
-        "admin": admin.map(|a| a.to_string()),
-    })
-    .to_string();
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    std::fs::write(&partial, text + "\n")?;
-    std::fs::rename(&partial, path)
-}
-
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
@@ -537,55 +476,5 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         shutdown.cancelled().await;
     }
     shutdown.cancel();
-    Ok(())
-}
-
-async fn demo(
-    duration: Option<Duration>,
-    rate: u64,
-    rooms: usize,
-    seed: u64,
-) -> anyhow::Result<()> {
-    let secret = "demo-webhook-secret";
-    // Signed as Fishjam signs; the demo's events are made up: nothing to keep
-    // on disk.
-    let config = Config::load(
-        &format!(
-            "[fishjam]\nid = \"simulator\"\n[webhook]\nlisten = \"127.0.0.1:0\"\nsecret = \"{secret}\"\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n[spool]\nenabled = false\n"
-        ),
-        &|_| None,
-        &[],
-        &|path| std::fs::read_to_string(path),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let metrics = telemetry::install_metrics()?;
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
-    let path = config.webhook.path.clone();
-    let bridge = fishjam_bridge::start(config, metrics, shutdown.clone()).await?;
-    let webhook = bridge.webhook_addr.context("the demo enables webhooks")?;
-    tracing::info!(
-        admin = ?bridge.admin_addr,
-        "demo: the simulator posts signed webhooks into the bridge; events follow on stdout"
-    );
-    let options = SimulateOptions {
-        seed,
-        rooms,
-        rate,
-        duration,
-        webhook: Some(WebhookTarget {
-            url: format!("http://{webhook}{path}"),
-            secret: Some(secret.to_owned()),
-            batch: 1,
-            concurrency: 2,
-            retries: 3,
-        }),
-        ..SimulateOptions::default()
-    };
-    let report = simulator::play(&options, None, shutdown.clone()).await?;
-    tracing::info!(notifications = report.notifications, "demo finished");
-    shutdown.cancel();
-    bridge.wait().await?;
     Ok(())
 }

@@ -3,10 +3,12 @@
 //! lanes, the webhook listener, the notifier with its election, the spool's
 //! replays, the lag export), then returns a `Bridge`; `Bridge::wait` returns
 //! once the shutdown token was cancelled and the pipeline drained (or the
-//! drain timed out).
+//! drain timed out). `run` holds the commands that run a bridge until a
+//! signal stops it.
 
 mod election;
 mod listeners;
+pub mod run;
 mod sinks;
 
 use std::net::SocketAddr;
