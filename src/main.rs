@@ -1,21 +1,17 @@
-//! The `fishjam-bridge` command: parse arguments, load the configuration,
-//! install logs and metrics, run, and map the outcome to an exit code.
+//! The `fishjam-bridge` command: parse the arguments, call the command's
+//! function in the library, and map its outcome to an exit status.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use fishjam_bridge::admin::tap::Filter;
 use fishjam_bridge::bridge::run::{self, Demo, RunError};
 use fishjam_bridge::config::ConfigError;
-use fishjam_bridge::net::signal::cancel_on_signal;
-use fishjam_bridge::simulator::webhook::WebhookTarget;
-use fishjam_bridge::simulator::{self, SimulateOptions};
-use fishjam_bridge::telemetry::{self, Chain, LogFormat};
+use fishjam_bridge::simulator::simulate::{self, SimulateArgs};
+use fishjam_bridge::telemetry::Chain;
 use fishjam_bridge::tools::check::{self, CheckError};
 use fishjam_bridge::tools::dead_letters::{self, ListError, RedriveError};
 use fishjam_bridge::tools::decode::{self, InputFormat, Undecodable};
@@ -46,10 +42,17 @@ extern "C" fn keep_small_pages() {
 #[link_section = ".preinit_array"]
 static KEEP_SMALL_PAGES: extern "C" fn() = keep_small_pages;
 
-/// Exit code for a configuration the bridge cannot run with (EX_USAGE).
+/// Exit status for a configuration the bridge cannot run with (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
-/// Exit code for a body `decode` cannot read (EX_DATAERR).
+/// Exit status for input that cannot be read as what it should be
+/// (EX_DATAERR): a body `decode` cannot read, a line that is not a dead
+/// letter.
 const EXIT_DATA: u8 = 65;
+/// Exit status for a file that cannot be read (EX_NOINPUT).
+const EXIT_NO_INPUT: u8 = 66;
+/// Exit status for a target that cannot be reached, or that did not take
+/// everything (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -156,74 +159,33 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct SimulateArgs {
-    /// Serve the notifier WebSocket here (e.g. 127.0.0.1:5002).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// The management token clients must present.
-    #[arg(
-        long,
-        env = "FISHJAM_MANAGEMENT_TOKEN",
-        default_value = "development-token",
-        hide_env_values = true
-    )]
-    management_token: String,
-    /// Post webhooks to this URL.
-    #[arg(long)]
-    webhook_url: Option<String>,
-    /// Sign webhooks with this secret.
-    #[arg(long, env = "FISHJAM_WEBHOOK_SECRET", hide_env_values = true)]
-    webhook_secret: Option<String>,
-    /// Notifications per webhook body; above 1 they are sent as a NotificationBatch.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
-    /// Webhook connections in parallel (a room always uses the same one).
-    #[arg(long, default_value_t = 4)]
-    concurrency: usize,
-    /// Times a refused webhook is sent again.
-    #[arg(long, default_value_t = 0)]
-    retries: u32,
-    /// Notifications per second; 0 for as fast as possible.
-    #[arg(long, default_value_t = 20)]
-    rate: u64,
-    /// Rooms alive at once.
-    #[arg(long, default_value_t = 5)]
-    rooms: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Stop after this many notifications; 0 plays none, so only REST calls
-    /// cause notifications.
-    #[arg(long)]
-    count: Option<u64>,
-    /// Stop after this long (e.g. 30s).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    duration: Option<Duration>,
-    /// Hold notifications until this many notifier clients subscribed.
-    #[arg(long, default_value_t = 0)]
-    wait_for_subscribers: usize,
-    /// After this many notifications, hold notifier connections open but send
-    /// nothing more (a half-open connection, for testing clients).
-    #[arg(long)]
-    go_silent_after: Option<u64>,
-    /// Close every notifier connection this long after it subscribed (e.g.
-    /// 3s), for testing clients' reconnects.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    drop_every: Option<Duration>,
-    /// Serve https and wss with this certificate chain (PEM); with --tls-key.
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Interval of the notifier's WebSocket pings.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    ping_interval: Duration,
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// What the file holds, by sink and reason: how many, of which event
+    /// types, first and last.
+    List { file: PathBuf },
+    /// Publish the dead letters again, each through the configured sink that
+    /// refused it, with its original event id; what a sink acknowledges
+    /// leaves the file, the rest stays. Exit status 69 when some are left.
+    Redrive {
+        file: PathBuf,
+        #[arg(long, short, env = "FISHJAM_BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only the dead letters of this sink.
+        #[arg(long)]
+        sink: Option<String>,
+        /// How long connecting to a sink, and each batch, may take.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
+        Command::Run {
+            config,
+            addresses_file,
+        } => ran(run::run(config.as_deref(), addresses_file.as_deref())),
         Command::CheckConfig {
             config,
             connect,
@@ -237,11 +199,7 @@ fn main() -> ExitCode {
             fishjam_id,
             input,
         } => decoded(decode::decode(input_format, &fishjam_id, &input)),
-        Command::Run {
-            config,
-            addresses_file,
-        } => ran(run::run(config.as_deref(), addresses_file.as_deref())),
-        Command::Simulate(args) => run_simulator(*args),
+        Command::Simulate(args) => report(simulate::simulate(*args)),
         Command::DeadLetters {
             action: DeadLetterAction::List { file },
         } => listed(dead_letters::list(&file)),
@@ -292,40 +250,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `simulate`: acts as Fishjam, logging as text.
-fn run_simulator(args: SimulateArgs) -> ExitCode {
-    telemetry::init_logging(LogFormat::Text, "info");
-    report(runtime().block_on(simulate(args)))
-}
-
-#[derive(Subcommand)]
-enum DeadLetterAction {
-    /// What the file holds, by sink and reason: how many, of which event
-    /// types, first and last.
-    List { file: PathBuf },
-    /// Publish the dead letters again, each through the configured sink that
-    /// refused it, with its original event id; what a sink acknowledges
-    /// leaves the file, the rest stays. Exit status 69 when some are left.
-    Redrive {
-        file: PathBuf,
-        #[arg(long, short, env = "FISHJAM_BRIDGE_CONFIG")]
-        config: Option<PathBuf>,
-        /// Only the dead letters of this sink.
-        #[arg(long)]
-        sink: Option<String>,
-        /// How long connecting to a sink, and each batch, may take.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-    },
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts")
-}
-
 /// `run`: 64 when the configuration is not valid, 1 for any other failure.
 fn ran(result: Result<(), RunError>) -> ExitCode {
     match result {
@@ -343,7 +267,7 @@ fn checked(result: Result<(), CheckError>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CheckError::Config(error)) => config_failed(&error),
         // The report on stdout already ends with the count.
-        Err(CheckError::Unreachable { .. }) => ExitCode::from(69),
+        Err(CheckError::Unreachable { .. }) => ExitCode::from(EXIT_UNAVAILABLE),
     }
 }
 
@@ -366,7 +290,7 @@ fn listed(result: Result<(), ListError>) -> ExitCode {
     };
     eprintln!("fishjam-bridge: {}", Chain(&error));
     ExitCode::from(match error {
-        ListError::Read { .. } => 66,
+        ListError::Read { .. } => EXIT_NO_INPUT,
         ListError::NotDeadLetters { .. } => EXIT_DATA,
     })
 }
@@ -379,11 +303,11 @@ fn redriven(result: Result<(), RedriveError>) -> ExitCode {
         Err(RedriveError::Config(error)) => config_failed(&error),
         Err(RedriveError::File(error)) => {
             eprintln!("fishjam-bridge: {error:#}");
-            ExitCode::from(66)
+            ExitCode::from(EXIT_NO_INPUT)
         }
         // The report on stdout already says, sink by sink, what is left
         // and why.
-        Err(RedriveError::Left { .. }) => ExitCode::from(69),
+        Err(RedriveError::Left { .. }) => ExitCode::from(EXIT_UNAVAILABLE),
     }
 }
 
@@ -393,11 +317,12 @@ fn tapped(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("fishjam-bridge: {error:#}");
-            ExitCode::from(69)
+            ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
 }
 
+/// Any other command: 1 for a failure, which is logged too.
 fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -415,66 +340,4 @@ fn config_failed(error: &ConfigError) -> ExitCode {
         eprintln!("  - {problem}");
     }
     ExitCode::from(EXIT_CONFIG)
-}
-
-async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
-    let options = SimulateOptions {
-        seed: args.seed,
-        rooms: args.rooms,
-        rate: args.rate,
-        count: args.count,
-        duration: args.duration,
-        webhook_secret: args.webhook_secret.clone(),
-        webhook: args.webhook_url.map(|url| WebhookTarget {
-            url,
-            secret: args.webhook_secret,
-            batch: args.batch.max(1),
-            concurrency: args.concurrency,
-            retries: args.retries,
-        }),
-        listen: args.listen,
-        management_token: args.management_token,
-        ping_interval: args.ping_interval,
-        wait_for_subscribers: args.wait_for_subscribers,
-        go_silent_after: args.go_silent_after,
-        drop_every: args.drop_every,
-        tls: args.tls_cert.zip(args.tls_key),
-    };
-    let server = match options.listen {
-        Some(listen) => {
-            let server = simulator::serve(listen, &options, shutdown.clone()).await?;
-            tracing::info!(addr = %server.addr, "simulated Fishjam listening");
-            Some(server)
-        }
-        None => None,
-    };
-    let report = simulator::play(&options, server.as_ref(), shutdown.clone()).await?;
-    tracing::info!(
-        notifications = report.notifications,
-        webhook_bodies_ok = report.webhook_bodies_ok,
-        webhook_bodies_failed = report.webhook_bodies_failed,
-        elapsed_ms = report.elapsed.as_millis() as u64,
-        "simulation finished"
-    );
-    let mut summary = serde_json::json!({
-        "notifications": report.notifications,
-        "webhook_bodies_ok": report.webhook_bodies_ok,
-        "webhook_bodies_failed": report.webhook_bodies_failed,
-        "webhook_notifications_failed": report.webhook_notifications_failed,
-        "elapsed_ms": report.elapsed.as_millis() as u64,
-    });
-    if let Some([p50, p99, p999]) = report.webhook_latency_ms {
-        summary["webhook_latency_ms"] =
-            serde_json::json!({ "p50": p50, "p99": p99, "p99_9": p999 });
-    }
-    println!("{summary}");
-    // A simulated Fishjam keeps serving its notifier (and REST API) after
-    // the play, as Fishjam would, until it is stopped.
-    if server.is_some() {
-        shutdown.cancelled().await;
-    }
-    shutdown.cancel();
-    Ok(())
 }

@@ -2,13 +2,15 @@
 //! and delivers them the way Fishjam does, over the notifier WebSocket
 //! (`notifier`) and as signed webhooks, single or batched (`webhook`).
 //!
-//! Used by `fishjam-bridge simulate`, by the demo, by the tests and by the
-//! benchmarks. Every notification goes to both paths when both are on, which
-//! is what a Fishjam app with a notifier and a webhook URL sees.
+//! Used by `fishjam-bridge simulate` (`simulate.rs`), by the demo, by the
+//! tests and by the benchmarks. Every notification goes to both paths when
+//! both are on, which is what a Fishjam app with a notifier and a webhook
+//! URL sees.
 
 pub mod notifier;
 pub mod rest;
 pub mod scenario;
+pub mod simulate;
 pub mod webhook;
 
 use std::net::SocketAddr;

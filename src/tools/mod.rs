@@ -1,8 +1,10 @@
-//! The operator's commands beside `run`: the terminal view (`top`), the
-//! live events (`tap`), checking a configuration (`check`, which reaches
-//! the targets with `probe`), decoding a body (`decode`) and the
-//! dead-letter file (`dead_letters`, which sends them
-//! again with `redrive`).
+//! The operator's commands beside `run`, each a function `main` calls with
+//! its parsed arguments: the terminal view (`top`), the live events (`tap`),
+//! checking a configuration (`check`, which reaches the targets with
+//! `probe`), decoding a body (`decode`) and the dead-letter file
+//! (`dead_letters`, which sends them again with `redrive`). Each prints its
+//! report and returns why it failed, so that `main` only chooses the exit
+//! status.
 
 pub mod check;
 pub mod dead_letters;
