@@ -85,25 +85,31 @@ pub struct Checked {
     source: Option<Source>,
 }
 
+/// A name in a filter that names nothing; the client is answered 400 with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("type {0:?} is not an event type (docs/events.md)")]
+    EventType(String),
+    #[error("source {0:?} is not one of webhook, notifier, reconciled")]
+    Source(String),
+}
+
 impl Filter {
     /// The filter checked, or what is wrong with it.
-    pub fn check(self) -> Result<Checked, String> {
-        let event_type =
-            match &self.event_type {
-                None => None,
-                Some(name) => Some(EventType::from_name(name).ok_or_else(|| {
-                    format!("type {name:?} is not an event type (docs/events.md)")
-                })?),
-            };
+    pub fn check(self) -> Result<Checked, FilterError> {
+        let event_type = match &self.event_type {
+            None => None,
+            Some(name) => Some(
+                EventType::from_name(name).ok_or_else(|| FilterError::EventType(name.clone()))?,
+            ),
+        };
         let source = match &self.source {
             None => None,
             Some(name) => Some(
                 Source::ALL
                     .into_iter()
                     .find(|source| source.as_str() == name)
-                    .ok_or_else(|| {
-                        format!("source {name:?} is not one of webhook, notifier, reconciled")
-                    })?,
+                    .ok_or_else(|| FilterError::Source(name.clone()))?,
             ),
         };
         Ok(Checked {
