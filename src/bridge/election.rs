@@ -31,11 +31,7 @@ pub(super) fn leadership(wiring: &Wiring) -> anyhow::Result<Leadership> {
     let shutdown = wiring.shutdown.clone();
     let fishjam_id = wiring.fishjam_id.clone();
     if config.election.backend == ElectionBackend::Nats {
-        let sink = config
-            .election
-            .nats_sink(&config.sinks)
-            .map_err(anyhow::Error::msg)?
-            .clone();
+        let sink = config.election.nats_sink(&config.sinks)?.clone();
         let settings = config.election.clone();
         wiring.tasks.spawn(async move {
             let open = || election::nats::connect(&sink, &settings, &fishjam_id, &identity);

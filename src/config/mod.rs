@@ -290,12 +290,25 @@ impl Default for ElectionNatsConfig {
     }
 }
 
+/// Why no NATS sink can hold the election's lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseSinkError {
+    #[error("election.nats.sink: no NATS sink is named {0:?}")]
+    NoneNamed(String),
+    #[error("election.backend = \"nats\" needs a NATS sink for its servers")]
+    NoNatsSink,
+    #[error(
+        "election.nats.sink: name the NATS sink whose servers hold the lease (there are several)"
+    )]
+    Several,
+}
+
 impl ElectionConfig {
     /// The NATS sink the lease uses: the one named, or the only one.
     pub fn nats_sink<'a>(
         &self,
         sinks: &'a [SinkConfig],
-    ) -> Result<&'a crate::sinks::nats::NatsConfig, String> {
+    ) -> Result<&'a crate::sinks::nats::NatsConfig, LeaseSinkError> {
         let nats: Vec<_> = sinks
             .iter()
             .filter_map(|sink| match sink {
@@ -308,11 +321,11 @@ impl ElectionConfig {
                 .iter()
                 .find(|(sink, _)| sink == name)
                 .map(|(_, config)| *config)
-                .ok_or_else(|| format!("election.nats.sink: no NATS sink is named {name:?}")),
+                .ok_or_else(|| LeaseSinkError::NoneNamed(name.clone())),
             None => match nats.as_slice() {
                 [(_, config)] => Ok(config),
-                [] => Err("election.backend = \"nats\" needs a NATS sink for its servers".to_owned()),
-                _ => Err("election.nats.sink: name the NATS sink whose servers hold the lease (there are several)".to_owned()),
+                [] => Err(LeaseSinkError::NoNatsSink),
+                _ => Err(LeaseSinkError::Several),
             },
         }
     }
@@ -779,7 +792,7 @@ impl Config {
         }
         if self.election.backend == ElectionBackend::Nats {
             if let Err(problem) = self.election.nats_sink(&self.sinks) {
-                problems.push(problem);
+                problems.push(problem.to_string());
             }
             if ![1, 3, 5].contains(&self.election.nats.replicas) {
                 problems.push("election.nats.replicas must be 1, 3 or 5".to_owned());
@@ -1011,7 +1024,25 @@ fn env_value(value: &str) -> toml::Value {
         .unwrap_or_else(|_| toml::Value::String(value.to_owned()))
 }
 
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+/// Why an environment variable's key cannot be set on the table: a part of
+/// its path is not what the variable takes it for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum KeyPathError {
+    #[error("{0} is a list: the next segment must be an index")]
+    NotAnIndex(String),
+    #[error("{part} has no item {index}")]
+    NoItem { part: String, index: usize },
+    #[error("{part}[{index}] is not a table")]
+    ItemNotATable { part: String, index: usize },
+    #[error("{0} is not a table")]
+    NotATable(String),
+}
+
+fn set_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+) -> Result<(), KeyPathError> {
     let (last, parents) = path.split_last().expect("paths are never empty");
     let mut current = table;
     for (depth, part) in parents.iter().enumerate() {
@@ -1024,16 +1055,20 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
                 // `sinks__0__path`: the next segment indexes the array.
                 let index: usize = path[depth + 1]
                     .parse()
-                    .map_err(|_| format!("{part} is a list: the next segment must be an index"))?;
-                let item = items
-                    .get_mut(index)
-                    .ok_or_else(|| format!("{part} has no item {index}"))?;
+                    .map_err(|_| KeyPathError::NotAnIndex(part.clone()))?;
+                let item = items.get_mut(index).ok_or_else(|| KeyPathError::NoItem {
+                    part: part.clone(),
+                    index,
+                })?;
                 let toml::Value::Table(t) = item else {
-                    return Err(format!("{part}[{index}] is not a table"));
+                    return Err(KeyPathError::ItemNotATable {
+                        part: part.clone(),
+                        index,
+                    });
                 };
                 return set_path(t, &path[depth + 2..], value);
             }
-            _ => return Err(format!("{part} is not a table")),
+            _ => return Err(KeyPathError::NotATable(part.clone())),
         };
     }
     current.insert(last.clone(), value);
