@@ -119,23 +119,34 @@ const ROOM_TYPES: &[&str] = &[
     "audio_only_livestream",
 ];
 
+/// A `RoomConfig` value Fishjam refuses with 400, with its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RoomConfigError {
+    #[error("videoCodec must be h264 or vp8, not {0:?}")]
+    VideoCodec(String),
+    #[error("roomType {0:?} is not one of {ROOM_TYPES:?}")]
+    RoomType(String),
+    #[error("webhookUrl {0:?} is not a valid http(s) URL")]
+    WebhookUrl(String),
+}
+
 impl RoomConfig {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), RoomConfigError> {
         if let Some(codec) = &self.video_codec {
             if codec != "h264" && codec != "vp8" {
-                return Err(format!("videoCodec must be h264 or vp8, not {codec:?}"));
+                return Err(RoomConfigError::VideoCodec(codec.clone()));
             }
         }
         if let Some(kind) = &self.room_type {
             if !ROOM_TYPES.contains(&kind.as_str()) {
-                return Err(format!("roomType {kind:?} is not one of {ROOM_TYPES:?}"));
+                return Err(RoomConfigError::RoomType(kind.clone()));
             }
         }
         if let Some(url) = &self.webhook_url {
             let valid = reqwest::Url::parse(url)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
             if !valid {
-                return Err(format!("webhookUrl {url:?} is not a valid http(s) URL"));
+                return Err(RoomConfigError::WebhookUrl(url.clone()));
             }
         }
         Ok(())
@@ -399,7 +410,7 @@ async fn create_room(State(api): State<RestApi>, headers: HeaderMap, body: Bytes
         }
     };
     if let Err(problem) = config.check() {
-        return error(StatusCode::BAD_REQUEST, problem);
+        return error(StatusCode::BAD_REQUEST, problem.to_string());
     }
     let room = Room {
         id: uuid::Uuid::now_v7().simple().to_string(),
