@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
+use crate::telemetry::Chain;
 
 /// Why a configuration did not pass.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,7 @@ pub fn check_config(path: Option<&Path>, connect: Option<Duration>) -> Result<()
             Ok(reached) => println!("ok      {}: {reached}", outcome.target),
             Err(why) => {
                 failed += 1;
-                println!("failed  {}: {why}", outcome.target);
+                println!("failed  {}: {}", outcome.target, Chain(why));
             }
         }
     }
