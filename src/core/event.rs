@@ -790,19 +790,51 @@ fn known(name: &str, names: &'static [&'static str]) -> Option<&'static str> {
     names.iter().copied().find(|known| *known == name)
 }
 
+/// Why JSON is not an event the bridge could have written: each names the
+/// key it could not read. The id's and the time's parse errors are part of
+/// the text, which is what callers show, so they are not sources as well:
+/// a chain of causes would print them twice.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableEvent {
+    #[error(transparent)]
+    Json(serde_json::Error),
+    #[error("{0}: missing, or not a string")]
+    NotAString(&'static str),
+    #[error("type: {0:?} is not an event type")]
+    EventType(String),
+    #[error("id: {0}")]
+    Id(uuid::Error),
+    #[error("source: {0:?} is not a source")]
+    Source(String),
+    #[error("received_at: {0}")]
+    ReceivedAt(humantime::TimestampError),
+    #[error("data: missing")]
+    NoData,
+    #[error("unmapped_enums: not an object")]
+    UnmappedNotAnObject,
+    #[error("unmapped_enums: {0:?} is not a path")]
+    UnmappedPath(String),
+    #[error("unmapped_enums.{0}: not a number")]
+    UnmappedNumber(&'static str),
+}
+
 impl Event {
     /// An event read back from the JSON the bridge wrote for it (a dead
     /// letter, to publish it again): the same event, so that serializing it
     /// gives the same JSON. Anything the bridge could not have written is
     /// an error that names the key.
-    pub fn from_json(json: &[u8]) -> Result<Event, String> {
-        let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    pub fn from_json(json: &[u8]) -> Result<Event, UnreadableEvent> {
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(UnreadableEvent::Json)?;
         let event_type = parse::event_type(&value)?;
         let id = parse::id(&value)?;
         let source = parse::source(&value)?;
         let received_at = parse::received_at(&value)?;
         let fishjam_id = Arc::from(parse::text(&value, "fishjam_id")?);
-        let data = parse::data(event_type, value.get("data").ok_or("data: missing")?)?;
+        let data = parse::data(
+            event_type,
+            value.get("data").ok_or(UnreadableEvent::NoData)?,
+        )?;
         let unmapped_enums = parse::unmapped_enums(&value)?;
         Ok(Event {
             id,
@@ -824,11 +856,11 @@ mod parse {
     use serde_json::Value;
 
     /// The string under `key`, which the bridge always writes.
-    pub(super) fn text(v: &Value, key: &str) -> Result<String, String> {
+    pub(super) fn text(v: &Value, key: &'static str) -> Result<String, UnreadableEvent> {
         v.get(key)
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| format!("{key}: missing, or not a string"))
+            .ok_or(UnreadableEvent::NotAString(key))
     }
 
     /// The string under `key`, which the bridge leaves out when it has none.
@@ -836,42 +868,43 @@ mod parse {
         v.get(key).and_then(Value::as_str).map(str::to_owned)
     }
 
-    pub(super) fn event_type(value: &Value) -> Result<EventType, String> {
+    pub(super) fn event_type(value: &Value) -> Result<EventType, UnreadableEvent> {
         let name = text(value, "type")?;
-        EventType::from_name(&name).ok_or_else(|| format!("type: {name:?} is not an event type"))
+        EventType::from_name(&name).ok_or(UnreadableEvent::EventType(name))
     }
 
-    pub(super) fn id(value: &Value) -> Result<Uuid, String> {
-        Uuid::parse_str(&text(value, "id")?).map_err(|e| format!("id: {e}"))
+    pub(super) fn id(value: &Value) -> Result<Uuid, UnreadableEvent> {
+        Uuid::parse_str(&text(value, "id")?).map_err(UnreadableEvent::Id)
     }
 
-    pub(super) fn source(value: &Value) -> Result<Source, String> {
+    pub(super) fn source(value: &Value) -> Result<Source, UnreadableEvent> {
         let name = text(value, "source")?;
         Source::ALL
             .into_iter()
             .find(|source| source.as_str() == name)
-            .ok_or_else(|| format!("source: {name:?} is not a source"))
+            .ok_or(UnreadableEvent::Source(name))
     }
 
-    pub(super) fn received_at(value: &Value) -> Result<SystemTime, String> {
-        humantime::parse_rfc3339(&text(value, "received_at")?)
-            .map_err(|e| format!("received_at: {e}"))
+    pub(super) fn received_at(value: &Value) -> Result<SystemTime, UnreadableEvent> {
+        humantime::parse_rfc3339(&text(value, "received_at")?).map_err(UnreadableEvent::ReceivedAt)
     }
 
     /// `unmapped_enums`, which the bridge leaves out when it is empty.
-    pub(super) fn unmapped_enums(value: &Value) -> Result<Vec<(&'static str, i32)>, String> {
+    pub(super) fn unmapped_enums(
+        value: &Value,
+    ) -> Result<Vec<(&'static str, i32)>, UnreadableEvent> {
         let mut unmapped_enums = Vec::new();
         if let Some(unmapped) = value.get("unmapped_enums") {
             let unmapped = unmapped
                 .as_object()
-                .ok_or("unmapped_enums: not an object")?;
+                .ok_or(UnreadableEvent::UnmappedNotAnObject)?;
             for (path, number) in unmapped {
                 let path = known(path, UNMAPPED_PATHS)
-                    .ok_or_else(|| format!("unmapped_enums: {path:?} is not a path"))?;
+                    .ok_or_else(|| UnreadableEvent::UnmappedPath(path.clone()))?;
                 let number = number
                     .as_i64()
                     .and_then(|n| i32::try_from(n).ok())
-                    .ok_or_else(|| format!("unmapped_enums.{path}: not a number"))?;
+                    .ok_or(UnreadableEvent::UnmappedNumber(path))?;
                 unmapped_enums.push((path, number));
             }
         }
@@ -879,7 +912,7 @@ mod parse {
     }
 
     /// `data` (`d`), read as the shape of its event type.
-    pub(super) fn data(event_type: EventType, d: &Value) -> Result<Data, String> {
+    pub(super) fn data(event_type: EventType, d: &Value) -> Result<Data, UnreadableEvent> {
         use EventType as T;
         match event_type {
             T::RoomCreated | T::RoomDeleted | T::RoomCrashed => room(d),
@@ -908,7 +941,7 @@ mod parse {
         optional(d, "status").and_then(|n| known(&n, ENUM_NAMES))
     }
 
-    fn track(t: Option<&Value>) -> Result<Option<Track>, String> {
+    fn track(t: Option<&Value>) -> Result<Option<Track>, UnreadableEvent> {
         t.map(|t| {
             Ok(Track {
                 id: text(t, "id")?,
@@ -919,13 +952,13 @@ mod parse {
         .transpose()
     }
 
-    fn room(d: &Value) -> Result<Data, String> {
+    fn room(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::Room(RoomData {
             room_id: text(d, "roomId")?,
         }))
     }
 
-    fn peer(d: &Value) -> Result<Data, String> {
+    fn peer(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::Peer(PeerData {
             room_id: text(d, "roomId")?,
             peer_id: text(d, "peerId")?,
@@ -933,7 +966,7 @@ mod parse {
         }))
     }
 
-    fn peer_metadata(d: &Value) -> Result<Data, String> {
+    fn peer_metadata(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::PeerMetadata(PeerMetadataData {
             room_id: text(d, "roomId")?,
             peer_id: text(d, "peerId")?,
@@ -942,7 +975,7 @@ mod parse {
         }))
     }
 
-    fn peer_crashed(d: &Value) -> Result<Data, String> {
+    fn peer_crashed(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::PeerCrashed(PeerCrashedData {
             room_id: text(d, "roomId")?,
             peer_id: text(d, "peerId")?,
@@ -951,21 +984,21 @@ mod parse {
         }))
     }
 
-    fn streamer(d: &Value) -> Result<Data, String> {
+    fn streamer(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::Streamer(StreamerData {
             stream_id: text(d, "streamId")?,
             streamer_id: text(d, "streamerId")?,
         }))
     }
 
-    fn viewer(d: &Value) -> Result<Data, String> {
+    fn viewer(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::Viewer(ViewerData {
             stream_id: text(d, "streamId")?,
             viewer_id: text(d, "viewerId")?,
         }))
     }
 
-    fn track_event(d: &Value) -> Result<Data, String> {
+    fn track_event(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::Track(TrackData {
             room_id: text(d, "roomId")?,
             peer_id: optional(d, "peerId"),
@@ -974,7 +1007,7 @@ mod parse {
         }))
     }
 
-    fn track_forwarding(d: &Value) -> Result<Data, String> {
+    fn track_forwarding(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::TrackForwarding(TrackForwardingData {
             room_id: text(d, "roomId")?,
             peer_id: text(d, "peerId")?,
@@ -985,7 +1018,7 @@ mod parse {
         }))
     }
 
-    fn track_forwarding_removed(d: &Value) -> Result<Data, String> {
+    fn track_forwarding_removed(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::TrackForwardingRemoved(TrackForwardingRemovedData {
             room_id: text(d, "roomId")?,
             peer_id: text(d, "peerId")?,
@@ -994,7 +1027,7 @@ mod parse {
         }))
     }
 
-    fn vad(d: &Value) -> Result<Data, String> {
+    fn vad(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::Vad(VadData {
             room_id: text(d, "roomId")?,
             peer_id: text(d, "peerId")?,
@@ -1003,7 +1036,7 @@ mod parse {
         }))
     }
 
-    fn channel(d: &Value) -> Result<Data, String> {
+    fn channel(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::Channel(ChannelData {
             room_id: text(d, "roomId")?,
             peer_id: optional(d, "peerId"),
@@ -1012,7 +1045,7 @@ mod parse {
         }))
     }
 
-    fn recording(d: &Value) -> Result<Data, String> {
+    fn recording(d: &Value) -> Result<Data, UnreadableEvent> {
         Ok(Data::Recording(RecordingData {
             recording_id: text(d, "recordingId")?,
             status: status(d),

@@ -336,6 +336,6 @@ fn every_event_reads_back_from_its_json() {
         ),
     ] {
         let error = Event::from_json(json.as_bytes()).unwrap_err();
-        assert!(error.contains(problem), "{error}");
+        assert!(error.to_string().contains(problem), "{error}");
     }
 }
