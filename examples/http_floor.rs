@@ -21,7 +21,7 @@ use fishjam_bridge::admin::Readiness;
 use fishjam_bridge::core::event::{Message, Source};
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::sinks::nats::{NatsConfig, NatsSink};
-use fishjam_bridge::sinks::SinkHealth;
+use fishjam_bridge::sinks::{Publish, SinkHealth};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -44,7 +44,7 @@ async fn serve(config: Config, addresses_file: Option<&Path>) -> anyhow::Result<
     let metrics = telemetry::install_metrics()?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    let bridge = crate::start(config, metrics, shutdown.clone()).await?;
+    let bridge = super::start(config, metrics, shutdown.clone()).await?;
     if let Some(path) = addresses_file {
         write_addresses(path, bridge.webhook_addr, bridge.admin_addr)
             .with_context(|| format!("cannot write --addresses-file {}", path.display()))?;
@@ -116,7 +116,7 @@ async fn play_demo(demo: Demo) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let path = config.webhook.path.clone();
-    let bridge = crate::start(config, metrics, shutdown.clone()).await?;
+    let bridge = super::start(config, metrics, shutdown.clone()).await?;
     let webhook = bridge.webhook_addr.context("the demo enables webhooks")?;
     tracing::info!(
         admin = ?bridge.admin_addr,

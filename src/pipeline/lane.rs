@@ -126,6 +126,35 @@ impl<'a> Delivery<'a> {
         }
     }
 
+    /// Marks safe what the sink took of the batch just sent: its first
+    /// `acknowledged`, and where the sink answers each message on its own,
+    /// the others of the wave it took (each the first message not yet safe
+    /// of its room, so its room moves on). Returns how many from the start
+    /// it took, and how many in all.
+    fn settle(
+        &mut self,
+        failure: Option<&PublishError>,
+        sent: usize,
+        prefix: bool,
+    ) -> (usize, usize) {
+        let acknowledged = failure.map_or(sent, |f| f.acknowledged.min(sent));
+        for n in 0..acknowledged {
+            let message = self.scratch.batch[n];
+            self.safe(message);
+        }
+        let also: &[usize] = match failure {
+            Some(failure) if !prefix => &failure.also_acknowledged,
+            _ => &[],
+        };
+        let mut taken = acknowledged;
+        for &n in also.iter().filter(|&&n| n > acknowledged && n < sent) {
+            let message = self.scratch.batch[n];
+            self.safe(message);
+            taken += 1;
+        }
+        (acknowledged, taken)
+    }
+
     /// Chooses the next batch into `scratch.batch`: the next `max_batch`
     /// messages in order where the sink stores what it took of a failed
     /// batch as a prefix; otherwise the first message not yet safe of each
@@ -197,22 +226,7 @@ async fn deliver<S: Publish>(
         let started = Instant::now();
         let sent = batch.len();
         let failure = sink.publish(batch).await.err();
-        let acknowledged = failure.as_ref().map_or(sent, |f| f.acknowledged.min(sent));
-        for n in 0..acknowledged {
-            delivery.safe(delivery.scratch.batch[n]);
-        }
-        // A wave's others that the sink took: each is the first message not
-        // yet safe of its own room, so its room moves on.
-        let also: &[usize] = match &failure {
-            Some(failure) if !prefix => &failure.also_acknowledged,
-            _ => &[],
-        };
-        let also = also.iter().filter(|&&n| n > acknowledged && n < sent);
-        let mut taken = acknowledged;
-        for &n in also {
-            delivery.safe(delivery.scratch.batch[n]);
-            taken += 1;
-        }
+        let (acknowledged, taken) = delivery.settle(failure.as_ref(), sent, prefix);
         if taken > 0 {
             metrics.published(taken, started.elapsed());
         }

@@ -155,13 +155,22 @@ impl HttpConfig {
 
 /// The key of a Standard Webhooks secret: base64, after an optional
 /// `whsec_`.
-fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
+fn signing_key(secret: &str) -> Result<Vec<u8>, SecretError> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
     match base64::engine::general_purpose::STANDARD.decode(encoded) {
         Ok(key) if !key.is_empty() => Ok(key),
-        Ok(_) => Err("is empty".to_owned()),
-        Err(_) => Err("is not base64 (a Standard Webhooks secret: whsec_ and base64)".to_owned()),
+        Ok(_) => Err(SecretError::Empty),
+        Err(_) => Err(SecretError::NotBase64),
     }
+}
+
+/// What is wrong with a signing secret.
+#[derive(Debug, thiserror::Error)]
+enum SecretError {
+    #[error("is empty")]
+    Empty,
+    #[error("is not base64 (a Standard Webhooks secret: whsec_ and base64)")]
+    NotBase64,
 }
 
 /// `webhook-signature`'s value for `body` sent with `id` at `timestamp`.

@@ -169,6 +169,18 @@ fn default_max_bytes() -> i64 {
 /// Characters a subject's literal parts must not hold.
 const SUBJECT_WILDCARDS: &[char] = &['*', '>'];
 
+/// What is wrong with `url`.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("{url:?}: {source}")]
+    Invalid {
+        url: String,
+        source: std::io::Error,
+    },
+    #[error("no server URL")]
+    Empty,
+}
+
 impl NatsConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -243,20 +255,23 @@ impl NatsConfig {
         )
     }
 
-    fn addresses(&self) -> Result<Vec<ServerAddr>, String> {
-        self.url
+    fn addresses(&self) -> Result<Vec<ServerAddr>, UrlError> {
+        let addresses = self
+            .url
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
-            .map(|u| u.parse::<ServerAddr>().map_err(|e| format!("{u:?}: {e}")))
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|addrs| {
-                if addrs.is_empty() {
-                    Err("no server URL".to_owned())
-                } else {
-                    Ok(addrs)
-                }
+            .map(|u| {
+                u.parse::<ServerAddr>().map_err(|source| UrlError::Invalid {
+                    url: u.to_owned(),
+                    source,
+                })
             })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addresses.is_empty() {
+            return Err(UrlError::Empty);
+        }
+        Ok(addresses)
     }
 
     /// The subject filter a default stream captures: the literal prefix, then `>`.
@@ -687,7 +702,9 @@ async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError
     let tls = crate::net::tls::client_config(config.tls.ca_file.as_deref(), identity)
         .map_err(|e| SinkError::Config(format!("tls: {}", crate::telemetry::Chain(&e))))?;
     let options = nats_wire::Options {
-        servers: config.addresses().map_err(SinkError::Config)?,
+        servers: config
+            .addresses()
+            .map_err(|e| SinkError::Config(e.to_string()))?,
         name: format!("fishjam-bridge/{name}"),
         auth,
         tls,
