@@ -17,11 +17,11 @@ use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use fishjam_bridge::admin::Readiness;
 use fishjam_bridge::core::event::{Message, Source};
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
-use fishjam_bridge::sinks::nats::{NatsConfig, NatsSink};
-use fishjam_bridge::sinks::{Publish, SinkHealth};
+use fishjam_bridge::testing::admin::Readiness;
+use fishjam_bridge::testing::sinks::nats::{NatsConfig, NatsSink};
+use fishjam_bridge::testing::sinks::{Publish, SinkHealth};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use fishjam_bridge::admin::tap::Filter;
 use fishjam_bridge::bridge::run::{self, Demo, RunError};
 use fishjam_bridge::config::ConfigError;
 use fishjam_bridge::simulator::simulate::{self, SimulateArgs};
@@ -15,6 +14,7 @@ use fishjam_bridge::telemetry::Chain;
 use fishjam_bridge::tools::check::{self, CheckError};
 use fishjam_bridge::tools::dead_letters::{self, ListError, RedriveError};
 use fishjam_bridge::tools::decode::{self, InputFormat, Undecodable};
+use fishjam_bridge::tools::tap::Filter;
 use fishjam_bridge::tools::{tap, top};
 
 // glibc's allocator contends between the runtime's threads on the hot path

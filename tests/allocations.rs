@@ -15,12 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fishjam_bridge::core::event::{derived_event_id, RoomData};
 use fishjam_bridge::core::event::{Data, Event, EventType, Message, PeerData, PeerType, Source};
-use fishjam_bridge::pipeline::admission::{Accepted, Admission, Body};
-use fishjam_bridge::pipeline::dead_letter::DeadLetters;
-use fishjam_bridge::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
-use fishjam_bridge::pipeline::lane::{run_lane, LaneOptions};
-use fishjam_bridge::pipeline::spool::log::NewRecord;
-use fishjam_bridge::sinks::{Publish, PublishError};
+use fishjam_bridge::testing::pipeline::admission::{Accepted, Admission, Body};
+use fishjam_bridge::testing::pipeline::dead_letter::DeadLetters;
+use fishjam_bridge::testing::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
+use fishjam_bridge::testing::pipeline::lane::{run_lane, LaneOptions};
+use fishjam_bridge::testing::pipeline::spool::log::NewRecord;
+use fishjam_bridge::testing::sinks::{Publish, PublishError};
 
 struct Counting;
 
@@ -122,7 +122,7 @@ fn allocations_per_event_through_admission_fan_out_and_a_sink_stay_at_their_figu
             when_full: WhenFull::Wait,
         };
         let (fanout, mut lanes, in_flight) = Fanout::new(
-            &[fishjam_bridge::pipeline::fanout::SinkSpec::all(
+            &[fishjam_bridge::testing::pipeline::fanout::SinkSpec::all(
                 "nowhere", 4,
             )],
             100_000,

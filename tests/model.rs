@@ -73,17 +73,17 @@ use fishjam_bridge::core::proto::server_message::{
 };
 use fishjam_bridge::core::proto::{Content, ServerMessage};
 use fishjam_bridge::core::route::Filter;
-use fishjam_bridge::pipeline::admission::{Accepted, Admission, AdmissionError, Body};
-use fishjam_bridge::pipeline::dead_letter::DeadLetters;
-use fishjam_bridge::pipeline::dedup::Deduplicator;
-use fishjam_bridge::pipeline::fanout::{
+use fishjam_bridge::testing::pipeline::admission::{Accepted, Admission, AdmissionError, Body};
+use fishjam_bridge::testing::pipeline::dead_letter::DeadLetters;
+use fishjam_bridge::testing::pipeline::dedup::Deduplicator;
+use fishjam_bridge::testing::pipeline::fanout::{
     BurstyLimit, Fanout, InFlight, LaneReceiver, Part, Receipt, Refused, SinkSpec, SubmitError,
     WhenFull,
 };
-use fishjam_bridge::pipeline::lane::{run_lane, LaneOptions};
-use fishjam_bridge::pipeline::spool::log::{Faults, FileOp};
-use fishjam_bridge::pipeline::spool::{self, Options, Spool, SpoolError, Ticket};
-use fishjam_bridge::sinks::{Publish, PublishError, Settlement, SinkError};
+use fishjam_bridge::testing::pipeline::lane::{run_lane, LaneOptions};
+use fishjam_bridge::testing::pipeline::spool::log::{Faults, FileOp};
+use fishjam_bridge::testing::pipeline::spool::{self, Options, Spool, SpoolError, Ticket};
+use fishjam_bridge::testing::sinks::{Publish, PublishError, Settlement, SinkError};
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -71,7 +71,7 @@ pub fn messages(count: usize) -> Vec<Message> {
         })
         .map(|e| {
             let mut headers = Vec::new();
-            fishjam_bridge::sinks::each_header(
+            fishjam_bridge::testing::sinks::each_header(
                 &e,
                 "Nats-Msg-Id",
                 fishjam_bridge::core::cloudevents::Mode::Off,

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use fishjam_bridge::core::event::Source;
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
-use fishjam_bridge::sources::notifier::{on_frame, Frame, Phase, Step};
+use fishjam_bridge::testing::sources::notifier::{on_frame, Frame, Phase, Step};
 
 /// Panics when the property fails for `data`.
 pub fn check(data: &[u8]) {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use fishjam_bridge::core::event::Source;
-use fishjam_bridge::pipeline::spool::log::{self, Entry, NewRecord, Next, SegmentReader};
+use fishjam_bridge::testing::pipeline::spool::log::{self, Entry, NewRecord, Next, SegmentReader};
 
 fn bodies(dir: &std::path::Path) -> Vec<Bytes> {
     let recovered = log::recover(dir).expect("a readable directory recovers");

@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::http::Request;
 use fishjam_bridge::config::{Secret, WebhookConfig};
 use fishjam_bridge::core::signature;
-use fishjam_bridge::pipeline::admission::Admission;
-use fishjam_bridge::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
+use fishjam_bridge::testing::pipeline::admission::Admission;
+use fishjam_bridge::testing::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
 use tower::ServiceExt;
 
 const SECRET: &str = "fuzz-secret";
@@ -31,7 +31,9 @@ fn bridge() -> &'static (tokio::runtime::Runtime, axum::Router) {
                 when_full: WhenFull::Wait,
             };
             let (fanout, lanes, _) = Fanout::new(
-                &[fishjam_bridge::pipeline::fanout::SinkSpec::all("sink", 1)],
+                &[fishjam_bridge::testing::pipeline::fanout::SinkSpec::all(
+                    "sink", 1,
+                )],
                 10_000,
                 bursty,
                 None,
@@ -49,7 +51,7 @@ fn bridge() -> &'static (tokio::runtime::Runtime, axum::Router) {
                 max_body_bytes: 1 << 16,
                 ..WebhookConfig::default()
             };
-            fishjam_bridge::sources::webhook::router(
+            fishjam_bridge::testing::sources::webhook::router(
                 &config,
                 Arc::from("fuzz"),
                 Admission::new(fanout, None),

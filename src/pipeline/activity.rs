@@ -85,10 +85,12 @@ impl Activity {
         }
     }
 
+    #[cfg(test)]
     pub fn rooms(&self) -> usize {
         self.rooms.len()
     }
 
+    #[cfg(test)]
     pub fn connected_peers(&self) -> usize {
         self.connected.values().sum()
     }

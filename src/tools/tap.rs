@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::admin::tap::Filter;
+pub use crate::admin::tap::Filter;
 
 /// Streams the events of the bridge at `admin` that pass `filter` to
 /// stdout until the bridge ends the stream (or the user does, with

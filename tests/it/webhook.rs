@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use fishjam_bridge::config::{Secret, WebhookConfig};
 use fishjam_bridge::core::signature;
-use fishjam_bridge::pipeline::admission::Admission;
-use fishjam_bridge::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
-use fishjam_bridge::sources;
+use fishjam_bridge::testing::pipeline::admission::Admission;
+use fishjam_bridge::testing::pipeline::fanout::{BurstyLimit, Fanout, WhenFull};
+use fishjam_bridge::testing::sources;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -101,7 +101,9 @@ impl InProcess {
                 when_full: WhenFull::Wait,
             };
             let (fanout, lanes, _) = Fanout::new(
-                &[fishjam_bridge::pipeline::fanout::SinkSpec::all("sink", 1)],
+                &[fishjam_bridge::testing::pipeline::fanout::SinkSpec::all(
+                    "sink", 1,
+                )],
                 1000,
                 bursty,
                 None,
