@@ -20,8 +20,8 @@ use axum::http::StatusCode;
 use fishjam_bridge::core::event::{Message, Source};
 use fishjam_bridge::core::normalize::{normalize_body, Origin};
 use fishjam_bridge::testing::admin::Readiness;
-use fishjam_bridge::testing::sinks::nats::{NatsConfig, NatsSink};
-use fishjam_bridge::testing::sinks::{Publish, SinkHealth};
+use fishjam_bridge::testing::sinks::nats::NatsConfig;
+use fishjam_bridge::testing::sinks::{Publish, SinkHealth, SinkKind};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,11 +42,7 @@ async fn main() {
             ))
             .expect("a NATS sink's configuration");
             let health = SinkHealth::new("floor", Readiness::default());
-            Some(Arc::new(
-                NatsSink::connect(&config, health)
-                    .await
-                    .expect("NATS is up"),
-            ))
+            Some(Arc::new(config.connect(health).await.expect("NATS is up")))
         }
         Some(_) => panic!("{usage}"),
     };

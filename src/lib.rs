@@ -35,6 +35,7 @@ pub mod testing {
     pub mod sinks {
         pub use crate::sinks::{
             each_header, kafka, nats, Publish, PublishError, Settlement, SinkError, SinkHealth,
+            SinkKind,
         };
     }
     pub mod sources {

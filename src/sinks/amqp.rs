@@ -124,29 +124,6 @@ fn yes() -> bool {
 const KEY_WILDCARDS: &[char] = &['*', '#'];
 
 impl AmqpConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Err(problem) = Template::parse(&self.routing_key, KEY_WILDCARDS) {
-            problems.push(format!("routing_key: {problem}"));
-        }
-        if let Err(problem) = self.url.parse::<lapin::uri::AMQPUri>() {
-            problems.push(format!("url: {problem}"));
-        }
-        if self.unroutable == Unroutable::Alternate && self.alternate_exchange.is_none() {
-            problems.push("unroutable = \"alternate\" needs alternate_exchange".to_owned());
-        }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            problems.push("tls.cert_file and tls.key_file go together".to_owned());
-        }
-        if self.lanes == Some(0) {
-            problems.push("lanes must be at least 1".to_owned());
-        }
-        if self.timeout.is_zero() {
-            problems.push("timeout must be longer than zero".to_owned());
-        }
-        problems
-    }
-
     /// Where the sink publishes, without the URL's credentials.
     pub fn target(&self) -> String {
         self.url
@@ -160,14 +137,6 @@ impl AmqpConfig {
             .unwrap_or_else(|_| "an invalid url".to_owned())
     }
 
-    pub fn describe(&self) -> String {
-        // The URL holds the password: show only where it points.
-        let target = self.target();
-        format!(
-            "{target}, exchange {:?} ({:?}), routing key {:?}, persistent {}, unroutable {:?}",
-            self.exchange, self.exchange_type, self.routing_key, self.persistent, self.unroutable
-        )
-    }
 }
 
 /// The kind of exchange the bridge declares.
@@ -215,20 +184,6 @@ impl std::fmt::Debug for AmqpSink {
 }
 
 impl AmqpSink {
-    pub async fn connect(config: &AmqpConfig, health: SinkHealth) -> Result<AmqpSink, SinkError> {
-        let name = config.name.clone().unwrap_or_else(|| "amqp".to_owned());
-        let routing_key = Template::parse(&config.routing_key, KEY_WILDCARDS)
-            .map_err(|e| SinkError::Config(e.to_string()))?;
-        let link = open(config).await?;
-        Ok(AmqpSink {
-            name,
-            config: config.clone(),
-            routing_key,
-            health,
-            channel: Mutex::new(Some(link)),
-        })
-    }
-
     /// The open channel, reconnecting first if the last one failed.
     async fn channel(&self) -> Result<Channel, SinkError> {
         let mut slot = self.channel.lock().await;
@@ -420,15 +375,50 @@ impl super::SinkKind for AmqpConfig {
     }
 
     fn validate(&self) -> Vec<String> {
-        AmqpConfig::validate(self)
+        let mut problems = Vec::new();
+        if let Err(problem) = Template::parse(&self.routing_key, KEY_WILDCARDS) {
+            problems.push(format!("routing_key: {problem}"));
+        }
+        if let Err(problem) = self.url.parse::<lapin::uri::AMQPUri>() {
+            problems.push(format!("url: {problem}"));
+        }
+        if self.unroutable == Unroutable::Alternate && self.alternate_exchange.is_none() {
+            problems.push("unroutable = \"alternate\" needs alternate_exchange".to_owned());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            problems.push("tls.cert_file and tls.key_file go together".to_owned());
+        }
+        if self.lanes == Some(0) {
+            problems.push("lanes must be at least 1".to_owned());
+        }
+        if self.timeout.is_zero() {
+            problems.push("timeout must be longer than zero".to_owned());
+        }
+        problems
     }
 
     fn describe(&self) -> String {
-        AmqpConfig::describe(self)
+        // The URL holds the password: show only where it points.
+        let target = self.target();
+        format!(
+            "{target}, exchange {:?} ({:?}), routing key {:?}, persistent {}, unroutable {:?}",
+            self.exchange, self.exchange_type, self.routing_key, self.persistent, self.unroutable
+        )
     }
 
-    async fn connect(&self, health: super::SinkHealth) -> Result<AmqpSink, SinkError> {
-        AmqpSink::connect(self, health).await
+    async fn connect(&self, health: SinkHealth) -> Result<AmqpSink, SinkError> {
+        let config = self;
+        let name = config.name.clone().unwrap_or_else(|| "amqp".to_owned());
+        let routing_key = Template::parse(&config.routing_key, KEY_WILDCARDS)
+            .map_err(|e| SinkError::Config(e.to_string()))?;
+        let link = open(config).await?;
+        Ok(AmqpSink {
+            name,
+            config: config.clone(),
+            routing_key,
+            health,
+            channel: Mutex::new(Some(link)),
+        })
     }
 }
 
@@ -511,6 +501,7 @@ impl super::Publish for AmqpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkKind as _;
 
     #[test]
     fn defaults_are_safe_and_valid() {

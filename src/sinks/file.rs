@@ -24,16 +24,6 @@ pub struct FileConfig {
     pub route: super::RouteConfig,
 }
 
-impl FileConfig {
-    pub fn validate(&self) -> Vec<String> {
-        if self.path.as_os_str().is_empty() {
-            vec!["path must not be empty".to_owned()]
-        } else {
-            Vec::new()
-        }
-    }
-}
-
 impl super::SinkKind for FileConfig {
     type Sink = StdoutSink;
 
@@ -46,7 +36,11 @@ impl super::SinkKind for FileConfig {
     }
 
     fn validate(&self) -> Vec<String> {
-        FileConfig::validate(self)
+        if self.path.as_os_str().is_empty() {
+            vec!["path must not be empty".to_owned()]
+        } else {
+            Vec::new()
+        }
     }
 
     fn describe(&self) -> String {

@@ -78,59 +78,6 @@ fn default_timeout() -> Duration {
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl HttpConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(url) => problems.push(format!(
-                "url: scheme {:?} is not http or https",
-                url.scheme()
-            )),
-            Err(e) => problems.push(format!("url: {e}")),
-        }
-        let sources = [
-            self.secret.is_some(),
-            self.secret_file.is_some(),
-            self.secret_env.is_some(),
-        ];
-        if sources.iter().filter(|set| **set).count() > 1 {
-            problems.push("secret, secret_file and secret_env: set one".to_owned());
-        }
-        if let Some(secret) = &self.secret {
-            if let Err(problem) = signing_key(secret.expose()) {
-                problems.push(format!("secret: {problem}"));
-            }
-        }
-        if self.lanes == Some(0) {
-            problems.push("lanes must be at least 1".to_owned());
-        }
-        if self.timeout.is_zero() {
-            problems.push("timeout must be more than zero".to_owned());
-        }
-        for (name, value) in &self.headers {
-            if HeaderName::from_bytes(name.as_bytes()).is_err()
-                || HeaderValue::from_str(value).is_err()
-            {
-                problems.push(format!("headers: {name:?} is not a valid header"));
-            }
-        }
-        problems
-    }
-
-    pub fn describe(&self) -> String {
-        let signed = match (&self.secret, &self.secret_file, &self.secret_env) {
-            (None, None, None) => "unsigned".to_owned(),
-            (_, Some(path), _) => format!("signed, secret from {}", path.display()),
-            (_, _, Some(variable)) => format!("signed, secret from ${variable}"),
-            _ => "signed".to_owned(),
-        };
-        let batch = match self.batch {
-            Batching::Single => "one event a request",
-            Batching::Array => "a batch a request",
-        };
-        format!("url {}, {batch}, {signed}", masked_url(&self.url))
-    }
-
     /// The signing key, read from wherever the configuration says.
     fn key(&self) -> Result<Option<Vec<u8>>, SinkError> {
         let text = match (&self.secret, &self.secret_file, &self.secret_env) {
@@ -208,42 +155,6 @@ impl std::fmt::Debug for HttpSink {
 }
 
 impl HttpSink {
-    pub async fn connect(config: &HttpConfig, health: SinkHealth) -> Result<HttpSink, SinkError> {
-        let url = reqwest::Url::parse(&config.url)
-            .map_err(|e| SinkError::Config(format!("url: {e}")))?;
-        // A redirect would turn the POST into a GET or send the body
-        // elsewhere: the receiver's answer is what counts.
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = &config.ca_file {
-            let roots = ExtraRoots::load(path).map_err(|e| SinkError::Config(e.to_string()))?;
-            builder = roots
-                .trusted_by(builder)
-                .map_err(|e| SinkError::Config(e.to_string()))?;
-        }
-        let client = builder
-            .build()
-            .map_err(|e| SinkError::connect(masked_url(&config.url), e))?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &config.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| SinkError::Config(format!("headers: {e}")))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|e| SinkError::Config(format!("headers: {e}")))?;
-            headers.insert(name, value);
-        }
-        Ok(HttpSink {
-            name: config.name.clone().unwrap_or_else(|| "http".to_owned()),
-            url,
-            batch: config.batch,
-            key: config.key()?,
-            headers,
-            client,
-            health,
-        })
-    }
-
     /// Each message as an array of one, in order, up to the first failure.
     async fn post_each_alone(&self, batch: &[&Message]) -> Result<(), PublishError> {
         for (index, message) in batch.iter().enumerate() {
@@ -381,15 +292,93 @@ impl super::SinkKind for HttpConfig {
     }
 
     fn validate(&self) -> Vec<String> {
-        HttpConfig::validate(self)
+        let mut problems = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(url) => problems.push(format!(
+                "url: scheme {:?} is not http or https",
+                url.scheme()
+            )),
+            Err(e) => problems.push(format!("url: {e}")),
+        }
+        let sources = [
+            self.secret.is_some(),
+            self.secret_file.is_some(),
+            self.secret_env.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() > 1 {
+            problems.push("secret, secret_file and secret_env: set one".to_owned());
+        }
+        if let Some(secret) = &self.secret {
+            if let Err(problem) = signing_key(secret.expose()) {
+                problems.push(format!("secret: {problem}"));
+            }
+        }
+        if self.lanes == Some(0) {
+            problems.push("lanes must be at least 1".to_owned());
+        }
+        if self.timeout.is_zero() {
+            problems.push("timeout must be more than zero".to_owned());
+        }
+        for (name, value) in &self.headers {
+            if HeaderName::from_bytes(name.as_bytes()).is_err()
+                || HeaderValue::from_str(value).is_err()
+            {
+                problems.push(format!("headers: {name:?} is not a valid header"));
+            }
+        }
+        problems
     }
 
     fn describe(&self) -> String {
-        HttpConfig::describe(self)
+        let signed = match (&self.secret, &self.secret_file, &self.secret_env) {
+            (None, None, None) => "unsigned".to_owned(),
+            (_, Some(path), _) => format!("signed, secret from {}", path.display()),
+            (_, _, Some(variable)) => format!("signed, secret from ${variable}"),
+            _ => "signed".to_owned(),
+        };
+        let batch = match self.batch {
+            Batching::Single => "one event a request",
+            Batching::Array => "a batch a request",
+        };
+        format!("url {}, {batch}, {signed}", masked_url(&self.url))
     }
 
-    async fn connect(&self, health: super::SinkHealth) -> Result<HttpSink, SinkError> {
-        HttpSink::connect(self, health).await
+    async fn connect(&self, health: SinkHealth) -> Result<HttpSink, SinkError> {
+        let config = self;
+        let url = reqwest::Url::parse(&config.url)
+            .map_err(|e| SinkError::Config(format!("url: {e}")))?;
+        // A redirect would turn the POST into a GET or send the body
+        // elsewhere: the receiver's answer is what counts.
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &config.ca_file {
+            let roots = ExtraRoots::load(path).map_err(|e| SinkError::Config(e.to_string()))?;
+            builder = roots
+                .trusted_by(builder)
+                .map_err(|e| SinkError::Config(e.to_string()))?;
+        }
+        let client = builder
+            .build()
+            .map_err(|e| SinkError::connect(masked_url(&config.url), e))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| SinkError::Config(format!("headers: {e}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| SinkError::Config(format!("headers: {e}")))?;
+            headers.insert(name, value);
+        }
+        Ok(HttpSink {
+            name: config.name.clone().unwrap_or_else(|| "http".to_owned()),
+            url,
+            batch: config.batch,
+            key: config.key()?,
+            headers,
+            client,
+            health,
+        })
     }
 }
 
@@ -435,6 +424,7 @@ impl super::Publish for HttpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkKind as _;
 
     #[test]
     fn the_signature_is_the_standard_webhooks_one() {

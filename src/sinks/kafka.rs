@@ -180,87 +180,9 @@ fn valid_topic_char(c: char) -> bool {
 }
 
 impl KafkaConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        match Template::parse(&self.topic, &[]) {
-            Ok(template) => {
-                let literal: String = self.topic.split(['{', '}']).step_by(2).collect();
-                if let Some(bad) = literal.chars().find(|c| !valid_topic_char(*c)) {
-                    problems.push(format!(
-                        "topic: {bad:?} is not allowed in a Kafka topic name (letters, digits, '.', '_', '-')"
-                    ));
-                }
-                // Every name the template renders must be one Kafka takes:
-                // `{kind}` and `{type}` are a few legal words; an id's value
-                // may hold any character, and makes a topic per room.
-                match template.names() {
-                    Ok(names) => {
-                        let longest = names.iter().map(String::len).max().unwrap_or(0);
-                        if longest > 249 {
-                            problems.push(format!(
-                                "topic: can render names of {longest} characters; Kafka takes at most 249"
-                            ));
-                        }
-                    }
-                    Err(open) => {
-                        problems.push(format!(
-                        "topic: {} can render names Kafka refuses (any character of an id) and a \
-                         topic per value; a topic may use {{kind}} and {{type}} (records are keyed \
-                         by room already)",
-                        open.iter().map(|name| format!("{{{name}}}")).collect::<Vec<_>>().join(", ")
-                    ))
-                    }
-                }
-            }
-            Err(problem) => problems.push(format!("topic: {problem}")),
-        }
-        if self.bootstrap_servers.trim().is_empty() {
-            problems.push("bootstrap_servers must not be empty".to_owned());
-        }
-        if self.security_protocol.uses_sasl()
-            && (self.sasl_username.is_none() || self.sasl_password.is_none())
-        {
-            problems.push("sasl security needs sasl_username and sasl_password".to_owned());
-        }
-        if self.message_timeout.is_zero() {
-            problems.push("message_timeout must be longer than zero".to_owned());
-        }
-        if self.lanes == Some(0) {
-            problems.push("lanes must be at least 1".to_owned());
-        }
-        if let Some(create) = self.create_topic {
-            if create.partitions < 1 || create.replication_factor < 1 {
-                problems.push(
-                    "create_topic.partitions and create_topic.replication_factor must be at least 1"
-                        .to_owned(),
-                );
-            }
-        }
-        // Settings that would break the delivery promise are not overridable.
-        for key in ["acks", "enable.idempotence"] {
-            if self.librdkafka.contains_key(key) {
-                problems.push(format!(
-                    "librdkafka.{key}: fixed by the bridge (acks=all, idempotence on), so nothing acknowledged can be lost"
-                ));
-            }
-        }
-        problems
-    }
-
     /// Where the sink publishes, without credentials.
     pub fn target(&self) -> String {
         crate::core::settings::masked_url(&self.bootstrap_servers)
-    }
-
-    pub fn describe(&self) -> String {
-        format!(
-            "bootstrap {}, topic {:?}, compression {}, security {}, sasl user {}",
-            self.target(),
-            self.topic,
-            self.compression.as_str(),
-            self.security_protocol.as_str(),
-            self.sasl_username.as_deref().unwrap_or("none")
-        )
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -480,54 +402,6 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 impl KafkaSink {
-    pub async fn connect(config: &KafkaConfig, health: SinkHealth) -> Result<KafkaSink, SinkError> {
-        let name = config.name.clone().unwrap_or_else(|| "kafka".to_owned());
-        let topic =
-            Template::parse(&config.topic, &[]).map_err(|e| SinkError::Config(e.to_string()))?;
-        let client_config = config.client_config();
-        let producer = new_producer(&client_config, &health)?;
-        // Creating a producer does not contact the cluster: ask for metadata
-        // once, so that a wrong address is reported at start-up.
-        let timeout = config.message_timeout.min(Duration::from_secs(10));
-        let metadata = fetch_metadata(&producer, timeout)
-            .await
-            .map_err(|e| SinkError::connect(config.target(), e))?;
-        // The same answer says whether its topics exist (a broker with
-        // auto-creation off, as most production clusters are, would hold
-        // their records forever); asked again from time to time while the
-        // sink lives.
-        let topics = Topics {
-            sink: name.clone(),
-            wanted: topic.names().map_err(|_| {
-                SinkError::Config(format!("topic {:?} renders open names", config.topic))
-            })?,
-            create: config.create_topic,
-            config: client_config.clone(),
-            timeout,
-            health: health.clone(),
-        };
-        let mut reported = Vec::new();
-        topics.settle(&metadata, &mut reported).await;
-        let watched = producer.clone();
-        let topics_watch = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(TOPIC_CHECK).await;
-                topics.check(&watched, &mut reported).await;
-            }
-        })
-        .abort_handle();
-        Ok(KafkaSink {
-            name,
-            topics_watch,
-            producer: std::sync::RwLock::new(producer),
-            client_config,
-            health,
-            topic,
-            cloudevents: config.cloudevents,
-            timeout: config.message_timeout,
-        })
-    }
-
     /// After a fatal error (a fenced or refused idempotent producer)
     /// librdkafka refuses every record for good: the next batch goes
     /// through a new producer, with a new producer id.
@@ -689,15 +563,130 @@ impl super::SinkKind for KafkaConfig {
     }
 
     fn validate(&self) -> Vec<String> {
-        KafkaConfig::validate(self)
+        let mut problems = Vec::new();
+        match Template::parse(&self.topic, &[]) {
+            Ok(template) => {
+                let literal: String = self.topic.split(['{', '}']).step_by(2).collect();
+                if let Some(bad) = literal.chars().find(|c| !valid_topic_char(*c)) {
+                    problems.push(format!(
+                        "topic: {bad:?} is not allowed in a Kafka topic name (letters, digits, '.', '_', '-')"
+                    ));
+                }
+                // Every name the template renders must be one Kafka takes:
+                // `{kind}` and `{type}` are a few legal words; an id's value
+                // may hold any character, and makes a topic per room.
+                match template.names() {
+                    Ok(names) => {
+                        let longest = names.iter().map(String::len).max().unwrap_or(0);
+                        if longest > 249 {
+                            problems.push(format!(
+                                "topic: can render names of {longest} characters; Kafka takes at most 249"
+                            ));
+                        }
+                    }
+                    Err(open) => {
+                        problems.push(format!(
+                        "topic: {} can render names Kafka refuses (any character of an id) and a \
+                         topic per value; a topic may use {{kind}} and {{type}} (records are keyed \
+                         by room already)",
+                        open.iter().map(|name| format!("{{{name}}}")).collect::<Vec<_>>().join(", ")
+                    ))
+                    }
+                }
+            }
+            Err(problem) => problems.push(format!("topic: {problem}")),
+        }
+        if self.bootstrap_servers.trim().is_empty() {
+            problems.push("bootstrap_servers must not be empty".to_owned());
+        }
+        if self.security_protocol.uses_sasl()
+            && (self.sasl_username.is_none() || self.sasl_password.is_none())
+        {
+            problems.push("sasl security needs sasl_username and sasl_password".to_owned());
+        }
+        if self.message_timeout.is_zero() {
+            problems.push("message_timeout must be longer than zero".to_owned());
+        }
+        if self.lanes == Some(0) {
+            problems.push("lanes must be at least 1".to_owned());
+        }
+        if let Some(create) = self.create_topic {
+            if create.partitions < 1 || create.replication_factor < 1 {
+                problems.push(
+                    "create_topic.partitions and create_topic.replication_factor must be at least 1"
+                        .to_owned(),
+                );
+            }
+        }
+        // Settings that would break the delivery promise are not overridable.
+        for key in ["acks", "enable.idempotence"] {
+            if self.librdkafka.contains_key(key) {
+                problems.push(format!(
+                    "librdkafka.{key}: fixed by the bridge (acks=all, idempotence on), so nothing acknowledged can be lost"
+                ));
+            }
+        }
+        problems
     }
 
     fn describe(&self) -> String {
-        KafkaConfig::describe(self)
+        format!(
+            "bootstrap {}, topic {:?}, compression {}, security {}, sasl user {}",
+            self.target(),
+            self.topic,
+            self.compression.as_str(),
+            self.security_protocol.as_str(),
+            self.sasl_username.as_deref().unwrap_or("none")
+        )
     }
 
-    async fn connect(&self, health: super::SinkHealth) -> Result<KafkaSink, SinkError> {
-        KafkaSink::connect(self, health).await
+    async fn connect(&self, health: SinkHealth) -> Result<KafkaSink, SinkError> {
+        let config = self;
+        let name = config.name.clone().unwrap_or_else(|| "kafka".to_owned());
+        let topic =
+            Template::parse(&config.topic, &[]).map_err(|e| SinkError::Config(e.to_string()))?;
+        let client_config = config.client_config();
+        let producer = new_producer(&client_config, &health)?;
+        // Creating a producer does not contact the cluster: ask for metadata
+        // once, so that a wrong address is reported at start-up.
+        let timeout = config.message_timeout.min(Duration::from_secs(10));
+        let metadata = fetch_metadata(&producer, timeout)
+            .await
+            .map_err(|e| SinkError::connect(config.target(), e))?;
+        // The same answer says whether its topics exist (a broker with
+        // auto-creation off, as most production clusters are, would hold
+        // their records forever); asked again from time to time while the
+        // sink lives.
+        let topics = Topics {
+            sink: name.clone(),
+            wanted: topic.names().map_err(|_| {
+                SinkError::Config(format!("topic {:?} renders open names", config.topic))
+            })?,
+            create: config.create_topic,
+            config: client_config.clone(),
+            timeout,
+            health: health.clone(),
+        };
+        let mut reported = Vec::new();
+        topics.settle(&metadata, &mut reported).await;
+        let watched = producer.clone();
+        let topics_watch = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TOPIC_CHECK).await;
+                topics.check(&watched, &mut reported).await;
+            }
+        })
+        .abort_handle();
+        Ok(KafkaSink {
+            name,
+            topics_watch,
+            producer: std::sync::RwLock::new(producer),
+            client_config,
+            health,
+            topic,
+            cloudevents: config.cloudevents,
+            timeout: config.message_timeout,
+        })
     }
 }
 
@@ -737,6 +726,7 @@ impl super::Publish for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkKind as _;
 
     #[test]
     fn defaults_are_safe_and_valid() {

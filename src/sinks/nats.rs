@@ -182,77 +182,9 @@ pub enum UrlError {
 }
 
 impl NatsConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Err(problem) = Template::parse(&self.subject, SUBJECT_WILDCARDS) {
-            problems.push(format!("subject: {problem}"));
-        }
-        if let Err(problem) = self.addresses() {
-            problems.push(format!("url: {problem}"));
-        }
-        if self.password.is_some() != self.user.is_some() {
-            problems.push("user and password go together".to_owned());
-        }
-        let methods = [
-            self.user.is_some(),
-            self.token.is_some(),
-            self.nkey.is_some(),
-            self.credentials_file.is_some(),
-        ];
-        if methods.iter().filter(|m| **m).count() > 1 {
-            problems
-                .push("choose one of user/password, token, nkey and credentials_file".to_owned());
-        }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            problems.push("tls.cert_file and tls.key_file go together".to_owned());
-        }
-        if self.timeout.is_zero() {
-            problems.push("timeout must be longer than zero".to_owned());
-        }
-        if self.lanes == Some(0) {
-            problems.push("lanes must be at least 1".to_owned());
-        }
-        if self.max_ack_inflight == 0 {
-            problems.push("max_ack_inflight must be at least 1".to_owned());
-        }
-        if let Some(stream) = &self.stream {
-            if self.mode != NatsMode::Jetstream {
-                problems.push("stream needs mode = \"jetstream\"".to_owned());
-            }
-            if stream.name.is_empty() || stream.name.contains(['.', ' ', '*', '>']) {
-                problems.push(format!(
-                    "stream.name {:?} must be non-empty, without '.', ' ', '*' or '>'",
-                    stream.name
-                ));
-            }
-        }
-        problems
-    }
-
     /// Where the sink publishes, without the URL's credentials.
     pub fn target(&self) -> String {
         crate::core::settings::masked_url(&self.url)
-    }
-
-    pub fn describe(&self) -> String {
-        let auth = if self.user.is_some() {
-            "user/password"
-        } else if self.token.is_some() {
-            "token"
-        } else if self.nkey.is_some() {
-            "nkey"
-        } else if self.credentials_file.is_some() {
-            "credentials file"
-        } else {
-            "none"
-        };
-        format!(
-            "url {}, subject {:?}, mode {:?}, auth {auth}, tls required {}",
-            self.target(),
-            self.subject,
-            self.mode,
-            self.tls.required
-        )
     }
 
     fn addresses(&self) -> Result<Vec<ServerAddr>, UrlError> {
@@ -360,40 +292,6 @@ impl std::fmt::Debug for NatsSink {
 }
 
 impl NatsSink {
-    pub async fn connect(config: &NatsConfig, health: SinkHealth) -> Result<NatsSink, SinkError> {
-        let name = config.name.clone().unwrap_or_else(|| "nats".to_owned());
-        let subject = Template::parse(&config.subject, SUBJECT_WILDCARDS)
-            .map_err(|e| SinkError::Config(e.to_string()))?;
-        let transport = match config.mode {
-            NatsMode::Core => Transport::Core(connect_core(config, &name).await?),
-            NatsMode::Jetstream => {
-                let client = connect_client(config, &name, &health).await?;
-                // The client's own in-flight limit holds a permit until an ack
-                // future is awaited, which deadlocks a batch larger than it; each
-                // lane keeps its own window of `max_ack_inflight` instead.
-                let context = jetstream::context::ContextBuilder::new()
-                    .timeout(config.timeout)
-                    .ack_timeout(config.timeout)
-                    .max_ack_inflight(1 << 24)
-                    .build(client.clone());
-                if let Some(stream) = &config.stream {
-                    ensure_stream(&context, config, stream).await?;
-                }
-                Transport::JetStream { client, context }
-            }
-        };
-        Ok(NatsSink {
-            name,
-            transport,
-            subject,
-            timeout: config.timeout,
-            max_ack_inflight: config.max_ack_inflight,
-            cloudevents: config.cloudevents,
-            headers: config.headers,
-            health,
-        })
-    }
-
     /// Core NATS: one connection that the server reads in order.
     pub fn is_core(&self) -> bool {
         matches!(self.transport, Transport::Core(_))
@@ -808,15 +706,106 @@ impl super::SinkKind for NatsConfig {
     }
 
     fn validate(&self) -> Vec<String> {
-        NatsConfig::validate(self)
+        let mut problems = Vec::new();
+        if let Err(problem) = Template::parse(&self.subject, SUBJECT_WILDCARDS) {
+            problems.push(format!("subject: {problem}"));
+        }
+        if let Err(problem) = self.addresses() {
+            problems.push(format!("url: {problem}"));
+        }
+        if self.password.is_some() != self.user.is_some() {
+            problems.push("user and password go together".to_owned());
+        }
+        let methods = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.nkey.is_some(),
+            self.credentials_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            problems
+                .push("choose one of user/password, token, nkey and credentials_file".to_owned());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            problems.push("tls.cert_file and tls.key_file go together".to_owned());
+        }
+        if self.timeout.is_zero() {
+            problems.push("timeout must be longer than zero".to_owned());
+        }
+        if self.lanes == Some(0) {
+            problems.push("lanes must be at least 1".to_owned());
+        }
+        if self.max_ack_inflight == 0 {
+            problems.push("max_ack_inflight must be at least 1".to_owned());
+        }
+        if let Some(stream) = &self.stream {
+            if self.mode != NatsMode::Jetstream {
+                problems.push("stream needs mode = \"jetstream\"".to_owned());
+            }
+            if stream.name.is_empty() || stream.name.contains(['.', ' ', '*', '>']) {
+                problems.push(format!(
+                    "stream.name {:?} must be non-empty, without '.', ' ', '*' or '>'",
+                    stream.name
+                ));
+            }
+        }
+        problems
     }
 
     fn describe(&self) -> String {
-        NatsConfig::describe(self)
+        let auth = if self.user.is_some() {
+            "user/password"
+        } else if self.token.is_some() {
+            "token"
+        } else if self.nkey.is_some() {
+            "nkey"
+        } else if self.credentials_file.is_some() {
+            "credentials file"
+        } else {
+            "none"
+        };
+        format!(
+            "url {}, subject {:?}, mode {:?}, auth {auth}, tls required {}",
+            self.target(),
+            self.subject,
+            self.mode,
+            self.tls.required
+        )
     }
 
-    async fn connect(&self, health: super::SinkHealth) -> Result<NatsSink, SinkError> {
-        NatsSink::connect(self, health).await
+    async fn connect(&self, health: SinkHealth) -> Result<NatsSink, SinkError> {
+        let config = self;
+        let name = config.name.clone().unwrap_or_else(|| "nats".to_owned());
+        let subject = Template::parse(&config.subject, SUBJECT_WILDCARDS)
+            .map_err(|e| SinkError::Config(e.to_string()))?;
+        let transport = match config.mode {
+            NatsMode::Core => Transport::Core(connect_core(config, &name).await?),
+            NatsMode::Jetstream => {
+                let client = connect_client(config, &name, &health).await?;
+                // The client's own in-flight limit holds a permit until an ack
+                // future is awaited, which deadlocks a batch larger than it; each
+                // lane keeps its own window of `max_ack_inflight` instead.
+                let context = jetstream::context::ContextBuilder::new()
+                    .timeout(config.timeout)
+                    .ack_timeout(config.timeout)
+                    .max_ack_inflight(1 << 24)
+                    .build(client.clone());
+                if let Some(stream) = &config.stream {
+                    ensure_stream(&context, config, stream).await?;
+                }
+                Transport::JetStream { client, context }
+            }
+        };
+        Ok(NatsSink {
+            name,
+            transport,
+            subject,
+            timeout: config.timeout,
+            max_ack_inflight: config.max_ack_inflight,
+            cloudevents: config.cloudevents,
+            headers: config.headers,
+            health,
+        })
     }
 }
 
@@ -856,6 +845,7 @@ impl super::Publish for NatsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::SinkKind as _;
 
     fn config(text: &str) -> NatsConfig {
         toml::from_str(text).unwrap()
@@ -889,7 +879,7 @@ mod tests {
             "url = \"nats://bridge:hunter2@127.0.0.1:{closed}\"\ntimeout = \"1s\"\n"
         ));
         let health = SinkHealth::new("nats", crate::admin::Readiness::default());
-        let error = NatsSink::connect(&config, health).await.unwrap_err();
+        let error = config.connect(health).await.unwrap_err();
         let chain = crate::telemetry::Chain(&error).to_string();
         assert!(
             chain.starts_with(&format!("cannot connect to nats://***@127.0.0.1:{closed}")),
