@@ -129,6 +129,9 @@ enum Command {
         /// listener served with TLS under a private CA.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// A file holding the admin listener's bearer token (admin.token_file).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// A live view of a running bridge, from its admin listener: rates,
     /// sinks, lag, the spool and the notifier. q quits, p pauses, s sorts.
@@ -142,6 +145,9 @@ enum Command {
         /// PEM certificates to trust beside the platform's, as for tap.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// A file holding the admin listener's bearer token, as for tap.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Run the simulator into a bridge that prints events on stdout, until Ctrl-C.
     Demo {
@@ -223,19 +229,31 @@ fn main() -> ExitCode {
             event_type,
             source,
             ca_file,
+            token_file,
         } => {
             let filter = Filter {
                 room,
                 event_type,
                 source,
             };
-            tapped(tap::tap(&admin, &filter, ca_file.as_deref()))
+            tapped(tap::tap(
+                &admin,
+                &filter,
+                ca_file.as_deref(),
+                token_file.as_deref(),
+            ))
         }
         Command::Top {
             admin,
             every,
             ca_file,
-        } => report(top::top(&admin, every, ca_file.as_deref())),
+            token_file,
+        } => report(top::top(
+            &admin,
+            every,
+            ca_file.as_deref(),
+            token_file.as_deref(),
+        )),
         Command::Demo {
             duration,
             rate,

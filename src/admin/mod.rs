@@ -23,6 +23,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::broadcast::error::RecvError;
 
 use self::tap::Tap;
+use crate::core::settings::Secret;
 use crate::telemetry;
 
 /// Named readiness checks. `/readyz` answers whether the bridge can take a
@@ -286,29 +287,80 @@ struct AdminState {
     refresh: Refresh,
 }
 
-/// The admin routes; `/tap` only with `tap`.
+/// The bearer token `/metrics`, `/status` and `/tap` require, when set.
+#[derive(Clone)]
+struct Token(Arc<[u8]>);
+
+impl Token {
+    /// Whether `headers` carry `Authorization: Bearer <token>`, compared in
+    /// constant time.
+    fn admits(&self, headers: &axum::http::HeaderMap) -> bool {
+        let Some(given) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        given.len() == self.0.len()
+            && given
+                .iter()
+                .zip(self.0.iter())
+                .fold(0, |d, (a, b)| d | (a ^ b))
+                == 0
+    }
+}
+
+/// Answers 401 to a request without the token.
+async fn require_token(
+    State(token): State<Token>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if token.admits(request.headers()) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "this needs admin.token as a bearer token\n",
+    )
+        .into_response()
+}
+
+/// The admin routes; `/tap` only with `tap`. With `token`, `/metrics`,
+/// `/status` and `/tap` need it; the probes never do.
 pub fn router(
     metrics: PrometheusHandle,
     readiness: Readiness,
     tap: Option<Tap>,
     refresh: Refresh,
+    token: Option<&Secret>,
 ) -> Router {
-    let router = Router::new()
+    let guarded = Router::new()
         .route("/metrics", get(render_metrics))
+        .route("/status", get(status));
+    let guarded = if tap.is_some() {
+        guarded.route("/tap", get(tap_events))
+    } else {
+        guarded
+    };
+    let guarded = match token {
+        Some(token) => guarded.route_layer(axum::middleware::from_fn_with_state(
+            Token(Arc::from(token.expose().as_bytes())),
+            require_token,
+        )),
+        None => guarded,
+    };
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/status", get(status));
-    let router = if tap.is_some() {
-        router.route("/tap", get(tap_events))
-    } else {
-        router
-    };
-    router.with_state(AdminState {
-        metrics,
-        readiness,
-        tap,
-        refresh,
-    })
+        .merge(guarded)
+        .with_state(AdminState {
+            metrics,
+            readiness,
+            tap,
+            refresh,
+        })
 }
 
 /// A quiet tap still sends an empty line this often, so that the
@@ -457,6 +509,38 @@ mod tests {
         running.set(false);
         assert!(!readiness.is_ready(), "shutting down");
         assert_eq!(readiness.waiting_for(), ["running"]);
+    }
+
+    #[tokio::test]
+    async fn with_a_token_only_the_probes_answer_without_it() {
+        use tower::ServiceExt;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let token = Secret::new("s3cret");
+        let router = router(
+            recorder.handle(),
+            Readiness::default(),
+            Some(Tap::default()),
+            Refresh::default(),
+            Some(&token),
+        );
+        let status = |path: &str, bearer: Option<&str>| {
+            let mut request = axum::http::Request::get(path);
+            if let Some(bearer) = bearer {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+            }
+            let request = request.body(axum::body::Body::empty()).unwrap();
+            let router = router.clone();
+            async move { router.oneshot(request).await.unwrap().status().as_u16() }
+        };
+        for path in ["/metrics", "/status", "/tap"] {
+            assert_eq!(status(path, None).await, 401, "{path}");
+            assert_eq!(status(path, Some("wrong")).await, 401, "{path}");
+        }
+        assert_eq!(status("/metrics", Some("s3cret")).await, 200);
+        assert_eq!(status("/status", Some("s3cret")).await, 200);
+        assert_eq!(status("/healthz", None).await, 200);
+        // Not ready (nothing registered as running), but answered.
+        assert_ne!(status("/readyz", None).await, 401);
     }
 
     #[test]

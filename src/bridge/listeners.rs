@@ -32,7 +32,8 @@ pub(super) async fn admin(
         .await
         .with_context(|| format!("cannot bind admin.listen {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let router = admin::router(metrics, wiring.readiness.clone(), tap, refresh);
+    let token = config.token.as_ref();
+    let router = admin::router(metrics, wiring.readiness.clone(), tap, refresh, token);
     let tls = acceptor("admin.tls", &config.tls)?;
     // Scrapes and probes: a few connections, never a flood.
     let limits = listener::Limits {

@@ -459,6 +459,11 @@ pub struct AdminConfig {
     /// carry peer metadata.
     #[serde(default)]
     pub tap: bool,
+    /// A bearer token that `/metrics`, `/status` and `/tap` require; the
+    /// probes (`/healthz`, `/readyz`) stay open. Prefer `token_file`.
+    pub token: Option<Secret>,
+    /// A file holding the token.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -560,6 +565,7 @@ impl Config {
             &self.webhook.secret_file,
             "webhook.secret",
         );
+        resolve(&mut self.admin.token, &self.admin.token_file, "admin.token");
         if problems.is_empty() {
             Ok(())
         } else {
@@ -723,6 +729,10 @@ impl Config {
             problems.push(
                 "admin.tap needs admin.enabled: /tap is served by the admin listener".to_owned(),
             );
+        }
+        let token = self.admin.token.as_ref().map(|token| token.expose());
+        if token.is_some_and(|token| token.is_empty() || token.contains(char::is_whitespace)) {
+            problems.push("admin.token must be one word, not empty".to_owned());
         }
     }
 
@@ -943,6 +953,14 @@ impl Config {
                 "on: /tap shows live events, peer metadata included".to_owned()
             } else {
                 "off".to_owned()
+            },
+        );
+        line(
+            "admin.token",
+            match &self.admin.token {
+                Some(_) => "set: /metrics, /status and /tap need it".to_owned(),
+                None => "not set: /metrics and /status are open to whoever reaches the listener"
+                    .to_owned(),
             },
         );
     }

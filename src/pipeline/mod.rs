@@ -44,7 +44,7 @@ mod tests {
                 telemetry::pipeline_in_flight(3);
                 let refresh = Refresh::default();
                 refresh.add(move || in_flight.report());
-                let response = router(handle.clone(), Readiness::default(), None, refresh)
+                let response = router(handle.clone(), Readiness::default(), None, refresh, None)
                     .oneshot(
                         axum::http::Request::get("/metrics")
                             .body(axum::body::Body::empty())

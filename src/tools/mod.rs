@@ -24,18 +24,41 @@ use crate::net::tls::{ExtraRoots, TlsError};
 pub enum ClientError {
     #[error(transparent)]
     Roots(#[from] TlsError),
+    #[error("cannot read the admin token from {path}")]
+    Token {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the admin token in {0} is not a valid header value")]
+    TokenValue(std::path::PathBuf),
     #[error(transparent)]
     Build(#[from] reqwest::Error),
 }
 
 /// A client for a bridge's admin listener (`tap`, `top`), trusting
-/// `ca_file` beside the platform's roots, each request within `timeout`
-/// when given.
+/// `ca_file` beside the platform's roots, sending the bearer token of
+/// `token_file` (`admin.token_file`) when given, each request within
+/// `timeout` when given.
 fn admin_client(
     ca_file: Option<&Path>,
+    token_file: Option<&Path>,
     timeout: Option<Duration>,
 ) -> Result<reqwest::Client, ClientError> {
     let mut builder = reqwest::Client::builder();
+    if let Some(path) = token_file {
+        let token = std::fs::read_to_string(path).map_err(|source| ClientError::Token {
+            path: path.to_owned(),
+            source,
+        })?;
+        let value = format!("Bearer {}", token.trim_end_matches(['\r', '\n']));
+        let mut value = reqwest::header::HeaderValue::from_str(&value)
+            .map_err(|_| ClientError::TokenValue(path.to_owned()))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
     if let Some(timeout) = timeout {
         builder = builder.timeout(timeout);
     }

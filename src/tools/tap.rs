@@ -13,8 +13,13 @@ pub use crate::admin::tap::Filter;
 /// Streams the events of the bridge at `admin` that pass `filter` to
 /// stdout until the bridge ends the stream (or the user does, with
 /// Ctrl-C), trusting `ca_file` beside the platform's roots.
-pub fn tap(admin: &str, filter: &Filter, ca_file: Option<&Path>) -> anyhow::Result<()> {
-    let client = super::admin_client(ca_file, None)?;
+pub fn tap(
+    admin: &str,
+    filter: &Filter,
+    ca_file: Option<&Path>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let client = super::admin_client(ca_file, token_file, None)?;
     super::runtime().block_on(stream(&client, admin, filter))
 }
 

@@ -384,11 +384,16 @@ impl View {
 
 /// `top`: the view of the bridge at `admin`, read `every` so often, until
 /// the user quits; `ca_file` is trusted beside the platform's roots.
-pub fn top(admin: &str, every: Duration, ca_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+pub fn top(
+    admin: &str,
+    every: Duration,
+    ca_file: Option<&std::path::Path>,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     // A read that hangs gives up by the next one (the bridge is then shown
     // as unreachable), yet never within less than two seconds.
     let timeout = every.max(Duration::from_secs(2));
-    let client = super::admin_client(ca_file, Some(timeout))?;
+    let client = super::admin_client(ca_file, token_file, Some(timeout))?;
     super::runtime().block_on(run(&client, admin, every))
 }
 

@@ -182,3 +182,58 @@ fn tap_reads_an_admin_listener_served_with_tls_under_a_private_ca() {
     });
     assert_eq!(event["data"]["roomId"], "over-tls");
 }
+
+/// With `admin.token_file`, `/metrics`, `/status` and `/tap` need the token
+/// as a bearer token, the probes do not, and `tap --token-file` reads with it.
+#[test]
+fn an_admin_token_guards_all_but_the_probes() {
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("admin-token");
+    std::fs::write(&token, "t0ken-of-the-test\n").unwrap();
+    let conf =
+        with_tap(Sink::file("{dir}/events.jsonl")).admin("token_file", token.to_str().unwrap());
+    let bridge = BridgeProcess::start(&conf);
+    let status = |path: &str, bearer: Option<&str>| {
+        let mut request =
+            reqwest::blocking::Client::new().get(format!("http://{}{path}", bridge.admin));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        request.send().unwrap().status().as_u16()
+    };
+    for path in ["/metrics", "/status", "/tap"] {
+        assert_eq!(status(path, None), 401, "{path}");
+        assert_eq!(status(path, Some("not-the-token")), 401, "{path}");
+    }
+    assert_eq!(status("/metrics", Some("t0ken-of-the-test")), 200);
+    assert_eq!(status("/healthz", None), 200);
+    assert_eq!(status("/readyz", None), 200);
+    let tap = |with_token: bool| {
+        let mut command = Command::new(BIN);
+        command.args(["tap", "--admin", &format!("http://{}", bridge.admin)]);
+        if with_token {
+            command.arg("--token-file").arg(&token);
+        }
+        command.stdout(Stdio::piped()).stderr(Stdio::null());
+        command
+    };
+    assert!(
+        !tap(false).status().unwrap().success(),
+        "refused without it"
+    );
+    let mut reader = Killed(tap(true).spawn().unwrap());
+    let mut stdout = std::io::BufReader::new(reader.0.stdout.take().unwrap());
+    let seen = std::thread::spawn(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        line
+    });
+    // Until the client is connected, an event reaches no one: post until
+    // one reaches it.
+    wait_until("an event through the tap", || {
+        let _ = post(&bridge.webhook_url(), room_created("tapped"), None);
+        seen.is_finished()
+    });
+    let event: Value = serde_json::from_str(&seen.join().unwrap()).unwrap();
+    assert_eq!(event["data"]["roomId"], "tapped");
+}
