@@ -5,10 +5,12 @@
 //! Each event is one request (`batch = "single"`, the default), or each
 //! batch one request with a JSON array (`batch = "array"`). A 2xx
 //! acknowledges; a timeout, a 408, a 429 or a 5xx is retried by the lane
-//! (waiting at least `Retry-After`); any other answer refuses the request
-//! for good and its events go to the dead letters. One event a request
-//! means one request in flight per room: the lane's waves hold at most one
-//! message of each room, and this sink sends a wave's requests together.
+//! (waiting at least `Retry-After`); any other answer refuses the event for
+//! good and it goes to the dead letters (an array refused is sent again
+//! one event at a time, so that only what the receiver refuses alone is).
+//! One event a request means one request in flight per room: the lane's
+//! waves hold at most one message of each room, and this sink sends a
+//! wave's requests together.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -242,11 +244,15 @@ impl HttpSink {
     }
 }
 
-/// The `webhook-id` of an array of events: the same batch sent again
-/// carries the same id.
-fn array_id(mut ids: impl Iterator<Item = uuid::Uuid>) -> String {
-    let first = ids.next().unwrap_or_default();
-    format!("{}+{}", first.hyphenated(), 1 + ids.count())
+/// The `webhook-id` of an array of events, from all of their ids: the same
+/// batch sent again carries the same id, and any other array another one.
+fn array_id(ids: impl Iterator<Item = uuid::Uuid>) -> String {
+    use sha2::Digest;
+    let mut digest = Sha256::new();
+    for id in ids {
+        digest.update(id.as_bytes());
+    }
+    format!("batch_{}", hex::encode(&digest.finalize()[..16]))
 }
 
 fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
