@@ -57,12 +57,31 @@ fn the_systemd_unit_verifies() {
 
 /// The rendered base, as JSON documents.
 fn kustomize() -> (String, Vec<Value>) {
-    let output = succeed(
-        Command::new(tool("kubectl"))
-            .arg("kustomize")
-            .arg(deploy("kubernetes")),
-    );
-    let rendered = String::from_utf8(output.stdout).unwrap();
+    kustomize_dir(&deploy("kubernetes"))
+}
+
+/// The base with the monitoring component, as an overlay that adds it
+/// renders it: JSON documents.
+fn kustomize_with_monitoring() -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    // kustomize takes only relative paths: climb to / and down to the base.
+    let climb = "../".repeat(dir.path().components().count() - 1);
+    let relative =
+        |path: PathBuf| format!("{climb}{}", path.to_str().unwrap().trim_start_matches('/'));
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            relative(deploy("kubernetes")),
+            relative(deploy("kubernetes/monitoring"))
+        ),
+    )
+    .unwrap();
+    kustomize_dir(dir.path()).1
+}
+
+/// YAML documents as JSON, read by PyYAML.
+fn yaml_documents(text: &str) -> Vec<Value> {
     let mut python = Command::new(tool("python3"));
     python
         .args([
@@ -77,11 +96,17 @@ fn kustomize() -> (String, Vec<Value>) {
         .stdin
         .take()
         .unwrap()
-        .write_all(rendered.as_bytes())
+        .write_all(text.as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "PyYAML reads the rendered base");
-    let documents: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(output.status.success(), "PyYAML reads the YAML");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn kustomize_dir(dir: &Path) -> (String, Vec<Value>) {
+    let output = succeed(Command::new(tool("kubectl")).arg("kustomize").arg(dir));
+    let rendered = String::from_utf8(output.stdout).unwrap();
+    let documents = yaml_documents(&rendered);
     (rendered, documents)
 }
 
@@ -105,11 +130,9 @@ fn the_kubernetes_base_renders_valid_and_consistent() {
     );
     let report = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
-    // The ServiceMonitor is a CRD: its schema is not among Kubernetes'; it
-    // is checked against the Service below.
-    for line in report.lines().filter(|l| !l.trim().is_empty()) {
-        assert!(line.contains("kind ServiceMonitor"), "{report}");
-    }
+    // The base needs no CRD: every document is one of Kubernetes' own.
+    assert!(report.trim().is_empty(), "{report}");
+    assert!(documents.iter().all(|d| d["kind"] != "ServiceMonitor"));
 
     let deployment = find(&documents, "StatefulSet");
     // The spool outlives the pod: a volume claim per replica, mounted at the
@@ -119,7 +142,16 @@ fn the_kubernetes_base_renders_valid_and_consistent() {
     let pod = &deployment["spec"]["template"];
     let container = &pod["spec"]["containers"][0];
     let service = find(&documents, "Service");
-    let monitor = find(&documents, "ServiceMonitor");
+    // The monitoring component: its ServiceMonitor is checked against the
+    // Service below, its PrometheusRule holds the alerts of the rules file.
+    let monitoring = kustomize_with_monitoring();
+    let monitor = find(&monitoring, "ServiceMonitor");
+    let rules = std::fs::read_to_string(deploy("prometheus/fishjam-bridge.rules.yml")).unwrap();
+    assert_eq!(
+        find(&monitoring, "PrometheusRule")["spec"]["groups"],
+        yaml_documents(&rules)[0]["groups"],
+        "deploy/kubernetes/monitoring/prometheusrule.yaml holds the rules file's alerts"
+    );
     let budget = find(&documents, "PodDisruptionBudget");
     let config_map = find(&documents, "ConfigMap");
     let secret = find(&documents, "Secret");
