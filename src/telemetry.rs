@@ -85,6 +85,8 @@ metrics! {
         "Metadata strings that look like JSON but hold what not every parser reads (a number no double holds, invalid JSON), published as text without metadata_json.";
     WEBHOOK_REQUESTS: Counter "fishjam_bridge_webhook_requests_total" ["status"]
         "Webhook requests answered, by HTTP status.";
+    WEBHOOK_SECRETS: Gauge "fishjam_bridge_webhook_secrets" []
+        "Webhook signing secrets accepted now: two during a rotation, 0 when unsigned webhooks are accepted.";
     PIPELINE_REJECTED: Counter "fishjam_bridge_pipeline_rejected_events_total" ["source"]
         "Events refused because the pipeline held its maximum in flight.";
     PIPELINE_SHED: Counter "fishjam_bridge_pipeline_shed_events_total" ["event_type"]
@@ -439,6 +441,10 @@ fn events_received(source: Source, event_type: EventType) -> &'static Counter {
 pub fn decode_failed(source: Source, error: &DecodeError) {
     counter!(DECODE_FAILURES, "source" => source.as_str(), "reason" => error.reason()).increment(1);
     tracing::warn!(source = source.as_str(), error = %error, "undecodable body");
+}
+
+pub fn webhook_secrets(count: usize) {
+    gauge!(WEBHOOK_SECRETS).set(count as f64);
 }
 
 pub fn webhook_answered(status: u16) {

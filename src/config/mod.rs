@@ -87,9 +87,15 @@ pub struct WebhookConfig {
     #[serde(default = "default_webhook_path")]
     pub path: String,
     /// The webhook signing secret. When set, every request must carry a valid
-    /// `x-fishjam-signature-256`. Env: `FISHJAM_WEBHOOK_SECRET`.
+    /// `x-fishjam-signature-256`. Env: `FISHJAM_WEBHOOK_SECRET`. During a
+    /// rotation, a list (or one per line): a signature by any of them passes.
+    #[serde(
+        default,
+        deserialize_with = "crate::core::settings::one_or_more_secrets"
+    )]
     pub secret: Option<Secret>,
-    /// A file holding the signing secret. Env: `FISHJAM_WEBHOOK_SECRET_FILE`.
+    /// A file holding the signing secret, or one per line; read again when
+    /// it changes and on SIGHUP. Env: `FISHJAM_WEBHOOK_SECRET_FILE`.
     pub secret_file: Option<PathBuf>,
     /// Accept webhooks without a signature, when no secret is set. Off by
     /// default: the listener would take anyone's bodies as Fishjam's. With a
@@ -629,7 +635,7 @@ impl Config {
             ));
         }
         match (&self.webhook.secret, self.webhook.allow_unsigned) {
-            (Some(secret), _) if secret.expose().is_empty() => {
+            (Some(secret), _) if secret.lines().next().is_none() => {
                 problems.push("webhook.secret is set but empty".to_owned())
             }
             (None, false) => problems.push(
@@ -876,6 +882,9 @@ impl Config {
             match (&self.webhook.secret, self.webhook.allow_unsigned) {
                 (None, true) => {
                     "not set: unsigned webhooks are accepted (webhook.allow_unsigned)".to_owned()
+                }
+                (Some(secret), _) if secret.lines().nth(1).is_some() => {
+                    format!("set ({} secrets: a rotation)", secret.lines().count())
                 }
                 _ => describe_secret(self.webhook.secret.as_ref()),
             },

@@ -21,6 +21,32 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The secrets it holds, one per line: during a rotation, the current
+    /// one and the next.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+    }
+}
+
+/// Reads a secret written as one string or as a list (a rotation: the
+/// current one and the next), kept as one secret per line.
+pub fn one_or_more_secrets<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(String),
+        More(Vec<String>),
+    }
+    Ok(Some(Secret(match OneOrMore::deserialize(deserializer)? {
+        OneOrMore::One(secret) => secret,
+        OneOrMore::More(secrets) => secrets.join("\n"),
+    })))
 }
 
 impl fmt::Debug for Secret {

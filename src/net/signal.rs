@@ -4,8 +4,27 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on SIGTERM or SIGINT.
+/// Woken on every SIGHUP: what reads files at start-up (the webhook
+/// secret's file) reads them again.
+static RELOAD: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Completes at the next SIGHUP.
+pub async fn reload() {
+    RELOAD.notified().await;
+}
+
+/// Cancels `token` on SIGTERM or SIGINT; on SIGHUP, which would end the
+/// process otherwise, wakes `reload`.
 pub fn cancel_on_signal(token: CancellationToken) {
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP received: secret files are read again");
+                RELOAD.notify_waiters();
+            }
+        });
+    }
     tokio::spawn(async move {
         let terminate = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

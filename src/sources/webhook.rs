@@ -7,6 +7,7 @@
 //! every event of the body. Each failure has its own status (see
 //! `docs/webhooks.md`) and is counted; none stops the listener.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -165,7 +166,9 @@ type Early = Answer;
 struct WebhookState {
     admission: Admission,
     fishjam_id: Arc<str>,
-    secret: Option<Secret>,
+    /// The secrets a signature may be made with; none: unsigned webhooks
+    /// are accepted.
+    secrets: Option<Arc<Secrets>>,
     max_body_bytes: usize,
     max_events_per_body: usize,
     ack_timeout: Duration,
@@ -183,10 +186,18 @@ pub fn router(
     admission: Admission,
     engage_spool: Option<(Arc<Spool>, Duration)>,
 ) -> Router {
+    let secrets = config.secret.as_ref().map(|secret| {
+        let secrets = Arc::new(Secrets::new(secret));
+        if let Some(file) = &config.secret_file {
+            tokio::spawn(secrets.clone().follow(file.clone()));
+        }
+        secrets
+    });
+    telemetry::webhook_secrets(secrets.as_ref().map_or(0, |s| s.count()));
     let state = WebhookState {
         admission,
         fishjam_id,
-        secret: config.secret.clone(),
+        secrets,
         max_body_bytes: config.max_body_bytes,
         max_events_per_body: config.max_events_per_body,
         ack_timeout: config.ack_timeout,
@@ -263,17 +274,80 @@ fn reserve_body_room(
 
 /// Checks the signature over exactly the bytes read, when a secret is set.
 fn authenticate(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> Result<(), Early> {
-    if let Some(secret) = &state.secret {
+    if let Some(secrets) = &state.secrets {
         match headers.get(signature::HEADER) {
             None => return Err(Refusal::MissingSignature.into()),
             Some(header) => {
-                if !signature::verify(secret.expose().as_bytes(), body, header.as_bytes()) {
+                if !secrets.verify(body, header.as_bytes()) {
                     return Err(Refusal::InvalidSignature.into());
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The webhook's signing secrets: one, or during a rotation the current one
+/// and the next; read again from their file when it changes and on SIGHUP,
+/// so that a rotation refuses no webhook and needs no restart.
+struct Secrets(std::sync::RwLock<Vec<Vec<u8>>>);
+
+impl Secrets {
+    fn new(secret: &Secret) -> Secrets {
+        Secrets(std::sync::RwLock::new(Self::keys(secret.expose())))
+    }
+
+    fn keys(text: &str) -> Vec<Vec<u8>> {
+        Secret::new(text)
+            .lines()
+            .map(|line| line.as_bytes().to_vec())
+            .collect()
+    }
+
+    fn count(&self) -> usize {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether `header` is a signature of `body` by any of the secrets.
+    fn verify(&self, body: &[u8], header: &[u8]) -> bool {
+        let keys = self.0.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter().any(|key| signature::verify(key, body, header))
+    }
+
+    /// Reads `file` again whenever it changes (looked at every 2 s) and on
+    /// SIGHUP. A file that cannot be read, or holds no secret, changes
+    /// nothing: the secrets in use stay.
+    async fn follow(self: Arc<Self>, file: PathBuf) {
+        let modified = |file: &PathBuf| std::fs::metadata(file).and_then(|m| m.modified()).ok();
+        let mut seen = modified(&file);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                    let now = modified(&file);
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                }
+                _ = crate::net::signal::reload() => {}
+            }
+            match std::fs::read_to_string(&file) {
+                Ok(text) if !Self::keys(&text).is_empty() => {
+                    let keys = Self::keys(&text);
+                    let count = keys.len();
+                    *self.0.write().unwrap_or_else(|e| e.into_inner()) = keys;
+                    telemetry::webhook_secrets(count);
+                    tracing::info!(file = %file.display(), secrets = count, "webhook secrets read again");
+                }
+                Ok(_) => {
+                    tracing::error!(file = %file.display(), "the webhook secret file holds no secret; the secrets in use stay")
+                }
+                Err(error) => {
+                    tracing::error!(file = %file.display(), error = %error, "cannot read the webhook secret file; the secrets in use stay")
+                }
+            }
+        }
+    }
 }
 
 /// Decodes and normalizes the body, refusing one that carries more

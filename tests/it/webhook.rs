@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use fishjam_bridge::config::{Secret, WebhookConfig};
@@ -397,4 +397,87 @@ fn a_file_sink_in_a_missing_folder_names_the_path_and_the_os_error() {
     );
     // The spool takes webhooks meanwhile: the bridge stays ready.
     assert!(bridge.is_ready());
+}
+
+/// A secret rotated under load: the file first holds the old secret, then
+/// the old and the new (read again on SIGHUP), then the new only (read
+/// again when it changes). Webhooks signed with either secret while both
+/// are there are taken: no 401 but the one sent on purpose with the old
+/// secret once it is gone, and every notification in the sink.
+#[test]
+fn a_secret_rotated_under_load_refuses_no_webhook() {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("webhook-secret");
+    std::fs::write(&file, "old-secret\n").unwrap();
+    let conf = Conf::new()
+        .webhook("allow_unsigned", false)
+        .webhook("secret_file", file.to_str().unwrap())
+        .sink(Sink::file("{dir}/events.jsonl"));
+    let mut bridge = BridgeProcess::start(&conf);
+    let secrets_in_use = || bridge.metrics().sum("fishjam_bridge_webhook_secrets", &[]);
+    assert_eq!(secrets_in_use(), 1.0);
+    let signed = |secret: &str, seed: u64| {
+        webhook_simulator(
+            &bridge.webhook_url(),
+            seed,
+            1500,
+            5,
+            &["--rate", "500", "--webhook-secret", secret],
+        )
+    };
+    let before = signed("old-secret", 81);
+    std::fs::write(&file, "old-secret\nnew-secret\n").unwrap();
+    let pid = bridge.child.id().to_string();
+    succeed(Command::new("kill").args(["-HUP", &pid]));
+    wait_until("both secrets in use", || secrets_in_use() == 2.0);
+    // Fishjam starts signing with the new secret while webhooks signed with
+    // the old one are still on their way.
+    let after = signed("new-secret", 82);
+    for report in [summary(before), summary(after)] {
+        assert_eq!(report["webhook_bodies_failed"], 0, "{report}");
+    }
+    std::fs::write(&file, "new-secret\n").unwrap();
+    wait_until("the old secret dropped", || secrets_in_use() == 1.0);
+    assert_eq!(
+        post(
+            &bridge.webhook_url(),
+            room_created("late"),
+            Some("old-secret")
+        )
+        .status(),
+        401
+    );
+    assert_eq!(
+        post(
+            &bridge.webhook_url(),
+            room_created("late"),
+            Some("new-secret")
+        )
+        .status(),
+        200
+    );
+    let metrics = bridge.metrics();
+    assert_eq!(
+        metrics.sum(
+            "fishjam_bridge_webhook_requests_total",
+            &[("status", "401")]
+        ),
+        1.0,
+        "only the webhook signed with the dropped secret was refused"
+    );
+    assert!(
+        bridge.child.try_wait().unwrap().is_none(),
+        "SIGHUP did not stop it"
+    );
+    let played: usize = [81, 82]
+        .into_iter()
+        .map(|seed| {
+            expected(seed, 8, 1500)
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+        })
+        .sum();
+    let stored = read_events(&bridge.dir().join("events.jsonl"));
+    assert_eq!(stored.len(), played + 1, "every notification stored, once");
 }
