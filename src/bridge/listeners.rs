@@ -28,9 +28,7 @@ pub(super) async fn admin(
     if !config.enabled {
         return Ok(None);
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot bind admin.listen {}", config.listen))?;
+    let listener = bind(wiring, "admin", 1, config.listen).await?;
     let addr = listener.local_addr()?;
     let token = config.token.as_ref();
     let router = admin::router(metrics, wiring.readiness.clone(), tap, refresh, token);
@@ -67,9 +65,7 @@ pub(super) async fn webhook(
             "webhook.secret is not set: webhooks are accepted unsigned; set it to the secret from the Fishjam dashboard"
         );
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot bind webhook.listen {}", config.listen))?;
+    let listener = bind(wiring, "webhook", 0, config.listen).await?;
     let addr = listener.local_addr()?;
     let router = sources::webhook::router(
         config,
@@ -103,6 +99,32 @@ pub(super) async fn webhook(
         "webhook listening"
     );
     Ok(Some(addr))
+}
+
+/// The listener `name` (`webhook`, `admin`): the socket a supervisor handed
+/// over for it, or else one bound to `listen`.
+async fn bind(
+    wiring: &Wiring,
+    name: &str,
+    index: usize,
+    listen: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let inherited = wiring
+        .inherited
+        .lock()
+        .expect("never poisoned")
+        .take(name, index);
+    if let Some(socket) = inherited {
+        socket.set_nonblocking(true)?;
+        tracing::info!(
+            listener = name,
+            "listening on a socket the supervisor handed over"
+        );
+        return Ok(tokio::net::TcpListener::from_std(socket)?);
+    }
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind {name}.listen {listen}"))
 }
 
 fn acceptor(

@@ -70,6 +70,8 @@ struct Wiring {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     fishjam_id: Arc<str>,
+    /// Listening sockets a supervisor handed over (socket activation).
+    inherited: std::sync::Mutex<crate::net::activation::Inherited>,
 }
 
 /// Starts the bridge. The listeners are bound before this returns; sinks
@@ -87,6 +89,7 @@ pub async fn start(
         fatal: Fatal::default(),
         tasks: TaskTracker::new(),
         shutdown,
+        inherited: std::sync::Mutex::new(crate::net::activation::Inherited::from_env()),
     };
     let running = wiring.readiness.register("running");
     let refresh = admin::Refresh::default();

@@ -2,6 +2,7 @@
 //! bridge serves, TLS both ways, backoff with jitter, and the signals that
 //! stop a server.
 
+pub mod activation;
 pub mod backoff;
 pub mod listener;
 pub mod signal;

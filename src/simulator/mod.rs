@@ -85,6 +85,8 @@ pub struct SimulationReport {
     pub webhook_bodies_ok: u64,
     pub webhook_bodies_failed: u64,
     pub webhook_notifications_failed: u64,
+    /// Webhook attempts whose connection was refused.
+    pub webhook_connections_refused: u64,
     /// Webhook latency (send to 2xx) at p50, p99 and p99.9, in milliseconds.
     pub webhook_latency_ms: Option<[f64; 3]>,
     pub elapsed: Duration,
@@ -261,6 +263,7 @@ pub async fn play(
         report.webhook_bodies_ok = stats.bodies_ok.load(Ordering::Relaxed);
         report.webhook_bodies_failed = stats.bodies_failed.load(Ordering::Relaxed);
         report.webhook_notifications_failed = stats.notifications_failed.load(Ordering::Relaxed);
+        report.webhook_connections_refused = stats.refused.load(Ordering::Relaxed);
         report.webhook_latency_ms = [0.5, 0.99, 0.999]
             .map(|q| stats.latency_ms(q))
             .into_iter()

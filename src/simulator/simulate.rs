@@ -138,6 +138,7 @@ async fn run(options: SimulateOptions) -> anyhow::Result<()> {
         "notifications": report.notifications,
         "webhook_bodies_ok": report.webhook_bodies_ok,
         "webhook_bodies_failed": report.webhook_bodies_failed,
+        "webhook_connections_refused": report.webhook_connections_refused,
         "webhook_notifications_failed": report.webhook_notifications_failed,
         "elapsed_ms": report.elapsed.as_millis() as u64,
     });

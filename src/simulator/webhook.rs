@@ -40,6 +40,8 @@ pub struct WebhookStats {
     pub notifications_ok: AtomicU64,
     pub notifications_failed: AtomicU64,
     pub retries: AtomicU64,
+    /// Attempts whose connection was refused (nothing listened).
+    pub refused: AtomicU64,
     /// Microseconds from sending to a 2xx answer, one per body answered 2xx
     /// at its first attempt (a retried body's wait is not a latency).
     pub latencies_us: std::sync::Mutex<Vec<u32>>,
@@ -213,6 +215,9 @@ async fn post(
                 (false, retry_after)
             }
             Err(error) => {
+                if error.is_connect() {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(error = %error, "webhook failed");
                 (false, None)
             }

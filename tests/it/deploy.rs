@@ -45,10 +45,21 @@ fn the_systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fishjam-bridge.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/fishjam-bridge", BIN)).unwrap();
+    // The socket units that hold its listeners across restarts, beside it.
+    let sockets = [
+        "fishjam-bridge-webhook.socket",
+        "fishjam-bridge-admin.socket",
+    ]
+    .map(|name| {
+        let socket = dir.path().join(name);
+        std::fs::copy(deploy(&format!("systemd/{name}")), &socket).unwrap();
+        socket
+    });
     let output = succeed(
         Command::new(tool("systemd-analyze"))
             .arg("verify")
-            .arg(&path),
+            .arg(&path)
+            .args(&sockets),
     );
     // Unknown keys and bad values are only warnings: none is allowed.
     let warnings = String::from_utf8_lossy(&output.stderr);
