@@ -159,6 +159,8 @@ metrics! {
         "Peers connected, as known from the events published since the bridge started, by peer type.";
     TLS_HANDSHAKE_FAILURES: Counter "fishjam_bridge_tls_handshake_failures_total" ["listener", "reason"]
         "TLS handshakes that failed or timed out on a listener, by listener and reason.";
+    TLS_CERTIFICATE_EXPIRY: Gauge "fishjam_bridge_tls_certificate_expiry_timestamp_seconds" ["listener"]
+        "When the certificate a listener serves expires (its not-after), in Unix seconds; exported again when a renewed certificate is read.";
     LISTENER_CONNECTIONS: Gauge "fishjam_bridge_listener_connections" ["listener"]
         "Open connections on a listener (webhook, admin), by listener.";
     LISTENER_MAX_CONNECTIONS: Gauge "fishjam_bridge_listener_max_connections" ["listener"]
@@ -441,6 +443,10 @@ fn events_received(source: Source, event_type: EventType) -> &'static Counter {
 pub fn decode_failed(source: Source, error: &DecodeError) {
     counter!(DECODE_FAILURES, "source" => source.as_str(), "reason" => error.reason()).increment(1);
     tracing::warn!(source = source.as_str(), error = %error, "undecodable body");
+}
+
+pub fn certificate_expires(listener: &'static str, not_after: i64) {
+    gauge!(TLS_CERTIFICATE_EXPIRY, "listener" => listener).set(not_after as f64);
 }
 
 pub fn webhook_secrets(count: usize) {

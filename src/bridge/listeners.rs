@@ -32,7 +32,7 @@ pub(super) async fn admin(
     let addr = listener.local_addr()?;
     let token = config.token.as_ref();
     let router = admin::router(metrics, wiring.readiness.clone(), tap, refresh, token);
-    let tls = acceptor("admin.tls", &config.tls)?;
+    let tls = acceptor("admin", &config.tls)?;
     // Scrapes and probes: a few connections, never a flood.
     let limits = listener::Limits {
         max_connections: 256,
@@ -75,7 +75,7 @@ pub(super) async fn webhook(
             .clone()
             .map(|spool| (spool, wiring.config.spool.engage_after)),
     );
-    let tls = acceptor("webhook.tls", &config.tls)?;
+    let tls = acceptor("webhook", &config.tls)?;
     let limits = listener::Limits {
         max_connections: config.max_connections,
         idle_timeout: config.idle_timeout,
@@ -128,11 +128,14 @@ async fn bind(
 }
 
 fn acceptor(
-    key: &str,
+    listener: &'static str,
     tls: &Option<tls::ServerTlsConfig>,
 ) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
     tls.as_ref()
-        .map(|tls| tls.acceptor().with_context(|| key.to_owned()))
+        .map(|tls| {
+            tls.acceptor_for(listener)
+                .with_context(|| format!("{listener}.tls"))
+        })
         .transpose()
 }
 

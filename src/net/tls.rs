@@ -158,7 +158,18 @@ impl ServerTlsConfig {
     /// An acceptor for this certificate; the files are read now, so a
     /// missing or mismatched one is a start-up error.
     pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
-        let resolver = ReloadingCertificate::new(self.cert_file.clone(), self.key_file.clone())?;
+        self.acceptor_of(None)
+    }
+
+    /// An acceptor that also exports when its certificate expires, as the
+    /// certificate of `listener` (`webhook`, `admin`).
+    pub fn acceptor_for(&self, listener: &'static str) -> Result<TlsAcceptor, TlsError> {
+        self.acceptor_of(Some(listener))
+    }
+
+    fn acceptor_of(&self, listener: Option<&'static str>) -> Result<TlsAcceptor, TlsError> {
+        let resolver =
+            ReloadingCertificate::new(self.cert_file.clone(), self.key_file.clone(), listener)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -180,6 +191,8 @@ const RELOAD_CHECK: Duration = Duration::from_secs(10);
 struct ReloadingCertificate {
     cert_file: PathBuf,
     key_file: PathBuf,
+    /// The listener whose certificate's expiry is exported, if any.
+    listener: Option<&'static str>,
     current: Mutex<Loaded>,
 }
 
@@ -191,12 +204,18 @@ struct Loaded {
 }
 
 impl ReloadingCertificate {
-    fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<ReloadingCertificate, TlsError> {
+    fn new(
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        listener: Option<&'static str>,
+    ) -> Result<ReloadingCertificate, TlsError> {
         let modified = modification_times(&cert_file, &key_file);
         let key = certified_key(&cert_file, &key_file)?;
+        export_expiry(listener, &key);
         Ok(ReloadingCertificate {
             cert_file,
             key_file,
+            listener,
             current: Mutex::new(Loaded {
                 key,
                 modified,
@@ -216,6 +235,7 @@ impl ResolvesServerCert for ReloadingCertificate {
                 current.modified = modified;
                 match certified_key(&self.cert_file, &self.key_file) {
                     Ok(key) => {
+                        export_expiry(self.listener, &key);
                         current.key = key;
                         tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate reloaded");
                     }
@@ -227,6 +247,18 @@ impl ResolvesServerCert for ReloadingCertificate {
             }
         }
         Some(current.key.clone())
+    }
+}
+
+/// Exports when the served certificate (the chain's first) expires, for
+/// the alert that fires weeks before.
+fn export_expiry(listener: Option<&'static str>, key: &CertifiedKey) {
+    let (Some(listener), Some(leaf)) = (listener, key.cert.first()) else {
+        return;
+    };
+    if let Ok((_, certificate)) = x509_parser::parse_x509_certificate(leaf) {
+        let not_after = certificate.validity().not_after.timestamp();
+        crate::telemetry::certificate_expires(listener, not_after);
     }
 }
 

@@ -138,16 +138,26 @@ fn metrics_hold_every_documented_name() {
             .names()
             .contains("fishjam_bridge_kafka_broker_rtt_seconds")
     });
+    // A bridge serving its webhooks over TLS: its certificate's expiry.
+    let certificates = tempfile::tempdir().unwrap();
+    let [_, cert, key] = private_ca(certificates.path());
+    let with_tls = BridgeProcess::start(
+        &Conf::new()
+            .set("webhook.tls", "cert_file", &cert)
+            .set("webhook.tls", "key_file", &key)
+            .sink(Sink::file("{dir}/events.jsonl")),
+    );
     let mut present = healthy.metrics().names();
     let failing_metrics = failing.metrics();
     present.extend(failing_metrics.names());
     present.extend(spooling.metrics().names());
+    present.extend(with_tls.metrics().names());
     for (name, ..) in &documented {
         assert!(present.contains(name), "{name} is exported");
     }
     // Each has its help text in the exposition.
     let mut helped = String::new();
-    for bridge in [&healthy, &failing, &spooling] {
+    for bridge in [&healthy, &failing, &spooling, &with_tls] {
         helped.push_str(&http_get(&format!("http://{}/metrics", bridge.admin)));
     }
     for metric in fishjam_bridge::telemetry::METRICS {

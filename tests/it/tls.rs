@@ -100,6 +100,21 @@ fn webhooks_and_metrics_are_served_over_tls_and_a_renewed_certificate_is_picked_
             .send()
             .is_ok_and(|r| r.status() == 200)
     });
+    // Each listener says when its certificate expires (openssl made it for
+    // two days): what the expiry alert reads.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let metrics = https_metrics(&client, bridge.admin);
+    for listener in ["webhook", "admin"] {
+        let expires = metrics.sum(
+            "fishjam_bridge_tls_certificate_expiry_timestamp_seconds",
+            &[("listener", listener)],
+        );
+        let days = (expires - now) / 86400.0;
+        assert!((1.0..=2.01).contains(&days), "{listener}: {days} days left");
+    }
 
     // A client that opens a connection and never says hello holds only that
     // connection: others are served meanwhile.
