@@ -208,6 +208,36 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+    /// For systemd's journal: each line prefixed with its syslog priority
+    /// (`<3>` error, `<4>` warn, `<6>` info, `<7>` debug), no time stamp
+    /// (the journal adds its own) and no colour.
+    Journald,
+}
+
+/// A line as the journal reads it from a service's stderr.
+struct Journald;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Journald
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>{}: ", event.metadata().target())?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Installs the tracing subscriber: `RUST_LOG` wins over `level`. Logs go to
@@ -241,6 +271,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Journald => builder.with_ansi(false).event_format(Journald).try_init(),
     };
 }
 
