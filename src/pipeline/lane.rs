@@ -249,7 +249,7 @@ async fn deliver<S: Publish>(
                 continue;
             }
         }
-        telemetry::sink_failed(sink.name(), error.reason(), delivery.remaining);
+        telemetry::sink_failed(sink.name(), error.reason(), sent - taken);
         telemetry::sink_retry(sink.name());
         // A destination's own `Retry-After` is the least it waits.
         let delay = backoff.next_delay().max(retry_after.unwrap_or_default());
