@@ -236,12 +236,7 @@ fn main() -> ExitCode {
                 event_type,
                 source,
             };
-            tapped(tap::tap(
-                &admin,
-                &filter,
-                ca_file.as_deref(),
-                token_file.as_deref(),
-            ))
+            tap_events(&admin, &filter, ca_file, token_file)
         }
         Command::Top {
             admin,
@@ -266,6 +261,21 @@ fn main() -> ExitCode {
             seed,
         })),
     }
+}
+
+/// `tap`: the events the filter passes, from the admin listener.
+fn tap_events(
+    admin: &str,
+    filter: &Filter,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+) -> ExitCode {
+    tapped(tap::tap(
+        admin,
+        filter,
+        ca_file.as_deref(),
+        token_file.as_deref(),
+    ))
 }
 
 /// `run`: 64 when the configuration is not valid, 1 for any other failure.
