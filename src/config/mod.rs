@@ -19,7 +19,8 @@ use crate::sinks::SinkConfig;
 use crate::telemetry::LogFormat;
 
 /// Prefix of the generic overrides: `FISHJAM_BRIDGE__WEBHOOK__LISTEN=...`
-/// sets `webhook.listen`; `FISHJAM_BRIDGE__SINKS__0__PATH` the first sink's path.
+/// sets `webhook.listen`; `FISHJAM_BRIDGE__SINKS__0__PATH` the first sink's path, and
+/// `FISHJAM_BRIDGE__SINKS__AUDIT__PATH` the path of the sink named `audit`.
 pub const ENV_PREFIX: &str = "FISHJAM_BRIDGE__";
 
 /// Environment variables that set a key directly, as Fishjam's docs name them.
@@ -1055,7 +1056,7 @@ fn env_value(value: &str) -> toml::Value {
 /// its path is not what the variable takes it for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 enum KeyPathError {
-    #[error("{0} is a list: the next segment must be an index")]
+    #[error("{0} is a list: the next segment must be an index or the name of an item")]
     NotAnIndex(String),
     #[error("{part} has no item {index}")]
     NoItem { part: String, index: usize },
@@ -1079,10 +1080,11 @@ fn set_path(
         current = match entry {
             toml::Value::Table(t) => t,
             toml::Value::Array(items) => {
-                // `sinks__0__path`: the next segment indexes the array.
-                let index: usize = path[depth + 1]
-                    .parse()
-                    .map_err(|_| KeyPathError::NotAnIndex(part.clone()))?;
+                // `sinks__0__path`: the next segment indexes the array, or
+                // names an item (`sinks__events__password`), which stays
+                // right when the list is reordered.
+                let index = item_index(items, &path[depth + 1])
+                    .ok_or_else(|| KeyPathError::NotAnIndex(part.clone()))?;
                 let item = items.get_mut(index).ok_or_else(|| KeyPathError::NoItem {
                     part: part.clone(),
                     index,
@@ -1100,6 +1102,27 @@ fn set_path(
     }
     current.insert(last.clone(), value);
     Ok(())
+}
+
+/// The item `segment` names: its index, or the item whose `name` (else
+/// its `type`, a sink's default name) reads as `segment` in an environment
+/// variable's name (lower case, `-` as `_`).
+fn item_index(items: &[toml::Value], segment: &str) -> Option<usize> {
+    if let Ok(index) = segment.parse() {
+        return Some(index);
+    }
+    let named = |item: &toml::Value| {
+        let name = item.get("name").or_else(|| item.get("type"))?.as_str()?;
+        Some(name.to_ascii_lowercase().replace('-', "_"))
+    };
+    let mut matching = items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| named(item).as_deref() == Some(segment));
+    match (matching.next(), matching.next()) {
+        (Some((index, _)), None) => Some(index),
+        _ => None,
+    }
 }
 
 fn yes() -> bool {
@@ -1370,6 +1393,28 @@ mod tests {
         )
         .unwrap();
         assert!(config.sinks[0].describe().contains("/b"));
+    }
+
+    #[test]
+    fn env_names_a_sink_whatever_its_place() {
+        let text = "[fishjam]\nid = \"x\"\n\
+                    [[sinks]]\ntype = \"file\"\nname = \"audit-log\"\npath = \"/a\"\n\
+                    [[sinks]]\ntype = \"file\"\npath = \"/c\"\n";
+        let config = load(
+            text,
+            &[
+                ("FISHJAM_BRIDGE__SINKS__AUDIT_LOG__PATH", "/b"),
+                ("FISHJAM_BRIDGE__SINKS__FILE__FSYNC", "true"),
+            ],
+        )
+        .unwrap();
+        assert!(config.sinks[0].describe().contains("path /b"));
+        assert!(config.sinks[1].describe().contains("path /c, fsync true"));
+        let unknown = load(text, &[("FISHJAM_BRIDGE__SINKS__NOPE__PATH", "/d")]).unwrap_err();
+        assert!(
+            unknown.to_string().contains("an index or the name"),
+            "{unknown}"
+        );
     }
 
     #[test]
