@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -547,7 +547,7 @@ impl Config {
         read_file: &dyn Fn(&std::path::Path) -> std::io::Result<String>,
     ) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let mut resolve = |value: &mut Option<Secret>, file: &Option<PathBuf>, key: &str| {
+        let mut resolve = |value: &mut Option<Secret>, file: Option<&Path>, key: &str| {
             if let Some(path) = file {
                 if value.is_some() {
                     problems.push(format!("{key} and {key}_file are both set: keep one"));
@@ -564,15 +564,25 @@ impl Config {
         };
         resolve(
             &mut self.fishjam.management_token,
-            &self.fishjam.management_token_file,
+            self.fishjam.management_token_file.as_deref(),
             "fishjam.management_token",
         );
         resolve(
             &mut self.webhook.secret,
-            &self.webhook.secret_file,
+            self.webhook.secret_file.as_deref(),
             "webhook.secret",
         );
-        resolve(&mut self.admin.token, &self.admin.token_file, "admin.token");
+        resolve(
+            &mut self.admin.token,
+            self.admin.token_file.as_deref(),
+            "admin.token",
+        );
+        for (index, sink) in self.sinks.iter_mut().enumerate() {
+            for secret in sink.secret_files() {
+                let key = format!("sinks[{index}].{}", secret.key);
+                resolve(secret.value, secret.file, &key);
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -1393,6 +1403,39 @@ mod tests {
         )
         .unwrap();
         assert!(config.sinks[0].describe().contains("/b"));
+    }
+
+    #[test]
+    fn a_sink_credential_can_come_from_a_file() {
+        let config = load(
+            "[fishjam]\nid = \"x\"\n[[sinks]]\ntype = \"nats\"\nuser = \"bridge\"\n\
+             password_file = \"/run/secrets/token\"\n",
+            &[],
+        )
+        .unwrap();
+        let SinkConfig::Nats(nats) = &config.sinks[0] else {
+            panic!("a NATS sink");
+        };
+        assert_eq!(nats.password.as_ref().unwrap().expose(), "from-file");
+        let both = load(
+            "[fishjam]\nid = \"x\"\n[[sinks]]\ntype = \"kafka\"\n\
+             sasl_password = \"p\"\nsasl_password_file = \"/run/secrets/token\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            both.to_string()
+                .contains("sinks[0].sasl_password and sinks[0].sasl_password_file are both set"),
+            "{both}"
+        );
+        let missing = load(
+            "[fishjam]\nid = \"x\"\n[[sinks]]\ntype = \"nats\"\ntoken_file = \"/nowhere\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(missing
+            .to_string()
+            .contains("sinks[0].token_file: cannot read /nowhere"));
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct KafkaConfig {
     pub sasl_mechanism: Option<SaslMechanism>,
     pub sasl_username: Option<String>,
     pub sasl_password: Option<Secret>,
+    /// A file holding the SASL password.
+    pub sasl_password_file: Option<PathBuf>,
     /// PEM CA file for SSL.
     pub ssl_ca_location: Option<PathBuf>,
     /// PEM client certificate and key, for mutual TLS.
@@ -549,6 +551,14 @@ fn classify(error: KafkaError, timeout: Duration) -> SinkError {
 
 impl super::SinkKind for KafkaConfig {
     type Sink = KafkaSink;
+
+    fn secret_files(&mut self) -> Vec<super::SecretFile<'_>> {
+        vec![super::SecretFile {
+            key: "sasl_password",
+            value: &mut self.sasl_password,
+            file: self.sasl_password_file.as_deref(),
+        }]
+    }
 
     fn name(&self) -> Option<&str> {
         self.name.as_deref()

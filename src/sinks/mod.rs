@@ -43,11 +43,24 @@ pub trait SinkKind {
     fn describe(&self) -> String {
         String::new()
     }
+    /// The credentials that may come from a file (`password_file` beside
+    /// `password`), read when the configuration is loaded.
+    fn secret_files(&mut self) -> Vec<SecretFile<'_>> {
+        Vec::new()
+    }
     /// Connects; `health` is told when the connection comes and goes.
     fn connect(
         &self,
         health: SinkHealth,
     ) -> impl Future<Output = Result<Self::Sink, SinkError>> + Send;
+}
+
+/// A credential of a sink and the file that may hold it instead.
+pub struct SecretFile<'a> {
+    /// Its key, such as `password`.
+    pub key: &'static str,
+    pub value: &'a mut Option<crate::core::settings::Secret>,
+    pub file: Option<&'a std::path::Path>,
 }
 
 /// The list of sinks: each line declares the sink's module and makes it a
@@ -102,6 +115,13 @@ macro_rules! sinks {
             fn validate_kind(&self) -> Vec<String> {
                 match self {
                     $(SinkConfig::$variant(c) => c.validate(),)*
+                }
+            }
+
+            /// The credentials that may come from a file.
+            pub fn secret_files(&mut self) -> Vec<SecretFile<'_>> {
+                match self {
+                    $(SinkConfig::$variant(c) => c.secret_files(),)*
                 }
             }
 

@@ -58,10 +58,16 @@ pub struct NatsConfig {
     /// User and password.
     pub user: Option<String>,
     pub password: Option<Secret>,
+    /// A file holding the password.
+    pub password_file: Option<PathBuf>,
     /// Token authentication.
     pub token: Option<Secret>,
+    /// A file holding the token.
+    pub token_file: Option<PathBuf>,
     /// NKey seed.
     pub nkey: Option<Secret>,
+    /// A file holding the NKey seed.
+    pub nkey_file: Option<PathBuf>,
     /// A `.creds` file (JWT and NKey seed).
     pub credentials_file: Option<PathBuf>,
     /// TLS settings; `nats+tls://` or `tls://` URLs also turn TLS on.
@@ -687,6 +693,26 @@ async fn ensure_stream(
 
 impl super::SinkKind for NatsConfig {
     type Sink = NatsSink;
+
+    fn secret_files(&mut self) -> Vec<super::SecretFile<'_>> {
+        vec![
+            super::SecretFile {
+                key: "password",
+                value: &mut self.password,
+                file: self.password_file.as_deref(),
+            },
+            super::SecretFile {
+                key: "token",
+                value: &mut self.token,
+                file: self.token_file.as_deref(),
+            },
+            super::SecretFile {
+                key: "nkey",
+                value: &mut self.nkey,
+                file: self.nkey_file.as_deref(),
+            },
+        ]
+    }
 
     fn name(&self) -> Option<&str> {
         self.name.as_deref()
