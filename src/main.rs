@@ -15,7 +15,7 @@ use fishjam_bridge::tools::check::{self, CheckError};
 use fishjam_bridge::tools::dead_letters::{self, ListError, RedriveError};
 use fishjam_bridge::tools::decode::{self, InputFormat, Undecodable};
 use fishjam_bridge::tools::tap::Filter;
-use fishjam_bridge::tools::{tap, top};
+use fishjam_bridge::tools::{spool, tap, top};
 
 // glibc's allocator contends between the runtime's threads on the hot path
 // (one allocation set per event); mimalloc keeps per-thread heaps.
@@ -108,6 +108,11 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         action: DeadLetterAction,
+    },
+    /// Look into a spool's directory (a stopped or running replica's).
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
     },
     /// Print the events a running bridge accepts, live, as JSON lines
     /// (needs `admin.tap = true` in its configuration). A line on stderr
@@ -206,23 +211,10 @@ fn main() -> ExitCode {
             input,
         } => decoded(decode::decode(input_format, &fishjam_id, &input)),
         Command::Simulate(args) => report(simulate::simulate(*args)),
-        Command::DeadLetters {
-            action: DeadLetterAction::List { file },
-        } => listed(dead_letters::list(&file)),
-        Command::DeadLetters {
-            action:
-                DeadLetterAction::Redrive {
-                    file,
-                    config,
-                    sink,
-                    timeout,
-                },
-        } => redriven(dead_letters::redrive(
-            &file,
-            config.as_deref(),
-            sink.as_deref(),
-            timeout,
-        )),
+        Command::DeadLetters { action } => dead_letters_command(action),
+        Command::Spool {
+            action: SpoolAction::Inspect { dir },
+        } => report(spool::inspect(&dir).map_err(anyhow::Error::from)),
         Command::Tap {
             admin,
             room,
@@ -260,6 +252,32 @@ fn main() -> ExitCode {
             rooms,
             seed,
         })),
+    }
+}
+
+#[derive(Subcommand)]
+enum SpoolAction {
+    /// Print what the spool in DIR holds (bodies, events, bytes, each
+    /// sink's cursor and the bodies it lacks, the oldest body's age) as
+    /// JSON; it reads a copy, never writing the replica's files.
+    Inspect { dir: PathBuf },
+}
+
+/// `dead-letters list` and `dead-letters redrive`.
+fn dead_letters_command(action: DeadLetterAction) -> ExitCode {
+    match action {
+        DeadLetterAction::List { file } => listed(dead_letters::list(&file)),
+        DeadLetterAction::Redrive {
+            file,
+            config,
+            sink,
+            timeout,
+        } => redriven(dead_letters::redrive(
+            &file,
+            config.as_deref(),
+            sink.as_deref(),
+            timeout,
+        )),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod dead_letters;
 pub mod decode;
 pub mod probe;
 pub mod redrive;
+pub mod spool;
 pub mod tap;
 pub mod top;
 

@@ -3,6 +3,7 @@
 //! without printing secrets.
 
 use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -587,4 +588,49 @@ fn the_demo_prints_events_and_exits_zero() {
         .collect();
     assert!(events.len() >= 10, "{} events", events.len());
     assert!(events.iter().all(|e| e["source"] == "webhook"));
+}
+
+/// `spool inspect`: what a stopped replica's spool holds, read from a copy
+/// (its own files are not touched).
+#[test]
+fn spool_inspect_says_what_a_replica_left_and_touches_nothing() {
+    let mut bridge = BridgeProcess::start(
+        &Conf::new()
+            .webhook("ack_timeout", "2s")
+            .webhook("max_events_per_body", 1)
+            .sink(Sink::file("/dev/full"))
+            .pipeline("max_in_flight_events", 1)
+            .pipeline("drain_timeout", "1s")
+            .spool("path", "{dir}/spool")
+            .spool("engage_after", "100ms"),
+    );
+    for room in ["i1", "i2", "i3"] {
+        let answer = post(&bridge.webhook_url(), room_created(room), None);
+        assert_eq!(answer.text().unwrap(), r#"{"events":1,"spooled":true}"#);
+    }
+    assert!(!bridge.terminate().success(), "the sink never took them");
+    let spool = bridge.dir().join("spool");
+    let files = || -> Vec<(String, u64)> {
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|entry| entry.unwrap())
+            .map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                (name, entry.metadata().unwrap().len())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = files();
+    let output = succeed(Command::new(BIN).args(["spool", "inspect"]).arg(&spool));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["bodies"], 3, "{report}");
+    assert_eq!(report["events"], 3, "{report}");
+    assert_eq!(report["sinks"]["file"]["bodies_behind"], 3, "{report}");
+    assert!(
+        report["oldest_age_seconds"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert_eq!(files(), before, "the replica's files are as they were");
 }
