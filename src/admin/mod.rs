@@ -295,9 +295,14 @@ impl Token {
     /// Whether `headers` carry `Authorization: Bearer <token>`, compared in
     /// constant time.
     fn admits(&self, headers: &axum::http::HeaderMap) -> bool {
-        let Some(given) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        let Some(value) = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) else {
+            return false;
+        };
+        // The scheme's name is case-insensitive (RFC 9110).
+        let Some(given) = value
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+            .map(|_| &value[7..])
         else {
             return false;
         };

@@ -850,6 +850,12 @@ impl Config {
         }
         let mut names = BTreeMap::new();
         for (index, sink) in self.sinks.iter().enumerate() {
+            if sink.name().bytes().all(|b| b.is_ascii_digit()) {
+                problems.push(format!(
+                    "sinks[{index}]: name {:?} is a number, which an environment override would read as a place in [[sinks]]",
+                    sink.name()
+                ));
+            }
             if let Some(previous) = names.insert(sink.name(), index) {
                 problems.push(format!(
                     "sinks[{index}]: name {:?} is already used by sinks[{previous}]; give each sink its own name",
@@ -1039,7 +1045,19 @@ fn apply_env(
             problems.push(format!("{name}: empty key segment"));
             continue;
         }
-        if let Err(problem) = set_path(table, &path, env_value(&value)) {
+        // A credential is text whatever it looks like: `12345` as a number
+        // would be refused, with the secret in the message.
+        let secret = path.last().is_some_and(|key| {
+            ["password", "secret", "token", "nkey", "url"]
+                .iter()
+                .any(|s| key.contains(s))
+        });
+        let value = if secret {
+            toml::Value::String(value)
+        } else {
+            env_value(&value)
+        };
+        if let Err(problem) = set_path(table, &path, value) {
             problems.push(format!("{name}: {problem}"));
         }
     }
@@ -1436,6 +1454,22 @@ mod tests {
         assert!(missing
             .to_string()
             .contains("sinks[0].token_file: cannot read /nowhere"));
+    }
+
+    #[test]
+    fn a_credential_from_the_environment_stays_text_and_a_name_is_no_number() {
+        let text = "[fishjam]\nid = \"x\"\n[[sinks]]\ntype = \"nats\"\nuser = \"u\"\n";
+        let config = load(text, &[("FISHJAM_BRIDGE__SINKS__NATS__PASSWORD", "12345")]).unwrap();
+        let SinkConfig::Nats(nats) = &config.sinks[0] else {
+            panic!("a NATS sink");
+        };
+        assert_eq!(nats.password.as_ref().unwrap().expose(), "12345");
+        let numbered = load(
+            "[fishjam]\nid = \"x\"\n[[sinks]]\ntype = \"file\"\nname = \"7\"\npath = \"/a\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(numbered.to_string().contains("is a number"), "{numbered}");
     }
 
     #[test]

@@ -4,13 +4,27 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Woken on every SIGHUP: what reads files at start-up (the webhook
-/// secret's file) reads them again.
+/// How many SIGHUPs arrived: what reads files at start-up (the webhook
+/// secret's file) reads them again when it moves. A count, not a wake-up,
+/// so that one arriving while a reader is busy is not lost.
+static HANGUPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static RELOAD: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-/// Completes at the next SIGHUP.
-pub async fn reload() {
-    RELOAD.notified().await;
+/// Completes once more SIGHUPs than `seen` arrived; returns their count.
+pub async fn reload(seen: u64) -> u64 {
+    loop {
+        let notified = RELOAD.notified();
+        let now = HANGUPS.load(std::sync::atomic::Ordering::Acquire);
+        if now != seen {
+            return now;
+        }
+        notified.await;
+    }
+}
+
+/// SIGHUPs so far.
+pub fn hangups() -> u64 {
+    HANGUPS.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// Cancels `token` on SIGTERM or SIGINT; on SIGHUP, which would end the
@@ -21,6 +35,7 @@ pub fn cancel_on_signal(token: CancellationToken) {
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 tracing::info!("SIGHUP received: secret files are read again");
+                HANGUPS.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 RELOAD.notify_waiters();
             }
         });

@@ -314,37 +314,42 @@ impl Secrets {
         keys.iter().any(|key| signature::verify(key, body, header))
     }
 
-    /// Reads `file` again whenever it changes (looked at every 2 s) and on
-    /// SIGHUP. A file that cannot be read, or holds no secret, changes
-    /// nothing: the secrets in use stay.
+    /// Reads `file` again every 2 s and on SIGHUP, and takes what it holds
+    /// when that differs from the secrets in use (by content: a time stamp
+    /// can stay the same across a rewrite). A file that cannot be read, or
+    /// holds no secret, changes nothing: the secrets in use stay.
     async fn follow(self: Arc<Self>, file: PathBuf) {
-        let modified = |file: &PathBuf| std::fs::metadata(file).and_then(|m| m.modified()).ok();
-        let mut seen = modified(&file);
+        let mut hangups = crate::net::signal::hangups();
+        // Said once, not every 2 s, until the file is readable again.
+        let mut told = false;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                    let now = modified(&file);
-                    if now == seen {
-                        continue;
-                    }
-                    seen = now;
-                }
-                _ = crate::net::signal::reload() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                now = crate::net::signal::reload(hangups) => hangups = now,
             }
-            match std::fs::read_to_string(&file) {
-                Ok(text) if !Self::keys(&text).is_empty() => {
-                    let keys = Self::keys(&text);
-                    let count = keys.len();
-                    *self.0.write().unwrap_or_else(|e| e.into_inner()) = keys;
-                    telemetry::webhook_secrets(count);
-                    tracing::info!(file = %file.display(), secrets = count, "webhook secrets read again");
-                }
-                Ok(_) => {
-                    tracing::error!(file = %file.display(), "the webhook secret file holds no secret; the secrets in use stay")
-                }
+            let keys = match std::fs::read_to_string(&file) {
+                Ok(text) => Self::keys(&text),
                 Err(error) => {
-                    tracing::error!(file = %file.display(), error = %error, "cannot read the webhook secret file; the secrets in use stay")
+                    if !std::mem::replace(&mut told, true) {
+                        tracing::error!(file = %file.display(), error = %error, "cannot read the webhook secret file; the secrets in use stay");
+                    }
+                    continue;
                 }
+            };
+            if keys.is_empty() {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::error!(file = %file.display(), "the webhook secret file holds no secret; the secrets in use stay");
+                }
+                continue;
+            }
+            told = false;
+            let count = keys.len();
+            let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
+            if *current != keys {
+                *current = keys;
+                drop(current);
+                telemetry::webhook_secrets(count);
+                tracing::info!(file = %file.display(), secrets = count, "webhook secrets read again");
             }
         }
     }

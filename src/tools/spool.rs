@@ -33,7 +33,12 @@ pub fn inspect(dir: &Path) -> Result<(), InspectError> {
     for id in log::segment_ids(dir).map_err(failed)? {
         let name = log::segment_path(dir, id);
         let target = log::segment_path(copy.path(), id);
-        std::fs::copy(&name, &target).map_err(failed)?;
+        match std::fs::copy(&name, &target) {
+            Ok(_) => {}
+            // A running replica deleted it meanwhile: it was delivered.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(failed(error)),
+        }
     }
     let recovered = log::recover(copy.path()).map_err(failed)?;
     println!("{}", report(&recovered, SystemTime::now()));
