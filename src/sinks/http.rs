@@ -80,21 +80,15 @@ fn default_timeout() -> Duration {
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl HttpConfig {
-    /// The signing key, read from wherever the configuration says.
+    /// The signing key: `secret` (which holds `secret_file`'s content once
+    /// the configuration is loaded), or the variable `secret_env` names.
     fn key(&self) -> Result<Option<Vec<u8>>, SinkError> {
-        let text = match (&self.secret, &self.secret_file, &self.secret_env) {
-            (Some(secret), _, _) => secret.expose().to_owned(),
-            (_, Some(path), _) => std::fs::read_to_string(path)
-                .map_err(|source| SinkError::Io {
-                    doing: format!("cannot read secret_file {}", path.display()),
-                    source,
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-            (_, _, Some(variable)) => std::env::var(variable).map_err(|_| {
+        let text = match (&self.secret, &self.secret_env) {
+            (Some(secret), _) => secret.expose().to_owned(),
+            (None, Some(variable)) => std::env::var(variable).map_err(|_| {
                 SinkError::Config(format!("secret_env: ${variable} is not set"))
             })?,
-            (None, None, None) => return Ok(None),
+            (None, None) => return Ok(None),
         };
         signing_key(&text)
             .map(Some)
@@ -291,6 +285,14 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 impl super::SinkKind for HttpConfig {
     type Sink = HttpSink;
 
+    fn secret_files(&mut self) -> Vec<super::SecretFile<'_>> {
+        vec![super::SecretFile {
+            key: "secret",
+            value: &mut self.secret,
+            file: self.secret_file.as_deref(),
+        }]
+    }
+
     fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
@@ -313,12 +315,10 @@ impl super::SinkKind for HttpConfig {
             )),
             Err(e) => problems.push(format!("url: {e}")),
         }
-        let sources = [
-            self.secret.is_some(),
-            self.secret_file.is_some(),
-            self.secret_env.is_some(),
-        ];
-        if sources.iter().filter(|set| **set).count() > 1 {
+        // `secret` and `secret_file` together are refused where the file is
+        // read (`SinkKind::secret_files`), which fills `secret` from it.
+        let from_config = self.secret.is_some() || self.secret_file.is_some();
+        if from_config && self.secret_env.is_some() {
             problems.push("secret, secret_file and secret_env: set one".to_owned());
         }
         if let Some(secret) = &self.secret {
