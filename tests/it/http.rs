@@ -56,6 +56,14 @@ impl Receiver {
             .collect()
     }
 
+    /// The rooms of the events it took, in the order it took them.
+    fn rooms(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .map(|e| e["room_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// How many lines `<out>.<what>` has (`unverified`, `refused`).
     fn count(&self, what: &str) -> usize {
         let path = self.out.with_extension(format!("jsonl.{what}"));
@@ -134,12 +142,7 @@ fn a_400_sends_the_event_to_the_dead_letters_and_its_room_goes_on() {
     wait_until("the other rooms at the receiver", || {
         receiver.events().len() == 2
     });
-    let events = receiver.events();
-    let rooms: Vec<&str> = events
-        .iter()
-        .map(|e| e["room_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(rooms, ["before", "after"]);
+    assert_eq!(receiver.rooms(), ["before", "after"]);
     let letters = read_events(&bridge.dir().join("dead-letters.jsonl"));
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0]["sink"], "http");
@@ -169,12 +172,7 @@ fn an_array_the_receiver_refuses_costs_only_the_event_it_refuses() {
         created("after"),
     ]);
     assert_eq!(post(&bridge.webhook_url(), body, None).status(), 200);
-    let events = receiver.events();
-    let rooms: Vec<&str> = events
-        .iter()
-        .map(|e| e["room_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(rooms, ["before", "after"]);
+    assert_eq!(receiver.rooms(), ["before", "after"]);
     let letters = read_events(&bridge.dir().join("dead-letters.jsonl"));
     let refused: Vec<&Value> = letters.iter().map(|l| &l["event"]["room_id"]).collect();
     assert_eq!(refused, ["refused-room"]);
