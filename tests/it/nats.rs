@@ -674,6 +674,67 @@ fn core_nats_authenticates_with_a_token_and_with_an_nkey() {
     );
 }
 
+/// A nats-server configuration with JetStream in `store` and two users:
+/// the bridge, with `password`, and a reader.
+fn users_and_jetstream(store: &std::path::Path, password: &str) -> String {
+    format!(
+        "jetstream {{ store_dir: \"{}\" }}\n\
+         authorization {{ users = [ {{ user: bridge, password: \"{password}\" }}, \
+         {{ user: reader, password: reader-pass }} ] }}",
+        store.display()
+    )
+}
+
+#[test]
+fn both_nats_sinks_reconnect_with_the_password_their_file_holds_now() {
+    let store = tempfile::tempdir().unwrap();
+    let server = ConfiguredNats::start(&users_and_jetstream(store.path(), "first-pass"));
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("nats-password");
+    std::fs::write(&password_file, "first-pass\n").unwrap();
+    let rt = runtime();
+    let _context = rt.enter();
+    let prefix = unique("rotate");
+    let reader = async_nats::ConnectOptions::with_user_and_password("reader".into(), "reader-pass".into());
+    let (_client, mut core) =
+        rt.block_on(subscribed_with(reader, &server.url(), format!("{prefix}.core.>")));
+    let sink = |name: &str, subject: String| {
+        nats_sink(&server.url(), &subject)
+            .set("name", name)
+            .set("user", "bridge")
+            .set("password_file", &password_file)
+    };
+    let stream = unique("ROTATE");
+    let conf = Conf::new()
+        .sink(sink("core", format!("{prefix}.core.{{key}}")))
+        .sink(jetstream(sink("js", format!("{prefix}.js.{{key}}")), &stream));
+    let bridge = BridgeProcess::start(&conf);
+    let mut send = |room: &str| {
+        assert_eq!(post(&bridge.webhook_url(), room_created(room), None).status(), 200);
+        let message = next_message(&rt, &mut core, "the event reaches core NATS");
+        assert_eq!(message.subject.as_str(), format!("{prefix}.core.{room}"));
+    };
+    send("before");
+
+    // The password changes: first in the file, then on the server, which
+    // drops the bridge's connections; both sinks come back with the new one.
+    std::fs::write(&password_file, "second-pass\n").unwrap();
+    server.reconfigure(&users_and_jetstream(store.path(), "second-pass"));
+    wait_until("the server dropped the JetStream sink's connection", || {
+        bridge.logged("NATS connection lost")
+    });
+    send("after");
+    let reader_url = format!("nats://reader:reader-pass@127.0.0.1:{}", server.port);
+    wait_until("both events stored by JetStream", || {
+        stored(&reader_url, &stream).len() == 2
+    });
+    let rooms: Vec<_> = stored(&reader_url, &stream)
+        .iter()
+        .map(|e| e["room_id"].clone())
+        .collect();
+    assert_eq!(rooms, ["before", "after"]);
+}
+
 #[test]
 fn core_nats_with_a_wrong_token_is_not_ready_and_says_why() {
     let server = ConfiguredNats::start("authorization { token: \"right\" }");

@@ -814,6 +814,16 @@ pub fn private_ca(dir: &Path) -> [PathBuf; 3] {
 /// Another certificate for 127.0.0.1 from the CA of `private_ca`, in
 /// `<name>.pem` and `<name>.key`: (certificate, key).
 pub fn server_certificate(dir: &Path, name: &str) -> [PathBuf; 2] {
+    signed_certificate(dir, name, "serverAuth")
+}
+
+/// A client certificate from the CA of `private_ca`, for mutual TLS, in
+/// `<name>.pem` and `<name>.key`: (certificate, key).
+pub fn client_certificate(dir: &Path, name: &str) -> [PathBuf; 2] {
+    signed_certificate(dir, name, "clientAuth")
+}
+
+fn signed_certificate(dir: &Path, name: &str, usage: &str) -> [PathBuf; 2] {
     let (key, csr, pem) = (
         format!("{name}.key"),
         format!("{name}.csr"),
@@ -831,7 +841,7 @@ pub fn server_certificate(dir: &Path, name: &str) -> [PathBuf; 2] {
     );
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
     )
     .unwrap();
     openssl(
@@ -907,6 +917,15 @@ impl ConfiguredNats {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Replaces the server's configuration with `conf` (after the same
+    /// `listen` line) and has it reloaded (SIGHUP); the server closes the
+    /// connections the new configuration no longer authorizes.
+    pub fn reconfigure(&self, conf: &str) {
+        let path = self._dir.path().join("nats.conf");
+        std::fs::write(&path, format!("listen: 127.0.0.1:{}\n{conf}\n", self.port)).unwrap();
+        succeed(Command::new("kill").args(["-HUP", &self.child.id().to_string()]));
     }
 
     /// Puts the server in lame-duck mode (SIGUSR2): it stops accepting
