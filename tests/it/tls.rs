@@ -175,6 +175,79 @@ fn webhooks_and_metrics_are_served_over_tls_and_a_renewed_certificate_is_picked_
     assert_eq!(read_events(&bridge.dir().join("events.jsonl")).len(), 2);
 }
 
+/// An HTTPS client that trusts only `ca` and presents `identity`
+/// (certificate, key) when asked.
+fn https_client_with(ca: &Path, [cert, key]: &[PathBuf; 2]) -> reqwest::blocking::Client {
+    let mut pem = std::fs::read(cert).unwrap();
+    pem.extend(std::fs::read(key).unwrap());
+    reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+fn post_created(client: &reqwest::blocking::Client, webhook: SocketAddr, room: &str) -> bool {
+    client
+        .post(format!("https://{webhook}/webhook"))
+        .header("content-type", "application/x-protobuf")
+        .body(room_created(room))
+        .send()
+        .is_ok_and(|answer| answer.status() == 200)
+}
+
+#[test]
+fn with_a_client_ca_only_clients_with_a_certificate_it_signed_are_served() {
+    let certificates = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = private_ca(certificates.path());
+    let trusted = client_certificate(certificates.path(), "trusted-client");
+    // A client certificate from a CA the bridge was not told of.
+    let elsewhere = tempfile::tempdir().unwrap();
+    private_ca(elsewhere.path());
+    let stranger = client_certificate(elsewhere.path(), "stranger");
+    let mut conf = Conf::new().sink(Sink::file("{dir}/events.jsonl"));
+    for listener in ["webhook.tls", "admin.tls"] {
+        conf = conf
+            .set(listener, "cert_file", &cert)
+            .set(listener, "key_file", &key)
+            .set(listener, "client_ca_file", &ca);
+    }
+    let bridge = BridgeProcess::spawn(&conf, Stdio::null(), &[]);
+    let client = https_client_with(&ca, &trusted);
+    wait_until("ready, asked with a client certificate", || {
+        client
+            .get(format!("https://{}/readyz", bridge.admin))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+    assert!(post_created(&client, bridge.webhook, "with-certificate"));
+
+    // No certificate, or one from another CA: no request gets through, on
+    // either listener, and each refusal is counted as such.
+    let anonymous = https_client(&ca);
+    let strange = https_client_with(&ca, &stranger);
+    for refused in [&anonymous, &strange] {
+        assert!(!post_created(refused, bridge.webhook, "refused"));
+        assert!(refused
+            .get(format!("https://{}/healthz", bridge.admin))
+            .send()
+            .is_err());
+    }
+    let events = read_events(&bridge.dir().join("events.jsonl"));
+    let rooms: Vec<_> = events.iter().map(|e| e["room_id"].clone()).collect();
+    assert_eq!(rooms, ["with-certificate"]);
+    wait_until("both refusals on both listeners counted", || {
+        let metrics = https_metrics(&client, bridge.admin);
+        ["webhook", "admin"].iter().all(|listener| {
+            metrics.sum(
+                "fishjam_bridge_tls_handshake_failures_total",
+                &[("listener", listener), ("reason", "client_certificate")],
+            ) >= 2.0
+        })
+    });
+}
+
 #[test]
 fn a_certificate_that_does_not_match_its_key_is_refused_at_start() {
     let certificates = tempfile::tempdir().unwrap();
