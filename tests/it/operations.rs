@@ -3,7 +3,7 @@
 //! without printing secrets.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -633,4 +633,115 @@ fn spool_inspect_says_what_a_replica_left_and_touches_nothing() {
         "{report}"
     );
     assert_eq!(files(), before, "the replica's files are as they were");
+}
+
+/// `spool drain`: a stopped replica's spool delivered by a bridge with no
+/// source, which exits once every sink has every body; not while a running
+/// bridge still holds that spool; and, stopped before it is done, with a
+/// failure that says what stays in the spool.
+#[test]
+fn spool_drain_delivers_what_a_replica_left_in_order_and_exits() {
+    let mut replica = BridgeProcess::start(
+        &Conf::new()
+            .webhook("ack_timeout", "2s")
+            .webhook("max_events_per_body", 1)
+            .sink(Sink::file("/dev/full"))
+            .pipeline("max_in_flight_events", 1)
+            .pipeline("drain_timeout", "1s")
+            .spool("path", "{dir}/spool")
+            .spool("engage_after", "100ms"),
+    );
+    let rooms = ["d1", "d2", "d3", "d4"];
+    for room in rooms {
+        let answer = post(&replica.webhook_url(), room_created(room), None);
+        assert_eq!(answer.text().unwrap(), r#"{"events":1,"spooled":true}"#);
+    }
+    let spool = replica.dir().join("spool");
+    let work = tempfile::tempdir().unwrap();
+    let delivered = work.path().join("events.jsonl");
+    // The same sink (its cursor is kept by name), now able to write.
+    let config = work.path().join("drain.toml");
+    let conf = Conf::new().sink(Sink::file(&delivered.display().to_string()));
+    std::fs::write(&config, conf.text_in(work.path())).unwrap();
+    let drain = || {
+        let mut command = Command::new(BIN);
+        command
+            .args(["spool", "drain", "--config"])
+            .arg(&config)
+            .arg("--dir")
+            .arg(&spool);
+        command
+    };
+
+    let refused = drain().output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("another fishjam-bridge uses this spool"), "{stderr}");
+    assert!(!replica.terminate().success(), "the sink never took them");
+
+    let output = succeed(&mut drain());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["bodies"], 4, "{report}");
+    assert_eq!(report["events"], 4, "{report}");
+    assert_eq!(report["bodies_left"], 0, "{report}");
+    let events = read_events(&delivered);
+    let delivered_rooms: Vec<_> = events.iter().map(|e| e["room_id"].clone()).collect();
+    assert_eq!(delivered_rooms, rooms);
+    let inspected = succeed(Command::new(BIN).args(["spool", "inspect"]).arg(&spool));
+    let left: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(left["bodies"], 0, "{left}");
+}
+
+#[test]
+fn a_spool_drain_stopped_early_fails_and_leaves_the_rest_in_the_spool() {
+    let mut replica = BridgeProcess::start(
+        &Conf::new()
+            .webhook("ack_timeout", "2s")
+            .webhook("max_events_per_body", 1)
+            .sink(Sink::file("/dev/full"))
+            .pipeline("max_in_flight_events", 1)
+            .pipeline("drain_timeout", "1s")
+            .spool("path", "{dir}/spool")
+            .spool("engage_after", "100ms"),
+    );
+    let answer = post(&replica.webhook_url(), room_created("kept"), None);
+    assert_eq!(answer.text().unwrap(), r#"{"events":1,"spooled":true}"#);
+    assert!(!replica.terminate().success());
+    let spool = replica.dir().join("spool");
+    // The sink still cannot write: the drain runs until it is stopped.
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("drain.toml");
+    let conf = Conf::new()
+        .sink(Sink::file("/dev/full"))
+        .pipeline("drain_timeout", "1s");
+    std::fs::write(&config, conf.text_in(work.path())).unwrap();
+    let mut drain = Command::new(BIN)
+        .args(["spool", "drain", "--config"])
+        .arg(&config)
+        .arg("--dir")
+        .arg(&spool)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its signal handler is in place before it opens the spool.
+    let lock = spool.join("lock");
+    wait_until("the drain opened the spool", || {
+        std::fs::read_dir(format!("/proc/{}/fd", drain.id()))
+            .unwrap()
+            .any(|fd| std::fs::read_link(fd.unwrap().path()).is_ok_and(|target| target == lock))
+    });
+    Command::new("kill")
+        .args(["-TERM", &drain.id().to_string()])
+        .status()
+        .unwrap();
+    let output = drain.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["bodies_left"], 1, "{report}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stay in the spool"), "{stderr}");
+    let inspected = succeed(Command::new(BIN).args(["spool", "inspect"]).arg(&spool));
+    let left: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(left["bodies"], 1, "{left}");
 }
