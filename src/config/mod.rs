@@ -554,8 +554,7 @@ impl Config {
                     return;
                 }
                 match read_file(path) {
-                    // A trailing newline in a mounted secret is never part of it.
-                    Ok(text) => *value = Some(Secret::new(text.trim_end_matches(['\r', '\n']))),
+                    Ok(text) => *value = Some(Secret::from_file_text(&text)),
                     Err(e) => {
                         problems.push(format!("{key}_file: cannot read {}: {e}", path.display()))
                     }

@@ -22,6 +22,12 @@ impl Secret {
         &self.0
     }
 
+    /// The secret a file holds: its text without the trailing newline a
+    /// mounted secret often ends with, which is never part of it.
+    pub fn from_file_text(text: &str) -> Secret {
+        Secret::new(text.trim_end_matches(['\r', '\n']))
+    }
+
     /// The secrets it holds, one per line: during a rotation, the current
     /// one and the next.
     pub fn lines(&self) -> impl Iterator<Item = &str> {

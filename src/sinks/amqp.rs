@@ -28,7 +28,7 @@ use super::{each_header, payload, PublishError, Settlement, SinkError, SinkHealt
 use crate::core::cloudevents;
 use crate::core::event::Message;
 use crate::core::route::Template;
-use crate::core::settings::duration;
+use crate::core::settings::{duration, Secret};
 use crate::telemetry;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,10 +37,14 @@ pub struct AmqpConfig {
     /// Name in logs and metrics; default `amqp`.
     pub name: Option<String>,
     /// `amqp://user:password@host:5672/vhost` (`%2f` for the default vhost), or
-    /// `amqps://` for TLS. Set the password through the environment:
-    /// FISHJAM_BRIDGE__SINKS__<n>__URL.
+    /// `amqps://` for TLS. Keep the password out of it with `password` or
+    /// `password_file`.
     #[serde(default = "default_url")]
     pub url: String,
+    /// The password, instead of the one in `url` (whose user it goes with).
+    pub password: Option<Secret>,
+    /// A file holding the password, read again at each reconnect.
+    pub password_file: Option<PathBuf>,
     /// Exchange to publish to.
     #[serde(default = "default_exchange")]
     pub exchange: String,
@@ -269,6 +273,22 @@ impl AmqpSink {
 
 }
 
+/// The URL to connect to now: with `password` (what its file holds now,
+/// so a rotated password is what a reconnect presents) in place of the
+/// URL's own.
+fn uri(config: &AmqpConfig) -> Result<lapin::uri::AMQPUri, SinkError> {
+    let mut uri: lapin::uri::AMQPUri = config
+        .url
+        .parse()
+        .map_err(|e| SinkError::Config(format!("url: {e}")))?;
+    if let Some(password) = &config.password {
+        let name = config.name.as_deref().unwrap_or("amqp");
+        let password = super::current_secret(password, config.password_file.as_deref(), name);
+        uri.authority.userinfo.password = password.expose().to_owned();
+    }
+    Ok(uri)
+}
+
 /// Connects, opens a channel in confirm mode and declares the topology.
 async fn open(config: &AmqpConfig) -> Result<Link, SinkError> {
     let properties = ConnectionProperties::default()
@@ -276,7 +296,7 @@ async fn open(config: &AmqpConfig) -> Result<Link, SinkError> {
     let tls = tls_config(&config.tls)?;
     let target = config.target();
     let runtime = lapin::runtime::default_runtime().map_err(|e| SinkError::connect(&target, e))?;
-    let connect = Connection::connect_with_config(&config.url, properties, tls, runtime);
+    let connect = Connection::connect_uri_with_config(uri(config)?, properties, tls, runtime);
     let connection = tokio::time::timeout(config.timeout, connect)
         .await
         .map_err(|_| {
@@ -359,6 +379,14 @@ fn tls_config(tls: &AmqpTlsConfig) -> Result<OwnedTLSConfig, SinkError> {
 
 impl super::SinkKind for AmqpConfig {
     type Sink = AmqpSink;
+
+    fn secret_files(&mut self) -> Vec<super::SecretFile<'_>> {
+        vec![super::SecretFile {
+            key: "password",
+            value: &mut self.password,
+            file: self.password_file.as_deref(),
+        }]
+    }
 
     fn name(&self) -> Option<&str> {
         self.name.as_deref()
@@ -502,6 +530,31 @@ impl super::Publish for AmqpSink {
 mod tests {
     use super::*;
     use crate::sinks::SinkKind as _;
+
+    #[test]
+    fn each_connect_presents_the_password_its_file_holds_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        let mut config: AmqpConfig = toml::from_str(&format!(
+            "url = \"amqp://bridge:in-url@broker:5672/%2f\"\npassword_file = \"{}\"",
+            file.display()
+        ))
+        .unwrap();
+        std::fs::write(&file, "first\n").unwrap();
+        for secret in config.secret_files() {
+            let text = std::fs::read_to_string(secret.file.unwrap()).unwrap();
+            *secret.value = Some(Secret::from_file_text(&text));
+        }
+        assert_eq!(uri(&config).unwrap().authority.userinfo.password, "first");
+        std::fs::write(&file, "second\n").unwrap();
+        let uri_now = uri(&config).unwrap();
+        assert_eq!(uri_now.authority.userinfo.username, "bridge");
+        assert_eq!(uri_now.authority.userinfo.password, "second");
+        // A file gone missing leaves the password read with the
+        // configuration in use.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(uri(&config).unwrap().authority.userinfo.password, "first");
+    }
 
     #[test]
     fn defaults_are_safe_and_valid() {

@@ -55,6 +55,27 @@ pub trait SinkKind {
     ) -> impl Future<Output = Result<Self::Sink, SinkError>> + Send;
 }
 
+/// The credential to present at a (re)connect: what `file` holds now, so a
+/// rotated credential needs no restart; `configured` (read with the
+/// configuration) when there is no file or it cannot be read now, which is
+/// logged.
+pub fn current_secret(
+    configured: &crate::core::settings::Secret,
+    file: Option<&std::path::Path>,
+    sink: &str,
+) -> crate::core::settings::Secret {
+    let Some(path) = file else {
+        return configured.clone();
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => crate::core::settings::Secret::from_file_text(&text),
+        Err(e) => {
+            tracing::warn!(sink, file = %path.display(), error = %e, "cannot read the credential file again; presenting the credential read at start-up");
+            configured.clone()
+        }
+    }
+}
+
 /// A credential of a sink and the file that may hold it instead.
 pub struct SecretFile<'a> {
     /// Its key, such as `password`.

@@ -58,15 +58,15 @@ pub struct NatsConfig {
     /// User and password.
     pub user: Option<String>,
     pub password: Option<Secret>,
-    /// A file holding the password.
+    /// A file holding the password, read again at each reconnect.
     pub password_file: Option<PathBuf>,
     /// Token authentication.
     pub token: Option<Secret>,
-    /// A file holding the token.
+    /// A file holding the token, read again at each reconnect.
     pub token_file: Option<PathBuf>,
     /// NKey seed.
     pub nkey: Option<Secret>,
-    /// A file holding the NKey seed.
+    /// A file holding the NKey seed, read again at each reconnect.
     pub nkey_file: Option<PathBuf>,
     /// A `.creds` file (JWT and NKey seed).
     pub credentials_file: Option<PathBuf>,
@@ -536,20 +536,11 @@ pub async fn connect_options(
     config: &NatsConfig,
     name: &str,
 ) -> Result<async_nats::ConnectOptions, SinkError> {
-    let mut options = async_nats::ConnectOptions::new()
+    let mut options = credentials(config)
         .name(format!("fishjam-bridge/{name}"))
         .connection_timeout(config.timeout)
         // Reconnect forever: a broker outage must not end the sink.
         .max_reconnects(None);
-    if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        options = options.user_and_password(user.clone(), password.expose().to_owned());
-    }
-    if let Some(token) = &config.token {
-        options = options.token(token.expose().to_owned());
-    }
-    if let Some(seed) = &config.nkey {
-        options = options.nkey(seed.expose().to_owned());
-    }
     if let Some(path) = &config.credentials_file {
         options = options
             .credentials_file(path)
@@ -566,6 +557,65 @@ pub async fn connect_options(
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
     Ok(options)
+}
+
+/// Options carrying the sink's user and password, token or nkey. Those that
+/// come from a file are read from it again at every (re)connect, so a
+/// rotated credential is what the next reconnect presents.
+fn credentials(config: &NatsConfig) -> async_nats::ConnectOptions {
+    let from_files = [
+        &config.password_file,
+        &config.token_file,
+        &config.nkey_file,
+    ];
+    if from_files.iter().all(|file| file.is_none()) {
+        let mut options = async_nats::ConnectOptions::new();
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.expose().to_owned());
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.expose().to_owned());
+        }
+        if let Some(seed) = &config.nkey {
+            options = options.nkey(seed.expose().to_owned());
+        }
+        return options;
+    }
+    let config = config.clone();
+    async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+        let auth = current_auth(&config, &nonce);
+        async move { auth }
+    })
+}
+
+/// What `credentials` presents at a connect, the server's `nonce` signed
+/// with the nkey when there is one.
+fn current_auth(
+    config: &NatsConfig,
+    nonce: &[u8],
+) -> Result<async_nats::Auth, async_nats::AuthError> {
+    let name = config.name.as_deref().unwrap_or("nats");
+    let now = |configured: &Option<Secret>, file: &Option<PathBuf>| {
+        configured
+            .as_ref()
+            .map(|configured| super::current_secret(configured, file.as_deref(), name))
+    };
+    let mut auth = async_nats::Auth::new();
+    if let (Some(user), Some(password)) = (&config.user, now(&config.password, &config.password_file)) {
+        auth.username = Some(user.clone());
+        auth.password = Some(password.expose().to_owned());
+    }
+    auth.token = now(&config.token, &config.token_file).map(|t| t.expose().to_owned());
+    if let Some(seed) = now(&config.nkey, &config.nkey_file) {
+        let pair = nkeys::KeyPair::from_seed(seed.expose())
+            .map_err(|e| async_nats::AuthError::new(format!("the nkey seed is not valid: {e}")))?;
+        let signature = pair
+            .sign(nonce)
+            .map_err(|e| async_nats::AuthError::new(format!("cannot sign the nonce: {e}")))?;
+        auth.nkey = Some(pair.public_key());
+        auth.signature = Some(signature);
+    }
+    Ok(auth)
 }
 
 /// Connects with `options` to the sink's servers.
@@ -611,6 +661,12 @@ async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError
             .map_err(|e| SinkError::Config(e.to_string()))?,
         name: format!("fishjam-bridge/{name}"),
         auth,
+        auth_files: nats_wire::AuthFiles {
+            password: config.password_file.clone(),
+            token: config.token_file.clone(),
+            nkey: config.nkey_file.clone(),
+            credentials: config.credentials_file.clone(),
+        },
         tls,
         tls_required: config.tls.required,
         timeout: config.timeout,

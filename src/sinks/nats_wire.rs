@@ -25,6 +25,7 @@
 //! reused.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,12 +62,51 @@ pub struct Options {
     /// The connection's name as the server shows it.
     pub name: String,
     pub auth: Auth,
+    /// Where `auth` came from: read again for each new connection.
+    pub auth_files: AuthFiles,
     /// The client TLS configuration: used when a server URL says `tls://`,
     /// when `tls_required`, or when the server asks for TLS.
     pub tls: Arc<rustls::ClientConfig>,
     pub tls_required: bool,
     /// For connecting (TCP, TLS, the handshake) and for each batch.
     pub timeout: Duration,
+}
+
+/// The files the credentials were read from. Each new connection reads
+/// them again, so a rotated password, token, nkey or `.creds` file is what
+/// the next reconnect presents, with no restart; a file that cannot be read
+/// then leaves the credential read at start-up in use, and says so.
+#[derive(Debug, Clone, Default)]
+pub struct AuthFiles {
+    pub password: Option<PathBuf>,
+    pub token: Option<PathBuf>,
+    pub nkey: Option<PathBuf>,
+    pub credentials: Option<PathBuf>,
+}
+
+impl Options {
+    /// The credentials to present now: `auth`, with what its file holds
+    /// today.
+    fn current_auth(&self) -> Auth {
+        let files = &self.auth_files;
+        let reread = |file: &Option<PathBuf>, configured: &Secret| {
+            crate::sinks::current_secret(configured, file.as_deref(), &self.name)
+        };
+        match &self.auth {
+            Auth::UserPassword { user, password } => Auth::UserPassword {
+                user: user.clone(),
+                password: reread(&files.password, password),
+            },
+            Auth::Token(token) => Auth::Token(reread(&files.token, token)),
+            Auth::Nkey(seed) => Auth::Nkey(reread(&files.nkey, seed)),
+            Auth::Credentials { .. } => files
+                .credentials
+                .as_deref()
+                .and_then(|path| read_credentials(path).ok())
+                .unwrap_or_else(|| self.auth.clone()),
+            Auth::None => Auth::None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +241,12 @@ impl Connection {
                 "the server does not support headers (nats-server 2.2 or newer)".into(),
             ));
         }
-        let connect = connect_json(options, server, info.nonce.as_deref())?;
+        let connect = connect_json(
+            options,
+            &options.current_auth(),
+            server,
+            info.nonce.as_deref(),
+        )?;
         io.write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
             .await?;
         io.flush().await?;
@@ -268,6 +313,7 @@ fn info(json: &str) -> Result<Info, WireError> {
 /// The CONNECT options: no verbose +OKs, headers on, and the credentials.
 fn connect_json(
     options: &Options,
+    auth: &Auth,
     server: &ServerAddr,
     nonce: Option<&str>,
 ) -> Result<String, WireError> {
@@ -298,7 +344,7 @@ fn connect_json(
         ))
     };
     let url = server.clone().into_inner();
-    match &options.auth {
+    match auth {
         Auth::None if !url.username().is_empty() => {
             connect["user"] = url.username().into();
             connect["pass"] = url.password().unwrap_or_default().into();

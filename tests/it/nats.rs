@@ -342,8 +342,13 @@ fn core_nats_delivers_every_acknowledged_event_through_a_server_restart() {
 
 /// Every event in `stream`, in stream order.
 pub fn stored(nats: &str, stream: &str) -> Vec<Value> {
+    stored_with(async_nats::ConnectOptions::new(), nats, stream)
+}
+
+/// As `stored`, connecting with `options`.
+fn stored_with(options: async_nats::ConnectOptions, nats: &str, stream: &str) -> Vec<Value> {
     runtime().block_on(async {
-        let context = async_nats::jetstream::new(client(nats).await);
+        let context = async_nats::jetstream::new(connect(options, nats).await);
         let mut stream = context.get_stream(stream).await.unwrap();
         let state = stream.info().await.unwrap().state.clone();
         let mut events = Vec::new();
@@ -695,9 +700,14 @@ fn both_nats_sinks_reconnect_with_the_password_their_file_holds_now() {
     let rt = runtime();
     let _context = rt.enter();
     let prefix = unique("rotate");
-    let reader = async_nats::ConnectOptions::with_user_and_password("reader".into(), "reader-pass".into());
-    let (_client, mut core) =
-        rt.block_on(subscribed_with(reader, &server.url(), format!("{prefix}.core.>")));
+    let reader = || {
+        async_nats::ConnectOptions::with_user_and_password("reader".into(), "reader-pass".into())
+    };
+    let (_client, mut core) = rt.block_on(subscribed_with(
+        reader(),
+        &server.url(),
+        format!("{prefix}.core.>"),
+    ));
     let sink = |name: &str, subject: String| {
         nats_sink(&server.url(), &subject)
             .set("name", name)
@@ -707,10 +717,16 @@ fn both_nats_sinks_reconnect_with_the_password_their_file_holds_now() {
     let stream = unique("ROTATE");
     let conf = Conf::new()
         .sink(sink("core", format!("{prefix}.core.{{key}}")))
-        .sink(jetstream(sink("js", format!("{prefix}.js.{{key}}")), &stream));
+        .sink(jetstream(
+            sink("js", format!("{prefix}.js.{{key}}")),
+            &stream,
+        ));
     let bridge = BridgeProcess::start(&conf);
     let mut send = |room: &str| {
-        assert_eq!(post(&bridge.webhook_url(), room_created(room), None).status(), 200);
+        assert_eq!(
+            post(&bridge.webhook_url(), room_created(room), None).status(),
+            200
+        );
         let message = next_message(&rt, &mut core, "the event reaches core NATS");
         assert_eq!(message.subject.as_str(), format!("{prefix}.core.{room}"));
     };
@@ -724,14 +740,9 @@ fn both_nats_sinks_reconnect_with_the_password_their_file_holds_now() {
         bridge.logged("NATS connection lost")
     });
     send("after");
-    let reader_url = format!("nats://reader:reader-pass@127.0.0.1:{}", server.port);
-    wait_until("both events stored by JetStream", || {
-        stored(&reader_url, &stream).len() == 2
-    });
-    let rooms: Vec<_> = stored(&reader_url, &stream)
-        .iter()
-        .map(|e| e["room_id"].clone())
-        .collect();
+    let stored = || stored_with(reader(), &server.url(), &stream);
+    wait_until("both events stored by JetStream", || stored().len() == 2);
+    let rooms: Vec<_> = stored().iter().map(|e| e["room_id"].clone()).collect();
     assert_eq!(rooms, ["before", "after"]);
 }
 
