@@ -158,7 +158,7 @@ metrics! {
     PEERS_CONNECTED: Gauge "fishjam_bridge_peers_connected" ["peer_type"]
         "Peers connected, as known from the events published since the bridge started, by peer type.";
     TLS_HANDSHAKE_FAILURES: Counter "fishjam_bridge_tls_handshake_failures_total" ["listener", "reason"]
-        "TLS handshakes that failed or timed out on a listener, by listener and reason.";
+        "TLS handshakes that failed on a listener, by listener and reason: `timeout`, `client_certificate` (mutual TLS refused the client's certificate or its lack of one), `error` (anything else: plain HTTP, no shared protocol).";
     TLS_CERTIFICATE_EXPIRY: Gauge "fishjam_bridge_tls_certificate_expiry_timestamp_seconds" ["listener"]
         "When the certificate a listener serves expires (its not-after), in Unix seconds; exported again when a renewed certificate is read.";
     LISTENER_CONNECTIONS: Gauge "fishjam_bridge_listener_connections" ["listener"]

@@ -1008,7 +1008,14 @@ fn describe_secret(secret: Option<&Secret>) -> String {
 
 fn describe_tls(tls: Option<&ServerTlsConfig>) -> String {
     match tls {
-        Some(tls) => format!("cert_file {}", tls.cert_file.display()),
+        Some(tls) => match &tls.client_ca_file {
+            Some(ca) => format!(
+                "cert_file {}, client certificates from {}",
+                tls.cert_file.display(),
+                ca.display()
+            ),
+            None => format!("cert_file {}", tls.cert_file.display()),
+        },
         None => "off".to_owned(),
     }
 }

@@ -85,7 +85,8 @@ impl Listener {
                                     let _ = sender.send((Either::Right(tls), peer)).await;
                                 }
                                 Ok(Err(error)) => {
-                                    telemetry::tls_handshake_failed(name, "error");
+                                    let reason = crate::net::tls::handshake_failure(&error);
+                                    telemetry::tls_handshake_failed(name, reason);
                                     tracing::debug!(listener = name, %peer, error = %error, "TLS handshake failed");
                                 }
                                 Err(_) => {

@@ -152,6 +152,11 @@ pub struct ServerTlsConfig {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+    /// With it, mutual TLS: a client must present a certificate that one
+    /// of these CA certificates (PEM) signed, or its handshake fails. Read
+    /// at start-up.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl ServerTlsConfig {
@@ -171,13 +176,51 @@ impl ServerTlsConfig {
         let resolver =
             ReloadingCertificate::new(self.cert_file.clone(), self.key_file.clone(), listener)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(TlsError::Setup)?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
+            .map_err(TlsError::Setup)?;
+        let builder = match &self.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// Accepts the clients whose certificate a CA of `path` signed, and no
+/// client without one.
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in ExtraRoots::load(path)?.certificates {
+        roots.add(certificate).map_err(|e| TlsError::Ca(e.into()))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| TlsError::Ca(e.into()))
+}
+
+/// Why a handshake failed, as `tls_handshake_failures_total` counts it:
+/// `client_certificate` when mutual TLS refused the client's certificate
+/// (or its lack of one), `error` for anything else.
+pub fn handshake_failure(error: &std::io::Error) -> &'static str {
+    let refused_client = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)
+            )
+        });
+    if refused_client {
+        "client_certificate"
+    } else {
+        "error"
     }
 }
 

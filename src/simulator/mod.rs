@@ -141,6 +141,7 @@ pub async fn serve(
             crate::net::tls::ServerTlsConfig {
                 cert_file: cert.clone(),
                 key_file: key.clone(),
+                client_ca_file: None,
             }
             .acceptor()
             .map_err(anyhow::Error::msg)
