@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use fishjam_bridge::bridge::drain;
 use fishjam_bridge::bridge::run::{self, Demo, RunError};
 use fishjam_bridge::config::ConfigError;
 use fishjam_bridge::simulator::simulate::{self, SimulateArgs};
@@ -215,6 +216,9 @@ fn main() -> ExitCode {
         Command::Spool {
             action: SpoolAction::Inspect { dir },
         } => report(spool::inspect(&dir).map_err(anyhow::Error::from)),
+        Command::Spool {
+            action: SpoolAction::Drain { config, dir },
+        } => ran(drain::drain(config.as_deref(), dir.as_deref())),
         Command::Tap {
             admin,
             room,
@@ -261,6 +265,18 @@ enum SpoolAction {
     /// sink's cursor and the bodies it lacks, the oldest body's age) as
     /// JSON; it reads a copy, never writing the replica's files.
     Inspect { dir: PathBuf },
+    /// Deliver what a stopped replica's spool holds to the configured
+    /// sinks, with no source running, and exit once every sink has it
+    /// (0), or when stopped early (1, the rest stays in the spool). Prints
+    /// what was delivered as JSON.
+    Drain {
+        #[arg(long, short, env = "FISHJAM_BRIDGE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The spool's directory, instead of the configuration's
+        /// `spool.path`: a stopped replica's volume mounted here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `dead-letters list` and `dead-letters redrive`.

@@ -6,6 +6,7 @@
 //! drain timed out). `run` holds the commands that run a bridge until a
 //! signal stops it.
 
+pub mod drain;
 mod election;
 mod listeners;
 pub mod run;
@@ -38,6 +39,8 @@ pub struct Bridge {
     /// Where /metrics, /healthz and /readyz are served, when enabled.
     pub admin_addr: Option<SocketAddr>,
     pub readiness: Readiness,
+    /// The spool, when it is on.
+    spool: Option<Arc<Spool>>,
     fatal: Fatal,
     task: JoinHandle<anyhow::Result<DrainReport>>,
 }
@@ -114,11 +117,12 @@ pub async fn start(
     drop(admission);
     running.set(true);
     let (readiness, fatal) = (wiring.readiness.clone(), wiring.fatal.clone());
-    let task = tokio::spawn(wiring.shut_down(running, sink_tasks, in_flight, spool));
+    let task = tokio::spawn(wiring.shut_down(running, sink_tasks, in_flight, spool.clone()));
     Ok(Bridge {
         webhook_addr,
         admin_addr,
         readiness,
+        spool,
         fatal,
         task,
     })

@@ -144,6 +144,6 @@ async fn play_demo(demo: Demo) -> anyhow::Result<()> {
 }
 
 /// The runtime the bridge runs on: several threads, IO and timers.
-fn runtime() -> tokio::runtime::Runtime {
+pub(super) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("the tokio runtime starts")
 }

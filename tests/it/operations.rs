@@ -651,9 +651,18 @@ fn spool_drain_delivers_what_a_replica_left_in_order_and_exits() {
             .spool("path", "{dir}/spool")
             .spool("engage_after", "100ms"),
     );
-    let rooms = ["d1", "d2", "d3", "d4"];
-    for room in rooms {
-        let answer = post(&replica.webhook_url(), room_created(room), None);
+    // Two rooms, each created, deleted and created again: each room's
+    // events must come out in this order.
+    let bodies = [
+        room_created("d1"),
+        room_created("d2"),
+        room_deleted("d1"),
+        room_deleted("d2"),
+        room_created("d1"),
+        room_created("d2"),
+    ];
+    for body in bodies {
+        let answer = post(&replica.webhook_url(), body, None);
         assert_eq!(answer.text().unwrap(), r#"{"events":1,"spooled":true}"#);
     }
     let spool = replica.dir().join("spool");
@@ -676,17 +685,31 @@ fn spool_drain_delivers_what_a_replica_left_in_order_and_exits() {
     let refused = drain().output().unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("another fishjam-bridge uses this spool"), "{stderr}");
+    assert!(
+        stderr.contains("another fishjam-bridge uses this spool"),
+        "{stderr}"
+    );
     assert!(!replica.terminate().success(), "the sink never took them");
 
     let output = succeed(&mut drain());
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["bodies"], 4, "{report}");
-    assert_eq!(report["events"], 4, "{report}");
+    assert_eq!(report["bodies"], 6, "{report}");
+    assert_eq!(report["events"], 6, "{report}");
     assert_eq!(report["bodies_left"], 0, "{report}");
     let events = read_events(&delivered);
-    let delivered_rooms: Vec<_> = events.iter().map(|e| e["room_id"].clone()).collect();
-    assert_eq!(delivered_rooms, rooms);
+    assert_eq!(events.len(), 6);
+    for room in ["d1", "d2"] {
+        let types: Vec<_> = events
+            .iter()
+            .filter(|e| e["room_id"] == room)
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["roomCreated", "roomDeleted", "roomCreated"],
+            "{room}"
+        );
+    }
     let inspected = succeed(Command::new(BIN).args(["spool", "inspect"]).arg(&spool));
     let left: Value = serde_json::from_slice(&inspected.stdout).unwrap();
     assert_eq!(left["bodies"], 0, "{left}");
@@ -715,7 +738,7 @@ fn a_spool_drain_stopped_early_fails_and_leaves_the_rest_in_the_spool() {
         .sink(Sink::file("/dev/full"))
         .pipeline("drain_timeout", "1s");
     std::fs::write(&config, conf.text_in(work.path())).unwrap();
-    let mut drain = Command::new(BIN)
+    let drain = Command::new(BIN)
         .args(["spool", "drain", "--config"])
         .arg(&config)
         .arg("--dir")

@@ -841,7 +841,9 @@ fn signed_certificate(dir: &Path, name: &str, usage: &str) -> [PathBuf; 2] {
     );
     std::fs::write(
         dir.join("server.ext"),
-        format!("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
+        format!(
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"
+        ),
     )
     .unwrap();
     openssl(
@@ -957,6 +959,16 @@ pub fn post(url: &str, body: Vec<u8>, secret: Option<&str>) -> reqwest::blocking
 pub fn room_created(room_id: &str) -> Vec<u8> {
     ServerMessage {
         content: Some(Content::RoomCreated(sm::RoomCreated {
+            room_id: room_id.to_owned(),
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// A `room_deleted` notification for `room_id`, encoded.
+pub fn room_deleted(room_id: &str) -> Vec<u8> {
+    ServerMessage {
+        content: Some(Content::RoomDeleted(sm::RoomDeleted {
             room_id: room_id.to_owned(),
         })),
     }
