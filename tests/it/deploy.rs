@@ -20,7 +20,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOOLS: &str = "/opt/fishjam-bridge-tools/bin";
 
 /// A validation tool: from the tools folder first, then PATH.
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     let bundled = Path::new(TOOLS).join(name);
     if bundled.exists() {
         return bundled;
@@ -33,7 +33,7 @@ fn tool(name: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("{name} is not installed; `bash scripts/services` installs it"))
 }
 
-fn deploy(path: &str) -> PathBuf {
+pub(crate) fn deploy(path: &str) -> PathBuf {
     Path::new(ROOT).join("deploy").join(path)
 }
 

@@ -14,6 +14,7 @@ mod logs;
 mod nats;
 mod notifier;
 mod operations;
+mod prometheus;
 mod restart;
 mod sdk;
 mod secrets;

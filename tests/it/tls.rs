@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::support::*;
 
 /// A blocking HTTPS client that trusts only `ca`.
-fn https_client(ca: &Path) -> reqwest::blocking::Client {
+pub(crate) fn https_client(ca: &Path) -> reqwest::blocking::Client {
     let pem = std::fs::read(ca).unwrap();
     reqwest::blocking::Client::builder()
         .tls_built_in_root_certs(false)
