@@ -471,6 +471,32 @@ fn events_received(source: Source, event_type: EventType) -> &'static Counter {
     })
 }
 
+/// A source starts: its counts of what it could not publish (each reason
+/// a notification is skipped, each reason a body is undecodable) at zero.
+/// An alert counts their increase (`FishjamBridgeUnknownNotifications`,
+/// `FishjamBridgeDecodeFailures`), and Prometheus sees none in a series
+/// that first appears already counting.
+pub fn source_registered(source: Source) {
+    for reason in Skipped::ALL {
+        counter!(NOTIFICATIONS_SKIPPED, "source" => source.as_str(), "reason" => reason.as_str())
+            .increment(0);
+    }
+    for reason in DecodeError::REASONS {
+        counter!(DECODE_FAILURES, "source" => source.as_str(), "reason" => reason).increment(0);
+    }
+}
+
+/// The webhook source starts: the answers an alert counts at zero (401,
+/// `FishjamBridgeWebhookUnauthorized`; 503, the only 5xx it gives,
+/// `FishjamBridgeWebhook5xx`), so that the first burst of them is an
+/// increase too, and the source's own counters.
+pub fn webhook_registered() {
+    for status in ["401", "503"] {
+        counter!(WEBHOOK_REQUESTS, "status" => status).increment(0);
+    }
+    source_registered(Source::Webhook);
+}
+
 pub fn decode_failed(source: Source, error: &DecodeError) {
     counter!(DECODE_FAILURES, "source" => source.as_str(), "reason" => error.reason()).increment(1);
     tracing::warn!(source = source.as_str(), error = %error, "undecodable body");
@@ -830,6 +856,7 @@ pub fn reconciled(
 
 /// Exports the notifier's series at zero from the start.
 pub fn notifier_registered() {
+    source_registered(Source::Notifier);
     notifier_state(NotifierState::Connecting);
     counter!(NOTIFIER_CONNECTS).increment(0);
     histogram!(NOTIFIER_PAUSED).record(0.0);

@@ -32,6 +32,15 @@ pub enum Skipped {
 }
 
 impl Skipped {
+    /// Every reason, as the metrics label them.
+    pub const ALL: [Skipped; 5] = [
+        Skipped::Handshake,
+        Skipped::Deprecated,
+        Skipped::Empty,
+        Skipped::UnknownVariant,
+        Skipped::NestedBatch,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Skipped::Handshake => "handshake",
@@ -64,17 +73,22 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    /// A short, fixed label for metrics.
+    /// Every value of `reason`.
+    pub const REASONS: [&'static str; 4] =
+        ["invalid_utf8", "wrong_wire_type", "truncated", "malformed"];
+
+    /// A short, fixed label for metrics: one of `REASONS`.
     pub fn reason(&self) -> &'static str {
+        let [invalid_utf8, wrong_wire_type, truncated, malformed] = Self::REASONS;
         let text = self.source.to_string();
         if text.contains("UTF-8") {
-            "invalid_utf8"
+            invalid_utf8
         } else if text.contains("wire type") {
-            "wrong_wire_type"
+            wrong_wire_type
         } else if text.contains("buffer underflow") || text.contains("invalid varint") {
-            "truncated"
+            truncated
         } else {
-            "malformed"
+            malformed
         }
     }
 }

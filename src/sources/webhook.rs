@@ -194,6 +194,7 @@ pub fn router(
         secrets
     });
     telemetry::webhook_secrets(secrets.as_ref().map_or(0, |s| s.count()));
+    telemetry::webhook_registered();
     let state = WebhookState {
         admission,
         fishjam_id,

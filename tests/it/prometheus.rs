@@ -19,12 +19,14 @@
 //! - every rule's expression runs, the part of it that names metrics (the
 //!   side of each comparison, the inside of `absent`) returns series, and
 //!   Prometheus reports every rule group healthy after evaluating them;
+//! - the alert for each thing provoked is active on the bridge it happened
+//!   to, the first occurrence included, and no other alert is;
 //! - the peer join and leave panel shows the rates the simulator plays,
 //!   within what its script allows over the panel's window.
 //!
 //! `scripts/services` installs Prometheus (Debian's package, with promtool).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -64,8 +66,8 @@ fn prometheus_runs_every_dashboard_query_and_rule_against_a_live_fleet() {
     let started = Instant::now();
     let fleet = Fleet::start();
     let prometheus = Prometheus::start(&[fleet.steady.admin, fleet.struggling.admin]);
-    // The counters born of an event are made after Prometheus has seen the
-    // bridges, as they would be in production.
+    // What the test provokes happens after Prometheus has seen the bridges
+    // at rest, as in production: the alerts must see it as an increase.
     wait_for("both bridges scraped", SETTLE, POLL, || {
         match prometheus
             .series(&format!("up{{job=\"{JOB}\"}} == 1"))
@@ -87,6 +89,7 @@ fn prometheus_runs_every_dashboard_query_and_rule_against_a_live_fleet() {
     let probes = rule_probes(&prometheus);
     every_query_returns_series(&prometheus, &probes);
     rules_healthy(&prometheus);
+    provoked_alerts_are_active(&prometheus, &fleet);
     peer_panel_shows_the_simulated_rates(&prometheus, &dashboard, &fleet);
     eprintln!("prometheus test took {:?}", started.elapsed());
 }
@@ -630,6 +633,59 @@ fn rules_healthy(prometheus: &Prometheus) {
             );
         }
     }
+}
+
+/// The alerts for what the test provoked are active (pending, or firing
+/// for those without `for`) on the bridge it happened to, and no other
+/// alert is: each sees what it is for, from its first occurrence (a
+/// counter the bridge exports only once it counts shows Prometheus no
+/// increase), and none fires on what it is not for.
+fn provoked_alerts_are_active(prometheus: &Prometheus, fleet: &Fleet) {
+    let steady = fleet.steady.admin.to_string();
+    let struggling = fleet.struggling.admin.to_string();
+    let provoked: BTreeSet<(String, String)> = [
+        ("FishjamBridgeDecodeFailures", &steady),
+        ("FishjamBridgeUnknownNotifications", &steady),
+        ("FishjamBridgeDeadLetters", &steady),
+        ("FishjamBridgeSinkDown", &struggling),
+        ("FishjamBridgePublishFailures", &struggling),
+        ("FishjamBridgeBacklogGrowing", &struggling),
+        ("FishjamBridgeWebhook5xx", &struggling),
+        ("FishjamBridgeWebhookUnauthorized", &struggling),
+        // The test's certificate lasts two days.
+        ("FishjamBridgeCertificateExpiring", &struggling),
+    ]
+    .into_iter()
+    .map(|(alert, instance)| (alert.to_owned(), instance.clone()))
+    .collect();
+    let active = wait_for("the provoked alerts", SETTLE, POLL * 25, || {
+        let data = prometheus
+            .api("alerts", &[])
+            .expect("the alerts API answers");
+        let active: BTreeSet<(String, String)> = data["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|alert| {
+                let label = |name: &str| alert["labels"][name].as_str().unwrap_or("").to_owned();
+                (label("alertname"), label("instance"))
+            })
+            .collect();
+        match provoked.is_subset(&active) {
+            true => Ok(active),
+            false => {
+                let missing: Vec<_> = provoked.difference(&active).collect();
+                Err(format!("{missing:?} are not active"))
+            }
+        }
+    });
+    // The steady bridge's dead letter was a publish the sink refused.
+    let refused = ("FishjamBridgePublishFailures".to_owned(), steady);
+    let others: Vec<_> = active
+        .iter()
+        .filter(|alert| !provoked.contains(*alert) && **alert != refused)
+        .collect();
+    assert!(others.is_empty(), "alerts nothing provoked: {others:?}");
 }
 
 /// The peer join and leave panel, for the steady bridge (its instance
