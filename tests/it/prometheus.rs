@@ -6,7 +6,8 @@
 //!
 //! One bridge is healthy: the simulator plays rooms into it over the
 //! notifier and as webhooks (so it deduplicates), it holds the notifier's
-//! lease in NATS, and it writes to a file and to NATS. The other struggles:
+//! lease in a nats-server of the test's own, and it writes to a file and
+//! to that server. The other struggles:
 //! its sinks (HTTP, Kafka) cannot be reached, its spool is off, its pipeline
 //! is tiny and its webhook listener serves TLS. The test makes the rare
 //! things happen (an undecodable body, a notification of an unknown kind, a
@@ -47,7 +48,8 @@ use crate::support::*;
 /// How often Prometheus scrapes and evaluates the rules.
 const SCRAPE: &str = "1s";
 /// What `$__rate_interval` becomes: ten scrapes, as Grafana's own choice
-/// (at least four scrapes) would allow, and short enough for a test.
+/// (at least four scrapes) would allow, and short enough for a test. The
+/// peer panel's check waits for 12 s of samples to cover one window.
 const RATE_INTERVAL: &str = "10s";
 /// The job the alerts' `up{job="fishjam-bridge"}` expects.
 const JOB: &str = "fishjam-bridge";
