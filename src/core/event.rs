@@ -22,10 +22,12 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// `SCHEMA_VERSION` as a header value.
 pub const SCHEMA_VERSION_TEXT: &str = "1";
 
-/// Where the JSON Schema of this `schema_version` is named: its `$id`, and
-/// the CloudEvents `dataschema`. A new version gets a new address.
-pub const SCHEMA_URI: &str =
-    "https://github.com/fishjam-bridge/fishjam-bridge/schema/v1/event.schema.json";
+/// The name of the JSON Schema of this `schema_version`: its `$id`, and the
+/// CloudEvents `dataschema`. A URN, since no address is promised to serve
+/// it: the schema ships with the bridge (`schema/event.schema.json`, and
+/// `/usr/share/fishjam-bridge/` in the package). A new version gets a new
+/// name.
+pub const SCHEMA_URI: &str = "urn:fishjam-bridge:schema:event:v1";
 
 /// One normalized notification.
 #[derive(Debug, Clone, PartialEq)]
