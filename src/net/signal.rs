@@ -40,18 +40,24 @@ pub fn cancel_on_signal(token: CancellationToken) {
             }
         });
     }
-    tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                // Without a SIGTERM handler, Ctrl-C alone stops.
-                Err(_) => std::future::pending().await,
+    // Both handlers are in place when this returns, not when the task first
+    // runs: a SIGTERM that comes right after start-up must not find the
+    // default action, which ends the process without its drain.
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let wait = |signal: Option<Signal>| async move {
+        match signal {
+            Some(mut signal) => {
+                signal.recv().await;
             }
-        };
+            // A handler that cannot be installed: the other one still stops.
+            None => std::future::pending().await,
+        }
+    };
+    let interrupt = wait(signal(SignalKind::interrupt()).ok());
+    let terminate = wait(signal(SignalKind::terminate()).ok());
+    tokio::spawn(async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = interrupt => tracing::info!("SIGINT received"),
             _ = terminate => tracing::info!("SIGTERM received"),
         }
         token.cancel();
