@@ -5,9 +5,11 @@
 //! listener), so it runs beside the fleet on the replica's volume; the
 //! spool's lock keeps it off a spool that a running bridge still uses.
 //! What the notifier read is replayed as the replica's own restart would
-//! replay it: not in a fleet that elects the notifier's holder
-//! (`spool::Options::replay_notifier`). SIGTERM or SIGINT stops it early,
-//! and what is left stays in the spool.
+//! replay it: not when the configuration elects the notifier's holder
+//! (`spool::Options::replay_notifier`), so the drain's configuration must
+//! carry the fleet's `[election]`; bodies passed over are counted in what
+//! it prints. SIGTERM or SIGINT stops it early, and what is left stays in
+//! the spool.
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,6 +31,12 @@ const CHECK: Duration = Duration::from_millis(200);
 pub fn drain(config: Option<&Path>, dir: Option<&Path>) -> Result<(), RunError> {
     let mut config = Config::from_process(config)?;
     if let Some(dir) = dir {
+        // A mistyped path must not become a new, empty spool.
+        if !dir.is_dir() {
+            return Err(RunError::Config(ConfigError {
+                problems: vec![format!("--dir {}: no such directory", dir.display())],
+            }));
+        }
         config.spool.enabled = true;
         config.spool.path = Some(dir.to_owned());
     }
@@ -53,11 +61,11 @@ async fn deliver(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
     let bridge = super::start(config, metrics, shutdown.clone()).await?;
-    let spool = bridge
+    let (spool, at_open) = bridge
         .spool
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the spool is off"))?;
-    let before = behind(&spool.lag());
+    let before = behind(&at_open);
     tracing::info!(bodies = before.0, events = before.1, "draining the spool");
     let mut check = tokio::time::interval(CHECK);
     loop {
@@ -79,6 +87,7 @@ async fn deliver(config: Config) -> anyhow::Result<()> {
             "events": before.1,
             "bodies_left": left.0,
             "events_left": left.1,
+            "bodies_passed_over": spool.passed_over(),
         })
     );
     if left.0 > 0 || drained.undelivered > 0 {

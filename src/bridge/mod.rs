@@ -39,8 +39,9 @@ pub struct Bridge {
     /// Where /metrics, /healthz and /readyz are served, when enabled.
     pub admin_addr: Option<SocketAddr>,
     pub readiness: Readiness,
-    /// The spool, when it is on.
-    spool: Option<Arc<Spool>>,
+    /// The spool, when it is on, and what it held when it was opened,
+    /// before any replay ran.
+    spool: Option<(Arc<Spool>, Vec<spool::Lag>)>,
     fatal: Fatal,
     task: JoinHandle<anyhow::Result<DrainReport>>,
 }
@@ -101,6 +102,7 @@ pub async fn start(
     let admin_addr = listeners::admin(&wiring, metrics, tap.clone(), refresh.clone()).await?;
     let (fanout, lanes, in_flight) = wiring.fanout(tap)?;
     let spool = wiring.spool(&fanout)?;
+    let spooled = spool.as_ref().map(|spool| (spool.clone(), spool.lag()));
     let admission = Admission::new(fanout, spool.clone());
     let sink_tasks = sinks::spawn(&wiring, lanes, &in_flight);
     let webhook_addr = listeners::webhook(&wiring, &admission, &spool).await?;
@@ -117,12 +119,12 @@ pub async fn start(
     drop(admission);
     running.set(true);
     let (readiness, fatal) = (wiring.readiness.clone(), wiring.fatal.clone());
-    let task = tokio::spawn(wiring.shut_down(running, sink_tasks, in_flight, spool.clone()));
+    let task = tokio::spawn(wiring.shut_down(running, sink_tasks, in_flight, spool));
     Ok(Bridge {
         webhook_addr,
         admin_addr,
         readiness,
-        spool,
+        spool: spooled,
         fatal,
         task,
     })

@@ -682,6 +682,18 @@ fn spool_drain_delivers_what_a_replica_left_in_order_and_exits() {
         command
     };
 
+    // A mistyped directory is not made into a new, empty spool.
+    let mistyped = Command::new(BIN)
+        .args(["spool", "drain", "--config"])
+        .arg(&config)
+        .arg("--dir")
+        .arg(work.path().join("no-such-spool"))
+        .output()
+        .unwrap();
+    assert!(!mistyped.status.success());
+    assert!(String::from_utf8_lossy(&mistyped.stderr).contains("no such directory"));
+    assert!(!work.path().join("no-such-spool").exists());
+
     let refused = drain().output().unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -696,6 +708,7 @@ fn spool_drain_delivers_what_a_replica_left_in_order_and_exits() {
     assert_eq!(report["bodies"], 6, "{report}");
     assert_eq!(report["events"], 6, "{report}");
     assert_eq!(report["bodies_left"], 0, "{report}");
+    assert_eq!(report["bodies_passed_over"], 0, "{report}");
     let events = read_events(&delivered);
     assert_eq!(events.len(), 6);
     for room in ["d1", "d2"] {

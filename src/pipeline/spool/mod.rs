@@ -346,6 +346,10 @@ pub struct Spool {
     observer: usize,
     engage_after: Duration,
     replay_notifier: bool,
+    /// Bodies the replays acknowledged without publishing them: a previous
+    /// run's notifier bodies not replayed, a body the pipeline refused or
+    /// that no longer decodes (each logged and counted when it happens).
+    passed_over: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -418,6 +422,7 @@ impl Spool {
             observer: furthest_back(&starts),
             engage_after: options.engage_after,
             replay_notifier: options.replay_notifier,
+            passed_over: AtomicU64::new(0),
             writer: Mutex::new(None),
         });
         spool.start_writer(writer, commands, durable_tx, lock)?;
@@ -756,6 +761,11 @@ impl Spool {
             copies.remove(&seed);
         }
         Some(receipt)
+    }
+
+    /// Bodies the replays passed over without publishing (`passed_over`).
+    pub fn passed_over(&self) -> u64 {
+        self.passed_over.load(Ordering::Relaxed)
     }
 
     /// How far each sink is behind in the spool, in fan-out's order.
@@ -1224,6 +1234,9 @@ impl Replay<'_> {
                     () = self.shutdown.cancelled() => return ControlFlow::Break(()),
                 };
                 if !submitted {
+                    if sink == spool.observer {
+                        spool.passed_over.fetch_add(1, Ordering::Relaxed);
+                    }
                     spool.acknowledged(sink, seq);
                 }
             }
