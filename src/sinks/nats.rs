@@ -536,17 +536,11 @@ pub async fn connect_options(
     config: &NatsConfig,
     name: &str,
 ) -> Result<async_nats::ConnectOptions, SinkError> {
-    let mut options = credentials(config)
+    let mut options = credentials(config)?
         .name(format!("fishjam-bridge/{name}"))
         .connection_timeout(config.timeout)
         // Reconnect forever: a broker outage must not end the sink.
         .max_reconnects(None);
-    if let Some(path) = &config.credentials_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| SinkError::Config(format!("credentials_file {}: {e}", path.display())))?;
-    }
     if config.tls.required {
         options = options.require_tls(true);
     }
@@ -559,14 +553,23 @@ pub async fn connect_options(
     Ok(options)
 }
 
-/// Options carrying the sink's user and password, token or nkey. Those that
-/// come from a file are read from it again at every (re)connect, so a
-/// rotated credential is what the next reconnect presents.
-fn credentials(config: &NatsConfig) -> async_nats::ConnectOptions {
+/// Options carrying the sink's user and password, token, nkey or `.creds`
+/// file. Those that come from a file are read from it again at every
+/// (re)connect, so a rotated credential is what the next reconnect
+/// presents; a `.creds` file that cannot be used now is a configuration
+/// error.
+fn credentials(config: &NatsConfig) -> Result<async_nats::ConnectOptions, SinkError> {
+    let creds = match &config.credentials_file {
+        Some(path) => Some(nats_wire::read_credentials(path).map_err(|e| {
+            SinkError::Config(format!("credentials_file: {}", crate::telemetry::Chain(&e)))
+        })?),
+        None => None,
+    };
     let from_files = [
         &config.password_file,
         &config.token_file,
         &config.nkey_file,
+        &config.credentials_file,
     ];
     if from_files.iter().all(|file| file.is_none()) {
         let mut options = async_nats::ConnectOptions::new();
@@ -579,19 +582,23 @@ fn credentials(config: &NatsConfig) -> async_nats::ConnectOptions {
         if let Some(seed) = &config.nkey {
             options = options.nkey(seed.expose().to_owned());
         }
-        return options;
+        return Ok(options);
     }
     let config = config.clone();
-    async_nats::ConnectOptions::with_auth_callback(move |nonce| {
-        let auth = current_auth(&config, &nonce);
-        async move { auth }
-    })
+    Ok(async_nats::ConnectOptions::with_auth_callback(
+        move |nonce| {
+            let auth = current_auth(&config, creds.as_ref(), &nonce);
+            async move { auth }
+        },
+    ))
 }
 
 /// What `credentials` presents at a connect, the server's `nonce` signed
-/// with the nkey when there is one.
+/// with the nkey or the `.creds` seed when there is one; `creds` is the
+/// `.creds` file as read at start-up, presented if it cannot be read now.
 fn current_auth(
     config: &NatsConfig,
+    creds: Option<&Auth>,
     nonce: &[u8],
 ) -> Result<async_nats::Auth, async_nats::AuthError> {
     let name = config.name.as_deref().unwrap_or("nats");
@@ -607,15 +614,31 @@ fn current_auth(
     }
     auth.token = now(&config.token, &config.token_file).map(|t| t.expose().to_owned());
     if let Some(seed) = now(&config.nkey, &config.nkey_file) {
-        let pair = nkeys::KeyPair::from_seed(seed.expose())
-            .map_err(|e| async_nats::AuthError::new(format!("the nkey seed is not valid: {e}")))?;
-        let signature = pair
-            .sign(nonce)
-            .map_err(|e| async_nats::AuthError::new(format!("cannot sign the nonce: {e}")))?;
-        auth.nkey = Some(pair.public_key());
+        let (public, signature) = sign(&seed, nonce)?;
+        auth.nkey = Some(public);
         auth.signature = Some(signature);
     }
+    if let (Some(path), Some(first)) = (&config.credentials_file, creds) {
+        let current = nats_wire::read_credentials(path).unwrap_or_else(|e| {
+            tracing::warn!(sink = name, problem = %crate::telemetry::Chain(&e), "cannot read the credentials file again; presenting the one read at start-up");
+            first.clone()
+        });
+        if let Auth::Credentials { jwt, seed } = current {
+            auth.signature = Some(sign(&seed, nonce)?.1);
+            auth.jwt = Some(jwt);
+        }
+    }
     Ok(auth)
+}
+
+/// The public key of an nkey `seed` and its signature of `nonce`.
+fn sign(seed: &Secret, nonce: &[u8]) -> Result<(String, Vec<u8>), async_nats::AuthError> {
+    let pair = nkeys::KeyPair::from_seed(seed.expose())
+        .map_err(|e| async_nats::AuthError::new(format!("the nkey seed is not valid: {e}")))?;
+    let signature = pair
+        .sign(nonce)
+        .map_err(|e| async_nats::AuthError::new(format!("cannot sign the nonce: {e}")))?;
+    Ok((pair.public_key(), signature))
 }
 
 /// Connects with `options` to the sink's servers.

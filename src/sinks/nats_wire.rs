@@ -99,11 +99,14 @@ impl Options {
             },
             Auth::Token(token) => Auth::Token(reread(&files.token, token)),
             Auth::Nkey(seed) => Auth::Nkey(reread(&files.nkey, seed)),
-            Auth::Credentials { .. } => files
-                .credentials
-                .as_deref()
-                .and_then(|path| read_credentials(path).ok())
-                .unwrap_or_else(|| self.auth.clone()),
+            Auth::Credentials { .. } => match files.credentials.as_deref().map(read_credentials) {
+                Some(Ok(current)) => current,
+                Some(Err(e)) => {
+                    tracing::warn!(sink = %self.name, problem = %crate::telemetry::Chain(&e), "cannot read the credentials file again; presenting the one read at start-up");
+                    self.auth.clone()
+                }
+                None => self.auth.clone(),
+            },
             Auth::None => Auth::None,
         }
     }
