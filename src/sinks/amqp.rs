@@ -410,6 +410,16 @@ impl super::SinkKind for AmqpConfig {
         if let Err(problem) = self.url.parse::<lapin::uri::AMQPUri>() {
             problems.push(format!("url: {problem}"));
         }
+        let user_in_url = self
+            .url
+            .parse::<lapin::uri::AMQPUri>()
+            .is_ok_and(|uri| self.url.contains('@') && !uri.authority.userinfo.username.is_empty());
+        if (self.password.is_some() || self.password_file.is_some()) && !user_in_url {
+            problems.push(
+                "password: name its user in url (amqp://user@host/vhost); without one it would go with the user guest"
+                    .to_owned(),
+            );
+        }
         if self.unroutable == Unroutable::Alternate && self.alternate_exchange.is_none() {
             problems.push("unroutable = \"alternate\" needs alternate_exchange".to_owned());
         }
@@ -554,6 +564,11 @@ mod tests {
         // configuration in use.
         std::fs::remove_file(&file).unwrap();
         assert_eq!(uri(&config).unwrap().authority.userinfo.password, "first");
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        // Without a user in the URL, the password would go with guest.
+        config.url = "amqp://broker:5672/%2f".to_owned();
+        let problems = config.validate().join("\n");
+        assert!(problems.contains("name its user in url"), "{problems}");
     }
 
     #[test]
