@@ -243,7 +243,9 @@ impl Fleet {
             &[
                 &["--management-token", TOKEN, "--wait-for-subscribers", "1"][..],
                 &["--rooms", &ROOMS.to_string(), "--seed", &SEED.to_string()],
-                &["--rate", &RATE.to_string(), "--duration", "300s"],
+                // Longer than every wait of the test together (each at most
+                // `SETTLE`): the peer panels must not see it stop.
+                &["--rate", &RATE.to_string(), "--duration", "900s"],
                 &["--webhook-url", &webhook, "--retries", "20"],
             ]
             .concat(),
