@@ -950,6 +950,55 @@ impl super::Publish for NatsSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `.creds` file holding `jwt` and a new user seed; returns the seed.
+    fn write_creds(path: &std::path::Path, jwt: &str) -> String {
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        std::fs::write(
+            path,
+            format!(
+                "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
+        seed
+    }
+
+    #[test]
+    fn each_connect_of_async_nats_presents_what_the_credential_files_hold_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let (password, creds) = (dir.path().join("password"), dir.path().join("user.creds"));
+        std::fs::write(&password, "first\n").unwrap();
+        let mut config: NatsConfig = toml::from_str(&format!(
+            "user = \"bridge\"\npassword_file = \"{}\"",
+            password.display()
+        ))
+        .unwrap();
+        config.password = Some(Secret::new("first"));
+        let auth = current_auth(&config, None, b"nonce").unwrap();
+        assert_eq!(auth.password.as_deref(), Some("first"));
+        std::fs::write(&password, "second\n").unwrap();
+        let auth = current_auth(&config, None, b"nonce").unwrap();
+        assert_eq!(auth.password.as_deref(), Some("second"));
+
+        // A .creds file: the JWT and the seed that signs the nonce, as the
+        // file holds them at each connect.
+        write_creds(&creds, "jwt-one");
+        let config: NatsConfig =
+            toml::from_str(&format!("credentials_file = \"{}\"", creds.display())).unwrap();
+        let first = nats_wire::read_credentials(&creds).unwrap();
+        let seed = write_creds(&creds, "jwt-two");
+        let auth = current_auth(&config, Some(&first), b"nonce").unwrap();
+        assert_eq!(auth.jwt.as_deref(), Some("jwt-two"));
+        let signer = nkeys::KeyPair::from_seed(&seed).unwrap();
+        let signature = auth.signature.unwrap();
+        signer.verify(b"nonce", &signature).unwrap();
+        // Gone: the file read at start-up is presented.
+        std::fs::remove_file(&creds).unwrap();
+        let auth = current_auth(&config, Some(&first), b"nonce").unwrap();
+        assert_eq!(auth.jwt.as_deref(), Some("jwt-one"));
+    }
     use crate::sinks::SinkKind as _;
 
     fn config(text: &str) -> NatsConfig {
