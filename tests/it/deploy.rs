@@ -1,5 +1,6 @@
 //! What `deploy/` ships is checked with the tools that will read it: the
-//! systemd unit by `systemd-analyze verify`, the Kubernetes base rendered by
+//! systemd unit by `systemd-analyze verify` (and against what the Debian
+//! package installs), the Kubernetes base rendered by
 //! kustomize and validated against the API schemas, the alerts by promtool
 //! (syntax and unit tests), the dashboard's queries by promtool, the
 //! Dockerfile by hadolint; and the binary speaks the sd_notify protocol to a
@@ -44,7 +45,7 @@ fn the_systemd_unit_verifies() {
     // verify checks that ExecStart's binary exists: point it at this build.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fishjam-bridge.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/fishjam-bridge", BIN)).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/fishjam-bridge", BIN)).unwrap();
     // The socket units that hold its listeners across restarts, beside it.
     let sockets = [
         "fishjam-bridge-webhook.socket",
@@ -64,6 +65,114 @@ fn the_systemd_unit_verifies() {
     // Unknown keys and bad values are only warnings: none is allowed.
     let warnings = String::from_utf8_lossy(&output.stderr);
     assert!(warnings.trim().is_empty(), "{warnings}");
+}
+
+/// The unit's lines that start with `key=`, without the key.
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+/// The Debian package (`[package.metadata.deb]`, scripts/package-test)
+/// installs what the unit names where it names it, makes the user it runs
+/// as, and its maintainer scripts handle every unit in deploy/systemd.
+#[test]
+fn the_package_installs_what_the_systemd_unit_names() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap())
+            .unwrap();
+    let deb = &manifest["package"]["metadata"]["deb"];
+    // Where each asset lands, as an absolute path.
+    let installed = |source: &str| -> String {
+        let asset = deb["assets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|asset| asset[0].as_str() == Some(source))
+            .unwrap_or_else(|| panic!("the package has no asset {source}"));
+        let dest = asset[1].as_str().unwrap();
+        let file = Path::new(source).file_name().unwrap().to_str().unwrap();
+        match dest.strip_suffix('/') {
+            Some(dir) => format!("/{dir}/{file}"),
+            None => format!("/{dest}"),
+        }
+    };
+
+    let unit = std::fs::read_to_string(deploy("systemd/fishjam-bridge.service")).unwrap();
+    let binary = installed("target/release/fishjam-bridge");
+    let config = installed("config.example.toml");
+    assert_eq!(binary, "/usr/bin/fishjam-bridge");
+    let commands = [
+        unit_values(&unit, "ExecStartPre"),
+        unit_values(&unit, "ExecStart"),
+    ]
+    .concat();
+    assert_eq!(commands.len(), 2);
+    for command in commands {
+        assert!(
+            command.starts_with(&format!("{binary} "))
+                && command.ends_with(&format!(" --config {config}")),
+            "{command}"
+        );
+    }
+
+    // Every unit, into systemd's folder for packages.
+    let units: BTreeSet<String> = std::fs::read_dir(deploy("systemd"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".service") || name.ends_with(".socket"))
+        .collect();
+    assert_eq!(units.len(), 3);
+    for name in &units {
+        assert_eq!(
+            installed(&format!("deploy/systemd/{name}")),
+            format!("/usr/lib/systemd/system/{name}")
+        );
+    }
+
+    // The user the unit runs as is the one the sysusers.d file makes.
+    assert_eq!(
+        installed("deploy/systemd/fishjam-bridge.sysusers"),
+        "/usr/lib/sysusers.d/fishjam-bridge.conf"
+    );
+    let sysusers = std::fs::read_to_string(deploy("systemd/fishjam-bridge.sysusers")).unwrap();
+    let made: Vec<&str> = sysusers
+        .lines()
+        .filter_map(|line| line.strip_prefix("u "))
+        .map(|line| line.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(made, ["fishjam-bridge"]);
+    assert_eq!(unit_values(&unit, "User"), made);
+    assert_eq!(unit_values(&unit, "Group"), made);
+    assert!(unit_values(&unit, "DynamicUser").is_empty());
+
+    // The maintainer scripts start, stop and purge every unit; the purge
+    // deletes the secrets and the environment file the unit reads beside the
+    // configuration, and the state directory.
+    let scripts = Path::new(ROOT).join(deb["maintainer-scripts"].as_str().unwrap());
+    for script in ["postinst", "prerm", "postrm"] {
+        let text = std::fs::read_to_string(scripts.join(script)).unwrap();
+        for name in &units {
+            assert!(text.contains(name), "{script} does not name {name}");
+        }
+    }
+    let postrm = std::fs::read_to_string(scripts.join("postrm")).unwrap();
+    let secrets = unit_values(&unit, "LoadCredential")
+        .into_iter()
+        .map(|credential| credential.split_once(':').unwrap().1)
+        .chain(
+            unit_values(&unit, "EnvironmentFile")
+                .into_iter()
+                .map(|file| file.trim_start_matches('-')),
+        )
+        .collect::<Vec<_>>();
+    assert_eq!(secrets.len(), 3);
+    for secret in secrets {
+        assert!(postrm.contains(secret), "postrm does not delete {secret}");
+    }
+    assert_eq!(unit_values(&unit, "StateDirectory"), ["fishjam-bridge"]);
+    assert!(postrm.contains("rm -rf /var/lib/fishjam-bridge\n"));
 }
 
 /// The rendered base, as JSON documents.
