@@ -386,6 +386,9 @@ pub enum CredentialsError {
         path: std::path::PathBuf,
         block: &'static str,
     },
+    /// Its seed is not an nkey seed (the seed itself is not shown).
+    #[error("{} holds a seed that is not a valid nkey seed", path.display())]
+    Seed { path: std::path::PathBuf },
 }
 
 /// Reads a `.creds` file: the user JWT and the nkey seed, each between
@@ -412,6 +415,13 @@ pub fn read_credentials(path: &std::path::Path) -> Result<Auth, CredentialsError
     };
     let jwt = block("NATS USER JWT").ok_or_else(|| missing("NATS USER JWT"))?;
     let seed = block("USER NKEY SEED").ok_or_else(|| missing("USER NKEY SEED"))?;
+    // Checked now, so that a bad seed is a configuration error at start-up
+    // and a file caught half-written at a reconnect falls back to the last.
+    if nkeys::KeyPair::from_seed(&seed).is_err() {
+        return Err(CredentialsError::Seed {
+            path: path.to_owned(),
+        });
+    }
     Ok(Auth::Credentials {
         jwt,
         seed: Secret::new(seed),
@@ -623,19 +633,30 @@ mod tests {
 
     #[test]
     fn credentials_files_give_the_jwt_and_the_seed() {
-        let text = "-----BEGIN NATS USER JWT-----\neyJ0eXAi.payload.sig\n------END NATS USER JWT------\n\n\
-                    ************************* IMPORTANT *************************\n\n\
-                    -----BEGIN USER NKEY SEED-----\nSUAEXAMPLE\n------END USER NKEY SEED------\n";
+        let user_seed = nkeys::KeyPair::new_user().seed().unwrap();
+        let creds = |seed: &str| {
+            format!(
+                "-----BEGIN NATS USER JWT-----\neyJ0eXAi.payload.sig\n------END NATS USER JWT------\n\n\
+                 ************************* IMPORTANT *************************\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            )
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("user.creds");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, creds(&user_seed)).unwrap();
         match read_credentials(&path).unwrap() {
             Auth::Credentials { jwt, seed } => {
                 assert_eq!(jwt, "eyJ0eXAi.payload.sig");
-                assert_eq!(seed.expose(), "SUAEXAMPLE");
+                assert_eq!(seed.expose(), user_seed);
             }
             other => panic!("{other:?}"),
         }
+        // A seed cut short (a file caught half-written) is refused, and
+        // not shown.
+        std::fs::write(&path, creds(&user_seed[..20])).unwrap();
+        let error = read_credentials(&path).unwrap_err().to_string();
+        assert!(error.contains("not a valid nkey seed"), "{error}");
+        assert!(!error.contains(&user_seed[..20]), "{error}");
         std::fs::write(&path, "nothing").unwrap();
         let error = read_credentials(&path).unwrap_err().to_string();
         assert!(
