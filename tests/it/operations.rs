@@ -590,11 +590,11 @@ fn the_demo_prints_events_and_exits_zero() {
     assert!(events.iter().all(|e| e["source"] == "webhook"));
 }
 
-/// `spool inspect`: what a stopped replica's spool holds, read from a copy
-/// (its own files are not touched).
-#[test]
-fn spool_inspect_says_what_a_replica_left_and_touches_nothing() {
-    let mut bridge = BridgeProcess::start(
+/// A bridge whose only sink cannot write (`/dev/full`) and whose spool (in
+/// `spool` of its directory) engages at once, holding `bodies`, one event
+/// each, each answered as spooled.
+fn replica_holding<const N: usize>(bodies: [Vec<u8>; N]) -> BridgeProcess {
+    let bridge = BridgeProcess::start(
         &Conf::new()
             .webhook("ack_timeout", "2s")
             .webhook("max_events_per_body", 1)
@@ -604,10 +604,35 @@ fn spool_inspect_says_what_a_replica_left_and_touches_nothing() {
             .spool("path", "{dir}/spool")
             .spool("engage_after", "100ms"),
     );
-    for room in ["i1", "i2", "i3"] {
-        let answer = post(&bridge.webhook_url(), room_created(room), None);
+    for body in bodies {
+        let answer = post(&bridge.webhook_url(), body, None);
         assert_eq!(answer.text().unwrap(), r#"{"events":1,"spooled":true}"#);
     }
+    bridge
+}
+
+/// What `spool inspect` reports of `spool`.
+fn inspect(spool: &Path) -> Value {
+    let output = succeed(Command::new(BIN).args(["spool", "inspect"]).arg(spool));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `spool drain` of `spool` with the configuration at `config`.
+fn drain_command(config: &Path, spool: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["spool", "drain", "--config"])
+        .arg(config)
+        .arg("--dir")
+        .arg(spool);
+    command
+}
+
+/// `spool inspect`: what a stopped replica's spool holds, read from a copy
+/// (its own files are not touched).
+#[test]
+fn spool_inspect_says_what_a_replica_left_and_touches_nothing() {
+    let mut bridge = replica_holding(["i1", "i2", "i3"].map(room_created));
     assert!(!bridge.terminate().success(), "the sink never took them");
     let spool = bridge.dir().join("spool");
     let files = || -> Vec<(String, u64)> {
@@ -623,8 +648,7 @@ fn spool_inspect_says_what_a_replica_left_and_touches_nothing() {
         files
     };
     let before = files();
-    let output = succeed(Command::new(BIN).args(["spool", "inspect"]).arg(&spool));
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = inspect(&spool);
     assert_eq!(report["bodies"], 3, "{report}");
     assert_eq!(report["events"], 3, "{report}");
     assert_eq!(report["sinks"]["file"]["bodies_behind"], 3, "{report}");
@@ -641,30 +665,16 @@ fn spool_inspect_says_what_a_replica_left_and_touches_nothing() {
 /// failure that says what stays in the spool.
 #[test]
 fn spool_drain_delivers_what_a_replica_left_in_order_and_exits() {
-    let mut replica = BridgeProcess::start(
-        &Conf::new()
-            .webhook("ack_timeout", "2s")
-            .webhook("max_events_per_body", 1)
-            .sink(Sink::file("/dev/full"))
-            .pipeline("max_in_flight_events", 1)
-            .pipeline("drain_timeout", "1s")
-            .spool("path", "{dir}/spool")
-            .spool("engage_after", "100ms"),
-    );
     // Two rooms, each created, deleted and created again: each room's
     // events must come out in this order.
-    let bodies = [
+    let mut replica = replica_holding([
         room_created("d1"),
         room_created("d2"),
         room_deleted("d1"),
         room_deleted("d2"),
         room_created("d1"),
         room_created("d2"),
-    ];
-    for body in bodies {
-        let answer = post(&replica.webhook_url(), body, None);
-        assert_eq!(answer.text().unwrap(), r#"{"events":1,"spooled":true}"#);
-    }
+    ]);
     let spool = replica.dir().join("spool");
     let work = tempfile::tempdir().unwrap();
     let delivered = work.path().join("events.jsonl");
@@ -672,22 +682,10 @@ fn spool_drain_delivers_what_a_replica_left_in_order_and_exits() {
     let config = work.path().join("drain.toml");
     let conf = Conf::new().sink(Sink::file(&delivered.display().to_string()));
     std::fs::write(&config, conf.text_in(work.path())).unwrap();
-    let drain = || {
-        let mut command = Command::new(BIN);
-        command
-            .args(["spool", "drain", "--config"])
-            .arg(&config)
-            .arg("--dir")
-            .arg(&spool);
-        command
-    };
+    let drain = || drain_command(&config, &spool);
 
     // A mistyped directory is not made into a new, empty spool.
-    let mistyped = Command::new(BIN)
-        .args(["spool", "drain", "--config"])
-        .arg(&config)
-        .arg("--dir")
-        .arg(work.path().join("no-such-spool"))
+    let mistyped = drain_command(&config, &work.path().join("no-such-spool"))
         .output()
         .unwrap();
     assert!(!mistyped.status.success());
@@ -723,25 +721,13 @@ fn spool_drain_delivers_what_a_replica_left_in_order_and_exits() {
             "{room}"
         );
     }
-    let inspected = succeed(Command::new(BIN).args(["spool", "inspect"]).arg(&spool));
-    let left: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let left = inspect(&spool);
     assert_eq!(left["bodies"], 0, "{left}");
 }
 
 #[test]
 fn a_spool_drain_stopped_early_fails_and_leaves_the_rest_in_the_spool() {
-    let mut replica = BridgeProcess::start(
-        &Conf::new()
-            .webhook("ack_timeout", "2s")
-            .webhook("max_events_per_body", 1)
-            .sink(Sink::file("/dev/full"))
-            .pipeline("max_in_flight_events", 1)
-            .pipeline("drain_timeout", "1s")
-            .spool("path", "{dir}/spool")
-            .spool("engage_after", "100ms"),
-    );
-    let answer = post(&replica.webhook_url(), room_created("kept"), None);
-    assert_eq!(answer.text().unwrap(), r#"{"events":1,"spooled":true}"#);
+    let mut replica = replica_holding([room_created("kept")]);
     assert!(!replica.terminate().success());
     let spool = replica.dir().join("spool");
     // The sink still cannot write: the drain runs until it is stopped.
@@ -751,11 +737,7 @@ fn a_spool_drain_stopped_early_fails_and_leaves_the_rest_in_the_spool() {
         .sink(Sink::file("/dev/full"))
         .pipeline("drain_timeout", "1s");
     std::fs::write(&config, conf.text_in(work.path())).unwrap();
-    let drain = Command::new(BIN)
-        .args(["spool", "drain", "--config"])
-        .arg(&config)
-        .arg("--dir")
-        .arg(&spool)
+    let drain = drain_command(&config, &spool)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -777,7 +759,6 @@ fn a_spool_drain_stopped_early_fails_and_leaves_the_rest_in_the_spool() {
     assert_eq!(report["bodies_left"], 1, "{report}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("stay in the spool"), "{stderr}");
-    let inspected = succeed(Command::new(BIN).args(["spool", "inspect"]).arg(&spool));
-    let left: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let left = inspect(&spool);
     assert_eq!(left["bodies"], 1, "{left}");
 }
