@@ -555,21 +555,15 @@ pub async fn connect_options(
 
 /// Options carrying the sink's user and password, token, nkey or `.creds`
 /// file. Those that come from a file are read from it again at every
-/// (re)connect, so a rotated credential is what the next reconnect
-/// presents; a `.creds` file that cannot be used now is a configuration
-/// error.
+/// (re)connect (`AuthFiles::current`, as the core writer does), so a
+/// rotated credential is what the next reconnect presents.
 fn credentials(config: &NatsConfig) -> Result<async_nats::ConnectOptions, SinkError> {
-    let creds = match &config.credentials_file {
-        Some(path) => Some(nats_wire::read_credentials(path).map_err(|e| {
-            SinkError::Config(format!("credentials_file: {}", crate::telemetry::Chain(&e)))
-        })?),
-        None => None,
-    };
+    let (auth, files) = (configured_auth(config)?, auth_files(config));
     let from_files = [
-        &config.password_file,
-        &config.token_file,
-        &config.nkey_file,
-        &config.credentials_file,
+        &files.password,
+        &files.token,
+        &files.nkey,
+        &files.credentials,
     ];
     if from_files.iter().all(|file| file.is_none()) {
         let mut options = async_nats::ConnectOptions::new();
@@ -584,51 +578,66 @@ fn credentials(config: &NatsConfig) -> Result<async_nats::ConnectOptions, SinkEr
         }
         return Ok(options);
     }
-    let config = config.clone();
+    let name = config.name.clone().unwrap_or_else(|| "nats".to_owned());
     Ok(async_nats::ConnectOptions::with_auth_callback(
         move |nonce| {
-            let auth = current_auth(&config, creds.as_ref(), &nonce);
+            let auth = presented(&files.current(&auth, &name), &nonce);
             async move { auth }
         },
     ))
 }
 
-/// What `credentials` presents at a connect, the server's `nonce` signed
-/// with the nkey or the `.creds` seed when there is one; `creds` is the
-/// `.creds` file as read at start-up, presented if it cannot be read now.
-fn current_auth(
-    config: &NatsConfig,
-    creds: Option<&Auth>,
-    nonce: &[u8],
-) -> Result<async_nats::Auth, async_nats::AuthError> {
-    let name = config.name.as_deref().unwrap_or("nats");
-    let now = |configured: &Option<Secret>, file: &Option<PathBuf>| {
-        configured
-            .as_ref()
-            .map(|configured| super::current_secret(configured, file.as_deref(), name))
-    };
-    let mut auth = async_nats::Auth::new();
-    if let (Some(user), Some(password)) = (&config.user, now(&config.password, &config.password_file)) {
-        auth.username = Some(user.clone());
-        auth.password = Some(password.expose().to_owned());
+/// The credentials as read with the configuration (a `.creds` file now:
+/// one that cannot be used is a configuration error).
+fn configured_auth(config: &NatsConfig) -> Result<Auth, SinkError> {
+    Ok(match (&config.user, &config.password) {
+        (Some(user), Some(password)) => Auth::UserPassword {
+            user: user.clone(),
+            password: password.clone(),
+        },
+        _ => match (&config.token, &config.nkey, &config.credentials_file) {
+            (Some(token), _, _) => Auth::Token(token.clone()),
+            (_, Some(seed), _) => Auth::Nkey(seed.clone()),
+            (_, _, Some(path)) => nats_wire::read_credentials(path).map_err(|e| {
+                SinkError::Config(format!("credentials_file: {}", crate::telemetry::Chain(&e)))
+            })?,
+            _ => Auth::None,
+        },
+    })
+}
+
+/// The files the credentials came from, read again at each connect.
+fn auth_files(config: &NatsConfig) -> nats_wire::AuthFiles {
+    nats_wire::AuthFiles {
+        password: config.password_file.clone(),
+        token: config.token_file.clone(),
+        nkey: config.nkey_file.clone(),
+        credentials: config.credentials_file.clone(),
     }
-    auth.token = now(&config.token, &config.token_file).map(|t| t.expose().to_owned());
-    if let Some(seed) = now(&config.nkey, &config.nkey_file) {
-        let (public, signature) = sign(&seed, nonce)?;
-        auth.nkey = Some(public);
-        auth.signature = Some(signature);
-    }
-    if let (Some(path), Some(first)) = (&config.credentials_file, creds) {
-        let current = nats_wire::read_credentials(path).unwrap_or_else(|e| {
-            tracing::warn!(sink = name, problem = %crate::telemetry::Chain(&e), "cannot read the credentials file again; presenting the one read at start-up");
-            first.clone()
-        });
-        if let Auth::Credentials { jwt, seed } = current {
-            auth.signature = Some(sign(&seed, nonce)?.1);
-            auth.jwt = Some(jwt);
+}
+
+/// `auth` as async-nats presents it, the server's `nonce` signed with the
+/// nkey or the `.creds` seed when there is one.
+fn presented(auth: &Auth, nonce: &[u8]) -> Result<async_nats::Auth, async_nats::AuthError> {
+    let mut presented = async_nats::Auth::new();
+    match auth {
+        Auth::UserPassword { user, password } => {
+            presented.username = Some(user.clone());
+            presented.password = Some(password.expose().to_owned());
         }
+        Auth::Token(token) => presented.token = Some(token.expose().to_owned()),
+        Auth::Nkey(seed) => {
+            let (public, signature) = sign(seed, nonce)?;
+            presented.nkey = Some(public);
+            presented.signature = Some(signature);
+        }
+        Auth::Credentials { jwt, seed } => {
+            presented.signature = Some(sign(seed, nonce)?.1);
+            presented.jwt = Some(jwt.clone());
+        }
+        Auth::None => {}
     }
-    Ok(auth)
+    Ok(presented)
 }
 
 /// The public key of an nkey `seed` and its signature of `nonce`.
@@ -657,20 +666,7 @@ pub async fn connect_with(
 
 /// The bridge's own publish connection for core NATS.
 async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError> {
-    let auth = match (&config.user, &config.password) {
-        (Some(user), Some(password)) => Auth::UserPassword {
-            user: user.clone(),
-            password: password.clone(),
-        },
-        _ => match (&config.token, &config.nkey, &config.credentials_file) {
-            (Some(token), _, _) => Auth::Token(token.clone()),
-            (_, Some(seed), _) => Auth::Nkey(seed.clone()),
-            (_, _, Some(path)) => nats_wire::read_credentials(path).map_err(|e| {
-                SinkError::Config(format!("credentials_file: {}", crate::telemetry::Chain(&e)))
-            })?,
-            _ => Auth::None,
-        },
-    };
+    let auth = configured_auth(config)?;
     let identity = config
         .tls
         .cert_file
@@ -684,12 +680,7 @@ async fn connect_core(config: &NatsConfig, name: &str) -> Result<Wire, SinkError
             .map_err(|e| SinkError::Config(e.to_string()))?,
         name: format!("fishjam-bridge/{name}"),
         auth,
-        auth_files: nats_wire::AuthFiles {
-            password: config.password_file.clone(),
-            token: config.token_file.clone(),
-            nkey: config.nkey_file.clone(),
-            credentials: config.credentials_file.clone(),
-        },
+        auth_files: auth_files(config),
         tls,
         tls_required: config.tls.required,
         timeout: config.timeout,
@@ -976,10 +967,15 @@ mod tests {
         ))
         .unwrap();
         config.password = Some(Secret::new("first"));
-        let auth = current_auth(&config, None, b"nonce").unwrap();
+        // What the auth callback presents at a connect now.
+        let at_connect = |config: &NatsConfig, configured: &Auth| {
+            presented(&auth_files(config).current(configured, "nats"), b"nonce").unwrap()
+        };
+        let configured = configured_auth(&config).unwrap();
+        let auth = at_connect(&config, &configured);
         assert_eq!(auth.password.as_deref(), Some("first"));
         std::fs::write(&password, "second\n").unwrap();
-        let auth = current_auth(&config, None, b"nonce").unwrap();
+        let auth = at_connect(&config, &configured);
         assert_eq!(auth.password.as_deref(), Some("second"));
 
         // A .creds file: the JWT and the seed that signs the nonce, as the
@@ -987,16 +983,16 @@ mod tests {
         write_creds(&creds, "jwt-one");
         let config: NatsConfig =
             toml::from_str(&format!("credentials_file = \"{}\"", creds.display())).unwrap();
-        let first = nats_wire::read_credentials(&creds).unwrap();
+        let first = configured_auth(&config).unwrap();
         let seed = write_creds(&creds, "jwt-two");
-        let auth = current_auth(&config, Some(&first), b"nonce").unwrap();
+        let auth = at_connect(&config, &first);
         assert_eq!(auth.jwt.as_deref(), Some("jwt-two"));
         let signer = nkeys::KeyPair::from_seed(&seed).unwrap();
         let signature = auth.signature.unwrap();
         signer.verify(b"nonce", &signature).unwrap();
         // Gone: the file read at start-up is presented.
         std::fs::remove_file(&creds).unwrap();
-        let auth = current_auth(&config, Some(&first), b"nonce").unwrap();
+        let auth = at_connect(&config, &first);
         assert_eq!(auth.jwt.as_deref(), Some("jwt-one"));
     }
     use crate::sinks::SinkKind as _;

@@ -88,24 +88,32 @@ impl Options {
     /// The credentials to present now: `auth`, with what its file holds
     /// today.
     fn current_auth(&self) -> Auth {
-        let files = &self.auth_files;
+        self.auth_files.current(&self.auth, &self.name)
+    }
+}
+
+impl AuthFiles {
+    /// `auth` (as read with the configuration) with what its file holds
+    /// now; `auth` itself when there is no file or it cannot be read now,
+    /// which is logged. For this writer and for async-nats's clients alike.
+    pub fn current(&self, auth: &Auth, sink: &str) -> Auth {
         let reread = |file: &Option<PathBuf>, configured: &Secret| {
-            crate::sinks::current_secret(configured, file.as_deref(), &self.name)
+            crate::sinks::current_secret(configured, file.as_deref(), sink)
         };
-        match &self.auth {
+        match auth {
             Auth::UserPassword { user, password } => Auth::UserPassword {
                 user: user.clone(),
-                password: reread(&files.password, password),
+                password: reread(&self.password, password),
             },
-            Auth::Token(token) => Auth::Token(reread(&files.token, token)),
-            Auth::Nkey(seed) => Auth::Nkey(reread(&files.nkey, seed)),
-            Auth::Credentials { .. } => match files.credentials.as_deref().map(read_credentials) {
+            Auth::Token(token) => Auth::Token(reread(&self.token, token)),
+            Auth::Nkey(seed) => Auth::Nkey(reread(&self.nkey, seed)),
+            Auth::Credentials { .. } => match self.credentials.as_deref().map(read_credentials) {
                 Some(Ok(current)) => current,
                 Some(Err(e)) => {
-                    tracing::warn!(sink = %self.name, problem = %crate::telemetry::Chain(&e), "cannot read the credentials file again; presenting the one read at start-up");
-                    self.auth.clone()
+                    tracing::warn!(sink, problem = %crate::telemetry::Chain(&e), "cannot read the credentials file again; presenting the one read at start-up");
+                    auth.clone()
                 }
-                None => self.auth.clone(),
+                None => auth.clone(),
             },
             Auth::None => Auth::None,
         }
